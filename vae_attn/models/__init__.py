@@ -34,9 +34,7 @@ DEFAULT_LAYERS = {
 def make_model(name: str, **kwargs) -> VAE:
   """Builds the VAE ``name`` (one of ``MODELS``) with ``kwargs``."""
   if name not in MODELS:
-    raise ValueError(
-      f"Unknown model {name!r}; choose one of {sorted(MODELS)}."
-    )
+    raise ValueError(f"Unknown model {name!r}; choose one of {sorted(MODELS)}.")
   return MODELS[name](**kwargs)
 
 

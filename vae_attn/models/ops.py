@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from jax import lax
 
 conv_general_dilated = lax.conv_general_dilated

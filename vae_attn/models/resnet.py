@@ -23,7 +23,6 @@ from vae_attn.models.blocks import (
   ConvDecoder,
   ConvSpec,
   GaussianHead,
-  conv,
 )
 
 

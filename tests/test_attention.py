@@ -1,0 +1,228 @@
+"""The attention transform against a hand-split Grad-CAM reference."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vae_attn import anomaly, attention, losses, models
+from vae_attn.models.blocks import ConvBlock, ConvSpec, GaussianHead
+
+D = 4
+
+
+@pytest.fixture(scope="module")
+def mnist():
+  model = models.mnist_vae(latent_dim=D)
+  x = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
+  variables = model.init(jax.random.key(1), x, jax.random.key(2))
+  encode = functools.partial(model.apply, method=model.encode)
+  return model, variables, x, encode
+
+
+def _split_encoder(variables):
+  """The MNIST encoder by hand: features (conv1, conv2) and head."""
+  p = variables["params"]["encoder"]
+
+  def features(x):
+    a = ConvBlock(ConvSpec(64)).apply({"params": p["conv1"]}, x)
+    return ConvBlock(ConvSpec(128)).apply({"params": p["conv2"]}, a)
+
+  def head(a):
+    return GaussianHead(D, (1024,)).apply({"params": p["head"]}, a)
+
+  return features, head
+
+
+def _reference_maps(variables, x, code_fn, positive=jax.nn.relu, rms=False):
+  """Grad-CAM per latent with jax.grad of each z_bi, one at a time."""
+  features, head = _split_encoder(variables)
+  a = features(x)
+  maps = np.zeros((x.shape[0], D, a.shape[1], a.shape[2]), np.float32)
+  for b in range(x.shape[0]):
+    for i in range(D):
+      g = jax.grad(lambda a_b, b=b, i=i: code_fn(*head(a_b[None]), b)[0, i])(
+        a[b]
+      )
+      if rms:
+        g = g / (jnp.sqrt(jnp.mean(g**2)) + 1e-5)
+      alpha = g.mean(axis=(0, 1))
+      maps[b, i] = positive(jnp.einsum("hwn,n->hw", a[b], alpha))
+  return maps
+
+
+def test_per_latent_maps_equal_hand_split_reference(mnist):
+  _, variables, x, encode = mnist
+  maps = attention.attention(encode, "encoder/conv2")(variables, x)
+  ref = _reference_maps(variables, x, lambda mu, logvar, b: mu)
+  chex.assert_shape(maps.per_latent, (2, D, 7, 7))
+  np.testing.assert_allclose(maps.per_latent, ref, atol=1e-5, rtol=1e-5)
+  assert np.abs(ref).max() > 1e-4  # Not a trivially zero comparison.
+
+
+@pytest.mark.parametrize("positive", ["relu", "abs"])
+def test_rms_scaling_and_abs_match_reference(mnist, positive):
+  _, variables, x, encode = mnist
+  fn = attention.attention(
+    encode, "conv2", positive=positive, gradient_scale="rms"
+  )
+  rect = jax.nn.relu if positive == "relu" else jnp.abs
+  ref = _reference_maps(
+    variables, x, lambda mu, lv, b: mu, positive=rect, rms=True
+  )
+  np.testing.assert_allclose(fn(variables, x).per_latent, ref, atol=1e-4)
+
+
+def test_sample_and_difference_codes_match_reference(mnist):
+  _, variables, x, encode = mnist
+  key = jax.random.key(7)
+  eps = jax.random.normal(key, (2, D))
+  stats = anomaly.LatentStats(
+    jnp.linspace(-1, 1, D), jnp.linspace(0.5, 2, D), jnp.asarray(10.0)
+  )
+  sample = attention.attention(encode, "conv2", code="sample")
+  ref = _reference_maps(
+    variables,
+    x,
+    lambda mu, lv, b: mu + jnp.exp(0.5 * lv) * eps[b],
+  )
+  np.testing.assert_allclose(
+    sample(variables, x, key=key).per_latent, ref, atol=1e-5
+  )
+  diff = attention.attention(encode, "conv2", code="difference")
+  ref = _reference_maps(
+    variables,
+    x,
+    lambda mu, lv, b: (
+      (stats.mean - mu) + jnp.sqrt(stats.var + jnp.exp(lv)) * eps[b]
+    ),
+  )
+  np.testing.assert_allclose(
+    diff(variables, x, key=key, stats=stats).per_latent, ref, atol=1e-5
+  )
+
+
+def test_mean_map_is_mean_of_per_latent_maps(mnist):
+  _, variables, x, encode = mnist
+  maps = attention.attention(encode, "conv2")(variables, x)
+  np.testing.assert_allclose(maps.mean, maps.per_latent.mean(1), rtol=1e-6)
+
+
+def test_jit_equals_no_jit_and_vmap_equals_batch(mnist):
+  _, variables, x, encode = mnist
+  fn = attention.attention(encode, "conv2")
+  eager = fn(variables, x)
+  jitted = jax.jit(fn)(variables, x)
+  chex.assert_trees_all_close(eager, jitted, atol=1e-6)
+  single = jax.vmap(lambda xi: fn(variables, xi[None]))(x)
+  chex.assert_trees_all_close(
+    single.per_latent[:, 0], eager.per_latent, atol=1e-6
+  )
+
+
+def test_chunked_pullback_equals_vmap(mnist):
+  _, variables, x, encode = mnist
+  full = attention.attention(encode, "conv2")(variables, x)
+  chunked = attention.attention(encode, "conv2", chunk_size=3)(variables, x)
+  chex.assert_trees_all_close(full, chunked, atol=1e-6)
+
+
+def test_several_layers_in_one_call_equal_single_calls(mnist):
+  _, variables, x, encode = mnist
+  both = attention.attention(encode, ["conv1", "encoder/conv2"])(variables, x)
+  assert set(both) == {"conv1", "encoder/conv2"}
+  chex.assert_shape(both["conv1"].per_latent, (2, D, 14, 14))
+  for layer in both:
+    single = attention.attention(encode, layer)(variables, x)
+    chex.assert_trees_all_close(both[layer], single, atol=1e-6)
+
+
+def test_value_and_attention_returns_the_posterior(mnist):
+  _, variables, x, encode = mnist
+  (mu, logvar), maps = attention.value_and_attention(encode, "conv2")(
+    variables, x
+  )
+  ref_mu, ref_logvar = encode(variables, x)
+  np.testing.assert_allclose(mu, ref_mu, atol=1e-6)
+  np.testing.assert_allclose(logvar, ref_logvar, atol=1e-6)
+  chex.assert_shape(maps.mean, (2, 7, 7))
+
+
+def test_l_ad_gradient_through_attention_is_finite_and_nonzero(mnist):
+  _, variables, x, encode = mnist
+  fn = attention.attention(encode, "conv2")
+
+  def loss(params):
+    maps = fn({"params": params}, x)
+    return losses.attention_disentanglement(
+      maps.per_latent, jax.random.key(0)
+    ).mean()
+
+  grads = jax.grad(loss)(variables["params"])
+  chex.assert_tree_all_finite(grads)
+  enc = grads["encoder"]
+  total = sum(jnp.abs(g).sum() for g in jax.tree.leaves(enc))
+  assert total > 0
+  # Second order: the head's weights only reach L_AD through dz/dA.
+  assert jnp.abs(enc["head"]["fc1"]["kernel"]).sum() > 0
+
+
+def test_step_does_not_retrace(mnist):
+  _, variables, x, encode = mnist
+  fn = attention.attention(encode, "conv2")
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(variables, x):
+    return fn(variables, x).mean.sum()
+
+  step(variables, x)
+  step(variables, x + 1.0)
+
+
+def test_unknown_layer_lists_valid_paths(mnist):
+  _, variables, x, encode = mnist
+  with pytest.raises(ValueError, match="conv7") as err:
+    attention.attention(encode, "conv7")(variables, x)
+  assert "encoder/conv1" in str(err.value)
+  assert "encoder/conv2  (2, 7, 7, 128)" in str(err.value)
+
+
+def test_wrong_input_shape_is_a_clear_error(mnist):
+  _, variables, x, encode = mnist
+  fn = attention.attention(encode, "conv2")
+  with pytest.raises(ValueError, match=r"NHWC images \[B, H, W, C\]"):
+    fn(variables, x[0])
+  with pytest.raises(ValueError, match=r"input of shape \(2, 32, 32, 1\)"):
+    fn(variables, jnp.zeros((2, 32, 32, 1)))
+
+
+def test_bad_options_and_missing_arguments(mnist):
+  _, variables, x, encode = mnist
+  with pytest.raises(ValueError, match="Unknown code"):
+    attention.attention(encode, "conv2", code="z")
+  with pytest.raises(ValueError, match="Unknown positive"):
+    attention.attention(encode, "conv2", positive="softplus")
+  with pytest.raises(ValueError, match="pass key"):
+    attention.attention(encode, "conv2", code="sample")(variables, x)
+  with pytest.raises(ValueError, match="pass stats"):
+    attention.attention(encode, "conv2", code="difference")(
+      variables, x, key=jax.random.key(0)
+    )
+
+
+def test_upsample_equals_jax_image_resize():
+  maps = jax.random.uniform(jax.random.key(0), (2, 3, 7, 5))
+  up = attention.upsample(maps, (28, 20))
+  ref = jax.image.resize(maps, (2, 3, 28, 20), "bilinear")
+  np.testing.assert_allclose(up, ref, atol=1e-6)
+
+
+def test_normalize_maps_to_unit_range():
+  maps = jax.random.normal(jax.random.key(0), (2, 4, 4))
+  out = attention.normalize(maps)
+  np.testing.assert_allclose(out.min((-2, -1)), 0.0, atol=1e-7)
+  np.testing.assert_allclose(out.max((-2, -1)), 1.0, atol=1e-6)

@@ -1,0 +1,182 @@
+"""Anomaly attention: latent statistics of normal data and eq. 5 maps.
+
+A one-class VAE is trained on normal data only. The population statistics of
+the normal data in latent space (PAPER.md section 2 decision: the moments of
+the aggregate posterior, ``mean = E[mu(x)]`` and
+``var = E[sigma(x)^2] + Var[mu(x)]``) define, for a test image ``y``, the
+normal difference distribution of eq. 5,
+
+    u_i ~ N(mu^x_i - mu^y_i, (sigma^x_i)^2 + (sigma^y_i)^2),
+
+sampled with the reparameterisation (:func:`difference_code`) so that its
+Grad-CAM maps at a conv layer localise what makes ``y`` abnormal. The
+baseline is the per-pixel reconstruction residual ``|x - x_hat|``.
+
+References:
+  Liu et al., "Towards Visually Explaining Variational Autoencoders", CVPR
+  2020, https://arxiv.org/abs/1911.07389 (section 3.3, eq. 5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vae_attn import attention as attention_lib
+from vae_attn.attention import difference_code
+
+__all__ = [
+  "LatentStats",
+  "StatsAccumulator",
+  "anomaly_maps",
+  "difference_code",
+  "latent_statistics",
+  "residual_map",
+]
+
+
+class LatentStats(NamedTuple):
+  """Latent population statistics of a data set (a pytree).
+
+  Attributes:
+    mean: ``[D]``, ``mu^x = E_x[mu(x)]``.
+    var: ``[D]``, ``(sigma^x)^2 = E_x[sigma(x)^2] + Var_x[mu(x)]``.
+    count: number of examples they were computed from.
+  """
+
+  mean: jax.Array
+  var: jax.Array
+  count: jax.Array
+
+
+class StatsAccumulator(NamedTuple):
+  """Streaming state: count, mean and M2 of ``mu``, and sum of ``sigma^2``.
+
+  Batches merge with Chan et al.'s parallel update, so the result does not
+  depend on how the data set is batched (up to float rounding).
+  """
+
+  count: jax.Array
+  mean_mu: jax.Array
+  m2_mu: jax.Array
+  sum_var: jax.Array
+
+  @classmethod
+  def init(cls, latent_dim: int) -> StatsAccumulator:
+    zeros = jnp.zeros((latent_dim,), jnp.float32)
+    return cls(jnp.zeros((), jnp.float32), zeros, zeros, zeros)
+
+  def update(self, mu: jax.Array, logvar: jax.Array) -> StatsAccumulator:
+    """Adds a batch of posteriors ``mu, logvar`` ``[B, D]``."""
+    n_b = jnp.asarray(mu.shape[0], jnp.float32)
+    mean_b = mu.mean(axis=0)
+    m2_b = ((mu - mean_b) ** 2).sum(axis=0)
+    n = self.count + n_b
+    delta = mean_b - self.mean_mu
+    mean = self.mean_mu + delta * n_b / n
+    m2 = self.m2_mu + m2_b + delta**2 * self.count * n_b / n
+    return StatsAccumulator(n, mean, m2, self.sum_var + jnp.exp(logvar).sum(0))
+
+  def result(self) -> LatentStats:
+    """The statistics of everything added so far."""
+    var = (self.sum_var + self.m2_mu) / self.count
+    return LatentStats(self.mean_mu, var, self.count)
+
+
+def latent_statistics(
+  encode_fn: Callable[..., tuple[jax.Array, jax.Array]],
+  variables,
+  batches: Iterable[np.ndarray | dict],
+) -> LatentStats:
+  """Streams a data set through the encoder and returns its statistics.
+
+  Args:
+    encode_fn: ``(variables, x) -> (mu, logvar)``.
+    variables: the model variables.
+    batches: an iterable of ``[B, H, W, C]`` arrays or of dicts with an
+      ``"image"`` entry (one pass; e.g. a finite ``data.pipeline.batches``).
+
+  Returns:
+    :class:`LatentStats` of all examples seen.
+
+  Raises:
+    ValueError: if ``batches`` is empty.
+  """
+
+  @jax.jit
+  def step(acc, x):
+    mu, logvar = encode_fn(variables, x)
+    return acc.update(mu, logvar)
+
+  acc = None
+  for batch in batches:
+    x = batch["image"] if isinstance(batch, dict) else batch
+    if acc is None:
+      mu_shape = jax.eval_shape(encode_fn, variables, jnp.asarray(x))[0]
+      acc = StatsAccumulator.init(mu_shape.shape[-1])
+    acc = step(acc, jnp.asarray(x))
+  if acc is None:
+    raise ValueError("latent_statistics got no batches: pass the normal data.")
+  return acc.result()
+
+
+def anomaly_maps(
+  encode_fn: Callable[..., tuple[jax.Array, jax.Array]],
+  layer: str,
+  variables,
+  x: jax.Array,
+  stats: LatentStats,
+  key: jax.Array,
+  *,
+  num_samples: int = 8,
+  **attention_kwargs,
+) -> tuple[jax.Array, jax.Array]:
+  """Anomaly attention maps of eq. 5, averaged over ``eps`` draws.
+
+  For each draw of ``eps`` the maps of the difference code ``u`` are computed
+  per latent and averaged (eq. 4); the draws are then averaged.
+
+  Args:
+    encode_fn: ``(variables, x) -> (mu, logvar)``.
+    layer: the conv layer path, e.g. ``"encoder/conv2"``.
+    variables: model variables.
+    x: test images ``[B, H, W, C]``.
+    stats: normal-data statistics from :func:`latent_statistics`.
+    key: PRNG key for the draws.
+    num_samples: number of ``eps`` draws.
+    **attention_kwargs: passed to :func:`vae_attn.attention.attention`
+      (``positive``, ``gradient_scale``, ``chunk_size``).
+
+  Returns:
+    ``(mean, std)``, each ``[B, h, w]``: the mean map and its spread over
+    the draws. Upsample with :func:`vae_attn.attention.upsample`.
+  """
+  fn = attention_lib.attention(
+    encode_fn, layer, code="difference", **attention_kwargs
+  )
+  keys = jax.random.split(key, num_samples)
+  means = jax.lax.map(lambda k: fn(variables, x, key=k, stats=stats).mean, keys)
+  return means.mean(axis=0), means.std(axis=0)
+
+
+def residual_map(x: jax.Array, x_hat: jax.Array) -> jax.Array:
+  """The reconstruction-residual baseline ``|x - x_hat|``, channel mean.
+
+  Args:
+    x: images ``[B, H, W, C]`` in ``[0, 1]``.
+    x_hat: reconstructions (probabilities, e.g. ``sigmoid(logits)``), same
+      shape.
+
+  Returns:
+    ``[B, H, W]`` residual maps.
+  """
+  if x.shape != x_hat.shape:
+    raise ValueError(
+      f"x and x_hat must have the same shape, got {x.shape} and "
+      f"{x_hat.shape}; pass probabilities, not a different resolution."
+    )
+  return jnp.abs(x - x_hat).mean(axis=-1)
