@@ -1,0 +1,189 @@
+"""Tests for the procedural dSprites renderer and the npz loader."""
+
+import numpy as np
+import pytest
+
+from vae_attn import data
+from vae_attn.data import dsprites
+
+
+@pytest.fixture(scope="module")
+def ds():
+  return dsprites.procedural()
+
+
+def _factors(shape=0, scale=5, orient=0, x=15, y=15):
+  return np.array([[shape, scale, orient, x, y]])
+
+
+def _centroid(image):
+  rows, cols = np.nonzero(image[..., 0])
+  return rows.mean(), cols.mean()
+
+
+def test_grid_size_and_index_order(ds):
+  assert len(ds) == 737_280 == 3 * 6 * 40 * 32 * 32
+  assert ds.num_factors == 5
+  assert ds.factors_num_values == [3, 6, 40, 32, 32]
+  assert ds.observation_shape == [64, 64, 1]
+  assert ds[0]["factors"].tolist() == [0, 0, 0, 0, 0]
+  assert ds[1]["factors"].tolist() == [0, 0, 0, 0, 1]  # posY fastest.
+  assert ds[32]["factors"].tolist() == [0, 0, 0, 1, 0]
+  assert ds[32 * 32]["factors"].tolist() == [0, 0, 1, 0, 0]
+  assert ds[-1]["factors"].tolist() == [2, 5, 39, 31, 31]
+  assert ds[123_456]["factors"].dtype == np.int32
+  idx = np.array([0, 5, 1000, 737_279])
+  np.testing.assert_array_equal(
+    dsprites.factors_to_index(dsprites.index_to_factors(idx)), idx
+  )
+
+
+def test_latents_match_the_original_layout():
+  classes = dsprites.latents_classes(np.array([0, 1, 737_279]))
+  assert classes.tolist() == [
+    [0, 0, 0, 0, 0, 0],
+    [0, 0, 0, 0, 0, 1],
+    [0, 2, 5, 39, 31, 31],
+  ]
+  values = dsprites.latents_values(np.array([737_279]))[0]
+  np.testing.assert_allclose(values, [1, 3, 1.0, 2 * np.pi, 1.0, 1.0])
+  np.testing.assert_allclose(
+    dsprites.latents_values(np.array([1]))[0, 5], 1 / 31
+  )
+
+
+def test_images_are_binary_float32_and_inside_the_canvas(ds):
+  batch = ds.get_batch(np.arange(0, 737_280, 997))
+  images = batch["image"]
+  assert images.dtype == np.float32 and images.shape[1:] == (64, 64, 1)
+  assert set(np.unique(images)) == {0.0, 1.0}
+  assert (images.sum(axis=(1, 2, 3)) > 0).all()
+  # The sprite never touches the border at any position: corners included.
+  corner = ds.render(np.array([[2, 5, 7, 0, 0], [2, 5, 7, 31, 31]]))
+  assert corner[:, 0].sum() == corner[:, -1].sum() == 0
+  assert corner[:, :, 0].sum() == corner[:, :, -1].sum() == 0
+  for i in (0, 500, 737_279):
+    np.testing.assert_array_equal(ds[i]["image"], ds.get_batch([i])["image"][0])
+
+
+def test_foreground_area_grows_with_scale(ds):
+  for shape in range(3):
+    for orient in (0, 13):
+      areas = [ds.render(_factors(shape, s, orient)).sum() for s in range(6)]
+      assert (np.diff(areas) > 0).all(), (shape, areas)
+
+
+def test_centroid_moves_monotonically_with_x_and_y(ds):
+  for shape in range(3):
+    xs = [
+      _centroid(ds.render(_factors(shape, 2, 7, x=x))[0]) for x in range(32)
+    ]
+    ys = [
+      _centroid(ds.render(_factors(shape, 2, 7, y=y))[0]) for y in range(32)
+    ]
+    cols = [c for _, c in xs]
+    rows = [r for r, _ in ys]
+    np.testing.assert_allclose(np.diff(cols), 1.0)  # One pixel per step.
+    np.testing.assert_allclose(np.diff(rows), 1.0)
+    np.testing.assert_allclose(np.diff([r for r, _ in xs]), 0.0)
+    np.testing.assert_allclose(np.diff([c for _, c in ys]), 0.0)
+
+
+def test_each_shape_is_distinguishable(ds):
+  for scale in (0, 5):
+    for orient in (0, 10, 25):
+      images = ds.render(
+        np.array([[s, scale, orient, 16, 16] for s in range(3)])
+      )[..., 0].astype(bool)
+      for a in range(3):
+        for b in range(a + 1, 3):
+          iou = (images[a] & images[b]).sum() / (images[a] | images[b]).sum()
+          assert iou < 0.85, (a, b, scale, orient, iou)
+
+
+def test_rotation_by_two_pi_reproduces_orientation_zero(ds):
+  for shape in range(3):
+    zero, full, quarter = ds.render(
+      np.array([[shape, 4, o, 9, 20] for o in (0, 39, 10)])
+    )
+    np.testing.assert_array_equal(zero, full)
+    if shape != 0:  # Orientation 10 turns by 92 degrees.
+      assert (zero != quarter).sum() > 20
+
+
+def test_ground_truth_interface_with_both_random_states(ds):
+  for rs in (np.random.RandomState(0), np.random.default_rng(0)):
+    factors = ds.sample_factors(100, rs)
+    assert factors.shape == (100, 5)
+    assert (factors >= 0).all() and (factors < [3, 6, 40, 32, 32]).all()
+    obs = ds.sample_observations_from_factors(factors, rs)
+    assert obs.shape == (100, 64, 64, 1) and obs.dtype == np.float32
+    index = dsprites.factors_to_index(factors)
+    np.testing.assert_array_equal(obs[7], ds[int(index[7])]["image"])
+  a = ds.sample_factors(5, np.random.RandomState(3))
+  b = ds.sample_factors(5, np.random.RandomState(3))
+  np.testing.assert_array_equal(a, b)
+  with pytest.raises(TypeError, match="random_state"):
+    ds.sample_factors(5, 3)
+  with pytest.raises(ValueError, match="outside"):
+    ds.sample_observations_from_factors(np.array([[3, 0, 0, 0, 0]]), None)
+  with pytest.raises(ValueError, match="shape"):
+    ds.sample_observations_from_factors(np.zeros((2, 4), int), None)
+
+
+def test_pipeline_uses_the_vectorised_batch(ds):
+  batch = next(data.batches(ds, 64, seed=0, process_index=0, process_count=1))
+  assert batch["image"].shape == (64, 64, 64, 1)
+  assert batch["factors"].shape == (64, 5)
+  for i in (0, 63):
+    index = dsprites.factors_to_index(batch["factors"][i : i + 1])[0]
+    np.testing.assert_array_equal(batch["image"][i], ds[int(index)]["image"])
+
+
+def _write_npz(path, num_values=(1, 3, 2, 2, 2, 2), metadata=True):
+  classes = np.stack(
+    np.meshgrid(*[np.arange(n) for n in num_values], indexing="ij"), -1
+  ).reshape(-1, len(num_values))
+  rng = np.random.default_rng(0)
+  imgs = rng.integers(0, 2, size=(len(classes), 64, 64), dtype=np.uint8)
+  arrays = {
+    "imgs": imgs,
+    "latents_classes": classes,
+    "latents_values": classes.astype(np.float64),
+  }
+  if metadata:
+    arrays["metadata"] = np.array({"title": "dSprites"}, dtype=object)
+  np.savez_compressed(path, **arrays)
+  return imgs, classes
+
+
+def test_load_npz_without_unpickling(tmp_path):
+  path = tmp_path / dsprites.NPZ_FILENAME
+  imgs, classes = _write_npz(path)
+  ds = dsprites.load_npz(path)
+  assert len(ds) == 48
+  assert ds.factors_num_values == [3, 2, 2, 2, 2]
+  record = ds[17]
+  np.testing.assert_array_equal(record["image"][..., 0], imgs[17])
+  assert record["image"].dtype == np.float32
+  np.testing.assert_array_equal(record["factors"], classes[17, 1:])
+  factors = ds.sample_factors(10, np.random.RandomState(1))
+  obs = ds.sample_observations_from_factors(factors, np.random.RandomState(1))
+  index = factors @ np.array([16, 8, 4, 2, 1])
+  np.testing.assert_array_equal(obs[..., 0], imgs[index])
+
+
+def test_load_npz_errors(tmp_path):
+  with pytest.raises(data.DataError, match="not found.*procedural"):
+    dsprites.load_npz(tmp_path / "missing.npz")
+  bad = tmp_path / "bad.npz"
+  bad.write_bytes(b"not a zip file")
+  with pytest.raises(data.DataError, match="Cannot read dSprites npz"):
+    dsprites.load_npz(bad)
+  np.savez(tmp_path / "other.npz", x=np.zeros(3))
+  with pytest.raises(data.DataError, match="missing arrays"):
+    dsprites.load_npz(tmp_path / "other.npz")
+  imgs, classes = _write_npz(tmp_path / "order.npz", metadata=False)
+  np.savez(tmp_path / "shuffled.npz", imgs=imgs, latents_classes=classes[::-1])
+  with pytest.raises(data.DataError, match="factor order"):
+    dsprites.load_npz(tmp_path / "shuffled.npz")

@@ -1,0 +1,220 @@
+"""The one batching pipeline: seeded, resumable, sharded across processes.
+
+Every trainer and evaluator reads data through `batches`. The record order is
+a grain ``MapDataset`` (``range(n).shuffle(seed).repeat(num_epochs)``), which
+is random-access: the batch at step ``s`` is a pure function of
+``(seed, s)``, so a run resumed at step ``N`` (``start_step=N``) sees exactly
+the batches an uninterrupted run would have seen from step ``N`` on. Each
+epoch is reshuffled; batches run across epoch boundaries.
+
+Example:
+
+  >>> from vae_attn.data import base, pipeline
+  >>> import numpy as np
+  >>> src = base.ArraySource({"x": np.arange(10)})
+  >>> it = pipeline.batches(src, 4, seed=0, shuffle=False, num_epochs=1,
+  ...                       process_index=0, process_count=1)
+  >>> [b["x"].tolist() for b in it]
+  [[0, 1, 2, 3], [4, 5, 6, 7]]
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+
+import grain.python as grain
+import numpy as np
+
+from vae_attn.data import base
+
+# Separates the augmentation random streams from any other use of `seed`.
+_TRANSFORM_SALT = 0x5EED_A06
+
+TransformFn = Callable[[base.Record, np.random.Generator], base.Record]
+
+
+def transform_rng(seed: int, position: int) -> np.random.Generator:
+  """The generator handed to ``transform`` for one record.
+
+  Args:
+    seed: the pipeline seed.
+    position: the record's position in the (repeated, shuffled) stream, i.e.
+      ``step * batch_size * process_count + offset``; it differs between
+      epochs, so augmentations differ between epochs.
+
+  Returns:
+    A ``np.random.Generator`` that is a pure function of the two ints.
+  """
+  return np.random.default_rng([seed, _TRANSFORM_SALT, position])
+
+
+def num_batches(
+  num_records: int,
+  batch_size: int,
+  *,
+  num_epochs: int,
+  drop_remainder: bool = True,
+  process_count: int = 1,
+) -> int:
+  """The number of steps `batches` yields for a finite number of epochs."""
+  total = num_records * num_epochs
+  global_batch = batch_size * process_count
+  if drop_remainder:
+    return total // global_batch
+  return -(-total // global_batch)
+
+
+def _check_positive_int(value, name: str) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"{name} must be an int, got {value!r}.")
+  if value < 1:
+    raise ValueError(f"{name} must be >= 1, got {value}.")
+  return int(value)
+
+
+def batches(
+  source: base.Source,
+  batch_size: int,
+  *,
+  seed: int,
+  shuffle: bool = True,
+  num_epochs: int | None = None,
+  drop_remainder: bool = True,
+  start_step: int = 0,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  transform: TransformFn | None = None,
+  num_threads: int = 2,
+  prefetch: int = 4,
+) -> Iterator[base.Record]:
+  """Yields stacked numpy batches of ``source`` records.
+
+  Global step ``s`` covers stream positions
+  ``[s * G, (s + 1) * G)`` with ``G = batch_size * process_count``; process
+  ``p`` takes positions ``[s * G + p * batch_size, s * G + (p + 1) *
+  batch_size)``, so the processes of a multi-host run read disjoint slices of
+  every global batch. Position ``q`` holds record ``order[q]`` where ``order``
+  is ``grain.MapDataset.range(len(source)).shuffle(seed).repeat(num_epochs)``
+  (no shuffle: ``q % len(source)``).
+
+  String fields (``"path"``, ``"defect_type"``) are kept as 1-D object arrays
+  of python str; drop them before handing a batch to jax.
+
+  Args:
+    source: a random-access source (``len`` and ``__getitem__``). When it has
+      ``get_batch(indices)``, batches are read with one vectorised call.
+    batch_size: records per batch on this process.
+    seed: the seed of the order and of ``transform``'s random streams.
+    shuffle: shuffle the records (reshuffled every epoch).
+    num_epochs: passes over the data; ``None`` repeats forever.
+    drop_remainder: with finite epochs, drop the last incomplete global batch.
+      If kept, its records are split as evenly as possible between the
+      processes (a process whose share is empty yields nothing for it).
+    start_step: the first global step to yield (to resume a run).
+    process_index: this process, default ``jax.process_index()``.
+    process_count: number of processes, default ``jax.process_count()``.
+    transform: optional per-record augmentation ``fn(record, rng) -> record``
+      with ``rng = transform_rng(seed, position)``, so it is deterministic.
+    num_threads: threads that build batches ahead of time (0: build each
+      batch on demand in the caller's thread). Never changes the output.
+    prefetch: batches built ahead when ``num_threads > 0``.
+
+  Yields:
+    ``dict[str, np.ndarray]`` with a leading axis of ``batch_size`` (smaller
+    only for a kept remainder).
+
+  Raises:
+    DataError: the source is empty, or with finite epochs and
+      ``drop_remainder`` it holds fewer records than one global batch.
+  """
+  batch_size = _check_positive_int(batch_size, "batch_size")
+  if process_index is None or process_count is None:
+    import jax  # Deferred: only the multi-host default needs jax.
+
+    process_index = (
+      jax.process_index() if process_index is None else (process_index)
+    )
+    process_count = (
+      jax.process_count() if process_count is None else (process_count)
+    )
+  process_count = _check_positive_int(process_count, "process_count")
+  if not 0 <= process_index < process_count:
+    raise ValueError(
+      f"process_index must be in [0, {process_count}), got {process_index}."
+    )
+  if num_epochs is not None:
+    num_epochs = _check_positive_int(num_epochs, "num_epochs")
+  if start_step < 0:
+    raise ValueError(f"start_step must be >= 0, got {start_step}.")
+  num_records = len(source)
+  name = getattr(source, "name", type(source).__name__)
+  if num_records == 0:
+    raise base.DataError(
+      f"Source {name!r} is empty: there is nothing to batch."
+    )
+
+  order = grain.MapDataset.range(num_records)
+  if shuffle:
+    order = order.shuffle(seed=seed)
+  order = order.repeat(num_epochs)
+  global_batch = batch_size * process_count
+  if num_epochs is None:
+    total, stop = None, sys.maxsize
+  else:
+    total = num_records * num_epochs
+    stop = num_batches(
+      num_records,
+      batch_size,
+      num_epochs=num_epochs,
+      drop_remainder=drop_remainder,
+      process_count=process_count,
+    )
+    if stop == 0:
+      raise base.DataError(
+        f"Source {name!r} has {num_records} records x {num_epochs} epochs, "
+        f"fewer than one global batch of {global_batch} "
+        f"({batch_size} x {process_count} processes) with drop_remainder. "
+        "Lower batch_size, raise num_epochs or pass drop_remainder=False."
+      )
+  get_batch = getattr(source, "get_batch", None)
+
+  def positions(step: int) -> np.ndarray:
+    lo = step * global_batch
+    if total is not None and lo + global_batch > total:
+      share = np.array_split(np.arange(lo, total), process_count)
+      return share[process_index]
+    lo += process_index * batch_size
+    return np.arange(lo, lo + batch_size)
+
+  def make_batch(step: int) -> base.Record | None:
+    pos = positions(step)
+    if pos.size == 0:
+      return None
+    indices = np.array([order[int(q)] for q in pos], dtype=np.int64)
+    if get_batch is not None:
+      batch = base.strings_to_objects(get_batch(indices))
+      if transform is None:
+        return batch
+      records = base.unstack_batch(batch)
+    else:
+      records = [source[int(i)] for i in indices]
+    if transform is not None:
+      records = [
+        transform(r, transform_rng(seed, int(q)))
+        for r, q in zip(records, pos, strict=True)
+      ]
+    return base.stack_records(records)
+
+  if num_threads <= 0:
+    return (
+      b
+      for b in (make_batch(s) for s in range(start_step, stop))
+      if b is not None
+    )
+  steps = grain.MapDataset.range(start_step, max(start_step, stop))
+  return iter(
+    steps.map(make_batch).to_iter_dataset(
+      grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+    )
+  )
