@@ -1,0 +1,72 @@
+"""Latent population statistics and eq. 5 anomaly maps."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vae_attn import anomaly, attention, models
+
+
+def test_streaming_statistics_equal_the_aggregate_posterior_moments():
+  key_mu, key_lv = jax.random.split(jax.random.key(0))
+  mu = jax.random.normal(key_mu, (50, 3)) * 2 + 1
+  logvar = jax.random.normal(key_lv, (50, 3))
+  acc = anomaly.StatsAccumulator.init(3)
+  for start in range(0, 50, 16):  # Uneven batches: 16, 16, 16, 2.
+    acc = acc.update(mu[start : start + 16], logvar[start : start + 16])
+  stats = acc.result()
+  np.testing.assert_allclose(stats.mean, mu.mean(0), rtol=1e-5)
+  expected_var = jnp.exp(logvar).mean(0) + mu.var(0)
+  np.testing.assert_allclose(stats.var, expected_var, rtol=1e-5)
+  assert int(stats.count) == 50
+
+
+def test_latent_statistics_of_an_encoder():
+  model = models.mnist_vae(latent_dim=4)
+  x = jax.random.uniform(jax.random.key(0), (10, 28, 28, 1))
+  variables = model.init(jax.random.key(1), x, jax.random.key(2))
+  encode = functools.partial(model.apply, method=model.encode)
+  batches = [{"image": np.asarray(x[:6])}, {"image": np.asarray(x[6:])}]
+  stats = anomaly.latent_statistics(encode, variables, batches)
+  mu, logvar = encode(variables, x)
+  np.testing.assert_allclose(stats.mean, mu.mean(0), atol=1e-5)
+  np.testing.assert_allclose(
+    stats.var, jnp.exp(logvar).mean(0) + mu.var(0), atol=1e-5
+  )
+  with pytest.raises(ValueError, match="no batches"):
+    anomaly.latent_statistics(encode, variables, [])
+
+
+def test_anomaly_maps_average_the_difference_code_draws():
+  model = models.mnist_vae(latent_dim=4)
+  x = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
+  variables = model.init(jax.random.key(1), x, jax.random.key(2))
+  encode = functools.partial(model.apply, method=model.encode)
+  stats = anomaly.LatentStats(jnp.zeros(4), jnp.ones(4), jnp.asarray(1.0))
+  key = jax.random.key(3)
+  mean, std = anomaly.anomaly_maps(
+    encode, "conv2", variables, x, stats, key, num_samples=3
+  )
+  chex.assert_shape([mean, std], (2, 7, 7))
+  fn = attention.attention(encode, "conv2", code="difference")
+  draws = jnp.stack(
+    [
+      fn(variables, x, key=k, stats=stats).mean
+      for k in jax.random.split(key, 3)
+    ]
+  )
+  np.testing.assert_allclose(mean, draws.mean(0), atol=1e-6)
+  np.testing.assert_allclose(std, draws.std(0), atol=1e-6)
+  assert jnp.all(std >= 0) and jnp.any(std > 0)
+
+
+def test_residual_map():
+  x = jnp.zeros((1, 2, 2, 3))
+  x_hat = jnp.ones((1, 2, 2, 3)) * jnp.array([0.0, 0.3, 0.6])
+  np.testing.assert_allclose(anomaly.residual_map(x, x_hat), 0.3, rtol=1e-6)
+  with pytest.raises(ValueError, match="same shape"):
+    anomaly.residual_map(x, x_hat[:, :1])
