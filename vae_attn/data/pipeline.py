@@ -28,8 +28,9 @@ import numpy as np
 
 from vae_attn.data import base
 
-# Separates the augmentation random streams from any other use of `seed`.
+# Separate the augmentation random streams from any other use of `seed`.
 _TRANSFORM_SALT = 0x5EED_A06
+_AUGMENT_SALT = 0xA06_5EED
 
 TransformFn = Callable[[base.Record, np.random.Generator], base.Record]
 
@@ -47,6 +48,11 @@ def transform_rng(seed: int, position: int) -> np.random.Generator:
     A ``np.random.Generator`` that is a pure function of the two ints.
   """
   return np.random.default_rng([seed, _TRANSFORM_SALT, position])
+
+
+def augment_rng(seed: int, position: int) -> np.random.Generator:
+  """The generator handed to a source's own ``augment`` for one record."""
+  return np.random.default_rng([seed, _AUGMENT_SALT, position])
 
 
 def num_batches(
@@ -103,7 +109,10 @@ def batches(
 
   Args:
     source: a random-access source (``len`` and ``__getitem__``). When it has
-      ``get_batch(indices)``, batches are read with one vectorised call.
+      ``get_batch(indices)``, batches are read with one vectorised call. When
+      it has a non-None ``augment`` attribute (``fn(record, rng) ->
+      record``, e.g. ``mvtec.load(..., augment=True)``), every record read is
+      passed through it first, with ``rng = augment_rng(seed, position)``.
     batch_size: records per batch on this process.
     seed: the seed of the order and of ``transform``'s random streams.
     shuffle: shuffle the records (reshuffled every epoch).
@@ -178,6 +187,7 @@ def batches(
         "Lower batch_size, raise num_epochs or pass drop_remainder=False."
       )
   get_batch = getattr(source, "get_batch", None)
+  augment = getattr(source, "augment", None)
 
   def positions(step: int) -> np.ndarray:
     lo = step * global_batch
@@ -194,11 +204,16 @@ def batches(
     indices = np.array([order[int(q)] for q in pos], dtype=np.int64)
     if get_batch is not None:
       batch = base.strings_to_objects(get_batch(indices))
-      if transform is None:
+      if transform is None and augment is None:
         return batch
       records = base.unstack_batch(batch)
     else:
       records = [source[int(i)] for i in indices]
+    if augment is not None:
+      records = [
+        augment(r, augment_rng(seed, int(q)))
+        for r, q in zip(records, pos, strict=True)
+      ]
     if transform is not None:
       records = [
         transform(r, transform_rng(seed, int(q)))

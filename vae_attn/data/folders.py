@@ -1,0 +1,274 @@
+"""The image-and-mask source behind the MVTec-AD, UCSD Ped1 and folder loaders.
+
+A loader walks its folder layout into a list of `Entry` (image file, mask
+file or none, label, defect type) with `pair_masks`, which enforces the
+pairing rules and raises `DataError` for every inconsistency, and wraps the
+list in an `ImageMaskSource`, which decodes and resizes files on first access
+and keeps the resized uint8 arrays in memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from vae_attn.data import base, images
+
+NORMAL = "good"
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One record of an anomaly data set, before decoding.
+
+  Attributes:
+    image: the image file.
+    mask: the mask file; None for an all-zero mask (normal images) or an
+      unknown one (``has_mask=False``).
+    label: 0 normal, 1 anomalous.
+    defect_type: "good" or the defect folder name.
+    has_mask: whether the mask (file or all-zero) is ground truth.
+    extra: additional int fields of the record (e.g. a frame number).
+  """
+
+  image: str
+  mask: str | None
+  label: int
+  defect_type: str
+  has_mask: bool = True
+  extra: tuple[tuple[str, int], ...] = ()
+
+
+def require_dir(path: str, what: str, layout: str) -> str:
+  """Returns ``path`` if it is a folder, else raises with the layout."""
+  if not os.path.isdir(path):
+    raise base.DataError(
+      f"{what} not found: {path}. Expected layout:\n{layout}"
+    )
+  return path
+
+
+def require_images(folder: str, layout: str) -> list[str]:
+  """The images in ``folder``; raises if there are none."""
+  files = images.list_images(folder)
+  if not files:
+    raise base.DataError(
+      f"No images ({', '.join(images.IMAGE_EXTENSIONS)}) in {folder}. "
+      f"Expected layout:\n{layout}"
+    )
+  return files
+
+
+def subfolders(folder: str) -> list[str]:
+  """Names of the sub-folders of ``folder``, sorted."""
+  return sorted(
+    d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))
+  )
+
+
+def pair_masks(
+  image_files: Sequence[str],
+  mask_folder: str,
+  *,
+  suffixes: Sequence[str] = ("_mask",),
+  layout: str,
+) -> list[str]:
+  """Pairs each image with the mask of the same stem (plus a suffix).
+
+  The mask of ``<stem>.<ext>`` is ``<mask_folder>/<stem><suffix>.<ext2>`` for
+  one of ``suffixes`` (e.g. ``"_mask"`` in MVTec-AD, ``""`` for equal
+  names) and any image extension.
+
+  Returns:
+    The mask file of each image, in order.
+
+  Raises:
+    DataError: the mask folder is missing, an image has no mask, a mask has
+      no image, or an image has two candidate masks.
+  """
+  if not os.path.isdir(mask_folder):
+    raise base.DataError(
+      f"Mask folder {mask_folder} not found, but {len(image_files)} defect "
+      f"images need masks (e.g. {image_files[0]}). Add the masks or remove "
+      f"the defect images. Expected layout:\n{layout}"
+    )
+  masks = images.list_images(mask_folder)
+  by_stem: dict[str, list[str]] = {}
+  for mask in masks:
+    by_stem.setdefault(images.stem(mask), []).append(mask)
+  used = set()
+  paired = []
+  for image in image_files:
+    s = images.stem(image)
+    candidates = [m for suffix in suffixes for m in by_stem.get(s + suffix, [])]
+    if not candidates:
+      expected = " or ".join(
+        os.path.join(mask_folder, s + suffix + ".png") for suffix in suffixes
+      )
+      raise base.DataError(
+        f"Defect image {image} has no mask: expected {expected}. Add the "
+        "mask or remove the image."
+      )
+    if len(candidates) > 1:
+      raise base.DataError(
+        f"Defect image {image} has several masks: {sorted(candidates)}. "
+        "Keep one."
+      )
+    used.add(candidates[0])
+    paired.append(candidates[0])
+  orphans = sorted(set(masks) - used)
+  if orphans:
+    image_folder = os.path.dirname(image_files[0])
+    raise base.DataError(
+      f"Mask {orphans[0]} has no image in {image_folder} "
+      f"({len(orphans)} orphan mask(s)). Add the image or remove the mask."
+    )
+  return paired
+
+
+def check_orphan_mask_folders(
+  mask_root: str, defect_types: Sequence[str], image_root: str
+) -> None:
+  """Raises if ``mask_root`` has a folder for a type with no test images."""
+  if not os.path.isdir(mask_root):
+    return
+  for name in subfolders(mask_root):
+    masks = images.list_images(os.path.join(mask_root, name))
+    if name not in defect_types and masks:
+      raise base.DataError(
+        f"Mask {masks[0]} has no image: there is no test folder "
+        f"{os.path.join(image_root, name)}. Add the images or remove the "
+        "masks."
+      )
+
+
+def check_mask_sizes(entries: Sequence[Entry]) -> None:
+  """Raises if a mask's size differs from its image's (header reads only)."""
+  for entry in entries:
+    if entry.mask is None:
+      continue
+    image_hw = images.image_size_of(entry.image)
+    mask_hw = images.image_size_of(entry.mask)
+    if image_hw != mask_hw:
+      raise base.DataError(
+        f"Mask {entry.mask} is {mask_hw[0]}x{mask_hw[1]} (HxW) but its image "
+        f"{entry.image} is {image_hw[0]}x{image_hw[1]}. Masks must have "
+        "their image's size."
+      )
+
+
+class ImageMaskSource:
+  """Images with pixel masks, decoded and resized on first access.
+
+  Records: ``"image"`` float32 ``[H, W, C]`` in [0, 1]; ``"mask"`` float32
+  ``[H, W, 1]`` in {0, 1}; ``"label"`` int32 (0 normal, 1 anomalous);
+  ``"has_mask"`` int32 (1 when the mask is ground truth, 0 when unknown and
+  therefore zero); ``"defect_type"`` and ``"path"`` 0-d str arrays; plus the
+  entries' extra int32 fields.
+
+  When built with an ``augment`` function the source carries it as
+  ``source.augment``; `vae_attn.data.pipeline.batches` applies it to every
+  record it reads, with a generator seeded by the pipeline seed, the
+  record's stream position and this source's ``augment_seed`` (so every
+  epoch sees new, reproducible views). ``source[i]`` itself is never
+  augmented.
+
+  Args:
+    entries: the records, in order.
+    image_size: output ``(height, width)``.
+    channels: 1 (grey) or 3 (RGB; grey files are promoted).
+    name: a short name for messages.
+    augment: optional ``fn(record, rng) -> record``.
+    augment_seed: folded into the augmentation generator.
+    cache: keep decoded, resized uint8 arrays in memory.
+  """
+
+  def __init__(
+    self,
+    entries: Sequence[Entry],
+    *,
+    image_size: tuple[int, int],
+    channels: int,
+    name: str,
+    augment: Callable[[base.Record, np.random.Generator], base.Record]
+    | None = None,
+    augment_seed: int = 0,
+    cache: bool = True,
+  ):
+    if not entries:
+      raise base.DataError(f"{name}: no images found.")
+    self._entries = list(entries)
+    self.image_size = image_size
+    self.channels = channels
+    self.name = name
+    self.augment = augment
+    self.augment_seed = augment_seed
+    self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = (
+      {} if cache else None
+    )
+    self._lock = threading.Lock()
+
+  @property
+  def entries(self) -> list[Entry]:
+    return list(self._entries)
+
+  @property
+  def labels(self) -> np.ndarray:
+    """int32 ``[N]`` labels without decoding any image."""
+    return np.array([e.label for e in self._entries], dtype=np.int32)
+
+  def __len__(self) -> int:
+    return len(self._entries)
+
+  def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    if self._cache is not None:
+      hit = self._cache.get(index)
+      if hit is not None:
+        return hit
+    entry = self._entries[index]
+    image = images.read_image(
+      entry.image, channels=self.channels, size=self.image_size
+    )
+    if entry.mask is None:
+      mask = np.zeros((*self.image_size, 1), np.uint8)
+    else:
+      mask = images.read_mask(entry.mask, size=self.image_size)
+    if self._cache is not None:
+      with self._lock:
+        self._cache[index] = (image, mask)
+    return image, mask
+
+  def __getitem__(self, index: int) -> base.Record:
+    index = base.check_index(index, len(self), self.name)
+    entry = self._entries[index]
+    image, mask = self._decode(index)
+    record = {
+      "image": image.astype(np.float32) / 255.0,
+      "mask": mask.astype(np.float32),
+      "label": np.int32(entry.label),
+      "has_mask": np.int32(entry.has_mask),
+      "defect_type": np.array(entry.defect_type),
+      "path": np.array(entry.image),
+    }
+    for key, value in entry.extra:
+      record[key] = np.int32(value)
+    return record
+
+  def __repr__(self) -> str:
+    return f"ImageMaskSource({self.name!r}, len={len(self)})"
+
+
+def seeded_augment(
+  fn: Callable[..., base.Record], seed: int, **kwargs
+) -> Callable[[base.Record, np.random.Generator], base.Record]:
+  """Wraps ``fn(record, rng, **kwargs)`` so that ``seed`` enters its rng."""
+
+  def augment(record: base.Record, rng: np.random.Generator) -> base.Record:
+    key = rng.integers(0, 2**63 - 1)
+    return fn(record, np.random.default_rng([seed, int(key)]), **kwargs)
+
+  return augment

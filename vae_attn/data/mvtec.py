@@ -1,0 +1,167 @@
+"""MVTec-AD (Bergmann et al., CVPR 2019) from its folder layout.
+
+Layout (as the data set unpacks)::
+
+  <root>/<category>/train/good/NNN.png
+  <root>/<category>/test/good/NNN.png
+  <root>/<category>/test/<defect_type>/NNN.png
+  <root>/<category>/ground_truth/<defect_type>/NNN_mask.png
+
+Masks are paired with images by file stem (``NNN`` -> ``NNN_mask``);
+``good`` images get all-zero masks. Images are resized bilinearly and masks
+with nearest neighbours to ``image_size``; grayscale categories (grid,
+screw, zipper) are promoted to 3 channels. Masks are binarised with the rule
+of `vae_attn.data.images.binarize_mask` (grey value > 127). The offline
+textured-defect set of `vae_attn.data.textures` uses this layout too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from vae_attn.data import base, folders, images
+
+CATEGORIES = (
+  "bottle",
+  "cable",
+  "capsule",
+  "carpet",
+  "grid",
+  "hazelnut",
+  "leather",
+  "metal_nut",
+  "pill",
+  "screw",
+  "tile",
+  "toothbrush",
+  "transistor",
+  "wood",
+  "zipper",
+)
+TEXTURE_CATEGORIES = ("carpet", "grid", "leather", "tile", "wood")
+SPLITS = ("train", "test")
+
+LAYOUT = """\
+  <root>/<category>/train/good/*.png
+  <root>/<category>/test/good/*.png
+  <root>/<category>/test/<defect_type>/NNN.png
+  <root>/<category>/ground_truth/<defect_type>/NNN_mask.png
+Download MVTec-AD from https://www.mvtec.com/company/research/datasets/mvtec-ad
+and pass the unpacked folder as root, or use the offline set:
+  root = vae_attn.data.textures.ensure_dataset()"""
+
+
+def entries(root: str | os.PathLike, category: str, split: str) -> list:
+  """Walks and checks the layout of one category and split.
+
+  Returns:
+    A list of `vae_attn.data.folders.Entry`, test images sorted by defect
+    type (``good`` first) then by name.
+
+  Raises:
+    DataError: a folder, image or mask is missing or inconsistent.
+  """
+  root = os.fspath(root)
+  if split not in SPLITS:
+    raise base.DataError(
+      f"MVTec-AD split must be one of {SPLITS}, got {split!r}."
+    )
+  folders.require_dir(root, "MVTec-AD root", LAYOUT)
+  cat_dir = os.path.join(root, category)
+  if not os.path.isdir(cat_dir):
+    found = folders.subfolders(root)
+    raise base.DataError(
+      f"MVTec-AD category {category!r} not found in {root} (found: "
+      f"{found or 'no folders'}; MVTec-AD has {', '.join(CATEGORIES)}). "
+      f"Expected layout:\n{LAYOUT}"
+    )
+  if split == "train":
+    train_dir = folders.require_dir(
+      os.path.join(cat_dir, "train", folders.NORMAL),
+      "MVTec-AD training folder",
+      LAYOUT,
+    )
+    return [
+      folders.Entry(f, None, 0, folders.NORMAL)
+      for f in folders.require_images(train_dir, LAYOUT)
+    ]
+  test_dir = folders.require_dir(
+    os.path.join(cat_dir, "test"), "MVTec-AD test folder", LAYOUT
+  )
+  types = folders.subfolders(test_dir)
+  if not types:
+    raise base.DataError(
+      f"No defect-type folders in {test_dir}. Expected layout:\n{LAYOUT}"
+    )
+  types.sort(key=lambda t: (t != folders.NORMAL, t))
+  gt_dir = os.path.join(cat_dir, "ground_truth")
+  folders.check_orphan_mask_folders(gt_dir, types, test_dir)
+  out = []
+  for defect_type in types:
+    files = folders.require_images(os.path.join(test_dir, defect_type), LAYOUT)
+    if defect_type == folders.NORMAL:
+      out += [folders.Entry(f, None, 0, defect_type) for f in files]
+      continue
+    masks = folders.pair_masks(
+      files, os.path.join(gt_dir, defect_type), layout=LAYOUT
+    )
+    out += [
+      folders.Entry(f, m, 1, defect_type)
+      for f, m in zip(files, masks, strict=True)
+    ]
+  return out
+
+
+def load(
+  root: str | os.PathLike,
+  category: str,
+  split: str,
+  *,
+  image_size: int | Sequence[int] = 256,
+  augment: bool = False,
+  seed: int = 0,
+  cache: bool = True,
+) -> folders.ImageMaskSource:
+  """Loads one MVTec-AD category (or the offline textured-defect set).
+
+  Records: ``"image"`` float32 ``[S, S, 3]`` in [0, 1], ``"mask"`` float32
+  ``[S, S, 1]`` in {0, 1}, ``"label"`` int32 (0 good, 1 defect),
+  ``"has_mask"`` int32 (always 1 here), ``"defect_type"`` and ``"path"``
+  (0-d str arrays).
+
+  Args:
+    root: the folder holding the category folders.
+    category: e.g. "bottle" (see `CATEGORIES`), or a textures category.
+    split: "train" (good images only) or "test" (good and defects).
+    image_size: output size, an int or ``(height, width)``; paper: 256.
+    augment: attach the paper's augmentation (rotation uniform in [-30, 30]
+      degrees, then a left-right mirror with probability 1/2) as
+      ``source.augment``; `vae_attn.data.pipeline.batches` applies it, fresh
+      for every epoch. ``source[i]`` is never augmented.
+    seed: folded into the augmentation's random stream.
+    cache: keep decoded, resized images in memory after first use.
+
+  Returns:
+    An `vae_attn.data.folders.ImageMaskSource`.
+
+  Raises:
+    DataError: the layout is missing or inconsistent, an image or mask is
+      unreadable, or a mask's size differs from its image's.
+  """
+  size = images.check_image_size(image_size)
+  found = entries(root, category, split)
+  for entry in found:
+    images.image_size_of(entry.image)
+  folders.check_mask_sizes(found)
+  return folders.ImageMaskSource(
+    found,
+    image_size=size,
+    channels=3,
+    name=f"mvtec:{category}/{split}",
+    augment=folders.seeded_augment(images.rotate_and_mirror, seed)
+    if augment
+    else None,
+    augment_seed=seed,
+    cache=cache,
+  )
