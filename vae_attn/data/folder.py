@@ -1,0 +1,166 @@
+"""Your own images: a custom anomaly folder, in the spirit of anomalib's Folder.
+
+Layout (folder names configurable)::
+
+  <root>/train/*.png                normal training images
+  <root>/test/good/*.png            normal test images (optional)
+  <root>/test/<defect_type>/*.png   anomalous test images, one folder a type
+  <root>/masks/<defect_type>/<stem>.png or <stem>_mask.png   (optional)
+
+``train`` may instead hold a ``good/`` sub-folder (the MVTec-AD layout). The
+pairing and error rules are those of `vae_attn.data.mvtec`: when the mask
+folder exists, every defect image needs exactly one mask with its stem (with
+or without ``_mask``) and its size, and every mask needs an image. Without a
+mask folder the defect images get ``"has_mask" = 0`` and an all-zero mask,
+so image-level metrics work and pixel metrics must skip them. Images are
+always RGB (grey files are promoted) and resized to ``image_size``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from vae_attn.data import base, folders, images
+
+SPLITS = ("train", "test")
+
+
+def _layout(train_dir: str, test_dir: str, mask_dir: str, normal: str) -> str:
+  return (
+    f"  <root>/{train_dir}/*.png  (or <root>/{train_dir}/{normal}/*.png)\n"
+    f"  <root>/{test_dir}/{normal}/*.png\n"
+    f"  <root>/{test_dir}/<defect_type>/*.png\n"
+    f"  <root>/{mask_dir}/<defect_type>/<stem>.png or <stem>_mask.png "
+    "(optional)"
+  )
+
+
+def entries(
+  root: str | os.PathLike,
+  split: str,
+  *,
+  train_dir: str = "train",
+  test_dir: str = "test",
+  mask_dir: str = "masks",
+  normal_name: str = folders.NORMAL,
+) -> list[folders.Entry]:
+  """Walks and checks the custom layout (see the module docstring).
+
+  Raises:
+    DataError: a folder, image or mask is missing or inconsistent.
+  """
+  root = os.fspath(root)
+  layout = _layout(train_dir, test_dir, mask_dir, normal_name)
+  if split not in SPLITS:
+    raise base.DataError(
+      f"Folder split must be one of {SPLITS}, got {split!r}."
+    )
+  folders.require_dir(root, "Data set root", layout)
+  if split == "train":
+    train = folders.require_dir(
+      os.path.join(root, train_dir), "Training folder", layout
+    )
+    nested = os.path.join(train, normal_name)
+    if os.path.isdir(nested) and not images.list_images(train):
+      train = nested
+    return [
+      folders.Entry(f, None, 0, normal_name)
+      for f in folders.require_images(train, layout)
+    ]
+  test = folders.require_dir(
+    os.path.join(root, test_dir), "Test folder", layout
+  )
+  types = folders.subfolders(test)
+  if not types:
+    raise base.DataError(
+      f"No sub-folders in {test}: put test images in {test}/{normal_name}/ "
+      f"and {test}/<defect_type>/. Expected layout:\n{layout}"
+    )
+  types.sort(key=lambda t: (t != normal_name, t))
+  masks_root = os.path.join(root, mask_dir)
+  has_masks = os.path.isdir(masks_root)
+  folders.check_orphan_mask_folders(masks_root, types, test)
+  out = []
+  for defect_type in types:
+    files = folders.require_images(os.path.join(test, defect_type), layout)
+    if defect_type == normal_name:
+      out += [folders.Entry(f, None, 0, defect_type) for f in files]
+    elif not has_masks:
+      out += [
+        folders.Entry(f, None, 1, defect_type, has_mask=False) for f in files
+      ]
+    else:
+      masks = folders.pair_masks(
+        files,
+        os.path.join(masks_root, defect_type),
+        suffixes=("", "_mask"),
+        layout=layout,
+      )
+      out += [
+        folders.Entry(f, m, 1, defect_type)
+        for f, m in zip(files, masks, strict=True)
+      ]
+  return out
+
+
+def load(
+  root: str | os.PathLike,
+  split: str,
+  *,
+  image_size: int | Sequence[int] = 256,
+  train_dir: str = "train",
+  test_dir: str = "test",
+  mask_dir: str = "masks",
+  normal_name: str = folders.NORMAL,
+  augment: bool = False,
+  seed: int = 0,
+  cache: bool = True,
+) -> folders.ImageMaskSource:
+  """Loads a custom anomaly data set laid out as in the module docstring.
+
+  Records are those of `vae_attn.data.mvtec.load`: ``"image"`` float32
+  ``[S, S, 3]``, ``"mask"`` float32 ``[S, S, 1]``, ``"label"``,
+  ``"has_mask"`` (0 for defect images when there is no mask folder),
+  ``"defect_type"`` and ``"path"``.
+
+  Args:
+    root: the data set folder.
+    split: "train" or "test".
+    image_size: output size, an int or ``(height, width)``.
+    train_dir: the normal training images, relative to ``root``.
+    test_dir: the test folder, relative to ``root``.
+    mask_dir: the mask folder, relative to ``root`` (optional on disk).
+    normal_name: the name of the normal test folder.
+    augment: attach the MVTec-AD augmentation as ``source.augment`` (see
+      `vae_attn.data.mvtec.load`).
+    seed: folded into the augmentation's random stream.
+    cache: keep decoded, resized images in memory after first use.
+
+  Raises:
+    DataError: the layout is missing or inconsistent, an image or mask is
+      unreadable, or a mask's size differs from its image's.
+  """
+  size = images.check_image_size(image_size)
+  found = entries(
+    root,
+    split,
+    train_dir=train_dir,
+    test_dir=test_dir,
+    mask_dir=mask_dir,
+    normal_name=normal_name,
+  )
+  for entry in found:
+    images.image_size_of(entry.image)
+  folders.check_mask_sizes(found)
+  return folders.ImageMaskSource(
+    found,
+    image_size=size,
+    channels=3,
+    name=f"folder:{os.path.basename(os.fspath(root))}/{split}",
+    augment=folders.seeded_augment(images.rotate_and_mirror, seed)
+    if augment
+    else None,
+    augment_seed=seed,
+    cache=cache,
+  )
