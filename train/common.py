@@ -679,7 +679,13 @@ def train_and_evaluate(
 
   init_key, step_key = jax.random.split(jax.random.key(config.seed))
   step_key = jax.device_put(step_key, replicated)
-  create_fn = jax.jit(trainer.create_train_state, out_shardings=replicated)
+
+  def create(key: jax.Array) -> TrainState:
+    state = trainer.create_train_state(key)
+    # A strongly typed step, as restored ones are, so resuming never retraces.
+    return state.replace(step=jnp.asarray(state.step, jnp.int32))
+
+  create_fn = jax.jit(create, out_shardings=replicated)
   train_step_fn = jax.jit(
     trainer.train_step,
     in_shardings=(replicated, data_sharding, replicated),

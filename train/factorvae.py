@@ -122,8 +122,19 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
   )
 
 
-def create_train_state(key: jax.Array, config: Config) -> common.TrainState:
-  """The VAE and discriminator parameters and their optimiser state."""
+def create_train_state(
+  key: jax.Array,
+  config: Config,
+  tx: optax.GradientTransformation | None = None,
+) -> common.TrainState:
+  """The VAE and discriminator parameters and their optimiser state.
+
+  Args:
+    key: PRNG key of the initialisation.
+    config: the run's config.
+    tx: the optimiser (default :func:`make_optimizer`); pass one object to
+      every call so that states of several runs share a jitted step.
+  """
   model = models.make_model("factorvae", latent_dim=config.latent_dim)
   k_vae, k_eps, k_disc = jax.random.split(key, 3)
   x = np.zeros((1, 64, 64, 1), np.float32)
@@ -133,7 +144,7 @@ def create_train_state(key: jax.Array, config: Config) -> common.TrainState:
     "disc": models.Discriminator().init(k_disc, z)["params"],
   }
   return common.TrainState.create(
-    apply_fn=model.apply, params=params, tx=make_optimizer(config)
+    apply_fn=model.apply, params=params, tx=tx or make_optimizer(config)
   )
 
 
@@ -242,7 +253,9 @@ def make_trainer(config: Config) -> common.Trainer:
   if config.score_num_train > 0:
     eval_fn = functools.partial(factor_vae_score, config=config, source=source)
   return common.Trainer(
-    create_train_state=functools.partial(create_train_state, config=config),
+    create_train_state=functools.partial(
+      create_train_state, config=config, tx=make_optimizer(config)
+    ),
     train_step=functools.partial(train_step, config=config),
     batches=batches,
     global_batch_size=config.batch_size,
