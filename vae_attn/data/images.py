@@ -21,12 +21,17 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def list_images(folder: str | os.PathLike) -> list[str]:
-  """Image files (by extension) directly in ``folder``, sorted by name."""
+  """Image files (by extension) directly in ``folder``, sorted by name.
+
+  Hidden files (``.name``, e.g. macOS ``._001.tif`` resource forks) are
+  skipped.
+  """
   folder = os.fspath(folder)
   return sorted(
     os.path.join(folder, f)
     for f in os.listdir(folder)
     if f.lower().endswith(IMAGE_EXTENSIONS)
+    and not f.startswith(".")
     and os.path.isfile(os.path.join(folder, f))
   )
 
@@ -43,8 +48,10 @@ def image_size_of(path: str) -> tuple[int, int]:
     DataError: the file is missing or not an image PIL can identify.
   """
   try:
-    with Image.open(path) as im:
-      width, height = im.size
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", UserWarning)  # e.g. corrupt EXIF.
+      with Image.open(path) as im:
+        width, height = im.size
   except (OSError, ValueError, Image.DecompressionBombError) as e:
     raise base.DataError(
       f"Cannot read image {path}: {e}. Replace or delete the file."
@@ -55,6 +62,7 @@ def image_size_of(path: str) -> tuple[int, int]:
 def _open(path: str, mode: str) -> Image.Image:
   try:
     with warnings.catch_warnings():
+      warnings.simplefilter("ignore", UserWarning)  # e.g. corrupt EXIF.
       warnings.simplefilter("error", Image.DecompressionBombWarning)
       with Image.open(path) as im:
         im.load()

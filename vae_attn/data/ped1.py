@@ -1,0 +1,278 @@
+"""UCSD Ped1 (Mahadevan et al., CVPR 2010) from its folder layout.
+
+Layout (as ``UCSD_Anomaly_Dataset.v1p2`` unpacks)::
+
+  UCSDped1/Train/Train001/001.tif ... 200.tif     (34 clips, normal)
+  UCSDped1/Test/Test001/001.tif ...               (36 clips)
+  UCSDped1/Test/Test003_gt/001.bmp ...            (pixel masks, some clips)
+  UCSDped1/Test/UCSDped1.m                        (frame-level annotation)
+
+``root`` is ``UCSDped1`` itself or the folder that contains it. Frames are
+158 x 238 grey; they are resized bilinearly to ``image_size`` (paper: 100 x
+100) and masks with nearest neighbours; masks are binarised by
+`vae_attn.data.images.binarize_mask` (grey value > 127, or > 0 for 0/1
+masks). A frame's mask is the ``.bmp`` of the same stem in ``TestNNN_gt``.
+
+Pixel metrics need pixel masks, which exist for a subset of the test clips.
+By default (``masked_only=True``) the test split holds only those clips, and
+a frame's label is 1 when its mask is not empty. With
+``masked_only=False`` all 36 test clips enter; clips without ``_gt`` folders
+get all-zero masks with ``"has_mask" = 0`` (one public reproduction scored
+pixel metrics over all clips with such zero masks, which counts every
+anomalous pixel of those clips as normal), and their frame labels come from
+the ``gt_frame`` ranges of ``Test/UCSDped1.m``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from vae_attn.data import base, folders, images
+
+SPLITS = ("train", "test")
+LAYOUT = """\
+  <root>/UCSDped1/Train/TrainNNN/*.tif
+  <root>/UCSDped1/Test/TestNNN/*.tif
+  <root>/UCSDped1/Test/TestNNN_gt/*.bmp   (pixel masks, some clips)
+  <root>/UCSDped1/Test/UCSDped1.m         (frame labels, for masked_only=False)
+Download UCSD_Anomaly_Dataset.tar.gz from
+http://www.svcl.ucsd.edu/projects/anomaly/dataset.htm, unpack it and pass
+UCSD_Anomaly_Dataset.v1p2 (or its UCSDped1 folder) as root."""
+
+_GT_FRAME = re.compile(
+  r"TestDataset\{(\d+)\}\.gt_frame\s*=\s*\[([^\]]*)\]", re.IGNORECASE
+)
+
+
+def find_root(root: str | os.PathLike) -> str:
+  """The ``UCSDped1`` folder: ``root`` itself or ``root/UCSDped1``."""
+  root = os.fspath(root)
+  folders.require_dir(root, "UCSD Ped1 root", LAYOUT)
+  for candidate in (os.path.join(root, "UCSDped1"), root):
+    if os.path.isdir(os.path.join(candidate, "Train")) or os.path.isdir(
+      os.path.join(candidate, "Test")
+    ):
+      return candidate
+  raise base.DataError(
+    f"No UCSDped1 Train/ or Test/ folder in {root}. Expected layout:\n{LAYOUT}"
+  )
+
+
+def parse_frame_labels(path: str) -> dict[int, set[int]]:
+  """Reads ``UCSDped1.m``: clip number -> its anomalous frame numbers.
+
+  Lines look like ``TestDataset{3}.gt_frame = [60:152];`` or
+  ``[1:10, 20:30]``; frame numbers start at 1.
+
+  Raises:
+    DataError: the file is missing or has no ``gt_frame`` line.
+  """
+  try:
+    with open(path) as f:
+      text = f.read()
+  except OSError as e:
+    raise base.DataError(
+      f"Cannot read the Ped1 frame annotation {path}: {e}. It ships with the "
+      "data set (UCSDped1/Test/UCSDped1.m); restore it, or use "
+      "masked_only=True."
+    ) from e
+  labels: dict[int, set[int]] = {}
+  for clip, ranges in _GT_FRAME.findall(text):
+    frames = labels.setdefault(int(clip), set())
+    for part in re.split(r"[,\s]+", ranges.strip()):
+      if not part:
+        continue
+      try:
+        bounds = [int(b) for b in part.split(":")]
+      except ValueError as e:
+        raise base.DataError(
+          f"{path}: cannot parse frame range {part!r} of clip {clip}."
+        ) from e
+      frames.update(range(bounds[0], bounds[-1] + 1))
+  if not labels:
+    raise base.DataError(
+      f"{path} has no 'TestDataset{{N}}.gt_frame = [a:b];' lines. Restore "
+      "the original UCSDped1.m or use masked_only=True."
+    )
+  return labels
+
+
+def _clips(folder: str, prefix: str) -> list[str]:
+  pattern = re.compile(rf"^{prefix}\d+$")
+  return [d for d in folders.subfolders(folder) if pattern.match(d)]
+
+
+def _frame_number(path: str) -> int:
+  digits = re.findall(r"\d+", images.stem(path))
+  if not digits:
+    raise base.DataError(
+      f"Frame {path} has no frame number in its name (expected e.g. 001.tif)."
+    )
+  return int(digits[-1])
+
+
+def entries(
+  root: str | os.PathLike, split: str, *, masked_only: bool = True
+) -> list[folders.Entry]:
+  """Walks and checks the layout; one entry per frame.
+
+  Raises:
+    DataError: a folder, frame or mask is missing or inconsistent.
+  """
+  if split not in SPLITS:
+    raise base.DataError(f"Ped1 split must be one of {SPLITS}, got {split!r}.")
+  base_dir = find_root(root)
+  split_dir = folders.require_dir(
+    os.path.join(base_dir, split.capitalize()),
+    f"Ped1 {split.capitalize()} folder",
+    LAYOUT,
+  )
+  prefix = split.capitalize()
+  clips = _clips(split_dir, prefix)
+  if not clips:
+    raise base.DataError(
+      f"No {prefix}NNN clip folders in {split_dir}. Expected layout:\n{LAYOUT}"
+    )
+  out = []
+  if split == "train":
+    for clip in clips:
+      for f in folders.require_images(os.path.join(split_dir, clip), LAYOUT):
+        out.append(
+          folders.Entry(
+            f, None, 0, folders.NORMAL, extra=(("clip", int(clip[5:])),)
+          )
+        )
+    return out
+  gt_names = {
+    d[: -len("_gt")] for d in folders.subfolders(split_dir) if d.endswith("_gt")
+  }
+  orphan_gt = sorted(
+    n for n in gt_names if n not in clips and n.startswith(prefix)
+  )
+  if orphan_gt:
+    raise base.DataError(
+      f"Mask folder {os.path.join(split_dir, orphan_gt[0] + '_gt')} has no "
+      f"clip folder {os.path.join(split_dir, orphan_gt[0])}. Add the frames "
+      "or remove the masks."
+    )
+  masked = [c for c in clips if c in gt_names]
+  if masked_only and not masked:
+    raise base.DataError(
+      f"No TestNNN_gt mask folders in {split_dir}, so no clip has pixel "
+      "masks. Restore them, or pass masked_only=False to use every clip "
+      "with frame labels from UCSDped1.m."
+    )
+  frame_labels = None
+  if not masked_only and len(masked) < len(clips):
+    frame_labels = parse_frame_labels(os.path.join(split_dir, "UCSDped1.m"))
+  for clip in masked if masked_only else clips:
+    clip_id = int(clip[len(prefix) :])
+    frames = folders.require_images(os.path.join(split_dir, clip), LAYOUT)
+    if clip in gt_names:
+      masks = folders.pair_masks(
+        frames,
+        os.path.join(split_dir, clip + "_gt"),
+        suffixes=("",),
+        layout=LAYOUT,
+      )
+      for f, m in zip(frames, masks, strict=True):
+        # The label is read from the mask itself when the entry is decoded.
+        out.append(
+          folders.Entry(
+            f,
+            m,
+            -1,
+            "anomaly",
+            extra=(("clip", clip_id), ("frame", _frame_number(f))),
+          )
+        )
+    else:
+      anomalous = frame_labels.get(clip_id)
+      if anomalous is None:
+        raise base.DataError(
+          f"{os.path.join(split_dir, 'UCSDped1.m')} has no gt_frame line for "
+          f"clip {clip_id}. Restore the original file or use "
+          "masked_only=True."
+        )
+      for f in frames:
+        n = _frame_number(f)
+        out.append(
+          folders.Entry(
+            f,
+            None,
+            int(n in anomalous),
+            "anomaly",
+            has_mask=False,
+            extra=(("clip", clip_id), ("frame", n)),
+          )
+        )
+  return out
+
+
+class Ped1Source(folders.ImageMaskSource):
+  """UCSD Ped1 frames; a masked frame's label is 1 iff its mask is not empty.
+
+  Records: ``"image"`` float32 ``[S, S, 1]``, ``"mask"`` float32
+  ``[S, S, 1]``, ``"label"`` int32, ``"has_mask"`` int32, ``"clip"`` and
+  ``"frame"`` int32 (``"frame"`` for test only), ``"defect_type"`` ("good"
+  or "anomaly") and ``"path"``. Frames are checked when first read.
+  """
+
+  def __getitem__(self, index: int) -> base.Record:
+    record = super().__getitem__(index)
+    if int(record["label"]) == -1:
+      anomalous = bool(record["mask"].any())
+      record["label"] = np.int32(anomalous)
+      record["defect_type"] = np.array("anomaly" if anomalous else "good")
+    elif self._entries[index].defect_type == "anomaly" and not record["label"]:
+      record["defect_type"] = np.array("good")
+    return record
+
+  @property
+  def labels(self) -> np.ndarray:
+    """int32 ``[N]`` frame labels (decodes the frames of masked clips)."""
+    return np.array(
+      [
+        int(self._decode(i)[1].any()) if e.label == -1 else e.label
+        for i, e in enumerate(self._entries)
+      ],
+      dtype=np.int32,
+    )
+
+
+def load(
+  root: str | os.PathLike,
+  split: str,
+  *,
+  image_size: int | Sequence[int] = 100,
+  masked_only: bool = True,
+  cache: bool = True,
+) -> Ped1Source:
+  """Loads UCSD Ped1 frames (see the module docstring for the two modes).
+
+  Args:
+    root: ``UCSDped1`` or the folder that contains it.
+    split: "train" (all 34 clips, normal) or "test".
+    image_size: output size, an int or ``(height, width)``; paper: 100.
+    masked_only: test on the clips with pixel masks only (default), or on
+      every clip, with zero masks (``"has_mask" = 0``) where none exist.
+    cache: keep decoded, resized frames in memory after first use.
+
+  Raises:
+    DataError: the layout is missing or inconsistent, a frame or mask is
+      unreadable, or a mask's size differs from its frame's.
+  """
+  size = images.check_image_size(image_size)
+  found = entries(root, split, masked_only=masked_only)
+  folders.check_mask_sizes(found)
+  return Ped1Source(
+    found,
+    image_size=size,
+    channels=1,
+    name=f"ped1/{split}",
+    cache=cache,
+  )
