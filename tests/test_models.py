@@ -94,17 +94,15 @@ def test_resnet18_rejects_sizes_not_multiple_of_64():
 
 
 def test_resnet18_batchnorm_train_and_eval_modes():
-  model = models.resnet_vae(latent_dim=8, image_size=64)
-  x = jax.random.uniform(jax.random.key(0), (2, 64, 64, 3))
-  variables = model.init(jax.random.key(0), x, jax.random.key(1))
-  out, updates = model.apply(
-    variables, x, jax.random.key(1), True, mutable=["batch_stats"]
-  )
+  encoder = models.ResNet18Encoder(latent_dim=8)
+  x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
+  variables = encoder.init(jax.random.key(0), x)
+  _, updates = encoder.apply(variables, x, True, mutable=["batch_stats"])
   old = jax.tree.leaves(variables["batch_stats"])
   new = jax.tree.leaves(updates["batch_stats"])
   assert any(bool(jnp.any(a != b)) for a, b in zip(old, new, strict=True))
-  mu_eval, _ = model.apply(variables, x, method=model.encode)
-  mu_one, _ = model.apply(variables, x[:1], method=model.encode)
+  mu_eval, _ = encoder.apply(variables, x)
+  mu_one, _ = encoder.apply(variables, x[:1])
   # Eval mode: examples are independent (attention relies on it).
   assert jnp.allclose(mu_eval[:1], mu_one, atol=1e-5)
 
