@@ -1,0 +1,359 @@
+"""Plotting only: attention overlays, grids, ROC curves and traversals.
+
+Every function takes NumPy arrays (images NHWC in ``[0, 1]``, maps
+``[..., H, W]`` already at image size), writes one PNG with matplotlib's Agg
+backend and returns its path. Nothing here computes a metric or runs a
+model; the drivers (``eval.explain``, ``eval.localization``,
+``eval.disentanglement``) do.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+_CMAP = "jet"
+_CELL = 1.6  # Inches per image cell.
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+  """``[H, W]``, ``[H, W, 1]`` or ``[H, W, 3]`` -> ``[H, W, 3]`` in [0, 1]."""
+  image = np.asarray(image, np.float32)
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.ndim != 3 or image.shape[-1] not in (1, 3):
+    raise ValueError(
+      f"An image must be [H, W], [H, W, 1] or [H, W, 3], got {image.shape}."
+    )
+  if image.shape[-1] == 1:
+    image = np.repeat(image, 3, axis=-1)
+  return np.clip(image, 0.0, 1.0)
+
+
+def normalize(maps: np.ndarray, scale: float | None = None) -> np.ndarray:
+  """Scales maps to ``[0, 1]`` for display.
+
+  Args:
+    maps: ``[..., H, W]`` non-negative maps.
+    scale: divide by this value and clip (a common scale keeps the maps of
+      several images comparable); ``None`` min-max normalises each map.
+
+  Returns:
+    Maps of the same shape in ``[0, 1]``.
+  """
+  maps = np.asarray(maps, np.float32)
+  if scale is not None:
+    return np.clip(maps / max(float(scale), 1e-12), 0.0, 1.0)
+  lo = maps.min(axis=(-2, -1), keepdims=True)
+  hi = maps.max(axis=(-2, -1), keepdims=True)
+  return (maps - lo) / np.maximum(hi - lo, 1e-12)
+
+
+def overlay(
+  image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5
+) -> np.ndarray:
+  """Blends a ``[0, 1]`` heat map (jet colour map) over an image.
+
+  Args:
+    image: ``[H, W]`` or ``[H, W, C]`` in ``[0, 1]``.
+    heat: ``[H, W]`` in ``[0, 1]``, at the image's size.
+    alpha: weight of the heat map.
+
+  Returns:
+    ``[H, W, 3]`` RGB in ``[0, 1]``.
+  """
+  rgb = _rgb(image)
+  heat = np.asarray(heat, np.float32)
+  if heat.shape != rgb.shape[:2]:
+    raise ValueError(
+      f"The map {heat.shape} must have the image's size {rgb.shape[:2]}; "
+      "upsample it with vae_attn.attention.upsample first."
+    )
+  colour = plt.get_cmap(_CMAP)(np.clip(heat, 0.0, 1.0))[..., :3]
+  return (1.0 - alpha) * rgb + alpha * colour
+
+
+def _grid(num_rows: int, num_cols: int, title: str | None):
+  fig, axes = plt.subplots(
+    num_rows,
+    num_cols,
+    figsize=(_CELL * num_cols, _CELL * num_rows + (0.4 if title else 0.0)),
+    squeeze=False,
+  )
+  for ax in axes.ravel():
+    ax.set_xticks([])
+    ax.set_yticks([])
+  if title:
+    fig.suptitle(title, fontsize=10)
+  return fig, axes
+
+
+def _save(fig, path: str | os.PathLike) -> str:
+  path = os.fspath(path)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def attention_grid(
+  path: str | os.PathLike,
+  images: np.ndarray,
+  mean_maps: np.ndarray,
+  per_latent: np.ndarray,
+  latent_ids: np.ndarray,
+  *,
+  title: str | None = None,
+) -> str:
+  """Fig. 1-style grid: image, mean-map overlay, then per-latent overlays.
+
+  Args:
+    path: output PNG.
+    images: ``[N, H, W, C]`` in ``[0, 1]``.
+    mean_maps: ``[N, H, W]`` mean attention maps (eq. 4).
+    per_latent: ``[N, K, H, W]`` maps of the ``K`` latents shown per image.
+    latent_ids: ``[N, K]`` the latent index of each shown map.
+    title: optional figure title.
+
+  Returns:
+    ``path``.
+  """
+  images = np.asarray(images)
+  n, k = per_latent.shape[:2]
+  if mean_maps.shape[0] != n or images.shape[0] != n:
+    raise ValueError(
+      f"images {images.shape}, mean_maps {mean_maps.shape} and per_latent "
+      f"{per_latent.shape} must have the same number of images."
+    )
+  fig, axes = _grid(n, k + 2, title)
+  mean_maps = normalize(mean_maps)
+  per_latent = normalize(per_latent)
+  for i in range(n):
+    axes[i, 0].imshow(_rgb(images[i]))
+    axes[i, 1].imshow(overlay(images[i], mean_maps[i]))
+    for j in range(k):
+      axes[i, j + 2].imshow(overlay(images[i], per_latent[i, j]))
+      if i == 0 or latent_ids.ndim == 2:
+        axes[i, j + 2].set_title(f"z{int(latent_ids[i, j])}", fontsize=8)
+  axes[0, 0].set_title("image", fontsize=8)
+  axes[0, 1].set_title("mean map", fontsize=8)
+  return _save(fig, path)
+
+
+def mean_overlays(
+  path: str | os.PathLike,
+  images: np.ndarray,
+  mean_maps: np.ndarray,
+  *,
+  names: Sequence[str] | None = None,
+  title: str | None = None,
+) -> str:
+  """Each image (top row) above its mean attention map overlay (bottom).
+
+  Args:
+    path: output PNG.
+    images: ``[N, H, W, C]`` in ``[0, 1]``.
+    mean_maps: ``[N, H, W]`` maps, min-max normalised per image here.
+    names: optional caption of each column.
+    title: optional figure title.
+
+  Returns:
+    ``path``.
+  """
+  n = len(images)
+  fig, axes = _grid(2, n, title)
+  mean_maps = normalize(mean_maps)
+  for i in range(n):
+    axes[0, i].imshow(_rgb(images[i]))
+    axes[1, i].imshow(overlay(images[i], mean_maps[i]))
+    if names is not None:
+      axes[0, i].set_title(names[i], fontsize=8)
+  axes[0, 0].set_ylabel("image", fontsize=8)
+  axes[1, 0].set_ylabel("mean map", fontsize=8)
+  return _save(fig, path)
+
+
+def localization_overlays(
+  path: str | os.PathLike,
+  images: np.ndarray,
+  masks: np.ndarray,
+  maps: Mapping[str, np.ndarray],
+  *,
+  row_titles: Sequence[str] | None = None,
+  title: str | None = None,
+) -> str:
+  """Fig. 6-style rows: image, ground truth, one overlay per method.
+
+  Args:
+    path: output PNG.
+    images: ``[N, H, W, C]`` in ``[0, 1]``.
+    masks: ``[N, H, W]`` binary ground truth.
+    maps: method name -> ``[N, H, W]`` maps in ``[0, 1]`` (normalise with a
+      common scale per method, see :func:`normalize`, so that normal images
+      stay cold).
+    row_titles: optional label of each row (e.g. the defect type).
+    title: optional figure title.
+
+  Returns:
+    ``path``.
+  """
+  n = len(images)
+  fig, axes = _grid(n, 2 + len(maps), title)
+  for i in range(n):
+    axes[i, 0].imshow(_rgb(images[i]))
+    axes[i, 1].imshow(np.asarray(masks[i]), cmap="gray", vmin=0, vmax=1)
+    for j, m in enumerate(maps.values()):
+      axes[i, j + 2].imshow(overlay(images[i], m[i]))
+    if row_titles is not None:
+      axes[i, 0].set_ylabel(row_titles[i], fontsize=8)
+  for j, name in enumerate(["image", "ground truth", *maps]):
+    axes[0, j].set_title(name, fontsize=8)
+  return _save(fig, path)
+
+
+def roc_curves(
+  path: str | os.PathLike,
+  curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]],
+  *,
+  title: str | None = None,
+  max_points: int = 2000,
+) -> str:
+  """Pixel-level ROC curves of several methods on one axis.
+
+  Args:
+    path: output PNG.
+    curves: label -> ``(fpr, tpr, auroc)``.
+    title: optional axis title.
+    max_points: curves are thinned to about this many points for plotting.
+
+  Returns:
+    ``path``.
+  """
+  fig, ax = plt.subplots(figsize=(4.5, 4.5))
+  for label, (fpr, tpr, auc) in curves.items():
+    stride = max(1, len(fpr) // max_points)
+    idx = np.unique(np.r_[np.arange(0, len(fpr), stride), len(fpr) - 1])
+    ax.plot(fpr[idx], tpr[idx], lw=1.5, label=f"{label} ({auc:.3f})")
+  ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1)
+  ax.set_xlabel("false positive rate (normal pixels)")
+  ax.set_ylabel("true positive rate (anomalous pixels)")
+  ax.legend(loc="lower right", fontsize=7)
+  if title:
+    ax.set_title(title, fontsize=10)
+  return _save(fig, path)
+
+
+def top_latent_maps(
+  path: str | os.PathLike,
+  images: np.ndarray,
+  maps: np.ndarray,
+  latent_ids: np.ndarray,
+  *,
+  title: str | None = None,
+) -> str:
+  """Fig. 8-style: each input with the maps of its strongest latents.
+
+  Args:
+    path: output PNG.
+    images: ``[N, H, W, C]`` in ``[0, 1]``.
+    maps: ``[N, K, H, W]`` maps of the ``K`` highest-responding latents.
+    latent_ids: ``[N, K]`` their indices.
+    title: optional figure title.
+
+  Returns:
+    ``path``.
+  """
+  n, k = maps.shape[:2]
+  fig, axes = _grid(n, k + 1, title)
+  maps = normalize(maps)
+  for i in range(n):
+    axes[i, 0].imshow(_rgb(images[i]))
+    for j in range(k):
+      axes[i, j + 1].imshow(maps[i, j], cmap=_CMAP, vmin=0, vmax=1)
+      axes[i, j + 1].set_title(f"z{int(latent_ids[i, j])}", fontsize=8)
+  axes[0, 0].set_title("input", fontsize=8)
+  return _save(fig, path)
+
+
+def traversals(
+  path: str | os.PathLike,
+  decoded: np.ndarray,
+  latent_ids: Sequence[int],
+  values: np.ndarray,
+  *,
+  row_labels: Sequence[str] | None = None,
+  title: str | None = None,
+) -> str:
+  """Latent traversals: one row per latent, one column per value.
+
+  Args:
+    path: output PNG.
+    decoded: ``[R, S, H, W, C]`` decoded images in ``[0, 1]``.
+    latent_ids: ``[R]`` the latent traversed in each row.
+    values: ``[S]`` the values it takes.
+    row_labels: optional extra text per row (e.g. its KL).
+    title: optional figure title.
+
+  Returns:
+    ``path``.
+  """
+  r, s = decoded.shape[:2]
+  fig, axes = _grid(r, s, title)
+  for i in range(r):
+    for j in range(s):
+      axes[i, j].imshow(_rgb(decoded[i, j]))
+    label = f"z{int(latent_ids[i])}"
+    if row_labels is not None:
+      label += f"\n{row_labels[i]}"
+    axes[i, 0].set_ylabel(label, fontsize=8)
+  for j in range(s):
+    axes[0, j].set_title(f"{float(values[j]):+.1f}", fontsize=8)
+  return _save(fig, path)
+
+
+def layer_ablation(
+  path: str | os.PathLike,
+  aurocs: Mapping[str, float],
+  *,
+  title: str | None = None,
+) -> str:
+  """Bar chart of pixel AUROC per attention layer and the residual.
+
+  Args:
+    path: output PNG.
+    aurocs: label -> pixel AUROC.
+    title: optional axis title.
+
+  Returns:
+    ``path``.
+  """
+  fig, ax = plt.subplots(figsize=(1.2 * len(aurocs) + 1.5, 3.5))
+  labels = list(aurocs)
+  values = [aurocs[k] for k in labels]
+  bars = ax.bar(range(len(labels)), values, color="tab:blue")
+  for bar, value in zip(bars, values, strict=True):
+    ax.text(
+      bar.get_x() + bar.get_width() / 2,
+      value,
+      f"{value:.3f}",
+      ha="center",
+      va="bottom",
+      fontsize=8,
+    )
+  ax.set_xticks(range(len(labels)))
+  ax.set_xticklabels(labels, fontsize=8)
+  ax.set_ylim(0, 1.05)
+  ax.set_ylabel("pixel AUROC")
+  if title:
+    ax.set_title(title, fontsize=10)
+  return _save(fig, path)
