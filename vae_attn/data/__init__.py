@@ -1,11 +1,28 @@
 """Data sources and the batching pipeline (see docs/data.md).
 
 Every loader returns a *source*: a random-access sequence of
-``dict[str, np.ndarray]`` records, read in batches by `pipeline.batches`.
-Errors about missing or malformed data are `DataError`.
+``dict[str, np.ndarray]`` records (images float32 in [0, 1], HWC), read in
+seeded, resumable, per-process batches by `batches`. Missing or malformed
+data raises `DataError`, whose message names the file and the fix.
+
+Loaders: `mnist.load`, `dsprites.procedural` / `dsprites.load_npz` /
+`dsprites.load_tfds`, `mvtec.load`, `ped1.load`, `folder.load`. Offline
+sources: `dsprites.procedural` and `textures.ensure_dataset` (an MVTec-AD
+layout of real textures with synthetic defects).
 """
 
-from vae_attn.data import dsprites, pipeline
+from vae_attn.data import (
+  dsprites,
+  folder,
+  folders,
+  images,
+  mnist,
+  mvtec,
+  ped1,
+  pipeline,
+  textures,
+  tfds_source,
+)
 from vae_attn.data.base import (
   ArraySource,
   DataError,
@@ -24,6 +41,14 @@ __all__ = [
   "Source",
   "batches",
   "dsprites",
+  "folder",
+  "folders",
+  "images",
+  "mnist",
+  "mvtec",
+  "ped1",
   "pipeline",
   "stack_records",
+  "textures",
+  "tfds_source",
 ]
