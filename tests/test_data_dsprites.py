@@ -66,6 +66,33 @@ def test_images_are_binary_float32_and_inside_the_canvas(ds):
     np.testing.assert_array_equal(ds[i]["image"], ds.get_batch([i])["image"][0])
 
 
+def test_every_sprite_stays_inside_the_canvas_at_extreme_positions(ds):
+  sprites = dsprites.render_sprites()  # [3, 6, 40, 33, 33]
+  sprite_area = sprites.sum(axis=(-2, -1))
+  assert (sprite_area > 0).all()
+  # No sprite is cut by its own box either.
+  assert not sprites[..., [0, -1], :].any()
+  assert not sprites[..., :, [0, -1]].any()
+  grid = np.stack(
+    np.meshgrid(
+      np.arange(3),
+      np.arange(6),
+      np.arange(40),
+      [0, 31],
+      [0, 31],
+      indexing="ij",
+    ),
+    axis=-1,
+  ).reshape(-1, 5)
+  images = ds.render(grid, dtype=np.uint8)
+  area = images.reshape(len(grid), -1).sum(axis=1, dtype=np.int64)
+  # Pasting is exact, so an image keeps its sprite's full area iff no pixel
+  # falls off the canvas; the extreme positions are the worst cases.
+  np.testing.assert_array_equal(
+    area, sprite_area[grid[:, 0], grid[:, 1], grid[:, 2]]
+  )
+
+
 def test_foreground_area_grows_with_scale(ds):
   for shape in range(3):
     for orient in (0, 13):

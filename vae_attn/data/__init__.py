@@ -5,13 +5,14 @@ Every loader returns a *source*: a random-access sequence of
 seeded, resumable, per-process batches by `batches`. Missing or malformed
 data raises `DataError`, whose message names the file and the fix.
 
-Loaders: `mnist.load`, `dsprites.procedural` / `dsprites.load_npz` /
-`dsprites.load_tfds`, `mvtec.load`, `ped1.load`, `folder.load`. Offline
-sources: `dsprites.procedural` and `textures.ensure_dataset` (an MVTec-AD
-layout of real textures with synthetic defects).
+Loaders: `mnist.load`, `dsprites.load_npz`, `dsprites.load_tfds`,
+`mvtec.load`, `ped1.load`, `folder.load`. Offline sources:
+`dsprites.procedural`, `textures.ensure_dataset` (an MVTec-AD layout of real
+textures with synthetic defects) and `digits.load` (an MNIST stand-in).
 """
 
 from vae_attn.data import (
+  digits,
   dsprites,
   folder,
   folders,
@@ -40,6 +41,7 @@ __all__ = [
   "Record",
   "Source",
   "batches",
+  "digits",
   "dsprites",
   "folder",
   "folders",

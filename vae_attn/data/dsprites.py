@@ -413,7 +413,7 @@ def _tfds_record(example: dict) -> base.Record:
 
 
 def load_tfds(
-  split: str = "train", *, data_dir: str | os.PathLike | None = None
+  split: str = "train", data_dir: str | os.PathLike | None = None
 ) -> base.Source:
   """dSprites through ``tfds.data_source`` (array_record files, no TF).
 
