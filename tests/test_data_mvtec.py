@@ -47,7 +47,9 @@ def test_categories():
 
 
 def test_train_split(tmp_path):
-  _make(tmp_path)
+  cat = _make(tmp_path)
+  with open(os.path.join(cat, "train", "good", "._001.png"), "wb") as f:
+    f.write(b"macOS resource fork, not an image")  # Hidden: skipped.
   src = mvtec.load(tmp_path, "widget", "train", image_size=8)
   assert len(src) == 3
   rec = src[1]
