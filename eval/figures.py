@@ -215,7 +215,7 @@ def localization_overlays(
     if row_titles is not None:
       axes[i, 0].set_ylabel(row_titles[i], fontsize=8)
   for j, name in enumerate(["image", "ground truth", *maps]):
-    axes[0, j].set_title(name, fontsize=8)
+    axes[0, j].set_title(name, fontsize=7)
   return _save(fig, path)
 
 
