@@ -49,7 +49,13 @@ class Config(common.LoopConfig):
 
   # Fields that only change evaluation; a run may resume with other values.
   RUN_FIELDS: ClassVar[frozenset[str]] = frozenset(
-    {"score_num_train", "score_num_eval", "score_num_variance"}
+    {
+      "score",
+      "score_convention",
+      "score_num_train",
+      "score_num_eval",
+      "score_num_variance",
+    }
   )
 
   num_steps: int = _f(300_000, "training steps (paper: 3e5)")
@@ -72,9 +78,15 @@ class Config(common.LoopConfig):
   disc_b2: float = 0.9
   data: str = _f("procedural", "dSprites source", ("procedural", "npz", "tfds"))
   data_path: str = _f("", "npz file (--data=npz) or tfds data_dir")
-  score_num_train: int = _f(10_000, "FactorVAE score: training votes (0: off)")
-  score_num_eval: int = _f(5_000, "FactorVAE score: evaluation votes")
-  score_num_variance: int = _f(10_000, "FactorVAE score: variance samples")
+  score: bool = _f(True, "compute the FactorVAE score (end, eval_every)")
+  score_convention: str = _f(
+    "paper",
+    "FactorVAE score convention (eval.metrics.FACTOR_VAE_CONVENTIONS)",
+    ("paper", "disentanglement_lib"),
+  )
+  score_num_train: int = _f(0, "score: training votes (0: the convention's)")
+  score_num_eval: int = _f(0, "score: evaluation votes (0: the convention's)")
+  score_num_variance: int = _f(0, "score: variance images (0: convention's)")
 
 
 PRESETS = {
@@ -84,8 +96,8 @@ PRESETS = {
     num_steps=1500,
     log_every=100,
     checkpoint_every=500,
-    score_num_train=500,
-    score_num_eval=250,
+    score_num_train=200,
+    score_num_eval=200,
     score_num_variance=2000,
   ),
   "smoke": Config(
@@ -93,9 +105,9 @@ PRESETS = {
     batch_size=8,
     log_every=2,
     checkpoint_every=2,
-    score_num_train=20,
+    score_num_train=10,
     score_num_eval=10,
-    score_num_variance=200,
+    score_num_variance=100,
   ),
 }
 
@@ -126,16 +138,20 @@ def create_train_state(
   key: jax.Array,
   config: Config,
   tx: optax.GradientTransformation | None = None,
+  model: models.VAE | None = None,
 ) -> common.TrainState:
   """The VAE and discriminator parameters and their optimiser state.
 
   Args:
     key: PRNG key of the initialisation.
     config: the run's config.
-    tx: the optimiser (default :func:`make_optimizer`); pass one object to
-      every call so that states of several runs share a jitted step.
+    tx: the optimiser (default :func:`make_optimizer`).
+    model: the VAE (default: built from ``config``). Pass the same ``tx`` and
+      ``model`` objects to every call so that the states of several runs have
+      one tree structure and share a compiled step.
   """
-  model = models.make_model("factorvae", latent_dim=config.latent_dim)
+  if model is None:
+    model = models.make_model("factorvae", latent_dim=config.latent_dim)
   k_vae, k_eps, k_disc = jax.random.split(key, 3)
   x = np.zeros((1, 64, 64, 1), np.float32)
   z = np.zeros((1, config.latent_dim), np.float32)
@@ -207,29 +223,56 @@ def train_step(
   return state, metrics
 
 
-def factor_vae_score(state: common.TrainState, config: Config, source) -> dict:
-  """The FactorVAE metric of the posterior means (``eval.metrics``)."""
+def factor_vae_score(
+  state: common.TrainState, config: Config, source, encode_fn=None
+) -> dict:
+  """The FactorVAE metric of the posterior means (``eval.metrics``).
+
+  With the ``paper`` convention, latents whose mean KL to the prior is below
+  0.05 nats are pruned (Kim & Mnih 2018).
+
+  Args:
+    state: the train state.
+    config: the run's config.
+    source: the dSprites source (its ground-truth interface if it has one).
+    encode_fn: jitted ``(variables, x) -> (mu, logvar)`` (default: built).
+
+  Returns:
+    ``{"factor_vae_eval_accuracy": ..., "factor_vae_train_accuracy": ...,
+    "factor_vae_num_active_dims": ...}``.
+  """
   from eval import metrics  # Deferred: eval code is only needed here.
 
-  model = models.make_model("factorvae", latent_dim=config.latent_dim)
-  encode = jax.jit(functools.partial(model.apply, method=model.encode))
-  params = jax.device_get(state.params["vae"])
+  if encode_fn is None:
+    model = models.make_model("factorvae", latent_dim=config.latent_dim)
+    encode_fn = jax.jit(functools.partial(model.apply, method=model.encode))
+  encode = encode_fn
+  variables = {"params": jax.device_get(state.params["vae"])}
   ground_truth = (
     source if hasattr(source, "sample_factors") else (dsprites.procedural())
   )
 
   def representation_fn(x: np.ndarray) -> np.ndarray:
-    return np.asarray(encode({"params": params}, x)[0])
+    return np.asarray(encode(variables, x)[0])
 
+  def kl_fn(x: np.ndarray) -> np.ndarray:
+    mu, logvar = (np.asarray(a) for a in encode(variables, x))
+    return 0.5 * (mu**2 + np.exp(logvar) - logvar - 1.0)
+
+  counts = {
+    "num_train": config.score_num_train,
+    "num_eval": config.score_num_eval,
+    "num_variance_estimate": config.score_num_variance,
+  }
   scores = metrics.compute_factor_vae(
     ground_truth,
     representation_fn,
     np.random.RandomState(config.seed),
-    num_train=config.score_num_train,
-    num_eval=config.score_num_eval,
-    num_variance_estimate=config.score_num_variance,
+    convention=config.score_convention,
+    kl_function=kl_fn if config.score_convention == "paper" else None,
+    **{k: v for k, v in counts.items() if v > 0},
   )
-  return {k: float(v) for k, v in scores.items() if np.ndim(v) == 0}
+  return {f"factor_vae_{k}": float(v) for k, v in scores.items()}
 
 
 def make_trainer(config: Config) -> common.Trainer:
@@ -250,11 +293,20 @@ def make_trainer(config: Config) -> common.Trainer:
       yield {"x": b["image"][:local], "x2": b["image"][local:]}
 
   eval_fn = None
-  if config.score_num_train > 0:
-    eval_fn = functools.partial(factor_vae_score, config=config, source=source)
+  if config.score:
+    model = models.make_model("factorvae", latent_dim=config.latent_dim)
+    eval_fn = functools.partial(
+      factor_vae_score,
+      config=config,
+      source=source,
+      encode_fn=jax.jit(functools.partial(model.apply, method=model.encode)),
+    )
   return common.Trainer(
     create_train_state=functools.partial(
-      create_train_state, config=config, tx=make_optimizer(config)
+      create_train_state,
+      config=config,
+      tx=make_optimizer(config),
+      model=models.make_model("factorvae", latent_dim=config.latent_dim),
     ),
     train_step=functools.partial(train_step, config=config),
     batches=batches,
