@@ -9,15 +9,18 @@ fraction of normal pixels flagged).
 Two paths:
 
 * Exact (``pixel_auroc``, ``roc_curve``, ``best_iou``, ``aupro``,
-  ``localization_report``): one global sort of all pixels. Memory is about
-  40 bytes per pixel (a full MVTec-AD category at 256x256, about 11M pixels,
-  needs about 0.5 GB). AUROC and the ROC curve agree with scikit-learn to
-  floating-point precision.
+  ``localization_report``): one global sort of all pixels. Peak memory is
+  about 56 bytes per pixel: the largest MVTec-AD test split (pill, 167
+  images at 256x256, 11M pixels) needs about 0.6 GB and 10 s on 2 CPU cores.
+  AUROC and the ROC curve agree with scikit-learn to floating-point
+  precision.
 * Streaming, binned (``pixel_roc``): an optax-style ``init`` / ``update`` /
   ``compute`` triple over per-batch histograms with a fixed number of bins
   over a known score range. Memory is ``O(num_bins)`` plus two floats per
-  image. Every binned figure comes with a rigorous error bound computed from
-  the histograms themselves (see ``pixel_roc``).
+  image and one batch (the 11M pixels above in batches of 16 images: under
+  40 MB and 0.3 s, within 1e-5 of the exact values). Every binned figure
+  comes with a rigorous error bound computed from the histograms themselves
+  (see ``pixel_roc``).
 
 References:
   Liu et al., "Towards Visually Explaining Variational Autoencoders", CVPR
