@@ -1,0 +1,130 @@
+"""python -m train.oneclass: one-class VAEs and their latent statistics."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from train import common, oneclass
+from vae_attn import anomaly
+from vae_attn.data import DataError
+
+
+def _parse(argv):
+  config, _, _ = common.parse_flags(
+    argv,
+    oneclass.Config,
+    oneclass.PRESETS,
+    prog="t",
+    default_preset="textures",
+    preset_field="dataset",
+  )
+  return config
+
+
+def test_dataset_flag_picks_the_papers_setup():
+  default = _parse([])
+  assert (default.dataset, default.model) == ("textures", "resnet18")
+  mnist = _parse(["--dataset=mnist", "--normal-digit=3"])
+  assert (mnist.model, mnist.learning_rate, mnist.batch_size) == (
+    "mnist",
+    1e-3,
+    128,
+  )
+  assert mnist.normal_digit == 3 and not mnist.augment
+  ped1 = _parse(["--dataset=ped1", "--data-dir=/d"])
+  assert (ped1.model, ped1.image_size, ped1.learning_rate) == (
+    "ped1",
+    100,
+    1e-4,
+  )
+  assert ped1.batch_size == 32
+  mvtec = _parse(["--dataset=mvtec", "--category=bottle"])
+  assert (mvtec.model, mvtec.image_size, mvtec.batch_size) == (
+    "resnet18",
+    256,
+    8,
+  )
+  assert mvtec.augment and mvtec.category == "bottle"
+  assert _parse(["--preset=mvtec_screw"]).category == "screw"
+
+
+def test_missing_data_is_a_clear_error():
+  with pytest.raises(ValueError, match="--data-dir"):
+    oneclass.load_data(_parse(["--dataset=folder"]), "train")
+  with pytest.raises(ValueError, match="--category"):
+    oneclass.load_data(
+      _parse(["--dataset=mvtec", "--category=", "--data-dir=/d"]), "train"
+    )
+  with pytest.raises(DataError):
+    oneclass.load_data(_parse(["--dataset=mnist"]), "train")
+
+
+def test_mnist_vae_trains_resumes_and_saves_latent_stats(tmp_path):
+  config = oneclass.PRESETS["smoke"]
+  trainer = oneclass.make_trainer(config)
+  step_fn = trainer.train_step
+
+  @chex.assert_max_traces(n=1)
+  def counted(state, batch, key):
+    return step_fn(state, batch, key)
+
+  trainer = dataclasses.replace(trainer, train_step=counted)
+  half = dataclasses.replace(config, num_steps=2)
+  common.train_and_evaluate(half, tmp_path / "a", trainer)
+  resumed = common.train_and_evaluate(config, tmp_path / "a", trainer)
+  straight = common.train_and_evaluate(config, tmp_path / "b", trainer)
+  assert int(resumed.step) == 4
+  chex.assert_trees_all_close(resumed.params, straight.params, atol=1e-6)
+
+  step, restored = common.load_checkpoint(
+    tmp_path / "a", items=("state", "config", "latent_stats")
+  )
+  assert step == 4 and restored["config"]["dataset"] == "digits"
+  stats = restored["latent_stats"]
+  train = oneclass.load_data(config, "train")
+  assert int(stats["count"]) == len(train)
+  chex.assert_shape([stats["mean"], stats["var"]], (config.latent_dim,))
+  assert np.all(np.asarray(stats["var"]) > 0)
+  model = oneclass.make_model(config)
+  expected = anomaly.latent_statistics(
+    lambda v, x: model.apply(v, x, method=model.encode),
+    {"params": resumed.params},
+    [train.get_batch(np.arange(len(train)))],
+  )
+  np.testing.assert_allclose(stats["mean"], expected.mean, atol=1e-5)
+  np.testing.assert_allclose(stats["var"], expected.var, rtol=1e-4)
+
+
+def test_default_textures_resnet_trains_with_batchnorm(tmp_path):
+  config = dataclasses.replace(
+    oneclass.PRESETS["textures"],
+    data_dir=str(tmp_path / "data"),
+    image_size=64,
+    batch_size=4,
+    num_steps=2,
+    log_every=1,
+    checkpoint_every=2,
+    eval_num_examples=8,
+    stats_batch_size=16,
+  )
+  state = oneclass.train_and_evaluate(config, str(tmp_path / "run"))
+  assert int(state.step) == 2 and state.batch_stats
+  chex.assert_tree_all_finite(state.params)
+  _, restored = common.load_checkpoint(
+    tmp_path / "run", items=("state", "latent_stats")
+  )
+  # Running means start at zero; training steps update them.
+  means = [
+    np.abs(np.asarray(leaf)).max()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(
+      restored["state"]["batch_stats"]
+    )
+    if "mean" in jax.tree_util.keystr(path)
+  ]
+  assert means and max(means) > 0
+  assert np.asarray(restored["latent_stats"]["mean"]).shape == (32,)

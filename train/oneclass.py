@@ -1,0 +1,285 @@
+r"""One-class VAEs for anomaly localization (PAPER.md sections 2 and 4).
+
+  python -m train.oneclass                                   # textured set
+  python -m train.oneclass --dataset=mnist --normal-digit=3
+  python -m train.oneclass --dataset=mvtec --category=bottle --data-dir=DIR
+  python -m train.oneclass --dataset=ped1 --data-dir=DIR/UCSD_Anomaly_Dataset
+  python -m train.oneclass --dataset=folder --data-dir=DIR --image-size=256
+
+``--dataset`` picks the preset (architecture, optimiser, batch and
+augmentation of the paper for that data set) unless ``--preset`` is given.
+Training minimises the negative ELBO (Bernoulli likelihood of the logits,
+KL to N(0, I)) on normal data only. At the end the latent population
+statistics of the normal training data (eq. 5; ``vae_attn.anomaly``) are
+saved with the final checkpoint as the item ``latent_stats``. The eval hook
+reports the test-split ELBO and the image AUROC of the ELBO as anomaly score.
+With no data, the default is the offline textured-defect set (MVTec layout).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+from collections.abc import Sequence
+from typing import ClassVar
+
+import jax
+import numpy as np
+import optax
+import sklearn.metrics
+
+from train import common
+from vae_attn import anomaly, losses, models
+from vae_attn.data import base, digits, folder, mnist, mvtec, pipeline, textures
+from vae_attn.data import ped1 as ped1_data
+
+DATASETS = ("textures", "mvtec", "folder", "mnist", "digits", "ped1")
+MVTEC_CATEGORIES = mvtec.CATEGORIES
+
+
+def _f(default, help_text, choices=None):
+  meta = {"help": help_text}
+  if choices is not None:
+    meta["choices"] = choices
+  return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(common.LoopConfig):
+  """One-class VAE hyperparameters (defaults: the paper's MVTec-AD VAE)."""
+
+  RUN_FIELDS: ClassVar[frozenset[str]] = frozenset(
+    {"eval_num_examples", "stats_batch_size"}
+  )
+
+  num_steps: int = 10_000
+  checkpoint_every: int = 2_000
+  dataset: str = _f("textures", "data set (its preset)", DATASETS)
+  category: str = _f("", "mvtec/textures category (textures: first found)")
+  normal_digit: int = _f(0, "the normal class of mnist/digits")
+  data_dir: str = _f("", "data root (mnist: tfds data_dir; textures: cache)")
+  model: str = _f("resnet18", "architecture", ("mnist", "ped1", "resnet18"))
+  image_size: int = _f(256, "input side (resnet18, mvtec/folder/textures)")
+  latent_dim: int = 32
+  batch_size: int = 8
+  learning_rate: float = 1e-4
+  augment: bool = _f(True, "rotation in [-30, 30] degrees and mirroring")
+  eval_num_examples: int = _f(256, "test images for the eval hook (0: off)")
+  stats_batch_size: int = 64
+
+
+_MNIST = dict(
+  model="mnist", image_size=28, learning_rate=1e-3, batch_size=128,
+  augment=False, num_steps=5_000, checkpoint_every=1_000,
+)  # fmt: skip
+PRESETS = {
+  "textures": Config(image_size=128, num_steps=3_000, checkpoint_every=500),
+  "mvtec": Config(dataset="mvtec", category="carpet"),
+  **{
+    f"mvtec_{c}": Config(dataset="mvtec", category=c) for c in MVTEC_CATEGORIES
+  },
+  "folder": Config(dataset="folder"),
+  "mnist": Config(dataset="mnist", **_MNIST),
+  "digits": Config(dataset="digits", **_MNIST),
+  "ped1": Config(
+    dataset="ped1",
+    model="ped1",
+    image_size=100,
+    batch_size=32,
+    augment=False,
+    num_steps=20_000,
+  ),  # fmt: skip
+  "smoke": Config(
+    dataset="digits",
+    model="mnist",
+    image_size=28,
+    batch_size=8,
+    augment=False,
+    num_steps=4,
+    log_every=2,
+    checkpoint_every=2,
+    eval_num_examples=32,
+    stats_batch_size=100,
+  ),  # fmt: skip
+}
+
+
+def _need_dir(config: Config) -> str:
+  if not config.data_dir:
+    raise ValueError(f"--dataset={config.dataset} needs --data-dir=<root>.")
+  return config.data_dir
+
+
+def _mvtec_layout(config: Config, split: str, augment: bool, root: str):
+  return mvtec.load(root, config.category or textures.CATEGORIES[0], split,
+                    image_size=config.image_size, augment=augment,
+                    seed=config.seed)  # fmt: skip
+
+
+def _mvtec(config: Config, split: str, augment: bool):
+  if not config.category:
+    raise ValueError(
+      f"--dataset=mvtec needs --category=<one of {MVTEC_CATEGORIES}>."
+    )
+  return _mvtec_layout(config, split, augment, _need_dir(config))
+
+
+# Data set name -> fn(config, split, augment) -> source.
+_LOADERS = {
+  "textures": lambda c, split, augment: _mvtec_layout(
+    c, split, augment, textures.ensure_dataset(c.data_dir or None)),
+  "mvtec": _mvtec,
+  "folder": lambda c, split, augment: folder.load(
+    _need_dir(c), split, image_size=c.image_size, augment=augment,
+    seed=c.seed),
+  "mnist": lambda c, split, augment: mnist.load(
+    split, normal_digit=c.normal_digit, data_dir=c.data_dir or None),
+  "digits": lambda c, split, augment: digits.load(
+    split, normal_digit=c.normal_digit),
+  "ped1": lambda c, split, augment: ped1_data.load(
+    _need_dir(c), split, image_size=c.image_size),
+}  # fmt: skip
+
+
+def load_data(config: Config, split: str, *, augment: bool = False):
+  """The source of ``split`` ("train": normal images only)."""
+  return _LOADERS[config.dataset](config, split, augment)
+
+
+def make_model(config: Config) -> models.VAE:
+  kwargs = {"latent_dim": config.latent_dim}
+  if config.model == "resnet18":
+    kwargs["image_size"] = config.image_size
+  return models.make_model(config.model, **kwargs)
+
+
+def create_train_state(key, config, model, tx) -> common.TrainState:
+  """Parameters (and BatchNorm statistics) of ``model`` and Adam's state."""
+  size = {"mnist": 28, "ped1": 100}.get(config.model, config.image_size)
+  channels = 3 if config.model == "resnet18" else 1
+  x = np.zeros((1, size, size, channels), np.float32)
+  k_params, k_eps = jax.random.split(key)
+  variables = model.init(k_params, x, k_eps)
+  return common.TrainState.create(
+    apply_fn=model.apply, params=variables["params"], tx=tx,
+    batch_stats=variables.get("batch_stats", {}),
+  )  # fmt: skip
+
+
+def _variables(state: common.TrainState) -> dict:
+  if state.batch_stats:
+    return {"params": state.params, "batch_stats": state.batch_stats}
+  return {"params": state.params}
+
+
+def train_step(state, batch, key, *, model) -> tuple:
+  """One Adam step on the negative ELBO of a batch of normal images."""
+  key = jax.random.fold_in(key, state.step)
+  x = batch["image"]
+  mutable = ["batch_stats"] if state.batch_stats else False
+
+  def loss_fn(params):
+    variables = {**_variables(state), "params": params}
+    out = model.apply(variables, x, key, train=True, mutable=mutable)
+    (logits, mu, logvar, _), updates = out if mutable else (out, {})
+    recon = losses.bernoulli_nll(logits, x).mean()
+    kl = losses.gaussian_kl(mu, logvar).mean()
+    return recon + kl, (recon, kl, updates.get("batch_stats", {}))
+
+  (loss, (recon, kl, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    state.params
+  )
+  state = state.apply_gradients(grads=grads, batch_stats=stats)
+  return state, {"loss": loss, "recon": recon, "kl": kl}
+
+
+def evaluate(state, *, config, model, test) -> dict:
+  """Test-split negative ELBO and its image AUROC as an anomaly score."""
+  # Evenly spaced, so that sorted test sets still mix normal and anomalous.
+  num = min(config.eval_num_examples, len(test))
+  idx = np.linspace(0, len(test) - 1, num).round().astype(np.int64)
+  if hasattr(test, "get_batch"):
+    batch = test.get_batch(idx)
+  else:
+    batch = base.stack_records([test[int(i)] for i in idx])
+  recon, kl = _elbo(_variables(state), batch["image"], model=model)
+  score = np.asarray(recon + kl)
+  out = {"loss": score.mean(), "recon": recon.mean(), "kl": kl.mean()}
+  labels = batch.get("anomalous", batch.get("label"))
+  if labels is not None and len(np.unique(labels)) == 2:
+    out["image_auroc_elbo"] = sklearn.metrics.roc_auc_score(labels, score)
+  return out
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def _elbo(variables, x, *, model):
+  mu, logvar = model.apply(variables, x, method=model.encode)
+  logits = model.apply(variables, mu, method=model.decode)
+  return losses.bernoulli_nll(logits, x), losses.gaussian_kl(mu, logvar)
+
+
+def latent_stats(state, *, config, model, train) -> dict:
+  """``vae_attn.anomaly.latent_statistics`` of the un-augmented train set."""
+  it = pipeline.batches(train, config.stats_batch_size, seed=0, shuffle=False,
+                        num_epochs=1, drop_remainder=False, process_index=0,
+                        process_count=1)  # fmt: skip
+  encode_fn = functools.partial(model.apply, method=model.encode)
+  stats = anomaly.latent_statistics(encode_fn, _variables(state), it)
+  return {"latent_stats": stats._asdict()}
+
+
+def make_trainer(config: Config) -> common.Trainer:
+  """The one-class trainer for :func:`common.train_and_evaluate`."""
+  model, tx = make_model(config), optax.adam(config.learning_rate)
+  source = load_data(config, "train", augment=config.augment)
+
+  def batches(start_step, process_index, process_count):
+    it = pipeline.batches(source, config.batch_size // process_count,
+                          seed=config.seed, start_step=start_step,
+                          process_index=process_index,
+                          process_count=process_count)  # fmt: skip
+    return ({"image": b["image"]} for b in it)
+
+  eval_fn = None
+  if config.eval_num_examples:
+    eval_fn = functools.partial(evaluate, config=config, model=model,
+                                test=load_data(config, "test"))  # fmt: skip
+  return common.Trainer(
+    create_train_state=functools.partial(
+      create_train_state, config=config, model=model, tx=tx),
+    train_step=functools.partial(train_step, model=model),
+    batches=batches,
+    global_batch_size=config.batch_size,
+    eval_fn=eval_fn,
+    extras_fn=functools.partial(latent_stats, config=config, model=model,
+                                train=load_data(config, "train")),
+  )  # fmt: skip
+
+
+def train_and_evaluate(
+  config: Config, workdir: str, *, overwrite: bool = False, mesh=None
+) -> common.TrainState:
+  """Trains (or resumes) a one-class VAE in ``workdir``; returns the state."""
+  return common.train_and_evaluate(
+    config, workdir, make_trainer(config), overwrite=overwrite, mesh=mesh
+  )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  common.initialize_distributed()
+  config, workdir, overwrite = common.parse_flags(
+    argv, Config, PRESETS, prog="python -m train.oneclass",
+    description=__doc__.split("\n\n")[0], default_preset="textures",
+    preset_field="dataset",
+  )  # fmt: skip
+  name = config.category or (
+    str(config.normal_digit) if config.model == "mnist" else ""
+  )
+  suffix = f"_{name}" if name else ""
+  workdir = workdir or f"runs/oneclass_{config.dataset}{suffix}"
+  return common.run_main(train_and_evaluate, config, workdir, overwrite)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
