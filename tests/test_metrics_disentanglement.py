@@ -102,6 +102,60 @@ def test_factor_vae_independent_of_batch_size_and_deterministic():
   assert other_seed != big
 
 
+def _reference_factor_vae(
+  data,
+  rep,
+  random_state,
+  num_per_vote,
+  num_train,
+  num_eval,
+  num_variance_estimate,
+):
+  """disentanglement_lib's per-vote loop, drawing in our random order."""
+  factors = data.sample_factors(num_variance_estimate, random_state)
+  codes = rep(data.sample_observations_from_factors(factors, random_state))
+  global_var = np.var(codes, axis=0, ddof=1)
+  active = np.flatnonzero(np.sqrt(global_var) >= 0.05)
+
+  def votes(num_votes):
+    factor_index = random_state.randint(data.num_factors, size=num_votes)
+    factors = data.sample_factors(num_votes * num_per_vote, random_state)
+    factors = factors.reshape(num_votes, num_per_vote, -1)
+    matrix = np.zeros((data.num_factors, global_var.size), np.int64)
+    for v, k in enumerate(factor_index):
+      vote = factors[v].copy()
+      vote[:, k] = vote[0, k]
+      z = rep(data.sample_observations_from_factors(vote, random_state))
+      local_var = np.var(z, axis=0, ddof=1)
+      matrix[k, active[np.argmin(local_var[active] / global_var[active])]] += 1
+    return matrix
+
+  train = votes(num_train)
+  classifier = np.argmax(train, axis=0)
+  columns = np.arange(global_var.size)
+  evaluation = votes(num_eval)
+  return {
+    "train_accuracy": train[classifier, columns].sum() / train.sum(),
+    "eval_accuracy": evaluation[classifier, columns].sum() / evaluation.sum(),
+    "num_active_dims": float(active.size),
+  }
+
+
+def test_factor_vae_matches_a_per_vote_loop():
+  def rep(observations):
+    """Mixed codes, a noisy copy and a collapsed dim; row by row."""
+    mixed = MIXED(observations)
+    # Pseudo-noise that is a fixed function of each row, not of the batch.
+    noise = np.sin(1e3 * mixed[:, :2] @ np.array([[1.0, 2.0], [3.0, 5.0]]))
+    noisy = mixed[:, :2] + noise
+    return np.concatenate([mixed, noisy, 0.01 * mixed[:, :1]], axis=1)
+
+  got = metrics.compute_factor_vae(DATA, rep, _rs(7), **SMALL_FACTOR_VAE)
+  expected = _reference_factor_vae(DATA, rep, _rs(7), **SMALL_FACTOR_VAE)
+  assert got == pytest.approx(expected, abs=1e-12)
+  assert got["num_active_dims"] == 7
+
+
 def test_generator_random_state_is_accepted():
   scores = metrics.compute_factor_vae(
     DATA, IDENTITY, np.random.default_rng(0), **SMALL_FACTOR_VAE
