@@ -10,6 +10,7 @@ model; the drivers (``eval.explain``, ``eval.localization``,
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import matplotlib
@@ -91,7 +92,8 @@ def _grid(num_rows: int, num_cols: int, title: str | None):
     ax.set_xticks([])
     ax.set_yticks([])
   if title:
-    fig.suptitle(title, fontsize=10)
+    width = max(20, int(_CELL * num_cols * 12))  # Characters that fit.
+    fig.suptitle(textwrap.fill(title, width), fontsize=9)
   return fig, axes
 
 

@@ -1,0 +1,271 @@
+r"""Mean and spread of evaluation results over seeds (no single-seed numbers).
+
+  python -m eval.aggregate runs/ad_seed*
+  python -m eval.aggregate runs/ad_seed* --vs runs/tc_seed* \
+      --name AD-FactorVAE --vs-name FactorVAE --keys factor_vae mig
+  python -m eval.aggregate runs/bottle_seed* --out summary.md
+
+Each argument is a training workdir, an evaluation folder or a
+``results.json``. A workdir contributes every ``eval/<evaluator>/
+results.json`` under it (written by ``eval.localization`` and
+``eval.disentanglement``), its metric keys prefixed ``<evaluator>/``. The
+metrics read are the flat ``metrics`` (localization) or ``scores``
+(disentanglement) dict.
+
+Prints a markdown table: per metric the mean, sample standard deviation
+(``ddof=1``) and number of runs ``n`` of each group, and with ``--vs`` the
+difference of the means and the two-sided p-value of Welch's t-test. A
+metric with ``n = 1`` has no spread and is flagged. ``--out`` writes the table
+to a file, ``--json`` the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import scipy.stats
+
+RESULTS = "results.json"
+# Config fields that may differ between the seeds of one group.
+_FREE_FIELDS = frozenset(
+  {
+    "seed",
+    "num_steps",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "max_to_keep",
+  }
+)
+
+
+class Summary(NamedTuple):
+  """Statistics of one metric over the runs of a group.
+
+  Attributes:
+    mean: the mean.
+    std: sample standard deviation (``nan`` for one run).
+    n: number of runs that report the metric.
+    values: the values, in the order of the runs.
+  """
+
+  mean: float
+  std: float
+  n: int
+  values: tuple[float, ...]
+
+
+def find_results(path: str) -> dict[str, str]:
+  """The results files of ``path``: ``{key prefix: file}``.
+
+  Raises:
+    FileNotFoundError: ``path`` holds no results; the message says what to
+      run first.
+  """
+  if os.path.isfile(path):
+    return {"": path}
+  if os.path.isfile(os.path.join(path, RESULTS)):
+    return {"": os.path.join(path, RESULTS)}
+  found = sorted(glob.glob(os.path.join(path, "eval", "*", RESULTS)))
+  if not found:
+    raise FileNotFoundError(
+      f"No {RESULTS} in {path} (looked at {path}/{RESULTS} and "
+      f"{path}/eval/*/{RESULTS}); run python -m eval.localization or "
+      "python -m eval.disentanglement on it first."
+    )
+  return {os.path.basename(os.path.dirname(f)) + "/": f for f in found}
+
+
+def _numbers(tree: Any, prefix: str = "") -> dict[str, float]:
+  """Flattens the numeric leaves of nested dicts to ``a/b`` keys."""
+  out = {}
+  if isinstance(tree, Mapping):
+    for k, v in tree.items():
+      out.update(_numbers(v, f"{prefix}{k}/"))
+  elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+    out[prefix.rstrip("/")] = float(tree)
+  return out
+
+
+def read_run(path: str) -> tuple[dict[str, float], dict]:
+  """``(metrics, config)`` of one run (config ``{}`` if not recorded)."""
+  metrics, config = {}, {}
+  for prefix, file in find_results(path).items():
+    try:
+      with open(file) as f:
+        results = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+      raise ValueError(
+        f"Cannot read {file}: {e}. Re-run the evaluation that wrote it."
+      ) from e
+    values = results.get("metrics") or results.get("scores")
+    if values is None:
+      values = {
+        k: v
+        for k, v in results.items()
+        if k not in ("meta", "elapsed_time", "figures", "conventions")
+      }
+    metrics.update({prefix + k: v for k, v in _numbers(values).items()})
+    config = config or results.get("meta", {}).get("config") or {}
+  return metrics, config
+
+
+def summarize(runs: Sequence[Mapping[str, float]]) -> dict[str, Summary]:
+  """Per metric: mean, sample std and n over the runs that report it."""
+  keys = list(dict.fromkeys(k for run in runs for k in run))
+  out = {}
+  for key in keys:
+    values = tuple(run[key] for run in runs if key in run)
+    finite = np.array([v for v in values if math.isfinite(v)])
+    mean = float(finite.mean()) if len(finite) else math.nan
+    std = float(finite.std(ddof=1)) if len(finite) > 1 else math.nan
+    out[key] = Summary(mean, std, len(finite), values)
+  return out
+
+
+def welch_p(a: Summary, b: Summary) -> float:
+  """Two-sided p-value of Welch's t-test (``nan`` below two runs each)."""
+  if a.n < 2 or b.n < 2:
+    return math.nan
+  xa = np.array([v for v in a.values if math.isfinite(v)])
+  xb = np.array([v for v in b.values if math.isfinite(v)])
+  if np.ptp(xa) == 0 and np.ptp(xb) == 0:
+    return 0.0 if xa[0] != xb[0] else 1.0
+  return float(scipy.stats.ttest_ind(xa, xb, equal_var=False).pvalue)
+
+
+def config_differences(configs: Sequence[Mapping[str, Any]]) -> list[str]:
+  """Config fields (other than the seed and run control) that differ."""
+  configs = [c for c in configs if c]
+  if len(configs) < 2:
+    return []
+  keys = set().union(*configs) - _FREE_FIELDS
+  return sorted(k for k in keys if len({repr(c.get(k)) for c in configs}) > 1)
+
+
+def _cell(s: Summary | None) -> str:
+  if s is None or s.n == 0:
+    return "-"
+  if s.n == 1:
+    return f"{s.mean:.3f} (n=1, no spread)"
+  return f"{s.mean:.3f} ± {s.std:.3f} (n={s.n})"
+
+
+def table(
+  groups: Mapping[str, Mapping[str, Summary]],
+  keys: Sequence[str],
+) -> list[str]:
+  """Markdown lines: one row per metric, one column per group."""
+  names = list(groups)
+  head = ["metric", *names]
+  if len(names) == 2:
+    head += [f"{names[0]} - {names[1]}", "Welch p"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for key in keys:
+    cells = [f"`{key}`", *(_cell(groups[n].get(key)) for n in names)]
+    if len(names) == 2:
+      a, b = groups[names[0]].get(key), groups[names[1]].get(key)
+      if a is not None and b is not None and a.n and b.n:
+        p = welch_p(a, b)
+        cells += [
+          f"{a.mean - b.mean:+.3f}",
+          "-" if math.isnan(p) else f"{p:.3g}",
+        ]
+      else:
+        cells += ["-", "-"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+    prog="python -m eval.aggregate",
+    description="Mean, spread and n of evaluation results over seeds.",
+  )
+  p.add_argument("runs", nargs="+", help="workdirs / eval folders / files")
+  p.add_argument("--vs", nargs="+", help="a second group to compare with")
+  p.add_argument("--name", default="A", help="name of the first group")
+  p.add_argument("--vs-name", default="B", help="name of the second group")
+  p.add_argument(
+    "--keys",
+    nargs="+",
+    help="only metrics whose key matches one of these regular expressions",
+  )
+  p.add_argument("--out", help="also write the markdown table here")
+  p.add_argument("--json", help="also write the statistics as JSON here")
+  return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
+  groups_paths = {args.name: args.runs}
+  if args.vs:
+    if args.vs_name == args.name:
+      print("error: --name and --vs-name must differ.", file=sys.stderr)
+      return 2
+    groups_paths[args.vs_name] = args.vs
+  groups, notes = {}, []
+  try:
+    for name, paths in groups_paths.items():
+      read = [read_run(p) for p in paths]
+      groups[name] = summarize([m for m, _ in read])
+      differ = config_differences([c for _, c in read])
+      if differ:
+        notes.append(
+          f"Warning: the runs of {name} differ in more than the seed: "
+          f"{', '.join(differ)}."
+        )
+      notes.append(f"{name}: {len(paths)} runs: {', '.join(paths)}")
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  keys = list(dict.fromkeys(k for g in groups.values() for k in g))
+  if args.keys:
+    try:
+      patterns = [re.compile(k) for k in args.keys]
+    except re.error as e:
+      print(f"error: --keys: bad regular expression: {e}", file=sys.stderr)
+      return 2
+    keys = [k for k in keys if any(p.search(k) for p in patterns)]
+    if not keys:
+      print(
+        f"error: no metric matches --keys {args.keys}; drop --keys to list "
+        "them all.",
+        file=sys.stderr,
+      )
+      return 2
+  lines = table(groups, keys)
+  if any(g[k].n == 1 for g in groups.values() for k in keys if k in g):
+    notes.append(
+      "Some metrics come from a single run: they have no spread and are "
+      "not a result; evaluate more seeds."
+    )
+  text = "\n".join([*lines, "", *notes]) + "\n"
+  print(text, end="")
+  if args.out:
+    with open(args.out, "w") as f:
+      f.write(text)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(
+        {
+          name: {k: s._asdict() for k, s in g.items() if k in keys}
+          for name, g in groups.items()
+        },
+        f,
+        indent=2,
+      )
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
