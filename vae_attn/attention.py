@@ -36,6 +36,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from vae_attn.models import ops
+from vae_attn.models.blocks import GaussianHead
+
 CODES = ("mu", "sample", "difference")
 POSITIVES = ("relu", "abs")
 GRADIENT_SCALES = (None, "rms")
@@ -154,6 +157,126 @@ def _check_input(x) -> None:
     )
 
 
+class _Offset(NamedTuple):
+  perturbed: jax.Array  # A + delta, as returned by the target layer.
+  clean: jax.Array  # A.
+  delta: jax.Array  # [B, n], the per-channel offset.
+
+
+def _explicit_padding(padding, in_hw, kernel_hw, strides, dilation):
+  """Flax ``nn.Conv`` padding as ``((lo, hi), (lo, hi))``, or ``None``."""
+  if isinstance(padding, str):
+    if padding not in ("SAME", "VALID"):
+      return None
+    pairs = zip(kernel_hw, dilation, strict=True)
+    dilated = [(k - 1) * d + 1 for k, d in pairs]
+    return tuple(lax.padtype_to_pads(in_hw, dilated, strides, padding))
+  if isinstance(padding, int):
+    return ((padding, padding),) * 2
+  pads = tuple(padding)
+  if len(pads) != 2:
+    return None
+  return tuple((p, p) if isinstance(p, int) else tuple(p) for p in pads)
+
+
+def _pair(value) -> tuple[int, int]:
+  if value is None:
+    return (1, 1)
+  if isinstance(value, int):
+    return (value, value)
+  return tuple(value)
+
+
+def _conv_of_offset(module: nn.Conv, x: jax.Array, delta: jax.Array):
+  """``module``'s bias-free conv of ``delta`` broadcast like ``x``, or None."""
+  kernel = module.variables["params"]["kernel"]
+  if (
+    x.ndim != 4
+    or kernel.ndim != 4
+    or module.feature_group_count != 1
+    or module.mask is not None
+    or _pair(module.input_dilation) != (1, 1)
+  ):
+    return None
+  strides, dilation = _pair(module.strides), _pair(module.kernel_dilation)
+  in_hw = x.shape[1:3]
+  pads = _explicit_padding(
+    module.padding, in_hw, kernel.shape[:2], strides, dilation
+  )
+  if pads is None:
+    return None
+  return ops.conv_of_constant(
+    delta,
+    kernel,
+    in_hw,
+    strides=strides,
+    padding=pads,
+    kernel_dilation=dilation,
+  )
+
+
+class _Offsets:
+  """Folds per-channel offsets into the linear layers that consume them.
+
+  The target layer returns ``A + delta`` with ``delta`` constant over the
+  ``h x w`` positions. Where that value is the input of an ``nn.Conv`` or of
+  a :class:`GaussianHead` (flatten -> Dense), the layer is applied to ``A``
+  and the offset's contribution is added in closed form, ``conv(A + delta) =
+  conv(A) + conv_of_constant(delta)`` (exact by linearity). The gradient
+  w.r.t. ``delta`` then contracts the layer's output cotangents with a small
+  effective kernel, instead of transposing the layer for every latent and
+  summing its ``h x w x n`` input gradient. Any other use of ``A + delta``
+  is differentiated as usual, so the result is the same either way.
+  """
+
+  def __init__(self):
+    self._offsets: list[_Offset] = []
+    self._heads: list[list] = []  # [offset, flattened input] per open head.
+
+  def add(self, perturbed, clean, delta):
+    self._offsets.append(_Offset(perturbed, clean, delta))
+
+  def _consumed(self, fargs):
+    if fargs:
+      for offset in self._offsets:
+        if fargs[0] is offset.perturbed:
+          return offset
+    return None
+
+  def call(self, next_fun, fargs, fkwargs, context):
+    module = context.module
+    if context.method_name != "__call__":
+      return next_fun(*fargs, **fkwargs)
+    offset = self._consumed(fargs)
+    if offset is not None and isinstance(module, nn.Conv):
+      out = next_fun(offset.clean, *fargs[1:], **fkwargs)
+      extra = _conv_of_offset(module, offset.clean, offset.delta)
+      if extra is not None:
+        return out + extra.astype(out.dtype)
+      return next_fun(*fargs, **fkwargs)
+    if offset is not None and isinstance(module, GaussianHead):
+      # GaussianHead flattens its input into its first Dense layer(s).
+      self._heads.append([offset, None])
+      try:
+        return next_fun(offset.clean, *fargs[1:], **fkwargs)
+      finally:
+        self._heads.pop()
+    if self._heads and isinstance(module, nn.Dense):
+      head = self._heads[-1]
+      if head[1] is None:
+        head[1] = fargs[0]  # The flattened input of the first Dense.
+      if fargs[0] is head[1]:
+        offset = head[0]
+        out = next_fun(*fargs, **fkwargs)
+        extra = ops.flatten_dense_of_constant(
+          offset.delta,
+          module.variables["params"]["kernel"],
+          offset.clean.shape[1:3],
+        )
+        return out + extra.astype(out.dtype)
+    return next_fun(*fargs, **fkwargs)
+
+
 def value_and_attention(
   encode_fn: EncodeFn,
   layer: str | Sequence[str],
@@ -247,9 +370,10 @@ def value_and_attention(
 
     def perturbed_code(deltas):
       captured = {}
+      offsets = _Offsets()
 
       def perturb(next_fun, fargs, fkwargs, context):
-        out = next_fun(*fargs, **fkwargs)
+        out = offsets.call(next_fun, fargs, fkwargs, context)
         path = _path(context.module)
         if context.method_name != "__call__" or path not in deltas:
           return out
@@ -259,7 +383,10 @@ def value_and_attention(
             "its attention is ambiguous. Pick a layer called once."
           )
         captured[path] = out
-        return out + deltas[path]
+        perturbed = out + deltas[path]
+        if not gradient_scale:
+          offsets.add(perturbed, out, deltas[path][:, 0, 0, :])
+        return perturbed
 
       with nn.intercept_methods(perturb):
         mu, logvar = encode_fn(variables, x, *args, **kwargs)
