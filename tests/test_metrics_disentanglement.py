@@ -91,7 +91,7 @@ def test_factor_vae_pruning_rules():
   assert active(convention="paper", active_dims=np.arange(7) < 4) == 4
 
 
-def test_factor_vae_independent_of_batch_size_and_deterministic():
+def test_independent_of_batch_size_and_deterministic():
   kwargs = dict(convention="disentanglement_lib", **SMALL_FACTOR_VAE)
   big = metrics.compute_factor_vae(DATA, MIXED, _rs(3), **kwargs)
   small = metrics.compute_factor_vae(
@@ -100,6 +100,11 @@ def test_factor_vae_independent_of_batch_size_and_deterministic():
   assert big == small
   other_seed = metrics.compute_factor_vae(DATA, MIXED, _rs(4), **kwargs)
   assert other_seed != big
+  beta_big = metrics.compute_beta_vae(DATA, MIXED, _rs(3), **SMALL_BETA_VAE)
+  beta_small = metrics.compute_beta_vae(
+    DATA, MIXED, _rs(3), batch_size=7, **SMALL_BETA_VAE
+  )
+  assert beta_big == beta_small
 
 
 def _reference_factor_vae(

@@ -504,17 +504,22 @@ def _beta_vae_points(
   ).reshape(shape)
   points = np.arange(num_points)
   factors2[points, :, labels] = factors1[points, :, labels]
-  pairs = np.stack([factors1, factors2], axis=2).reshape(-1, num_factors)
-  (codes,) = _represent(
-    ground_truth_data,
-    [representation_function],
-    pairs,
-    random_state,
-    batch_size,
-  )
-  codes = codes.reshape(num_points, num_per_point, 2, -1)
-  features = np.abs(codes[:, :, 0] - codes[:, :, 1]).mean(axis=1)
-  return features, labels
+  pairs = np.stack([factors1, factors2], axis=2)  # [P, L, 2, F]
+  # Whole points per representation call, about batch_size images each.
+  points_per_call = max(1, batch_size // (2 * num_per_point))
+  features = []
+  for start in range(0, num_points, points_per_call):
+    group = pairs[start : start + points_per_call]
+    (codes,) = _represent(
+      ground_truth_data,
+      [representation_function],
+      group.reshape(-1, num_factors),
+      random_state,
+      group.shape[0] * 2 * num_per_point,
+    )
+    codes = codes.reshape(group.shape[0], num_per_point, 2, -1)
+    features.append(np.abs(codes[:, :, 0] - codes[:, :, 1]).mean(axis=1))
+  return np.concatenate(features, axis=0), labels
 
 
 def compute_beta_vae(
