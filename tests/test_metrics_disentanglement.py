@@ -1,5 +1,7 @@
 """Known-answer tests for eval.metrics.disentanglement on dummy factor data."""
 
+import doctest
+
 import numpy as np
 import pytest
 
@@ -298,3 +300,10 @@ def test_bad_inputs_raise():
     metrics.compute_mig(DATA, lambda x: x[:, 0, 0, :1], _rs(), num_train=50)
   with pytest.raises(ValueError, match="importance"):
     metrics.compute_dci(DATA, IDENTITY, _rs(), importance="lasso")
+
+
+def test_docstring_examples_run():
+  from eval.metrics import disentanglement
+
+  result = doctest.testmod(disentanglement)
+  assert result.attempted >= 1 and result.failed == 0

@@ -1,5 +1,7 @@
 """Tests for eval.metrics.localization: sklearn agreement and known answers."""
 
+import doctest
+
 import numpy as np
 import pytest
 import scipy.ndimage
@@ -268,3 +270,10 @@ def test_bad_arguments_raise():
   accumulator = metrics.pixel_roc((0.0, 1.0))
   with pytest.raises(ValueError, match="No anomalous pixels"):
     accumulator.compute(accumulator.init())
+
+
+def test_docstring_examples_run():
+  from eval.metrics import localization
+
+  result = doctest.testmod(localization)
+  assert result.attempted >= 2 and result.failed == 0

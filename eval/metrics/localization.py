@@ -434,6 +434,13 @@ def localization_report(
     ``best_iou_threshold``, ``aupro``, ``image_auroc_max`` and
     ``image_auroc_mean``; identical to the single-metric functions.
 
+  Examples:
+    >>> masks = np.zeros((2, 4, 4), bool)
+    >>> masks[1, :2, :2] = True
+    >>> report = localization_report(masks * 0.9 + 0.05, masks)
+    >>> report["pixel_auroc"], report["best_iou"], report["aupro"]
+    (1.0, 1.0, 1.0)
+
   Raises:
     ValueError: as the single-metric functions.
 
