@@ -178,13 +178,17 @@ def test_tabulate_gives_the_same_scores():
   # 4*5*6*7*8 = 6720 combinations, encoded once.
   calls = []
 
+  def mixed32(observations):  # An encoder's float32 codes.
+    return MIXED(observations).astype(np.float32)
+
   def counting(observations):
     calls.append(observations.shape[0])
-    return MIXED(observations)
+    return mixed32(observations)
 
   data, lookup = metrics.tabulate(DATA, counting, _rs(), batch_size=1000)
   assert sum(calls) == 6720 and max(calls) == 1000
-  direct = metrics.compute_factor_vae(DATA, MIXED, _rs(5), **SMALL_FACTOR_VAE)
+  assert lookup(np.zeros((1, 1), np.int64)).dtype == np.float32
+  direct = metrics.compute_factor_vae(DATA, mixed32, _rs(5), **SMALL_FACTOR_VAE)
   tabulated = metrics.compute_factor_vae(
     data, lookup, _rs(5), **SMALL_FACTOR_VAE
   )

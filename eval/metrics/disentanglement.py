@@ -132,11 +132,13 @@ def _represent(
   factors: np.ndarray,
   random_state: RandomState,
   batch_size: int,
+  dtype: np.dtype | None = np.float64,
 ) -> list[np.ndarray]:
   """Maps factors to observations to ``[N, D_k]`` outputs of each function.
 
   Observations are rendered and consumed ``batch_size`` at a time, so at most
-  one chunk of images is alive at once.
+  one chunk of images is alive at once. Outputs are cast to ``dtype``
+  (``None`` keeps the function's own dtype).
   """
   chunks: list[list[np.ndarray]] = [[] for _ in functions]
   for start in range(0, factors.shape[0], batch_size):
@@ -152,7 +154,7 @@ def _represent(
           f"shape {values.shape} for {chunk.shape[0]} observations; it must "
           "return [num_observations, num_codes]."
         )
-      out.append(values.astype(np.float64))
+      out.append(values if dtype is None else values.astype(dtype))
   return [np.concatenate(out, axis=0) for out in chunks]
 
 
@@ -993,6 +995,7 @@ def tabulate(
       factors,
       random_state,
       batch_size,
+      dtype=None,  # A float32 table stays float32: half the memory.
     )
     codes.append(chunk)
   table = np.concatenate(codes, axis=0)
