@@ -109,8 +109,8 @@ def test_default_textures_resnet_trains_with_batchnorm(tmp_path):
     num_steps=2,
     log_every=1,
     checkpoint_every=2,
-    eval_num_examples=8,
-    stats_batch_size=16,
+    eval_num_examples=0,
+    stats_batch_size=64,
   )
   state = oneclass.train_and_evaluate(config, str(tmp_path / "run"))
   assert int(state.step) == 2 and state.batch_stats

@@ -680,12 +680,7 @@ def train_and_evaluate(
   init_key, step_key = jax.random.split(jax.random.key(config.seed))
   step_key = jax.device_put(step_key, replicated)
 
-  def create(key: jax.Array) -> TrainState:
-    state = trainer.create_train_state(key)
-    # A strongly typed step, as restored ones are, so resuming never retraces.
-    return state.replace(step=jnp.asarray(state.step, jnp.int32))
-
-  create_fn = jax.jit(create, out_shardings=replicated)
+  create_fn = jax.jit(trainer.create_train_state, out_shardings=replicated)
   train_step_fn = jax.jit(
     trainer.train_step,
     in_shardings=(replicated, data_sharding, replicated),
@@ -700,6 +695,11 @@ def train_and_evaluate(
     latest = mngr.latest_step()
     if latest is None:
       state = create_fn(init_key)
+      # A strongly typed step, as restored ones are, so resuming never
+      # retraces the step function.
+      state = state.replace(
+        step=jax.device_put(jnp.asarray(state.step, jnp.int32), replicated)
+      )
     else:
       abstract = jax.eval_shape(create_fn, init_key)
       abstract = jax.tree.map(

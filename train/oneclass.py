@@ -100,7 +100,7 @@ PRESETS = {
     log_every=2,
     checkpoint_every=2,
     eval_num_examples=32,
-    stats_batch_size=100,
+    stats_batch_size=256,
   ),  # fmt: skip
 }
 
