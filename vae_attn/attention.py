@@ -419,7 +419,9 @@ def value_and_attention(
         g = g / (rms + 1e-5)
       alpha = g.sum(axis=(2, 3)) / (h * w)  # [D, B, n]
       per_latent = rectify(jnp.einsum("bhwn,dbn->bdhw", a, alpha))
-      maps[name] = AttentionMaps(per_latent, per_latent.mean(axis=1))
+      # The mean over D as a matmul (XLA:CPU reductions are slow).
+      mean = jnp.einsum("bdhw,d->bhw", per_latent, jnp.full((d,), 1.0 / d))
+      maps[name] = AttentionMaps(per_latent, mean.astype(per_latent.dtype))
     return (mu, logvar), (maps[layers[0]] if single else maps)
 
   return value_and_attention_fn

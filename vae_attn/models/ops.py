@@ -137,5 +137,9 @@ def flatten_dense_of_constant(
     ``[B, J]``.
   """
   h, w = input_hw
-  w_sum = kernel.reshape(h * w, -1, kernel.shape[-1]).sum(axis=0)
+  # The spatial sum as a matmul: XLA:CPU reduces a leading axis far slower.
+  positions = jnp.ones((h * w,), kernel.dtype)
+  w_sum = jnp.einsum(
+    "p,pnj->nj", positions, kernel.reshape(h * w, -1, kernel.shape[-1])
+  )
   return offset @ w_sum
