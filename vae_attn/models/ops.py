@@ -8,7 +8,9 @@ same names and shapes on every path, so checkpoints move between them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -16,7 +18,222 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-conv_general_dilated = lax.conv_general_dilated
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+class _Strided(NamedTuple):
+  """Geometry of a 2-D strided NHWC/HWIO convolution (hashable, static)."""
+
+  in_hw: tuple[int, int]
+  kernel_hw: tuple[int, int]
+  stride: int
+  padding: tuple[tuple[int, int], tuple[int, int]]
+
+
+def _lax_conv(x, w, geo: _Strided):
+  s = geo.stride
+  return lax.conv_general_dilated(
+    x, w, (s, s), geo.padding, dimension_numbers=_NHWC
+  )
+
+
+def _lax_conv_w(x, g, geo: _Strided):
+  """The kernel gradient of the stock strided convolution."""
+  shape = (*geo.kernel_hw, x.shape[-1], g.shape[-1])
+  kernel = jax.ShapeDtypeStruct(shape, x.dtype)
+  (w,) = jax.linear_transpose(lambda w: _lax_conv(x, w, geo), kernel)(g)
+  return w
+
+
+def _conv_t_by_depth_to_space(g, w, geo: _Strided):
+  """The input gradient of a strided conv: stride-1 conv + depth-to-space.
+
+  Cut the padded input into ``s x s`` blocks; with ``k = s * m``, output
+  ``i`` reads blocks ``i .. i + m - 1``. So the gradient of the blocks is a
+  stride-1 convolution of ``g`` (padded by ``m - 1``) with the kernel
+  flipped and rearranged to ``[m, m, o, s * s * n]``, and depth-to-space
+  puts the blocks back. XLA:CPU runs this much faster than the stock
+  ``lhs_dilation`` convolution.
+  """
+  s = geo.stride
+  (kh, kw), (hh, ww) = geo.kernel_hw, geo.in_hw
+  mh, mw = kh // s, kw // s
+  n, o = w.shape[2:]
+  kernel = w.reshape(mh, s, mw, s, n, o)[::-1, :, ::-1]
+  kernel = kernel.transpose(0, 2, 5, 1, 3, 4).reshape(mh, mw, o, s * s * n)
+  blocks = lax.conv_general_dilated(
+    g,
+    kernel,
+    (1, 1),
+    ((mh - 1, mh - 1), (mw - 1, mw - 1)),
+    dimension_numbers=_NHWC,
+  )
+  b, bh, bw, _ = blocks.shape
+  xp = blocks.reshape(b, bh, bw, s, s, n).transpose(0, 1, 3, 2, 4, 5)
+  xp = xp.reshape(b, bh * s, bw * s, n)
+  (top, _), (left, _) = geo.padding
+  extra_h = max(0, top + hh - bh * s)
+  extra_w = max(0, left + ww - bw * s)
+  xp = jnp.pad(xp, ((0, 0), (0, extra_h), (0, extra_w), (0, 0)))
+  return xp[:, top : top + hh, left : left + ww]
+
+
+# The three bilinear maps of T(x, w, g) = <conv(x, w), g>: the convolution,
+# its input gradient (the transposed convolution) and its kernel gradient.
+# The derivatives of each are the other two, so every order of
+# differentiation stays on these exact, fast kernels.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv(x, w, geo):
+  return _lax_conv(x, w, geo)
+
+
+def _conv_fwd(x, w, geo):
+  return _conv(x, w, geo), (x, w)
+
+
+def _conv_bwd(geo, res, ct):
+  x, w = res
+  return _conv_t(ct, w, geo), _conv_w(x, ct, geo)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_t(g, w, geo):
+  return _conv_t_by_depth_to_space(g, w, geo)
+
+
+def _conv_t_fwd(g, w, geo):
+  return _conv_t(g, w, geo), (g, w)
+
+
+def _conv_t_bwd(geo, res, ct):
+  g, w = res
+  return _conv(ct, w, geo), _conv_w(ct, g, geo)
+
+
+_conv_t.defvjp(_conv_t_fwd, _conv_t_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_w(x, g, geo):
+  return _lax_conv_w(x, g, geo)
+
+
+def _conv_w_fwd(x, g, geo):
+  return _conv_w(x, g, geo), (x, g)
+
+
+def _conv_w_bwd(geo, res, ct):
+  x, g = res
+  return _conv_t(g, ct, geo), _conv(x, ct, geo)
+
+
+_conv_w.defvjp(_conv_w_fwd, _conv_w_bwd)
+
+
+def _geometry(in_hw, kernel_hw, stride, padding) -> _Strided | None:
+  """The geometry of a supported strided convolution, or ``None``."""
+  kh, kw = kernel_hw
+  if stride < 2 or kh % stride or kw % stride:
+    return None
+  pads = tuple(tuple(int(p) for p in pair) for pair in padding)
+  if len(pads) != 2 or any(len(p) != 2 or min(p) < 0 for p in pads):
+    return None
+  return _Strided(tuple(in_hw), (kh, kw), stride, pads)
+
+
+def strided_conv(
+  x: jax.Array, kernel: jax.Array, *, stride: int, padding
+) -> jax.Array:
+  """``lax.conv_general_dilated`` (NHWC, HWIO) with fast exact derivatives.
+
+  The value is the stock convolution. Its input gradient is a stride-1
+  convolution followed by depth-to-space, its kernel gradient the stock one;
+  each has custom derivatives that stay on these three kernels, so first
+  and second derivatives avoid the slow XLA:CPU kernels of the transposed
+  strided convolution.
+
+  Args:
+    x: ``[B, H, W, n]``.
+    kernel: ``[kh, kw, n, o]``, ``kh`` and ``kw`` multiples of ``stride``.
+    stride: the stride of both spatial axes, at least 2.
+    padding: ``((top, bottom), (left, right))``, non-negative.
+
+  Returns:
+    ``[B, h, w, o]``.
+  """
+  geo = _geometry(x.shape[1:3], kernel.shape[:2], stride, padding)
+  if geo is None:
+    raise ValueError(
+      "strided_conv needs a stride >= 2 that divides the kernel size "
+      f"{kernel.shape[:2]} and explicit padding, got stride {stride} and "
+      f"padding {padding}."
+    )
+  return _conv(x, kernel, geo)
+
+
+def fast_path() -> bool:
+  """Whether the XLA:CPU reformulations are used (default backend is CPU)."""
+  return jax.default_backend() == "cpu"
+
+
+def conv_general_dilated(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count=1,
+  batch_group_count=1,
+  precision=None,
+  preferred_element_type=None,
+):
+  """``lax.conv_general_dilated``, on XLA:CPU via :func:`strided_conv`.
+
+  A drop-in for ``nn.Conv(conv_general_dilated=...)``: strided 2-D NHWC
+  convolutions whose kernel size the stride divides take the exact fast path
+  when the default backend is CPU; everything else, and every other backend,
+  is the stock ``lax`` convolution.
+  """
+  stock = functools.partial(
+    lax.conv_general_dilated,
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=lhs_dilation,
+    rhs_dilation=rhs_dilation,
+    dimension_numbers=dimension_numbers,
+    feature_group_count=feature_group_count,
+    batch_group_count=batch_group_count,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+  )
+  if not fast_path() or lhs.ndim != 4 or lhs.dtype != rhs.dtype:
+    return stock()
+  strides = tuple(window_strides)
+  dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  dilations = tuple(lhs_dilation or ()) + tuple(rhs_dilation or ())
+  if (
+    len(set(strides)) != 1
+    or dims != lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+    or any(d != 1 for d in dilations)
+    or feature_group_count != 1
+    or batch_group_count != 1
+    or precision is not None
+    or preferred_element_type is not None
+  ):
+    return stock()
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(
+      lhs.shape[1:3], rhs.shape[:2], strides, padding
+    )
+  geo = _geometry(lhs.shape[1:3], rhs.shape[:2], strides[0], padding)
+  return stock() if geo is None else _conv(lhs, rhs, geo)
 
 
 def conv_transpose(
@@ -27,8 +244,17 @@ def conv_transpose(
   Output size ``(in - 1) * stride - 2 * padding + kernel``. The kernel is used
   as a forward-conv kernel of the dilated input (no flip), which is the same
   family of functions; only the parameter layout differs from PyTorch.
+  On XLA:CPU it is computed, exactly, as the input gradient of the strided
+  convolution with the flipped kernel (a stride-1 convolution and
+  depth-to-space, see :func:`strided_conv`), with the same fast derivatives.
   """
   k = kernel.shape[0]
+  if fast_path() and x.ndim == 4 and padding <= k - 1:
+    out_hw = [(n - 1) * stride - 2 * padding + k for n in x.shape[1:3]]
+    pads = ((padding, padding), (padding, padding))
+    geo = _geometry(out_hw, kernel.shape[:2], stride, pads)
+    if geo is not None:
+      return _conv_t(x, kernel[::-1, ::-1].transpose(0, 1, 3, 2), geo)
   pad = k - 1 - padding
   return lax.conv_general_dilated(
     x,
@@ -36,7 +262,7 @@ def conv_transpose(
     window_strides=(1, 1),
     padding=((pad, pad), (pad, pad)),
     lhs_dilation=(stride, stride),
-    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    dimension_numbers=_NHWC,
   )
 
 
