@@ -61,8 +61,11 @@ class Config(common.LoopConfig):
   num_steps: int = _f(300_000, "training steps (paper: 3e5)")
   log_every: int = 500
   checkpoint_every: int = 10_000
-  loss: str = _f("ad", "ad: AD-FactorVAE, tc: FactorVAE, beta: beta-VAE",
-                 ("ad", "tc", "beta"))  # fmt: skip
+  loss: str = _f(
+    "ad",
+    "ad: AD-FactorVAE, tc: FactorVAE, beta: beta-VAE",
+    ("ad", "tc", "beta"),
+  )
   gamma: float = _f(40.0, "weight of the TC term")
   lambda_ad: float = _f(1.0, "weight of L_AD (--loss=ad)")
   beta: float = _f(1.0, "weight of the KL term (--loss=beta)")
@@ -165,9 +168,12 @@ def create_train_state(
 
 
 def train_step(
-  state: common.TrainState, batch: common.Batch, key: jax.Array, *,
+  state: common.TrainState,
+  batch: common.Batch,
+  key: jax.Array,
+  *,
   config: Config,
-) -> tuple[common.TrainState, common.Metrics]:  # fmt: skip
+) -> tuple[common.TrainState, common.Metrics]:
   """One update of the VAE and the discriminator (Kim & Mnih, Alg. 2)."""
   model = models.make_model("factorvae", latent_dim=config.latent_dim)
   disc = models.Discriminator()

@@ -70,9 +70,14 @@ class Config(common.LoopConfig):
 
 
 _MNIST = dict(
-  model="mnist", image_size=28, learning_rate=1e-3, batch_size=128,
-  augment=False, num_steps=5_000, checkpoint_every=1_000,
-)  # fmt: skip
+  model="mnist",
+  image_size=28,
+  learning_rate=1e-3,
+  batch_size=128,
+  augment=False,
+  num_steps=5_000,
+  checkpoint_every=1_000,
+)
 PRESETS = {
   "textures": Config(image_size=128, num_steps=3_000, checkpoint_every=500),
   "mvtec": Config(dataset="mvtec", category="carpet"),
@@ -89,7 +94,7 @@ PRESETS = {
     batch_size=32,
     augment=False,
     num_steps=20_000,
-  ),  # fmt: skip
+  ),
   "smoke": Config(
     dataset="digits",
     model="mnist",
@@ -101,7 +106,7 @@ PRESETS = {
     checkpoint_every=2,
     eval_num_examples=32,
     stats_batch_size=256,
-  ),  # fmt: skip
+  ),
 }
 
 
@@ -112,9 +117,14 @@ def _need_dir(config: Config) -> str:
 
 
 def _mvtec_layout(config: Config, split: str, augment: bool, root: str):
-  return mvtec.load(root, config.category or textures.CATEGORIES[0], split,
-                    image_size=config.image_size, augment=augment,
-                    seed=config.seed)  # fmt: skip
+  return mvtec.load(
+    root,
+    config.category or textures.CATEGORIES[0],
+    split,
+    image_size=config.image_size,
+    augment=augment,
+    seed=config.seed,
+  )
 
 
 def _mvtec(config: Config, split: str, augment: bool):
@@ -128,18 +138,22 @@ def _mvtec(config: Config, split: str, augment: bool):
 # Data set name -> fn(config, split, augment) -> source.
 _LOADERS = {
   "textures": lambda c, split, augment: _mvtec_layout(
-    c, split, augment, textures.ensure_dataset(c.data_dir or None)),
+    c, split, augment, textures.ensure_dataset(c.data_dir or None)
+  ),
   "mvtec": _mvtec,
   "folder": lambda c, split, augment: folder.load(
-    _need_dir(c), split, image_size=c.image_size, augment=augment,
-    seed=c.seed),
+    _need_dir(c), split, image_size=c.image_size, augment=augment, seed=c.seed
+  ),
   "mnist": lambda c, split, augment: mnist.load(
-    split, normal_digit=c.normal_digit, data_dir=c.data_dir or None),
+    split, normal_digit=c.normal_digit, data_dir=c.data_dir or None
+  ),
   "digits": lambda c, split, augment: digits.load(
-    split, normal_digit=c.normal_digit),
+    split, normal_digit=c.normal_digit
+  ),
   "ped1": lambda c, split, augment: ped1_data.load(
-    _need_dir(c), split, image_size=c.image_size),
-}  # fmt: skip
+    _need_dir(c), split, image_size=c.image_size
+  ),
+}
 
 
 def load_data(config: Config, split: str, *, augment: bool = False):
@@ -162,9 +176,11 @@ def create_train_state(key, config, model, tx) -> common.TrainState:
   k_params, k_eps = jax.random.split(key)
   variables = model.init(k_params, x, k_eps)
   return common.TrainState.create(
-    apply_fn=model.apply, params=variables["params"], tx=tx,
+    apply_fn=model.apply,
+    params=variables["params"],
+    tx=tx,
     batch_stats=variables.get("batch_stats", {}),
-  )  # fmt: skip
+  )
 
 
 def _variables(state: common.TrainState) -> dict:
@@ -221,9 +237,16 @@ def _elbo(variables, x, *, model):
 
 def latent_stats(state, *, config, model, train) -> dict:
   """``vae_attn.anomaly.latent_statistics`` of the un-augmented train set."""
-  it = pipeline.batches(train, config.stats_batch_size, seed=0, shuffle=False,
-                        num_epochs=1, drop_remainder=False, process_index=0,
-                        process_count=1)  # fmt: skip
+  it = pipeline.batches(
+    train,
+    config.stats_batch_size,
+    seed=0,
+    shuffle=False,
+    num_epochs=1,
+    drop_remainder=False,
+    process_index=0,
+    process_count=1,
+  )
   encode_fn = functools.partial(model.apply, method=model.encode)
   stats = anomaly.latent_statistics(encode_fn, _variables(state), it)
   return {"latent_stats": stats._asdict()}
@@ -235,26 +258,33 @@ def make_trainer(config: Config) -> common.Trainer:
   source = load_data(config, "train", augment=config.augment)
 
   def batches(start_step, process_index, process_count):
-    it = pipeline.batches(source, config.batch_size // process_count,
-                          seed=config.seed, start_step=start_step,
-                          process_index=process_index,
-                          process_count=process_count)  # fmt: skip
+    it = pipeline.batches(
+      source,
+      config.batch_size // process_count,
+      seed=config.seed,
+      start_step=start_step,
+      process_index=process_index,
+      process_count=process_count,
+    )
     return ({"image": b["image"]} for b in it)
 
   eval_fn = None
   if config.eval_num_examples:
-    eval_fn = functools.partial(evaluate, config=config, model=model,
-                                test=load_data(config, "test"))  # fmt: skip
+    eval_fn = functools.partial(
+      evaluate, config=config, model=model, test=load_data(config, "test")
+    )
   return common.Trainer(
     create_train_state=functools.partial(
-      create_train_state, config=config, model=model, tx=tx),
+      create_train_state, config=config, model=model, tx=tx
+    ),
     train_step=functools.partial(train_step, model=model),
     batches=batches,
     global_batch_size=config.batch_size,
     eval_fn=eval_fn,
-    extras_fn=functools.partial(latent_stats, config=config, model=model,
-                                train=load_data(config, "train")),
-  )  # fmt: skip
+    extras_fn=functools.partial(
+      latent_stats, config=config, model=model, train=load_data(config, "train")
+    ),
+  )
 
 
 def train_and_evaluate(
@@ -269,10 +299,14 @@ def train_and_evaluate(
 def main(argv: Sequence[str] | None = None) -> int:
   common.initialize_distributed()
   config, workdir, overwrite = common.parse_flags(
-    argv, Config, PRESETS, prog="python -m train.oneclass",
-    description=__doc__.split("\n\n")[0], default_preset="textures",
+    argv,
+    Config,
+    PRESETS,
+    prog="python -m train.oneclass",
+    description=__doc__.split("\n\n")[0],
+    default_preset="textures",
     preset_field="dataset",
-  )  # fmt: skip
+  )
   name = config.category or (
     str(config.normal_digit) if config.model == "mnist" else ""
   )
