@@ -81,7 +81,7 @@ def infer_architecture(params: Mapping[str, Any]) -> tuple[str, dict, tuple]:
 
   Args:
     params: the ``params`` collection of a ``vae_attn.models`` VAE (with
-      top-level ``encoder`` and ``decoder``).
+      top-level ``encoder`` and ``decoder``); arrays or shape structs.
 
   Returns:
     ``(name, make_model kwargs, input_shape)``.
@@ -95,10 +95,11 @@ def infer_architecture(params: Mapping[str, Any]) -> tuple[str, dict, tuple]:
       "pass the workdir of a train.factorvae or train.oneclass run."
     )
   enc = params["encoder"]
-  latent_dim = int(np.shape(enc["head"]["mu"]["kernel"])[-1])
+  shape = lambda leaf: tuple(getattr(leaf, "shape", None) or np.shape(leaf))
+  latent_dim = int(shape(enc["head"]["mu"]["kernel"])[-1])
   if "stem" in enc:
     # ResNet-18 head: flatten (S / 32)^2 * 512 -> Linear.
-    fan_in = int(np.shape(enc["head"]["fc1"]["kernel"])[0])
+    fan_in = int(shape(enc["head"]["fc1"]["kernel"])[0])
     side = math.isqrt(fan_in // 512) * 32
     return (
       "resnet18",

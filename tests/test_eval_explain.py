@@ -1,0 +1,88 @@
+"""Tests of ``python -m eval.explain`` (random models, embedded images)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from eval import explain, restore
+from vae_attn import models
+
+
+def test_no_flags_demo_writes_the_grid(tmp_path):
+  rc = explain.main(
+    [f"--out={tmp_path}", "--num-images=2", "--k=3", "--latent-dim=8"]
+  )
+  assert rc == 0
+  for name in ("attention_grid.png", "mean_overlay.png", "maps.npz"):
+    assert (tmp_path / name).stat().st_size > 0
+  maps = np.load(tmp_path / "maps.npz")
+  assert maps["per_latent"].shape == (2, 8, 32, 32)  # [N, D, h, w] at conv1
+  assert maps["mean"].shape == (2, 32, 32)
+  np.testing.assert_allclose(
+    maps["mean"], maps["per_latent"].mean(axis=1), rtol=1e-5, atol=1e-6
+  )
+  meta = json.loads((tmp_path / "explain.json").read_text())
+  assert meta["layer"] == "encoder/conv1" and meta["workdir"] is None
+
+
+def test_user_images_are_resized_to_the_model(tmp_path):
+  paths = []
+  for i, size in enumerate([(40, 30), (90, 90)]):
+    path = tmp_path / f"img{i}.png"
+    rgb = np.random.default_rng(i).integers(0, 255, (*size, 3), np.uint8)
+    Image.fromarray(rgb).save(path)
+    paths.append(str(path))
+  out = tmp_path / "out"
+  # The demo's model (same shapes: the compiled ops are reused).
+  rc = explain.main(["--latent-dim=8", "--images", *paths, f"--out={out}"])
+  assert rc == 0
+  maps = np.load(out / "maps.npz")
+  assert maps["images"].shape == (2, 64, 64, 1)  # Colour -> grey, resized.
+  assert maps["per_latent"].shape == (2, 8, 32, 32)
+
+
+def test_missing_image_is_a_clear_error(tmp_path, capsys):
+  rc = explain.main(["--images", str(tmp_path / "nope.png")])
+  assert rc == 2
+  assert "is not a file" in capsys.readouterr().err
+
+
+def test_pick_latents():
+  per_latent = np.zeros((2, 4, 2, 2))
+  per_latent[0, 2] = 3.0
+  per_latent[0, 1] = 1.0
+  per_latent[1, 3] = 5.0
+  np.testing.assert_array_equal(
+    explain.pick_latents(per_latent, 2, "index"), [[0, 1], [0, 1]]
+  )
+  np.testing.assert_array_equal(
+    explain.pick_latents(per_latent, 2, "response"), [[2, 1], [3, 0]]
+  )
+
+
+@pytest.mark.parametrize(
+  "name,kwargs",
+  [
+    ("mnist", {}),
+    ("factorvae", {}),
+    ("resnet18", {"image_size": 64}),
+  ],
+)
+def test_architecture_is_read_off_the_parameters(name, kwargs):
+  model = models.make_model(name, latent_dim=3, **kwargs)
+  side = kwargs.get("image_size")
+  input_shape = (side, side, 3) if side else restore.INPUT_SHAPES[name]
+  x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+  key = jax.random.key(0)
+  variables = jax.eval_shape(model.init, key, x, key)  # Shapes only.
+  got = restore.infer_architecture(variables["params"])
+  assert got == (name, {"latent_dim": 3, **kwargs}, input_shape)
+
+
+def test_unknown_parameter_tree_is_refused():
+  with pytest.raises(ValueError, match="Not a vae_attn VAE"):
+    restore.infer_architecture({"dense": {}})

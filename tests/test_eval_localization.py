@@ -1,0 +1,148 @@
+"""End-to-end tests of ``python -m eval.localization`` on tiny models."""
+
+import json
+import os
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from eval import localization, restore
+from train import common
+from vae_attn import anomaly
+from vae_attn.data import textures
+
+
+@pytest.fixture(scope="module")
+def texture_root(tmp_path_factory):
+  """A tiny textured-defect set (one category, MVTec-AD layout)."""
+  return textures.ensure_dataset(
+    tmp_path_factory.mktemp("data"),
+    categories=("brick",),
+    image_size=64,
+    num_train=4,
+    num_test=6,
+  )
+
+
+def _write_checkpoint(workdir, run, *, with_stats):
+  """A one-class checkpoint in the trainers' orbax layout."""
+  state = {"step": np.int32(2), "params": run.variables["params"]}
+  if "batch_stats" in run.variables:
+    state["batch_stats"] = run.variables["batch_stats"]
+  items = {
+    "state": ocp.args.StandardSave(state),
+    "config": ocp.args.JsonSave({"dataset": "textures", "category": "brick"}),
+  }
+  if with_stats:
+    d = run.latent_dim
+    stats = anomaly.LatentStats(
+      np.zeros(d, np.float32), np.ones(d, np.float32), np.float32(4)
+    )
+    items["latent_stats"] = ocp.args.StandardSave(stats)
+  with common.checkpoint_manager(workdir) as mngr:
+    mngr.save(2, args=ocp.args.Composite(**items))
+    mngr.wait_until_finished()
+  return str(workdir)
+
+
+def _table_rows(report):
+  lines = report.splitlines()
+  start = next(i for i, line in enumerate(lines) if line.startswith("| method"))
+  rows = []
+  for line in lines[start + 2 :]:
+    if not line.startswith("|"):
+      break
+    rows.append([c.strip() for c in line.strip("|").split("|")])
+  return rows
+
+
+def test_resnet_textures_end_to_end(tmp_path, texture_root):
+  run = restore.init_model("resnet18", latent_dim=4, image_size=64)
+  workdir = _write_checkpoint(tmp_path / "run", run, with_stats=True)
+  out = tmp_path / "out"
+  rc = localization.main(
+    [
+      f"--workdir={workdir}",
+      f"--root={texture_root}",
+      "--num-samples=2",
+      "--num-overlays=3",
+      f"--out={out}",
+    ]
+  )
+  assert rc == 0
+  for name in ("report.md", "results.json", "roc.png", "overlays.png"):
+    assert (out / name).stat().st_size > 0, name
+  results = json.loads((out / "results.json").read_text())
+  assert results["meta"]["latent_stats"] == "checkpoint"
+  assert results["meta"]["category"] == "brick"
+  methods = [(r["method"], r["code"]) for r in results["rows"]]
+  assert methods == [
+    ("attention", "mu"),
+    ("attention", "difference"),
+    ("residual", None),
+  ]
+  for row in results["rows"]:
+    for key, _ in localization.COLUMNS:
+      assert 0.0 <= row[key] <= 1.0, (row, key)
+  rows = _table_rows((out / "report.md").read_text())
+  assert len(rows) == 3
+  for row in rows:
+    assert all(cell not in ("", "-") for cell in row[3:]), row
+  assert "elapsed_time" in results
+
+
+@pytest.fixture(scope="module")
+def mnist_workdir(tmp_path_factory):
+  """A two-conv (MNIST) encoder, without saved latent statistics."""
+  run = restore.init_model("mnist", latent_dim=4)
+  path = tmp_path_factory.mktemp("mnist") / "run"
+  return _write_checkpoint(path, run, with_stats=False)
+
+
+def test_ablation_and_computed_statistics(mnist_workdir, texture_root):
+  # Grey 28x28 crops: conv1/conv2 vs residual; statistics from train/good.
+  workdir = mnist_workdir
+  rc = localization.main(
+    [
+      f"--workdir={workdir}",
+      f"--root={texture_root}",
+      "--ablation",
+      "--codes",
+      "mu",
+      "--batch-size=4",
+    ]
+  )
+  assert rc == 0
+  out = os.path.join(workdir, "eval", "localization")
+  results = json.load(open(os.path.join(out, "results.json")))
+  assert results["meta"]["latent_stats"].startswith("computed")
+  assert results["ablation"]["layers"] == ["encoder/conv1", "encoder/conv2"]
+  table = "\n".join(results["ablation"]["table"])
+  assert "| conv1 |" in table and "| conv2 |" in table
+  assert "| residual |" in table
+  assert os.path.getsize(os.path.join(out, "ablation.png")) > 0
+
+
+def test_errors_name_the_fix(tmp_path, mnist_workdir, capsys):
+  rc = localization.main([f"--workdir={tmp_path}"])
+  assert rc == 2
+  assert "No checkpoints" in capsys.readouterr().err
+  workdir = mnist_workdir
+  rc = localization.main([f"--workdir={workdir}", "--dataset=mvtec"])
+  assert rc == 2
+  assert "--root" in capsys.readouterr().err
+  rc = localization.main(
+    [f"--workdir={workdir}", "--layers=conv9", "--max-images=1"]
+  )
+  assert rc == 2
+  assert "valid layers" in capsys.readouterr().err
+
+
+def test_pick_overlay_images_cycles_defect_types():
+  data = {
+    "label": np.array([0, 1, 1, 1, 0, 1], bool),
+    "has_mask": np.ones(6, bool),
+    "defect_type": np.array(["good", "a", "a", "b", "good", "b"], object),
+  }
+  assert localization.pick_overlay_images(data, 4) == [1, 3, 2, 0]
