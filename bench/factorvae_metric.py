@@ -112,7 +112,7 @@ def main() -> None:
 
   summary = {}
   if args.mode in ("tabulated", "both"):
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     table_data, lookup = metrics.tabulate(
       data,
       representation_fn,
@@ -120,10 +120,12 @@ def main() -> None:
       batch_size=args.batch_size,
     )
     encode_s = time.perf_counter() - start
+    cpu_s = time.process_time() - cpu_start
     num = len(data)
     print(
       f"all {num:,} images rendered + encoded: {encode_s:.1f} s, "
-      f"{num / encode_s:,.0f} images/s (batch {args.batch_size})"
+      f"{num / encode_s:,.0f} images/s (batch {args.batch_size}; process "
+      f"CPU time {cpu_s:.0f} s, load average {os.getloadavg()[0]:.1f})"
     )
     start = time.perf_counter()
     scores = metrics.compute_factor_vae(
