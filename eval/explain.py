@@ -168,6 +168,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.k < 1 or args.num_images < 1:
     parser.error("--k and --num-images must be >= 1.")
   start = time.perf_counter()
+  missing = [p for p in args.images or [] if not os.path.isfile(p)]
+  if missing:
+    print(
+      f"error: --images: {missing[0]} is not a file; pass paths of PNG or "
+      "JPEG images.",
+      file=sys.stderr,
+    )
+    return 2
   try:
     if args.workdir:
       run = restore.load_run(args.workdir, step=args.step)

@@ -125,8 +125,10 @@ def load_splits(
   if dataset == "textures":
     from vae_attn.data import mvtec, textures
 
-    root = root or textures.ensure_dataset()
     category = category or textures.CATEGORIES[0]
+    if not (root and os.path.isdir(os.path.join(root, category))):
+      # The trainers' data_dir for textures is the cache the set is made in.
+      root = textures.ensure_dataset(root or None)
     load = functools.partial(mvtec.load, root, category, image_size=image_size)
     return load("test"), load("train"), category
   if not root:

@@ -1,5 +1,6 @@
 """End-to-end tests of ``python -m eval.localization`` on tiny models."""
 
+import dataclasses
 import json
 import os
 
@@ -8,7 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from eval import localization, restore
-from train import common
+from train import common, oneclass
 from vae_attn import anomaly
 from vae_attn.data import textures
 
@@ -57,15 +58,34 @@ def _table_rows(report):
   return rows
 
 
-def test_resnet_textures_end_to_end(tmp_path, texture_root):
-  run = restore.init_model("resnet18", latent_dim=4, image_size=64)
-  workdir = _write_checkpoint(tmp_path / "run", run, with_stats=True)
+@pytest.fixture(scope="module")
+def oneclass_workdir(tmp_path_factory):
+  """A ResNet one-class VAE trained 2 steps on the textured-defect set."""
+  cache = tmp_path_factory.mktemp("cache")
+  config = dataclasses.replace(
+    oneclass.PRESETS["smoke"],
+    dataset="textures",
+    data_dir=str(cache),
+    model="resnet18",
+    image_size=64,
+    latent_dim=4,
+    batch_size=2,
+    num_steps=2,
+    eval_num_examples=0,
+  )
+  path = str(tmp_path_factory.mktemp("oneclass"))
+  oneclass.train_and_evaluate(config, path)
+  return path
+
+
+def test_trained_resnet_on_textures_end_to_end(oneclass_workdir, tmp_path):
   out = tmp_path / "out"
+  # Data options come from the training config (textures in its cache).
   rc = localization.main(
     [
-      f"--workdir={workdir}",
-      f"--root={texture_root}",
-      "--num-samples=2",
+      f"--workdir={oneclass_workdir}",
+      "--num-samples=1",
+      "--batch-size=24",
       "--num-overlays=3",
       f"--out={out}",
     ]
@@ -75,12 +95,13 @@ def test_resnet_textures_end_to_end(tmp_path, texture_root):
     assert (out / name).stat().st_size > 0, name
   results = json.loads((out / "results.json").read_text())
   assert results["meta"]["latent_stats"] == "checkpoint"
-  assert results["meta"]["category"] == "brick"
-  methods = [(r["method"], r["code"]) for r in results["rows"]]
+  assert results["meta"]["dataset"] == "textures"
+  assert results["meta"]["category"] == textures.CATEGORIES[0]
+  methods = [(r["method"], r["code"], r["layer"]) for r in results["rows"]]
   assert methods == [
-    ("attention", "mu"),
-    ("attention", "difference"),
-    ("residual", None),
+    ("attention", "mu", "stage2_block1/conv1"),
+    ("attention", "difference", "stage2_block1/conv1"),
+    ("residual", None, None),
   ]
   for row in results["rows"]:
     for key, _ in localization.COLUMNS:
@@ -89,7 +110,7 @@ def test_resnet_textures_end_to_end(tmp_path, texture_root):
   assert len(rows) == 3
   for row in rows:
     assert all(cell not in ("", "-") for cell in row[3:]), row
-  assert "elapsed_time" in results
+  assert results["elapsed_time"] > 0
 
 
 @pytest.fixture(scope="module")
