@@ -218,20 +218,27 @@ def traversal_figure(
   decoded = np.asarray(jax.nn.sigmoid(logits)).reshape(
     len(order), steps, *run.input_shape
   )
+  recon = jax.nn.sigmoid(
+    run.model.apply(run.variables, mu, method=run.model.decode)
+  )
   figures.traversals(
     path,
     decoded,
     order,
     values,
+    reference=[x[0], np.asarray(recon)[0]],
+    reference_labels=["input", "reconstruction"],
     row_labels=[f"KL {kl[i]:.2f}" for i in order],
     title=title,
   )
   return {"latents": order.tolist(), "values": values.tolist()}
 
 
-def _fmt(value: float | None) -> str:
+def _fmt(value: float | None, key: str = "") -> str:
   if value is None or not math.isfinite(value):
     return "-"
+  if "/num_" in key:  # A count, e.g. num_active_dims.
+    return str(int(value))
   return f"{value:.3f}"
 
 
@@ -258,7 +265,7 @@ def write_report(path: str, results: Mapping[str, Any]) -> str:
     lines.append(f"| `{key}` | {_fmt(scores.get(key))} | {what} |")
   for key in sorted(scores):
     if key not in dict(SCORES):
-      lines.append(f"| `{key}` | {_fmt(scores[key])} | |")
+      lines.append(f"| `{key}` | {_fmt(scores[key], key)} | |")
   lines += [
     "",
     "Conventions of the FactorVAE metric"
@@ -285,8 +292,9 @@ def write_report(path: str, results: Mapping[str, Any]) -> str:
     "- `attention.png`: inputs and the attention maps (layer "
     f"`{results['figures']['attention']['layer']}`) of their two "
     "highest-responding latents (paper Fig. 8).",
-    "- `traversals.png`: one input decoded with a single latent swept over "
-    "the range in the column titles, rows ordered by the latent's KL.",
+    "- `traversals.png`: one input (first column: the input and its "
+    "reconstruction) decoded with a single latent swept over the values in "
+    "the column titles, rows ordered by the latent's mean KL.",
     "",
     f"Elapsed: {results['elapsed_time']:.1f} s.",
     "",

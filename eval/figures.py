@@ -100,7 +100,11 @@ def _grid(num_rows: int, num_cols: int, title: str | None):
 def _save(fig, path: str | os.PathLike) -> str:
   path = os.fspath(path)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.tight_layout()
+  top = 1.0
+  if fig._suptitle is not None:  # Keep the title clear of the axes titles.
+    lines = fig._suptitle.get_text().count("\n") + 1
+    top = 1.0 - (0.1 + 0.2 * lines) / fig.get_figheight()
+  fig.tight_layout(rect=(0.0, 0.0, 1.0, top))
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
@@ -293,6 +297,8 @@ def traversals(
   latent_ids: Sequence[int],
   values: np.ndarray,
   *,
+  reference: Sequence[np.ndarray] = (),
+  reference_labels: Sequence[str] = (),
   row_labels: Sequence[str] | None = None,
   title: str | None = None,
 ) -> str:
@@ -303,6 +309,9 @@ def traversals(
     decoded: ``[R, S, H, W, C]`` decoded images in ``[0, 1]``.
     latent_ids: ``[R]`` the latent traversed in each row.
     values: ``[S]`` the values it takes.
+    reference: images shown in a first column, one per row from the top
+      (e.g. the input and its reconstruction).
+    reference_labels: their captions.
     row_labels: optional extra text per row (e.g. its KL).
     title: optional figure title.
 
@@ -310,16 +319,25 @@ def traversals(
     ``path``.
   """
   r, s = decoded.shape[:2]
-  fig, axes = _grid(r, s, title)
+  offset = 1 if len(reference) else 0
+  fig, axes = _grid(r, s + offset, title)
   for i in range(r):
     for j in range(s):
-      axes[i, j].imshow(_rgb(decoded[i, j]))
+      axes[i, j + offset].imshow(_rgb(decoded[i, j]))
     label = f"z{int(latent_ids[i])}"
     if row_labels is not None:
       label += f"\n{row_labels[i]}"
-    axes[i, 0].set_ylabel(label, fontsize=8)
+    axes[i, offset].set_ylabel(label, fontsize=8)
   for j in range(s):
-    axes[0, j].set_title(f"{float(values[j]):+.1f}", fontsize=8)
+    axes[0, j + offset].set_title(f"{float(values[j]):+.1f}", fontsize=8)
+  if offset:
+    for i in range(r):
+      if i < len(reference):
+        axes[i, 0].imshow(_rgb(reference[i]))
+        if i < len(reference_labels):
+          axes[i, 0].set_xlabel(reference_labels[i], fontsize=8)
+      else:
+        axes[i, 0].axis("off")
   return _save(fig, path)
 
 
