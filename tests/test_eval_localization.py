@@ -167,3 +167,35 @@ def test_pick_overlay_images_cycles_defect_types():
     "defect_type": np.array(["good", "a", "a", "b", "good", "b"], object),
   }
   assert localization.pick_overlay_images(data, 4) == [1, 3, 2, 0]
+
+
+def test_score_pools_masked_images_and_ranks_all_for_image_auroc():
+  # Image 3 is anomalous without a pixel mask (a folder set without masks):
+  # it enters image AUROC but not the pixel metrics.
+  masks = np.zeros((4, 4, 4), bool)
+  masks[1, :2, :2] = True
+  masks[2, 2:, 2:] = True
+  perfect = masks.astype(np.float32)
+  perfect[3] = 0.5
+  data = {
+    "mask": masks,
+    "label": np.array([0, 1, 1, 1], bool),
+    "has_mask": np.array([1, 1, 1, 0], bool),
+  }
+  scores, curves = localization.score({"perfect": perfect}, data)
+  got = scores["perfect"]
+  assert got["pixel_auroc"] == 1.0 and got["best_iou"] == 1.0
+  assert got["aupro"] == pytest.approx(1.0)
+  assert got["image_auroc_max"] == 1.0
+  fpr, tpr, auc = curves["perfect"]
+  assert auc == 1.0 and fpr[-1] == 1.0 and tpr[-1] == 1.0
+
+
+def test_score_needs_anomalous_pixels():
+  data = {
+    "mask": np.zeros((2, 4, 4), bool),
+    "label": np.array([0, 1], bool),
+    "has_mask": np.ones(2, bool),
+  }
+  with pytest.raises(ValueError, match="No anomalous pixel"):
+    localization.score({"m": np.zeros((2, 4, 4))}, data)
