@@ -128,3 +128,14 @@ def test_default_textures_resnet_trains_with_batchnorm(tmp_path):
   ]
   assert means and max(means) > 0
   assert np.asarray(restored["latent_stats"]["mean"]).shape == (32,)
+
+
+def test_cli_trains_and_resumes(tmp_path):
+  argv = ["--preset=smoke", "--eval-num-examples=0", f"--workdir={tmp_path}"]
+  assert oneclass.main([*argv, "--num-steps=2"]) == 0
+  assert oneclass.main([*argv, "--num-steps=3"]) == 0
+  step, restored = common.load_checkpoint(
+    tmp_path, items=("state", "latent_stats")
+  )
+  assert step == 3 and int(restored["state"]["step"]) == 3
+  assert float(restored["latent_stats"]["count"]) > 0

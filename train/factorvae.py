@@ -96,9 +96,9 @@ PRESETS = {
   "dsprites": Config(),
   # The README's CPU run: minutes on 2 cores, small-sample FactorVAE score.
   "quick": Config(
-    num_steps=1500,
-    log_every=100,
-    checkpoint_every=500,
+    num_steps=500,
+    log_every=50,
+    checkpoint_every=250,
     score_num_train=200,
     score_num_eval=200,
     score_num_variance=2000,
