@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from train import common, factorvae
-from vae_attn import metric_writers
+from vae_attn import losses, metric_writers, models
+from vae_attn.attention import value_and_attention
 from vae_attn.data import dsprites
 
 
@@ -117,3 +118,24 @@ def test_cli_trains_the_baselines(loss, tmp_path):
   assert step == 2 and restored["config"]["loss"] == loss
   # Rerunning the finished command changes nothing and succeeds.
   assert factorvae.main(argv) == 0
+
+
+def test_random_pair_ad_equals_the_loss_on_all_maps():
+  model = models.make_model("factorvae")
+  x = (np.random.default_rng(0).random((4, 64, 64, 1)) < 0.2).astype("f4")
+  variables = model.init(jax.random.key(0), x, jax.random.key(1))
+  encode_fn = lambda v, x: model.apply(v, x, method=model.encode)
+  key = jax.random.key(7)
+
+  @jax.jit
+  def both(variables, x):
+    _, maps = value_and_attention(encode_fn, "encoder/conv1")(variables, x)
+    full = losses.attention_disentanglement(maps.per_latent, key)
+    pair = factorvae.random_pair_ad(
+      encode_fn, "encoder/conv1", variables, x, key
+    )
+    return full, pair
+
+  full, pair = both(variables, x)
+  assert np.all(np.asarray(full) > 0)
+  np.testing.assert_allclose(pair, full, rtol=1e-5, atol=1e-7)
