@@ -197,6 +197,13 @@ def load_run(workdir: str | os.PathLike, *, step: int | None = None) -> Run:
   )
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled_init(name: str, kwargs: tuple):
+  """``jax.jit(model.init)``, compiled once per architecture (much cheaper
+  than running the initialisers op by op)."""
+  return jax.jit(models.make_model(name, **dict(kwargs)).init)
+
+
 def init_model(
   name: str,
   *,
@@ -234,7 +241,8 @@ def init_model(
   model = models.make_model(name, **kwargs)
   key_params, key_eps = jax.random.split(jax.random.key(seed))
   x = jnp.zeros((1, *input_shape), jnp.float32)
-  variables = dict(model.init(key_params, x, key_eps))
+  init_fn = _compiled_init(name, tuple(sorted(kwargs.items())))
+  variables = dict(init_fn(key_params, x, key_eps))
   return Run(
     name=name,
     model=model,
