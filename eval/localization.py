@@ -155,10 +155,35 @@ def load_splits(
   return load("test"), load("train"), category
 
 
-def _batches(source, batch_size: int, limit: int | None = None):
-  """One ordered pass; ``limit`` caps the number of records."""
-  count = 0
-  for batch in pipeline.batches(
+class _Subset:
+  """Records ``indices`` of a source (random access, for the pipeline)."""
+
+  def __init__(self, source, indices: np.ndarray):
+    self._source, self._indices = source, indices
+    self.name = f"{getattr(source, 'name', 'source')}[subset]"
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, index: int):
+    return self._source[int(self._indices[index])]
+
+
+def subset(source, max_images: int | None):
+  """At most ``max_images`` records, evenly spaced over the source.
+
+  Test splits are sorted (normal images first), so evenly spaced picks keep
+  normal and anomalous images both.
+  """
+  if max_images is None or max_images >= len(source):
+    return source
+  indices = np.linspace(0, len(source) - 1, max_images).round()
+  return _Subset(source, np.unique(indices.astype(np.int64)))
+
+
+def _batches(source, batch_size: int):
+  """One ordered pass over ``source``."""
+  return pipeline.batches(
     source,
     batch_size,
     seed=0,
@@ -168,15 +193,7 @@ def _batches(source, batch_size: int, limit: int | None = None):
     process_index=0,
     process_count=1,
     num_threads=0,
-  ):
-    if limit is not None:
-      keep = max(0, min(len(batch["image"]), limit - count))
-      batch = {k: v[:keep] for k, v in batch.items()}
-    count += len(batch["image"])
-    if len(batch["image"]):
-      yield batch
-    if limit is not None and count >= limit:
-      return
+  )
 
 
 def _to_channels(x: np.ndarray, channels: int) -> np.ndarray:
@@ -304,7 +321,8 @@ def compute_maps(
     k: [] for k in ("image", "mask", "label", "has_mask", "defect_type")
   }
   channels = run.input_shape[-1]
-  for i, batch in enumerate(_batches(test_source, batch_size, max_images)):
+  test_source = subset(test_source, max_images)
+  for i, batch in enumerate(_batches(test_source, batch_size)):
     x = _to_channels(np.asarray(batch["image"], np.float32), channels)
     out = jax.device_get(fn(jnp.asarray(x), stats, jax.random.fold_in(key, i)))
     for name, value in out.items():
@@ -570,8 +588,17 @@ def _parser() -> argparse.ArgumentParser:
   )
   p.add_argument("--num-samples", type=int, default=8, help="eq. 5 draws")
   p.add_argument("--positive", choices=("relu", "abs"), default="relu")
+  p.add_argument(
+    "--chunk-size",
+    type=int,
+    help="latents per pullback chunk (bounds accelerator memory)",
+  )
   p.add_argument("--batch-size", type=int, default=8)
-  p.add_argument("--max-images", type=int, help="cap the test images")
+  p.add_argument(
+    "--max-images",
+    type=int,
+    help="evaluate at most this many test images, evenly spaced (quick runs)",
+  )
   p.add_argument("--num-overlays", type=int, default=6)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", help="default <workdir>/eval/localization")
@@ -602,6 +629,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     seed=args.seed,
     max_images=args.max_images,
     positive=args.positive,
+    chunk_size=args.chunk_size,
   )
   scores, curves = score(maps, data)
   out = args.out or os.path.join(args.workdir, "eval", "localization")
@@ -622,6 +650,7 @@ def evaluate(args: argparse.Namespace) -> dict:
       "num_samples": args.num_samples,
       "seed": args.seed,
       "latent_stats": stats_source,
+      "max_images": args.max_images,
       "num_test_images": int(len(data["label"])),
       "num_anomalous": int(data["label"].sum()),
       "num_with_masks": int(data["has_mask"].sum()),
@@ -684,6 +713,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   if args.num_samples < 1 or args.batch_size < 1 or args.num_overlays < 2:
     parser.error("--num-samples, --batch-size >= 1; --num-overlays >= 2.")
+  if args.chunk_size is not None and args.chunk_size < 1:
+    parser.error("--chunk-size must be >= 1.")
+  if args.max_images is not None and args.max_images < 2:
+    parser.error("--max-images must be >= 2 (normal and anomalous images).")
   try:
     results = evaluate(args)
   except (FileNotFoundError, ValueError, base.DataError) as e:

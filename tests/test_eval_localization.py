@@ -153,9 +153,7 @@ def test_errors_name_the_fix(tmp_path, mnist_workdir, capsys):
   rc = localization.main([f"--workdir={workdir}", "--dataset=mvtec"])
   assert rc == 2
   assert "--root" in capsys.readouterr().err
-  rc = localization.main(
-    [f"--workdir={workdir}", "--layers=conv9", "--max-images=1"]
-  )
+  rc = localization.main([f"--workdir={workdir}", "--layers=conv9"])
   assert rc == 2
   assert "valid layers" in capsys.readouterr().err
 
@@ -199,3 +197,10 @@ def test_score_needs_anomalous_pixels():
   }
   with pytest.raises(ValueError, match="No anomalous pixel"):
     localization.score({"m": np.zeros((2, 4, 4))}, data)
+
+
+def test_subset_is_evenly_spaced():
+  source = list(range(10))
+  picked = localization.subset(source, 4)
+  assert [picked[i] for i in range(len(picked))] == [0, 3, 6, 9]
+  assert localization.subset(source, None) is source
