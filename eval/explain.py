@@ -50,8 +50,11 @@ def demo_images(run: restore.Run, num: int, seed: int) -> np.ndarray:
   if c == 3:
     from vae_attn.data import mvtec, textures
 
-    root = textures.ensure_dataset()
-    category = textures.CATEGORIES[0]
+    # The run's own textured-defect set when it was trained on one.
+    trained_on_textures = run.config.get("dataset") == "textures"
+    config = run.config if trained_on_textures else {}
+    root = textures.ensure_dataset(config.get("data_dir") or None)
+    category = config.get("category") or textures.CATEGORIES[0]
     source = mvtec.load(root, category, "test", image_size=(h, w))
     labels = np.array([int(source[i]["label"]) for i in range(len(source))])
     # Defective images first: they are the interesting ones to explain.
