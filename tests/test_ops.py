@@ -131,6 +131,32 @@ def test_strided_conv_under_vmap_and_of_its_own_gradient():
   _assert_same_function(input_grad(fast), input_grad(ref), x, w)
 
 
+@pytest.mark.parametrize("hw, k, stride, padding", STRIDED)
+def test_batched_kernel_gradient_equals_lax_per_element(hw, k, stride, padding):
+  """The vmap rule of the kernel gradient (both or one operand batched)."""
+  x, w = _normal(0, (3, 2, *hw, 3)), _normal(1, (k, k, 3, 4))
+
+  def conv(x, w):
+    return lax.conv_general_dilated(
+      x, w, (stride, stride), padding, dimension_numbers=NHWC
+    )
+
+  g = _normal(2, (3, *conv(x[0], w).shape))
+  fast = functools.partial(ops.strided_conv, stride=stride, padding=padding)
+
+  def kernel_grad(conv, x, g):
+    return jax.vjp(lambda w: conv(x, w), w)[1](g)[0]
+
+  got = jax.jit(jax.vmap(functools.partial(kernel_grad, fast)))(x, g)
+  want = jax.vmap(functools.partial(kernel_grad, conv))(x, g)
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+  got = jax.jit(jax.vmap(functools.partial(kernel_grad, fast), (None, 0)))(
+    x[0], g
+  )
+  want = jax.vmap(functools.partial(kernel_grad, conv), (None, 0))(x[0], g)
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+
+
 @pytest.mark.parametrize("hw, k, padding", [((4, 5), 4, 1), ((3, 3), 6, 2)])
 def test_conv_transpose_fast_path_equals_dilated_lax(hw, k, padding):
   x, w = _normal(0, (2, *hw, 3)), _normal(1, (k, k, 3, 4))
