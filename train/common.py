@@ -113,6 +113,17 @@ class TrainingInterrupted(KeyboardInterrupt):  # noqa: N818 (a signal, not a bug
     )
 
 
+def field(default: Any, help_text: str, choices: Sequence[Any] | None = None):
+  """A config field with ``--help`` text and optional allowed values.
+
+  Example: ``loss: str = common.field("ad", "objective", ("ad", "tc"))``.
+  """
+  metadata = {"help": help_text}
+  if choices is not None:
+    metadata["choices"] = tuple(choices)
+  return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
   """Fields of the loop itself, shared by every trainer's ``Config``.

@@ -11,10 +11,11 @@ of two Adams. As in Kim & Mnih (2018) the discriminator sees ``z`` of the
 batch ``x`` against permuted ``z'`` of a second, independent batch ``x2``:
 the pipeline yields ``2 * batch_size`` records per step, split in halves.
 With ``--loss=beta`` the discriminator is still trained, so that the TC
-estimate is logged for every objective. Data: the procedural dSprites (no
-download) by default, ``--data=npz --data-path=dsprites.npz`` or
-``--data=tfds``. The FactorVAE score is computed at the end (and every
-``--eval-every`` steps).
+estimate is logged for every objective. With the default random pair, only
+the two maps of the drawn pair are computed (:func:`random_pair_ad`). Data:
+the procedural dSprites (no download) by default, ``--data=npz
+--data-path=dsprites.npz`` or ``--data=tfds``. The FactorVAE score is
+computed at the end (and every ``--eval-every`` steps).
 """
 
 from __future__ import annotations
@@ -35,12 +36,7 @@ from vae_attn import losses, models
 from vae_attn.attention import value_and_attention
 from vae_attn.data import dsprites, pipeline
 
-
-def _f(default, help_text, choices=None):
-  meta = {"help": help_text}
-  if choices is not None:
-    meta["choices"] = choices
-  return dataclasses.field(default=default, metadata=meta)
+_f = common.field
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,11 +38,7 @@ DATASETS = ("textures", "mvtec", "folder", "mnist", "digits", "ped1")
 MVTEC_CATEGORIES = mvtec.CATEGORIES
 
 
-def _f(default, help_text, choices=None):
-  meta = {"help": help_text}
-  if choices is not None:
-    meta["choices"] = choices
-  return dataclasses.field(default=default, metadata=meta)
+_f = common.field
 
 
 @dataclasses.dataclass(frozen=True)
