@@ -790,7 +790,6 @@ def train_and_evaluate(
       disable=not (is_main and sys.stderr.isatty()),
     )
     last_log_time, last_log_step = time.perf_counter(), start_step
-    metrics = None
     with progress, _catch_signals() as interrupt:
       for step in range(start_step, config.num_steps):
         try:
