@@ -251,3 +251,16 @@ class _Wrap(nn.Module):
 
   def __call__(self, x):
     return self.encoder(x)
+
+
+def test_default_cpu_chunking_gives_the_vmapped_maps(monkeypatch):
+  stages = (ConvSpec(4), ConvSpec(6))
+  model = _Wrap(ConvEncoder(stages=stages, latent_dim=3, hidden=(8,)))
+  x = jax.random.uniform(jax.random.key(0), (2, 12, 12, 1))
+  variables = model.init(jax.random.key(1), x)
+  vmapped = attention.attention(model.apply, "conv1", chunk_size=3)
+  monkeypatch.setattr(attention, "_CPU_CHUNK_ROWS", 4)  # 2 latents a chunk.
+  chunked = attention.attention(model.apply, "conv1")
+  want, got = jax.jit(vmapped)(variables, x), jax.jit(chunked)(variables, x)
+  np.testing.assert_allclose(got.per_latent, want.per_latent, atol=1e-6)
+  np.testing.assert_allclose(got.mean, want.mean, atol=1e-6)

@@ -42,6 +42,7 @@ from vae_attn.models.blocks import GaussianHead
 CODES = ("mu", "sample", "difference")
 POSITIVES = ("relu", "abs")
 GRADIENT_SCALES = (None, "rms")
+_CPU_CHUNK_ROWS = 256  # Rows (latents x examples) per pullback chunk on CPU.
 
 EncodeFn = Callable[..., tuple[jax.Array, jax.Array]]
 
@@ -308,6 +309,9 @@ def value_and_attention(
       does. ``"rms"`` needs the full ``h x w x n`` gradient and is slower.
     chunk_size: if set, the pullback is mapped over chunks of this many
       latents with ``lax.map`` (bounds memory; a vmap inside each chunk).
+      If ``None``, it is vmapped over all latents, except on XLA:CPU, where
+      chunks of about 256 rows (``256 // B`` latents) are faster. The maps
+      are the same either way.
 
   Returns:
     A function ``(variables, x, *args, key=None, stats=None, **kwargs) ->
@@ -400,13 +404,18 @@ def value_and_attention(
     # Cotangent i is one-hot on latent i for every example: examples are
     # independent, so its pullback holds d z_bi / d A_b for each b.
     cts = jnp.broadcast_to(jnp.eye(d, dtype=z.dtype)[:, None, :], (d, b, d))
-    if chunk_size is None or chunk_size >= d:
+    chunk = chunk_size
+    if chunk is None and ops.fast_path():
+      # XLA:CPU runs the pullback about 2x faster on chunks of a few hundred
+      # rows, which stay in cache, than on all D * B rows at once.
+      chunk = max(1, _CPU_CHUNK_ROWS // b)
+    if chunk is None or chunk >= d:
       (grads,) = jax.vmap(pullback)(cts)
     else:
-      num_chunks = -(-d // chunk_size)
-      pad = num_chunks * chunk_size - d
+      num_chunks = -(-d // chunk)
+      pad = num_chunks * chunk - d
       cts = jnp.pad(cts, ((0, pad), (0, 0), (0, 0)))
-      cts = cts.reshape(num_chunks, chunk_size, b, d)
+      cts = cts.reshape(num_chunks, chunk, b, d)
       (grads,) = lax.map(jax.vmap(pullback), cts)
       grads = jax.tree.map(lambda g: g.reshape(-1, *g.shape[2:])[:d], grads)
 
