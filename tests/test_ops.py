@@ -54,7 +54,6 @@ def _assert_same_function(fast, ref, *args, atol=1e-5):
 @pytest.mark.parametrize(
   "hw, kernel, strides, padding, dilation",
   [
-    ((9, 9), (4, 4), (2, 2), ((1, 1), (1, 1)), (1, 1)),
     ((7, 6), (3, 2), (1, 2), ((1, 2), (0, 1)), (2, 1)),
   ],
 )
@@ -88,11 +87,9 @@ def test_flatten_dense_of_constant_equals_dense_of_broadcast():
   _assert_same_function(fast, ref, offset, w)
 
 
-STRIDED = [
-  # (input hw, kernel, stride, padding)
-  ((8, 8), 4, 2, ((1, 1), (1, 1))),
-  ((7, 9), 6, 3, ((0, 2), (2, 1))),
-]
+# (input hw, kernel, stride, padding): odd sizes, uneven padding, stride 3.
+# The models' k4 s2 p1 is covered by the vmap, transposed and model tests.
+STRIDED = [((7, 9), 6, 3, ((0, 2), (2, 1)))]
 
 
 @pytest.mark.parametrize("hw, k, stride, padding", STRIDED)
@@ -148,16 +145,18 @@ def test_batched_kernel_gradient_equals_lax_per_element(hw, k, stride, padding):
     return jax.vjp(lambda w: conv(x, w), w)[1](g)[0]
 
   got = jax.jit(jax.vmap(functools.partial(kernel_grad, fast)))(x, g)
-  want = jax.vmap(functools.partial(kernel_grad, conv))(x, g)
+  want = jax.jit(jax.vmap(functools.partial(kernel_grad, conv)))(x, g)
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
   got = jax.jit(jax.vmap(functools.partial(kernel_grad, fast), (None, 0)))(
     x[0], g
   )
-  want = jax.vmap(functools.partial(kernel_grad, conv), (None, 0))(x[0], g)
+  want = jax.jit(jax.vmap(functools.partial(kernel_grad, conv), (None, 0)))(
+    x[0], g
+  )
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize("hw, k, padding", [((4, 5), 4, 1), ((3, 3), 6, 2)])
+@pytest.mark.parametrize("hw, k, padding", [((4, 5), 4, 1)])
 def test_conv_transpose_fast_path_equals_dilated_lax(hw, k, padding):
   x, w = _normal(0, (2, *hw, 3)), _normal(1, (k, k, 3, 4))
 
@@ -180,10 +179,10 @@ def test_conv_transpose_fast_path_equals_dilated_lax(hw, k, padding):
 def test_vae_is_unchanged_by_the_fast_path(monkeypatch):
   """A small VAE of the same blocks: loss and gradients on both paths."""
   model = models.VAE(
-    encoder=ConvEncoder((ConvSpec(4), ConvSpec(6)), latent_dim=3, hidden=(8,)),
-    decoder=ConvDecoder((8,), (4, 4, 6), (ConvSpec(4), ConvSpec(1))),
+    encoder=ConvEncoder((ConvSpec(4),), latent_dim=3, hidden=()),
+    decoder=ConvDecoder((), (4, 4, 4), (ConvSpec(1),)),
   )
-  x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 1))
+  x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
 
   def value_and_grad(x):
     params = model.init(jax.random.key(1), x, jax.random.key(2))["params"]
@@ -231,9 +230,9 @@ def _grad_cam_reference(encode, variables, x, layer):
 @pytest.mark.parametrize("layer", ["encoder/conv1", "encoder/conv2"])
 def test_folded_offsets_give_the_unfolded_maps(layer):
   """Offsets folded into a consumer conv / Gaussian head are exact."""
-  stages = (ConvSpec(4), ConvSpec(6, kernel=3, stride=1, padding=1))
+  stages = (ConvSpec(4), ConvSpec(6))
   model = _Wrap(ConvEncoder(stages=stages, latent_dim=3, hidden=(8,)))
-  x = jax.random.uniform(jax.random.key(0), (2, 10, 10, 1))
+  x = jax.random.uniform(jax.random.key(0), (2, 12, 12, 1))
   variables = model.init(jax.random.key(1), x)
   encode = model.apply
   maps = jax.jit(attention.attention(encode, layer))(variables, x)
