@@ -27,6 +27,7 @@ References:
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -188,32 +189,23 @@ def _pair(value) -> tuple[int, int]:
   return tuple(value)
 
 
-def _conv_of_offset(module: nn.Conv, x: jax.Array, delta: jax.Array):
-  """``module``'s bias-free conv of ``delta`` broadcast like ``x``, or None."""
-  kernel = module.variables["params"]["kernel"]
+def _conv_geometry(module: nn.Conv, x: jax.Array):
+  """``(strides, padding, dilation)`` of a foldable ``nn.Conv``, or None."""
+  kernel_hw = module.kernel_size
   if (
-    x.ndim != 4
-    or kernel.ndim != 4
+    isinstance(kernel_hw, int)
+    or x.ndim != 4
+    or len(kernel_hw) != 2
     or module.feature_group_count != 1
     or module.mask is not None
     or _pair(module.input_dilation) != (1, 1)
   ):
     return None
   strides, dilation = _pair(module.strides), _pair(module.kernel_dilation)
-  in_hw = x.shape[1:3]
   pads = _explicit_padding(
-    module.padding, in_hw, kernel.shape[:2], strides, dilation
+    module.padding, x.shape[1:3], kernel_hw, strides, dilation
   )
-  if pads is None:
-    return None
-  return ops.conv_of_constant(
-    delta,
-    kernel,
-    in_hw,
-    strides=strides,
-    padding=pads,
-    kernel_dilation=dilation,
-  )
+  return None if pads is None else (strides, pads, dilation)
 
 
 class _Offsets:
@@ -249,12 +241,21 @@ class _Offsets:
     if context.method_name != "__call__":
       return next_fun(*fargs, **fkwargs)
     offset = self._consumed(fargs)
+    geometry = None
     if offset is not None and isinstance(module, nn.Conv):
+      geometry = _conv_geometry(module, offset.clean)
+    if geometry is not None:
+      strides, pads, dilation = geometry
       out = next_fun(offset.clean, *fargs[1:], **fkwargs)
-      extra = _conv_of_offset(module, offset.clean, offset.delta)
-      if extra is not None:
-        return out + extra.astype(out.dtype)
-      return next_fun(*fargs, **fkwargs)
+      extra = ops.conv_of_constant(
+        offset.delta,
+        module.variables["params"]["kernel"],
+        offset.clean.shape[1:3],
+        strides=strides,
+        padding=pads,
+        kernel_dilation=dilation,
+      )
+      return out + extra.astype(out.dtype)
     if offset is not None and isinstance(module, GaussianHead):
       # GaussianHead flattens its input into its first Dense layer(s).
       self._heads.append([offset, None])
@@ -269,10 +270,14 @@ class _Offsets:
       if fargs[0] is head[1]:
         offset = head[0]
         out = next_fun(*fargs, **fkwargs)
+        kernel = module.variables["params"]["kernel"]
+        if kernel.shape[0] != math.prod(offset.clean.shape[1:]):
+          raise ValueError(
+            f"{_path(module)!r} does not take the flattened output of the "
+            "attention layer, as GaussianHead's first Dense layer does."
+          )
         extra = ops.flatten_dense_of_constant(
-          offset.delta,
-          module.variables["params"]["kernel"],
-          offset.clean.shape[1:3],
+          offset.delta, kernel, offset.clean.shape[1:3]
         )
         return out + extra.astype(out.dtype)
     return next_fun(*fargs, **fkwargs)
