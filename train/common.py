@@ -271,7 +271,11 @@ def make_parser(
     )
   else:
     preset_help += f"{default_preset!r})."
-  parser = argparse.ArgumentParser(prog=prog, description=description)
+  parser = argparse.ArgumentParser(
+    prog=prog,
+    description=description,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument(
     "--preset", choices=sorted(presets), default=None, help=preset_help
   )

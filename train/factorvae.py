@@ -359,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Config,
     PRESETS,
     prog="python -m train.factorvae",
-    description=__doc__.split("\n\n")[0],
+    description=__doc__,
     default_preset="dsprites",
   )
   workdir = workdir or f"runs/factorvae_{config.loss}"

@@ -2,6 +2,7 @@ r"""One-class VAEs for anomaly localization (PAPER.md sections 2 and 4).
 
   python -m train.oneclass                                   # textured set
   python -m train.oneclass --dataset=mnist --normal-digit=3
+  python -m train.oneclass --dataset=digits    # offline MNIST stand-in
   python -m train.oneclass --dataset=mvtec --category=bottle --data-dir=DIR
   python -m train.oneclass --dataset=ped1 --data-dir=DIR/UCSD_Anomaly_Dataset
   python -m train.oneclass --dataset=folder --data-dir=DIR --image-size=256
@@ -299,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Config,
     PRESETS,
     prog="python -m train.oneclass",
-    description=__doc__.split("\n\n")[0],
+    description=__doc__,
     default_preset="textures",
     preset_field="dataset",
   )
