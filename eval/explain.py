@@ -3,7 +3,7 @@ r"""Explains a VAE: per-latent attention maps of a few images (paper Fig. 1).
   python -m eval.explain                                   # demo, no files
   python -m eval.explain --model=resnet18 --image-size=128
   python -m eval.explain --workdir=runs/factorvae_ad --images a.png b.png
-  python -m eval.explain --workdir=runs/mvtec_bottle --code=sample --k=16
+  python -m eval.explain --workdir=runs/mvtec_bottle --code=difference
 
 Without ``--workdir`` a randomly initialised model of ``--model`` is built
 (the maps of an untrained encoder only show that the pipeline runs); with it
@@ -91,13 +91,29 @@ def explain(
   code: str = "mu",
   positive: str = "relu",
   gradient_scale: str | None = None,
+  num_samples: int = 8,
   seed: int = 0,
 ) -> tuple[attention_lib.AttentionMaps, str]:
   """Per-latent attention maps of images ``x`` ``[N, H, W, C]``.
 
+  Args:
+    run: a restored (or initialised) VAE.
+    x: images at the model's input shape.
+    layer: the attention layer (default: the paper's for the architecture).
+    code: ``"mu"``, ``"sample"`` or ``"difference"`` (eq. 5; needs the
+      latent statistics a one-class trainer saves with its checkpoint).
+    positive: ``"relu"`` or ``"abs"``.
+    gradient_scale: ``None`` or ``"rms"``.
+    num_samples: ``eps`` draws averaged for the sampled codes.
+    seed: seeds the draws.
+
   Returns:
     ``(maps, layer_path)``: the maps at layer resolution
-    (``per_latent [N, D, h, w]``, ``mean [N, h, w]``) and the resolved path.
+    (``per_latent [N, D, h, w]``, ``mean [N, h, w]``; averaged over the draws
+    for sampled codes) and the resolved path.
+
+  Raises:
+    ValueError: ``code="difference"`` for a run without latent statistics.
   """
   layer = layer or run.default_layer
   valid = attention_lib.layer_paths(run.encode_fn, run.variables, x)
@@ -105,6 +121,12 @@ def explain(
   if path is None:
     matches = [p for p in valid if p.endswith("/" + layer)]
     path = matches[0] if len(matches) == 1 else layer  # attention() explains.
+  if code == "difference" and run.latent_stats is None:
+    raise ValueError(
+      'code="difference" needs the latent statistics of the normal data, '
+      "which the one-class trainer (python -m train.oneclass) saves with its "
+      "final checkpoint; pass --workdir of such a run, or use --code=mu."
+    )
   fn = attention_lib.attention(
     run.encode_fn,
     path,
@@ -112,8 +134,17 @@ def explain(
     positive=positive,
     gradient_scale=gradient_scale,
   )
-  key = jax.random.key(seed) if code != "mu" else None
-  maps = jax.jit(fn)(run.variables, jnp.asarray(x), key=key)
+  x = jnp.asarray(x)
+  if code == "mu":
+    maps = jax.jit(fn)(run.variables, x)
+  else:
+    keys = jax.random.split(jax.random.key(seed), num_samples)
+    draw = jax.jit(
+      lambda k: fn(run.variables, x, key=k, stats=run.latent_stats)
+    )
+    maps = jax.tree.map(
+      lambda *m: jnp.stack(m).mean(0), *[draw(k) for k in keys]
+    )
   return jax.device_get(maps), path
 
 
@@ -125,6 +156,50 @@ def pick_latents(per_latent: np.ndarray, k: int, order: str) -> np.ndarray:
     return np.broadcast_to(np.arange(k), (n, k))
   response = per_latent.reshape(n, d, -1).sum(-1)
   return np.argsort(-response, axis=1, kind="stable")[:, :k]
+
+
+def attention_figure(
+  path: str | os.PathLike,
+  x: np.ndarray,
+  maps: attention_lib.AttentionMaps,
+  *,
+  k: int = 8,
+  order: str = "index",
+  title: str = "",
+) -> str:
+  """Writes the Fig. 1-style grid: image, mean map, ``k`` per-latent maps.
+
+  Args:
+    path: the PNG to write.
+    x: the explained images ``[N, H, W, C]``.
+    maps: their maps at layer resolution (from :func:`explain`).
+    k: per-latent maps shown per image.
+    order: ``"index"`` (latents ``0..k-1``) or ``"response"`` (the ``k``
+      strongest of each image).
+    title: the figure title.
+
+  Returns:
+    The path written.
+  """
+  size = x.shape[1:3]
+  per_latent = np.asarray(attention_lib.upsample(maps.per_latent, size))
+  mean = np.asarray(attention_lib.upsample(maps.mean, size))
+  ids = pick_latents(np.asarray(maps.per_latent), k, order)
+  shown = np.take_along_axis(per_latent, ids[:, :, None, None], axis=1)
+  return figures.attention_grid(path, x, mean, shown, ids, title=title)
+
+
+def overlay_figure(
+  path: str | os.PathLike,
+  x: np.ndarray,
+  maps: attention_lib.AttentionMaps,
+  *,
+  names: Sequence[str] | None = None,
+  title: str = "",
+) -> str:
+  """Writes each image with its mean map (eq. 4) overlaid; returns the path."""
+  mean = np.asarray(attention_lib.upsample(maps.mean, x.shape[1:3]))
+  return figures.mean_overlays(path, x, mean, names=names, title=title)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -150,7 +225,15 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--images", nargs="+", help="image files to explain")
   p.add_argument("--num-images", type=int, default=4, help="embedded images")
   p.add_argument("--layer", help="attention layer (default: the paper's)")
-  p.add_argument("--code", choices=("mu", "sample"), default="mu")
+  p.add_argument(
+    "--code",
+    choices=("mu", "sample", "difference"),
+    default="mu",
+    help="difference: eq. 5, needs a one-class run's latent statistics",
+  )
+  p.add_argument(
+    "--num-samples", type=int, default=8, help="draws for sampled codes"
+  )
   p.add_argument("--positive", choices=("relu", "abs"), default="relu")
   p.add_argument("--gradient-scale", choices=("none", "rms"), default="none")
   p.add_argument("--k", type=int, default=8, help="per-latent maps shown")
@@ -168,8 +251,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   parser = _parser()
   args = parser.parse_args(argv)
-  if args.k < 1 or args.num_images < 1:
-    parser.error("--k and --num-images must be >= 1.")
+  if min(args.k, args.num_images, args.num_samples) < 1:
+    parser.error("--k, --num-images and --num-samples must be >= 1.")
   start = time.perf_counter()
   missing = [p for p in args.images or [] if not os.path.isfile(p)]
   if missing:
@@ -202,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       code=args.code,
       positive=args.positive,
       gradient_scale=None if args.gradient_scale == "none" else "rms",
+      num_samples=args.num_samples,
       seed=args.seed,
     )
   except (FileNotFoundError, ValueError, base.DataError) as e:
@@ -211,18 +295,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.path.join(args.workdir, "explain") if args.workdir else "explain"
   )
   os.makedirs(out, exist_ok=True)
-  size = run.input_shape[:2]
-  per_latent = np.asarray(attention_lib.upsample(maps.per_latent, size))
-  mean = np.asarray(attention_lib.upsample(maps.mean, size))
-  ids = pick_latents(np.asarray(maps.per_latent), args.k, args.order)
-  shown = np.take_along_axis(per_latent, ids[:, :, None, None], axis=1)
   what = f"{run.name}, {layer}, code={args.code}"
   what += f", step {run.step}" if run.workdir else ", random init"
-  grid = figures.attention_grid(
-    os.path.join(out, "attention_grid.png"), x, mean, shown, ids, title=what
+  grid = attention_figure(
+    os.path.join(out, "attention_grid.png"),
+    x,
+    maps,
+    k=args.k,
+    order=args.order,
+    title=what,
   )
-  means = figures.mean_overlays(
-    os.path.join(out, "mean_overlay.png"), x, mean, names=names, title=what
+  means = overlay_figure(
+    os.path.join(out, "mean_overlay.png"), x, maps, names=names, title=what
   )
   np.savez_compressed(
     os.path.join(out, "maps.npz"),

@@ -86,3 +86,29 @@ def test_architecture_is_read_off_the_parameters(name, kwargs):
 def test_unknown_parameter_tree_is_refused():
   with pytest.raises(ValueError, match="Not a vae_attn VAE"):
     restore.infer_architecture({"dense": {}})
+
+
+def test_difference_code_averages_eq5_draws_and_needs_statistics(capsys):
+  from vae_attn import anomaly, attention
+
+  run = restore.init_model("factorvae", latent_dim=4, seed=0)
+  x = explain.demo_images(run, 2, seed=0)
+  rc = explain.main(["--latent-dim=4", "--num-images=2", "--code=difference"])
+  assert rc == 2
+  assert "latent statistics" in capsys.readouterr().err
+  stats = anomaly.LatentStats(jnp.zeros(4), jnp.ones(4), jnp.asarray(1.0))
+  run = run._replace(latent_stats=stats)
+  maps, layer = explain.explain(run, x, code="difference", num_samples=2)
+  fn = attention.attention(run.encode_fn, layer, code="difference")
+  draws = [
+    fn(run.variables, jnp.asarray(x), key=k, stats=stats)
+    for k in jax.random.split(jax.random.key(0), 2)
+  ]
+  np.testing.assert_allclose(
+    maps.per_latent, (draws[0].per_latent + draws[1].per_latent) / 2, atol=1e-6
+  )
+  mean, _ = anomaly.anomaly_maps(
+    run.encode_fn, layer, run.variables, x, stats, jax.random.key(0),
+    num_samples=2,
+  )  # fmt: skip
+  np.testing.assert_allclose(maps.mean, mean, atol=1e-6)
