@@ -221,6 +221,16 @@ def test_upsample_equals_jax_image_resize():
   np.testing.assert_allclose(up, ref, atol=1e-6)
 
 
+def test_upsample_inside_jit_with_new_shapes():
+  # The interpolation matrices are cached: a first call under jit must not
+  # leave a tracer in the cache for later traces.
+  for size in ((5, 6), (5, 6), (3, 4)):
+    maps = jnp.ones((2, *size))
+    out = jax.jit(lambda m: attention.upsample(m, (10, 12)))(maps)
+    np.testing.assert_allclose(out, 1.0, rtol=1e-6)
+  np.testing.assert_allclose(attention.upsample(jnp.ones((5, 6)), 10), 1.0)
+
+
 def test_normalize_maps_to_unit_range():
   maps = jax.random.normal(jax.random.key(0), (2, 4, 4))
   out = attention.normalize(maps)

@@ -35,6 +35,7 @@ import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from vae_attn.models import ops
@@ -495,9 +496,17 @@ def attention(
 
 @functools.lru_cache(maxsize=64)
 def _interpolation_matrix(out_size: int, in_size: int):
-  """``[out, in]`` matrix of bilinear (half-pixel) 1-D resizing."""
-  eye = jnp.eye(in_size, dtype=jnp.float32)
-  return jax.image.resize(eye, (out_size, in_size), "linear", antialias=False)
+  """``[out, in]`` matrix of bilinear (half-pixel) 1-D resizing.
+
+  A NumPy constant, computed eagerly even when first needed inside ``jit``,
+  so the cache never holds a tracer.
+  """
+  with jax.ensure_compile_time_eval():
+    eye = jnp.eye(in_size, dtype=jnp.float32)
+    matrix = jax.image.resize(
+      eye, (out_size, in_size), "linear", antialias=False
+    )
+  return np.asarray(matrix)
 
 
 def upsample(maps: jax.Array, size: int | tuple[int, int]) -> jax.Array:
