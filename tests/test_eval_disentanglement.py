@@ -30,8 +30,7 @@ def test_end_to_end_every_score_and_figure(workdir, tmp_path):
   rc = disentanglement.main(
     [
       f"--workdir={workdir}",
-      "--quick",
-      "--dci-importance=random_forest",
+      "--quick",  # Also picks the random-forest DCI.
       "--num-images=2",
       "--num-traversals=2",
       "--traversal-steps=3",
@@ -47,6 +46,7 @@ def test_end_to_end_every_score_and_figure(workdir, tmp_path):
   assert set(results["conventions"]) == {"disentanglement_lib", "paper"}
   assert results["meta"]["objective"] == "FactorVAE (gamma=40.0)"
   assert results["meta"]["quick"] is True
+  assert results["meta"]["dci_importance"] == "random_forest"
   top = results["figures"]["attention"]["top_latents"]
   assert len(top) == 2 and all(len(set(t)) == 2 for t in top)
   report = (out / "report.md").read_text()
