@@ -154,6 +154,13 @@ def test_batched_kernel_gradient_equals_lax_per_element(hw, k, stride, padding):
     x[0], g
   )
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+  got = jax.jit(jax.vmap(functools.partial(kernel_grad, fast), (0, None)))(
+    x, g[0]
+  )
+  want = jax.jit(jax.vmap(functools.partial(kernel_grad, conv), (0, None)))(
+    x, g[0]
+  )
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.parametrize("hw, k, padding", [((4, 5), 4, 1)])

@@ -152,7 +152,8 @@ def _batched_conv_w(geo: _Strided):
   attention's vmapped pullback), the stock batching rule turns the kernel
   gradient into a grouped convolution that XLA:CPU runs about 2x slower than
   a loop of ungrouped ones (unrolled: XLA:CPU lays a kernel gradient out for
-  its fast convolution only outside loops).
+  its fast convolution only outside loops). With one operand batched, the
+  batch joins the other's channels: one ungrouped kernel gradient.
   """
 
   @jax.custom_batching.custom_vmap
@@ -161,11 +162,18 @@ def _batched_conv_w(geo: _Strided):
 
   @conv_w.def_vmap
   def rule(axis_size, in_batched, x, g):
-    x, g = (
-      a if batched else jnp.broadcast_to(a, (axis_size, *a.shape))
-      for a, batched in zip((x, g), in_batched, strict=True)
-    )
-    return _looped_conv_w(x, g, geo), True
+    kh, kw = geo.kernel_hw
+    n, o = x.shape[-1], g.shape[-1]
+    if all(in_batched):
+      return _looped_conv_w(x, g, geo), True
+    if in_batched[1]:  # One x: the D gradients are D * o output channels.
+      g = jnp.moveaxis(g, 0, -2).reshape(*g.shape[1:-1], axis_size * o)
+      out = _lax_conv_w(x, g, geo).reshape(kh, kw, n, axis_size, o)
+      return jnp.moveaxis(out, 3, 0), True
+    # One g: the D inputs are D * n input channels.
+    x = jnp.moveaxis(x, 0, -2).reshape(*x.shape[1:-1], axis_size * n)
+    out = _lax_conv_w(x, g, geo).reshape(kh, kw, axis_size, n, o)
+    return jnp.moveaxis(out, 2, 0), True
 
   return conv_w
 
