@@ -130,6 +130,24 @@ def test_chunked_pullback_equals_vmap(mnist):
   chex.assert_trees_all_close(full, chunked, atol=1e-6)
 
 
+def test_selected_latents_equal_the_rows_of_all_maps(mnist):
+  _, variables, x, encode = mnist
+  full = attention.attention(encode, "conv2")(variables, x)
+  latents = jnp.array([[2, 0], [1, 3]])
+  (mu, _), some = attention.value_and_attention(encode, "conv2")(
+    variables, x, latents=latents
+  )
+  chex.assert_shape(some.per_latent, (2, 2, 7, 7))
+  expected = jnp.take_along_axis(
+    full.per_latent, latents[:, :, None, None], axis=1
+  )
+  np.testing.assert_allclose(some.per_latent, expected, atol=1e-6)
+  np.testing.assert_allclose(some.mean, expected.mean(1), atol=1e-6)
+  np.testing.assert_allclose(mu, encode(variables, x)[0], atol=1e-6)
+  with pytest.raises(ValueError, match=r"latents must be integer indices"):
+    attention.attention(encode, "conv2")(variables, x, latents=latents[0])
+
+
 def test_several_layers_in_one_call_equal_single_calls(mnist):
   _, variables, x, encode = mnist
   both = attention.attention(encode, ["conv1", "encoder/conv2"])(variables, x)

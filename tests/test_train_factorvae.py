@@ -129,13 +129,16 @@ def test_random_pair_ad_equals_the_loss_on_all_maps():
 
   @jax.jit
   def both(variables, x):
-    _, maps = value_and_attention(encode_fn, "encoder/conv1")(variables, x)
+    (mu, _), maps = value_and_attention(encode_fn, "encoder/conv1")(
+      variables, x
+    )
     full = losses.attention_disentanglement(maps.per_latent, key)
-    pair = factorvae.random_pair_ad(
+    (pair_mu, _), pair = factorvae.random_pair_ad(
       encode_fn, "encoder/conv1", variables, x, key
     )
-    return full, pair
+    return full, pair, mu, pair_mu
 
-  full, pair = both(variables, x)
+  full, pair, mu, pair_mu = both(variables, x)
   assert np.all(np.asarray(full) > 0)
   np.testing.assert_allclose(pair, full, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(pair_mu, mu, rtol=1e-6, atol=1e-6)

@@ -163,27 +163,30 @@ def create_train_state(
   )
 
 
-def random_pair_ad(encode_fn, layer: str, variables, x, key) -> jax.Array:
-  """L_AD of one random pair of latents per example (eq. 6), ``[B]``.
+def random_pair_ad(
+  encode_fn, layer: str, variables, x, key
+) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+  """The posterior and L_AD of one random pair of latents per example.
 
   Equal to ``losses.attention_disentanglement(maps, key, mode="random")`` on
   the maps of all D latents (the same pair is drawn), but only the two maps
-  it uses are computed: the attention transform runs on the code
-  ``(mu_bi, mu_bj)`` of the drawn pair, so its pullback is vmapped over 2
-  instead of D cotangents (examples are independent).
+  it uses are computed (``latents=`` of the attention transform: its
+  pullback is vmapped over 2 instead of D cotangents), from the same single
+  encoder pass that gives ``(mu, logvar)``.
+
+  Returns:
+    ``((mu, logvar), l_ad)`` with ``l_ad`` of shape ``[B]`` (eq. 6).
   """
   k1, k2 = jax.random.split(key)
-
-  def pair_encode(variables, x):
-    mu, logvar = encode_fn(variables, x)
-    b, d = mu.shape
-    i = jax.random.randint(k1, (b,), 0, d)
-    j = (i + jax.random.randint(k2, (b,), 1, d)) % d
-    pick = lambda a: jnp.stack([a[jnp.arange(b), i], a[jnp.arange(b), j]], 1)
-    return pick(mu), pick(logvar)
-
-  _, maps = value_and_attention(pair_encode, layer)(variables, x)
-  return losses.attention_overlap(maps.per_latent[:, 0], maps.per_latent[:, 1])
+  b = x.shape[0]
+  d = jax.eval_shape(encode_fn, variables, x)[0].shape[-1]
+  i = jax.random.randint(k1, (b,), 0, d)
+  j = (i + jax.random.randint(k2, (b,), 1, d)) % d
+  (mu, logvar), maps = value_and_attention(encode_fn, layer)(
+    variables, x, latents=jnp.stack([i, j], axis=1)
+  )
+  l_ad = losses.attention_overlap(maps.per_latent[:, 0], maps.per_latent[:, 1])
+  return (mu, logvar), l_ad
 
 
 def train_step(
@@ -206,8 +209,10 @@ def train_step(
   def vae_loss(vae_params):
     variables = {"params": vae_params}
     if config.loss == "ad" and config.pair_mode == "random":
-      mu, logvar = encode_fn(variables, x)
-      ad = random_pair_ad(encode_fn, config.layer, variables, x, k_ad).mean()
+      (mu, logvar), ad = random_pair_ad(
+        encode_fn, config.layer, variables, x, k_ad
+      )
+      ad = ad.mean()
     elif config.loss == "ad":
       (mu, logvar), maps = value_and_attention(encode_fn, config.layer)(
         variables, x

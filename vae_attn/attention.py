@@ -320,11 +320,15 @@ def value_and_attention(
       are the same either way.
 
   Returns:
-    A function ``(variables, x, *args, key=None, stats=None, **kwargs) ->
-    ((mu, logvar), maps)`` with ``x`` of shape ``[B, H, W, C]``; ``maps`` is
-    an :class:`AttentionMaps` (``per_latent [B, D, h, w]``, ``mean
-    [B, h, w]``) for a single layer, or a dict from each requested layer to
-    its :class:`AttentionMaps`.
+    A function ``(variables, x, *args, key=None, stats=None, latents=None,
+    **kwargs) -> ((mu, logvar), maps)`` with ``x`` of shape
+    ``[B, H, W, C]``; ``maps`` is an :class:`AttentionMaps` (``per_latent
+    [B, D, h, w]``, ``mean [B, h, w]``) for a single layer, or a dict from
+    each requested layer to its :class:`AttentionMaps`. ``latents``, integer
+    indices ``[B, K]``, restricts the maps to those latents of each example
+    (``per_latent [B, K, h, w]``, ``mean`` over the ``K``): the pullback is
+    then mapped over ``K`` instead of ``D`` cotangents, e.g. ``K = 2`` for
+    the random pair of L_AD.
   """
   if not callable(encode_fn):
     raise TypeError(f"encode_fn must be callable, got {encode_fn!r}.")
@@ -349,7 +353,7 @@ def value_and_attention(
 
   @functools.wraps(encode_fn)
   def value_and_attention_fn(
-    variables, x, *args, key=None, stats=None, **kwargs
+    variables, x, *args, key=None, stats=None, latents=None, **kwargs
   ):
     _check_input(x)
     if code != "mu" and key is None:
@@ -409,7 +413,17 @@ def value_and_attention(
     b, d = z.shape
     # Cotangent i is one-hot on latent i for every example: examples are
     # independent, so its pullback holds d z_bi / d A_b for each b.
-    cts = jnp.broadcast_to(jnp.eye(d, dtype=z.dtype)[:, None, :], (d, b, d))
+    if latents is None:
+      cts = jnp.broadcast_to(jnp.eye(d, dtype=z.dtype)[:, None, :], (d, b, d))
+    else:
+      if latents.ndim != 2 or latents.shape[0] != b:
+        raise ValueError(
+          f"latents must be integer indices [B, K] with B={b}, got shape "
+          f"{latents.shape}."
+        )
+      # Row k of example b is one-hot on its own latent latents[b, k].
+      cts = jax.nn.one_hot(latents.T, d, dtype=z.dtype)
+    d = cts.shape[0]  # The number of maps per example from here on.
     chunk = chunk_size
     if chunk is None and ops.fast_path():
       # XLA:CPU runs the pullback about 2x faster on chunks of a few hundred
@@ -461,9 +475,10 @@ def attention(
   Args: see :func:`value_and_attention`.
 
   Returns:
-    A function ``(variables, x, *args, key=None, stats=None, **kwargs) ->
-    maps`` with the arguments of ``encode_fn`` (plus ``key`` for sampled
-    codes and ``stats`` for ``code="difference"``); ``maps`` is an
+    A function ``(variables, x, *args, key=None, stats=None, latents=None,
+    **kwargs) -> maps`` with the arguments of ``encode_fn`` (plus ``key`` for
+    sampled codes, ``stats`` for ``code="difference"`` and optionally
+    ``latents`` ``[B, K]`` to compute only those maps); ``maps`` is an
     :class:`AttentionMaps` with ``per_latent`` ``[B, D, h, w]`` and ``mean``
     ``[B, h, w]``, or a dict of them when ``layer`` is a sequence.
 

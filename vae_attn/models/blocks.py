@@ -105,6 +105,8 @@ class GaussianHead(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    # vae_attn.attention folds a per-channel offset of the input through this
+    # flatten into the first Dense (exact by linearity): keep them adjacent.
     x = x.reshape(x.shape[0], -1)
     for i, width in enumerate(self.hidden):
       x = nn.relu(nn.Dense(width, name=f"fc{i + 1}")(x))
