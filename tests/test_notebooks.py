@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import pathlib
 
+import ipykernel  # noqa: F401  (the kernel the notebooks run on)
+import nbclient
 import nbformat
 import pytest
 
@@ -64,8 +66,6 @@ def test_notebook_is_committed_clean(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids)
 def test_notebook_runs_in_quick_mode(path, tmp_path):
-  nbclient = pytest.importorskip("nbclient")
-  pytest.importorskip("ipykernel")
   nb = nbformat.read(path, as_version=4)
   pythonpath = os.pathsep.join(
     p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
