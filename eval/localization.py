@@ -48,10 +48,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eval import figures, metrics, restore
+from eval import cli, figures, metrics, restore
 from vae_attn import anomaly
 from vae_attn import attention as attention_lib
-from vae_attn.data import base, pipeline
+from vae_attn.data import pipeline
 
 DATASETS = ("textures", "mvtec", "ped1", "folder")
 CODES = ("mu", "difference")
@@ -181,21 +181,6 @@ def subset(source, max_images: int | None):
   return _Subset(source, np.unique(indices.astype(np.int64)))
 
 
-def _batches(source, batch_size: int):
-  """One ordered pass over ``source``."""
-  return pipeline.batches(
-    source,
-    batch_size,
-    seed=0,
-    shuffle=False,
-    num_epochs=1,
-    drop_remainder=False,
-    process_index=0,
-    process_count=1,
-    num_threads=0,
-  )
-
-
 def _to_channels(x: np.ndarray, channels: int) -> np.ndarray:
   """Matches the data's channels to the model's (grey <-> RGB)."""
   if x.shape[-1] == channels:
@@ -322,7 +307,8 @@ def compute_maps(
   }
   channels = run.input_shape[-1]
   test_source = subset(test_source, max_images)
-  for i, batch in enumerate(_batches(test_source, batch_size)):
+  test_batches = pipeline.single_pass(test_source, batch_size, num_threads=0)
+  for i, batch in enumerate(test_batches):
     x = _to_channels(np.asarray(batch["image"], np.float32), channels)
     out = jax.device_get(fn(jnp.asarray(x), stats, jax.random.fold_in(key, i)))
     for name, value in out.items():
@@ -354,7 +340,7 @@ def latent_stats(
   channels = run.input_shape[-1]
   batches = (
     _to_channels(np.asarray(b["image"], np.float32), channels)
-    for b in _batches(train_source, batch_size)
+    for b in pipeline.single_pass(train_source, batch_size, num_threads=0)
   )
   stats = anomaly.latent_statistics(run.encode_fn, run.variables, batches)
   return stats, f"computed from the training split ({int(stats.count)} images)"
@@ -717,14 +703,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error("--chunk-size must be >= 1.")
   if args.max_images is not None and args.max_images < 2:
     parser.error("--max-images must be >= 2 (normal and anomalous images).")
-  try:
-    results = evaluate(args)
-  except (FileNotFoundError, ValueError, base.DataError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  with open(os.path.join(results["out"], "report.md")) as f:
-    print(f.read())
-  return 0
+  return cli.run_report(evaluate, args)
 
 
 if __name__ == "__main__":

@@ -234,16 +234,7 @@ def _elbo(variables, x, *, model):
 
 def latent_stats(state, *, config, model, train) -> dict:
   """``vae_attn.anomaly.latent_statistics`` of the un-augmented train set."""
-  it = pipeline.batches(
-    train,
-    config.stats_batch_size,
-    seed=0,
-    shuffle=False,
-    num_epochs=1,
-    drop_remainder=False,
-    process_index=0,
-    process_count=1,
-  )
+  it = pipeline.single_pass(train, config.stats_batch_size)
   encode_fn = functools.partial(model.apply, method=model.encode)
   stats = anomaly.latent_statistics(encode_fn, _variables(state), it)
   return {"latent_stats": stats._asdict()}

@@ -233,3 +233,25 @@ def batches(
       grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
     )
   )
+
+
+def single_pass(
+  source: base.Source, batch_size: int, *, num_threads: int = 2
+) -> Iterator[dict[str, np.ndarray]]:
+  """One ordered pass over all of ``source`` in this process (evaluation).
+
+  ``batches`` without shuffling, for one epoch, keeping the last partial
+  batch and ignoring the multi-host split: every record exactly once, in
+  index order.
+  """
+  return batches(
+    source,
+    batch_size,
+    seed=0,
+    shuffle=False,
+    num_epochs=1,
+    drop_remainder=False,
+    process_index=0,
+    process_count=1,
+    num_threads=num_threads,
+  )
