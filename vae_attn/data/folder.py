@@ -150,17 +150,11 @@ def load(
     mask_dir=mask_dir,
     normal_name=normal_name,
   )
-  for entry in found:
-    images.image_size_of(entry.image)
-  folders.check_mask_sizes(found)
-  return folders.ImageMaskSource(
+  return folders.image_mask_source(
     found,
     image_size=size,
-    channels=3,
     name=f"folder:{os.path.basename(os.fspath(root))}/{split}",
-    augment=folders.seeded_augment(images.rotate_and_mirror, seed)
-    if augment
-    else None,
-    augment_seed=seed,
+    augment=augment,
+    seed=seed,
     cache=cache,
   )

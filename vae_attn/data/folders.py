@@ -272,3 +272,32 @@ def seeded_augment(
     return fn(record, np.random.default_rng([seed, int(key)]), **kwargs)
 
   return augment
+
+
+def image_mask_source(
+  found: Sequence[Entry],
+  *,
+  image_size,
+  name: str,
+  augment: bool,
+  seed: int,
+  cache: bool,
+) -> ImageMaskSource:
+  """Checks the images and mask sizes of ``found``; returns their source.
+
+  The shared tail of the MVTec-AD and custom-folder loaders: every image
+  must be readable and every mask the size of its image; ``augment`` adds
+  the paper's seeded rotation and mirroring (applied by the pipeline).
+  """
+  for entry in found:
+    images.image_size_of(entry.image)
+  check_mask_sizes(found)
+  return ImageMaskSource(
+    found,
+    image_size=image_size,
+    channels=3,
+    name=name,
+    augment=seeded_augment(images.rotate_and_mirror, seed) if augment else None,
+    augment_seed=seed,
+    cache=cache,
+  )

@@ -151,17 +151,11 @@ def load(
   """
   size = images.check_image_size(image_size)
   found = entries(root, category, split)
-  for entry in found:
-    images.image_size_of(entry.image)
-  folders.check_mask_sizes(found)
-  return folders.ImageMaskSource(
+  return folders.image_mask_source(
     found,
     image_size=size,
-    channels=3,
     name=f"mvtec:{category}/{split}",
-    augment=folders.seeded_augment(images.rotate_and_mirror, seed)
-    if augment
-    else None,
-    augment_seed=seed,
+    augment=augment,
+    seed=seed,
     cache=cache,
   )
