@@ -44,10 +44,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eval import figures, metrics, restore
+from eval import cli, figures, metrics, restore
 from vae_attn import attention as attention_lib
 from vae_attn import losses
-from vae_attn.data import base, dsprites
+from vae_attn.data import dsprites
 
 DATA = ("procedural", "npz")
 
@@ -430,14 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   if args.num_images < 1 or args.traversal_steps < 2:
     parser.error("--num-images must be >= 1 and --traversal-steps >= 2.")
-  try:
-    results = evaluate(args)
-  except (FileNotFoundError, ValueError, base.DataError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  with open(os.path.join(results["out"], "report.md")) as f:
-    print(f.read())
-  return 0
+  return cli.run_report(evaluate, args)
 
 
 if __name__ == "__main__":
