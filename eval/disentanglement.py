@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eval import cli, figures, metrics, restore
+from eval import cli, figures, inference, metrics, restore
 from vae_attn import attention as attention_lib
 from vae_attn import losses
 from vae_attn.data import dsprites
@@ -90,37 +90,33 @@ def load_data(args: argparse.Namespace, config: Mapping[str, Any]):
   return dsprites.procedural(), kind
 
 
-def representation_functions(run: restore.Run, batch_size: int = 256):
-  """NumPy ``(mu_fn, kl_fn)``: observations -> ``[N, D]`` each.
+def representation_function(run: restore.Run, batch_size: int = 64):
+  """NumPy observations ``[N, H, W, C]`` -> ``[N, 2 D]``: mu, then KL.
 
-  ``kl_fn`` gives the per-dimension ``KL(q(z_d|x) || N(0, 1))`` that the
-  paper convention prunes collapsed dimensions with.
+  The first ``D`` columns are the posterior means, the last ``D`` the
+  per-dimension ``KL(q(z_d|x) || N(0, 1))`` that the paper convention prunes
+  collapsed dimensions with; one encoder pass gives both. Micro-batches are
+  dealt over all local devices (``eval.inference.batched``).
   """
   channels = run.input_shape[-1]
 
-  @jax.jit
-  def encode(x):
-    mu, logvar = run.encode_fn(run.variables, x)
+  def encode(variables, x):
+    mu, logvar = run.encode_fn(variables, x)
     kl = 0.5 * (mu**2 + jnp.exp(logvar) - logvar - 1.0)
-    return mu, kl
+    return jnp.concatenate([mu, kl], axis=1)
 
-  def both(observations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  apply = inference.batched(encode, run.variables, batch_size=batch_size)
+
+  def mu_and_kl(observations: np.ndarray) -> np.ndarray:
     x = np.asarray(observations, np.float32)
     if x.shape[-1] != channels:
       raise ValueError(
         f"The model takes {channels}-channel images, the data has "
         f"{x.shape[-1]}; evaluate a dSprites model on dSprites."
       )
-    mus, kls = [], []
-    for start in range(0, len(x), batch_size):
-      mu, kl = jax.device_get(
-        encode(jnp.asarray(x[start : start + batch_size]))
-      )
-      mus.append(mu)
-      kls.append(kl)
-    return np.concatenate(mus), np.concatenate(kls)
+    return apply(x)
 
-  return (lambda obs: both(obs)[0]), (lambda obs: both(obs)[1])
+  return mu_and_kl
 
 
 def score(
@@ -133,22 +129,16 @@ def score(
   dci_importance: str = "gbt",
 ) -> dict[str, float]:
   """``metrics.compute_all`` of the posterior means (and KL for pruning)."""
-  mu_fn, kl_fn = representation_functions(run)
+  d = run.latent_dim
+  mu_and_kl = representation_function(run)
   random_state = np.random.RandomState(seed)
   if tabulate:
-    d = run.latent_dim
-
-    def joint(obs):
-      return np.concatenate([mu_fn(obs), kl_fn(obs)], axis=1)
-
-    data, lookup = metrics.tabulate(data, joint, random_state)
-    mu_fn = lambda obs: lookup(obs)[:, :d]
-    kl_fn = lambda obs: lookup(obs)[:, d:]
+    data, mu_and_kl = metrics.tabulate(data, mu_and_kl, random_state)
   scores = metrics.compute_all(
     data,
-    mu_fn,
+    lambda obs: mu_and_kl(obs)[:, :d],
     random_state,
-    kl_function=kl_fn,
+    kl_function=lambda obs: mu_and_kl(obs)[:, d:],
     quick=quick,
     dci_importance=dci_importance,
   )
@@ -349,6 +339,13 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--traversal-range", type=float, default=2.5)
   p.add_argument("--traversal-steps", type=int, default=9)
   p.add_argument("--out", help="default <workdir>/eval/disentanglement")
+  p.add_argument(
+    "--cpu-devices",
+    type=int,
+    help="split the CPU into this many JAX devices to encode on all cores "
+    "(default: 2 per core when this command starts JAX itself; 0: JAX's "
+    "default of one)",
+  )
   return p
 
 
@@ -371,8 +368,8 @@ def evaluate(args: argparse.Namespace) -> dict:
   os.makedirs(out, exist_ok=True)
   rng = np.random.RandomState(args.seed)
   x = np.asarray(data.sample_observations(args.num_images, rng), np.float32)
-  _, kl_fn = representation_functions(run)
-  kl = kl_fn(np.asarray(data.sample_observations(512, rng), np.float32))
+  sample = data.sample_observations(512, rng)
+  kl = representation_function(run)(sample)[:, run.latent_dim :]
   objective = _objective(run.config)
   layer = args.layer or run.config.get("layer") or run.default_layer
   figs = {
@@ -430,6 +427,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   if args.num_images < 1 or args.traversal_steps < 2:
     parser.error("--num-images must be >= 1 and --traversal-steps >= 2.")
+  if args.cpu_devices is None:
+    cli.use_all_cpu_cores()
+  elif args.cpu_devices > 0:
+    inference.use_cpu_devices(args.cpu_devices)
   return cli.run_report(evaluate, args)
 
 

@@ -311,3 +311,26 @@ def test_docstring_examples_run():
 
   result = doctest.testmod(disentanglement)
   assert result.attempted >= 1 and result.failed == 0
+
+
+class _NoisyData(testing.IdentityData):
+  """Rendering draws from the random state, like a stochastic renderer."""
+
+  def sample_observations_from_factors(self, factors, random_state):
+    clean = super().sample_observations_from_factors(factors, random_state)
+    return clean + 0.01 * random_state.random_sample(clean.shape)
+
+
+def test_rendering_draws_the_random_state_in_chunk_order():
+  # Chunks are rendered on a worker thread, one ahead of the codes; the
+  # draws must come out as in a serial loop, whatever the chunk size.
+  data = _NoisyData()
+  kwargs = dict(convention="disentanglement_lib", **SMALL_FACTOR_VAE)
+  one_chunk = metrics.compute_factor_vae(data, MIXED, _rs(2), **kwargs)
+  many = metrics.compute_factor_vae(data, MIXED, _rs(2), batch_size=7, **kwargs)
+  assert one_chunk == many
+  beta_one = metrics.compute_beta_vae(data, MIXED, _rs(2), **SMALL_BETA_VAE)
+  beta_many = metrics.compute_beta_vae(
+    data, MIXED, _rs(2), batch_size=7, **SMALL_BETA_VAE
+  )
+  assert beta_one == beta_many
