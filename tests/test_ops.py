@@ -12,6 +12,7 @@ from jax import lax
 from vae_attn import attention, losses, models
 from vae_attn.models import ops
 from vae_attn.models.blocks import ConvDecoder, ConvEncoder, ConvSpec
+from vae_attn.models.resnet import ResNet18Encoder
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -105,6 +106,47 @@ def test_strided_conv_equals_lax(hw, k, stride, padding):
   _assert_same_function(fast, ref, x, w)
 
 
+# (input hw, kernel hw, strides, padding): ResNet-18's last stage at 64x64
+# (2x2, 3x3 SAME), its stride-2 entry, a 1x1, odd and uneven geometries.
+SMALL = [
+  ((2, 2), (3, 3), (1, 1), ((1, 1), (1, 1))),
+  ((4, 3), (3, 3), (2, 2), ((1, 1), (0, 1))),
+  ((3, 3), (1, 1), (2, 2), ((0, 0), (0, 0))),
+  ((1, 5), (2, 3), (1, 2), ((1, 0), (2, 1))),
+]
+
+
+@pytest.mark.parametrize("hw, kernel, strides, padding", SMALL)
+def test_small_conv_equals_lax(hw, kernel, strides, padding):
+  x, w = _normal(0, (2, *hw, 3)), _normal(1, (*kernel, 3, 4))
+
+  def ref(x, w):
+    return lax.conv_general_dilated(
+      x, w, strides, padding, dimension_numbers=NHWC
+    )
+
+  fast = functools.partial(ops.small_conv, strides=strides, padding=padding)
+  _assert_same_function(fast, ref, x, w)
+
+
+def test_conv_general_dilated_picks_the_matmul_for_tiny_outputs(monkeypatch):
+  small_conv, calls = ops.small_conv, []
+
+  def counted(*args, **kwargs):
+    calls.append(1)
+    return small_conv(*args, **kwargs)
+
+  monkeypatch.setattr(ops, "small_conv", counted)
+  x, w = _normal(0, (2, 2, 2, 3)), _normal(1, (3, 3, 3, 4))
+  got = ops.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
+  want = lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert calls == [1]
+  big = _normal(2, (2, 5, 5, 3))  # 25 output positions: the stock conv.
+  ops.conv_general_dilated(big, w, (1, 1), "SAME", dimension_numbers=NHWC)
+  assert calls == [1]
+
+
 def test_strided_conv_under_vmap_and_of_its_own_gradient():
   x, w = _normal(0, (3, 2, 8, 8, 3)), _normal(1, (4, 4, 3, 4))
   pads = ((1, 1), (1, 1))
@@ -163,7 +205,10 @@ def test_batched_kernel_gradient_equals_lax_per_element(hw, k, stride, padding):
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize("hw, k, padding", [((4, 5), 4, 1)])
+# Depth-to-space (80 output positions); one matmul (4 and 12 positions).
+@pytest.mark.parametrize(
+  "hw, k, padding", [((4, 5), 4, 1), ((1, 1), 4, 1), ((2, 3), 3, 1)]
+)
 def test_conv_transpose_fast_path_equals_dilated_lax(hw, k, padding):
   x, w = _normal(0, (2, *hw, 3)), _normal(1, (k, k, 3, 4))
 
@@ -181,6 +226,12 @@ def test_conv_transpose_fast_path_equals_dilated_lax(hw, k, padding):
   fast = functools.partial(ops.conv_transpose, stride=2, padding=padding)
   assert ops.fast_path()
   _assert_same_function(fast, ref, x, w)
+
+
+def _traced_afresh(fn):
+  """``jax.jit(fn)`` that traces again: jit caches traces by function, and
+  ``fast_path`` is read while tracing."""
+  return jax.jit(lambda *args: fn(*args))
 
 
 def test_vae_is_unchanged_by_the_fast_path(monkeypatch):
@@ -202,11 +253,51 @@ def test_vae_is_unchanged_by_the_fast_path(monkeypatch):
 
     return jax.value_and_grad(loss)(params)
 
-  fast = jax.jit(value_and_grad)(x)
+  fast = _traced_afresh(value_and_grad)(x)
   monkeypatch.setattr(ops, "fast_path", lambda: False)
-  stock = jax.jit(value_and_grad)(x)
+  stock = _traced_afresh(value_and_grad)(x)
   for f, s in zip(jax.tree.leaves(fast), jax.tree.leaves(stock), strict=True):
     np.testing.assert_allclose(f, s, rtol=1e-4, atol=1e-5)
+
+
+def test_resnet_vae_at_64_is_unchanged_by_the_fast_path(monkeypatch):
+  """ResNet-18's 2x2 last stage and the decoder's tiny first stages.
+
+  The geometry of ``resnet_vae(image_size=64)`` with narrow layers; loss
+  and gradients in training mode (BatchNorm on batch statistics).
+  """
+  model = models.VAE(
+    encoder=ResNet18Encoder(latent_dim=4, widths=(4, 8, 8, 16), hidden=(8,)),
+    decoder=ConvDecoder(
+      hidden=(8,),
+      base_shape=(1, 1, 16),
+      stages=tuple(ConvSpec(c) for c in (16, 8, 8, 4, 4, 3)),
+      norm=True,
+    ),
+  )
+  x = jax.random.uniform(jax.random.key(0), (2, 64, 64, 3))
+  variables = model.init(jax.random.key(1), x, jax.random.key(2))
+
+  def value_and_grad(x):
+    def loss(params):
+      (logits, mu, logvar, _), _ = model.apply(
+        {**variables, "params": params},
+        x,
+        jax.random.key(3),
+        train=True,
+        mutable=["batch_stats"],
+      )
+      return jnp.mean(losses.beta_vae(logits, x, mu, logvar))
+
+    return jax.value_and_grad(loss)(variables["params"])
+
+  fast = _traced_afresh(value_and_grad)(x)
+  monkeypatch.setattr(ops, "fast_path", lambda: False)
+  stock = _traced_afresh(value_and_grad)(x)
+  # Each leaf to 1e-4 of its largest entry (BatchNorm over a batch of 2
+  # amplifies the reordered sums in a few gradient entries).
+  for f, s in zip(jax.tree.leaves(fast), jax.tree.leaves(stock), strict=True):
+    np.testing.assert_allclose(f, s, rtol=0, atol=1e-4 * np.abs(s).max())
 
 
 def _grad_cam_reference(encode, variables, x, layer):
