@@ -1,12 +1,25 @@
 """Test setup: CPU only, fast compiles, no network."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TFDS_DATA_DIR", "/nonexistent-tfds-data-dir")
-# One CPU device, whatever an entry point called in-process would choose.
-os.environ.setdefault("JAX_NUM_CPU_DEVICES", "1")
+# Compiled programs are shared, for this run only, between the xdist workers,
+# the notebook kernels and the subprocesses of the tests (many of them train
+# the same smoke models). The first process to get here (the xdist
+# controller) makes the folder; the workers inherit it; the creator removes it.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache = tempfile.mkdtemp(prefix="vae-attn-test-jax-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 
 import jax  # noqa: E402
 
 jax.config.update("jax_platforms", "cpu")
+# One CPU device in this process, whatever an entry point called in-process
+# would choose (subprocesses of the tests choose their own).
+jax.config.update("jax_num_cpu_devices", 1)
