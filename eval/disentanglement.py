@@ -192,7 +192,7 @@ def traversal_figure(
   The rows are the ``num_latents`` latents of largest mean KL (the
   informative ones first); ``x`` is one image ``[1, H, W, C]``.
   """
-  mu, _ = run.encode_fn(run.variables, jnp.asarray(x))
+  mu, _ = jax.jit(run.encode_fn)(run.variables, jnp.asarray(x))
   order = np.argsort(-kl, kind="stable")[:num_latents]
   values = np.linspace(-limit, limit, steps, dtype=np.float32)
   z = np.repeat(np.asarray(mu), len(order) * steps, axis=0)
@@ -200,17 +200,17 @@ def traversal_figure(
   z[
     np.arange(len(order))[:, None], np.arange(steps)[None, :], order[:, None]
   ] = values[None, :]
-  logits = run.model.apply(
-    run.variables,
-    jnp.asarray(z.reshape(-1, z.shape[-1])),
-    method=run.model.decode,
+  # One jitted decode: the traversals, then the reconstruction of mu.
+  decode = jax.jit(
+    lambda variables, z: jax.nn.sigmoid(
+      run.model.apply(variables, z, method=run.model.decode)
+    )
   )
-  decoded = np.asarray(jax.nn.sigmoid(logits)).reshape(
-    len(order), steps, *run.input_shape
+  images = np.asarray(
+    decode(run.variables, jnp.concatenate([z.reshape(-1, z.shape[-1]), mu]))
   )
-  recon = jax.nn.sigmoid(
-    run.model.apply(run.variables, mu, method=run.model.decode)
-  )
+  decoded = images[:-1].reshape(len(order), steps, *run.input_shape)
+  recon = images[-1:]
   figures.traversals(
     path,
     decoded,

@@ -28,7 +28,7 @@ def test_streaming_statistics_equal_the_aggregate_posterior_moments():
 def test_latent_statistics_of_an_encoder():
   model = models.mnist_vae(latent_dim=4)
   x = jax.random.uniform(jax.random.key(0), (10, 28, 28, 1))
-  variables = model.init(jax.random.key(1), x, jax.random.key(2))
+  variables = jax.jit(model.init)(jax.random.key(1), x, jax.random.key(2))
   encode = functools.partial(model.apply, method=model.encode)
   batches = [{"image": np.asarray(x[:6])}, {"image": np.asarray(x[6:])}]
   stats = anomaly.latent_statistics(encode, variables, batches)
@@ -44,7 +44,7 @@ def test_latent_statistics_of_an_encoder():
 def test_anomaly_maps_average_the_difference_code_draws():
   model = models.mnist_vae(latent_dim=4)
   x = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
-  variables = model.init(jax.random.key(1), x, jax.random.key(2))
+  variables = jax.jit(model.init)(jax.random.key(1), x, jax.random.key(2))
   encode = functools.partial(model.apply, method=model.encode)
   stats = anomaly.LatentStats(jnp.zeros(4), jnp.ones(4), jnp.asarray(1.0))
   key = jax.random.key(3)

@@ -18,7 +18,7 @@ D = 4
 def mnist():
   model = models.mnist_vae(latent_dim=D)
   x = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
-  variables = model.init(jax.random.key(1), x, jax.random.key(2))
+  variables = jax.jit(model.init)(jax.random.key(1), x, jax.random.key(2))
   encode = functools.partial(model.apply, method=model.encode)
   return model, variables, x, encode
 

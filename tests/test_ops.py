@@ -248,7 +248,9 @@ def test_vae_is_unchanged_by_the_fast_path(monkeypatch):
   x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
 
   def value_and_grad(x):
-    params = model.init(jax.random.key(1), x, jax.random.key(2))["params"]
+    params = jax.jit(model.init)(jax.random.key(1), x, jax.random.key(2))[
+      "params"
+    ]
 
     def loss(params):
       logits, mu, logvar, _ = model.apply(
@@ -283,7 +285,7 @@ def test_resnet_tiny_stages_are_unchanged_by_the_fast_path(monkeypatch):
   """Value and gradients of the blocks that take the small-output path."""
   model = _TinyStages()
   x = _normal(0, (2, 4, 4, 5))
-  variables = model.init(jax.random.key(1), x)
+  variables = jax.jit(model.init)(jax.random.key(1), x)
 
   def value_and_grad(x):
     def loss(params):
@@ -332,7 +334,7 @@ def test_folded_offsets_give_the_unfolded_maps(layer):
   stages = (ConvSpec(4), ConvSpec(6))
   model = _Wrap(ConvEncoder(stages=stages, latent_dim=3, hidden=(8,)))
   x = jax.random.uniform(jax.random.key(0), (2, 12, 12, 1))
-  variables = model.init(jax.random.key(1), x)
+  variables = jax.jit(model.init)(jax.random.key(1), x)
   encode = model.apply
   maps = jax.jit(attention.attention(encode, layer))(variables, x)
   ref = jax.jit(_grad_cam_reference, static_argnums=(0, 3))(
@@ -355,7 +357,7 @@ def test_default_cpu_chunking_gives_the_vmapped_maps(monkeypatch):
   stages = (ConvSpec(4), ConvSpec(6))
   model = _Wrap(ConvEncoder(stages=stages, latent_dim=3, hidden=(8,)))
   x = jax.random.uniform(jax.random.key(0), (2, 12, 12, 1))
-  variables = model.init(jax.random.key(1), x)
+  variables = jax.jit(model.init)(jax.random.key(1), x)
   vmapped = attention.attention(model.apply, "conv1", chunk_size=3)
   monkeypatch.setattr(attention, "_CPU_CHUNK_ROWS", 4)  # 2 latents a chunk.
   chunked = attention.attention(model.apply, "conv1")

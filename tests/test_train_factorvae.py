@@ -123,7 +123,7 @@ def test_cli_trains_the_baselines(loss, tmp_path):
 def test_random_pair_ad_equals_the_loss_on_all_maps():
   model = models.make_model("factorvae")
   x = (np.random.default_rng(0).random((4, 64, 64, 1)) < 0.2).astype("f4")
-  variables = model.init(jax.random.key(0), x, jax.random.key(1))
+  variables = jax.jit(model.init)(jax.random.key(0), x, jax.random.key(1))
   encode_fn = lambda v, x: model.apply(v, x, method=model.encode)
   key = jax.random.key(7)
 
