@@ -96,13 +96,17 @@ def test_resnet18_rejects_sizes_not_multiple_of_64():
 def test_resnet18_batchnorm_train_and_eval_modes():
   encoder = models.ResNet18Encoder(latent_dim=8)
   x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
-  variables = encoder.init(jax.random.key(0), x)
-  _, updates = encoder.apply(variables, x, True, mutable=["batch_stats"])
+  variables = jax.jit(encoder.init)(jax.random.key(0), x)
+  train = jax.jit(
+    lambda v, x: encoder.apply(v, x, True, mutable=["batch_stats"])
+  )
+  _, updates = train(variables, x)
   old = jax.tree.leaves(variables["batch_stats"])
   new = jax.tree.leaves(updates["batch_stats"])
   assert any(bool(jnp.any(a != b)) for a, b in zip(old, new, strict=True))
-  mu_eval, _ = encoder.apply(variables, x)
-  mu_one, _ = encoder.apply(variables, x[:1])
+  evaluate = jax.jit(encoder.apply)
+  mu_eval, _ = evaluate(variables, x)
+  mu_one, _ = evaluate(variables, x[:1])
   # Eval mode: examples are independent (attention relies on it).
   assert jnp.allclose(mu_eval[:1], mu_one, atol=1e-5)
 

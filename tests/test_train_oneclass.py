@@ -109,12 +109,10 @@ def test_default_textures_resnet_trains_with_batchnorm(tmp_path):
     oneclass.PRESETS["textures"],
     data_dir=str(tmp_path / "data"),
     image_size=64,
-    batch_size=4,
     num_steps=2,
     log_every=1,
     checkpoint_every=2,
     eval_num_examples=0,
-    stats_batch_size=64,
   )
   state = oneclass.train_and_evaluate(config, str(tmp_path / "run"))
   assert int(state.step) == 2 and state.batch_stats
