@@ -11,9 +11,10 @@ On a CPU host, XLA runs these convolutions on one core per device: with the
 default single CPU device the FactorVAE encoder uses about one of two cores.
 ``use_cpu_devices`` splits the host into several CPU devices (two per core by
 default) before JAX starts, and ``batched`` then keeps every core busy. On a
-2-core machine that took the FactorVAE encoder from 8,770 to 15,671 images/s
-(``bench/factorvae_metric.py``). On an accelerator host nothing changes: the
-devices are the accelerators.
+2-core machine that took the FactorVAE encoder from 7,854 images/s on one
+device to 14,775 on four (``python -m bench.factorvae_metric``). On an
+accelerator host nothing changes: the devices are the accelerators. Each
+device compiles ``fn`` once, on its first micro-batch.
 """
 
 from __future__ import annotations
