@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 
@@ -33,6 +36,25 @@ def run_report(
   with open(os.path.join(results["out"], "report.md")) as f:
     print(f.read())
   return 0
+
+
+def save_results(
+  out: str,
+  results: dict[str, Any],
+  write_report: Callable[[str, dict], Any],
+  start: float,
+) -> dict[str, Any]:
+  """Writes ``results.json`` and ``report.md`` to ``out``; returns results.
+
+  ``elapsed_time`` (seconds since the ``time.perf_counter()`` value
+  ``start``) goes into both; ``out`` is added to the returned dict (for
+  :func:`run_report`), not to the file.
+  """
+  results["elapsed_time"] = time.perf_counter() - start
+  with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  write_report(os.path.join(out, "report.md"), results)
+  return {**results, "out": out}
 
 
 def use_all_cpu_cores() -> None:

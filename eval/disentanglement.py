@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import math
 import os
 import sys
@@ -414,12 +413,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     "figures": figs,
     "active_dims_by_kl": int((kl.mean(axis=0) > 0.05).sum()),
   }
-  results["elapsed_time"] = time.perf_counter() - start
-  with open(os.path.join(out, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  write_report(os.path.join(out, "report.md"), results)
-  results["out"] = out
-  return results
+  return cli.save_results(out, results, write_report, start)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import json
 import math
 import os
 import re
@@ -686,12 +685,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     row_titles=[str(data["defect_type"][i]) for i in picked],
     title=f"{where}: image, ground truth, maps",
   )
-  results["elapsed_time"] = time.perf_counter() - start
-  with open(os.path.join(out, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  write_report(os.path.join(out, "report.md"), results)
-  results["out"] = out
-  return results
+  return cli.save_results(out, results, write_report, start)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
