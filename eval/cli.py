@@ -67,10 +67,10 @@ def use_all_cpu_cores() -> None:
   JAX has already started in this process (e.g. ``main`` called from Python
   after other JAX work): the existing devices are used as they are.
   """
-  chosen = os.environ.get("JAX_NUM_CPU_DEVICES") or (
+  # JAX_NUM_CPU_DEVICES is read into the config when jax is imported.
+  if jax.config.jax_num_cpu_devices != -1 or (
     "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-  )
-  if chosen or jax.config.jax_num_cpu_devices not in (-1, None):
+  ):
     return
   try:
     inference.use_cpu_devices()

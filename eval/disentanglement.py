@@ -119,7 +119,8 @@ def representation_function(run: restore.Run, batch_size: int = 64):
 
 
 def score(
-  run: restore.Run,
+  mu_and_kl,
+  latent_dim: int,
   data,
   *,
   seed: int,
@@ -127,9 +128,11 @@ def score(
   tabulate: bool,
   dci_importance: str = "gbt",
 ) -> dict[str, float]:
-  """``metrics.compute_all`` of the posterior means (and KL for pruning)."""
-  d = run.latent_dim
-  mu_and_kl = representation_function(run)
+  """``metrics.compute_all`` of the posterior means (and KL for pruning).
+
+  ``mu_and_kl`` is a :func:`representation_function`.
+  """
+  d = latent_dim
   random_state = np.random.RandomState(seed)
   if tabulate:
     data, mu_and_kl = metrics.tabulate(data, mu_and_kl, random_state)
@@ -355,8 +358,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     args.dci_importance = "random_forest" if args.quick else "gbt"
   run = restore.load_run(args.workdir, step=args.step)
   data, kind = load_data(args, run.config)
+  mu_and_kl = representation_function(run)  # Compiled once, used twice.
   scores = score(
-    run,
+    mu_and_kl,
+    run.latent_dim,
     data,
     seed=args.seed,
     quick=args.quick,
@@ -368,7 +373,7 @@ def evaluate(args: argparse.Namespace) -> dict:
   rng = np.random.RandomState(args.seed)
   x = np.asarray(data.sample_observations(args.num_images, rng), np.float32)
   sample = data.sample_observations(512, rng)
-  kl = representation_function(run)(sample)[:, run.latent_dim :]
+  kl = mu_and_kl(sample)[:, run.latent_dim :]
   objective = _objective(run.config)
   layer = args.layer or run.config.get("layer") or run.default_layer
   figs = {

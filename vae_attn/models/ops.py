@@ -366,7 +366,8 @@ def conv_transpose(
   k = kernel.shape[0]
   pad = k - 1 - padding
   out_hw = [(n - 1) * stride - 2 * padding + k for n in x.shape[1:3]]
-  if fast_path() and x.ndim == 4 and pad >= 0 and math.prod(out_hw) <= 16:
+  small = math.prod(out_hw) <= _SMALL_OUTPUT
+  if fast_path() and x.ndim == 4 and pad >= 0 and small:
     # Tiny output: the stride-1 conv of the dilated, padded input as a matmul.
     dilated = lax.pad(
       x,
