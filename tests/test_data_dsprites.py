@@ -214,3 +214,51 @@ def test_load_npz_errors(tmp_path):
   np.savez(tmp_path / "shuffled.npz", imgs=imgs, latents_classes=classes[::-1])
   with pytest.raises(data.DataError, match="factor order"):
     dsprites.load_npz(tmp_path / "shuffled.npz")
+
+
+@pytest.mark.parametrize(
+  ("value", "shown"), [(0.5, "holds 0.5"), (np.nan, "holds nan")]
+)
+def test_load_npz_refuses_non_binary_and_nan_images(tmp_path, value, shown):
+  imgs, classes = _write_npz(tmp_path / "ok.npz", metadata=False)
+  floats = imgs.astype(np.float32)
+  floats[5, 3, 3] = value
+  path = tmp_path / "floats.npz"
+  np.savez(path, imgs=floats, latents_classes=classes)
+  with pytest.raises(data.DataError, match=f"image 5 of 'imgs' {shown}"):
+    dsprites.load_npz(path)
+  # Float images of 0.0 and 1.0 are the same data and load as such.
+  np.savez(path, imgs=imgs.astype(np.float64), latents_classes=classes)
+  np.testing.assert_array_equal(
+    dsprites.load_npz(path)[5]["image"][..., 0], imgs[5]
+  )
+
+
+def test_load_npz_names_truncated_and_non_zip_files(tmp_path):
+  good = tmp_path / "good.npz"
+  _write_npz(good)
+  payload = good.read_bytes()
+  for name, content in [
+    ("half.npz", payload[: len(payload) // 2]),
+    ("tail.npz", payload[:-40]),
+  ]:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(data.DataError, match="truncated or damaged") as info:
+      dsprites.load_npz(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+  flipped = bytearray(payload)
+  flipped[len(payload) // 2] ^= 0xFF
+  (tmp_path / "flipped.npz").write_bytes(bytes(flipped))
+  with pytest.raises(data.DataError, match="truncated or damaged"):
+    dsprites.load_npz(tmp_path / "flipped.npz")
+  (tmp_path / "text.npz").write_text("a text file, not an archive\n")
+  with pytest.raises(
+    data.DataError, match="text.npz: it is not an npz .zip. archive"
+  ) as info:
+    dsprites.load_npz(tmp_path / "text.npz")
+  assert "pickle" not in str(info.value)
+  np.save(tmp_path / "array.npy", np.zeros(3))
+  (tmp_path / "array.npz").write_bytes((tmp_path / "array.npy").read_bytes())
+  with pytest.raises(data.DataError, match="starts with an .npy array"):
+    dsprites.load_npz(tmp_path / "array.npz")

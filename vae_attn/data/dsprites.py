@@ -27,6 +27,8 @@ from __future__ import annotations
 import abc
 import math
 import os
+import zipfile
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -307,9 +309,15 @@ class NpzDSprites(_GroundTruth):
   """The original dSprites npz held in memory (about 3 GB of uint8).
 
   Args:
-    imgs: uint8 ``[N, 64, 64]`` in {0, 1}.
+    imgs: ``[N, 64, 64]`` of 0 and 1 only (the file's uint8; bool, other
+      integer or float dtypes are accepted when every value is 0 or 1).
     classes: int ``[N, 6]``, the ``latents_classes`` of the file.
     path: where the arrays came from, for messages.
+
+  Raises:
+    DataError: a shape or the factor grid is not dSprites', ``classes`` is
+      not integer, or an image holds a value other than 0 and 1 (e.g. 0.5 or
+      NaN, which reading would otherwise binarise silently).
   """
 
   def __init__(self, imgs: np.ndarray, classes: np.ndarray, path: str):
@@ -324,6 +332,12 @@ class NpzDSprites(_GroundTruth):
         f"{path}: 'latents_classes' has shape {classes.shape}, expected "
         f"[{len(imgs)}, 6] (color, shape, scale, orientation, posX, posY)."
       )
+    if classes.dtype.kind not in "iu":
+      raise base.DataError(
+        f"{path}: 'latents_classes' has dtype {classes.dtype}, expected "
+        f"integers. Re-download {NPZ_FILENAME}."
+      )
+    self._check_binary(imgs, path)
     num_values = tuple(int(n) for n in classes.max(axis=0) + 1)
     if num_values[0] != 1 or math.prod(num_values) != len(imgs):
       raise base.DataError(
@@ -340,6 +354,31 @@ class NpzDSprites(_GroundTruth):
     self._num_values = num_values[1:]
     self._imgs = imgs
     self._factors = classes[:, 1:].astype(np.int32)
+
+  @staticmethod
+  def _check_binary(imgs: np.ndarray, path: str, chunk: int = 4096) -> None:
+    """Raises unless every value of ``imgs`` is 0 or 1 (NaN is neither)."""
+    if imgs.dtype == np.bool_ or (
+      imgs.dtype.kind == "u" and (imgs.size == 0 or imgs.max() <= 1)
+    ):
+      return
+    if imgs.dtype.kind not in "iuf":
+      raise base.DataError(
+        f"{path}: 'imgs' has dtype {imgs.dtype}, expected uint8 0/1. "
+        f"Re-download {NPZ_FILENAME}."
+      )
+    for start in range(0, len(imgs), chunk):  # Bounded temporaries.
+      block = imgs[start : start + chunk]
+      bad = (block != 0) & (block != 1)
+      if bad.any():
+        index = start + int(np.argmax(bad.reshape(len(block), -1).any(1)))
+        value = block[bad][0].item()
+        raise base.DataError(
+          f"{path}: image {index} of 'imgs' holds {value!r}, but dSprites "
+          "images hold only 0 and 1. Re-download "
+          f"{NPZ_FILENAME}, or save your images binarised, e.g. "
+          "imgs=(imgs > 0.5).astype(np.uint8)."
+        )
 
   def __len__(self) -> int:
     return len(self._imgs)
@@ -367,7 +406,8 @@ def load_npz(path: str | os.PathLike) -> NpzDSprites:
   """Loads the original ``dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz``.
 
   The file's ``metadata`` entry is a pickled object; it is never read
-  (``allow_pickle=False``), only ``imgs`` and ``latents_classes`` are.
+  (``allow_pickle=False``), only ``imgs`` and ``latents_classes`` are. The
+  images must hold only 0 and 1 (see `NpzDSprites`).
 
   Args:
     path: the npz file (get it from github.com/deepmind/dsprites-dataset).
@@ -376,7 +416,9 @@ def load_npz(path: str | os.PathLike) -> NpzDSprites:
     A source with the ground-truth-data interface.
 
   Raises:
-    DataError: the file is missing, unreadable or not dSprites.
+    DataError: the file is missing, not an npz (zip) archive, truncated or
+      damaged, or not dSprites (arrays, shapes, factor grid, non-binary or
+      NaN images).
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
@@ -386,6 +428,14 @@ def load_npz(path: str | os.PathLike) -> NpzDSprites:
       "vae_attn.data.dsprites.procedural() which needs no file."
     )
   try:
+    with open(path, "rb") as f:
+      head = f.read(6)
+    if head[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):  # Zip magic.
+      kind = "an .npy array" if head == b"\x93NUMPY" else f"the bytes {head!r}"
+      raise base.DataError(
+        f"Cannot read dSprites npz {path}: it is not an npz (zip) archive "
+        f"but starts with {kind}. Re-download {NPZ_FILENAME}."
+      )
     with np.load(path, allow_pickle=False) as npz:
       missing = {"imgs", "latents_classes"} - set(npz.files)
       if missing:
@@ -397,9 +447,11 @@ def load_npz(path: str | os.PathLike) -> NpzDSprites:
       classes = npz["latents_classes"]
   except base.DataError:
     raise
-  except (OSError, ValueError, EOFError) as e:
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    reason = " ".join(str(e).split()) or type(e).__name__
     raise base.DataError(
-      f"Cannot read dSprites npz {path}: {e}. Re-download {NPZ_FILENAME}."
+      f"Cannot read dSprites npz {path}: {reason} (the file is truncated or "
+      f"damaged). Re-download {NPZ_FILENAME}."
     ) from e
   return NpzDSprites(imgs, classes, path)
 
