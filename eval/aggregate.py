@@ -6,17 +6,17 @@ r"""Mean and spread of evaluation results over seeds (no single-seed numbers).
   python -m eval.aggregate runs/bottle_seed* --out summary.md
 
 Each argument is a training workdir, an evaluation folder or a
-``results.json``. A workdir contributes every ``eval/<evaluator>/
-results.json`` under it (written by ``eval.localization`` and
-``eval.disentanglement``), its metric keys prefixed ``<evaluator>/``. The
-metrics read are the flat ``metrics`` (localization) or ``scores``
+results.json. A workdir contributes every eval/<evaluator>/
+results.json under it (written by eval.localization and
+eval.disentanglement), its metric keys prefixed <evaluator>/. The
+metrics read are the flat "metrics" (localization) or "scores"
 (disentanglement) dict.
 
 Prints a markdown table: per metric the mean, sample standard deviation
-(``ddof=1``) and number of runs ``n`` of each group, and with ``--vs`` the
+(ddof=1) and number of runs n of each group, and with --vs the
 difference of the means and the two-sided p-value of Welch's t-test. A
-metric with ``n = 1`` has no spread and is flagged. ``--out`` writes the table
-to a file, ``--json`` the numbers.
+metric with n = 1 has no spread and is flagged. --out writes the table
+to a file, --json the numbers.
 """
 
 from __future__ import annotations

@@ -5,25 +5,25 @@ r"""Disentanglement of a FactorVAE / AD-FactorVAE / beta-VAE (paper Table 3).
   python -m eval.disentanglement --workdir=runs/ad --data=npz \
       --data-path=dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz --tabulate
 
-Restores the VAE of ``--workdir`` (``eval.restore.load_run``) and scores its
-posterior means on dSprites with every metric of ``eval.metrics``
-(``compute_all``): the FactorVAE metric in two conventions (the
-``disentanglement_lib`` one and the ``paper`` one of Kim & Mnih, whose
+Restores the VAE of --workdir (eval.restore.load_run) and scores its
+posterior means on dSprites with every metric of eval.metrics
+(compute_all): the FactorVAE metric in two conventions (the
+"disentanglement_lib" one and the "paper" one of Kim & Mnih, whose
 collapsed-dimension pruning uses the per-dimension KL to the prior), the
 beta-VAE metric, MIG, DCI and SAP. The driver owns the I/O (as in
-disentanglement_lib's ``evaluate.py``): it builds the representation and KL
-functions, runs the metrics, adds ``elapsed_time`` and writes the results.
+disentanglement_lib's evaluate.py): it builds the representation and KL
+functions, runs the metrics, adds elapsed_time and writes the results.
 
-Data default to the training config's (``data``, ``data_path``): the
-procedural dSprites renderer needs no file. ``--quick`` uses small sample
-sizes (CPU smoke runs; not comparable with the paper). ``--tabulate``
+Data default to the training config's ("data", "data_path"): the
+procedural dSprites renderer needs no file. --quick uses small sample
+sizes (CPU smoke runs; not comparable with the paper). --tabulate
 encodes all 737,280 images once and looks codes up (exact and fast when the
 metrics draw many images).
 
-Writes into ``--out`` (default ``<workdir>/eval/disentanglement``):
-``results.json`` (flat ``scores`` plus the conventions used),
-``report.md``, ``attention.png`` (Fig. 8 style: inputs and the attention
-maps of their two highest-responding latents) and ``traversals.png``
+Writes into --out (default <workdir>/eval/disentanglement):
+results.json (flat "scores" plus the conventions used),
+report.md, attention.png (Fig. 8 style: inputs and the attention
+maps of their two highest-responding latents) and traversals.png
 (decoded latent traversals of the most informative latents, by KL).
 """
 
@@ -50,7 +50,7 @@ from vae_attn.data import dsprites
 
 DATA = ("procedural", "npz")
 
-# The paper's FactorVAE-metric numbers (PAPER.md section 5).
+# The paper's FactorVAE-metric numbers (Table 3; docs/paper.md#results).
 PAPER = {
   "AD-FactorVAE": "about 0.93 (two reproductions: 0.82-0.86)",
   "FactorVAE gamma=10/20/40/100": "0.75 / 0.77 / 0.82 / 0.70",

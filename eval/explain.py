@@ -5,18 +5,18 @@ r"""Explains a VAE: per-latent attention maps of a few images (paper Fig. 1).
   python -m eval.explain --workdir=runs/factorvae_ad --images a.png b.png
   python -m eval.explain --workdir=runs/mvtec_bottle --code=difference
 
-Without ``--workdir`` a randomly initialised model of ``--model`` is built
+Without --workdir a randomly initialised model of --model is built
 (the maps of an untrained encoder only show that the pipeline runs); with it
-the trained VAE is restored (``eval.restore.load_run``). Without
-``--images`` a few embedded images are used: procedural dSprites for the
-64x64 grey models, textured-defect test images (``vae_attn.data.textures``)
+the trained VAE is restored (eval.restore.load_run). Without
+--images a few embedded images are used: procedural dSprites for the
+64x64 grey models, textured-defect test images (vae_attn.data.textures)
 for the ResNet VAE. Images are resized to the model's input.
 
-Writes to ``--out`` (default ``<workdir>/explain``, or ``explain/``):
-``attention_grid.png`` (per image: the image, the mean map of eq. 4 and the
-first ``--k`` per-latent maps of eq. 3, or the ``k`` strongest with
-``--order=response``), ``mean_overlay.png`` (each image with its mean map)
-and ``maps.npz`` (the raw maps at layer resolution).
+Writes to --out (default <workdir>/explain, or explain/):
+attention_grid.png (per image: the image, the mean map of eq. 4 and the
+first --k per-latent maps of eq. 3, or the k strongest with
+--order=response), mean_overlay.png (each image with its mean map)
+and maps.npz (the raw maps at layer resolution).
 """
 
 from __future__ import annotations

@@ -6,28 +6,28 @@ r"""Anomaly localization of a one-class VAE (paper section 3.3, Table 2).
   python -m eval.localization --workdir=runs/ped1 --dataset=ped1 \
       --root=/data/UCSD_Anomaly_Dataset.v1p2 --ablation
 
-Restores the VAE of ``--workdir`` (``eval.restore.load_run``), runs the test
+Restores the VAE of --workdir (eval.restore.load_run), runs the test
 split of a data set through it and scores, against the pixel masks:
 
-* attention maps (eq. 3-4) of the code ``mu`` and of the normal difference
-  distribution (``difference``, eq. 5, averaged over ``--num-samples`` draws)
+* attention maps (eq. 3-4) of the code "mu" and of the normal difference
+  distribution ("difference", eq. 5, averaged over --num-samples draws)
   at the chosen layer(s), upsampled bilinearly to the image;
-* the reconstruction-residual baseline ``|x - sigmoid(decode(mu))|``.
+* the reconstruction-residual baseline |x - sigmoid(decode(mu))|.
 
 Each gets pixel AUROC and the best IoU over the ROC thresholds (the paper's
 Table 2 columns), plus AUPRO (FPR <= 0.3) and image AUROC of the map max and
-mean (``eval.metrics.localization_report``). The latent statistics of the
+mean (eval.metrics.localization_report). The latent statistics of the
 normal data come from the checkpoint (one-class trainer) or, if absent,
-from one pass over the training split. ``--ablation`` adds every encoder
+from one pass over the training split. --ablation adds every encoder
 conv block (conv1/conv2/conv3 for Ped1) and writes the layer ablation table.
 
-Data options default to the training config (``dataset``, ``category``,
-``data_root``...) and otherwise to the offline textured-defect set.
+Data options default to the training config ("dataset", "category",
+"data_root"...) and otherwise to the offline textured-defect set.
 
-Writes into ``--out`` (default ``<workdir>/eval/localization``):
-``results.json``, ``report.md``, ``roc.png`` (pixel ROC curves),
-``overlays.png`` (Fig. 6 style: image, ground truth, maps on the image),
-and with ``--ablation`` ``ablation.png``.
+Writes into --out (default <workdir>/eval/localization):
+results.json, report.md, roc.png (pixel ROC curves),
+overlays.png (Fig. 6 style: image, ground truth, maps on the image),
+and with --ablation, ablation.png.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from vae_attn.data import pipeline
 DATASETS = ("textures", "mvtec", "ped1", "folder")
 CODES = ("mu", "difference")
 
-# The paper's numbers (PAPER.md section 5), for the reference rows.
+# The paper's numbers (docs/paper.md#results), for the reference rows.
 PAPER_MVTEC = {
   "carpet": (0.78, 0.10),
   "grid": (0.73, 0.02),

@@ -1,21 +1,21 @@
-r"""FactorVAE and AD-FactorVAE on dSprites (PAPER.md sections 3-4).
+r"""FactorVAE and AD-FactorVAE on dSprites (paper section 3.4, docs/paper.md).
 
   python -m train.factorvae --loss=ad              # the paper's AD-FactorVAE
   python -m train.factorvae --loss=tc              # plain FactorVAE
   python -m train.factorvae --loss=beta --beta=4   # beta-VAE baseline
 
-One jitted step updates the VAE (``recon + KL + gamma * TC + lambda * L_AD``,
-the maps from :func:`vae_attn.attention.value_and_attention`, differentiated
-to second order) and the TC discriminator, with one ``optax.multi_transform``
-of two Adams. As in Kim & Mnih (2018) the discriminator sees ``z`` of the
-batch ``x`` against permuted ``z'`` of a second, independent batch ``x2``:
-the pipeline yields ``2 * batch_size`` records per step, split in halves.
-With ``--loss=beta`` the discriminator is still trained, so that the TC
+One jitted step updates the VAE (recon + KL + gamma * TC + lambda * L_AD,
+the maps from vae_attn.attention.value_and_attention, differentiated
+to second order) and the TC discriminator, with one optax.multi_transform
+of two Adams. As in Kim & Mnih (2018) the discriminator sees z of the
+batch x against permuted z' of a second, independent batch x2:
+the pipeline yields 2 * batch_size records per step, split in halves.
+With --loss=beta the discriminator is still trained, so that the TC
 estimate is logged for every objective. With the default random pair, only
-the two maps of the drawn pair are computed (:func:`random_pair_ad`). Data:
-the procedural dSprites (no download) by default, ``--data=npz
---data-path=dsprites.npz`` or ``--data=tfds``. The FactorVAE score is
-computed at the end (and every ``--eval-every`` steps).
+the two maps of the drawn pair are computed (random_pair_ad). Data:
+the procedural dSprites (no download) by default, --data=npz
+--data-path=dsprites.npz or --data=tfds. The FactorVAE score is
+computed at the end (and every --eval-every steps).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-r"""One-class VAEs for anomaly localization (PAPER.md sections 2 and 4).
+r"""One-class VAEs for anomaly localization (paper section 3.3, docs/paper.md).
 
   python -m train.oneclass                                   # textured set
   python -m train.oneclass --dataset=mnist --normal-digit=3
@@ -7,12 +7,12 @@ r"""One-class VAEs for anomaly localization (PAPER.md sections 2 and 4).
   python -m train.oneclass --dataset=ped1 --data-dir=DIR/UCSD_Anomaly_Dataset
   python -m train.oneclass --dataset=folder --data-dir=DIR --image-size=256
 
-``--dataset`` picks the preset (architecture, optimiser, batch and
-augmentation of the paper for that data set) unless ``--preset`` is given.
+--dataset picks the preset (architecture, optimiser, batch and
+augmentation of the paper for that data set) unless --preset is given.
 Training minimises the negative ELBO (Bernoulli likelihood of the logits,
 KL to N(0, I)) on normal data only. At the end the latent population
-statistics of the normal training data (eq. 5; ``vae_attn.anomaly``) are
-saved with the final checkpoint as the item ``latent_stats``. The eval hook
+statistics of the normal training data (eq. 5; vae_attn.anomaly) are
+saved with the final checkpoint as the item "latent_stats". The eval hook
 reports the test-split ELBO and the image AUROC of the ELBO as anomaly score.
 With no data, the default is the offline textured-defect set (MVTec layout).
 """

@@ -1,7 +1,7 @@
 """Anomaly attention: latent statistics of normal data and eq. 5 maps.
 
 A one-class VAE is trained on normal data only. The population statistics of
-the normal data in latent space (PAPER.md section 2 decision: the moments of
+the normal data in latent space (docs/paper.md#decisions: the moments of
 the aggregate posterior, ``mean = E[mu(x)]`` and
 ``var = E[sigma(x)^2] + Var[mu(x)]``) define, for a test image ``y``, the
 normal difference distribution of eq. 5,

@@ -2,7 +2,7 @@
 
 ``attention(encode_fn, layer)`` creates a function that evaluates, for every
 latent element ``z_i`` of the code, the Grad-CAM map of ``z_i`` at the conv
-layer ``layer`` (paper eq. 3-4, PAPER.md section 1):
+layer ``layer`` (paper eq. 3-4, docs/paper.md#per-latent-attention):
 
     g_i  = d z_i / d A                        (h x w x n)
     a_ik = mean over the h x w positions of g_i[..., k]

@@ -200,7 +200,7 @@ def attention_disentanglement(
   """The attention disentanglement loss L_AD (paper eq. 6-7), per example.
 
   Picks pairs of latent elements of the same image and returns the overlap
-  :func:`attention_overlap` of their maps. Pair modes (PAPER.md section 3):
+  :func:`attention_overlap` of their maps. Pair modes (docs/paper.md#decisions):
 
   - ``"random"`` (default): two distinct latents drawn at random per example
     (needs ``key``), as in the public reproduction.

@@ -22,7 +22,7 @@ MODELS = {
   "factorvae": factorvae,
 }
 
-# The paper's attention layer of each architecture (PAPER.md sections 1-4).
+# The attention layer of each architecture (docs/paper.md#hyper-parameters).
 DEFAULT_LAYERS = {
   "mnist": "encoder/conv2",
   "ped1": "encoder/conv2",

@@ -1,6 +1,6 @@
 """FactorVAE / AD-FactorVAE for dSprites and its TC discriminator.
 
-PAPER.md section 4 (Kim & Mnih 2018, with D = 32 as in the paper): enc
+docs/paper.md#architectures (Kim & Mnih 2018, D = 32 as in the paper): enc
 Conv4x4/32/2/1 (32x32x32, ``encoder/conv1``, the L_AD layer) -> Conv4x4/32/2/1
 -> Conv4x4/64/2/1 -> Conv4x4/64/2/1 (4x4x64), ReLU after each -> Linear 128
 ReLU -> Linear D (mu), Linear D (logvar). dec Linear 128 ReLU -> Linear 1024

@@ -1,4 +1,4 @@
-"""MNIST one-class VAE (paper supplement; PAPER.md section 4).
+"""MNIST one-class VAE (paper supplement; docs/paper.md#mnist).
 
 enc Conv4x4/64/2/1 ReLU -> Conv4x4/128/2/1 ReLU (7x7x128, ``encoder/conv2``,
 the attention layer) -> flatten 6272 -> Linear 1024 ReLU -> Linear D (mu),

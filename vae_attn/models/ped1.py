@@ -1,4 +1,4 @@
-"""UCSD Ped1 VAE (paper supplement; PAPER.md section 4).
+"""UCSD Ped1 VAE (paper supplement; docs/paper.md#ucsd-ped1).
 
 Frames resized to 100x100x1. enc Conv4x4/64/2/1 (50x50, ``encoder/conv1``) ->
 Conv4x4/128/2/1 (25x25, ``encoder/conv2``) -> Conv4x4/256/2/1 (12x12,

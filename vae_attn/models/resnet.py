@@ -1,4 +1,4 @@
-"""MVTec-AD VAE with a ResNet-18 encoder (paper supplement; PAPER.md sec. 4).
+"""MVTec-AD ResNet-18 VAE (paper supplement; docs/paper.md#architectures).
 
 Input 256x256x3. enc ResNet-18 without avg-pool and fc: ``stem`` (Conv7x7/64/2
 BatchNorm ReLU, MaxPool3x3/2; 64x64) -> ``stage1`` (64x64x64) -> ``stage2``
