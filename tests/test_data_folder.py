@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 
 from vae_attn import data
 from vae_attn.data import folder
@@ -52,7 +52,8 @@ def test_train_and_test_with_masks(tmp_path):
 
 def test_masks_are_optional(tmp_path):
   _make(tmp_path, masks=False)
-  test = folder.load(tmp_path, "test", image_size=4)
+  with pytest.warns(UserWarning, match="No mask folder .*has_mask=0"):
+    test = folder.load(tmp_path, "test", image_size=4)
   assert [int(test[i]["has_mask"]) for i in range(3)] == [1, 0, 0]
   assert test[1]["mask"].shape == (4, 4, 1) and test[1]["mask"].sum() == 0
 
@@ -73,6 +74,70 @@ def test_nested_good_train_folder_and_custom_names(tmp_path):
   test = folder.load(tmp_path, "test", **kw)
   np.testing.assert_array_equal(test.labels, [0, 1])
   assert test[1]["mask"].sum() == 6
+
+
+def test_ground_truth_masks_of_the_mvtec_layout_are_used(tmp_path):
+  _make(tmp_path)
+  os.rename(tmp_path / "masks", tmp_path / "ground_truth")
+  test = folder.load(tmp_path, "test", image_size=8)
+  assert [int(test[i]["has_mask"]) for i in range(3)] == [1, 1, 1]
+  np.testing.assert_array_equal(test[1]["mask"][..., 0], _mask() // 255)
+  # Named explicitly, and missing or orphan masks are reported by name.
+  test = folder.load(tmp_path, "test", image_size=8, mask_dir="ground_truth")
+  assert test[2]["mask"].sum() == 6
+  orphan = tmp_path / "ground_truth" / "dent" / "e_mask.png"
+  _save(orphan, _mask())
+  msg = _raises("has no image", tmp_path, "test")
+  assert str(orphan) in msg
+  os.remove(orphan)
+  os.remove(tmp_path / "ground_truth" / "dent" / "b.png")
+  msg = _raises("has no mask", tmp_path, "test")
+  assert str(tmp_path / "test" / "dent" / "b.png") in msg
+
+
+def test_mask_folder_choice_errors(tmp_path):
+  _make(tmp_path)
+  with pytest.raises(data.DataError, match="Mask folder .*gt.*not found") as e:
+    folder.load(tmp_path, "test", mask_dir="gt")
+  assert str(tmp_path / "gt") in str(e.value) and "\n" not in str(e.value)
+  _save(os.path.join(tmp_path, "ground_truth", "dent", "b.png"), _mask())
+  msg = _raises("both masks/ and ground_truth/", tmp_path, "test")
+  assert "mask_dir" in msg and "\n" not in msg
+  assert len(folder.load(tmp_path, "test", mask_dir="masks")) == 3
+
+
+def test_masks_of_normal_images_and_empty_masks(tmp_path):
+  _make(tmp_path)
+  good = os.path.join(tmp_path, "masks", "good", "a.png")
+  _save(good, _mask())
+  msg = _raises("marks anomalous pixels", tmp_path, "test")
+  assert good in msg
+  _save(good, np.zeros((8, 8)))
+  with pytest.warns(UserWarning, match="Ignoring 1 all-zero mask"):
+    folder.load(tmp_path, "test", image_size=8)
+  os.remove(good)
+  empty = os.path.join(tmp_path, "masks", "dent", "c_mask.png")
+  _save(empty, np.zeros((8, 8)))
+  msg = _raises("is empty", tmp_path, "test")
+  assert empty in msg
+  test = folder.load(tmp_path, "test", image_size=8, allow_empty_masks=True)
+  assert test[2]["label"] == 1 and test[2]["mask"].sum() == 0
+
+
+def test_camera_jpeg_is_upright_and_matches_its_mask(tmp_path):
+  _make(tmp_path)
+  upright = np.zeros((8, 16, 3), np.uint8)
+  upright[:, :4] = 255
+  exif = Image.Exif()
+  exif[ExifTags.Base.Orientation] = 6  # Stored turned; shown upright.
+  Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(
+    tmp_path / "test" / "dent" / "b.jpg", quality=100, exif=exif
+  )
+  os.remove(tmp_path / "test" / "dent" / "b.png")
+  _save(os.path.join(tmp_path, "masks", "dent", "b.png"), upright[..., 0])
+  test = folder.load(tmp_path, "test", image_size=(8, 16))
+  np.testing.assert_allclose(test[1]["image"], upright / 255, atol=0.15)
+  np.testing.assert_array_equal(test[1]["mask"][..., 0], upright[..., 0] > 0)
 
 
 def _raises(match, root, split):

@@ -112,19 +112,77 @@ def test_resize_bilinear_images_nearest_masks_and_gray_promotion(tmp_path):
   )
 
 
-def test_non_binary_masks_are_binarised(tmp_path):
+def test_every_non_zero_mask_value_is_anomalous(tmp_path):
+  # The MVTec-AD evaluation's rule: grey 1-127 count, as 128-255 do.
   cat = _make(tmp_path)
   grey = np.array([[0, 100, 127, 128, 200, 255, 1, 0]] * 8, np.uint8)
   _save(os.path.join(cat, "ground_truth", "hole", "000_mask.png"), grey)
   rec = mvtec.load(tmp_path, "widget", "test", image_size=8)[3]
-  np.testing.assert_array_equal(rec["mask"][0, :, 0], [0, 0, 0, 1, 1, 1, 0, 0])
+  np.testing.assert_array_equal(rec["mask"][0, :, 0], [0, 1, 1, 1, 1, 1, 1, 0])
   labels01 = (_mask() > 0).astype(np.uint8)  # A mask stored as 0/1.
   _save(os.path.join(cat, "ground_truth", "hole", "000_mask.png"), labels01)
   rec = mvtec.load(tmp_path, "widget", "test", image_size=8)[3]
   np.testing.assert_array_equal(rec["mask"][..., 0], labels01)
-  np.testing.assert_array_equal(
-    images.binarize_mask(np.array([0, 127, 128, 255])), [0, 0, 1, 1]
+  # A palette mask whose index 1 is red, and RGB masks painted red or blue.
+  palette = Image.fromarray(labels01).convert("P")
+  palette.putpalette([0, 0, 0, 255, 0, 0])
+  palette.save(os.path.join(cat, "ground_truth", "hole", "000_mask.png"))
+  for i, colour in enumerate([(255, 0, 0), (0, 0, 255)]):
+    painted = np.zeros((8, 8, 3), np.uint8)
+    painted[labels01 > 0] = colour
+    _save(
+      os.path.join(cat, "ground_truth", "crack", f"{i:03d}_mask.png"), painted
+    )
+  src = mvtec.load(tmp_path, "widget", "test", image_size=8)
+  for i in (1, 2, 3):
+    np.testing.assert_array_equal(src[i]["mask"][..., 0], labels01)
+    assert src[i]["label"] == 1
+
+
+def test_defect_image_with_an_empty_mask_is_refused(tmp_path):
+  cat = _make(tmp_path)
+  empty = os.path.join(cat, "ground_truth", "crack", "001_mask.png")
+  _save(empty, np.zeros((8, 8)))
+  msg = _raises("is empty", tmp_path, "widget", "test")
+  assert empty in msg and os.path.join(cat, "test", "crack", "001.png") in msg
+  assert "allow_empty_masks=True" in msg and "\n" not in msg
+  src = mvtec.load(
+    tmp_path, "widget", "test", image_size=8, allow_empty_masks=True
   )
+  assert src[2]["label"] == 1 and src[2]["mask"].sum() == 0
+  assert src[1]["mask"].sum() == 9
+  # The training split reads no masks.
+  assert len(mvtec.load(tmp_path, "widget", "train", image_size=8)) == 3
+
+
+def test_masks_of_good_images_are_checked_not_ignored(tmp_path):
+  cat = _make(tmp_path)
+  good_mask = os.path.join(cat, "ground_truth", "good", "000_mask.png")
+  _save(good_mask, _mask())
+  msg = _raises("marks anomalous pixels", tmp_path, "widget", "test")
+  assert good_mask in msg and "\n" not in msg
+  _save(good_mask, np.zeros((8, 8)))
+  with pytest.warns(UserWarning, match="Ignoring 1 all-zero mask"):
+    src = mvtec.load(tmp_path, "widget", "test", image_size=8)
+  assert src[0]["label"] == 0 and src[0]["mask"].sum() == 0
+
+
+def test_16_bit_images_are_scaled_by_65535(tmp_path):
+  cat = _make(tmp_path)
+  values = np.full((8, 8), 25700, np.uint16)  # 100 / 255 of the range.
+  values[:, :4] = 65535
+  Image.fromarray(values).save(os.path.join(cat, "train", "good", "001.png"))
+  image = mvtec.load(tmp_path, "widget", "train", image_size=8)[1]["image"]
+  np.testing.assert_allclose(image[:, 4:], 100 / 255)
+  np.testing.assert_allclose(image[:, :4], 1.0)
+
+
+def test_find_categories(tmp_path):
+  _make(tmp_path, "widget")
+  _make(tmp_path, "bottle")
+  os.makedirs(tmp_path / "notes")
+  assert mvtec.find_categories(tmp_path) == ["bottle", "widget"]
+  assert mvtec.find_categories(tmp_path / "missing") == []
 
 
 def _raises(match, *args, **kwargs):

@@ -44,10 +44,11 @@ def _make(root):
       )
   for n in (1, 2, 3):
     _save(os.path.join(ped, "Test", "Test002_gt", f"{n:03d}.bmp"), _gt(n == 2))
+  # The data set's own format: one line per test clip, in clip order.
   with open(os.path.join(ped, "Test", "UCSDped1.m"), "w") as f:
     f.write(
-      "TestDataset = {};\nTestDataset{1}.gt_frame = [2:3];\n"
-      "TestDataset{2}.gt_frame = [2];\n"
+      "TestVideoFile = {};\nTestVideoFile{end+1}.gt_frame = [2:3];\n"
+      "TestVideoFile{end+1}.gt_frame = [2];\n"
     )
   return ped
 
@@ -98,15 +99,84 @@ def test_all_clips_with_zero_masks(tmp_path):
   assert batch["label"].tolist() == [0, 1, 1, 0, 1, 0]
 
 
-def test_parse_frame_labels(tmp_path):
+# The first lines of UCSDped1.m as the data set ships it (clips 1-6).
+_REAL_LINES = """\
+TestVideoFile = {};
+TestVideoFile{end+1}.gt_frame = [60:152];
+TestVideoFile{end+1}.gt_frame = [50:175];
+TestVideoFile{end+1}.gt_frame = [91:200];
+TestVideoFile{end+1}.gt_frame = [31:168];
+TestVideoFile{end+1}.gt_frame = [5:90, 140:200];
+TestVideoFile{end+1}.gt_frame = [1:100, 110:200];
+"""
+
+
+def test_parse_frame_labels_of_the_real_file(tmp_path):
   path = tmp_path / "UCSDped1.m"
-  path.write_text(
-    "TestDataset{4}.gt_frame = [1:3, 7:8];\nTestDataset{5}.gt_frame = [10];\n"
+  path.write_text("% frame-level ground truth\n" + _REAL_LINES)
+  labels = ped1.parse_frame_labels(str(path))
+  assert sorted(labels) == [1, 2, 3, 4, 5, 6]
+  assert labels[1] == set(range(60, 153))  # Both ends included.
+  assert labels[3] == set(range(91, 201))
+  assert labels[5] == set(range(5, 91)) | set(range(140, 201))
+  assert len(labels[5]) == 86 + 61 and len(labels[6]) == 100 + 91
+  # Single frames, spaces, steps, empty clips, comments, CRLF line ends.
+  path.write_bytes(
+    b"TestVideoFile{end+1}.gt_frame = [7, 1 : 3 9:2:13];\r\n"
+    b"% TestVideoFile{end+1}.gt_frame = [1:200];\r\n"
+    b"TestVideoFile{end+1}.gt_frame = []; % no anomaly\r\n"
   )
-  assert ped1.parse_frame_labels(str(path)) == {4: {1, 2, 3, 7, 8}, 5: {10}}
-  path.write_text("nothing here")
-  with pytest.raises(data.DataError, match="no 'TestDataset"):
+  assert ped1.parse_frame_labels(str(path)) == {
+    1: {1, 2, 3, 7, 9, 11, 13},
+    2: set(),
+  }
+
+
+@pytest.mark.parametrize(
+  "line",
+  [
+    "TestDataset{1}.gt_frame = [1:3];",  # Not the data set's form.
+    "TestVideoFile{end+1}.gt_frame = [0:3];",  # Frames start at 1.
+    "TestVideoFile{end+1}.gt_frame = [a:b];",
+    "TestVideoFile{end+1}.gt_frame = 60:152;",
+  ],
+)
+def test_parse_frame_labels_refuses_other_lines(tmp_path, line):
+  path = tmp_path / "UCSDped1.m"
+  path.write_text(_REAL_LINES + line + "\n")
+  with pytest.raises(data.DataError, match="line 8 is not a frame") as info:
     ped1.parse_frame_labels(str(path))
+  assert str(path) in str(info.value) and "\n" not in str(info.value)
+  path.write_text("nothing here")
+  with pytest.raises(data.DataError, match="no 'TestVideoFile"):
+    ped1.parse_frame_labels(str(path))
+
+
+def test_frame_labels_of_every_clip_from_the_real_format(tmp_path):
+  ped = _make(tmp_path)
+  test = os.path.join(ped, "Test")
+  with open(os.path.join(test, "UCSDped1.m"), "w") as f:
+    f.write(
+      "TestVideoFile = {};\n"
+      "TestVideoFile{end+1}.gt_frame = [1, 3:3];\n"  # Clip 1: two ranges.
+      "TestVideoFile{end+1}.gt_frame = [1:3];\n"  # Clip 2: has masks.
+    )
+  src = ped1.load(tmp_path, "test", image_size=6, masked_only=False)
+  np.testing.assert_array_equal(src.labels, [1, 0, 1, 0, 1, 0])
+  with open(os.path.join(test, "UCSDped1.m"), "w") as f:
+    f.write("TestVideoFile{end+1}.gt_frame = [2:4];\n")
+  msg = _raises(
+    "marks frame 4 of clip 1 anomalous", tmp_path, masked_only=False
+  )
+  assert os.path.join(test, "Test001") in msg and "ends at frame 3" in msg
+  for n in (1, 2, 3):
+    _save(os.path.join(test, "Test003", f"{n:03d}.tif"), _frame(0))
+  with open(os.path.join(test, "UCSDped1.m"), "w") as f:
+    f.write(_REAL_LINES.splitlines()[0] + "\n")
+    f.write("TestVideoFile{end+1}.gt_frame = [2:3];\n" * 2)
+  _raises(
+    "has 2 gt_frame lines, so none for clip 3", tmp_path, masked_only=False
+  )
 
 
 def _raises(match, root, split="test", **kw):

@@ -8,25 +8,35 @@ Layout (folder names configurable)::
   <root>/masks/<defect_type>/<stem>.png or <stem>_mask.png   (optional)
 
 ``train`` may instead hold a ``good/`` sub-folder (the MVTec-AD layout). The
-pairing and error rules are those of `vae_attn.data.mvtec`: when the mask
-folder exists, every defect image needs exactly one mask with its stem (with
-or without ``_mask``) and its size, and every mask needs an image. Without a
-mask folder the defect images get ``"has_mask" = 0`` and an all-zero mask,
-so image-level metrics work and pixel metrics must skip them. Images are
-always RGB (grey files are promoted) and resized to ``image_size``.
+mask folder is ``mask_dir``; by default ``masks/`` or, in the MVTec-AD
+layout, ``ground_truth/``, whichever exists. The pairing and error rules are
+those of `vae_attn.data.mvtec`: when the mask folder exists, every defect
+image needs exactly one mask with its stem (with or without ``_mask``) and
+its size, every mask needs an image, a defect image's mask must mark an
+anomalous pixel (a non-zero value) unless ``allow_empty_masks``, and masks
+under ``<mask folder>/good/`` are refused when they mark anomalous pixels
+(ignored with a warning when all zero). Without a mask folder the defect
+images get ``"has_mask" = 0`` and an all-zero mask, with a warning, so
+image-level metrics work and pixel metrics must skip them. Images are always
+RGB (grey files are promoted) and resized to ``image_size``.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 from vae_attn.data import base, folders, images
 
 SPLITS = ("train", "test")
+MASK_DIRS = ("masks", "ground_truth")  # Looked for when mask_dir is None.
 
 
-def _layout(train_dir: str, test_dir: str, mask_dir: str, normal: str) -> str:
+def _layout(
+  train_dir: str, test_dir: str, mask_dir: str | None, normal: str
+) -> str:
+  mask_dir = mask_dir or " or ".join(MASK_DIRS)
   return (
     f"  <root>/{train_dir}/*.png  (or <root>/{train_dir}/{normal}/*.png)\n"
     f"  <root>/{test_dir}/{normal}/*.png\n"
@@ -36,13 +46,32 @@ def _layout(train_dir: str, test_dir: str, mask_dir: str, normal: str) -> str:
   )
 
 
+def _mask_root(root: str, mask_dir: str | None) -> str | None:
+  """The mask folder: ``mask_dir`` (must exist) or the one of `MASK_DIRS`."""
+  if mask_dir is not None:
+    path = os.path.join(root, mask_dir)
+    if not os.path.isdir(path):
+      raise base.DataError(
+        f"Mask folder {path} (mask_dir={mask_dir!r}) not found. Pass the "
+        f"folder under {root} that holds <defect_type>/ folders of masks."
+      )
+    return path
+  found = [d for d in MASK_DIRS if os.path.isdir(os.path.join(root, d))]
+  if len(found) > 1:
+    raise base.DataError(
+      f"{root} has both {found[0]}/ and {found[1]}/ mask folders. Remove "
+      "one, or name the one to use (mask_dir=...; --mask-dir=...)."
+    )
+  return os.path.join(root, found[0]) if found else None
+
+
 def entries(
   root: str | os.PathLike,
   split: str,
   *,
   train_dir: str = "train",
   test_dir: str = "test",
-  mask_dir: str = "masks",
+  mask_dir: str | None = None,
   normal_name: str = folders.NORMAL,
 ) -> list[folders.Entry]:
   """Walks and checks the custom layout (see the module docstring).
@@ -78,9 +107,18 @@ def entries(
       f"and {test}/<defect_type>/. Expected layout:\n{layout}"
     )
   types.sort(key=lambda t: (t != normal_name, t))
-  masks_root = os.path.join(root, mask_dir)
-  has_masks = os.path.isdir(masks_root)
-  folders.check_orphan_mask_folders(masks_root, types, test)
+  masks_root = _mask_root(root, mask_dir)
+  has_masks = masks_root is not None
+  if has_masks:
+    folders.check_orphan_mask_folders(masks_root, types, test)
+    folders.check_normal_masks(masks_root, normal_name)
+  elif types != [normal_name]:
+    warnings.warn(
+      f"No mask folder ({' or '.join(MASK_DIRS)}) in {root}: the defect "
+      "images get has_mask=0 and no pixel metrics. Pass mask_dir= "
+      "(--mask-dir=) if the masks are elsewhere.",
+      stacklevel=2,
+    )
   out = []
   for defect_type in types:
     files = folders.require_images(os.path.join(test, defect_type), layout)
@@ -111,11 +149,12 @@ def load(
   image_size: int | Sequence[int] = 256,
   train_dir: str = "train",
   test_dir: str = "test",
-  mask_dir: str = "masks",
+  mask_dir: str | None = None,
   normal_name: str = folders.NORMAL,
   augment: bool = False,
   seed: int = 0,
   cache: bool = True,
+  allow_empty_masks: bool = False,
 ) -> folders.ImageMaskSource:
   """Loads a custom anomaly data set laid out as in the module docstring.
 
@@ -130,16 +169,22 @@ def load(
     image_size: output size, an int or ``(height, width)``.
     train_dir: the normal training images, relative to ``root``.
     test_dir: the test folder, relative to ``root``.
-    mask_dir: the mask folder, relative to ``root`` (optional on disk).
+    mask_dir: the mask folder, relative to ``root``; it must exist. None:
+      ``masks/`` or ``ground_truth/``, whichever exists (both: an error;
+      neither: no masks, with a warning).
     normal_name: the name of the normal test folder.
     augment: attach the MVTec-AD augmentation as ``source.augment`` (see
       `vae_attn.data.mvtec.load`).
     seed: folded into the augmentation's random stream.
     cache: keep decoded, resized images in memory after first use.
+    allow_empty_masks: keep defect images whose mask has no anomalous pixel;
+      refused by default.
 
   Raises:
     DataError: the layout is missing or inconsistent, an image or mask is
-      unreadable, or a mask's size differs from its image's.
+      unreadable, a mask's size differs from its image's, a defect image's
+      mask is empty (unless ``allow_empty_masks``), or a mask of the normal
+      folder marks anomalous pixels.
   """
   size = images.check_image_size(image_size)
   found = entries(
@@ -157,4 +202,5 @@ def load(
     augment=augment,
     seed=seed,
     cache=cache,
+    allow_empty_masks=allow_empty_masks,
   )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -143,6 +144,55 @@ def check_orphan_mask_folders(
         f"Mask {masks[0]} has no image: there is no test folder "
         f"{os.path.join(image_root, name)}. Add the images or remove the "
         "masks."
+      )
+
+
+def check_normal_masks(mask_root: str, normal_name: str = NORMAL) -> None:
+  """Checks masks stored for the normal test images, which need none.
+
+  Normal images always get all-zero masks. A mask under
+  ``<mask_root>/<normal_name>/`` that marks anomalous pixels contradicts
+  that and is refused; all-zero ones are ignored with a warning.
+
+  Raises:
+    DataError: a mask in the normal folder marks anomalous pixels.
+  """
+  folder = os.path.join(mask_root, normal_name)
+  if not os.path.isdir(folder):
+    return
+  masks = images.list_images(folder)
+  for mask in masks:
+    if images.read_mask(mask).any():
+      raise base.DataError(
+        f"Mask {mask} marks anomalous pixels, but {normal_name}/ holds the "
+        "normal images, which have none. Move the image and its mask to a "
+        "defect-type folder, or delete the mask."
+      )
+  if masks:
+    warnings.warn(
+      f"Ignoring {len(masks)} all-zero mask(s) in {folder}: normal images "
+      "get all-zero masks anyway. Delete the folder to silence this.",
+      stacklevel=2,
+    )
+
+
+def check_masks_not_empty(entries: Sequence[Entry]) -> None:
+  """Refuses defect images (label 1) whose mask has no anomalous pixel.
+
+  Reads every such mask at full size with `images.read_mask`.
+
+  Raises:
+    DataError: naming the first empty mask and its image.
+  """
+  for entry in entries:
+    if entry.label != 1 or entry.mask is None:
+      continue
+    if not images.read_mask(entry.mask).any():
+      raise base.DataError(
+        f"Mask {entry.mask} of defect image {entry.image} is empty (every "
+        "pixel 0, so none is anomalous). Draw the defect in the mask, move "
+        "the image to the normal folder if it has none, or allow empty "
+        "masks (allow_empty_masks=True; --allow-empty-masks)."
       )
 
 
@@ -282,16 +332,24 @@ def image_mask_source(
   augment: bool,
   seed: int,
   cache: bool,
+  allow_empty_masks: bool = False,
 ) -> ImageMaskSource:
-  """Checks the images and mask sizes of ``found``; returns their source.
+  """Checks the images and masks of ``found``; returns their source.
 
   The shared tail of the MVTec-AD and custom-folder loaders: every image
-  must be readable and every mask the size of its image; ``augment`` adds
-  the paper's seeded rotation and mirroring (applied by the pipeline).
+  must be readable, every mask the size of its image and, unless
+  ``allow_empty_masks``, every defect image's mask must mark at least one
+  anomalous pixel; ``augment`` adds the paper's seeded rotation and
+  mirroring (applied by the pipeline).
+
+  Raises:
+    DataError: as `check_mask_sizes` and `check_masks_not_empty`.
   """
   for entry in found:
     images.image_size_of(entry.image)
   check_mask_sizes(found)
+  if not allow_empty_masks:
+    check_masks_not_empty(found)
   return ImageMaskSource(
     found,
     image_size=image_size,

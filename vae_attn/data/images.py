@@ -1,23 +1,49 @@
 """Image and mask files: reading, resizing, binarising, augmenting.
 
-Every failure raises `DataError` naming the file. Masks are binarised with
-one rule (`binarize_mask`): a pixel is anomalous when its grey value is above
-half of the mask's range, i.e. > 127 for 8-bit masks stored as 0/255, and
-> 0 for masks stored as 0/1 (whose maximum is 1).
+Every failure raises `DataError` (a ValueError) with one line naming the file,
+the problem and the fix. The reading rules, the same for every loader:
+
+- Orientation: an EXIF orientation tag (camera JPEGs) is applied with
+  ``PIL.ImageOps.exif_transpose``, so images and masks are read upright, and
+  `image_size_of` reports the upright size.
+- Bit depth: 16-bit grey files (Pillow modes ``I;16*``, and ``I`` with values
+  in [0, 65535]) are scaled by the format's range, ``v * 255 / 65535``, on
+  the grey and the RGB path alike. 32-bit float images (mode ``F``) and
+  32-bit integer ones with values outside [0, 65535] are refused: no format
+  range says what their values mean.
+- Size: an image above Pillow's decompression-bomb limit
+  (``PIL.Image.MAX_IMAGE_PIXELS`` pixels) is refused with its pixel count.
+- Masks (`mask_from_image`): a pixel is anomalous when its value is not zero,
+  the convention of the MVTec-AD evaluation, in every mode Pillow opens.
+  Grey modes (``1``, ``L``, ``I;16``, ``I``, ``F``): value != 0, so grey
+  1-127 counts. Colour modes (``RGB``, ``P`` through its palette, ``CMYK``,
+  ...): any channel of the colour != 0, so pure red or blue counts. With an
+  alpha channel (``RGBA``, ``LA``, ``PA``, ``P`` with a transparent index) a
+  fully transparent pixel is background: the mask is read as drawn over
+  black.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 from vae_attn.data import base
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+SIXTEEN_BIT_MAX = 65535
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_GREY_MODES = ("1", "L", "I", "F", *_SIXTEEN_BIT_MODES)
+_ALPHA_MODES = ("LA", "La", "RGBA", "RGBa")
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height.
+# Decoding errors of Pillow for corrupt or truncated files.
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError)
+_BOMBS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 def list_images(folder: str | os.PathLike) -> list[str]:
@@ -41,47 +67,109 @@ def stem(path: str) -> str:
   return os.path.splitext(os.path.basename(path))[0]
 
 
+def _too_large(path: str, error: Exception) -> base.DataError:
+  """The error for an image above Pillow's decompression-bomb limit."""
+  # Pillow's message: "Image size (N pixels) exceeds limit of M pixels, ..."
+  found = re.search(r"\((\d+) pixels\)", str(error))
+  pixels = f"{int(found[1]):,} pixels" if found else "too many pixels"
+  return base.DataError(
+    f"Image {path} has {pixels}, more than Pillow's limit of "
+    f"{Image.MAX_IMAGE_PIXELS:,} (PIL.Image.MAX_IMAGE_PIXELS), which guards "
+    "against decompression bombs. Downscale the file (the loaders resize it "
+    "anyway), or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it."
+  )
+
+
+def _unreadable(path: str, error: Exception) -> base.DataError:
+  if isinstance(error, FileNotFoundError):
+    return base.DataError(
+      f"Image {path} not found. Restore it, or remove it from the data set."
+    )
+  reason = " ".join(str(error).split()) or type(error).__name__
+  return base.DataError(
+    f"Cannot read image {path}: {reason}. The file is corrupt or not an "
+    "image; replace or delete it."
+  )
+
+
+def _orientation(im: Image.Image) -> int:
+  """The EXIF orientation (1-8) of an opened image, read from its header."""
+  if im.format == "PNG" and not (
+    "exif" in im.info or "Raw profile type exif" in im.info
+  ):
+    # An eXIf chunk after the pixel data would need a full decode; Pillow
+    # and other writers put it before them.
+    return 1
+  return int(im.getexif().get(ExifTags.Base.Orientation, 1))
+
+
 def image_size_of(path: str) -> tuple[int, int]:
-  """Reads only the header of an image: ``(height, width)``.
+  """Reads only the header of an image: its upright ``(height, width)``.
 
   Raises:
-    DataError: the file is missing or not an image PIL can identify.
+    DataError: the file is missing, not an image PIL can identify, or above
+      Pillow's decompression-bomb limit.
   """
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", UserWarning)  # e.g. corrupt EXIF.
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
       with Image.open(path) as im:
         width, height = im.size
-  except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise base.DataError(
-      f"Cannot read image {path}: {e}. Replace or delete the file."
-    ) from e
+        if _orientation(im) in _TRANSPOSED:
+          width, height = height, width
+  except _BOMBS as e:
+    raise _too_large(path, e) from e
+  except _DECODE_ERRORS as e:
+    raise _unreadable(path, e) from e
   return height, width
 
 
-def _open(path: str, mode: str) -> Image.Image:
+def open_upright(path: str) -> Image.Image:
+  """Decodes an image file upright (EXIF orientation applied), in its mode.
+
+  Args:
+    path: the image file.
+
+  Returns:
+    A loaded ``PIL.Image.Image`` in the file's own mode (e.g. ``P``,
+    ``I;16``, ``RGBA``).
+
+  Raises:
+    DataError: the file cannot be decoded or is above Pillow's
+      decompression-bomb limit.
+  """
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", UserWarning)  # e.g. corrupt EXIF.
       warnings.simplefilter("error", Image.DecompressionBombWarning)
       with Image.open(path) as im:
         im.load()
-        if mode == "L" and im.mode in ("I;16", "I;16B", "I;16L", "I"):
-          arr = np.asarray(im, dtype=np.float64)
-          top = max(float(arr.max()), 1.0)
-          return Image.fromarray(np.uint8(np.round(arr / top * 255)), "L")
-        return im.convert(mode)
-  except (
-    OSError,
-    ValueError,
-    SyntaxError,
-    Image.DecompressionBombError,
-    Image.DecompressionBombWarning,
-  ) as e:
+        return ImageOps.exif_transpose(im)
+  except _BOMBS as e:
+    raise _too_large(path, e) from e
+  except _DECODE_ERRORS as e:
+    raise _unreadable(path, e) from e
+
+
+def _eight_bit(im: Image.Image, path: str) -> Image.Image:
+  """``im`` with 16-bit grey scaled to 8 bits by the format's range."""
+  if im.mode == "F":
     raise base.DataError(
-      f"Cannot read image {path}: {e}. The file is corrupt or not an image; "
-      "replace or delete it."
-    ) from e
+      f"Image {path} is 32-bit floating point, a format without a value "
+      "range. Save it as an 8- or 16-bit PNG or TIFF."
+    )
+  if im.mode not in ("I", *_SIXTEEN_BIT_MODES):
+    return im
+  arr = np.asarray(im)
+  if arr.size and (arr.min() < 0 or arr.max() > SIXTEEN_BIT_MAX):
+    raise base.DataError(
+      f"Image {path} holds 32-bit integers in [{arr.min()}, {arr.max()}], "
+      f"outside the 16-bit range [0, {SIXTEEN_BIT_MAX}] the loaders scale "
+      "by. Save it as an 8- or 16-bit PNG or TIFF."
+    )
+  scaled = np.rint(arr.astype(np.float64) * (255.0 / SIXTEEN_BIT_MAX))
+  return Image.fromarray(scaled.astype(np.uint8))
 
 
 def read_image(
@@ -89,18 +177,26 @@ def read_image(
 ) -> np.ndarray:
   """Reads an image as uint8 ``[H, W, channels]``, resized bilinearly.
 
+  See the module docstring for orientation, bit depth and size rules.
+
   Args:
     path: the image file. Grayscale is promoted to 3 channels and colour
-      reduced to 1 (ITU-R 601 luma) as ``channels`` asks.
+      reduced to 1 (ITU-R 601 luma) as ``channels`` asks; 16-bit grey is
+      scaled by 255 / 65535 on both paths.
     channels: 1 or 3.
     size: output ``(height, width)`` or one int for a square; None keeps it.
 
   Raises:
-    DataError: the file cannot be decoded.
+    DataError: the file cannot be decoded, is too large, or has a bit depth
+      without a defined range (32-bit float or integer).
   """
   if channels not in (1, 3):
     raise ValueError(f"channels must be 1 or 3, got {channels}.")
-  im = _open(path, "L" if channels == 1 else "RGB")
+  im = _eight_bit(open_upright(path), path)
+  try:
+    im = im.convert("L" if channels == 1 else "RGB")
+  except ValueError as e:
+    raise _unreadable(path, e) from e
   if size is not None:
     height, width = _pair(size)
     if im.size != (width, height):
@@ -110,11 +206,54 @@ def read_image(
 
 
 def binarize_mask(arr: np.ndarray) -> np.ndarray:
-  """The module's binarisation rule: uint8 {0, 1} from grey values."""
+  """The mask rule on values: uint8 {0, 1}, 1 where a value is not zero.
+
+  Args:
+    arr: ``[H, W]`` mask values, or ``[H, W, C]`` colours (a pixel is
+      anomalous when any of its channels is not zero).
+
+  Returns:
+    uint8 ``[H, W]`` in {0, 1}.
+  """
   arr = np.asarray(arr)
-  if arr.size and arr.max() <= 1:
-    return (arr > 0).astype(np.uint8)
-  return (arr > 127).astype(np.uint8)
+  out = arr != 0
+  if arr.ndim == 3:
+    out = out.any(axis=-1)
+  return out.astype(np.uint8)
+
+
+def mask_from_image(im: Image.Image, path: str) -> np.ndarray:
+  """The anomalous pixels of a mask image, by the module's mask rule.
+
+  Args:
+    im: the mask, in any mode Pillow opens.
+    path: the file, for messages.
+
+  Returns:
+    uint8 ``[H, W]`` in {0, 1}.
+
+  Raises:
+    DataError: a float mask holds NaN or infinite values, or the mode has
+      no RGB conversion.
+  """
+  if im.mode in ("P", "PA"):  # Palette colours, with any transparent index.
+    im = im.convert("RGBA")
+  if im.mode in _GREY_MODES:
+    arr = np.asarray(im)
+    if im.mode == "F" and not np.isfinite(arr).all():
+      raise base.DataError(
+        f"Mask {path} holds NaN or infinite values. Save it with 0 for "
+        "normal and a non-zero value for anomalous pixels."
+      )
+    return binarize_mask(arr)
+  if im.mode in _ALPHA_MODES:
+    arr = np.asarray(im)
+    drawn = arr[..., -1] != 0  # Fully transparent pixels are background.
+    return (binarize_mask(arr[..., :-1]) & drawn).astype(np.uint8)
+  try:
+    return binarize_mask(np.asarray(im.convert("RGB")))
+  except ValueError as e:
+    raise _unreadable(path, e) from e
 
 
 def read_mask(
@@ -122,12 +261,13 @@ def read_mask(
 ) -> np.ndarray:
   """Reads a mask as uint8 ``[H, W, 1]`` in {0, 1}, resized (nearest).
 
-  Colour masks are converted to grey first; see `binarize_mask`.
+  A pixel is anomalous when its value is not zero, in every mode (see the
+  module docstring and `mask_from_image`).
 
   Raises:
     DataError: the file cannot be decoded.
   """
-  arr = binarize_mask(np.asarray(_open(path, "L")))
+  arr = mask_from_image(open_upright(path), path)
   if size is not None:
     height, width = _pair(size)
     if arr.shape != (height, width):

@@ -8,11 +8,15 @@ Layout (as the data set unpacks)::
   <root>/<category>/ground_truth/<defect_type>/NNN_mask.png
 
 Masks are paired with images by file stem (``NNN`` -> ``NNN_mask``);
-``good`` images get all-zero masks. Images are resized bilinearly and masks
-with nearest neighbours to ``image_size``; grayscale categories (grid,
-screw, zipper) are promoted to 3 channels. Masks are binarised with the rule
-of `vae_attn.data.images.binarize_mask` (grey value > 127). The offline
-textured-defect set of `vae_attn.data.textures` uses this layout too.
+``good`` images get all-zero masks (a mask under ``ground_truth/good/`` that
+marks anomalous pixels is refused; all-zero ones are ignored with a
+warning). Images are resized bilinearly and masks with nearest neighbours
+to ``image_size``; grayscale categories (grid, screw, zipper) are promoted
+to 3 channels. A mask pixel is anomalous when its value is not zero, the
+rule of the MVTec-AD evaluation, in every image mode (see
+`vae_attn.data.images`); a defect image whose mask has no anomalous pixel is
+refused unless ``allow_empty_masks``. The offline textured-defect set of
+`vae_attn.data.textures` uses this layout too.
 """
 
 from __future__ import annotations
@@ -50,6 +54,22 @@ LAYOUT = """\
 Download MVTec-AD from https://www.mvtec.com/company/research/datasets/mvtec-ad
 and pass the unpacked folder as root, or use the offline set:
   root = vae_attn.data.textures.ensure_dataset()"""
+
+
+def find_categories(root: str | os.PathLike) -> list[str]:
+  """The category folders of an MVTec-AD root, sorted.
+
+  A category folder holds ``train/`` or ``test/``. Returns an empty list
+  when ``root`` is not a folder.
+  """
+  root = os.fspath(root)
+  if not os.path.isdir(root):
+    return []
+  return [
+    name
+    for name in folders.subfolders(root)
+    if any(os.path.isdir(os.path.join(root, name, split)) for split in SPLITS)
+  ]
 
 
 def entries(root: str | os.PathLike, category: str, split: str) -> list:
@@ -97,6 +117,7 @@ def entries(root: str | os.PathLike, category: str, split: str) -> list:
   types.sort(key=lambda t: (t != folders.NORMAL, t))
   gt_dir = os.path.join(cat_dir, "ground_truth")
   folders.check_orphan_mask_folders(gt_dir, types, test_dir)
+  folders.check_normal_masks(gt_dir)
   out = []
   for defect_type in types:
     files = folders.require_images(os.path.join(test_dir, defect_type), LAYOUT)
@@ -122,6 +143,7 @@ def load(
   augment: bool = False,
   seed: int = 0,
   cache: bool = True,
+  allow_empty_masks: bool = False,
 ) -> folders.ImageMaskSource:
   """Loads one MVTec-AD category (or the offline textured-defect set).
 
@@ -141,13 +163,17 @@ def load(
       for every epoch. ``source[i]`` is never augmented.
     seed: folded into the augmentation's random stream.
     cache: keep decoded, resized images in memory after first use.
+    allow_empty_masks: keep defect images whose mask has no anomalous pixel
+      (label 1 with an all-zero mask); refused by default.
 
   Returns:
     An `vae_attn.data.folders.ImageMaskSource`.
 
   Raises:
     DataError: the layout is missing or inconsistent, an image or mask is
-      unreadable, or a mask's size differs from its image's.
+      unreadable, a mask's size differs from its image's, a defect image's
+      mask is empty (unless ``allow_empty_masks``), or a mask under
+      ``ground_truth/good/`` marks anomalous pixels.
   """
   size = images.check_image_size(image_size)
   found = entries(root, category, split)
@@ -158,4 +184,5 @@ def load(
     augment=augment,
     seed=seed,
     cache=cache,
+    allow_empty_masks=allow_empty_masks,
   )

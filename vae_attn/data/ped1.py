@@ -9,9 +9,9 @@ Layout (as ``UCSD_Anomaly_Dataset.v1p2`` unpacks)::
 
 ``root`` is ``UCSDped1`` itself or the folder that contains it. Frames are
 158 x 238 grey; they are resized bilinearly to ``image_size`` (paper: 100 x
-100) and masks with nearest neighbours; masks are binarised by
-`vae_attn.data.images.binarize_mask` (grey value > 127, or > 0 for 0/1
-masks). A frame's mask is the ``.bmp`` of the same stem in ``TestNNN_gt``.
+100) and masks with nearest neighbours; a mask pixel is anomalous when its
+value is not zero, in every image mode (`vae_attn.data.images`). A frame's
+mask is the ``.bmp`` of the same stem in ``TestNNN_gt``.
 
 Pixel metrics need pixel masks, which exist for a subset of the test clips.
 By default (``masked_only=True``) the test split holds only those clips, and
@@ -20,7 +20,7 @@ a frame's label is 1 when its mask is not empty. With
 get all-zero masks with ``"has_mask" = 0`` (one public reproduction scored
 pixel metrics over all clips with such zero masks, which counts every
 anomalous pixel of those clips as normal), and their frame labels come from
-the ``gt_frame`` ranges of ``Test/UCSDped1.m``.
+the ``gt_frame`` ranges of ``Test/UCSDped1.m`` (`parse_frame_labels`).
 """
 
 from __future__ import annotations
@@ -43,9 +43,13 @@ Download UCSD_Anomaly_Dataset.tar.gz from
 http://www.svcl.ucsd.edu/projects/anomaly/dataset.htm, unpack it and pass
 UCSD_Anomaly_Dataset.v1p2 (or its UCSDped1 folder) as root."""
 
-_GT_FRAME = re.compile(
-  r"TestDataset\{(\d+)\}\.gt_frame\s*=\s*\[([^\]]*)\]", re.IGNORECASE
+# One line of UCSDped1.m per test clip, in clip order (MATLAB appends with
+# end+1): ``TestVideoFile{end+1}.gt_frame = [60:152];``.
+_GT_LINE = re.compile(
+  r"^TestVideoFile\s*\{\s*end\s*\+\s*1\s*\}\s*\.\s*gt_frame\s*=\s*"
+  r"\[([^\]]*)\]\s*;?$"
 )
+_GT_EXAMPLE = "TestVideoFile{end+1}.gt_frame = [60:152];"
 
 
 def find_root(root: str | os.PathLike) -> str:
@@ -62,41 +66,71 @@ def find_root(root: str | os.PathLike) -> str:
   )
 
 
+def _matlab_range(part: str) -> range:
+  """A MATLAB colon expression of positive ints: ``a``, ``a:b``, ``a:s:b``."""
+  bounds = [int(b) for b in part.split(":")]  # ValueError if not ints.
+  if not 1 <= len(bounds) <= 3 or min(bounds) < 1:
+    raise ValueError(part)
+  if len(bounds) == 1:
+    return range(bounds[0], bounds[0] + 1)
+  step = bounds[1] if len(bounds) == 3 else 1
+  return range(bounds[0], bounds[-1] + 1, step)
+
+
 def parse_frame_labels(path: str) -> dict[int, set[int]]:
   """Reads ``UCSDped1.m``: clip number -> its anomalous frame numbers.
 
-  Lines look like ``TestDataset{3}.gt_frame = [60:152];`` or
-  ``[1:10, 20:30]``; frame numbers start at 1.
+  The file, as the data set ships it, holds after ``TestVideoFile = {};``
+  one line per test clip, in clip order::
+
+    TestVideoFile{end+1}.gt_frame = [60:152];
+    TestVideoFile{end+1}.gt_frame = [5:90, 140:200];
+
+  Line ``k`` of that form gives the anomalous frames of clip ``k``
+  (``TestKKK``, from 1); a range ``a:b`` includes both ends and a line may
+  hold several ranges or single frames, separated by commas or spaces.
+  MATLAB comments (``%`` to the end of a line) and other lines are skipped.
+  Frame numbers start at 1, as in the frame file names.
+
+  Returns:
+    ``{clip: {frame, ...}}`` for clips 1..K, K the number of such lines.
 
   Raises:
-    DataError: the file is missing or has no ``gt_frame`` line.
+    DataError: the file is missing, has no such line, or a ``gt_frame`` line
+      is not of that form.
   """
   try:
     with open(path) as f:
-      text = f.read()
-  except OSError as e:
+      lines = f.read().splitlines()
+  except (OSError, UnicodeDecodeError) as e:
     raise base.DataError(
       f"Cannot read the Ped1 frame annotation {path}: {e}. It ships with the "
       "data set (UCSDped1/Test/UCSDped1.m); restore it, or use "
       "masked_only=True."
     ) from e
   labels: dict[int, set[int]] = {}
-  for clip, ranges in _GT_FRAME.findall(text):
-    frames = labels.setdefault(int(clip), set())
-    for part in re.split(r"[,\s]+", ranges.strip()):
-      if not part:
-        continue
-      try:
-        bounds = [int(b) for b in part.split(":")]
-      except ValueError as e:
-        raise base.DataError(
-          f"{path}: cannot parse frame range {part!r} of clip {clip}."
-        ) from e
-      frames.update(range(bounds[0], bounds[-1] + 1))
+  for number, line in enumerate(lines, start=1):
+    line = line.split("%", 1)[0].strip()
+    if "gt_frame" not in line:
+      continue
+    match = _GT_LINE.match(line)
+    ranges = re.sub(r"\s*:\s*", ":", match[1].strip()) if match else ""
+    parts = re.split(r"[,\s]+", ranges)
+    try:
+      frames = {n for part in parts if part for n in _matlab_range(part)}
+    except ValueError:
+      match = None
+    if match is None:
+      raise base.DataError(
+        f"{path} line {number} is not a frame annotation of the form "
+        f"{_GT_EXAMPLE!r} (frame ranges a:b from 1, separated by commas): "
+        f"{line!r}. Restore the original UCSDped1.m or use masked_only=True."
+      )
+    labels[len(labels) + 1] = frames
   if not labels:
     raise base.DataError(
-      f"{path} has no 'TestDataset{{N}}.gt_frame = [a:b];' lines. Restore "
-      "the original UCSDped1.m or use masked_only=True."
+      f"{path} has no {_GT_EXAMPLE!r} lines. Restore the original "
+      "UCSDped1.m or use masked_only=True."
     )
   return labels
 
@@ -167,8 +201,9 @@ def entries(
       "with frame labels from UCSDped1.m."
     )
   frame_labels = None
+  labels_file = os.path.join(split_dir, "UCSDped1.m")
   if not masked_only and len(masked) < len(clips):
-    frame_labels = parse_frame_labels(os.path.join(split_dir, "UCSDped1.m"))
+    frame_labels = parse_frame_labels(labels_file)
   for clip in masked if masked_only else clips:
     clip_id = int(clip[len(prefix) :])
     frames = folders.require_images(os.path.join(split_dir, clip), LAYOUT)
@@ -194,12 +229,19 @@ def entries(
       anomalous = frame_labels.get(clip_id)
       if anomalous is None:
         raise base.DataError(
-          f"{os.path.join(split_dir, 'UCSDped1.m')} has no gt_frame line for "
-          f"clip {clip_id}. Restore the original file or use "
+          f"{labels_file} has {len(frame_labels)} gt_frame lines, so none "
+          f"for clip {clip_id} ({clip}). Restore the original file or use "
           "masked_only=True."
         )
-      for f in frames:
-        n = _frame_number(f)
+      numbers = [_frame_number(f) for f in frames]
+      if anomalous and max(anomalous) > max(numbers):
+        raise base.DataError(
+          f"{labels_file} marks frame {max(anomalous)} of clip {clip_id} "
+          f"anomalous, but {os.path.join(split_dir, clip)} ends at frame "
+          f"{max(numbers)}. Restore the UCSDped1.m of this data set or the "
+          "missing frames, or use masked_only=True."
+        )
+      for f, n in zip(frames, numbers, strict=True):
         out.append(
           folders.Entry(
             f,
