@@ -56,6 +56,8 @@ class Config(common.LoopConfig):
   category: str = _f("", "mvtec/textures category (textures: first found)")
   normal_digit: int = _f(0, "the normal class of mnist/digits")
   data_dir: str = _f("", "data root (mnist: tfds data_dir; textures: cache)")
+  mask_dir: str = _f("", "folder: masks under data-dir (masks or ground_truth)")
+  allow_empty_masks: bool = _f(False, "keep defect images with empty masks")
   model: str = _f("resnet18", "architecture", ("mnist", "ped1", "resnet18"))
   image_size: int = _f(256, "input side (resnet18, mvtec/folder/textures)")
   latent_dim: int = 32
@@ -77,7 +79,7 @@ _MNIST = dict(
 )
 PRESETS = {
   "textures": Config(image_size=128, num_steps=3_000, checkpoint_every=500),
-  "mvtec": Config(dataset="mvtec", category="carpet"),
+  "mvtec": Config(dataset="mvtec"),  # --category names the category.
   **{
     f"mvtec_{c}": Config(dataset="mvtec", category=c) for c in MVTEC_CATEGORIES
   },
@@ -121,15 +123,19 @@ def _mvtec_layout(config: Config, split: str, augment: bool, root: str):
     image_size=config.image_size,
     augment=augment,
     seed=config.seed,
+    allow_empty_masks=config.allow_empty_masks,
   )
 
 
 def _mvtec(config: Config, split: str, augment: bool):
+  root = _need_dir(config)
   if not config.category:
+    found = ", ".join(mvtec.find_categories(root))
     raise ValueError(
-      f"--dataset=mvtec needs --category=<one of {MVTEC_CATEGORIES}>."
+      f"--dataset=mvtec needs --category=<name>; categories in {root}: "
+      f"{found or 'none (expected <root>/<category>/train/good/)'}."
     )
-  return _mvtec_layout(config, split, augment, _need_dir(config))
+  return _mvtec_layout(config, split, augment, root)
 
 
 # Data set name -> fn(config, split, augment) -> source.
@@ -139,7 +145,13 @@ _LOADERS = {
   ),
   "mvtec": _mvtec,
   "folder": lambda c, split, augment: folder.load(
-    _need_dir(c), split, image_size=c.image_size, augment=augment, seed=c.seed
+    _need_dir(c),
+    split,
+    image_size=c.image_size,
+    mask_dir=c.mask_dir or None,
+    augment=augment,
+    seed=c.seed,
+    allow_empty_masks=c.allow_empty_masks,
   ),
   "mnist": lambda c, split, augment: mnist.load(
     split, normal_digit=c.normal_digit, data_dir=c.data_dir or None
