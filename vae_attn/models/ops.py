@@ -4,6 +4,15 @@ Models call these instead of ``lax`` directly, so that exact, tested
 reformulations that are faster on XLA:CPU can be selected there while the
 stock ``lax`` convolutions stay the path on GPU and TPU. Parameters have the
 same names and shapes on every path, so checkpoints move between them.
+
+Precision: every op takes a ``precision`` (as ``lax.conv_general_dilated``
+does). ``None`` means the ambient ``jax_default_matmul_precision`` (e.g. set
+by ``jax.default_matmul_precision`` or
+:func:`vae_attn.attention.matmul_precision`), read once, when the op is
+traced, and carried explicitly by every convolution and matmul of the op
+and of its custom derivatives: derivatives traced later, outside the
+caller's precision scope (the backward pass of ``jax.grad``), keep the
+precision of the forward pass.
 """
 
 from __future__ import annotations
@@ -22,19 +31,48 @@ from jax import lax
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
+def resolve_precision(precision=None):
+  """``precision``, or the ambient default matmul precision if ``None``.
+
+  Read when a function is traced, so that the result can be passed
+  explicitly to every ``lax`` op (and stored in the static arguments of
+  custom derivatives, which may be traced later, outside the caller's
+  ``jax.default_matmul_precision`` scope).
+
+  Args:
+    precision: anything ``lax.dot_general`` accepts as ``precision``, or
+      ``None``.
+
+  Returns:
+    ``precision`` if not ``None``, else the current value of
+    ``jax_default_matmul_precision`` (a name such as ``"highest"``, or
+    ``None`` when unset). Hashable.
+  """
+  if precision is not None:
+    return tuple(precision) if isinstance(precision, list) else precision
+  return jax.config.jax_default_matmul_precision
+
+
 class _Strided(NamedTuple):
-  """Geometry of a 2-D strided NHWC/HWIO convolution (hashable, static)."""
+  """Geometry and precision of a 2-D strided NHWC/HWIO convolution (hashable,
+  static)."""
 
   in_hw: tuple[int, int]
   kernel_hw: tuple[int, int]
   stride: int
   padding: tuple[tuple[int, int], tuple[int, int]]
+  precision: object = None
 
 
 def _lax_conv(x, w, geo: _Strided):
   s = geo.stride
   return lax.conv_general_dilated(
-    x, w, (s, s), geo.padding, dimension_numbers=_NHWC
+    x,
+    w,
+    (s, s),
+    geo.padding,
+    dimension_numbers=_NHWC,
+    precision=geo.precision,
   )
 
 
@@ -68,6 +106,7 @@ def _conv_t_by_depth_to_space(g, w, geo: _Strided):
     (1, 1),
     ((mh - 1, mh - 1), (mw - 1, mw - 1)),
     dimension_numbers=_NHWC,
+    precision=geo.precision,
   )
   b, bh, bw, _ = blocks.shape
   xp = blocks.reshape(b, bh, bw, s, s, n).transpose(0, 1, 3, 2, 4, 5)
@@ -137,7 +176,13 @@ def _looped_conv_w(x, g, geo: _Strided):
   out = jnp.stack(
     [
       lax.conv_general_dilated(
-        xt[d], gt[d], (1, 1), pads, rhs_dilation=(s, s), dimension_numbers=_NHWC
+        xt[d],
+        gt[d],
+        (1, 1),
+        pads,
+        rhs_dilation=(s, s),
+        dimension_numbers=_NHWC,
+        precision=geo.precision,
       )
       for d in range(x.shape[0])
     ]
@@ -196,7 +241,9 @@ def _conv_w_bwd(geo, res, ct):
 _conv_w.defvjp(_conv_w_fwd, _conv_w_bwd)
 
 
-def _geometry(in_hw, kernel_hw, stride, padding) -> _Strided | None:
+def _geometry(
+  in_hw, kernel_hw, stride, padding, precision=None
+) -> _Strided | None:
   """The geometry of a supported strided convolution, or ``None``."""
   kh, kw = kernel_hw
   if stride < 2 or kh % stride or kw % stride:
@@ -204,11 +251,13 @@ def _geometry(in_hw, kernel_hw, stride, padding) -> _Strided | None:
   pads = tuple(tuple(int(p) for p in pair) for pair in padding)
   if len(pads) != 2 or any(len(p) != 2 or min(p) < 0 for p in pads):
     return None
-  return _Strided(tuple(in_hw), (kh, kw), stride, pads)
+  return _Strided(
+    tuple(in_hw), (kh, kw), stride, pads, resolve_precision(precision)
+  )
 
 
 def strided_conv(
-  x: jax.Array, kernel: jax.Array, *, stride: int, padding
+  x: jax.Array, kernel: jax.Array, *, stride: int, padding, precision=None
 ) -> jax.Array:
   """``lax.conv_general_dilated`` (NHWC, HWIO) with fast exact derivatives.
 
@@ -223,11 +272,13 @@ def strided_conv(
     kernel: ``[kh, kw, n, o]``, ``kh`` and ``kw`` multiples of ``stride``.
     stride: the stride of both spatial axes, at least 2.
     padding: ``((top, bottom), (left, right))``, non-negative.
+    precision: as in ``lax.conv_general_dilated``; ``None`` reads the
+      ambient default when traced (module docstring). The derivatives keep it.
 
   Returns:
     ``[B, h, w, o]``.
   """
-  geo = _geometry(x.shape[1:3], kernel.shape[:2], stride, padding)
+  geo = _geometry(x.shape[1:3], kernel.shape[:2], stride, padding, precision)
   if geo is None:
     raise ValueError(
       "strided_conv needs a stride >= 2 that divides the kernel size "
@@ -242,7 +293,12 @@ _SMALL_OUTPUT = 16
 
 
 def small_conv(
-  x: jax.Array, kernel: jax.Array, *, strides: Sequence[int], padding
+  x: jax.Array,
+  kernel: jax.Array,
+  *,
+  strides: Sequence[int],
+  padding,
+  precision=None,
 ) -> jax.Array:
   """A 2-D NHWC/HWIO convolution with a tiny output as one matmul.
 
@@ -259,6 +315,8 @@ def small_conv(
     kernel: ``[kh, kw, n, o]``.
     strides: ``(sh, sw)``.
     padding: ``((top, bottom), (left, right))``, non-negative.
+    precision: of the matmul, as in ``jnp.matmul``; ``None`` reads the
+      ambient default when traced.
 
   Returns:
     ``[B, h, w, o]``.
@@ -272,7 +330,11 @@ def small_conv(
     for i in range(h)
     for j in range(w)
   ]
-  y = jnp.stack(windows, axis=1) @ kernel.reshape(-1, kernel.shape[-1])
+  y = jnp.matmul(
+    jnp.stack(windows, axis=1),
+    kernel.reshape(-1, kernel.shape[-1]),
+    precision=resolve_precision(precision),
+  )
   return y.reshape(len(x), h, w, kernel.shape[-1])
 
 
@@ -300,8 +362,11 @@ def conv_general_dilated(
   backend is CPU, 2-D NHWC convolutions take an exact fast path: strided
   ones whose kernel size the stride divides :func:`strided_conv`, others
   with at most 16 output positions :func:`small_conv`. Everything else, and
-  every other backend, is the stock ``lax`` convolution.
+  every other backend, is the stock ``lax`` convolution. ``precision=None``
+  is resolved to the ambient default when traced (module docstring) and
+  carried by every path and derivative.
   """
+  precision = resolve_precision(precision)
   stock = functools.partial(
     lax.conv_general_dilated,
     lhs,
@@ -327,7 +392,6 @@ def conv_general_dilated(
     or any(d != 1 for d in dilations)
     or feature_group_count != 1
     or batch_group_count != 1
-    or precision is not None
     or preferred_element_type is not None
   ):
     return stock()
@@ -335,7 +399,7 @@ def conv_general_dilated(
     padding = lax.padtype_to_pads(
       lhs.shape[1:3], rhs.shape[:2], strides, padding
     )
-  geo = _geometry(lhs.shape[1:3], rhs.shape[:2], strides[0], padding)
+  geo = _geometry(lhs.shape[1:3], rhs.shape[:2], strides[0], padding, precision)
   if geo is not None:
     return _conv(lhs, rhs, geo)
   out_hw = [
@@ -343,12 +407,14 @@ def conv_general_dilated(
     for n, p, k in zip(lhs.shape[1:3], padding, rhs.shape[:2], strict=True)
   ]
   if min(min(p) for p in padding) >= 0 and math.prod(out_hw) <= _SMALL_OUTPUT:
-    return small_conv(lhs, rhs, strides=strides, padding=padding)
+    return small_conv(
+      lhs, rhs, strides=strides, padding=padding, precision=precision
+    )
   return stock()
 
 
 def conv_transpose(
-  x: jax.Array, kernel: jax.Array, *, stride: int, padding: int
+  x: jax.Array, kernel: jax.Array, *, stride: int, padding: int, precision=None
 ) -> jax.Array:
   """``torch.nn.ConvTranspose2d`` semantics on NHWC with an HWIO kernel.
 
@@ -361,8 +427,10 @@ def conv_transpose(
   an output of at most 16 positions (ResNet-18 decoder's first stages) is
   one matmul (:func:`small_conv` of the dilated input): at ``[8, 1, 1,
   1024] -> [8, 2, 2, 512]`` the value took 15 ms the first way, 2.5 ms this
-  way, and its input gradient 89 and 5 ms.
+  way, and its input gradient 89 and 5 ms. ``precision`` as in
+  :func:`strided_conv` (``None``: the ambient default, read when traced).
   """
+  precision = resolve_precision(precision)
   k = kernel.shape[0]
   pad = k - 1 - padding
   out_hw = [(n - 1) * stride - 2 * padding + k for n in x.shape[1:3]]
@@ -374,10 +442,16 @@ def conv_transpose(
       jnp.zeros((), x.dtype),
       ((0, 0, 0), (pad, pad, stride - 1), (pad, pad, stride - 1), (0, 0, 0)),
     )
-    return small_conv(dilated, kernel, strides=(1, 1), padding=((0, 0),) * 2)
+    return small_conv(
+      dilated,
+      kernel,
+      strides=(1, 1),
+      padding=((0, 0),) * 2,
+      precision=precision,
+    )
   if fast_path() and x.ndim == 4 and padding <= k - 1:
     pads = ((padding, padding), (padding, padding))
-    geo = _geometry(out_hw, kernel.shape[:2], stride, pads)
+    geo = _geometry(out_hw, kernel.shape[:2], stride, pads, precision)
     if geo is not None:
       return _conv_t(x, kernel[::-1, ::-1].transpose(0, 1, 3, 2), geo)
   return lax.conv_general_dilated(
@@ -387,17 +461,27 @@ def conv_transpose(
     padding=((pad, pad), (pad, pad)),
     lhs_dilation=(stride, stride),
     dimension_numbers=_NHWC,
+    precision=precision,
   )
 
 
 class ConvTranspose(nn.Module):
-  """Transposed convolution with PyTorch ``(kernel, stride, padding)`` sizes."""
+  """Transposed convolution with PyTorch ``(kernel, stride, padding)`` sizes.
+
+  Dtypes follow ``flax.linen.Conv``: parameters are created in
+  ``param_dtype`` (float32), and input, kernel and bias are promoted to
+  ``dtype`` (``None``: their common type, e.g. float64 for float64 inputs
+  under ``jax_enable_x64``) before the convolution.
+  """
 
   features: int
   kernel: int = 4
   stride: int = 2
   padding: int = 1
   use_bias: bool = True
+  dtype: jnp.dtype | None = None
+  param_dtype: jnp.dtype = jnp.float32
+  precision: object = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -405,11 +489,22 @@ class ConvTranspose(nn.Module):
       "kernel",
       nn.initializers.lecun_normal(),
       (self.kernel, self.kernel, x.shape[-1], self.features),
+      self.param_dtype,
     )
-    y = conv_transpose(x, kernel, stride=self.stride, padding=self.padding)
+    bias = None
     if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (self.features,))
-    return y
+      bias = self.param(
+        "bias", nn.initializers.zeros, (self.features,), self.param_dtype
+      )
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = conv_transpose(
+      x,
+      kernel,
+      stride=self.stride,
+      padding=self.padding,
+      precision=self.precision,
+    )
+    return y if bias is None else y + bias
 
 
 def _valid_taps(size: int, kernel: int, stride: int, pads, dilation: int):
@@ -433,6 +528,7 @@ def conv_of_constant(
   strides: Sequence[int] = (1, 1),
   padding: Sequence[tuple[int, int]] = ((0, 0), (0, 0)),
   kernel_dilation: Sequence[int] = (1, 1),
+  precision=None,
 ) -> jax.Array:
   """A bias-free 2-D convolution of an image that is constant per channel.
 
@@ -452,10 +548,13 @@ def conv_of_constant(
     strides: the convolution's window strides.
     padding: ``((lo, hi), (lo, hi))`` zero padding of the input.
     kernel_dilation: the convolution's kernel (rhs) dilation.
+    precision: of both contractions, as in ``jnp.einsum``; ``None`` reads
+      the ambient default when traced.
 
   Returns:
     ``[B, h, w, o]``, the convolution's output.
   """
+  precision = resolve_precision(precision)
   kh, kw = kernel.shape[:2]
   rows, cols = (
     jnp.asarray(_valid_taps(size, k, s, p, d), kernel.dtype)
@@ -463,12 +562,18 @@ def conv_of_constant(
       input_hw, (kh, kw), strides, padding, kernel_dilation, strict=True
     )
   )
-  w_eff = jnp.einsum("it,ju,tuno->ijno", rows, cols, kernel)
-  return jnp.einsum("bn,ijno->bijo", offset, w_eff)
+  w_eff = jnp.einsum(
+    "it,ju,tuno->ijno", rows, cols, kernel, precision=precision
+  )
+  return jnp.einsum("bn,ijno->bijo", offset, w_eff, precision=precision)
 
 
 def flatten_dense_of_constant(
-  offset: jax.Array, kernel: jax.Array, input_hw: tuple[int, int]
+  offset: jax.Array,
+  kernel: jax.Array,
+  input_hw: tuple[int, int],
+  *,
+  precision=None,
 ) -> jax.Array:
   """A bias-free Dense layer of a flattened, per-channel constant image.
 
@@ -482,14 +587,20 @@ def flatten_dense_of_constant(
     offset: ``[B, n]`` per-channel values.
     kernel: ``[H * W * n, J]``, the kernel of the Dense layer.
     input_hw: ``(H, W)`` of the image that was flattened (row-major NHWC).
+    precision: of both contractions, as in ``jnp.einsum``; ``None`` reads
+      the ambient default when traced.
 
   Returns:
     ``[B, J]``.
   """
+  precision = resolve_precision(precision)
   h, w = input_hw
   # The spatial sum as a matmul: XLA:CPU reduces a leading axis far slower.
   positions = jnp.ones((h * w,), kernel.dtype)
   w_sum = jnp.einsum(
-    "p,pnj->nj", positions, kernel.reshape(h * w, -1, kernel.shape[-1])
+    "p,pnj->nj",
+    positions,
+    kernel.reshape(h * w, -1, kernel.shape[-1]),
+    precision=precision,
   )
-  return offset @ w_sum
+  return jnp.matmul(offset, w_sum, precision=precision)
