@@ -11,15 +11,29 @@ of disentanglement_lib (``num_factors``, ``factors_num_values``,
 ``observation_shape``, ``sample_factors``, ``sample_observations_from_factors``,
 ``sample``) that the disentanglement metrics consume.
 
-The procedural images are *not* the original pixels. The factor grid, index
-order and factor values are the original ones, but the sprites are drawn from
-analytic shapes: a square, an ellipse with a 2:1 aspect ratio, and a heart
-from the implicit curve ``(x^2 + y^2 - 1)^3 - x^2 y^3 <= 0`` (the original
-heart outline is not published). Each sprite's circumscribed radius is
-``15 * scale`` pixels; orientation turns it counter-clockwise on screen;
-posX moves its centre right (column ``16 + 31 * posX``) and posY moves it
-down (row ``16 + 31 * posY``), one pixel per position step, so every sprite
-stays inside the canvas. A pixel is on when its centre lies in the shape.
+The procedural images are the real ones, up to a few outline pixels. Their
+geometry was fitted to 160 frames of the real data set with their factor
+classes (``tests/data/dsprites_real_frames.npz``, from the data set's own
+animation; fitted on half of them, checked on the other half): per frame,
+`render` differs from the real image by a median of 0 and at most 4 pixels
+for squares, 0 and 2 for ellipses, 0 and 6 for hearts (``python -m
+bench.dsprites_fidelity``; docs/data.md). The fitted geometry, in pixel-centre
+coordinates (pixel ``(row, col)`` is the point ``x = col``, ``y = row``):
+
+- posX and posY move the sprite's centre right and down from (15.5, 15.5) by
+  32/31 px per class (centre ``15.5 + 32 * pos`` for the position value
+  ``pos`` in [0, 1]); orientation turns the sprite counter-clockwise on
+  screen about that centre by its value, ``2 pi * class / 39``; scale (0.5 to
+  1) multiplies every length below, given at scale 1.
+- Square: side 19.2 px. Ellipse: semi-axes 12.77 px (horizontal at
+  orientation 0) and 7.21 px. Heart, tip down: the curve ``x = 16 sin^3 t``,
+  ``y = 13 cos t - 5 cos 2t - 2 cos 3t - cos 4t`` scaled by 0.6 px in x and
+  0.66 px in y, its origin 1.45 px above the centre.
+- A pixel is on when its centre lies in the shape.
+
+`render` is the one definition of these shapes, in ``jax.numpy``: pure and
+jittable, so a jitted step can draw batches on the device;
+`ProceduralDSprites` draws through it, jitted on the CPU.
 """
 
 from __future__ import annotations
@@ -31,6 +45,8 @@ import zipfile
 import zlib
 from collections.abc import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from vae_attn.data import base
@@ -47,15 +63,24 @@ SCALE_VALUES = np.linspace(0.5, 1.0, 6)
 ORIENTATION_VALUES = np.linspace(0.0, 2 * np.pi, 40)
 POSITION_VALUES = np.linspace(0.0, 1.0, 32)
 
-# Sprite geometry: a sprite is drawn in a _WINDOW x _WINDOW box centred on
-# its pixel (_HALF, _HALF) and pasted at offset (posY, posX) classes.
-_WINDOW = IMAGE_SIZE - FACTORS_NUM_VALUES[3] + 1  # 33
-_HALF = _WINDOW // 2  # 16
-_RADIUS = 15.0  # circumscribed radius in pixels at scale 1.
-_TOLERANCE = 1e-9
-# Heart curve: bounding box centre and circumscribed radius about it.
-_HEART_SHIFT = 0.118
-_HEART_RADIUS = 1.3366
+# Geometry of the real images (see the module docstring), fitted to real
+# frames by bench/dsprites_fidelity.py; lengths in pixels at scale 1.
+_CENTRE = 15.5  # sprite centre at position class 0 (pixel-centre coordinate)
+_STEP = 32 / 31  # pixels per position class
+_SQUARE_HALF_SIDE = 9.6
+_ELLIPSE_SEMI_AXES = (12.77, 7.21)  # along u (right at orientation 0), v
+_HEART_SCALE = (0.6, 0.66)  # pixels per unit of the curve's x and y
+_HEART_RAISE = 1.45  # the curve's origin above the sprite centre
+# Exact coordinates: positions in 1/62 px (62 * (15.5 + 32 k / 31) = 961 +
+# 64 k is an integer) and cos, sin rounded to multiples of 1/2048, so a pixel
+# centre's offsets u, v from the sprite centre, in 1/(62 * 2048) px, are
+# integers below 2^24: exact in float32 whatever a backend fuses.
+_POSITION_UNIT = 62
+_ROTATION_UNIT = 2048
+# ProceduralDSprites.render: images per jitted call, drawn as uint8 and cast
+# by NumPy (on 2 CPU cores, about 2x faster than drawing float32 or than
+# 2048 images per call).
+_CHUNK = 1024
 
 
 def _integers(random_state, high: int, size) -> np.ndarray:
@@ -149,37 +174,124 @@ def latents_values(indices=None) -> np.ndarray:
   )
 
 
-def _unit_shape_masks(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-  """Membership of points (unit circumradius frame) in the three shapes.
+def _geometry_tables() -> dict[str, np.ndarray]:
+  """Per-class constants of `render` (float32, read-only)."""
+  position = _POSITION_UNIT * (_CENTRE + _STEP * np.arange(32))
+  size = SCALE_VALUES * _POSITION_UNIT * _ROTATION_UNIT  # 1 px at each scale
+  tables = {
+    "centre": np.round(position),  # 961 + 64 k
+    # 2 pi (class 39) rounds to cos 2048, sin 0: the same image as class 0.
+    "cos": np.round(_ROTATION_UNIT * np.cos(ORIENTATION_VALUES)),
+    "sin": np.round(_ROTATION_UNIT * np.sin(ORIENTATION_VALUES)),
+    "square": _SQUARE_HALF_SIDE * size,
+    "ellipse_u": 1 / (_ELLIPSE_SEMI_AXES[0] * size),
+    "ellipse_v": 1 / (_ELLIPSE_SEMI_AXES[1] * size),
+    "heart_u": 1 / (16 * _HEART_SCALE[0] * size),
+    "heart_v": 1 / (_HEART_SCALE[1] * size),
+  }
+  tables = {k: v.astype(np.float32) for k, v in tables.items()}
+  for value in tables.values():
+    value.setflags(write=False)
+  return tables
+
+
+_TABLES = _geometry_tables()
+
+
+def _inside_heart(x: jax.Array, y: jax.Array) -> jax.Array:
+  """Whether points lie inside the heart curve (curve units, x over 16).
+
+  The curve is ``16 sin^3 t``, ``P(cos t)`` with ``P(c) = 13 c - 5 cos 2t -
+  2 cos 3t - cos 4t = -8 c^4 - 8 c^3 - 2 c^2 + 19 c + 4``. A vertical line at
+  ``|x| = s^3`` (``x`` here is the curve's x over 16, ``s = sin t`` in [0,
+  1]) crosses its right half twice, at ``t`` and ``pi - t``, so the inside
+  there is ``P(-c) <= y <= P(c)`` with ``c = sqrt(1 - s^2)``.
+  """
+  a = jnp.abs(x)
+  # Cube root as exp(log / 3) (log 0 = -inf gives 0): XLA:CPU runs jnp.cbrt
+  # element by element, 4x slower.
+  s = jnp.exp(jnp.log(jnp.minimum(a, 1.0)) / 3)
+  c2 = jnp.maximum(1 - s * s, 0.0)
+  even = (-8 * c2 - 2) * c2 + 4
+  odd = (19 - 8 * c2) * jnp.sqrt(c2)
+  return (a <= 1) & (y <= even + odd) & (y >= even - odd)
+
+
+def render(
+  factor_classes: jax.typing.ArrayLike, dtype=jnp.float32
+) -> jax.Array:
+  """Draws the dSprites images of factor classes, in ``jax.numpy``.
+
+  The one definition of the shapes (geometry in the module docstring): pure,
+  jittable with static shapes, no Python loop over images, so a jitted train
+  step can draw its batch on the device from randomly drawn classes.
+  `ProceduralDSprites` renders through it (jitted on the CPU). Each pixel
+  costs a few dozen float32 operations (one rotation, the three shape tests
+  and a select); the whole 64 x 64 canvas is evaluated, which on XLA:CPU was
+  faster than evaluating a window around the sprite and pasting it.
+
+  Coordinates are exact (see ``_POSITION_UNIT``); cos and sin rounded to
+  1/2048 move outlines by at most 0.004 px. The square test is therefore
+  exact on every backend; the ellipse and heart tests round like any float32
+  expression, so two backends can disagree only on pixel centres within
+  about 1e-6 px of an outline.
+
+  Args:
+    factor_classes: int ``[N, 5]`` classes of (shape, scale, orientation,
+      posX, posY). NumPy or Python input is range-checked; a ``jax.Array``
+      (e.g. traced inside jit) is not, and out-of-range classes then clamp to
+      the nearest valid one.
+    dtype: output dtype (static under jit).
 
   Returns:
-    bool ``[3, ...]``: square, ellipse, heart.
+    ``dtype [N, 64, 64, 1]``: 1 on the sprite, 0 elsewhere.
+
+  Raises:
+    ValueError: ``factor_classes`` is not an integer ``[N, 5]`` array, or
+      (NumPy input) a class is out of range.
   """
-  side = 1 / math.sqrt(2) + _TOLERANCE
-  square = np.maximum(np.abs(u), np.abs(v)) <= side
-  ellipse = u**2 + (2 * v) ** 2 <= 1 + _TOLERANCE
-  x = u * _HEART_RADIUS
-  y = v * _HEART_RADIUS + _HEART_SHIFT
-  heart = (x**2 + y**2 - 1) ** 3 - x**2 * y**3 <= _TOLERANCE
-  return np.stack([square, ellipse, heart])
+  if not isinstance(factor_classes, jax.Array):
+    factor_classes = check_factors(factor_classes, FACTORS_NUM_VALUES)
+    factor_classes = factor_classes.astype(np.int32)
+  classes = jnp.asarray(factor_classes)
+  if classes.ndim != 2 or classes.shape[1] != len(FACTORS_NUM_VALUES):
+    raise ValueError(
+      f"factor_classes must have shape [N, 5], got {classes.shape}."
+    )
+  if not jnp.issubdtype(classes.dtype, jnp.integer):
+    raise ValueError(
+      f"factor_classes must be integer classes, got {classes.dtype}."
+    )
+  tables = {k: jnp.asarray(v) for k, v in _TABLES.items()}
+  shape, scale, orientation, pos_x, pos_y = classes.astype(jnp.int32).T
+  pixel = _POSITION_UNIT * jnp.arange(IMAGE_SIZE, dtype=jnp.float32)
+  x = pixel - tables["centre"][pos_x][:, None]  # [N, 64] per column, right
+  y = tables["centre"][pos_y][:, None] - pixel  # [N, 64] per row, up
+  cos = tables["cos"][orientation][:, None]
+  sin = tables["sin"][orientation][:, None]
+  # Turning the shape by +theta = turning the pixel centres by -theta.
+  u = (cos * x)[:, None, :] + (sin * y)[:, :, None]  # [N, 64, 64]
+  v = (cos * y)[:, :, None] - (sin * x)[:, None, :]
+
+  def per_scale(name):
+    return tables[name][scale][:, None, None]
+
+  square = jnp.maximum(jnp.abs(u), jnp.abs(v)) <= per_scale("square")
+  ellipse = (
+    jnp.square(u * per_scale("ellipse_u"))
+    + jnp.square(v * per_scale("ellipse_v"))
+    <= 1
+  )
+  heart = _inside_heart(
+    u * per_scale("heart_u"),
+    v * per_scale("heart_v") - _HEART_RAISE / _HEART_SCALE[1],
+  )
+  shape = shape[:, None, None]
+  inside = jnp.where(shape == 0, square, jnp.where(shape == 1, ellipse, heart))
+  return inside.astype(dtype)[..., None]
 
 
-def render_sprites() -> np.ndarray:
-  """Renders every (shape, scale, orientation) sprite in its 33 x 33 box.
-
-  Returns:
-    bool ``[3, 6, 40, 33, 33]``; the sprite centre is pixel (16, 16).
-  """
-  grid = np.arange(_WINDOW) - _HALF
-  dx = grid[None, :].astype(np.float64)  # columns, right
-  dy = -grid[:, None].astype(np.float64)  # rows, up on screen
-  theta = np.mod(ORIENTATION_VALUES, 2 * np.pi)[:, None, None]
-  cos, sin = np.cos(theta), np.sin(theta)
-  # Rotating the shape by +theta = rotating the sample points by -theta.
-  u = cos * dx + sin * dy  # [40, 33, 33]
-  v = -sin * dx + cos * dy
-  scale = (_RADIUS * SCALE_VALUES)[:, None, None, None]  # [6, 1, 1, 1]
-  return _unit_shape_masks(u[None] / scale, v[None] / scale)
+_render_jit = jax.jit(render, static_argnames="dtype")
 
 
 class _GroundTruth(abc.ABC):
@@ -241,9 +353,10 @@ class _GroundTruth(abc.ABC):
 class ProceduralDSprites(_GroundTruth):
   """All 737,280 dSprites images, rendered on demand (no file needed).
 
-  The 720 sprites are drawn once at construction (milliseconds); an image is
-  a zero canvas with its sprite pasted at (posY, posX), so batches of any
-  size render in a few vectorised numpy operations.
+  Images are drawn by `render`, the shape definition a device step uses too
+  (jitted on the CPU, 1,024 images per call), so both give the same pixels.
+  They match the real data set up to a few outline pixels: validated against
+  160 real frames, see the module docstring and docs/data.md.
 
   Example:
 
@@ -254,10 +367,6 @@ class ProceduralDSprites(_GroundTruth):
 
   name = "dsprites_procedural"
   _num_values = FACTORS_NUM_VALUES
-
-  def __init__(self):
-    self._sprites = render_sprites().astype(np.float32)
-    self._sprites.setflags(write=False)
 
   def __len__(self) -> int:
     return NUM_IMAGES
@@ -282,18 +391,26 @@ class ProceduralDSprites(_GroundTruth):
   def render(self, factors, dtype=np.float32) -> np.ndarray:
     """Renders factor classes ``[N, 5]`` into images ``[N, 64, 64, 1]``.
 
+    `render` jitted on the CPU, in calls of at most 1,024 images drawn as
+    uint8 (padded to a power of two, so at most 11 programs are compiled).
+
     Args:
       factors: int classes of (shape, scale, orientation, posX, posY).
       dtype: output dtype (e.g. ``np.uint8`` to render the whole set in 3 GB).
+
+    Raises:
+      ValueError: ``factors`` is not an integer ``[N, 5]`` array of classes
+        in range.
     """
-    factors = check_factors(factors, FACTORS_NUM_VALUES)
-    num = len(factors)
-    images = np.zeros((num, IMAGE_SIZE, IMAGE_SIZE, 1), dtype=dtype)
-    window = np.arange(_WINDOW)
-    rows = factors[:, 4, None, None] + window[None, :, None]
-    cols = factors[:, 3, None, None] + window[None, None, :]
-    sprites = self._sprites[factors[:, 0], factors[:, 1], factors[:, 2]]
-    images[np.arange(num)[:, None, None], rows, cols, 0] = sprites
+    factors = check_factors(factors, FACTORS_NUM_VALUES).astype(np.int32)
+    images = np.empty((len(factors), IMAGE_SIZE, IMAGE_SIZE, 1), dtype)
+    cpu = jax.local_devices(backend="cpu")[0]
+    for start in range(0, len(factors), _CHUNK):
+      chunk = factors[start : start + _CHUNK]
+      padded = np.zeros((1 << (len(chunk) - 1).bit_length(), 5), np.int32)
+      padded[: len(chunk)] = chunk
+      drawn = _render_jit(jax.device_put(padded, cpu), dtype=np.uint8)
+      images[start : start + len(chunk)] = np.asarray(drawn)[: len(chunk)]
     return images
 
   def __repr__(self) -> str:
