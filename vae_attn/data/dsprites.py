@@ -230,11 +230,12 @@ def render(
   and a select); the whole 64 x 64 canvas is evaluated, which on XLA:CPU was
   faster than evaluating a window around the sprite and pasting it.
 
-  Coordinates are exact (see ``_POSITION_UNIT``); cos and sin rounded to
-  1/2048 move outlines by at most 0.004 px. The square test is therefore
-  exact on every backend; the ellipse and heart tests round like any float32
-  expression, so two backends can disagree only on pixel centres within
-  about 1e-6 px of an outline.
+  Coordinates are exact (see ``_POSITION_UNIT``), so the square test gives
+  the same pixels on every backend; the ellipse and heart tests round like
+  any float32 expression, so two backends can disagree only on pixel centres
+  within about 1e-6 px of those outlines. Rounding cos and sin to 1/2048
+  moves outlines by at most 0.005 px: of 20,000 random images, 5 % differ
+  from a float64 evaluation with exact cos and sin, by 1 to 3 pixels.
 
   Args:
     factor_classes: int ``[N, 5]`` classes of (shape, scale, orientation,
@@ -404,12 +405,15 @@ class ProceduralDSprites(_GroundTruth):
     """
     factors = check_factors(factors, FACTORS_NUM_VALUES).astype(np.int32)
     images = np.empty((len(factors), IMAGE_SIZE, IMAGE_SIZE, 1), dtype)
-    cpu = jax.local_devices(backend="cpu")[0]
+    try:
+      device = jax.local_devices(backend="cpu")[0]
+    except RuntimeError:  # JAX_PLATFORMS without cpu: the default device.
+      device = None
     for start in range(0, len(factors), _CHUNK):
       chunk = factors[start : start + _CHUNK]
       padded = np.zeros((1 << (len(chunk) - 1).bit_length(), 5), np.int32)
       padded[: len(chunk)] = chunk
-      drawn = _render_jit(jax.device_put(padded, cpu), dtype=np.uint8)
+      drawn = _render_jit(jax.device_put(padded, device), dtype=np.uint8)
       images[start : start + len(chunk)] = np.asarray(drawn)[: len(chunk)]
     return images
 
