@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from eval import cli, figures, metrics, restore
-from vae_attn import anomaly
+from vae_attn import anomaly, runs
 from vae_attn import attention as attention_lib
 from vae_attn.data import pipeline
 
@@ -89,29 +89,21 @@ COLUMNS = (
 # ----------------------------------------------------------------------------
 
 
-def _from_config(config: Mapping[str, Any], *names: str) -> Any:
-  for name in names:
-    value = config.get(name)
-    if value not in (None, ""):
-      return value
-  return None
-
-
-def data_options(args: argparse.Namespace, config: Mapping[str, Any]) -> dict:
-  """Dataset, root and category: flags, else the training config."""
-  dataset = args.dataset or _from_config(config, "dataset", "data")
-  if dataset in (None, "mvtec_textures", "synthetic"):
+def data_options(args: argparse.Namespace, spec: runs.RunSpec | None) -> dict:
+  """Dataset, folder and category: the flags, else the run spec's."""
+  kwargs = dict(spec.data_kwargs) if spec is not None else {}
+  dataset = args.dataset or (spec.data if spec is not None else None)
+  if dataset is None:
     dataset = "textures"
   if dataset not in DATASETS:
     raise ValueError(
       f"Localization needs pixel masks; dataset {dataset!r} has none. Pass "
-      f"--dataset as one of {DATASETS} (with --root for real data)."
+      f"--dataset as one of {DATASETS} (with --data-dir for real data)."
     )
-  root = args.root or _from_config(
-    config, "data_root", "root", "data_dir", "data_path"
-  )
-  category = args.category or _from_config(config, "category")
-  return {"dataset": dataset, "root": root, "category": category}
+  same_data = spec is not None and dataset == spec.data
+  root = args.root or (spec.data_dir if same_data else None) or None
+  category = args.category or (kwargs.get("category") if same_data else None)
+  return {"dataset": dataset, "root": root, "category": category or None}
 
 
 def load_splits(
@@ -554,7 +546,12 @@ def _parser() -> argparse.ArgumentParser:
     choices=DATASETS,
     help="test data (default: the training config's, else textures)",
   )
-  p.add_argument("--root", help="data set folder (default: the config's)")
+  p.add_argument(
+    "--data-dir",
+    "--root",
+    dest="root",
+    help="data set folder (default: the run's, from its spec.json)",
+  )
   p.add_argument("--category", help="MVTec-AD / textures category")
   p.add_argument(
     "--layers", nargs="+", help="attention layer(s) (default: the paper's)"
@@ -594,7 +591,7 @@ def evaluate(args: argparse.Namespace) -> dict:
   """Runs everything for parsed flags; returns the results dict."""
   start = time.perf_counter()
   run = restore.load_run(args.workdir, step=args.step)
-  opts = data_options(args, run.config)
+  opts = data_options(args, run.spec)
   size = run.input_shape[:2]
   test_source, train_source, category = load_splits(
     opts["dataset"], opts["root"], opts["category"], size

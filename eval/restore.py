@@ -1,19 +1,18 @@
 """Rebuilds a trained VAE from a training workdir, for the eval drivers.
 
-``load_run(workdir)`` restores the latest checkpoint written by any trainer
-(``train.factorvae``, ``train.oneclass``) through
-``train.common.load_checkpoint`` and rebuilds the model from the restored
-parameters themselves: the architecture, latent size and input size are read
-off the parameter shapes, so the drivers do not depend on one trainer's
-config schema. ``init_model`` builds a randomly initialised model for demos.
+``load_run(workdir)`` restores the newest good checkpoint written by any
+trainer (``train.factorvae``, ``train.oneclass``) through
+``vae_attn.runs.restore``, onto the current devices (a run trained on 8
+devices or by several processes evaluates on one), and rebuilds the model
+from the run spec saved with it (``vae_attn.runs.RunSpec``: model name and
+arguments, input shape, data source and folder, layer): nothing is inferred.
+``init_model`` builds a randomly initialised model for demos.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import os
-import pathlib
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -22,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_attn import anomaly, models
+from vae_attn import anomaly, models, runs
 
 # Input shape [H, W, C] of each architecture (the ResNet's size varies).
 INPUT_SHAPES = {
@@ -47,6 +46,8 @@ class Run(NamedTuple):
     latent_stats: the normal-data statistics saved by a one-class trainer,
       or ``None``.
     workdir: the workdir it came from, or ``None``.
+    spec: the run spec (model, data source and folder, layer), or ``None``
+      without a workdir.
   """
 
   name: str
@@ -58,6 +59,7 @@ class Run(NamedTuple):
   step: int
   latent_stats: anomaly.LatentStats | None
   workdir: str | None
+  spec: runs.RunSpec | None = None
 
   @property
   def encode_fn(self):
@@ -66,7 +68,9 @@ class Run(NamedTuple):
 
   @property
   def default_layer(self) -> str:
-    """The paper's attention layer of this architecture."""
+    """The run's attention layer (its spec), else the paper's for the model."""
+    if self.spec is not None and self.spec.layer:
+      return self.spec.layer
     return models.DEFAULT_LAYERS[self.name]
 
   def reconstruct(self, x: jax.Array) -> jax.Array:
@@ -74,46 +78,6 @@ class Run(NamedTuple):
     mu, _ = self.encode_fn(self.variables, x)
     logits = self.model.apply(self.variables, mu, method=self.model.decode)
     return jax.nn.sigmoid(logits)
-
-
-def infer_architecture(params: Mapping[str, Any]) -> tuple[str, dict, tuple]:
-  """Reads the architecture off a VAE's parameter tree.
-
-  Args:
-    params: the ``params`` collection of a ``vae_attn.models`` VAE (with
-      top-level ``encoder`` and ``decoder``); arrays or shape structs.
-
-  Returns:
-    ``(name, make_model kwargs, input_shape)``.
-
-  Raises:
-    ValueError: the tree is not one of the paper's VAEs.
-  """
-  if "encoder" not in params or "decoder" not in params:
-    raise ValueError(
-      f"Not a vae_attn VAE parameter tree (top-level keys {sorted(params)}); "
-      "pass the workdir of a train.factorvae or train.oneclass run."
-    )
-  enc = params["encoder"]
-  shape = lambda leaf: tuple(getattr(leaf, "shape", None) or np.shape(leaf))
-  latent_dim = int(shape(enc["head"]["mu"]["kernel"])[-1])
-  if "stem" in enc:
-    # ResNet-18 head: flatten (S / 32)^2 * 512 -> Linear.
-    fan_in = int(shape(enc["head"]["fc1"]["kernel"])[0])
-    side = math.isqrt(fan_in // 512) * 32
-    return (
-      "resnet18",
-      {"latent_dim": latent_dim, "image_size": side},
-      (side, side, 3),
-    )
-  num_convs = sum(1 for k in enc if k.startswith("conv"))
-  name = {2: "mnist", 3: "ped1", 4: "factorvae"}.get(num_convs)
-  if name is None:
-    raise ValueError(
-      f"Unknown encoder with {num_convs} conv blocks ({sorted(enc)}); "
-      f"expected one of the architectures {sorted(models.MODELS)}."
-    )
-  return name, {"latent_dim": latent_dim}, INPUT_SHAPES[name]
 
 
 def _vae_variables(state: Mapping[str, Any]) -> dict:
@@ -145,55 +109,51 @@ def _latent_stats(value: Any) -> anomaly.LatentStats | None:
   return None
 
 
-def _checkpoint_items(workdir: str | os.PathLike, step: int) -> list[str]:
-  step_dir = pathlib.Path(workdir).absolute() / "ckpt" / str(step)
-  if not step_dir.is_dir():
-    return ["state", "config"]
-  return sorted(
-    p.name for p in step_dir.iterdir() if p.is_dir() and p.name[0] not in "._"
-  )
-
-
 def load_run(workdir: str | os.PathLike, *, step: int | None = None) -> Run:
   """Restores the VAE of a training workdir.
 
   Args:
     workdir: the ``--workdir`` of a ``train.factorvae`` or ``train.oneclass``
-      run (holding ``ckpt/``).
-    step: checkpoint step (default: the latest).
+      run (holding ``spec.json`` and ``ckpt/``).
+    step: checkpoint step (default: the newest complete, readable and finite
+      one; damaged newer steps are skipped with a warning).
 
   Returns:
     A :class:`Run`. Extra checkpoint items named ``latent_stats`` become
     ``Run.latent_stats``.
 
   Raises:
-    FileNotFoundError: the workdir holds no checkpoint; the message says
-      where it looked.
+    FileNotFoundError: the workdir holds no run; the message says where it
+      looked.
+    vae_attn.runs.CheckpointError: no checkpoint is usable (each step and
+      why is named).
   """
-  from train import common  # Deferred: importing train pulls in orbax.
-
   workdir = str(workdir)
-  if not (pathlib.Path(workdir) / common.CKPT_DIR).is_dir():
+  if not runs.ckpt_dir(workdir).is_dir():
     raise FileNotFoundError(
-      f"No checkpoints in {os.path.join(workdir, common.CKPT_DIR)}: pass the "
-      "--workdir of a finished training run (python -m train.oneclass or "
-      "python -m train.factorvae)."
+      f"No checkpoints in {runs.ckpt_dir(workdir)}: pass the --workdir of a "
+      "finished training run (python -m train.oneclass or python -m "
+      "train.factorvae)."
     )
-  latest, _ = common.load_checkpoint(workdir, step=step, items=("config",))
-  items = _checkpoint_items(workdir, latest)
-  step, restored = common.load_checkpoint(workdir, step=latest, items=items)
+  spec = runs.read_spec(workdir)
+  step, restored = runs.restore(
+    workdir,
+    items=("state", "config"),
+    optional_items=("latent_stats",),
+    step=step,
+  )
   variables = _vae_variables(restored["state"])
-  name, kwargs, input_shape = infer_architecture(variables["params"])
   return Run(
-    name=name,
-    model=models.make_model(name, **kwargs),
+    name=spec.model,
+    model=models.make_model(spec.model, **spec.model_kwargs),
     variables=variables,
-    input_shape=input_shape,
-    latent_dim=kwargs["latent_dim"],
+    input_shape=tuple(spec.input_shape),
+    latent_dim=int(spec.model_kwargs.get("latent_dim", 32)),
     config=dict(restored.get("config") or {}),
     step=int(step),
     latent_stats=_latent_stats(restored.get("latent_stats")),
     workdir=workdir,
+    spec=spec,
   )
 
 

@@ -1,5 +1,6 @@
 """Tests of ``python -m eval.explain`` (random models, embedded images)."""
 
+import dataclasses
 import json
 
 import jax
@@ -9,7 +10,7 @@ import pytest
 from PIL import Image
 
 from eval import explain, restore
-from vae_attn import models
+from vae_attn import runs
 
 
 def test_no_flags_demo_writes_the_grid(tmp_path):
@@ -64,28 +65,23 @@ def test_pick_latents():
   )
 
 
-@pytest.mark.parametrize(
-  "name,kwargs",
-  [
-    ("mnist", {}),
-    ("factorvae", {}),
-    ("resnet18", {"image_size": 64}),
-  ],
-)
-def test_architecture_is_read_off_the_parameters(name, kwargs):
-  model = models.make_model(name, latent_dim=3, **kwargs)
-  side = kwargs.get("image_size")
-  input_shape = (side, side, 3) if side else restore.INPUT_SHAPES[name]
-  x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-  key = jax.random.key(0)
-  variables = jax.eval_shape(model.init, key, x, key)  # Shapes only.
-  got = restore.infer_architecture(variables["params"])
-  assert got == (name, {"latent_dim": 3, **kwargs}, input_shape)
+def test_a_run_is_rebuilt_from_its_spec_not_its_parameters(tmp_path):
+  from train import factorvae, loop
 
-
-def test_unknown_parameter_tree_is_refused():
-  with pytest.raises(ValueError, match="Not a vae_attn VAE"):
-    restore.infer_architecture({"dense": {}})
+  config = dataclasses.replace(
+    factorvae.PRESETS["smoke"], num_steps=2, latent_dim=3, score=False
+  )
+  loop.train_and_evaluate(config, tmp_path, factorvae.make_trainer(config))
+  run = restore.load_run(tmp_path)
+  assert (run.name, run.latent_dim, run.input_shape) == (
+    "factorvae",
+    3,
+    (64, 64, 1),
+  )
+  assert run.spec.data == "procedural" and run.default_layer == "encoder/conv1"
+  (tmp_path / runs.SPEC_NAME).unlink()
+  with pytest.raises(FileNotFoundError, match="spec.json is missing"):
+    restore.load_run(tmp_path)
 
 
 def test_difference_code_averages_eq5_draws_and_needs_statistics(capsys):

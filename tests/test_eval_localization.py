@@ -5,12 +5,11 @@ import json
 import os
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from eval import localization, restore
-from train import common, oneclass
-from vae_attn import anomaly
+from train import oneclass
+from vae_attn import anomaly, runs
 from vae_attn.data import textures
 
 
@@ -27,23 +26,34 @@ def texture_root(tmp_path_factory):
 
 
 def _write_checkpoint(workdir, run, *, with_stats):
-  """A one-class checkpoint in the trainers' orbax layout."""
+  """A one-class run directory as the trainers write it (vae_attn.runs)."""
   state = {"step": np.int32(2), "params": run.variables["params"]}
   if "batch_stats" in run.variables:
     state["batch_stats"] = run.variables["batch_stats"]
-  items = {
-    "state": ocp.args.StandardSave(state),
-    "config": ocp.args.JsonSave({"dataset": "textures", "category": "brick"}),
-  }
+  extras = {}
   if with_stats:
     d = run.latent_dim
-    stats = anomaly.LatentStats(
+    extras["latent_stats"] = anomaly.LatentStats(
       np.zeros(d, np.float32), np.ones(d, np.float32), np.float32(4)
     )
-    items["latent_stats"] = ocp.args.StandardSave(stats)
-  with common.checkpoint_manager(workdir) as mngr:
-    mngr.save(2, args=ocp.args.Composite(**items))
-    mngr.wait_until_finished()
+  kwargs = {"latent_dim": run.latent_dim}
+  if run.name == "resnet18":
+    kwargs["image_size"] = run.input_shape[0]
+  spec = runs.RunSpec(
+    trainer="oneclass",
+    model=run.name,
+    model_kwargs=kwargs,
+    input_shape=run.input_shape,
+    data="textures",
+    data_kwargs={"category": "brick"},
+  )
+  os.makedirs(workdir, exist_ok=True)
+  runs.write_json(workdir / runs.SPEC_NAME, spec.to_dict())
+  config = {"dataset": "textures", "category": "brick"}
+  with runs.checkpoint_manager(workdir) as mngr:
+    runs.save(
+      mngr, 2, state=state, config=config, spec=spec, extras=extras, wait=True
+    )
   return str(workdir)
 
 

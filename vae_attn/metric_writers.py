@@ -57,6 +57,13 @@ class MetricWriter:
       missing.
     tensorboard: also write TensorBoard event files (tensorboardX).
     enabled: ``False`` makes every method a no-op (non-zero processes).
+    resume_step: the step a resumed run restarts from: rows of later steps
+      (logged after that checkpoint, before a crash) are removed from
+      ``metrics.jsonl`` and purged from TensorBoard, so after any crash and
+      resume every logged step appears exactly once.
+
+  Every ``write_scalars`` line is flushed to disk at once, so a killed run
+  loses no row it logged.
   """
 
   def __init__(
@@ -65,6 +72,7 @@ class MetricWriter:
     *,
     tensorboard: bool = True,
     enabled: bool = True,
+    resume_step: int | None = None,
   ):
     self._enabled = enabled
     self._jsonl = None
@@ -72,6 +80,8 @@ class MetricWriter:
     if not enabled:
       return
     os.makedirs(logdir, exist_ok=True)
+    if resume_step is not None:
+      truncate(logdir, resume_step)
     self._jsonl = open(  # noqa: SIM115 (closed in close())
       os.path.join(logdir, JSONL_NAME), "a", encoding="utf-8"
     )
@@ -79,7 +89,8 @@ class MetricWriter:
       import tensorboardX  # Deferred: only writers that use it pay for it.
 
       self._tb = tensorboardX.SummaryWriter(
-        os.path.join(logdir, TENSORBOARD_DIR)
+        os.path.join(logdir, TENSORBOARD_DIR),
+        purge_step=None if resume_step is None else resume_step + 1,
       )
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
@@ -95,6 +106,7 @@ class MetricWriter:
     record = {"step": int(step)}
     record.update({k: _json_number(v) for k, v in values.items()})
     self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
     if self._tb is not None:
       for name, value in values.items():
         self._tb.add_scalar(name, value, global_step=int(step))
@@ -171,3 +183,38 @@ def read_scalars(logdir: str | os.PathLike) -> list[dict[str, Any]]:
         }
       )
   return records
+
+
+def truncate(logdir: str | os.PathLike, last_step: int) -> int:
+  """Removes the ``metrics.jsonl`` rows of steps after ``last_step``.
+
+  The file is rewritten atomically; a torn last line (a kill mid-write) is
+  dropped too.
+
+  Returns:
+    The number of rows removed.
+  """
+  path = os.path.join(logdir, JSONL_NAME)
+  if not os.path.exists(path):
+    return 0
+  kept, removed = [], 0
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        step = json.loads(line)["step"]
+      except (json.JSONDecodeError, KeyError, TypeError):
+        removed += 1
+        continue
+      if step > last_step:
+        removed += 1
+      else:
+        kept.append(line if line.endswith("\n") else line + "\n")
+  if removed:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
+    _log.info(
+      "Removed %d log rows after step %d from %s.", removed, last_step, path
+    )
+  return removed

@@ -1,0 +1,166 @@
+"""Run directories (vae_attn.runs): damaged checkpoints, locks, full disks.
+
+Each damage a crash or a bad disk can leave is tried on the newest step of a
+real training run; the restore must fall back to the newest good step, say
+which step it skipped and why, and never advise deleting anything.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import shutil
+
+import chex
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.test_train_common import ToyConfig, make_toy_trainer
+from train import loop
+from vae_attn import metric_writers, runs
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A toy run with good checkpoints at steps 3 and 6 (kept as a template)."""
+  workdir = tmp_path_factory.mktemp("template")
+  config = ToyConfig(num_steps=6, checkpoint_every=3)
+  state = loop.train_and_evaluate(config, workdir, make_toy_trainer(config))
+  return workdir, state
+
+
+def _copy(trained, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(trained[0], workdir)
+  return workdir
+
+
+def _files(root, pattern):
+  return sorted(p for p in root.rglob(pattern) if p.is_file())
+
+
+def _truncate_data(step_dir):
+  for path in _files(step_dir / "state", "d/*"):
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+DAMAGES = {
+  "partial": (lambda d: shutil.rmtree(d / "state"), "partial"),
+  "truncated": (_truncate_data, "unreadable"),
+  "no_metadata": (lambda d: (d / "state" / "_METADATA").unlink(), "unread"),
+  "no_manifest": (
+    lambda d: (d / "state" / "manifest.ocdbt").unlink(),
+    "unreadable",
+  ),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_damaged_newest_step_falls_back_to_the_last_good_one(
+  damage, trained, tmp_path, caplog
+):
+  workdir = _copy(trained, tmp_path)
+  hurt, reason = DAMAGES[damage]
+  hurt(workdir / "ckpt" / "6")
+  with caplog.at_level(logging.WARNING):
+    step, restored = runs.restore(workdir)
+  assert step == 3
+  warning = caplog.text
+  assert "Skipped checkpoint step 6" in warning and reason in warning
+  assert "overwrite" not in warning.lower()
+  # Training resumes from step 3 and reaches the same parameters.
+  config = ToyConfig(num_steps=6, checkpoint_every=3)
+  state = loop.train_and_evaluate(config, workdir, make_toy_trainer(config))
+  chex.assert_trees_all_equal(state.params, trained[1].params)
+
+
+def test_non_finite_step_is_skipped(trained, tmp_path, caplog):
+  workdir = _copy(trained, tmp_path)
+  _, good = runs.restore(workdir, step=6)
+  poisoned = dict(good["state"])
+  poisoned["params"] = {"w": jnp.full((4, 1), jnp.nan)}
+  shutil.rmtree(workdir / "ckpt" / "6")
+  with runs.checkpoint_manager(workdir) as mngr:
+    runs.save(mngr, 6, state=poisoned, config=good["config"], wait=True)
+  with caplog.at_level(logging.WARNING):
+    step, restored = runs.restore(workdir)
+  assert step == 3
+  assert "non-finite values in ['state']['params']['w']" in caplog.text
+  chex.assert_tree_all_finite(restored["state"])
+
+
+def test_no_usable_step_names_each_and_advises_no_deletion(trained, tmp_path):
+  workdir = _copy(trained, tmp_path)
+  for step in (3, 6):
+    shutil.rmtree(workdir / "ckpt" / str(step) / "state")
+  with pytest.raises(runs.CheckpointError) as info:
+    runs.restore(workdir)
+  message = str(info.value)
+  assert "step 6: partial" in message and "step 3: partial" in message
+  assert "overwrite" not in message and "delete" not in message.lower()
+  assert "\n" not in message
+
+
+def test_a_second_trainer_in_the_same_workdir_is_refused(tmp_path):
+  with runs.lock(tmp_path):
+    with pytest.raises(runs.WorkdirLockedError, match="in use by pid"):
+      with runs.lock(tmp_path):
+        pass
+    config = ToyConfig(num_steps=2)
+    with pytest.raises(runs.WorkdirLockedError, match="--workdir"):
+      loop.train_and_evaluate(config, tmp_path, make_toy_trainer(config))
+  # Released with its holder: the same workdir trains now.
+  config = ToyConfig(num_steps=2)
+  loop.train_and_evaluate(config, tmp_path, make_toy_trainer(config))
+
+
+def test_disk_full_is_one_line_and_keeps_the_last_checkpoint(
+  trained, tmp_path, monkeypatch
+):
+  workdir = _copy(trained, tmp_path)
+
+  def full(*args, **kwargs):
+    raise RuntimeError("tensorstore write failed") from OSError(
+      errno.ENOSPC, "No space left on device"
+    )
+
+  with runs.checkpoint_manager(workdir) as mngr:
+    monkeypatch.setattr(mngr, "save", full)
+    with pytest.raises(runs.CheckpointWriteError) as info:
+      runs.save(mngr, 9, state={"x": np.zeros(2)}, config={})
+  message = str(info.value)
+  assert "disk is full" in message and "\n" not in message
+  assert "intact" in message and "delete" not in message.lower()
+  assert runs.restore(workdir)[0] == 6
+
+
+def test_read_only_run_directory_is_restored(trained, tmp_path):
+  workdir = _copy(trained, tmp_path)
+  for path in [workdir, *workdir.rglob("*")]:
+    path.chmod(0o555 if path.is_dir() else 0o444)
+  try:
+    step, restored = runs.restore(workdir)
+    assert step == 6 and restored["config"]["num_steps"] == 6
+  finally:
+    for path in [workdir, *workdir.rglob("*")]:
+      path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def test_resume_truncates_log_rows_after_the_restored_step(tmp_path):
+  with metric_writers.MetricWriter(tmp_path, tensorboard=False) as writer:
+    for step in (2, 4, 6):
+      writer.write_scalars(step, {"train/loss": step})
+  # A torn last line, as a kill during a write leaves.
+  with open(tmp_path / metric_writers.JSONL_NAME, "a") as f:
+    f.write('{"step": 8, "train/lo')
+  with metric_writers.MetricWriter(
+    tmp_path, tensorboard=False, resume_step=4
+  ) as writer:
+    writer.write_scalars(6, {"train/loss": 6.5})
+  rows = metric_writers.read_scalars(tmp_path)
+  assert [(r["step"], r["train/loss"]) for r in rows] == [
+    (2, 2.0),
+    (4, 4.0),
+    (6, 6.5),
+  ]
