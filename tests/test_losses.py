@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae_attn import losses
+from vae_attn import losses, models
+from vae_attn.attention import value_and_attention
 
 
 def test_bernoulli_nll_matches_manual_bce():
@@ -149,3 +150,27 @@ def test_l_ad_bad_arguments():
     losses.attention_disentanglement(maps, mode="pairs")
   with pytest.raises(ValueError, match=r"\[B, D, h, w\]"):
     losses.attention_disentanglement(maps[0], mode="all")
+
+
+def test_random_pair_ad_equals_the_loss_on_all_maps():
+  model = models.make_model("factorvae")
+  x = (np.random.default_rng(0).random((4, 64, 64, 1)) < 0.2).astype("f4")
+  variables = jax.jit(model.init)(jax.random.key(0), x, jax.random.key(1))
+  encode_fn = lambda v, x: model.apply(v, x, method=model.encode)
+  key = jax.random.key(7)
+
+  @jax.jit
+  def both(variables, x):
+    (mu, _), maps = value_and_attention(encode_fn, "encoder/conv1")(
+      variables, x
+    )
+    full = losses.attention_disentanglement(maps.per_latent, key)
+    (pair_mu, _), pair = losses.random_pair_ad(
+      encode_fn, "encoder/conv1", variables, x, key
+    )
+    return full, pair, mu, pair_mu
+
+  full, pair, mu, pair_mu = both(variables, x)
+  assert np.all(np.asarray(full) > 0)
+  np.testing.assert_allclose(pair, full, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(pair_mu, mu, rtol=1e-6, atol=1e-6)

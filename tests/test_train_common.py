@@ -22,8 +22,8 @@ import numpy as np
 import optax
 import pytest
 
-from train import common
-from vae_attn import metric_writers
+from train import common, distributed, flags, loop
+from vae_attn import metric_writers, runs
 from vae_attn.data import base, pipeline
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -65,7 +65,8 @@ def make_toy_trainer(
     params = {"w": jax.random.normal(key, (config.width, 1))}
     return common.TrainState.create(apply_fn=None, params=params, tx=tx)
 
-  def step(state, batch, key):
+  def step(state, batch, key, hparams):
+    del hparams
     key = jax.random.fold_in(key, state.step)
     noise = 0.01 * jax.random.normal(key, batch["y"].shape)
 
@@ -103,7 +104,9 @@ def make_toy_trainer(
     train_step=step,
     batches=batches,
     global_batch_size=8,
-    eval_fn=lambda state: {"w_norm": jnp.linalg.norm(state.params["w"])},
+    eval_fn=lambda state, config: {
+      "w_norm": jnp.linalg.norm(state.params["w"])
+    },
   )
 
 
@@ -114,7 +117,7 @@ def _steps(workdir) -> list[int]:
 
 
 def test_flags_are_generated_from_the_config():
-  config, workdir, overwrite = common.parse_flags(
+  config, workdir, overwrite = flags.parse_flags(
     [
       "--num-steps=3e2",
       "--learning_rate",
@@ -130,7 +133,7 @@ def test_flags_are_generated_from_the_config():
   )
   assert config == ToyConfig(num_steps=300, learning_rate=0.5, mode="b", flag=1)
   assert (workdir, overwrite) == ("/tmp/x", False)
-  config, _, overwrite = common.parse_flags(
+  config, _, overwrite = flags.parse_flags(
     ["--preset=long", "--no-flag", "--overwrite"],
     ToyConfig,
     TOY_PRESETS,
@@ -138,7 +141,7 @@ def test_flags_are_generated_from_the_config():
     default_preset="default",
   )
   assert config == ToyConfig(num_steps=100) and overwrite
-  config, _, _ = common.parse_flags(
+  config, _, _ = flags.parse_flags(
     ["--mode=b"],
     ToyConfig,
     {"a": ToyConfig(width=2), "b": ToyConfig(width=3)},
@@ -154,7 +157,7 @@ def test_flags_are_generated_from_the_config():
 )
 def test_bad_flags_exit_with_usage(argv, capsys):
   with pytest.raises(SystemExit):
-    common.parse_flags(
+    flags.parse_flags(
       argv, ToyConfig, TOY_PRESETS, prog="toy", default_preset="default"
     )
   assert "toy" in capsys.readouterr().err
@@ -165,7 +168,7 @@ def test_train_checkpoint_resume_and_no_retrace(tmp_path):
   trainer = make_toy_trainer(config)
   counted = chex.assert_max_traces(trainer.train_step, n=1)
   trainer = dataclasses.replace(trainer, train_step=counted)
-  state = common.train_and_evaluate(config, tmp_path / "a", trainer)
+  state = loop.train_and_evaluate(config, tmp_path / "a", trainer)
   assert int(state.step) == 6
   assert _steps(tmp_path / "a") == [3, 6]
   logs = metric_writers.read_scalars(tmp_path / "a")
@@ -177,30 +180,30 @@ def test_train_checkpoint_resume_and_no_retrace(tmp_path):
 
   # A second invocation continues from step 6, not from zero.
   longer = dataclasses.replace(config, num_steps=10, eval_every=4)
-  resumed = common.train_and_evaluate(longer, tmp_path / "a", trainer)
+  resumed = loop.train_and_evaluate(longer, tmp_path / "a", trainer)
   logs = metric_writers.read_scalars(tmp_path / "a")
   assert [r["step"] for r in logs if "train/loss" in r] == [2, 4, 6, 8, 10]
   assert [r["step"] for r in logs if "eval/w_norm" in r] == [6, 8, 10]
   assert _steps(tmp_path / "a") == [6, 9, 10]
 
-  straight = common.train_and_evaluate(longer, tmp_path / "b", trainer)
+  straight = loop.train_and_evaluate(longer, tmp_path / "b", trainer)
   chex.assert_trees_all_equal(resumed.params, straight.params)
   chex.assert_trees_all_equal(resumed.opt_state, straight.opt_state)
   # A finished run is not retrained.
-  again = common.train_and_evaluate(longer, tmp_path / "b", trainer)
+  again = loop.train_and_evaluate(longer, tmp_path / "b", trainer)
   assert int(again.step) == 10
 
 
 def test_other_config_in_workdir_is_a_clear_error(tmp_path):
   config = ToyConfig(num_steps=3)
-  common.train_and_evaluate(config, tmp_path, make_toy_trainer(config))
+  loop.train_and_evaluate(config, tmp_path, make_toy_trainer(config))
   other = dataclasses.replace(config, learning_rate=0.01)
   with pytest.raises(common.ConfigMismatchError, match="learning_rate"):
-    common.train_and_evaluate(other, tmp_path, make_toy_trainer(other))
+    loop.train_and_evaluate(other, tmp_path, make_toy_trainer(other))
   # The old run's config is untouched by the failed attempt.
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["learning_rate"] == 0.1
-  state = common.train_and_evaluate(
+  state = loop.train_and_evaluate(
     other, tmp_path, make_toy_trainer(other), overwrite=True
   )
   assert int(state.step) == 3
@@ -211,21 +214,21 @@ def test_other_config_in_workdir_is_a_clear_error(tmp_path):
 
 def test_other_architecture_in_checkpoint_is_a_clear_error(tmp_path):
   config = ToyConfig(num_steps=3)
-  common.train_and_evaluate(config, tmp_path, make_toy_trainer(config))
+  loop.train_and_evaluate(config, tmp_path, make_toy_trainer(config))
   wider = make_toy_trainer(dataclasses.replace(config, width=5))
   with pytest.raises(common.ConfigMismatchError, match="does not fit"):
-    common.train_and_evaluate(config, tmp_path, wider)
+    loop.train_and_evaluate(config, tmp_path, wider)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   config = ToyConfig(num_steps=10, log_every=2, checkpoint_every=2)
   trainer = make_toy_trainer(config, poison_at=4)
   with pytest.raises(common.NonFiniteLossError) as info:
-    common.train_and_evaluate(config, tmp_path, trainer)
+    loop.train_and_evaluate(config, tmp_path, trainer)
   message = str(info.value)
   assert "at step 6" in message and "last good checkpoint is step 4" in message
   assert _steps(tmp_path) == [2, 4]
-  _, restored = common.load_checkpoint(tmp_path)
+  _, restored = runs.restore(tmp_path)
   chex.assert_tree_all_finite(restored["state"]["params"])
   assert restored["config"]["num_steps"] == 10
 
@@ -234,10 +237,10 @@ def test_sigint_saves_and_resumes(tmp_path):
   config = ToyConfig(num_steps=10, checkpoint_every=100)
   trainer = make_toy_trainer(config, signal_at=4)
   with pytest.raises(common.TrainingInterrupted) as info:
-    common.train_and_evaluate(config, tmp_path, trainer)
+    loop.train_and_evaluate(config, tmp_path, trainer)
   assert info.value.step == 5 and info.value.signum == signal.SIGINT
   assert _steps(tmp_path) == [5]
-  state = common.train_and_evaluate(config, tmp_path, make_toy_trainer(config))
+  state = loop.train_and_evaluate(config, tmp_path, make_toy_trainer(config))
   assert int(state.step) == 10 and _steps(tmp_path) == [5, 10]
   # The previous handler is back.
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -258,8 +261,8 @@ def test_sigkill_resumes_to_the_same_params(tmp_path):
   assert survived and max(survived) <= 7
   config = ToyConfig()
   trainer = make_toy_trainer(config)
-  resumed = common.train_and_evaluate(config, tmp_path / "killed", trainer)
-  straight = common.train_and_evaluate(config, tmp_path / "straight", trainer)
+  resumed = loop.train_and_evaluate(config, tmp_path / "killed", trainer)
+  straight = loop.train_and_evaluate(config, tmp_path / "straight", trainer)
   assert int(resumed.step) == 10
   chex.assert_trees_all_equal(resumed.params, straight.params)
 
@@ -270,9 +273,9 @@ class _FakeMesh:
 
 
 def test_batch_must_split_over_devices():
-  common.check_batch_size(6, _FakeMesh(3))
+  distributed.check_batch_size(6, _FakeMesh(3))
   with pytest.raises(ValueError, match="multiple of 3"):
-    common.check_batch_size(8, _FakeMesh(3))
+    distributed.check_batch_size(8, _FakeMesh(3))
 
 
 def test_metric_writer_roundtrip(tmp_path):
@@ -294,6 +297,6 @@ def test_metric_writer_roundtrip(tmp_path):
 if __name__ == "__main__":
   _workdir, _kill_at = sys.argv[1], int(sys.argv[2])
   _config = ToyConfig()
-  common.train_and_evaluate(
+  loop.train_and_evaluate(
     _config, _workdir, make_toy_trainer(_config, kill_at=_kill_at)
   )

@@ -9,13 +9,13 @@ import jax
 import numpy as np
 import pytest
 
-from train import common, oneclass
-from vae_attn import anomaly
+from train import flags, loop, oneclass
+from vae_attn import anomaly, runs
 from vae_attn.data import DataError
 
 
 def _parse(argv):
-  config, _, _ = common.parse_flags(
+  config, _, _ = flags.parse_flags(
     argv,
     oneclass.Config,
     oneclass.PRESETS,
@@ -70,22 +70,22 @@ def test_mnist_vae_trains_resumes_and_saves_latent_stats(tmp_path):
   step_fn = trainer.train_step
 
   @chex.assert_max_traces(n=1)
-  def counted(state, batch, key):
-    return step_fn(state, batch, key)
+  def counted(state, batch, key, hparams):
+    return step_fn(state, batch, key, hparams)
 
   trainer = dataclasses.replace(trainer, train_step=counted)
   half = dataclasses.replace(config, num_steps=2)
-  common.train_and_evaluate(half, tmp_path / "a", trainer)
-  resumed = common.train_and_evaluate(config, tmp_path / "a", trainer)
+  loop.train_and_evaluate(half, tmp_path / "a", trainer)
+  resumed = loop.train_and_evaluate(config, tmp_path / "a", trainer)
   assert int(resumed.step) == 4
   # The command line trains the same run in one go.
   assert oneclass.main(["--preset=smoke", f"--workdir={tmp_path / 'b'}"]) == 0
-  _, straight = common.load_checkpoint(tmp_path / "b", items=("state",))
+  _, straight = runs.restore(tmp_path / "b", items=("state",))
   chex.assert_trees_all_close(
     jax.device_get(resumed.params), straight["state"]["params"], atol=1e-6
   )
 
-  step, restored = common.load_checkpoint(
+  step, restored = runs.restore(
     tmp_path / "a", items=("state", "config", "latent_stats")
   )
   assert step == 4 and restored["config"]["dataset"] == "digits"
@@ -117,9 +117,7 @@ def test_default_textures_resnet_trains_with_batchnorm(tmp_path):
   state = oneclass.train_and_evaluate(config, str(tmp_path / "run"))
   assert int(state.step) == 2 and state.batch_stats
   chex.assert_tree_all_finite(state.params)
-  _, restored = common.load_checkpoint(
-    tmp_path / "run", items=("state", "latent_stats")
-  )
+  _, restored = runs.restore(tmp_path / "run", items=("state", "latent_stats"))
   # Running means start at zero; training steps update them.
   means = [
     np.abs(np.asarray(leaf)).max()

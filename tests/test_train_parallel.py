@@ -13,6 +13,9 @@ import pathlib
 import subprocess
 import sys
 
+import jax
+import numpy as np
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -33,6 +36,16 @@ def test_eight_devices_match_one_device(tmp_path):
   )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert "8-device run matches" in proc.stdout
+  # This process has one device: the 8-device run restores and evaluates
+  # here (its target comes from the saved metadata and the current devices).
+  from eval import restore
+
+  run = restore.load_run(tmp_path / "eight")
+  assert run.step == 3 and run.name == "factorvae"
+  leaf = jax.tree.leaves(run.variables)[0]
+  assert len(leaf.devices()) == 1
+  mu, _ = jax.jit(run.encode_fn)(run.variables, np.zeros((2, 64, 64, 1)))
+  assert mu.shape == (2, 32) and np.isfinite(np.asarray(mu)).all()
 
 
 def _main(workdir: pathlib.Path) -> None:
@@ -42,7 +55,7 @@ def _main(workdir: pathlib.Path) -> None:
   import pytest
   from jax.sharding import NamedSharding
 
-  from train import common, factorvae
+  from train import distributed, factorvae, loop
   from vae_attn import metric_writers
 
   assert len(jax.devices()) == 8, jax.devices()
@@ -54,10 +67,13 @@ def _main(workdir: pathlib.Path) -> None:
     score=False,
   )
   trainer = factorvae.make_trainer(config)
-  one = common.train_and_evaluate(
-    config, workdir / "one", trainer, mesh=common.make_mesh(jax.devices()[:1])
+  one = loop.train_and_evaluate(
+    config,
+    workdir / "one",
+    trainer,
+    mesh=distributed.make_mesh(jax.devices()[:1]),
   )
-  eight = common.train_and_evaluate(config, workdir / "eight", trainer)
+  eight = loop.train_and_evaluate(config, workdir / "eight", trainer)
 
   leaf = jax.tree.leaves(eight.params)[0]
   assert isinstance(leaf.sharding, NamedSharding)
@@ -92,7 +108,7 @@ def _main(workdir: pathlib.Path) -> None:
 
   odd = dataclasses.replace(config, batch_size=4)
   with pytest.raises(ValueError, match="multiple of 8"):
-    common.train_and_evaluate(odd, workdir / "odd", factorvae.make_trainer(odd))
+    loop.train_and_evaluate(odd, workdir / "odd", factorvae.make_trainer(odd))
   print("8-device run matches the 1-device run")
 
 

@@ -9,13 +9,24 @@ the maps from vae_attn.attention.value_and_attention, differentiated
 to second order) and the TC discriminator, with one optax.multi_transform
 of two Adams. As in Kim & Mnih (2018) the discriminator sees z of the
 batch x against permuted z' of a second, independent batch x2:
-the pipeline yields 2 * batch_size records per step, split in halves.
+each step draws 2 * batch_size images, split in halves.
 With --loss=beta the discriminator is still trained, so that the TC
 estimate is logged for every objective. With the default random pair, only
 the two maps of the drawn pair are computed (random_pair_ad). Data:
 the procedural dSprites (no download) by default, --data=npz
 --data-path=dsprites.npz or --data=tfds. The FactorVAE score is
 computed at the end (and every --eval-every steps).
+
+The data set lives on the device: the procedural dSprites is rendered inside
+the step from uniformly drawn factor classes; the npz and tfds images are
+held as bits (377 MB for all 737,280). Comma lists train a grid as one
+program, each member in its own run directory under --workdir:
+
+  python -m train.factorvae --loss=tc,ad --seeds=0,1,2   # Table 3 with seeds
+
+The loss choice is a setting of one objective,
+recon + beta * KL + gamma * TC + lambda * L_AD (tc: lambda = 0; beta:
+gamma = lambda = 0), so members of every loss share one step.
 """
 
 from __future__ import annotations
@@ -31,12 +42,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from train import common
-from vae_attn import losses, models
+from train import cli, common, loop
+from train import data as device_data
+from vae_attn import losses, models, runs
 from vae_attn.attention import value_and_attention
-from vae_attn.data import dsprites, pipeline
+from vae_attn.data import dsprites
 
-_f = common.field
+field = common.field
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,39 +65,56 @@ class Config(common.LoopConfig):
       "score_num_variance",
     }
   )
+  # Comma lists of these train a grid (--seeds=0,1,2 --loss=tc,ad).
+  FLAG_ALIASES: ClassVar[dict[str, str]] = {"data_path": "data_dir"}
+  GRID_FIELDS: ClassVar[tuple[str, ...]] = (
+    "loss",
+    "gamma",
+    "lambda_ad",
+    "beta",
+    "seed",
+  )
 
-  num_steps: int = _f(300_000, "training steps (paper: 3e5)")
+  num_steps: int = field(300_000, "training steps (paper: 3e5)")
   log_every: int = 500
   checkpoint_every: int = 10_000
-  loss: str = _f(
+  loss: str = field(
     "ad",
     "ad: AD-FactorVAE, tc: FactorVAE, beta: beta-VAE",
     ("ad", "tc", "beta"),
   )
-  gamma: float = _f(40.0, "weight of the TC term")
-  lambda_ad: float = _f(1.0, "weight of L_AD (--loss=ad)")
-  beta: float = _f(1.0, "weight of the KL term (--loss=beta)")
-  layer: str = _f("encoder/conv1", "attention layer of L_AD")
-  pair_mode: str = _f("random", "L_AD latent pairs", losses.PAIR_MODES)
-  latent_dim: int = _f(32, "D, latent elements")
-  batch_size: int = _f(64, "global batch (the discriminator gets another)")
+  gamma: float = field(40.0, "weight of the TC term")
+  lambda_ad: float = field(1.0, "weight of L_AD (--loss=ad)")
+  beta: float = field(1.0, "weight of the KL term (--loss=beta)")
+  layer: str = field("encoder/conv1", "attention layer of L_AD")
+  pair_mode: str = field("random", "L_AD latent pairs", losses.PAIR_MODES)
+  latent_dim: int = field(32, "D, latent elements")
+  batch_size: int = field(64, "global batch (the discriminator gets another)")
   vae_lr: float = 1e-4
   vae_b1: float = 0.9
   vae_b2: float = 0.999
   disc_lr: float = 1e-4
   disc_b1: float = 0.5
   disc_b2: float = 0.9
-  data: str = _f("procedural", "dSprites source", ("procedural", "npz", "tfds"))
-  data_path: str = _f("", "npz file (--data=npz) or tfds data_dir")
-  score: bool = _f(True, "compute the FactorVAE score (end, eval_every)")
-  score_convention: str = _f(
+  data: str = field(
+    "procedural", "dSprites source", ("procedural", "npz", "tfds")
+  )
+  data_dir: str = field(
+    "", "npz file (--data=npz) or tfds data_dir (also --data-path)"
+  )
+  score: bool = field(True, "compute the FactorVAE score (end, eval_every)")
+  score_convention: str = field(
     "paper",
     "FactorVAE score convention (eval.metrics.FACTOR_VAE_CONVENTIONS)",
     ("paper", "disentanglement_lib"),
   )
-  score_num_train: int = _f(0, "score: training votes (0: the convention's)")
-  score_num_eval: int = _f(0, "score: evaluation votes (0: the convention's)")
-  score_num_variance: int = _f(0, "score: variance images (0: convention's)")
+  score_num_train: int = field(0, "score: training votes (0: the convention's)")
+  score_num_eval: int = field(
+    0, "score: evaluation votes (0: the convention's)"
+  )
+  score_num_variance: int = field(
+    0, "score: variance images (0: the convention's)"
+  )
 
 
 PRESETS = {
@@ -112,14 +141,47 @@ PRESETS = {
 
 
 def load_data(config: Config):
-  """The dSprites source named by ``config.data``."""
+  """The dSprites source named by ``config.data``.
+
+  Raises:
+    ValueError: ``--data=npz`` without ``--data-dir``.
+  """
   if config.data == "npz":
-    if not config.data_path:
-      raise ValueError("--data=npz needs --data-path=<dsprites .npz file>.")
-    return dsprites.load_npz(config.data_path)
+    if not config.data_dir:
+      raise ValueError("--data=npz needs --data-dir=<dsprites .npz file>.")
+    return dsprites.load_npz(config.data_dir)
   if config.data == "tfds":
-    return dsprites.load_tfds("train", data_dir=config.data_path or None)
+    return dsprites.load_tfds("train", data_dir=config.data_dir or None)
   return dsprites.procedural()
+
+
+def make_device_data(config: Config, source=None) -> common.DeviceData:
+  """The training data on the device: ``{"x", "x2"}`` batches.
+
+  The procedural source renders drawn factor classes inside the step; the
+  npz and tfds sources are read once and held as bits.
+  """
+  if config.data == "procedural":
+    arrays, draw = device_data.dsprites_rendered()
+  else:
+    source = load_data(config) if source is None else source
+    images = device_data.read_all(source)
+    arrays, draw = device_data.uniform_rows(images, binary=True)
+  return device_data.batch_of(arrays, draw, ("x", "x2"))
+
+
+def hparams(config: Config) -> dict[str, float]:
+  """The loss weights of ``config`` (traced: members of a grid differ).
+
+  ``loss`` is a setting of one objective,
+  ``recon + beta * KL + gamma * TC + lambda_ad * L_AD``: ``tc`` has
+  ``lambda_ad = 0`` and ``beta = 1``, ``beta`` has ``gamma = lambda_ad = 0``,
+  ``ad`` has ``beta = 1``.
+  """
+  if config.loss == "beta":
+    return {"beta": config.beta, "gamma": 0.0, "lambda_ad": 0.0}
+  lambda_ad = config.lambda_ad if config.loss == "ad" else 0.0
+  return {"beta": 1.0, "gamma": config.gamma, "lambda_ad": lambda_ad}
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
@@ -163,40 +225,31 @@ def create_train_state(
   )
 
 
-def random_pair_ad(
-  encode_fn, layer: str, variables, x, key
-) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
-  """The posterior and L_AD of one random pair of latents per example.
-
-  Equal to ``losses.attention_disentanglement(maps, key, mode="random")`` on
-  the maps of all D latents (the same pair is drawn), but only the two maps
-  it uses are computed (``latents=`` of the attention transform: its
-  pullback is vmapped over 2 instead of D cotangents), from the same single
-  encoder pass that gives ``(mu, logvar)``.
-
-  Returns:
-    ``((mu, logvar), l_ad)`` with ``l_ad`` of shape ``[B]`` (eq. 6).
-  """
-  k1, k2 = jax.random.split(key)
-  b = x.shape[0]
-  d = jax.eval_shape(encode_fn, variables, x)[0].shape[-1]
-  i = jax.random.randint(k1, (b,), 0, d)
-  j = (i + jax.random.randint(k2, (b,), 1, d)) % d
-  (mu, logvar), maps = value_and_attention(encode_fn, layer)(
-    variables, x, latents=jnp.stack([i, j], axis=1)
-  )
-  l_ad = losses.attention_overlap(maps.per_latent[:, 0], maps.per_latent[:, 1])
-  return (mu, logvar), l_ad
-
-
 def train_step(
   state: common.TrainState,
   batch: common.Batch,
   key: jax.Array,
+  hparams: dict[str, jax.Array],
   *,
   config: Config,
 ) -> tuple[common.TrainState, common.Metrics]:
-  """One update of the VAE and the discriminator (Kim & Mnih, Alg. 2)."""
+  """One update of the VAE and the discriminator (Kim & Mnih, Alg. 2).
+
+  Args:
+    state: ``params = {"vae": ..., "disc": ...}`` and their Adam states.
+    batch: ``{"x": float32 [B, 64, 64, 1], "x2": the same}``: two independent
+      batches in {0, 1}; ``x2``'s codes, permuted, are the discriminator's
+      negatives.
+    key: the run's step key (folded with ``state.step`` here).
+    hparams: :func:`hparams` as scalars: ``beta``, ``gamma``, ``lambda_ad``.
+    config: static settings: the layer, pair mode and latent size; L_AD is
+      computed when ``config.loss == "ad"`` (for a grid: any member's).
+
+  Returns:
+    The new state and the step's scalars: ``loss`` (the VAE objective),
+    ``recon`` and ``kl`` (nats per image), ``tc`` (the discriminator's TC
+    estimate), ``ad`` (L_AD, eq. 6), ``disc_loss`` and ``disc_accuracy``.
+  """
   model = models.make_model("factorvae", latent_dim=config.latent_dim)
   disc = models.Discriminator()
   encode_fn = functools.partial(model.apply, method=model.encode)
@@ -209,7 +262,7 @@ def train_step(
   def vae_loss(vae_params):
     variables = {"params": vae_params}
     if config.loss == "ad" and config.pair_mode == "random":
-      (mu, logvar), ad = random_pair_ad(
+      (mu, logvar), ad = losses.random_pair_ad(
         encode_fn, config.layer, variables, x, k_ad
       )
       ad = ad.mean()
@@ -222,16 +275,18 @@ def train_step(
       ).mean()
     else:
       mu, logvar = encode_fn(variables, x)
-      ad = 0.0
+      ad = jnp.zeros(())
     z = models.reparameterize(k_eps, mu, logvar)
     logits = model.apply(variables, z, method=model.decode)
     recon = losses.bernoulli_nll(logits, x).mean()
     kl = losses.gaussian_kl(mu, logvar).mean()
     tc = losses.total_correlation(disc.apply({"params": disc_params}, z)).mean()
-    if config.loss == "beta":
-      loss = recon + config.beta * kl
-    else:
-      loss = recon + kl + config.gamma * tc + config.lambda_ad * ad
+    loss = (
+      recon
+      + hparams["beta"] * kl
+      + hparams["gamma"] * tc
+      + hparams["lambda_ad"] * ad
+    )
     return loss, (dict(recon=recon, kl=kl, tc=tc, ad=ad), z)
 
   (loss, (metrics, z)), vae_grads = jax.value_and_grad(vae_loss, has_aux=True)(
@@ -266,7 +321,7 @@ def factor_vae_score(
 
   Args:
     state: the train state.
-    config: the run's config.
+    config: the run's config (its seed seeds the metric's random state).
     source: the dSprites source (its ground-truth interface if it has one).
     encode_fn: jitted ``(variables, x) -> (mu, logvar)`` (default: built).
 
@@ -279,18 +334,17 @@ def factor_vae_score(
   if encode_fn is None:
     model = models.make_model("factorvae", latent_dim=config.latent_dim)
     encode_fn = jax.jit(functools.partial(model.apply, method=model.encode))
-  encode = encode_fn
   variables = {"params": jax.device_get(state.params["vae"])}
   ground_truth = (
     source if hasattr(source, "sample_factors") else (dsprites.procedural())
   )
 
   def representation_fn(x: np.ndarray) -> np.ndarray:
-    return np.asarray(encode(variables, x)[0])
+    return np.asarray(encode_fn(variables, x)[0])
 
   def kl_fn(x: np.ndarray) -> np.ndarray:
-    mu, logvar = (np.asarray(a) for a in encode(variables, x))
-    return 0.5 * (mu**2 + np.exp(logvar) - logvar - 1.0)
+    mu, logvar = (np.asarray(a) for a in encode_fn(variables, x))
+    return np.asarray(losses.gaussian_kl_per_dim(mu, logvar))
 
   counts = {
     "num_train": config.score_num_train,
@@ -308,67 +362,106 @@ def factor_vae_score(
   return {f"factor_vae_{k}": float(v) for k, v in scores.items()}
 
 
-def make_trainer(config: Config) -> common.Trainer:
-  """The FactorVAE trainer for :func:`common.train_and_evaluate`."""
-  source = load_data(config)
+def run_spec(config: Config) -> runs.RunSpec:
+  """What evaluation needs to rebuild this run's model and data."""
+  return runs.RunSpec(
+    trainer="factorvae",
+    model="factorvae",
+    model_kwargs={"latent_dim": config.latent_dim},
+    input_shape=(64, 64, 1),
+    data=config.data,
+    data_dir=config.data_dir,
+    layer=config.layer,
+  )
 
-  def batches(start_step: int, process_index: int, process_count: int):
-    local = config.batch_size // process_count
-    it = pipeline.batches(
-      source,
-      2 * local,
-      seed=config.seed,
-      start_step=start_step,
-      process_index=process_index,
-      process_count=process_count,
-    )
-    for b in it:
-      yield {"x": b["image"][:local], "x2": b["image"][local:]}
 
+def _member_metrics(config: Config, scalars: dict) -> dict:
+  if config.loss != "ad":
+    scalars = {k: v for k, v in scalars.items() if k != "ad"}
+  return scalars
+
+
+def make_trainer(config: Config | Sequence[Config]) -> common.Trainer:
+  """The FactorVAE trainer for :func:`train.loop.train_and_evaluate`.
+
+  Args:
+    config: one config, or the configs of a grid (they share the static
+      settings; L_AD is computed if any member uses it).
+  """
+  configs = [config] if isinstance(config, Config) else list(config)
+  static = configs[0]
+  if any(c.loss == "ad" for c in configs):
+    static = dataclasses.replace(static, loss="ad")
+  source = load_data(static)
+  model = models.make_model("factorvae", latent_dim=static.latent_dim)
   eval_fn = None
-  if config.score:
-    model = models.make_model("factorvae", latent_dim=config.latent_dim)
+  if static.score:
     eval_fn = functools.partial(
-      factor_vae_score,
-      config=config,
+      _score_member,
       source=source,
       encode_fn=jax.jit(functools.partial(model.apply, method=model.encode)),
     )
   return common.Trainer(
     create_train_state=functools.partial(
-      create_train_state,
-      config=config,
-      tx=make_optimizer(config),
-      model=models.make_model("factorvae", latent_dim=config.latent_dim),
+      create_train_state, config=static, tx=make_optimizer(static), model=model
     ),
-    train_step=functools.partial(train_step, config=config),
-    batches=batches,
-    global_batch_size=config.batch_size,
+    train_step=functools.partial(train_step, config=static),
+    global_batch_size=static.batch_size,
+    device_data=make_device_data(static, source),
+    hparams_fn=hparams,
     eval_fn=eval_fn,
+    spec_fn=run_spec,
+    metrics_fn=_member_metrics,
   )
 
 
+def _score_member(state, config, *, source, encode_fn):
+  return factor_vae_score(state, config, source, encode_fn)
+
+
 def train_and_evaluate(
-  config: Config, workdir: str, *, overwrite: bool = False, mesh=None
-) -> common.TrainState:
-  """Trains (or resumes) a FactorVAE run in ``workdir``; returns the state."""
-  return common.train_and_evaluate(
+  config: Config | Sequence[Config],
+  workdir: str,
+  *,
+  overwrite: bool = False,
+  mesh=None,
+):
+  """Trains (or resumes) a FactorVAE run, or a grid, in ``workdir``.
+
+  Returns:
+    The final state (a list of them for a grid).
+  """
+  return loop.train_and_evaluate(
     config, workdir, make_trainer(config), overwrite=overwrite, mesh=mesh
   )
 
 
+SCORE_NAMES = {
+  "eval/factor_vae_eval_accuracy": "FactorVAE score (evaluation accuracy)",
+  "eval/factor_vae_num_active_dims": "active latents",
+  "train/loss": "final training loss",
+}
+
+
+def default_workdir(configs: Sequence[Config]) -> str:
+  """``runs/factorvae_<loss>`` (``runs/factorvae_tc-ad`` for a grid)."""
+  names = list(dict.fromkeys(c.loss for c in configs))
+  return f"runs/factorvae_{'-'.join(names)}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-  common.initialize_distributed()
-  config, workdir, overwrite = common.parse_flags(
+  return cli.main(
     argv,
     Config,
     PRESETS,
+    train_and_evaluate,
     prog="python -m train.factorvae",
     description=__doc__,
     default_preset="dsprites",
+    default_workdir=default_workdir,
+    score_names=SCORE_NAMES,
+    next_command="python -m eval.disentanglement --workdir={workdir}",
   )
-  workdir = workdir or f"runs/factorvae_{config.loss}"
-  return common.run_main(train_and_evaluate, config, workdir, overwrite)
 
 
 if __name__ == "__main__":

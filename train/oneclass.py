@@ -30,8 +30,9 @@ import numpy as np
 import optax
 import sklearn.metrics
 
-from train import common
-from vae_attn import anomaly, losses, models
+from train import cli, common, loop
+from train import data as device_data
+from vae_attn import anomaly, losses, models, runs
 from vae_attn.data import base, digits, folder, mnist, mvtec, pipeline, textures
 from vae_attn.data import ped1 as ped1_data
 
@@ -49,6 +50,9 @@ class Config(common.LoopConfig):
   RUN_FIELDS: ClassVar[frozenset[str]] = frozenset(
     {"eval_num_examples", "stats_batch_size"}
   )
+  # --seeds=0,1,2 trains a grid where the data sits on the device.
+  GRID_FIELDS: ClassVar[tuple[str, ...]] = ("seed",)
+  FLAG_ALIASES: ClassVar[dict[str, str]] = {"root": "data_dir"}
 
   num_steps: int = 10_000
   checkpoint_every: int = 2_000
@@ -198,8 +202,20 @@ def _variables(state: common.TrainState) -> dict:
   return {"params": state.params}
 
 
-def train_step(state, batch, key, *, model) -> tuple:
-  """One Adam step on the negative ELBO of a batch of normal images."""
+def train_step(state, batch, key, hparams, *, model) -> tuple:
+  """One Adam step on the negative ELBO of a batch of normal images.
+
+  Args:
+    state: the VAE's parameters, BatchNorm statistics and Adam state.
+    batch: ``{"image": float32 [B, H, W, C]}`` in [0, 1].
+    key: the run's step key (folded with ``state.step`` here).
+    hparams: unused (``{}``): one-class runs have no traced weights.
+    model: the VAE.
+
+  Returns:
+    The new state and ``{"loss", "recon", "kl"}`` (nats per image).
+  """
+  del hparams
   key = jax.random.fold_in(key, state.step)
   x = batch["image"]
   mutable = ["batch_stats"] if state.batch_stats else False
@@ -252,67 +268,138 @@ def latent_stats(state, *, config, model, train) -> dict:
   return {"latent_stats": stats._asdict()}
 
 
-def make_trainer(config: Config) -> common.Trainer:
-  """The one-class trainer for :func:`common.train_and_evaluate`."""
+# Data sets small enough to live on the device (their images are drawn
+# inside the step); the others are read by the host pipeline.
+ON_DEVICE = ("mnist", "digits")
+
+
+def run_spec(config: Config) -> runs.RunSpec:
+  """What evaluation needs to rebuild this run's model and data."""
+  model_kwargs = {"latent_dim": config.latent_dim}
+  size = {"mnist": 28, "ped1": 100}.get(config.model, config.image_size)
+  channels = 3 if config.model == "resnet18" else 1
+  if config.model == "resnet18":
+    model_kwargs["image_size"] = config.image_size
+  return runs.RunSpec(
+    trainer="oneclass",
+    model=config.model,
+    model_kwargs=model_kwargs,
+    input_shape=(size, size, channels),
+    data=config.dataset,
+    data_dir=config.data_dir,
+    layer=models.DEFAULT_LAYERS[config.model],
+    data_kwargs={
+      "category": config.category,
+      "normal_digit": config.normal_digit,
+      "image_size": config.image_size,
+    },
+  )
+
+
+def make_trainer(config: Config | Sequence[Config]) -> common.Trainer:
+  """The one-class trainer for :func:`train.loop.train_and_evaluate`.
+
+  Args:
+    config: one config, or the configs of a seed grid (data on the device).
+  """
+  configs = [config] if isinstance(config, Config) else list(config)
+  config = configs[0]
   model, tx = make_model(config), optax.adam(config.learning_rate)
   source = load_data(config, "train", augment=config.augment)
+  on_device = config.dataset in ON_DEVICE and not config.augment
+  batches, data = None, None
+  if on_device:
+    arrays, draw = device_data.uniform_rows(device_data.read_all(source))
+    data = device_data.batch_of(arrays, draw, ("image",))
+  else:
 
-  def batches(start_step, process_index, process_count):
-    it = pipeline.batches(
-      source,
-      config.batch_size // process_count,
-      seed=config.seed,
-      start_step=start_step,
-      process_index=process_index,
-      process_count=process_count,
-    )
-    return ({"image": b["image"]} for b in it)
+    def batches(start_step, process_index, process_count):
+      it = pipeline.batches(
+        source,
+        config.batch_size // process_count,
+        seed=config.seed,
+        start_step=start_step,
+        process_index=process_index,
+        process_count=process_count,
+      )
+      return ({"image": b["image"]} for b in it)
 
   eval_fn = None
   if config.eval_num_examples:
     eval_fn = functools.partial(
-      evaluate, config=config, model=model, test=load_data(config, "test")
+      _evaluate_member, model=model, test=load_data(config, "test")
     )
   return common.Trainer(
     create_train_state=functools.partial(
       create_train_state, config=config, model=model, tx=tx
     ),
     train_step=functools.partial(train_step, model=model),
-    batches=batches,
     global_batch_size=config.batch_size,
+    batches=batches,
+    device_data=data,
     eval_fn=eval_fn,
     extras_fn=functools.partial(
-      latent_stats, config=config, model=model, train=load_data(config, "train")
+      _member_latent_stats, model=model, train=load_data(config, "train")
     ),
+    spec_fn=run_spec,
   )
 
 
+def _evaluate_member(state, config, *, model, test):
+  return evaluate(state, config=config, model=model, test=test)
+
+
+def _member_latent_stats(state, config, *, model, train):
+  return latent_stats(state, config=config, model=model, train=train)
+
+
 def train_and_evaluate(
-  config: Config, workdir: str, *, overwrite: bool = False, mesh=None
-) -> common.TrainState:
-  """Trains (or resumes) a one-class VAE in ``workdir``; returns the state."""
-  return common.train_and_evaluate(
+  config: Config | Sequence[Config],
+  workdir: str,
+  *,
+  overwrite: bool = False,
+  mesh=None,
+):
+  """Trains (or resumes) a one-class VAE (or a seed grid) in ``workdir``.
+
+  Returns:
+    The final state (a list of them for a grid).
+  """
+  return loop.train_and_evaluate(
     config, workdir, make_trainer(config), overwrite=overwrite, mesh=mesh
   )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  common.initialize_distributed()
-  config, workdir, overwrite = common.parse_flags(
-    argv,
-    Config,
-    PRESETS,
-    prog="python -m train.oneclass",
-    description=__doc__,
-    default_preset="textures",
-    preset_field="dataset",
-  )
+SCORE_NAMES = {
+  "eval/image_auroc_elbo": "image AUROC of the ELBO (test split)",
+  "eval/loss": "test negative ELBO (nats per image)",
+}
+
+
+def default_workdir(configs: Sequence[Config]) -> str:
+  """``runs/oneclass_<dataset>[_<category or digit>]``."""
+  config = configs[0]
   name = config.category or (
     str(config.normal_digit) if config.model == "mnist" else ""
   )
   suffix = f"_{name}" if name else ""
-  workdir = workdir or f"runs/oneclass_{config.dataset}{suffix}"
-  return common.run_main(train_and_evaluate, config, workdir, overwrite)
+  return f"runs/oneclass_{config.dataset}{suffix}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return cli.main(
+    argv,
+    Config,
+    PRESETS,
+    train_and_evaluate,
+    prog="python -m train.oneclass",
+    description=__doc__,
+    default_preset="textures",
+    preset_field="dataset",
+    default_workdir=default_workdir,
+    score_names=SCORE_NAMES,
+    next_command="python -m eval.localization --workdir={workdir}",
+  )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vae_attn.attention import value_and_attention
+
 PAIR_MODES = ("random", "top2", "all")
 
 
@@ -70,10 +72,28 @@ def bernoulli_nll_probs(
   return _sum_but_batch(-(x * jnp.log(p) + (1.0 - x) * jnp.log1p(-p)))
 
 
+def gaussian_kl_per_dim(mu: jax.Array, logvar: jax.Array) -> jax.Array:
+  """KL( N(mu_i, exp(logvar_i)) || N(0, 1) ) of each latent element.
+
+  ``0.5 * (mu_i^2 + exp(logvar_i) - logvar_i - 1)`` (Kingma & Welling 2014,
+  appendix B). The FactorVAE metric's ``paper`` convention prunes latents
+  whose mean of it is below 0.05 nats.
+
+  Args:
+    mu: posterior means ``[..., D]``.
+    logvar: posterior log-variances, same shape.
+
+  Returns:
+    KL divergences in nats, the shape of ``mu``.
+  """
+  _check_same_shape(mu, logvar, "mu and logvar")
+  return 0.5 * (mu**2 + jnp.exp(logvar) - logvar - 1.0)
+
+
 def gaussian_kl(mu: jax.Array, logvar: jax.Array) -> jax.Array:
   """KL( N(mu, diag exp(logvar)) || N(0, I) ), summed over latents.
 
-  ``0.5 * sum_i (mu_i^2 + exp(logvar_i) - logvar_i - 1)``.
+  The sum of :func:`gaussian_kl_per_dim` over all but the batch axis.
 
   Args:
     mu: posterior means ``[B, D]``.
@@ -82,8 +102,7 @@ def gaussian_kl(mu: jax.Array, logvar: jax.Array) -> jax.Array:
   Returns:
     ``[B]`` KL divergences in nats.
   """
-  _check_same_shape(mu, logvar, "mu and logvar")
-  return 0.5 * _sum_but_batch(mu**2 + jnp.exp(logvar) - logvar - 1.0)
+  return _sum_but_batch(gaussian_kl_per_dim(mu, logvar))
 
 
 def beta_vae(
@@ -249,3 +268,36 @@ def attention_disentanglement(
   overlap = 2.0 * inter / jnp.maximum(total, 1e-12)
   iu, ju = jnp.triu_indices(d, k=1)
   return overlap[:, iu, ju].mean(-1)
+
+
+def random_pair_ad(
+  encode_fn, layer: str, variables, x: jax.Array, key: jax.Array
+) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+  """The posterior and L_AD of one random pair of latents per example.
+
+  Equal to ``attention_disentanglement(maps, key, mode="random")`` on the
+  maps of all D latents (the same pair is drawn), but only the two maps it
+  uses are computed (``latents=`` of the attention transform: its pullback
+  is vmapped over 2 instead of D cotangents), from the same single encoder
+  pass that gives ``(mu, logvar)``.
+
+  Args:
+    encode_fn: ``(variables, x) -> (mu, logvar)``.
+    layer: the attention layer (``"encoder/conv1"`` in the paper).
+    variables: the encoder's variables.
+    x: images ``[B, H, W, C]``.
+    key: draws the pair ``i != j`` of each example.
+
+  Returns:
+    ``((mu, logvar), l_ad)`` with ``l_ad`` of shape ``[B]`` (eq. 6).
+  """
+  k1, k2 = jax.random.split(key)
+  b = x.shape[0]
+  d = jax.eval_shape(encode_fn, variables, x)[0].shape[-1]
+  i = jax.random.randint(k1, (b,), 0, d)
+  j = (i + jax.random.randint(k2, (b,), 1, d)) % d
+  (mu, logvar), maps = value_and_attention(encode_fn, layer)(
+    variables, x, latents=jnp.stack([i, j], axis=1)
+  )
+  l_ad = attention_overlap(maps.per_latent[:, 0], maps.per_latent[:, 1])
+  return (mu, logvar), l_ad

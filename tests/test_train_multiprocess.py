@@ -1,0 +1,109 @@
+"""Two processes on JAX's distributed runtime train like one with 2 devices.
+
+The test launches this file as two processes on 127.0.0.1 (CPU, one device
+each, gloo collectives, a free port), as a cluster user launches the
+trainers, and a third process with 2 CPU devices as the reference; all
+three run ``python -m train.oneclass --preset=smoke`` (data on the device,
+eval hook on process 0, latent statistics saved by all). Every process has
+a bounded timeout and is killed if the job stalls.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import chex
+import numpy as np
+
+from eval import restore
+from vae_attn import metric_writers, runs
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TIMEOUT = 240
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _env(num_devices: int) -> dict:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+  env["JAX_NUM_CPU_DEVICES"] = str(num_devices)
+  env.pop("XLA_FLAGS", None)
+  return env
+
+
+ARGS = ["--preset=smoke", "--num-steps=2", "--checkpoint-every=2"]
+
+
+def _launch(argv, env):
+  return subprocess.Popen(
+    [sys.executable, "-m", "train.oneclass", *ARGS, *argv],
+    env=env,
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
+
+
+def _wait_all(procs) -> list[str]:
+  outputs = []
+  try:
+    for p in procs:
+      out, _ = p.communicate(timeout=TIMEOUT)
+      outputs.append(out)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.communicate()
+  for p, out in zip(procs, outputs, strict=False):
+    assert p.returncode == 0, out[-3000:]
+  return outputs
+
+
+def test_two_processes_equal_one_process_with_two_devices(tmp_path):
+  port = _free_port()
+  two = tmp_path / "two_processes"
+  one = tmp_path / "one_process"
+  launch = [
+    f"--workdir={two}",
+    f"--coordinator-address=127.0.0.1:{port}",
+    "--num-processes=2",
+  ]
+  procs = [_launch([*launch, f"--process-id={i}"], _env(1)) for i in range(2)]
+  procs.append(_launch([f"--workdir={one}"], _env(2)))
+  outputs = _wait_all(procs)
+  # Process 0 prints the summary; process 1 writes nothing of its own.
+  assert "Done." in outputs[0] and "Done." not in outputs[1]
+
+  # One process restores what two saved, on its one device.
+  step, got = runs.restore(two, items=("state", "config", "latent_stats"))
+  _, want = runs.restore(one, items=("state", "latent_stats"))
+  assert step == 2
+  chex.assert_trees_all_close(
+    got["state"]["params"], want["state"]["params"], atol=1e-5
+  )
+  chex.assert_trees_all_close(got["latent_stats"], want["latent_stats"])
+  assert runs.step_items(two, 2) == [
+    "config",
+    "latent_stats",
+    "spec",
+    "state",
+  ]
+  # The log is written once (process 0), each logged step once.
+  rows = metric_writers.read_scalars(two)
+  assert [r["step"] for r in rows if "train/loss" in r] == [2]
+  assert [r["step"] for r in rows if "eval/loss" in r] == [2]
+  run = restore.load_run(two)
+  assert run.step == 2 and run.latent_stats is not None
+  np.testing.assert_allclose(
+    np.asarray(run.latent_stats.mean), np.asarray(want["latent_stats"]["mean"])
+  )
