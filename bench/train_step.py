@@ -66,7 +66,12 @@ def _factorvae_case(pair_mode: str | None, batch_size: int):
     "x": (rng.random(shape) < 0.1).astype(np.float32),
     "x2": (rng.random(shape) < 0.1).astype(np.float32),
   }
-  return state, batch, functools.partial(factorvae.train_step, config=config)
+  step = functools.partial(
+    factorvae.train_step,
+    hparams=jax.tree.map(np.float32, factorvae.hparams(config)),
+    config=config,
+  )
+  return state, batch, step
 
 
 def _oneclass_case(preset: str, image_size: int, batch_size: int):
@@ -83,7 +88,8 @@ def _oneclass_case(preset: str, image_size: int, batch_size: int):
     .random((batch_size, size, size, channels))
     .astype(np.float32)
   }
-  return state, batch, functools.partial(oneclass.train_step, model=model)
+  step = functools.partial(oneclass.train_step, hparams={}, model=model)
+  return state, batch, step
 
 
 VARIANTS = {

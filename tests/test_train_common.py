@@ -265,6 +265,12 @@ def test_sigkill_resumes_to_the_same_params(tmp_path):
   straight = loop.train_and_evaluate(config, tmp_path / "straight", trainer)
   assert int(resumed.step) == 10
   chex.assert_trees_all_equal(resumed.params, straight.params)
+  # The log holds every logged step exactly once, as the straight run's.
+  logged = [
+    [r["step"] for r in metric_writers.read_scalars(tmp_path / name)]
+    for name in ("killed", "straight")
+  ]
+  assert logged[0] == logged[1] == [2, 4, 6, 8, 10, 10]  # 10: train, eval.
 
 
 class _FakeMesh:

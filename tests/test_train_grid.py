@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import re
 
 import chex
 import jax
@@ -110,3 +111,20 @@ def test_grid_flags_are_refused_where_they_cannot_apply(capsys):
   )
   with pytest.raises(ValueError, match="one by one"):
     loop.train_and_evaluate(configs, "/nonexistent", trainer)
+
+
+PRECISION = r"precision (\w+)>|precision = \[(\w+)"
+
+
+@pytest.mark.parametrize("precision", ["highest", "default"])
+def test_the_step_carries_the_configs_precision(precision):
+  config = dataclasses.replace(
+    factorvae.PRESETS["smoke"], precision=precision, score=False
+  )
+  text = loop.lowered_text(config, factorvae.make_trainer(config))
+  ops = re.findall(r"stablehlo\.(?:convolution|dot_general)[^\n]*", text)
+  assert len(ops) > 10
+  names = {
+    tuple(sorted({a or b for a, b in re.findall(PRECISION, op)})) for op in ops
+  }
+  assert names == {(precision.upper(),)}

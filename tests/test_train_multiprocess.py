@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -107,3 +108,34 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path):
   np.testing.assert_allclose(
     np.asarray(run.latent_stats.mean), np.asarray(want["latent_stats"]["mean"])
   )
+
+
+def test_sigterm_on_one_process_saves_one_step_on_all(tmp_path):
+  port = _free_port()
+  argv = [
+    f"--workdir={tmp_path}",
+    f"--coordinator-address=127.0.0.1:{port}",
+    "--num-processes=2",
+    "--num-steps=100000",
+    "--steps-per-call=1",
+    "--eval-num-examples=0",
+  ]
+  procs = [_launch([*argv, f"--process-id={i}"], _env(1)) for i in range(2)]
+  try:
+    for line in procs[1].stdout:  # Signal handlers are set by then.
+      if "Compiling the train step" in line:
+        break
+    procs[1].send_signal(signal.SIGTERM)
+    codes = [p.wait(timeout=TIMEOUT) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+      p.communicate()
+  assert codes == [128 + signal.SIGTERM] * 2
+  steps = sorted(
+    int(p.name) for p in (tmp_path / "ckpt").iterdir() if p.name.isdigit()
+  )
+  assert len(steps) == 1 and 0 < steps[0] < 100000
+  step, restored = runs.restore(tmp_path)
+  assert step == steps[0] and int(restored["state"]["step"]) == step

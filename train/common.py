@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from flax.training import train_state
 
+from vae_attn import attention
 from vae_attn.runs import ConfigMismatchError
 
 __all__ = [
@@ -37,11 +38,12 @@ Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 PyTree = Any
 
-# Matmul/convolution precision of the jitted step (``jax.default_matmul_
-# precision``): "highest" is full float32 on every backend (the default: the
-# maps and L_AD agree with the CPU to ~1e-6); "default" lets GPUs use TF32
-# and TPUs bfloat16 passes (faster; the maps moved by up to 8 % on an H200).
-PRECISIONS = ("highest", "high", "default")
+# Matmul/convolution precision of the jitted step (``vae_attn.attention.
+# matmul_precision``): "highest" is full float32 on every backend (the
+# default: the maps and L_AD agree with the CPU to ~1e-6); "default" lets GPUs
+# use TF32 and TPUs bfloat16 passes (faster; the maps moved by up to 8 % on
+# an H200).
+PRECISIONS = attention.PRECISIONS
 GRID_MODES = ("auto", "vmap", "map")
 
 

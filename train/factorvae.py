@@ -263,13 +263,14 @@ def train_step(
     variables = {"params": vae_params}
     if config.loss == "ad" and config.pair_mode == "random":
       (mu, logvar), ad = losses.random_pair_ad(
-        encode_fn, config.layer, variables, x, k_ad
+        encode_fn, config.layer, variables, x, k_ad, precision=None
       )
       ad = ad.mean()
     elif config.loss == "ad":
-      (mu, logvar), maps = value_and_attention(encode_fn, config.layer)(
-        variables, x
-      )
+      # precision=None: the step's own (config.precision, set by the loop).
+      (mu, logvar), maps = value_and_attention(
+        encode_fn, config.layer, precision=None
+      )(variables, x)
       ad = losses.attention_disentanglement(
         maps.per_latent, k_ad, mode=config.pair_mode
       ).mean()

@@ -46,7 +46,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from train import common, distributed, flags
-from vae_attn import metric_writers, runs
+from vae_attn import attention, metric_writers, runs
 
 _log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ class _Program:
         batch = jax.lax.with_sharding_constraint(batch, self.data_sharding)
       return trainer.train_step(state, batch, step_key, hparams)
 
-    with jax.default_matmul_precision(self.precision):
+    with attention.matmul_precision(self.precision):
       state, metrics = jax.lax.scan(body, state, batches, length=length)
     sums = {k: jnp.sum(v.astype(jnp.float32)) for k, v in metrics.items()}
     finite = jnp.all(jnp.isfinite(metrics["loss"])) & _all_finite(state.params)
@@ -315,6 +315,41 @@ def _next_stop(step: int, config: Any, steps_per_call: int) -> int:
     every.append(config.eval_every)
   stops = [(step // e + 1) * e for e in every]
   return min([*stops, config.num_steps])
+
+
+def lowered_text(
+  config: Any,
+  trainer: common.Trainer,
+  *,
+  length: int = 1,
+  mesh: jax.sharding.Mesh | None = None,
+) -> str:
+  """The StableHLO text of one compiled call of ``length`` steps.
+
+  For inspection: e.g. that every convolution and dot carries the config's
+  ``precision``.
+  """
+  mesh = distributed.make_mesh() if mesh is None else mesh
+  program = _Program(
+    trainer=trainer,
+    num_members=1,
+    grid_mode="map",
+    precision=config.precision,
+    replicated=NamedSharding(mesh, P()),
+    data_sharding=NamedSharding(mesh, P(distributed.DATA_AXIS)),
+  )
+  seed = np.uint32(config.seed)
+  state = jax.eval_shape(program.init_member, seed)
+  hparams = {k: np.float32(v) for k, v in trainer.hparams_fn(config).items()}
+  data = trainer.device_data.arrays if trainer.device_data else {}
+  batches = None
+  if trainer.device_data is None:
+    batch = next(trainer.batches(0, 0, 1))
+    batches = {k: np.stack([v] * length) for k, v in batch.items()}
+  lowered = jax.jit(program.chunk, static_argnames="length").lower(
+    state, seed, hparams, data, batches, length=length
+  )
+  return lowered.as_text()
 
 
 # --------------------------------------------------------------------------

@@ -271,7 +271,13 @@ def attention_disentanglement(
 
 
 def random_pair_ad(
-  encode_fn, layer: str, variables, x: jax.Array, key: jax.Array
+  encode_fn,
+  layer: str,
+  variables,
+  x: jax.Array,
+  key: jax.Array,
+  *,
+  precision: str | None = "highest",
 ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
   """The posterior and L_AD of one random pair of latents per example.
 
@@ -287,6 +293,8 @@ def random_pair_ad(
     variables: the encoder's variables.
     x: images ``[B, H, W, C]``.
     key: draws the pair ``i != j`` of each example.
+    precision: of the encoder pass and the maps (``attention.PRECISIONS``);
+      ``None`` keeps the caller's (a train step traced under its own).
 
   Returns:
     ``((mu, logvar), l_ad)`` with ``l_ad`` of shape ``[B]`` (eq. 6).
@@ -296,8 +304,8 @@ def random_pair_ad(
   d = jax.eval_shape(encode_fn, variables, x)[0].shape[-1]
   i = jax.random.randint(k1, (b,), 0, d)
   j = (i + jax.random.randint(k2, (b,), 1, d)) % d
-  (mu, logvar), maps = value_and_attention(encode_fn, layer)(
-    variables, x, latents=jnp.stack([i, j], axis=1)
-  )
+  (mu, logvar), maps = value_and_attention(
+    encode_fn, layer, precision=precision
+  )(variables, x, latents=jnp.stack([i, j], axis=1))
   l_ad = attention_overlap(maps.per_latent[:, 0], maps.per_latent[:, 1])
   return (mu, logvar), l_ad
