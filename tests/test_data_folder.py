@@ -7,7 +7,7 @@ import pytest
 from PIL import ExifTags, Image
 
 from vae_attn import data
-from vae_attn.data import folder
+from vae_attn.data import custom_folder
 
 
 def _save(path, arr):
@@ -34,11 +34,11 @@ def _make(root, masks=True):
 
 def test_train_and_test_with_masks(tmp_path):
   _make(tmp_path)
-  train = folder.load(tmp_path, "train", image_size=8)
+  train = custom_folder.load(tmp_path, "train", image_size=8)
   assert len(train) == 2
   assert train[1]["image"].shape == (8, 8, 3)
   assert train[0]["label"] == 0
-  test = folder.load(tmp_path, "test", image_size=8)
+  test = custom_folder.load(tmp_path, "test", image_size=8)
   assert [str(test[i]["defect_type"]) for i in range(3)] == [
     "good",
     "dent",
@@ -53,7 +53,7 @@ def test_train_and_test_with_masks(tmp_path):
 def test_masks_are_optional(tmp_path):
   _make(tmp_path, masks=False)
   with pytest.warns(UserWarning, match="No mask folder .*has_mask=0"):
-    test = folder.load(tmp_path, "test", image_size=4)
+    test = custom_folder.load(tmp_path, "test", image_size=4)
   assert [int(test[i]["has_mask"]) for i in range(3)] == [1, 0, 0]
   assert test[1]["mask"].shape == (4, 4, 1) and test[1]["mask"].sum() == 0
 
@@ -70,8 +70,8 @@ def test_nested_good_train_folder_and_custom_names(tmp_path):
     normal_name="ok",
     image_size=8,
   )
-  assert len(folder.load(tmp_path, "train", **kw)) == 1
-  test = folder.load(tmp_path, "test", **kw)
+  assert len(custom_folder.load(tmp_path, "train", **kw)) == 1
+  test = custom_folder.load(tmp_path, "test", **kw)
   np.testing.assert_array_equal(test.labels, [0, 1])
   assert test[1]["mask"].sum() == 6
 
@@ -79,11 +79,13 @@ def test_nested_good_train_folder_and_custom_names(tmp_path):
 def test_ground_truth_masks_of_the_mvtec_layout_are_used(tmp_path):
   _make(tmp_path)
   os.rename(tmp_path / "masks", tmp_path / "ground_truth")
-  test = folder.load(tmp_path, "test", image_size=8)
+  test = custom_folder.load(tmp_path, "test", image_size=8)
   assert [int(test[i]["has_mask"]) for i in range(3)] == [1, 1, 1]
   np.testing.assert_array_equal(test[1]["mask"][..., 0], _mask() // 255)
   # Named explicitly, and missing or orphan masks are reported by name.
-  test = folder.load(tmp_path, "test", image_size=8, mask_dir="ground_truth")
+  test = custom_folder.load(
+    tmp_path, "test", image_size=8, mask_dir="ground_truth"
+  )
   assert test[2]["mask"].sum() == 6
   orphan = tmp_path / "ground_truth" / "dent" / "e_mask.png"
   _save(orphan, _mask())
@@ -98,12 +100,12 @@ def test_ground_truth_masks_of_the_mvtec_layout_are_used(tmp_path):
 def test_mask_folder_choice_errors(tmp_path):
   _make(tmp_path)
   with pytest.raises(data.DataError, match="Mask folder .*gt.*not found") as e:
-    folder.load(tmp_path, "test", mask_dir="gt")
+    custom_folder.load(tmp_path, "test", mask_dir="gt")
   assert str(tmp_path / "gt") in str(e.value) and "\n" not in str(e.value)
   _save(os.path.join(tmp_path, "ground_truth", "dent", "b.png"), _mask())
   msg = _raises("both masks/ and ground_truth/", tmp_path, "test")
   assert "mask_dir" in msg and "\n" not in msg
-  assert len(folder.load(tmp_path, "test", mask_dir="masks")) == 3
+  assert len(custom_folder.load(tmp_path, "test", mask_dir="masks")) == 3
 
 
 def test_masks_of_normal_images_and_empty_masks(tmp_path):
@@ -114,13 +116,15 @@ def test_masks_of_normal_images_and_empty_masks(tmp_path):
   assert good in msg
   _save(good, np.zeros((8, 8)))
   with pytest.warns(UserWarning, match="Ignoring 1 all-zero mask"):
-    folder.load(tmp_path, "test", image_size=8)
+    custom_folder.load(tmp_path, "test", image_size=8)
   os.remove(good)
   empty = os.path.join(tmp_path, "masks", "dent", "c_mask.png")
   _save(empty, np.zeros((8, 8)))
   msg = _raises("is empty", tmp_path, "test")
   assert empty in msg
-  test = folder.load(tmp_path, "test", image_size=8, allow_empty_masks=True)
+  test = custom_folder.load(
+    tmp_path, "test", image_size=8, allow_empty_masks=True
+  )
   assert test[2]["label"] == 1 and test[2]["mask"].sum() == 0
 
 
@@ -135,14 +139,14 @@ def test_camera_jpeg_is_upright_and_matches_its_mask(tmp_path):
   )
   os.remove(tmp_path / "test" / "dent" / "b.png")
   _save(os.path.join(tmp_path, "masks", "dent", "b.png"), upright[..., 0])
-  test = folder.load(tmp_path, "test", image_size=(8, 16))
+  test = custom_folder.load(tmp_path, "test", image_size=(8, 16))
   np.testing.assert_allclose(test[1]["image"], upright / 255, atol=0.15)
   np.testing.assert_array_equal(test[1]["mask"][..., 0], upright[..., 0] > 0)
 
 
 def _raises(match, root, split):
   with pytest.raises(data.DataError, match=match) as info:
-    src = folder.load(root, split, image_size=8)
+    src = custom_folder.load(root, split, image_size=8)
     [src[i] for i in range(len(src))]
   return str(info.value)
 

@@ -6,16 +6,18 @@ seeded, resumable, per-process batches by `batches`. Missing or malformed
 data raises `DataError`, whose message names the file and the fix.
 
 Loaders: `mnist.load`, `dsprites.load_npz`, `dsprites.load_tfds`,
-`mvtec.load`, `ped1.load`, `folder.load`. Offline sources:
-`dsprites.procedural`, `textures.ensure_dataset` (an MVTec-AD layout of real
-textures with synthetic defects) and `digits.load` (an MNIST stand-in).
+`mvtec.load`, `ped1.load`, `custom_folder.load` (your own images);
+`image_mask` holds the image-and-mask records and source they share.
+Offline sources: `dsprites.procedural`, `textures.ensure_dataset` (an
+MVTec-AD layout of real textures with synthetic defects) and `digits.load`
+(an MNIST stand-in).
 """
 
 from vae_attn.data import (
+  custom_folder,
   digits,
   dsprites,
-  folder,
-  folders,
+  image_mask,
   images,
   mnist,
   mvtec,
@@ -41,10 +43,10 @@ __all__ = [
   "Record",
   "Source",
   "batches",
+  "custom_folder",
   "digits",
   "dsprites",
-  "folder",
-  "folders",
+  "image_mask",
   "images",
   "mnist",
   "mvtec",

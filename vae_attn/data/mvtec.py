@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from vae_attn.data import base, folders, images
+from vae_attn.data import base, image_mask, images
 
 CATEGORIES = (
   "bottle",
@@ -67,7 +67,7 @@ def find_categories(root: str | os.PathLike) -> list[str]:
     return []
   return [
     name
-    for name in folders.subfolders(root)
+    for name in image_mask.subfolders(root)
     if any(os.path.isdir(os.path.join(root, name, split)) for split in SPLITS)
   ]
 
@@ -76,7 +76,7 @@ def entries(root: str | os.PathLike, category: str, split: str) -> list:
   """Walks and checks the layout of one category and split.
 
   Returns:
-    A list of `vae_attn.data.folders.Entry`, test images sorted by defect
+    A list of `vae_attn.data.image_mask.Entry`, test images sorted by defect
     type (``good`` first) then by name.
 
   Raises:
@@ -87,48 +87,50 @@ def entries(root: str | os.PathLike, category: str, split: str) -> list:
     raise base.DataError(
       f"MVTec-AD split must be one of {SPLITS}, got {split!r}."
     )
-  folders.require_dir(root, "MVTec-AD root", LAYOUT)
+  image_mask.require_dir(root, "MVTec-AD root", LAYOUT)
   cat_dir = os.path.join(root, category)
   if not os.path.isdir(cat_dir):
-    found = folders.subfolders(root)
+    found = image_mask.subfolders(root)
     raise base.DataError(
       f"MVTec-AD category {category!r} not found in {root} (found: "
       f"{found or 'no folders'}; MVTec-AD has {', '.join(CATEGORIES)}). "
       f"Expected layout:\n{LAYOUT}"
     )
   if split == "train":
-    train_dir = folders.require_dir(
-      os.path.join(cat_dir, "train", folders.NORMAL),
+    train_dir = image_mask.require_dir(
+      os.path.join(cat_dir, "train", image_mask.NORMAL),
       "MVTec-AD training folder",
       LAYOUT,
     )
     return [
-      folders.Entry(f, None, 0, folders.NORMAL)
-      for f in folders.require_images(train_dir, LAYOUT)
+      image_mask.Entry(f, None, 0, image_mask.NORMAL)
+      for f in image_mask.require_images(train_dir, LAYOUT)
     ]
-  test_dir = folders.require_dir(
+  test_dir = image_mask.require_dir(
     os.path.join(cat_dir, "test"), "MVTec-AD test folder", LAYOUT
   )
-  types = folders.subfolders(test_dir)
+  types = image_mask.subfolders(test_dir)
   if not types:
     raise base.DataError(
       f"No defect-type folders in {test_dir}. Expected layout:\n{LAYOUT}"
     )
-  types.sort(key=lambda t: (t != folders.NORMAL, t))
+  types.sort(key=lambda t: (t != image_mask.NORMAL, t))
   gt_dir = os.path.join(cat_dir, "ground_truth")
-  folders.check_orphan_mask_folders(gt_dir, types, test_dir)
-  folders.check_normal_masks(gt_dir)
+  image_mask.check_orphan_mask_folders(gt_dir, types, test_dir)
+  image_mask.check_normal_masks(gt_dir)
   out = []
   for defect_type in types:
-    files = folders.require_images(os.path.join(test_dir, defect_type), LAYOUT)
-    if defect_type == folders.NORMAL:
-      out += [folders.Entry(f, None, 0, defect_type) for f in files]
+    files = image_mask.require_images(
+      os.path.join(test_dir, defect_type), LAYOUT
+    )
+    if defect_type == image_mask.NORMAL:
+      out += [image_mask.Entry(f, None, 0, defect_type) for f in files]
       continue
-    masks = folders.pair_masks(
+    masks = image_mask.pair_masks(
       files, os.path.join(gt_dir, defect_type), layout=LAYOUT
     )
     out += [
-      folders.Entry(f, m, 1, defect_type)
+      image_mask.Entry(f, m, 1, defect_type)
       for f, m in zip(files, masks, strict=True)
     ]
   return out
@@ -144,7 +146,7 @@ def load(
   seed: int = 0,
   cache: bool = True,
   allow_empty_masks: bool = False,
-) -> folders.ImageMaskSource:
+) -> image_mask.ImageMaskSource:
   """Loads one MVTec-AD category (or the offline textured-defect set).
 
   Records: ``"image"`` float32 ``[S, S, 3]`` in [0, 1], ``"mask"`` float32
@@ -167,7 +169,7 @@ def load(
       (label 1 with an all-zero mask); refused by default.
 
   Returns:
-    An `vae_attn.data.folders.ImageMaskSource`.
+    An `vae_attn.data.image_mask.ImageMaskSource`.
 
   Raises:
     DataError: the layout is missing or inconsistent, an image or mask is
@@ -177,7 +179,7 @@ def load(
   """
   size = images.check_image_size(image_size)
   found = entries(root, category, split)
-  return folders.image_mask_source(
+  return image_mask.image_mask_source(
     found,
     image_size=size,
     name=f"mvtec:{category}/{split}",

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vae_attn.data import base, folders, images
+from vae_attn.data import base, image_mask, images
 
 SPLITS = ("train", "test")
 LAYOUT = """\
@@ -55,7 +55,7 @@ _GT_EXAMPLE = "TestVideoFile{end+1}.gt_frame = [60:152];"
 def find_root(root: str | os.PathLike) -> str:
   """The ``UCSDped1`` folder: ``root`` itself or ``root/UCSDped1``."""
   root = os.fspath(root)
-  folders.require_dir(root, "UCSD Ped1 root", LAYOUT)
+  image_mask.require_dir(root, "UCSD Ped1 root", LAYOUT)
   for candidate in (os.path.join(root, "UCSDped1"), root):
     if os.path.isdir(os.path.join(candidate, "Train")) or os.path.isdir(
       os.path.join(candidate, "Test")
@@ -137,7 +137,7 @@ def parse_frame_labels(path: str) -> dict[int, set[int]]:
 
 def _clips(folder: str, prefix: str) -> list[str]:
   pattern = re.compile(rf"^{prefix}\d+$")
-  return [d for d in folders.subfolders(folder) if pattern.match(d)]
+  return [d for d in image_mask.subfolders(folder) if pattern.match(d)]
 
 
 def _frame_number(path: str) -> int:
@@ -151,7 +151,7 @@ def _frame_number(path: str) -> int:
 
 def entries(
   root: str | os.PathLike, split: str, *, masked_only: bool = True
-) -> list[folders.Entry]:
+) -> list[image_mask.Entry]:
   """Walks and checks the layout; one entry per frame.
 
   Raises:
@@ -160,7 +160,7 @@ def entries(
   if split not in SPLITS:
     raise base.DataError(f"Ped1 split must be one of {SPLITS}, got {split!r}.")
   base_dir = find_root(root)
-  split_dir = folders.require_dir(
+  split_dir = image_mask.require_dir(
     os.path.join(base_dir, split.capitalize()),
     f"Ped1 {split.capitalize()} folder",
     LAYOUT,
@@ -174,15 +174,17 @@ def entries(
   out = []
   if split == "train":
     for clip in clips:
-      for f in folders.require_images(os.path.join(split_dir, clip), LAYOUT):
+      for f in image_mask.require_images(os.path.join(split_dir, clip), LAYOUT):
         out.append(
-          folders.Entry(
-            f, None, 0, folders.NORMAL, extra=(("clip", int(clip[5:])),)
+          image_mask.Entry(
+            f, None, 0, image_mask.NORMAL, extra=(("clip", int(clip[5:])),)
           )
         )
     return out
   gt_names = {
-    d[: -len("_gt")] for d in folders.subfolders(split_dir) if d.endswith("_gt")
+    d[: -len("_gt")]
+    for d in image_mask.subfolders(split_dir)
+    if d.endswith("_gt")
   }
   orphan_gt = sorted(
     n for n in gt_names if n not in clips and n.startswith(prefix)
@@ -206,9 +208,9 @@ def entries(
     frame_labels = parse_frame_labels(labels_file)
   for clip in masked if masked_only else clips:
     clip_id = int(clip[len(prefix) :])
-    frames = folders.require_images(os.path.join(split_dir, clip), LAYOUT)
+    frames = image_mask.require_images(os.path.join(split_dir, clip), LAYOUT)
     if clip in gt_names:
-      masks = folders.pair_masks(
+      masks = image_mask.pair_masks(
         frames,
         os.path.join(split_dir, clip + "_gt"),
         suffixes=("",),
@@ -217,7 +219,7 @@ def entries(
       for f, m in zip(frames, masks, strict=True):
         # The label is read from the mask itself when the entry is decoded.
         out.append(
-          folders.Entry(
+          image_mask.Entry(
             f,
             m,
             -1,
@@ -243,7 +245,7 @@ def entries(
         )
       for f, n in zip(frames, numbers, strict=True):
         out.append(
-          folders.Entry(
+          image_mask.Entry(
             f,
             None,
             int(n in anomalous),
@@ -255,7 +257,7 @@ def entries(
   return out
 
 
-class Ped1Source(folders.ImageMaskSource):
+class Ped1Source(image_mask.ImageMaskSource):
   """UCSD Ped1 frames; a masked frame's label is 1 iff its mask is not empty.
 
   Records: ``"image"`` float32 ``[S, S, 1]``, ``"mask"`` float32
@@ -310,7 +312,7 @@ def load(
   """
   size = images.check_image_size(image_size)
   found = entries(root, split, masked_only=masked_only)
-  folders.check_mask_sizes(found)
+  image_mask.check_mask_sizes(found)
   return Ped1Source(
     found,
     image_size=size,

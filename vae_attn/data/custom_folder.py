@@ -27,7 +27,7 @@ import os
 import warnings
 from collections.abc import Sequence
 
-from vae_attn.data import base, folders, images
+from vae_attn.data import base, image_mask, images
 
 SPLITS = ("train", "test")
 MASK_DIRS = ("masks", "ground_truth")  # Looked for when mask_dir is None.
@@ -72,8 +72,8 @@ def entries(
   train_dir: str = "train",
   test_dir: str = "test",
   mask_dir: str | None = None,
-  normal_name: str = folders.NORMAL,
-) -> list[folders.Entry]:
+  normal_name: str = image_mask.NORMAL,
+) -> list[image_mask.Entry]:
   """Walks and checks the custom layout (see the module docstring).
 
   Raises:
@@ -85,22 +85,22 @@ def entries(
     raise base.DataError(
       f"Folder split must be one of {SPLITS}, got {split!r}."
     )
-  folders.require_dir(root, "Data set root", layout)
+  image_mask.require_dir(root, "Data set root", layout)
   if split == "train":
-    train = folders.require_dir(
+    train = image_mask.require_dir(
       os.path.join(root, train_dir), "Training folder", layout
     )
     nested = os.path.join(train, normal_name)
     if os.path.isdir(nested) and not images.list_images(train):
       train = nested
     return [
-      folders.Entry(f, None, 0, normal_name)
-      for f in folders.require_images(train, layout)
+      image_mask.Entry(f, None, 0, normal_name)
+      for f in image_mask.require_images(train, layout)
     ]
-  test = folders.require_dir(
+  test = image_mask.require_dir(
     os.path.join(root, test_dir), "Test folder", layout
   )
-  types = folders.subfolders(test)
+  types = image_mask.subfolders(test)
   if not types:
     raise base.DataError(
       f"No sub-folders in {test}: put test images in {test}/{normal_name}/ "
@@ -110,8 +110,8 @@ def entries(
   masks_root = _mask_root(root, mask_dir)
   has_masks = masks_root is not None
   if has_masks:
-    folders.check_orphan_mask_folders(masks_root, types, test)
-    folders.check_normal_masks(masks_root, normal_name)
+    image_mask.check_orphan_mask_folders(masks_root, types, test)
+    image_mask.check_normal_masks(masks_root, normal_name)
   elif types != [normal_name]:
     warnings.warn(
       f"No mask folder ({' or '.join(MASK_DIRS)}) in {root}: the defect "
@@ -121,22 +121,22 @@ def entries(
     )
   out = []
   for defect_type in types:
-    files = folders.require_images(os.path.join(test, defect_type), layout)
+    files = image_mask.require_images(os.path.join(test, defect_type), layout)
     if defect_type == normal_name:
-      out += [folders.Entry(f, None, 0, defect_type) for f in files]
+      out += [image_mask.Entry(f, None, 0, defect_type) for f in files]
     elif not has_masks:
       out += [
-        folders.Entry(f, None, 1, defect_type, has_mask=False) for f in files
+        image_mask.Entry(f, None, 1, defect_type, has_mask=False) for f in files
       ]
     else:
-      masks = folders.pair_masks(
+      masks = image_mask.pair_masks(
         files,
         os.path.join(masks_root, defect_type),
         suffixes=("", "_mask"),
         layout=layout,
       )
       out += [
-        folders.Entry(f, m, 1, defect_type)
+        image_mask.Entry(f, m, 1, defect_type)
         for f, m in zip(files, masks, strict=True)
       ]
   return out
@@ -150,12 +150,12 @@ def load(
   train_dir: str = "train",
   test_dir: str = "test",
   mask_dir: str | None = None,
-  normal_name: str = folders.NORMAL,
+  normal_name: str = image_mask.NORMAL,
   augment: bool = False,
   seed: int = 0,
   cache: bool = True,
   allow_empty_masks: bool = False,
-) -> folders.ImageMaskSource:
+) -> image_mask.ImageMaskSource:
   """Loads a custom anomaly data set laid out as in the module docstring.
 
   Records are those of `vae_attn.data.mvtec.load`: ``"image"`` float32
@@ -195,7 +195,7 @@ def load(
     mask_dir=mask_dir,
     normal_name=normal_name,
   )
-  return folders.image_mask_source(
+  return image_mask.image_mask_source(
     found,
     image_size=size,
     name=f"folder:{os.path.basename(os.fspath(root))}/{split}",
