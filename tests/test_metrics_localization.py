@@ -191,11 +191,11 @@ def test_localization_report_matches_single_metrics():
 
 
 @pytest.mark.parametrize("num_bins", [256, 4096])
-def test_binned_pixel_roc_within_stated_bounds(num_bins):
+def test_binned_pixel_scores_within_stated_bounds(num_bins):
   scores, masks = _random_maps(7, shape=(8, 24, 24))
   scores = scores / scores.max()
   exact = metrics.localization_report(scores, masks)
-  accumulator = metrics.pixel_roc((0.0, 1.0), num_bins)
+  accumulator = metrics.pixel_scores((0.0, 1.0), num_bins)
   state = accumulator.init()
   for start in range(0, 8, 3):  # Uneven batches.
     batch = slice(start, start + 3)
@@ -213,21 +213,21 @@ def test_binned_pixel_roc_within_stated_bounds(num_bins):
     assert abs(binned[key] - exact[key]) < 1e-12
 
 
-def test_binned_pixel_roc_is_exact_on_bin_aligned_scores():
+def test_binned_pixel_scores_is_exact_on_bin_aligned_scores():
   # Scores on the bin grid: every pixel sits at a bin edge; no information
   # is lost, so the binned AUROC equals sklearn's (ties count one half).
   scores, masks = _random_maps(8)
   scores = np.floor(scores / scores.max() * 9.999)  # Integers 0..9.
-  accumulator = metrics.pixel_roc((0.0, 10.0), num_bins=10)
+  accumulator = metrics.pixel_scores((0.0, 10.0), num_bins=10)
   state = accumulator.update(accumulator.init(), scores, masks)
   binned = accumulator.compute(state)
   expected = sklearn.metrics.roc_auc_score(masks.ravel(), scores.ravel())
   assert abs(binned["pixel_auroc"] - expected) < 1e-12
 
 
-def test_pixel_roc_clips_out_of_range_scores_into_end_bins():
+def test_pixel_scores_clips_out_of_range_scores_into_end_bins():
   scores, masks = _random_maps(9)
-  accumulator = metrics.pixel_roc((0.2, 0.8), num_bins=64)
+  accumulator = metrics.pixel_scores((0.2, 0.8), num_bins=64)
   state = accumulator.update(accumulator.init(), scores, masks)
   assert int(state.pos.sum() + state.neg.sum()) == scores.size
   binned = accumulator.compute(state)
@@ -266,8 +266,8 @@ def test_bad_arguments_raise():
   with pytest.raises(ValueError, match="connectivity"):
     metrics.aupro(scores, masks, connectivity=6)
   with pytest.raises(ValueError, match="score_range"):
-    metrics.pixel_roc((1.0, 1.0))
-  accumulator = metrics.pixel_roc((0.0, 1.0))
+    metrics.pixel_scores((1.0, 1.0))
+  accumulator = metrics.pixel_scores((0.0, 1.0))
   with pytest.raises(ValueError, match="No anomalous pixels"):
     accumulator.compute(accumulator.init())
 

@@ -1,8 +1,8 @@
 """Evaluation metrics: anomaly localization and disentanglement (pure).
 
 Import as ``from eval import metrics``; the package re-exports the public
-functions of ``localization`` and ``disentanglement``. Dummy ground-truth data
-for tests lives in ``eval.metrics.testing``.
+functions of ``localization``, ``pixel_scores`` and ``disentanglement``.
+Dummy ground-truth data for tests lives in ``eval.metrics.testing``.
 """
 
 from eval.metrics.disentanglement import (
@@ -17,22 +17,24 @@ from eval.metrics.disentanglement import (
   tabulate,
 )
 from eval.metrics.localization import (
-  PixelROC,
-  PixelROCState,
   aupro,
   best_iou,
   image_auroc,
   localization_report,
   pixel_auroc,
-  pixel_roc,
   roc_curve,
+)
+from eval.metrics.pixel_scores import (
+  PixelScores,
+  PixelScoresState,
+  pixel_scores,
 )
 
 __all__ = [
   "FACTOR_VAE_CONVENTIONS",
   "FactorVAEConvention",
-  "PixelROC",
-  "PixelROCState",
+  "PixelScores",
+  "PixelScoresState",
   "aupro",
   "best_iou",
   "compute_all",
@@ -44,7 +46,7 @@ __all__ = [
   "image_auroc",
   "localization_report",
   "pixel_auroc",
-  "pixel_roc",
+  "pixel_scores",
   "roc_curve",
   "tabulate",
 ]
