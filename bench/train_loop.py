@@ -69,7 +69,10 @@ def _bare(config, steps: int, repeats: int) -> float:
 
 def _loop(configs, workdir: str) -> float:
   """Median logged steps/s over the log intervals after the first."""
-  factorvae.train_and_evaluate(configs, workdir)
+  configs = configs if isinstance(configs, list) else [configs]
+  factorvae.train_and_evaluate(
+    configs if len(configs) > 1 else configs[0], workdir
+  )
   dirs = loop.member_dirs(pathlib.Path(workdir).absolute(), configs)
   rows = metric_writers.read_scalars(dirs[0])
   rates = [r["train/steps_per_sec"] for r in rows if "train/loss" in r]
