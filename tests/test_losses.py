@@ -35,16 +35,28 @@ def test_gaussian_kl_known_values():
   np.testing.assert_allclose(losses.gaussian_kl(mu, logvar), expected, 1e-6)
 
 
-def test_beta_vae_is_recon_plus_beta_kl():
-  k = jax.random.split(jax.random.key(0), 4)
-  logits = jax.random.normal(k[0], (2, 8))
-  x = jax.random.uniform(k[1], (2, 8))
-  mu = jax.random.normal(k[2], (2, 3))
-  logvar = jax.random.normal(k[3], (2, 3))
+def test_beta_vae_known_values():
+  # Logits 0 give p = 1/2: the Bernoulli NLL is D log 2 whatever x is; mu = 1
+  # and logvar = 0 cost 1/2 nat per latent element.
+  logits = jnp.zeros((2, 8))
+  x = jnp.array([[0.0] * 8, [1.0, 0.3, 0.0, 1.0, 0.5, 0.0, 1.0, 0.2]])
+  mu = jnp.array([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+  logvar = jnp.zeros((2, 3))
+  expected = 8 * np.log(2) + 4.0 * np.array([0.5, 1.5])
   np.testing.assert_allclose(
-    losses.beta_vae(logits, x, mu, logvar, beta=4.0),
-    losses.bernoulli_nll(logits, x) + 4.0 * losses.gaussian_kl(mu, logvar),
-    rtol=1e-6,
+    losses.beta_vae(logits, x, mu, logvar, beta=4.0), expected, rtol=1e-6
+  )
+
+
+def test_gaussian_kl_per_dim_known_values_and_sum():
+  mu = jnp.array([[0.0, 1.0, 2.0]])
+  logvar = jnp.array([[0.0, 0.0, np.log(2.0)]])
+  # 0.5 (mu^2 + var - log var - 1): 0, 0.5, 0.5 (4 + 2 - log 2 - 1).
+  expected = [[0.0, 0.5, 0.5 * (5.0 - np.log(2.0))]]
+  per_dim = losses.gaussian_kl_per_dim(mu, logvar)
+  np.testing.assert_allclose(per_dim, expected, rtol=1e-6)
+  np.testing.assert_allclose(
+    losses.gaussian_kl(mu, logvar), per_dim.sum(-1), rtol=1e-6
   )
 
 
