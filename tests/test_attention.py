@@ -3,6 +3,7 @@
 import functools
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -254,3 +255,226 @@ def test_normalize_maps_to_unit_range():
   out = attention.normalize(maps)
   np.testing.assert_allclose(out.min((-2, -1)), 0.0, atol=1e-7)
   np.testing.assert_allclose(out.max((-2, -1)), 1.0, atol=1e-6)
+
+
+# Misuse: one clear error each (issue 12 section 4, issue 14).
+# ----------------------------------------------------------------------------
+
+
+def test_latents_validated_when_concrete(mnist):
+  _, variables, x, encode = mnist
+  fn = attention.attention(encode, "conv2")
+  for bad in ([[D, 0], [1, 2]], [[-1, 0], [1, 2]]):
+    with pytest.raises(ValueError, match=rf"latents must lie in \[0, {D}\)"):
+      fn(variables, x, latents=jnp.array(bad))
+  with pytest.raises(TypeError, match="latents must be integer indices"):
+    fn(variables, x, latents=jnp.array([[0.0, 1.0], [1.0, 2.0]]))
+  with pytest.raises(ValueError, match="ragged"):
+    fn(variables, x, latents=[[0, 1], [2]])
+  with pytest.raises(ValueError, match=r"K >= 1"):
+    fn(variables, x, latents=jnp.zeros((2, 0), jnp.int32))
+  # A nested list is taken as the array it spells.
+  as_list = fn(variables, x, latents=[[2, 0], [1, 3]])
+  as_array = fn(variables, x, latents=jnp.array([[2, 0], [1, 3]]))
+  chex.assert_trees_all_close(as_list, as_array, atol=1e-6)
+
+
+def test_traced_latents_out_of_range_give_nan_maps(mnist):
+  _, variables, x, encode = mnist
+  fn = jax.jit(attention.attention(encode, "conv2"))
+  maps = fn(variables, x, latents=jnp.array([[1, D], [2, -1]]))
+  full = fn(variables, x, latents=jnp.array([[1, 0], [2, 0]]))
+  np.testing.assert_allclose(maps.per_latent[:, 0], full.per_latent[:, 0])
+  assert np.isnan(maps.per_latent[:, 1]).all()
+  assert np.isnan(maps.mean).all()  # Not a halved mean.
+
+
+def test_layer_must_be_a_path(mnist):
+  _, variables, x, encode = mnist
+  for bad in (None, 3, [], ["conv2", None], ""):
+    with pytest.raises(TypeError, match="layer must be a layer path"):
+      attention.attention(encode, bad)
+
+
+@pytest.mark.parametrize("dtype", [jnp.uint8, jnp.int32])
+def test_integer_images_are_refused_with_the_conversion(mnist, dtype):
+  _, variables, x, encode = mnist
+  fn = attention.attention(encode, "conv2")
+  with pytest.raises(TypeError, match=r"floating-point images.*astype"):
+    fn(variables, (x * 255).astype(dtype))
+
+
+def test_empty_batch_is_a_clear_error(mnist):
+  _, variables, x, encode = mnist
+  with pytest.raises(ValueError, match="empty batch"):
+    attention.attention(encode, "conv2")(variables, x[:0])
+
+
+def _stats(mean, var):
+  return anomaly.LatentStats(jnp.asarray(mean), jnp.asarray(var), 10.0)
+
+
+def test_stats_checked_and_accepted_as_the_checkpoint_dict(mnist):
+  _, variables, x, encode = mnist
+  fn = attention.attention(encode, "conv2", code="difference")
+  key = jax.random.key(0)
+  stats = _stats(jnp.linspace(-1, 1, D), jnp.linspace(0.5, 2, D))
+  want = fn(variables, x, key=key, stats=stats)
+  # As the one-class trainer saves it: LatentStats._asdict().
+  got = fn(variables, x, key=key, stats=stats._asdict())
+  chex.assert_trees_all_close(got, want, atol=0)
+  with pytest.raises(ValueError, match=rf"shape \(5,\).*D={D}"):
+    fn(variables, x, key=key, stats=_stats(jnp.zeros(5), jnp.ones(5)))
+  with pytest.raises(ValueError, match="NaN or infinite"):
+    fn(variables, x, key=key, stats=_stats(jnp.zeros(D), jnp.full(D, jnp.nan)))
+  with pytest.raises(ValueError, match="non-negative"):
+    fn(variables, x, key=key, stats=_stats(jnp.zeros(D), -jnp.ones(D)))
+  with pytest.raises(TypeError, match="'mean' and 'var'"):
+    fn(variables, x, key=key, stats={"mean": stats.mean})
+  with pytest.raises(TypeError, match="stats must be"):
+    fn(variables, x, key=key, stats=stats.var)
+
+
+def test_traced_negative_variance_gives_nan_maps(mnist):
+  _, variables, x, encode = mnist
+  fn = jax.jit(attention.attention(encode, "conv2", code="difference"))
+  var = jnp.ones(D).at[1].set(-0.5)
+  maps = fn(
+    variables, x, key=jax.random.key(0), stats=_stats(jnp.zeros(D), var)
+  )
+  assert np.isnan(maps.per_latent).all()  # Every z_i depends on all of A.
+
+
+@pytest.mark.parametrize("code", ["mu", "sample"])
+def test_stats_with_another_code_is_refused(mnist, code):
+  _, variables, x, encode = mnist
+  stats = _stats(jnp.zeros(D), jnp.ones(D))
+  with pytest.raises(ValueError, match=r'stats= is used only by code="diff'):
+    attention.attention(encode, "conv2", code=code)(
+      variables, x, key=jax.random.key(0), stats=stats
+    )
+
+
+@pytest.mark.parametrize("size", [0, (0, 5), (5, -1), 2.5, (3,)])
+def test_upsample_to_a_non_positive_size_is_refused(size):
+  with pytest.raises(ValueError, match="size must be a positive int"):
+    attention.upsample(jnp.ones((2, 3, 3)), size)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
+def test_normalize_of_a_constant_map_is_zero_in_every_dtype(dtype):
+  maps = jnp.stack([jnp.full((4, 4), 3.0), jnp.arange(16.0).reshape(4, 4)])
+  out = attention.normalize(maps.astype(dtype))
+  assert out.dtype == dtype
+  np.testing.assert_array_equal(np.asarray(out[0], np.float32), 0.0)
+  np.testing.assert_allclose(
+    np.asarray(out[1], np.float32), np.arange(16).reshape(4, 4) / 15, atol=4e-3
+  )
+
+
+class _Encoder(nn.Module):
+  """MNIST-like encoder, ``remat`` naming which stages are rematerialised."""
+
+  remat: tuple[str, ...] = ()
+
+  @nn.compact
+  def __call__(self, x):
+    for i, features in enumerate((4, 6)):
+      name = f"conv{i + 1}"
+      block = nn.remat(ConvBlock) if name in self.remat else ConvBlock
+      x = block(ConvSpec(features), name=name)(x)
+    return GaussianHead(3, (8,), name="head")(x)
+
+
+def test_remat_around_the_target_is_refused_clearly():
+  x = jax.random.uniform(jax.random.key(0), (2, 12, 12, 1))
+  model = _Encoder(remat=("conv1",))
+  variables = jax.jit(model.init)(jax.random.key(1), x)
+  fn = attention.attention(model.apply, "conv1")
+  with pytest.raises(ValueError, match=r"'conv1' runs inside.*nn\.remat"):
+    fn(variables, x)
+
+
+def test_remat_elsewhere_gives_the_same_maps():
+  x = jax.random.uniform(jax.random.key(0), (2, 12, 12, 1))
+  plain = _Encoder()
+  variables = jax.jit(plain.init)(jax.random.key(1), x)
+  want = attention.attention(plain.apply, "conv1")(variables, x)
+  lifted = _Encoder(remat=("conv2",))
+  got = attention.attention(lifted.apply, "conv1")(variables, x)
+  chex.assert_trees_all_close(got, want, atol=1e-6)
+  assert np.abs(want.per_latent).max() > 1e-3
+
+
+def test_layer_paths_lists_each_target_once(mnist):
+  _, variables, x, encode = mnist
+  assert list(attention.layer_paths(encode, variables, x)) == [
+    "encoder/conv1",
+    "encoder/conv2",
+  ]
+  # The bare conv inside a block is still a valid (pre-ReLU) target.
+  inner = attention.attention(encode, "conv2/conv")(variables, x)
+  chex.assert_shape(inner.per_latent, (2, D, 7, 7))
+
+
+def test_resnet_layer_paths_are_blocks_not_their_layers():
+  model = models.make_model("resnet18", latent_dim=D, image_size=64)
+  x = jnp.zeros((1, 64, 64, 3))
+  variables = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), x, jax.random.key(1))
+  )
+  encode = functools.partial(model.apply, method=model.encode)
+  paths = list(attention.layer_paths(encode, variables, x))
+  stage = [p for p in paths if p.startswith("encoder/stage2_block1")]
+  assert stage == [
+    "encoder/stage2_block1",
+    "encoder/stage2_block1/conv1",
+    "encoder/stage2_block1/conv2",
+    "encoder/stage2_block1/downsample",
+  ]
+  assert paths[0] == "encoder/stem"
+  assert len(paths) == 1 + 4 * 2 * 3 + 3  # Stem, blocks and convs, downs.
+
+
+class _OtherHead(nn.Module):
+  """GaussianHead's function without its protocol attribute."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Dense(8, name="fc1")(x.reshape(x.shape[0], -1)))
+    return nn.Dense(3, name="mu")(x), nn.Dense(3, name="logvar")(x)
+
+
+class _BrokenHead(_OtherHead):
+  """Declares the protocol but pools before its first Dense."""
+
+  flattens_input_into_dense = True
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Dense(8, name="fc1")(x.mean((1, 2))))
+    return nn.Dense(3, name="mu")(x), nn.Dense(3, name="logvar")(x)
+
+
+class _Encoder2(nn.Module):
+  head: nn.Module
+
+  @nn.compact
+  def __call__(self, x):
+    return self.head(ConvBlock(ConvSpec(4), name="conv1")(x))
+
+
+def test_heads_are_asked_through_the_protocol_attribute():
+  x = jax.random.uniform(jax.random.key(0), (2, 12, 12, 1))
+  folded = _Encoder2(GaussianHead(3, (8,)))
+  variables = jax.jit(folded.init)(jax.random.key(1), x)
+  want = attention.attention(folded.apply, "conv1")(variables, x)
+  # The same function without the attribute: differentiated, not folded.
+  other = _Encoder2(_OtherHead())
+  got = attention.attention(other.apply, "conv1")(variables, x)
+  chex.assert_trees_all_close(got, want, atol=1e-6)
+  assert np.abs(want.per_latent).max() > 1e-3
+  broken = _Encoder2(_BrokenHead())
+  broken_vars = jax.jit(broken.init)(jax.random.key(1), x)
+  with pytest.raises(ValueError, match="flattens_input_into_dense"):
+    attention.attention(broken.apply, "conv1")(broken_vars, x)

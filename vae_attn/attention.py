@@ -34,18 +34,22 @@ setting, so on CPU the option changes neither the maps nor the speed.
 
 Float32 against float64. The float32 maps of every paper layer agree with a
 float64 evaluation (``jax.enable_x64``, float64 parameters and images) to
-about 1e-6 (max abs difference / max abs map), except where a ReLU's
-pre-activation lies within float32 rounding of zero: there float32 and
-float64 differentiate different linear pieces of the network, and every map
-whose gradient flows through that unit changes. Measured on the ResNet-18
-VAE at 256x256 (random weights, BatchNorm statistics of the image batch, a
-scikit-image brick texture): one unit of ``stage2_block1``'s output ReLU had
-pre-activation 3.0e-6 in float32 and -1.6e-6 in float64 (activations up to
-8.2), and the maps at every layer below it moved by 1.2e-2; the spatial mean
-of the gradients is not where precision goes (summing the float32 gradients
-in float64 changes them by under 1e-7 relative), and XLA:CPU's float32
-convolutions are as accurate as OpenBLAS's sgemm. Any float32 evaluation,
-in any framework, meets such units on some inputs.
+about 1e-6 (max abs difference / max abs map; ``tests/test_precision.py``),
+except where a ReLU's pre-activation lies within float32 rounding of zero:
+there float32 and float64 differentiate different linear pieces of the
+network, and every map whose gradient flows through that unit changes. Any
+float32 evaluation, in any framework, meets such units on some inputs.
+Measured on the ResNet-18 VAE at 256x256 (random weights, BatchNorm
+statistics of the image batch, scikit-image's brick texture, XLA:CPU): one
+unit of ``stage2_block1``'s output ReLU had pre-activation 3.0e-6 in float32
+and -1.6e-6 in float64 (activations up to 8.2), and the maps at
+``stage1_block1/conv1`` and ``stage2_block1/conv1`` moved by 1.2e-2 and
+7.1e-3; float64 run with the float32 ReLU masks agreed with float32 to 2e-6
+at every stage. The spatial mean of the gradients is not where precision
+goes (summing the float32 gradients in float64 leaves the gradient means
+1.04e-2 from float64 either way), nor are the rewrites of
+:mod:`vae_attn.models.ops` (none runs at that size), and XLA:CPU's float32
+convolutions are as accurate as OpenBLAS's sgemm.
 
 Modules may tell the transform about their structure through one class
 attribute, ``flattens_input_into_dense = True``: the module's ``__call__``
@@ -273,6 +277,32 @@ def layer_paths(encode_fn: EncodeFn, variables, x, *args, **kwargs):
     output ``(B, h, w, n)``, in call order.
   """
   return _targets(_trace(encode_fn, variables, x, *args, **kwargs))
+
+
+def resolve_layers(
+  encode_fn: EncodeFn, variables, x, layers: str | Sequence[str]
+) -> dict[str, str]:
+  """The full path of each requested layer, as :func:`attention` finds it.
+
+  A layer is named by its full path (``"encoder/conv2"``) or by a unique
+  suffix (``"conv2"``, ``"stage2_block1/conv1"``); a suffix matches the
+  targets of :func:`layer_paths` first, then any module with an output.
+
+  Args:
+    encode_fn: ``(variables, x) -> (mu, logvar)``.
+    variables: the model variables (arrays or ``jax.ShapeDtypeStruct``).
+    x: images ``[B, H, W, C]`` of the model's input shape.
+    layers: one layer name or a sequence of them.
+
+  Returns:
+    A dict from each requested name to its full path, in request order.
+
+  Raises:
+    TypeError: ``layers`` is not a name or a sequence of names.
+    ValueError: a name matches no layer or several (the message lists the
+      valid paths with their output shapes).
+  """
+  return _resolve(_check_layer(layers), _trace(encode_fn, variables, x))
 
 
 def _resolve(layers: Sequence[str], traced: _Traced) -> dict[str, str]:
