@@ -1,12 +1,23 @@
-"""Known-answer tests for eval.metrics.disentanglement on dummy factor data."""
+"""Known-answer tests of the disentanglement metrics on dummy factor data."""
 
 import doctest
+import warnings
 
 import numpy as np
 import pytest
+import sklearn.exceptions
 
 from eval import metrics
-from eval.metrics import testing
+from eval.metrics import (
+  beta_vae,
+  dci,
+  disentanglement,
+  factor_vae,
+  mig,
+  sampling,
+  sap,
+  testing,
+)
 
 DATA = testing.IdentityData()  # 5 factors with 4..8 values: chance is 0.2.
 IDENTITY = testing.identity_representation
@@ -306,10 +317,13 @@ def test_bad_inputs_raise():
     metrics.compute_dci(DATA, IDENTITY, _rs(), importance="lasso")
 
 
-def test_docstring_examples_run():
-  from eval.metrics import disentanglement
-
-  result = doctest.testmod(disentanglement)
+@pytest.mark.parametrize(
+  "module",
+  [factor_vae, beta_vae, mig, dci, sap, disentanglement],
+  ids=lambda m: m.__name__,
+)
+def test_docstring_examples_run(module):
+  result = doctest.testmod(module)
   assert result.attempted >= 1 and result.failed == 0
 
 
@@ -334,3 +348,230 @@ def test_rendering_draws_the_random_state_in_chunk_order():
     data, MIXED, _rs(2), batch_size=7, **SMALL_BETA_VAE
   )
   assert beta_one == beta_many
+
+
+# ----------------------------------------------------------------------------
+# Single-valued factors (issue 12): dropped with a warning that names them.
+# ----------------------------------------------------------------------------
+
+# Factor 1 has one value; identity codes then have a constant dimension.
+WITH_CONSTANT = testing.IdentityData((4, 1, 5, 6))
+
+
+def _score_each_metric(data, rep):
+  """Each metric's headline score on ``data``, warnings checked per call."""
+  calls = {
+    "factor_vae": lambda: metrics.compute_factor_vae(
+      data, rep, _rs(), **SMALL_FACTOR_VAE
+    ),
+    "beta_vae": lambda: metrics.compute_beta_vae(
+      data, rep, _rs(), **SMALL_BETA_VAE
+    ),
+    "mig": lambda: metrics.compute_mig(data, rep, _rs(), num_train=2000),
+    "dci": lambda: metrics.compute_dci(
+      data, rep, _rs(), num_train=200, num_test=100, importance="random_forest"
+    ),
+    "sap": lambda: metrics.compute_sap(
+      data, rep, _rs(), num_train=1000, num_test=500, continuous_factors=True
+    ),
+  }
+  scores = {}
+  for name, call in calls.items():
+    with pytest.warns(
+      sampling.ConstantFactorWarning, match=r"Dropping factor 1:"
+    ) as record:
+      scores[name] = call()
+    assert len(record) == 1, name
+  return scores
+
+
+def test_single_valued_factor_is_dropped_by_every_metric():
+  scores = _score_each_metric(WITH_CONSTANT, IDENTITY)
+  # The constant code dimension is pruned; the other three are perfect.
+  assert scores["factor_vae"] == {
+    "train_accuracy": 1.0,
+    "eval_accuracy": 1.0,
+    "num_active_dims": 3.0,
+  }
+  assert scores["beta_vae"]["eval_accuracy"] > 0.95
+  assert scores["mig"]["discrete_mig"] > 0.95  # Was: "increase num_train".
+  assert scores["dci"]["disentanglement"] > 0.9  # Was: sklearn's error.
+  assert scores["dci"]["informativeness_test"] > 0.9
+  assert scores["sap"]["sap_score"] > 0.95  # Was: NaN.
+
+
+def test_single_valued_factor_discrete_sap_and_names():
+  # Binary factors plus a constant one: the ideal code scores 1 - 1/2.
+  data = testing.IdentityData((2, 1, 2, 2))
+  with pytest.warns(sampling.ConstantFactorWarning, match="factor 1"):
+    score = metrics.compute_sap(data, IDENTITY, _rs(), num_train=1000)
+  assert score["sap_score"] == pytest.approx(0.5, abs=0.05)
+
+  class Named(testing.IdentityData):
+    factor_names = ("shape", "colour", "scale", "x")
+
+  with pytest.warns(sampling.ConstantFactorWarning, match="'colour'"):
+    metrics.compute_mig(Named((3, 1, 4, 5)), IDENTITY, _rs(), num_train=500)
+
+
+def test_compute_all_warns_once_for_a_single_valued_factor():
+  with pytest.warns(sampling.ConstantFactorWarning) as record:
+    scores = metrics.compute_all(WITH_CONSTANT, IDENTITY, _rs(), quick=True)
+  constant = [
+    w for w in record if issubclass(w.category, sampling.ConstantFactorWarning)
+  ]
+  assert len(constant) == 1
+  assert scores["factor_vae/disentanglement_lib/num_active_dims"] == 3.0
+  assert scores["factor_vae/paper/eval_accuracy"] == 1.0
+
+
+def test_every_factor_single_valued_is_refused():
+  with pytest.raises(ValueError, match="Every factor has a single value"):
+    metrics.compute_mig(testing.IdentityData((1, 1)), IDENTITY, _rs())
+
+
+class _NeverVaries(testing.IdentityData):
+  """Declares 5 values for factor 1 but always samples 0."""
+
+  def sample_factors(self, num, random_state):
+    factors = super().sample_factors(num, random_state)
+    factors[:, 1] = 0
+    return factors
+
+
+@pytest.mark.parametrize(
+  "metric",
+  [
+    lambda d: metrics.compute_mig(d, IDENTITY, _rs(), num_train=500),
+    lambda d: metrics.compute_dci(
+      d, IDENTITY, _rs(), num_train=100, num_test=50, importance="gbt"
+    ),
+    lambda d: metrics.compute_sap(d, IDENTITY, _rs(), num_train=100),
+  ],
+  ids=["mig", "dci", "sap"],
+)
+def test_factor_constant_in_the_sample_is_named(metric):
+  with pytest.raises(
+    ValueError, match=r"factor 1 takes one value in all \d+ .*num_train"
+  ):
+    metric(_NeverVaries())
+
+
+# ----------------------------------------------------------------------------
+# Estimator fits: parallel, one thread each, convergence reported once.
+# ----------------------------------------------------------------------------
+
+
+def test_parallel_fits_give_the_serial_scores():
+  kwargs = dict(num_train=300, num_test=150)
+  serial = metrics.compute_dci(
+    DATA, MIXED, _rs(1), importance="random_forest", **kwargs
+  )
+  parallel = metrics.compute_dci(
+    DATA, MIXED, _rs(1), importance="random_forest", n_jobs=2, **kwargs
+  )
+  assert serial == parallel
+  binary = testing.IdentityData((2, 3, 2))
+  rep = testing.MixedRepresentation(binary.factors_num_values)
+  sap_serial = metrics.compute_sap(binary, rep, _rs(1), **kwargs)
+  sap_parallel = metrics.compute_sap(binary, rep, _rs(1), n_jobs=2, **kwargs)
+  assert sap_serial == sap_parallel
+
+
+def _two_convergence_warnings(value):
+  for i in range(2):
+    warnings.warn(
+      f"stopped {value}.{i}",
+      sklearn.exceptions.ConvergenceWarning,
+      stacklevel=2,
+    )
+  return value * 10
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_convergence_warnings_are_summed_up_once(n_jobs):
+  with pytest.warns(sklearn.exceptions.ConvergenceWarning) as record:
+    values = sampling.map_fits(
+      _two_convergence_warnings, [(1,), (2,), (3,)], n_jobs, what="test fits"
+    )
+  assert values == [10, 20, 30]
+  assert len(record) == 1
+  assert str(record[0].message).startswith(
+    "test fits: 6 estimator fit(s) stopped at their iteration limit"
+  )
+  assert "stopped 1.0" in str(record[0].message)
+
+
+def test_beta_vae_classifier_converges_on_badly_scaled_codes():
+  # With sklearn's default 100 L-BFGS iterations this fit stopped short
+  # (ConvergenceWarning, train accuracy 0.9967); the codes are perfect.
+  scale = np.array([1.0, 10.0, 100.0, 1000.0, 10000.0])
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", sklearn.exceptions.ConvergenceWarning)
+    scores = metrics.compute_beta_vae(
+      DATA, lambda x: IDENTITY(x) * scale, _rs(), **SMALL_BETA_VAE
+    )
+  assert scores["train_accuracy"] == 1.0
+
+
+# ----------------------------------------------------------------------------
+# The suite: stages, sizes, times.
+# ----------------------------------------------------------------------------
+
+
+def test_suite_full_sizes_are_the_published_ones():
+  sizes = metrics.suite_sample_sizes()
+  assert sizes["factor_vae/disentanglement_lib"] == dict(
+    num_per_vote=64,
+    num_train=10_000,
+    num_eval=5_000,
+    num_variance_estimate=10_000,
+  )
+  assert sizes["factor_vae/paper"] == dict(
+    num_per_vote=100, num_train=800, num_eval=800, num_variance_estimate=10_000
+  )
+  assert sizes["beta_vae"] == dict(
+    num_per_point=64, num_train=10_000, num_eval=5_000
+  )
+  assert sizes["mig"] == {"num_train": 10_000}
+  assert (
+    sizes["dci"] == sizes["sap"] == {"num_train": 10_000, "num_test": 5_000}
+  )
+
+
+def test_evaluate_suite_logs_each_stage_and_names_its_sizes(caplog, capsys):
+  caplog.set_level("INFO", logger="eval.metrics")
+  results = list(
+    metrics.evaluate_suite(
+      DATA, IDENTITY, _rs(), quick=True, dci_importance="random_forest",
+      progress=True,
+    )
+  )  # fmt: skip
+  quick = metrics.suite_sample_sizes(quick=True)
+  assert [r.name for r in results] == list(quick)
+  assert all(r.sample_sizes == quick[r.name] for r in results)
+  assert all(r.seconds >= 0 for r in results)
+  assert {k: v for r in results for k, v in r.scores.items()} == (
+    metrics.compute_all(
+      DATA, IDENTITY, _rs(), quick=True, dci_importance="random_forest"
+    )
+  )
+  lines = [r.getMessage() for r in caplog.records]
+  assert lines[0] == (
+    "metric 1/6: FactorVAE score, disentanglement_lib convention "
+    "(num_per_vote=20, num_train=200, num_eval=100, "
+    "num_variance_estimate=1000)"
+  )
+  assert any(line.startswith("metric 6/6: SAP done in") for line in lines)
+  # Bars of the images each metric encodes: FactorVAE (quick) 1,000
+  # variance images + 300 votes x 20 images; SAP 500 + 250 points.
+  err = capsys.readouterr().err
+  assert "factor_vae/disentanglement_lib: images" in err and "/7.00k" in err
+  assert "sap: images" in err and "/750" in err
+
+
+def test_tabulate_shows_its_progress(capsys):
+  metrics.tabulate(DATA, IDENTITY, _rs(), batch_size=1000, progress=True)
+  assert "encoding" in capsys.readouterr().err
+  metrics.tabulate(DATA, IDENTITY, _rs(), batch_size=1000)
+  assert capsys.readouterr().err == ""

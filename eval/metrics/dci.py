@@ -1,0 +1,217 @@
+"""Disentanglement, completeness and informativeness (DCI).
+
+The data, representation-function and random-state contract is
+disentanglement_lib's (``eval.metrics.sampling``).
+
+References:
+  Eastwood & Williams, "A Framework for the Quantitative Evaluation of
+  Disentangled Representations", ICLR 2018, section 2.
+  google-research/disentanglement_lib: evaluation/metrics/dci.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.stats
+import sklearn.ensemble
+
+from eval.metrics import sampling
+
+__all__ = ["IMPORTANCE_MODELS", "compute_dci"]
+
+# The classifiers whose feature importances form the DCI matrix.
+IMPORTANCE_MODELS = ("gbt", "random_forest")
+
+
+def _classifier(importance: str, seed: int) -> Any:
+  if importance == "gbt":
+    # disentanglement_lib: GradientBoostingClassifier() with its defaults.
+    return sklearn.ensemble.GradientBoostingClassifier(random_state=seed)
+  return sklearn.ensemble.RandomForestClassifier(
+    n_estimators=50,
+    max_features=None,
+    min_samples_leaf=2,
+    random_state=seed,
+  )
+
+
+def _fit_factor(
+  codes_train: np.ndarray,
+  factor_train: np.ndarray,
+  codes_test: np.ndarray,
+  factor_test: np.ndarray,
+  importance: str,
+  seed: int,
+) -> tuple[np.ndarray, float, float]:
+  """Importances ``[D]`` and train/test accuracy of one factor's classifier."""
+  model = _classifier(importance, seed)
+  model.fit(codes_train, factor_train)
+  return (
+    np.abs(model.feature_importances_),
+    float(np.mean(model.predict(codes_train) == factor_train)),
+    float(np.mean(model.predict(codes_test) == factor_test)),
+  )
+
+
+def _importance(
+  codes_train: np.ndarray,
+  factors_train: np.ndarray,
+  codes_test: np.ndarray,
+  factors_test: np.ndarray,
+  importance: str,
+  seed: int,
+  n_jobs: int,
+) -> tuple[np.ndarray, float, float]:
+  """Importance matrix ``[D, F]`` and mean train/test factor accuracies."""
+  fits = sampling.map_fits(
+    _fit_factor,
+    (
+      (
+        codes_train,
+        factors_train[:, j],
+        codes_test,
+        factors_test[:, j],
+        importance,
+        seed,
+      )
+      for j in range(factors_train.shape[1])
+    ),
+    n_jobs,
+    what=f"DCI: {importance} fits",
+  )
+  matrix = np.stack([fit[0] for fit in fits], axis=1)
+  train_acc = float(np.mean([fit[1] for fit in fits]))
+  test_acc = float(np.mean([fit[2] for fit in fits]))
+  return matrix, train_acc, test_acc
+
+
+def _dci_scores(importance: np.ndarray) -> tuple[float, float]:
+  """Disentanglement and completeness of an importance matrix ``[D, F]``."""
+  num_codes, num_factors = importance.shape
+  if num_factors > 1:
+    per_code = 1.0 - scipy.stats.entropy(importance.T + 1e-11, base=num_factors)
+  else:
+    per_code = np.ones(num_codes)
+  if num_codes > 1:
+    per_factor = 1.0 - scipy.stats.entropy(importance + 1e-11, base=num_codes)
+  else:
+    per_factor = np.ones(num_factors)
+  weights = importance if importance.sum() > 0 else np.ones_like(importance)
+  code_weight = weights.sum(axis=1) / weights.sum()
+  factor_weight = weights.sum(axis=0) / weights.sum()
+  return (
+    float(np.sum(per_code * code_weight)),
+    float(np.sum(per_factor * factor_weight)),
+  )
+
+
+def compute_dci(
+  ground_truth_data: Any,
+  representation_function: sampling.RepresentationFn,
+  random_state: sampling.RandomState,
+  *,
+  num_train: int = 10_000,
+  num_test: int = 5_000,
+  importance: str = "gbt",
+  n_jobs: int = 1,
+  batch_size: int = sampling.DEFAULT_BATCH_SIZE,
+) -> dict[str, float]:
+  """Disentanglement, completeness and informativeness (DCI).
+
+  One classifier per factor predicts it from the codes; its feature
+  importances form ``R [D, F]``. Disentanglement is ``sum_d rho_d (1 -
+  H_F(R_d.))`` with ``rho_d`` the share of dimension ``d`` in the total
+  importance; completeness is the same with the roles of codes and factors
+  swapped; informativeness is the mean classification accuracy.
+  Single-valued factors are dropped with a warning
+  (``sampling.drop_constant_factors``).
+
+  The importance models (``IMPORTANCE_MODELS``):
+
+  * ``"gbt"``: sklearn's ``GradientBoostingClassifier`` with its defaults,
+    as disentanglement_lib: its numbers. It fits one tree per class and
+    boosting round, one after the other, so its cost grows with the number
+    of factor values: on the codes of a trained FactorVAE, dSprites' factor
+    sizes (113 values in all) and 1,000 training points it took 82 s of CPU
+    time; at the default 10,000 points expect tens of minutes, about half
+    that with ``n_jobs=2``.
+  * ``"random_forest"``: sklearn's ``RandomForestClassifier``, 50 trees,
+    every feature considered at each split (so that irrelevant dimensions
+    get no importance), ``min_samples_leaf=2``; impurity-based importances
+    like ``"gbt"``'s, but its own numbers. On the same codes: 5 s of CPU
+    time at 1,000 points, 96 s at 10,000.
+
+  Args:
+    ground_truth_data: data with the ground-truth interface.
+    representation_function: observations -> codes ``[N, D]``.
+    random_state: ``np.random.RandomState`` or ``np.random.Generator``.
+    num_train: training points.
+    num_test: test points.
+    importance: the importance model, one of ``IMPORTANCE_MODELS``.
+    n_jobs: processes for the per-factor fits (the scores do not depend on
+      it).
+    batch_size: observations per representation call.
+
+  Returns:
+    Dict with ``disentanglement``, ``completeness``,
+    ``informativeness_train`` and ``informativeness_test`` (accuracies).
+
+  Examples:
+    >>> from eval.metrics import testing
+    >>> scores = compute_dci(testing.IdentityData(),
+    ...                      testing.identity_representation,
+    ...                      np.random.RandomState(0), num_train=200,
+    ...                      num_test=100, importance="random_forest")
+    >>> scores["disentanglement"] > 0.9, scores["completeness"] > 0.9
+    (True, True)
+
+  Raises:
+    ValueError: for an unknown importance model, a factor of several values
+      that takes a single value in the training sample, no factor with two
+      values, or malformed inputs.
+
+  References:
+    Eastwood & Williams, "A Framework for the Quantitative Evaluation of
+    Disentangled Representations", ICLR 2018, section 2.
+    disentanglement_lib: evaluation/metrics/dci.py.
+  """
+  if importance not in IMPORTANCE_MODELS:
+    raise ValueError(
+      f"importance must be one of {IMPORTANCE_MODELS}, got {importance!r}."
+    )
+  data = sampling.check_inputs(
+    ground_truth_data,
+    random_state,
+    num_train=num_train,
+    num_test=num_test,
+    n_jobs=n_jobs,
+    batch_size=batch_size,
+  )
+  args = (data, representation_function)
+  codes_train, factors_train = sampling.sample_codes(
+    *args, num_train, random_state, batch_size
+  )
+  codes_test, factors_test = sampling.sample_codes(
+    *args, num_test, random_state, batch_size
+  )
+  sampling.check_factors_vary(
+    data, factors_train, "DCI training points (num_train)"
+  )
+  matrix, train_acc, test_acc = _importance(
+    codes_train,
+    factors_train,
+    codes_test,
+    factors_test,
+    importance,
+    sampling.seed_from(random_state),
+    n_jobs,
+  )
+  disentanglement, completeness = _dci_scores(matrix)
+  return {
+    "disentanglement": disentanglement,
+    "completeness": completeness,
+    "informativeness_train": train_acc,
+    "informativeness_test": test_acc,
+  }

@@ -1,0 +1,417 @@
+"""What the disentanglement metrics share: checks, sampling and fitting.
+
+Every metric module (``factor_vae``, ``beta_vae``, ``mig``, ``dci``,
+``sap``) sees only a ground-truth data object, a representation function
+and a random state, with google-research/disentanglement_lib's contract:
+
+* ``ground_truth_data`` has ``num_factors``, ``factors_num_values`` (list of
+  ints), ``sample_factors(num, random_state) -> int [num, num_factors]`` and
+  ``sample_observations_from_factors(factors, random_state) -> [num, H, W,
+  C]``; optionally ``factor_names`` (used in messages).
+* ``representation_function(observations) -> [num, D]`` is a NumPy function
+  (e.g. a jitted encoder returning the posterior mean). It is always called
+  on chunks of at most ``batch_size`` observations, so a jitted encoder sees
+  few, big batches.
+* ``random_state`` is a ``np.random.RandomState`` (a ``np.random.Generator``
+  is accepted too). Nothing is seeded globally.
+
+Unlike disentanglement_lib, which draws one mini-batch per vote in a Python
+loop, the samplers here draw the factors of all votes in one call and batch
+the observations; the votes have the same distribution but not the same
+random stream, so scores equal disentanglement_lib's in distribution, not
+bit for bit.
+
+The helpers here are shared by the metric modules; they are not part of
+``eval.metrics``' public API.
+
+References:
+  disentanglement_lib: evaluation/metrics/utils.py,
+  data/ground_truth/ground_truth_data.py.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import joblib
+import numpy as np
+import sklearn.exceptions
+import threadpoolctl
+
+RandomState = np.random.RandomState | np.random.Generator
+RepresentationFn = Callable[[np.ndarray], np.ndarray]
+
+DEFAULT_BATCH_SIZE = 4096
+
+
+class ConstantFactorWarning(UserWarning):
+  """A single-valued factor was dropped from a disentanglement metric."""
+
+
+# ----------------------------------------------------------------------------
+# Checks.
+# ----------------------------------------------------------------------------
+
+
+def check_random_state(random_state: Any) -> None:
+  """Raises ValueError unless ``random_state`` is a NumPy random state."""
+  if not isinstance(random_state, np.random.RandomState | np.random.Generator):
+    raise ValueError(
+      "random_state must be a np.random.RandomState or np.random.Generator, "
+      f"got {type(random_state).__name__}; pass e.g. "
+      "np.random.RandomState(0)."
+    )
+
+
+def check_ground_truth_data(ground_truth_data: Any) -> None:
+  """Raises ValueError when the ground-truth interface is incomplete."""
+  required = (
+    "num_factors",
+    "factors_num_values",
+    "sample_factors",
+    "sample_observations_from_factors",
+  )
+  missing = [name for name in required if not hasattr(ground_truth_data, name)]
+  if missing:
+    raise ValueError(
+      f"ground_truth_data lacks {missing}; it must provide num_factors, "
+      "factors_num_values, sample_factors(num, random_state) and "
+      "sample_observations_from_factors(factors, random_state)."
+    )
+
+
+def check_positive(minimum: int = 1, **counts: int) -> None:
+  """Raises ValueError for a count below ``minimum``, naming it."""
+  for name, value in counts.items():
+    if int(value) < minimum:
+      raise ValueError(f"{name} must be an integer >= {minimum}, got {value}.")
+
+
+def check_inputs(
+  ground_truth_data: Any, random_state: Any, **counts: int
+) -> Any:
+  """The checks every metric starts with; returns the data to use.
+
+  Checks the interface, the random state and that every count is >= 1, and
+  drops single-valued factors (:func:`drop_constant_factors`).
+  """
+  check_ground_truth_data(ground_truth_data)
+  check_random_state(random_state)
+  check_positive(**counts)
+  return drop_constant_factors(ground_truth_data)
+
+
+def factor_label(ground_truth_data: Any, index: int) -> str:
+  """``"factor 2 ('orientation')"``, or ``"factor 2"`` without names."""
+  names = getattr(ground_truth_data, "factor_names", None)
+  if names is not None and index < len(names):
+    return f"factor {index} ({names[index]!r})"
+  return f"factor {index}"
+
+
+# ----------------------------------------------------------------------------
+# Constant factors.
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _WithoutFactors:
+  """A view of ground-truth data without some (single-valued) factors.
+
+  Sampling draws the base data's full factors and drops the columns; the
+  observations of reduced factors are rendered with value 0 (the only class
+  of a single-valued factor) in the dropped columns.
+  """
+
+  base: Any
+  keep: tuple[int, ...]
+
+  @property
+  def num_factors(self) -> int:
+    return len(self.keep)
+
+  @property
+  def factors_num_values(self) -> list[int]:
+    values = list(self.base.factors_num_values)
+    return [int(values[i]) for i in self.keep]
+
+  @property
+  def factor_names(self) -> tuple[str, ...] | None:
+    names = getattr(self.base, "factor_names", None)
+    return None if names is None else tuple(names[i] for i in self.keep)
+
+  def sample_factors(self, num: int, random_state: RandomState) -> np.ndarray:
+    factors = sample_factors(self.base, num, random_state)
+    return factors[:, list(self.keep)]
+
+  def sample_observations_from_factors(
+    self, factors: np.ndarray, random_state: RandomState
+  ) -> np.ndarray:
+    factors = np.asarray(factors)
+    full = np.zeros((factors.shape[0], self.base.num_factors), factors.dtype)
+    full[:, list(self.keep)] = factors
+    return self.base.sample_observations_from_factors(full, random_state)
+
+
+def drop_constant_factors(ground_truth_data: Any) -> Any:
+  """Drops factors with a single value, with a warning that names them.
+
+  A factor that takes one value carries no information: the FactorVAE and
+  BetaVAE votes that fix it are noise, its entropy (MIG's normaliser) is 0
+  and a classifier of it has one class. disentanglement_lib's dSprites
+  leaves out its constant colour factor in the same way.
+
+  Args:
+    ground_truth_data: data with the ground-truth interface.
+
+  Returns:
+    ``ground_truth_data`` itself when every factor has at least 2 values,
+    else a view without the single-valued factors (their observations are
+    rendered with the factor at its only class, 0).
+
+  Warns:
+    ConstantFactorWarning: naming the dropped factors.
+
+  Raises:
+    ValueError: when no factor has two values or more.
+  """
+  sizes = [int(v) for v in ground_truth_data.factors_num_values]
+  if len(sizes) != ground_truth_data.num_factors:
+    raise ValueError(
+      f"factors_num_values has {len(sizes)} entries but num_factors is "
+      f"{ground_truth_data.num_factors}; give one count per factor."
+    )
+  constant = [i for i, n in enumerate(sizes) if n < 2]
+  if not constant:
+    return ground_truth_data
+  labels = ", ".join(factor_label(ground_truth_data, i) for i in constant)
+  if len(constant) == len(sizes):
+    raise ValueError(
+      f"Every factor has a single value ({labels}); disentanglement needs "
+      "at least one factor with two values or more."
+    )
+  warnings.warn(
+    f"Dropping {labels}: a single value (factors_num_values "
+    f"{sizes}) carries no information to disentangle.",
+    ConstantFactorWarning,
+    stacklevel=3,
+  )
+  keep = tuple(i for i, n in enumerate(sizes) if n >= 2)
+  return _WithoutFactors(ground_truth_data, keep)
+
+
+def check_factors_vary(
+  ground_truth_data: Any, factors: np.ndarray, what: str
+) -> None:
+  """Raises ValueError naming a factor that takes one value in ``factors``.
+
+  ``factors_num_values`` says the factor has several values (single-valued
+  ones are dropped before sampling), so either the sample is too small or
+  the data's ``sample_factors`` never varies it.
+  """
+  flat = np.flatnonzero(np.ptp(factors, axis=0) == 0)
+  if flat.size:
+    labels = ", ".join(factor_label(ground_truth_data, int(i)) for i in flat)
+    raise ValueError(
+      f"{labels} takes one value in all {factors.shape[0]} {what}. Increase "
+      "the sample size, or, if the factor is constant by design, declare it "
+      "with factors_num_values 1 so that the metrics drop it."
+    )
+
+
+# ----------------------------------------------------------------------------
+# Sampling.
+# ----------------------------------------------------------------------------
+
+
+def integers(random_state: RandomState, high: int, size: int) -> np.ndarray:
+  """Uniform ints in ``[0, high)`` from a RandomState or a Generator."""
+  if isinstance(random_state, np.random.Generator):
+    return random_state.integers(high, size=size)
+  return random_state.randint(high, size=size)
+
+
+def seed_from(random_state: RandomState) -> int:
+  """An int seed for sklearn estimators, drawn from ``random_state``."""
+  return int(integers(random_state, 2**31 - 1, 1)[0])
+
+
+def sample_factors(
+  ground_truth_data: Any, num: int, random_state: RandomState
+) -> np.ndarray:
+  """``ground_truth_data.sample_factors``, checked: a writable copy."""
+  factors = np.asarray(ground_truth_data.sample_factors(num, random_state))
+  expected = (num, ground_truth_data.num_factors)
+  if factors.shape != expected:
+    raise ValueError(
+      f"sample_factors({num}) returned shape {factors.shape}, expected "
+      f"{expected} ([num, num_factors])."
+    )
+  return factors.copy()
+
+
+def represent(
+  ground_truth_data: Any,
+  functions: Sequence[RepresentationFn],
+  factors: np.ndarray,
+  random_state: RandomState,
+  batch_size: int,
+  dtype: np.dtype | None = np.float64,
+) -> list[np.ndarray]:
+  """Maps factors to observations to ``[N, D_k]`` outputs of each function.
+
+  Observations are rendered and consumed ``batch_size`` at a time, so at most
+  two chunks of images are alive at once: a worker thread renders chunk
+  ``k + 1`` while the functions run on chunk ``k``. Chunks are rendered in
+  order, one at a time, so ``random_state`` gives the same draws as a serial
+  loop. Outputs are cast to ``dtype`` (``None`` keeps the function's own
+  dtype).
+  """
+
+  def render(start: int) -> np.ndarray:
+    return ground_truth_data.sample_observations_from_factors(
+      factors[start : start + batch_size], random_state
+    )
+
+  chunks: list[list[np.ndarray]] = [[] for _ in functions]
+  starts = range(0, factors.shape[0], batch_size)
+  with concurrent.futures.ThreadPoolExecutor(max_workers=1) as renderer:
+    pending = renderer.submit(render, 0) if starts else None
+    for start in starts:
+      observations = pending.result()
+      if start + batch_size < factors.shape[0]:
+        pending = renderer.submit(render, start + batch_size)
+      num = min(batch_size, factors.shape[0] - start)
+      for fn, out in zip(functions, chunks, strict=True):
+        values = np.asarray(fn(observations))
+        if values.ndim != 2 or values.shape[0] != num:
+          raise ValueError(
+            f"{getattr(fn, '__name__', 'representation_function')} returned "
+            f"shape {values.shape} for {num} observations; it must "
+            "return [num_observations, num_codes]."
+          )
+        out.append(values if dtype is None else values.astype(dtype))
+  return [np.concatenate(out, axis=0) for out in chunks]
+
+
+def sample_codes(
+  ground_truth_data: Any,
+  representation_function: RepresentationFn,
+  num_points: int,
+  random_state: RandomState,
+  batch_size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+  """Returns ``(codes [num_points, D], factors [num_points, F])``."""
+  factors = sample_factors(ground_truth_data, num_points, random_state)
+  (codes,) = represent(
+    ground_truth_data,
+    [representation_function],
+    factors,
+    random_state,
+    batch_size,
+  )
+  return codes, factors
+
+
+def factors_sharing_one(
+  ground_truth_data: Any,
+  num_groups: int,
+  group_size: int,
+  random_state: RandomState,
+) -> tuple[np.ndarray, np.ndarray]:
+  """Groups of factors that share the value of one random factor.
+
+  Returns:
+    ``(factor_index [G], factors [G, group_size, F])``; within group ``g``
+    factor ``factor_index[g]`` takes the value of the group's first member.
+  """
+  num_factors = ground_truth_data.num_factors
+  factor_index = integers(random_state, num_factors, num_groups)
+  factors = sample_factors(
+    ground_truth_data, num_groups * group_size, random_state
+  ).reshape(num_groups, group_size, num_factors)
+  groups = np.arange(num_groups)
+  factors[groups, :, factor_index] = factors[groups, 0, factor_index][:, None]
+  return factor_index, factors
+
+
+# ----------------------------------------------------------------------------
+# Independent fits, in parallel.
+# ----------------------------------------------------------------------------
+
+
+def _fit(fn: Callable[..., Any], *args: Any) -> tuple[Any, list[str]]:
+  """``fn(*args)`` on one thread; returns its value and convergence notes."""
+  # OpenBLAS and OpenMP threads spin while they wait: on a loaded 2-core
+  # machine a logistic regression of the BetaVAE metric took 33.7 s with
+  # sklearn's default 2 threads and 0.4 s with 1, a 40-class
+  # HistGradientBoostingClassifier 139 s of CPU time and 7 s.
+  with (
+    threadpoolctl.threadpool_limits(limits=1),
+    warnings.catch_warnings(record=True) as caught,
+  ):
+    warnings.simplefilter("always", sklearn.exceptions.ConvergenceWarning)
+    value = fn(*args)
+  notes = [
+    str(w.message).splitlines()[0]
+    for w in caught
+    if issubclass(w.category, sklearn.exceptions.ConvergenceWarning)
+  ]
+  for w in caught:  # Anything else is passed on as it was.
+    if not issubclass(w.category, sklearn.exceptions.ConvergenceWarning):
+      warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+  return value, notes
+
+
+def map_fits(
+  fn: Callable[..., Any],
+  items: Iterable[tuple[Any, ...]],
+  n_jobs: int,
+  *,
+  what: str,
+) -> list[Any]:
+  """``[fn(*item) for item in items]``, over ``n_jobs`` processes.
+
+  For the independent estimator fits of a metric (one per factor). Each
+  call uses one thread (its BLAS and OpenMP pools are limited to one
+  thread), so the jobs, not the estimators, use the cores. With
+  ``n_jobs=1`` the calls run in this process, one after the other. Results
+  come back in the order of ``items`` and do not depend on ``n_jobs``.
+
+  sklearn's ``ConvergenceWarning`` s of all calls (one per estimator that
+  stopped at its iteration limit, printed by worker processes on their own)
+  are summed up in one ``ConvergenceWarning`` that names ``what``.
+
+  Args:
+    fn: a picklable (module-level) function.
+    items: the argument tuples.
+    n_jobs: processes; 1 runs in this process.
+    what: names the fits in the warning, e.g. ``"SAP: LinearSVC fits"``.
+
+  Returns:
+    The values of ``fn``, in the order of ``items``.
+
+  Raises:
+    ValueError: for ``n_jobs`` below 1.
+  """
+  check_positive(n_jobs=n_jobs)
+  items = list(items)
+  if n_jobs == 1 or len(items) < 2:
+    outputs = [_fit(fn, *item) for item in items]
+  else:
+    parallel = joblib.Parallel(n_jobs=min(n_jobs, len(items)))
+    outputs = parallel(joblib.delayed(_fit)(fn, *item) for item in items)
+  notes = [note for _, item_notes in outputs for note in item_notes]
+  if notes:
+    warnings.warn(
+      f"{what}: {len(notes)} estimator fit(s) stopped at their iteration "
+      "limit (sklearn's ConvergenceWarning); the scores use them as they "
+      f"are. First: {notes[0]}",
+      sklearn.exceptions.ConvergenceWarning,
+      stacklevel=3,
+    )
+  return [value for value, _ in outputs]
