@@ -478,3 +478,24 @@ def test_heads_are_asked_through_the_protocol_attribute():
   broken_vars = jax.jit(broken.init)(jax.random.key(1), x)
   with pytest.raises(ValueError, match="flattens_input_into_dense"):
     attention.attention(broken.apply, "conv1")(broken_vars, x)
+
+
+def test_resolve_layers_gives_full_paths_or_lists_the_valid_ones(mnist):
+  _, variables, x, encode = mnist
+  got = attention.resolve_layers(
+    encode, variables, x, ["conv2", "encoder/conv1", "conv1/conv"]
+  )
+  assert got == {
+    "conv2": "encoder/conv2",
+    "encoder/conv1": "encoder/conv1",
+    "conv1/conv": "encoder/conv1/conv",
+  }
+  assert attention.resolve_layers(encode, variables, x, "conv1") == {
+    "conv1": "encoder/conv1"
+  }
+  with pytest.raises(
+    ValueError, match=r"(?s)'conv' is ambiguous.*encoder/conv2"
+  ):
+    attention.resolve_layers(encode, variables, x, "conv")
+  with pytest.raises(ValueError, match="'conv9' is not a conv layer"):
+    attention.resolve_layers(encode, variables, x, ["conv9"])
