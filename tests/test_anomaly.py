@@ -70,3 +70,26 @@ def test_residual_map():
   np.testing.assert_allclose(anomaly.residual_map(x, x_hat), 0.3, rtol=1e-6)
   with pytest.raises(ValueError, match="same shape"):
     anomaly.residual_map(x, x_hat[:, :1])
+
+
+def test_anomaly_maps_take_the_checkpoint_dict_and_check_the_stats():
+  model = models.mnist_vae(latent_dim=4)
+  x = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
+  variables = jax.jit(model.init)(jax.random.key(1), x, jax.random.key(2))
+  encode = functools.partial(model.apply, method=model.encode)
+  stats = anomaly.LatentStats(
+    jnp.linspace(-1, 1, 4), jnp.linspace(0.5, 2, 4), jnp.asarray(5.0)
+  )
+  key = jax.random.key(3)
+  want = anomaly.anomaly_maps(encode, "conv2", variables, x, stats, key)
+  got = anomaly.anomaly_maps(
+    encode, "conv2", variables, x, stats._asdict(), key
+  )
+  chex.assert_trees_all_close(got, want, atol=0)
+  bad = stats._replace(var=stats.var.at[0].set(-1.0))
+  with pytest.raises(ValueError, match="non-negative"):
+    anomaly.anomaly_maps(encode, "conv2", variables, x, bad, key)
+  with pytest.raises(ValueError, match=r"shape \(3,\).*D=4"):
+    anomaly.anomaly_maps(
+      encode, "conv2", variables, x, stats._replace(mean=jnp.zeros(3)), key
+    )
