@@ -1,6 +1,7 @@
 """Exactness of the ops in vae_attn.models.ops against stock lax ops."""
 
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -364,3 +365,77 @@ def test_default_cpu_chunking_gives_the_vmapped_maps(monkeypatch):
   want, got = jax.jit(vmapped)(variables, x), jax.jit(chunked)(variables, x)
   np.testing.assert_allclose(got.per_latent, want.per_latent, atol=1e-6)
   np.testing.assert_allclose(got.mean, want.mean, atol=1e-6)
+
+
+def _lowered_precisions(fn, *args) -> set[str]:
+  """Operand precisions of every dot_general and convolution of ``fn``."""
+  text = jax.jit(fn).lower(*args).as_text()
+  lines = [
+    line
+    for line in text.splitlines()
+    if "stablehlo.dot_general" in line or "stablehlo.convolution" in line
+  ]
+  assert lines
+  return {
+    p for line in lines for p in re.findall(r"HIGHEST|HIGH|DEFAULT", line)
+  }
+
+
+@pytest.mark.parametrize(
+  "name",
+  ["strided", "small", "conv_transpose", "conv_transpose_small"],
+)
+def test_derivatives_traced_later_keep_the_forward_precision(name):
+  """A pullback called after the precision scope has closed (as jax.grad's
+  backward pass is) and its own derivative carry the forward precision."""
+  fns = {
+    "strided": (
+      lambda x, w: ops.conv_general_dilated(
+        x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=NHWC
+      ),
+      (2, 8, 8, 3),
+      (4, 4, 3, 5),
+    ),
+    "small": (
+      lambda x, w: ops.conv_general_dilated(
+        x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC
+      ),
+      (2, 2, 2, 3),
+      (3, 3, 3, 5),
+    ),
+    "conv_transpose": (
+      lambda x, w: ops.conv_transpose(x, w, stride=2, padding=1),
+      (2, 4, 4, 3),
+      (4, 4, 3, 5),
+    ),
+    "conv_transpose_small": (
+      lambda x, w: ops.conv_transpose(x, w, stride=2, padding=1),
+      (2, 1, 1, 3),
+      (4, 4, 3, 5),
+    ),
+  }
+  fn, x_shape, w_shape = fns[name]
+  x, w = _normal(0, x_shape), _normal(1, w_shape)
+  assert ops.fast_path()
+  with jax.default_matmul_precision("highest"):
+    y, pullback = jax.vjp(fn, x, w)
+
+  def second(y):
+    return jax.grad(lambda y: sum(jnp.sum(g**2) for g in pullback(y)))(y)
+
+  assert _lowered_precisions(pullback, y) == {"HIGHEST"}
+  assert _lowered_precisions(second, y) == {"HIGHEST"}
+  # Without a scope, as before: the backend's default.
+  _, plain = jax.vjp(fn, x, w)
+  assert _lowered_precisions(plain, y) == {"DEFAULT"}
+
+
+def test_conv_transpose_module_dtypes_under_x64():
+  module = ops.ConvTranspose(4)
+  with jax.enable_x64(True):
+    for dtype in (jnp.float32, jnp.float64):
+      x = jnp.ones((1, 3, 3, 2), dtype)
+      variables = module.init(jax.random.key(0), x)
+      kinds = {a.dtype for a in jax.tree.leaves(variables)}
+      assert kinds == {jnp.dtype(jnp.float32)}  # As nn.Conv's param_dtype.
+      assert module.apply(variables, x).dtype == dtype
