@@ -93,3 +93,40 @@ def test_anomaly_maps_take_the_checkpoint_dict_and_check_the_stats():
     anomaly.anomaly_maps(
       encode, "conv2", variables, x, stats._replace(mean=jnp.zeros(3)), key
     )
+
+
+def test_difference_attention_several_layers_averages_each_draw():
+  model = models.mnist_vae(latent_dim=4)
+  x = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
+  variables = jax.jit(model.init)(jax.random.key(1), x, jax.random.key(2))
+  encode = functools.partial(model.apply, method=model.encode)
+  stats = anomaly.LatentStats(jnp.zeros(4), jnp.ones(4), jnp.asarray(1.0))
+  key = jax.random.key(3)
+  layers = ["encoder/conv1", "conv2"]
+  got = jax.jit(
+    lambda v, x, s, k: anomaly.difference_attention(
+      encode, layers, v, x, s, k, num_samples=3
+    )
+  )(variables, x, stats, key)
+  assert set(got) == set(layers)  # jit returns dicts in key order.
+  chex.assert_shape(got["conv2"].per_latent, (2, 4, 7, 7))
+  chex.assert_shape(got["encoder/conv1"].mean, (2, 14, 14))
+  for layer in layers:
+    fn = attention.attention(encode, layer, code="difference")
+    draws = [
+      fn(variables, x, key=k, stats=stats) for k in jax.random.split(key, 3)
+    ]
+    for field in ("per_latent", "mean"):
+      expected = jnp.stack([getattr(d, field) for d in draws]).mean(0)
+      np.testing.assert_allclose(
+        getattr(got[layer], field), expected, atol=1e-6
+      )
+  # anomaly_maps' mean is the same average at one layer.
+  mean, _ = anomaly.anomaly_maps(
+    encode, "conv2", variables, x, stats, key, num_samples=3
+  )
+  np.testing.assert_allclose(mean, got["conv2"].mean, atol=1e-6)
+  with pytest.raises(ValueError, match="num_samples"):
+    anomaly.difference_attention(
+      encode, "conv2", variables, x, stats, key, num_samples=0
+    )

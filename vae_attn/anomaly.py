@@ -19,7 +19,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -33,6 +33,7 @@ __all__ = [
   "LatentStats",
   "StatsAccumulator",
   "anomaly_maps",
+  "difference_attention",
   "difference_code",
   "latent_statistics",
   "residual_map",
@@ -124,6 +125,76 @@ def latent_statistics(
   return acc.result()
 
 
+def _difference_draws(
+  encode_fn, layer, variables, x, stats, key, num_samples, attention_kwargs
+):
+  """The maps of ``num_samples`` draws of the difference code, stacked on a
+  leading axis ``[S, ...]`` (one compiled loop, not a Python one)."""
+  if isinstance(num_samples, bool) or not isinstance(num_samples, int):
+    raise TypeError(f"num_samples must be an int, got {num_samples!r}.")
+  if num_samples < 1:
+    raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+  fn = attention_lib.attention(
+    encode_fn, layer, code="difference", **attention_kwargs
+  )
+  keys = jax.random.split(key, num_samples)
+  return jax.lax.map(lambda k: fn(variables, x, key=k, stats=stats), keys)
+
+
+def difference_attention(
+  encode_fn: Callable[..., tuple[jax.Array, jax.Array]],
+  layer: str | Sequence[str],
+  variables,
+  x: jax.Array,
+  stats: LatentStats,
+  key: jax.Array,
+  *,
+  num_samples: int = 8,
+  **attention_kwargs,
+) -> attention_lib.AttentionMaps | dict[str, attention_lib.AttentionMaps]:
+  """Anomaly attention of eq. 5 at one or several layers, averaged over draws.
+
+  For each of ``num_samples`` draws of ``eps`` the difference code ``u``
+  (:func:`difference_code`) gives per-latent maps ``M_i`` (eq. 3) and their
+  mean ``M`` (eq. 4) at every requested layer, all from one encoder pass
+  per draw; both are then averaged over the draws. Every array is an
+  argument (nothing is captured), so ``jax.jit`` of this function with
+  ``encode_fn`` and ``layer`` bound compiles the parameters as inputs, not
+  as constants.
+
+  Args:
+    encode_fn: ``(variables, x) -> (mu, logvar)``.
+    layer: a conv layer path such as ``"encoder/conv2"`` (or a unique
+      suffix), or a sequence of them (the layer ablation).
+    variables: model variables.
+    x: test images, floating point ``[B, H, W, C]``.
+    stats: normal-data statistics from :func:`latent_statistics` (or the
+      dict of their ``mean`` and ``var`` as checkpoints store it).
+    key: PRNG key of the draws.
+    num_samples: number of ``eps`` draws, ``>= 1``.
+    **attention_kwargs: passed to :func:`vae_attn.attention.attention`
+      (``positive``, ``gradient_scale``, ``chunk_size``, ``precision``).
+
+  Returns:
+    An :class:`vae_attn.attention.AttentionMaps` (``per_latent [B, D, h, w]``
+    and ``mean [B, h, w]``, float32, averaged over the draws) for one layer,
+    or a dict from each requested layer name to one. Upsample with
+    :func:`vae_attn.attention.upsample`.
+
+  Raises:
+    TypeError, ValueError: ``num_samples`` is not a positive int, or as
+      :func:`vae_attn.attention.value_and_attention` (unknown layer, bad
+      images or statistics).
+
+  References:
+    Liu et al., CVPR 2020, section 3.3, eq. 5 (docs/paper.md).
+  """
+  draws = _difference_draws(
+    encode_fn, layer, variables, x, stats, key, num_samples, attention_kwargs
+  )
+  return jax.tree.map(lambda m: m.mean(axis=0), draws)
+
+
 def anomaly_maps(
   encode_fn: Callable[..., tuple[jax.Array, jax.Array]],
   layer: str,
@@ -135,10 +206,12 @@ def anomaly_maps(
   num_samples: int = 8,
   **attention_kwargs,
 ) -> tuple[jax.Array, jax.Array]:
-  """Anomaly attention maps of eq. 5, averaged over ``eps`` draws.
+  """Anomaly attention maps of eq. 5 at one layer: mean and spread of draws.
 
-  For each draw of ``eps`` the maps of the difference code ``u`` are computed
-  per latent and averaged (eq. 4); the draws are then averaged.
+  The mean map ``M`` (eq. 4) of the difference code is computed for each
+  draw of ``eps`` (as in :func:`difference_attention`); this returns its
+  mean over the draws and its standard deviation, a measure of how much
+  the map depends on the draw.
 
   Args:
     encode_fn: ``(variables, x) -> (mu, logvar)``.
@@ -154,13 +227,14 @@ def anomaly_maps(
   Returns:
     ``(mean, std)``, each ``[B, h, w]``: the mean map and its spread over
     the draws. Upsample with :func:`vae_attn.attention.upsample`.
+
+  Raises:
+    TypeError, ValueError: as :func:`difference_attention`.
   """
-  fn = attention_lib.attention(
-    encode_fn, layer, code="difference", **attention_kwargs
+  draws = _difference_draws(
+    encode_fn, layer, variables, x, stats, key, num_samples, attention_kwargs
   )
-  keys = jax.random.split(key, num_samples)
-  means = jax.lax.map(lambda k: fn(variables, x, key=k, stats=stats).mean, keys)
-  return means.mean(axis=0), means.std(axis=0)
+  return draws.mean.mean(axis=0), draws.mean.std(axis=0)
 
 
 def residual_map(x: jax.Array, x_hat: jax.Array) -> jax.Array:
