@@ -5,12 +5,21 @@ r"""Mean and spread of evaluation results over seeds (no single-seed numbers).
       --name AD-FactorVAE --vs-name FactorVAE --keys factor_vae mig
   python -m eval.aggregate runs/bottle_seed* --out summary.md
 
+Make the runs first, one workdir per seed, and evaluate each, e.g.
+
+  for s in 0 1 2; do
+    python -m train.factorvae --loss=ad --seed=$s --workdir=runs/ad_seed$s
+    python -m eval.disentanglement --workdir=runs/ad_seed$s
+  done
+
 Each argument is a training workdir, an evaluation folder or a
-results.json. A workdir contributes every eval/<evaluator>/
-results.json under it (written by eval.localization and
-eval.disentanglement), its metric keys prefixed <evaluator>/. The
-metrics read are the flat "metrics" (localization) or "scores"
-(disentanglement) dict.
+results.json. A workdir contributes every eval/*/results.json under it.
+Metric keys are prefixed with the evaluation that wrote them
+("localization/", "disentanglement/"), read from the results file itself, so
+the same metric matches across runs whatever folder (--out) it was written
+to. The metrics read are the flat "metrics" (localization) or "scores"
+(disentanglement) dict; values that are not scores (thresholds, error
+bounds, counts such as best_iou_threshold or num_active_dims) are left out.
 
 Prints a markdown table: per metric the mean, sample standard deviation
 (ddof=1) and number of runs n of each group, and with --vs the
@@ -34,7 +43,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import scipy.stats
 
+from eval import cli
+
 RESULTS = "results.json"
+# Flat keys ending so are not scores: thresholds, error bounds.
+_NON_METRIC_SUFFIXES = ("_threshold", "_error_bound")
 # Config fields that may differ between the seeds of one group.
 _FREE_FIELDS = frozenset(
   {
@@ -64,17 +77,17 @@ class Summary(NamedTuple):
   values: tuple[float, ...]
 
 
-def find_results(path: str) -> dict[str, str]:
-  """The results files of ``path``: ``{key prefix: file}``.
+def find_results(path: str) -> list[str]:
+  """The results files of ``path`` (a file, an evaluation folder or a run).
 
   Raises:
     FileNotFoundError: ``path`` holds no results; the message says what to
       run first.
   """
   if os.path.isfile(path):
-    return {"": path}
+    return [path]
   if os.path.isfile(os.path.join(path, RESULTS)):
-    return {"": os.path.join(path, RESULTS)}
+    return [os.path.join(path, RESULTS)]
   found = sorted(glob.glob(os.path.join(path, "eval", "*", RESULTS)))
   if not found:
     raise FileNotFoundError(
@@ -82,7 +95,37 @@ def find_results(path: str) -> dict[str, str]:
       f"{path}/eval/*/{RESULTS}); run python -m eval.localization or "
       "python -m eval.disentanglement on it first."
     )
-  return {os.path.basename(os.path.dirname(f)) + "/": f for f in found}
+  return found
+
+
+def evaluator(results: Mapping[str, Any], file: str) -> str:
+  """The evaluation that wrote ``results`` (the metric keys' prefix).
+
+  Raises:
+    ValueError: the file is not an evaluation's results.
+  """
+  name = results.get("evaluator") or results.get("meta", {}).get("evaluator")
+  if name:
+    return str(name)
+  if "scores" in results:
+    return "disentanglement"
+  if "metrics" in results:
+    return "localization"
+  raise ValueError(
+    f"{file} is not the results.json of python -m eval.localization or "
+    "python -m eval.disentanglement (it has neither 'metrics' nor "
+    "'scores'); pass their results."
+  )
+
+
+def is_metric(key: str) -> bool:
+  """Whether a flat key names a score (not a threshold, bound or count)."""
+  last = key.rsplit("/", 1)[-1]
+  return not (
+    last.endswith(_NON_METRIC_SUFFIXES)
+    or last.startswith("num_")
+    or last in ("elapsed_time", "step", "seed")
+  )
 
 
 def _numbers(tree: Any, prefix: str = "") -> dict[str, float]:
@@ -97,9 +140,15 @@ def _numbers(tree: Any, prefix: str = "") -> dict[str, float]:
 
 
 def read_run(path: str) -> tuple[dict[str, float], dict]:
-  """``(metrics, config)`` of one run (config ``{}`` if not recorded)."""
-  metrics, config = {}, {}
-  for prefix, file in find_results(path).items():
+  """``(metrics, config)`` of one run (config ``{}`` if not recorded).
+
+  Raises:
+    FileNotFoundError: no results under ``path``.
+    ValueError: a results file is unreadable, not an evaluation's, or two
+      results of one evaluation under one run.
+  """
+  metrics, config, seen = {}, {}, {}
+  for file in find_results(path):
     try:
       with open(file) as f:
         results = json.load(f)
@@ -107,14 +156,17 @@ def read_run(path: str) -> tuple[dict[str, float], dict]:
       raise ValueError(
         f"Cannot read {file}: {e}. Re-run the evaluation that wrote it."
       ) from e
-    values = results.get("metrics") or results.get("scores")
-    if values is None:
-      values = {
-        k: v
-        for k, v in results.items()
-        if k not in ("meta", "elapsed_time", "figures", "conventions")
-      }
-    metrics.update({prefix + k: v for k, v in _numbers(values).items()})
+    name = evaluator(results, file)
+    if name in seen:
+      raise ValueError(
+        f"{path} holds two {name} results ({seen[name]} and {file}); pass "
+        "the results.json to aggregate instead of the run folder."
+      )
+    seen[name] = file
+    values = results.get("metrics") or results.get("scores") or {}
+    metrics.update(
+      {f"{name}/{k}": v for k, v in _numbers(values).items() if is_metric(k)}
+    )
     config = config or results.get("meta", {}).get("config") or {}
   return metrics, config
 
@@ -187,62 +239,76 @@ def table(
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
-    prog="python -m eval.aggregate",
-    description="Mean, spread and n of evaluation results over seeds.",
+  p = cli.ArgumentParser(prog="python -m eval.aggregate", description=__doc__)
+  p.add_argument(
+    "runs",
+    nargs="+",
+    help="the runs of the first group: training workdirs, evaluation "
+    "folders or results.json files (one per seed)",
   )
-  p.add_argument("runs", nargs="+", help="workdirs / eval folders / files")
-  p.add_argument("--vs", nargs="+", help="a second group to compare with")
+  p.add_argument(
+    "--vs",
+    nargs="+",
+    help="the runs of a second group to compare with (default: none)",
+  )
   p.add_argument("--name", default="A", help="name of the first group")
   p.add_argument("--vs-name", default="B", help="name of the second group")
   p.add_argument(
     "--keys",
     nargs="+",
-    help="only metrics whose key matches one of these regular expressions",
+    help="only metrics whose key matches one of these regular expressions "
+    "(default: every metric)",
   )
-  p.add_argument("--out", help="also write the markdown table here")
-  p.add_argument("--json", help="also write the statistics as JSON here")
+  p.add_argument(
+    "--out", help="also write the markdown table here (default: print only)"
+  )
+  p.add_argument(
+    "--json", help="also write the statistics as JSON here (default: none)"
+  )
   return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
+def _read_groups(args) -> tuple[dict[str, dict[str, Summary]], list[str]]:
+  """Summaries of each group and the notes about its runs."""
   groups_paths = {args.name: args.runs}
   if args.vs:
     if args.vs_name == args.name:
-      print("error: --name and --vs-name must differ.", file=sys.stderr)
-      return 2
+      raise ValueError("--name and --vs-name must differ.")
     groups_paths[args.vs_name] = args.vs
   groups, notes = {}, []
-  try:
-    for name, paths in groups_paths.items():
-      read = [read_run(p) for p in paths]
-      groups[name] = summarize([m for m, _ in read])
-      differ = config_differences([c for _, c in read])
-      if differ:
-        notes.append(
-          f"Warning: the runs of {name} differ in more than the seed: "
-          f"{', '.join(differ)}."
-        )
-      notes.append(f"{name}: {len(paths)} runs: {', '.join(paths)}")
-  except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  keys = list(dict.fromkeys(k for g in groups.values() for k in g))
-  if args.keys:
-    try:
-      patterns = [re.compile(k) for k in args.keys]
-    except re.error as e:
-      print(f"error: --keys: bad regular expression: {e}", file=sys.stderr)
-      return 2
-    keys = [k for k in keys if any(p.search(k) for p in patterns)]
-    if not keys:
-      print(
-        f"error: no metric matches --keys {args.keys}; drop --keys to list "
-        "them all.",
-        file=sys.stderr,
+  for name, paths in groups_paths.items():
+    read = [read_run(p) for p in paths]
+    groups[name] = summarize([m for m, _ in read])
+    differ = config_differences([c for _, c in read])
+    if differ:
+      notes.append(
+        f"Warning: the runs of {name} differ in more than the seed: "
+        f"{', '.join(differ)}."
       )
-      return 2
+    notes.append(f"{name}: {len(paths)} runs: {', '.join(paths)}")
+  return groups, notes
+
+
+def _select(keys: list[str], patterns: Sequence[str] | None) -> list[str]:
+  if not patterns:
+    return keys
+  try:
+    compiled = [re.compile(k) for k in patterns]
+  except re.error as e:
+    raise ValueError(f"--keys: bad regular expression: {e}") from None
+  keys = [k for k in keys if any(p.search(k) for p in compiled)]
+  if not keys:
+    raise ValueError(
+      f"no metric matches --keys {list(patterns)}; drop --keys to list them "
+      "all."
+    )
+  return keys
+
+
+def _run(args: argparse.Namespace) -> int:
+  groups, notes = _read_groups(args)
+  keys = list(dict.fromkeys(k for g in groups.values() for k in g))
+  keys = _select(keys, args.keys)
   lines = table(groups, keys)
   if any(g[k].n == 1 for g in groups.values() for k in keys if k in g):
     notes.append(
@@ -255,16 +321,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     with open(args.out, "w") as f:
       f.write(text)
   if args.json:
+    stats = {
+      name: {k: s._asdict() for k, s in g.items() if k in keys}
+      for name, g in groups.items()
+    }
     with open(args.json, "w") as f:
-      json.dump(
-        {
-          name: {k: s._asdict() for k, s in g.items() if k in keys}
-          for name, g in groups.items()
-        },
-        f,
-        indent=2,
-      )
+      json.dump(stats, f, indent=2)
   return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """The entry point; returns the exit status (2: a user error)."""
+  return cli.run_main(_run, _parser().parse_args(argv))
 
 
 if __name__ == "__main__":

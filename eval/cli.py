@@ -1,19 +1,127 @@
-"""What the evaluation entry points share: run, report errors, print."""
+"""What the evaluation entry points share: flags, errors, progress, output.
+
+Every ``python -m eval.<name>`` builds its flags with :class:`ArgumentParser`
+(``--help`` gives every flag's help and default; a bad flag is one line and
+exit status 2; ``--debug`` is always there) and runs through :func:`run_main`
+or :func:`run_report`, which turn a user error (``vae_attn.user_errors``)
+into one line ``error: ...`` naming the fix, with exit status 2. Progress
+goes to stderr: :func:`stage` lines for every step that can take more than
+a few seconds, and :func:`progress` bars over batches on a terminal.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
+import tqdm
 
 from eval import inference
-from vae_attn.data import base
+from vae_attn import user_errors
+
+# OS errors that mean "this folder cannot be written".
+_WRITE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+  """Keeps the module docstring's layout and adds each flag's default.
+
+  A flag whose help does not mention its default gets ``(default: X)``;
+  a flag with no default (``None``) must say in its help what happens
+  without it.
+  """
+
+  def _get_help_string(self, action: argparse.Action) -> str:
+    text = action.help or ""
+    default = action.default
+    if (
+      not action.option_strings
+      or "default" in text
+      or default is None
+      or default is argparse.SUPPRESS
+    ):
+      return text
+    if isinstance(default, bool) and action.nargs == 0:
+      shown = "on" if default else "off"
+    elif isinstance(default, (list, tuple)):
+      shown = " ".join(str(v) for v in default)
+    else:
+      shown = str(default)
+    return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """``argparse.ArgumentParser`` for the evaluation entry points.
+
+  Adds ``--debug``; a bad flag prints ``error: <what> (see <prog> --help)``
+  on one line and exits with status 2.
+  """
+
+  def __init__(self, *, prog: str, description: str, **kwargs):
+    super().__init__(
+      prog=prog,
+      description=description,
+      formatter_class=HelpFormatter,
+      **kwargs,
+    )
+    self.add_argument(
+      "--debug",
+      action="store_true",
+      help="show the full traceback of an error (also: VAE_ATTN_DEBUG=1)",
+    )
+
+  def error(self, message: str):
+    self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _write_hint(error: BaseException, args: argparse.Namespace) -> str:
+  """Names ``--out`` when a write inside the workdir was refused."""
+  if not isinstance(error, OSError) or error.errno not in _WRITE_ERRNOS:
+    return ""
+  workdir = getattr(args, "workdir", None)
+  filename = error.filename
+  if not workdir or not filename:
+    return ""
+  inside = os.path.abspath(os.fspath(filename)).startswith(
+    os.path.abspath(workdir) + os.sep
+  )
+  if not inside or "--out" in str(error):
+    return ""
+  return (
+    f" (the run folder {workdir} cannot be written: pass "
+    "--out=<a writable folder> for the results)"
+  )
+
+
+def report_user_error(error: BaseException, args: argparse.Namespace) -> int:
+  """Prints ``error`` as one line (or re-raises it under ``--debug``).
+
+  Returns:
+    The exit status, 2.
+  """
+  if user_errors.debug_requested(getattr(args, "debug", False)):
+    raise error
+  print(
+    user_errors.error_line(error) + _write_hint(error, args), file=sys.stderr
+  )
+  return 2
+
+
+def run_main(
+  main_fn: Callable[[argparse.Namespace], int], args: argparse.Namespace
+) -> int:
+  """Runs ``main_fn(args)``; a user error becomes one line and status 2."""
+  try:
+    return main_fn(args)
+  except user_errors.USER_ERRORS as e:
+    return report_user_error(e, args)
 
 
 def run_report(
@@ -21,21 +129,81 @@ def run_report(
 ) -> int:
   """Runs ``evaluate(args)`` and prints the ``report.md`` it wrote.
 
-  A missing run, bad option or data problem prints ``error: ...`` (the
-  message says what to fix) and returns exit status 2 instead of a
-  traceback.
+  A missing run, bad option, data problem, unusable checkpoint or a folder
+  that cannot be written prints ``error: ...`` (the message says what to
+  fix) and returns exit status 2 instead of a traceback; ``args.debug`` or
+  ``VAE_ATTN_DEBUG=1`` shows the traceback.
 
   Returns:
     The process exit status.
   """
-  try:
+
+  def evaluate_and_print(args: argparse.Namespace) -> int:
     results = evaluate(args)
-  except (FileNotFoundError, ValueError, base.DataError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  with open(os.path.join(results["out"], "report.md")) as f:
-    print(f.read())
-  return 0
+    with open(os.path.join(results["out"], "report.md")) as f:
+      print(f.read())
+    return 0
+
+  return run_main(evaluate_and_print, args)
+
+
+def stage(message: str) -> None:
+  """Prints one progress line to stderr: ``[HH:MM:SS] message``."""
+  print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def progress(
+  iterable: Iterable, *, total: int, desc: str, every: float = 10.0
+) -> Iterable:
+  """``iterable`` with progress on stderr.
+
+  On a terminal a tqdm bar; otherwise (a log file, a notebook's captured
+  stream) a :func:`stage` line ``desc: i/total`` at most every ``every``
+  seconds and after the last item.
+  """
+  if sys.stderr.isatty():
+    return tqdm.tqdm(
+      iterable,
+      total=total,
+      desc=desc,
+      unit="batch",
+      leave=False,
+      dynamic_ncols=True,
+    )
+  return _progress_lines(iterable, total, desc, every)
+
+
+def _progress_lines(iterable, total, desc, every):
+  last = time.perf_counter()
+  for i, item in enumerate(iterable):
+    yield item
+    now = time.perf_counter()
+    if now - last >= every or i + 1 == total:
+      stage(f"{desc}: {i + 1}/{total}")
+      last = now
+
+
+def make_out_dir(out: str, *, flag: str = "--out") -> str:
+  """Creates the output folder ``out`` and checks that it can be written.
+
+  Raises:
+    OSError: the folder cannot be created or written; the message names
+      ``flag`` as the fix.
+  """
+  try:
+    os.makedirs(out, exist_ok=True)
+    probe = os.path.join(out, f".write-test-{os.getpid()}")
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    reason = e.strerror or str(e)
+    raise OSError(
+      e.errno,
+      f"cannot write the results to {out} ({reason}); pass "
+      f"{flag}=<a writable folder>",
+    ) from e
+  return out
 
 
 def save_results(

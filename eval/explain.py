@@ -1,22 +1,26 @@
 r"""Explains a VAE: per-latent attention maps of a few images (paper Fig. 1).
 
-  python -m eval.explain                                   # demo, no files
+  python -m eval.explain                                   # random model
   python -m eval.explain --model=resnet18 --image-size=128
   python -m eval.explain --workdir=runs/factorvae_ad --images a.png b.png
-  python -m eval.explain --workdir=runs/mvtec_bottle --code=difference
+  python -m eval.explain --workdir=runs/oneclass_textures --code=difference
 
-Without --workdir a randomly initialised model of --model is built
-(the maps of an untrained encoder only show that the pipeline runs); with it
-the trained VAE is restored (eval.restore.load_run). Without
---images a few embedded images are used: procedural dSprites for the
-64x64 grey models, textured-defect test images (vae_attn.data.textures)
-for the ResNet VAE. Images are resized to the model's input.
+Without --workdir a randomly initialised model of --model is built (the
+maps of an untrained encoder only show that the pipeline runs); with it the
+trained VAE is restored (eval.restore.load_run). Without --images a few
+test images of the run's own data are shown (its spec.json: dSprites,
+digits or MNIST, the textured-defect set, MVTec-AD...; defective images
+first); a random model gets procedural dSprites (FactorVAE), offline digits
+(MNIST VAE) or textured-defect images (ResNet, Ped1). Images are resized to
+the model's input.
 
-Writes to --out (default <workdir>/explain, or explain/):
-attention_grid.png (per image: the image, the mean map of eq. 4 and the
-first --k per-latent maps of eq. 3, or the k strongest with
---order=response), mean_overlay.png (each image with its mean map)
-and maps.npz (the raw maps at layer resolution).
+Writes to --out (default <workdir>/explain, or runs/explain/<model>_random
+without --workdir): attention_grid.png (per image: the image, the mean map
+of eq. 4 and the first --k per-latent maps of eq. 3, or the k strongest with
+--order=response; colour bars in map units, all-zero maps hatched with a 0
+badge, --scale=image for one scale per image), mean_overlay.png (each image
+with its mean map), maps.npz (the raw maps at layer resolution) and
+explain.json.
 """
 
 from __future__ import annotations
@@ -32,42 +36,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eval import figures, restore
+from eval import cli, demo_data, figures, restore
+from vae_attn import anomaly, models
 from vae_attn import attention as attention_lib
-from vae_attn import models
-from vae_attn.data import base, dsprites
 from vae_attn.data import images as images_lib
 
-
-def demo_images(run: restore.Run, num: int, seed: int) -> np.ndarray:
-  """``num`` embedded images at the model's input shape ``[N, H, W, C]``.
-
-  Grey models get procedural dSprites (resized to the model input); the
-  ResNet VAE gets test images of the offline textured-defect set.
-  """
-  h, w, c = run.input_shape
-  rng = np.random.RandomState(seed)
-  if c == 3:
-    from vae_attn.data import mvtec, textures
-
-    # The run's own textured-defect set when it was trained on one.
-    trained_on_textures = run.config.get("dataset") == "textures"
-    config = run.config if trained_on_textures else {}
-    root = textures.ensure_dataset(config.get("data_dir") or None)
-    category = config.get("category") or textures.CATEGORIES[0]
-    source = mvtec.load(root, category, "test", image_size=(h, w))
-    labels = np.array([int(source[i]["label"]) for i in range(len(source))])
-    # Defective images first: they are the interesting ones to explain.
-    order = np.r_[np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)]
-    picked = order[:num]
-    return np.stack([source[int(i)]["image"] for i in picked]).astype(
-      np.float32
-    )
-  data = dsprites.procedural()
-  x = data.sample_observations(num, rng)
-  if (h, w) != x.shape[1:3]:
-    x = np.asarray(jax.image.resize(x, (num, h, w, 1), "linear"))
-  return x.astype(np.float32)
+demo_images = demo_data.demo_images
 
 
 def read_images(paths: Sequence[str], input_shape) -> np.ndarray:
@@ -81,6 +55,44 @@ def read_images(paths: Sequence[str], input_shape) -> np.ndarray:
       )
     out.append(images_lib.read_image(path, channels=c, size=(h, w)))
   return np.stack(out).astype(np.float32) / 255.0
+
+
+def maps_fn(
+  run: restore.Run,
+  layer: str,
+  *,
+  code: str = "mu",
+  num_samples: int = 8,
+  **attention_kwargs,
+):
+  """``fn(variables, x, stats, key) -> AttentionMaps`` for :func:`explain`.
+
+  Every array is an argument of ``fn`` (nothing large is captured), so
+  ``jax.jit(fn)`` compiles the parameters and images as inputs instead of
+  constant-folding them. Sampled codes average ``num_samples`` draws
+  (``"difference"``: ``vae_attn.anomaly.difference_attention``, eq. 5).
+  """
+  encode_fn = run.encode_fn
+  if code == "difference":
+
+    def difference(variables, x, stats, key):
+      return anomaly.difference_attention(
+        encode_fn, layer, variables, x, stats, key,
+        num_samples=num_samples, **attention_kwargs,
+      )  # fmt: skip
+
+    return difference
+  fn = attention_lib.attention(encode_fn, layer, code=code, **attention_kwargs)
+
+  def attend(variables, x, stats, key):
+    del stats  # Only the difference code uses them.
+    if code == "mu":
+      return fn(variables, x)
+    keys = jax.random.split(key, num_samples)
+    draws = jax.lax.map(lambda k: fn(variables, x, key=k), keys)
+    return jax.tree.map(lambda m: m.mean(axis=0), draws)
+
+  return attend
 
 
 def explain(
@@ -99,9 +111,11 @@ def explain(
   Args:
     run: a restored (or initialised) VAE.
     x: images at the model's input shape.
-    layer: the attention layer (default: the paper's for the architecture).
-    code: ``"mu"``, ``"sample"`` or ``"difference"`` (eq. 5; needs the
-      latent statistics a one-class trainer saves with its checkpoint).
+    layer: the attention layer, a path or unique suffix (default: the
+      run's).
+    code: ``"mu"``, ``"sample"`` or ``"difference"`` (eq. 5, through
+      ``vae_attn.anomaly.difference_attention``; needs the latent statistics
+      a one-class trainer saves with its checkpoint).
     positive: ``"relu"`` or ``"abs"``.
     gradient_scale: ``None`` or ``"rms"``.
     num_samples: ``eps`` draws averaged for the sampled codes.
@@ -113,38 +127,28 @@ def explain(
     for sampled codes) and the resolved path.
 
   Raises:
-    ValueError: ``code="difference"`` for a run without latent statistics.
+    ValueError: an unknown layer (the valid ones are listed), or
+      ``code="difference"`` for a run without latent statistics.
   """
+  x = jnp.asarray(x)
   layer = layer or run.default_layer
-  valid = attention_lib.layer_paths(run.encode_fn, run.variables, x)
-  path = layer if layer in valid else None
-  if path is None:
-    matches = [p for p in valid if p.endswith("/" + layer)]
-    path = matches[0] if len(matches) == 1 else layer  # attention() explains.
+  path = attention_lib.resolve_layers(run.encode_fn, run.variables, x, layer)
+  path = path[layer]
   if code == "difference" and run.latent_stats is None:
     raise ValueError(
       'code="difference" needs the latent statistics of the normal data, '
       "which the one-class trainer (python -m train.oneclass) saves with its "
       "final checkpoint; pass --workdir of such a run, or use --code=mu."
     )
-  fn = attention_lib.attention(
-    run.encode_fn,
+  fn = maps_fn(
+    run,
     path,
     code=code,
+    num_samples=num_samples,
     positive=positive,
     gradient_scale=gradient_scale,
   )
-  x = jnp.asarray(x)
-  if code == "mu":
-    maps = jax.jit(fn)(run.variables, x)
-  else:
-    keys = jax.random.split(jax.random.key(seed), num_samples)
-    draw = jax.jit(
-      lambda k: fn(run.variables, x, key=k, stats=run.latent_stats)
-    )
-    maps = jax.tree.map(
-      lambda *m: jnp.stack(m).mean(0), *[draw(k) for k in keys]
-    )
+  maps = jax.jit(fn)(run.variables, x, run.latent_stats, jax.random.key(seed))
   return jax.device_get(maps), path
 
 
@@ -166,6 +170,7 @@ def attention_figure(
   k: int = 8,
   order: str = "index",
   title: str = "",
+  scale: str = "map",
 ) -> str:
   """Writes the Fig. 1-style grid: image, mean map, ``k`` per-latent maps.
 
@@ -177,6 +182,9 @@ def attention_figure(
     order: ``"index"`` (latents ``0..k-1``) or ``"response"`` (the ``k``
       strongest of each image).
     title: the figure title.
+    scale: ``"map"`` (each map on its own colour scale) or ``"image"`` (one
+      scale for the per-latent maps of an image); see
+      ``eval.figures.attention_grid``.
 
   Returns:
     The path written.
@@ -186,7 +194,9 @@ def attention_figure(
   mean = np.asarray(attention_lib.upsample(maps.mean, size))
   ids = pick_latents(np.asarray(maps.per_latent), k, order)
   shown = np.take_along_axis(per_latent, ids[:, :, None, None], axis=1)
-  return figures.attention_grid(path, x, mean, shown, ids, title=title)
+  return figures.attention_grid(
+    path, x, mean, shown, ids, title=title, scale=scale
+  )
 
 
 def overlay_figure(
@@ -203,39 +213,66 @@ def overlay_figure(
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
-    prog="python -m eval.explain",
-    description="Per-latent attention maps of a VAE (paper Fig. 1).",
+  p = cli.ArgumentParser(prog="python -m eval.explain", description=__doc__)
+  p.add_argument(
+    "--workdir", help="training run to restore (default: a random model)"
   )
-  p.add_argument("--workdir", help="training run to restore (default: none)")
-  p.add_argument("--step", type=int, help="checkpoint step (default latest)")
+  p.add_argument(
+    "--step", type=int, help="checkpoint step (default: the newest good one)"
+  )
   p.add_argument(
     "--model",
     choices=sorted(models.MODELS),
     default="factorvae",
     help="architecture of the random model without --workdir",
   )
-  p.add_argument("--latent-dim", type=int, default=32, help="random model D")
+  p.add_argument(
+    "--latent-dim", type=int, default=32, help="D of the random model"
+  )
   p.add_argument(
     "--image-size",
     type=int,
-    default=None,
-    help="resnet18 input side without --workdir (multiple of 64; def. 256)",
+    help="input side of the random resnet18 model, a multiple of 64 "
+    "(default: 256)",
   )
-  p.add_argument("--images", nargs="+", help="image files to explain")
-  p.add_argument("--num-images", type=int, default=4, help="embedded images")
-  p.add_argument("--layer", help="attention layer (default: the paper's)")
+  p.add_argument(
+    "--images",
+    nargs="+",
+    help="image files to explain (default: test images of the run's data)",
+  )
+  p.add_argument(
+    "--num-images", type=int, default=4, help="test images without --images"
+  )
+  p.add_argument(
+    "--layer",
+    help="attention layer, a path or unique suffix (default: the run's)",
+  )
   p.add_argument(
     "--code",
     choices=("mu", "sample", "difference"),
     default="mu",
-    help="difference: eq. 5, needs a one-class run's latent statistics",
+    help="the code explained; difference: eq. 5, needs a one-class run's "
+    "latent statistics",
   )
   p.add_argument(
-    "--num-samples", type=int, default=8, help="draws for sampled codes"
+    "--num-samples",
+    type=int,
+    default=8,
+    help="draws averaged for --code=sample or difference",
   )
-  p.add_argument("--positive", choices=("relu", "abs"), default="relu")
-  p.add_argument("--gradient-scale", choices=("none", "rms"), default="none")
+  p.add_argument(
+    "--positive",
+    choices=("relu", "abs"),
+    default="relu",
+    help="rectifier of the maps: relu (Grad-CAM) or abs (official code)",
+  )
+  p.add_argument(
+    "--gradient-scale",
+    choices=("none", "rms"),
+    default="none",
+    help="rms: divide each gradient by its root mean square before pooling, "
+    "as the official code does",
+  )
   p.add_argument("--k", type=int, default=8, help="per-latent maps shown")
   p.add_argument(
     "--order",
@@ -243,60 +280,76 @@ def _parser() -> argparse.ArgumentParser:
     default="index",
     help="show latents 0..k-1, or the k strongest per image",
   )
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--out", help="output folder")
+  p.add_argument(
+    "--scale",
+    choices=figures.SCALES,
+    default="map",
+    help="colour scale of the per-latent maps: one per map, or one shared "
+    "by the maps of an image",
+  )
+  p.add_argument(
+    "--seed",
+    type=int,
+    default=0,
+    help="seed of the random model, the demo images and the draws",
+  )
+  p.add_argument(
+    "--out",
+    help="output folder (default: <workdir>/explain, or "
+    "runs/explain/<model>_random without --workdir)",
+  )
   return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = _parser()
-  args = parser.parse_args(argv)
-  if min(args.k, args.num_images, args.num_samples) < 1:
-    parser.error("--k, --num-images and --num-samples must be >= 1.")
-  start = time.perf_counter()
+def _load(args: argparse.Namespace):
+  """The run and the images to explain: ``(run, x, names, source)``."""
   missing = [p for p in args.images or [] if not os.path.isfile(p)]
-  if missing:
-    print(
-      f"error: --images: {missing[0]} is not a file; pass paths of PNG or "
-      "JPEG images.",
-      file=sys.stderr,
+  if missing:  # Before the (slow) model.
+    raise FileNotFoundError(
+      f"--images: {missing[0]} is not a file; pass paths of PNG or JPEG images."
     )
-    return 2
-  try:
-    if args.workdir:
-      run = restore.load_run(args.workdir, step=args.step)
-    else:
-      run = restore.init_model(
-        args.model,
-        latent_dim=args.latent_dim,
-        image_size=args.image_size,
-        seed=args.seed,
-      )
-    if args.images:
-      x = read_images(args.images, run.input_shape)
-      names = [os.path.basename(p) for p in args.images]
-    else:
-      x = demo_images(run, args.num_images, args.seed)
-      names = [f"demo{i}" for i in range(len(x))]
-    maps, layer = explain(
-      run,
-      x,
-      layer=args.layer,
-      code=args.code,
-      positive=args.positive,
-      gradient_scale=None if args.gradient_scale == "none" else "rms",
-      num_samples=args.num_samples,
+  if args.workdir:
+    cli.stage(f"restoring {args.workdir}")
+    run = restore.load_run(args.workdir, step=args.step)
+  else:
+    cli.stage(f"initialising a random {args.model} VAE")
+    run = restore.init_model(
+      args.model,
+      latent_dim=args.latent_dim,
+      image_size=args.image_size,
       seed=args.seed,
     )
-  except (FileNotFoundError, ValueError, base.DataError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  if args.images:
+    x = read_images(args.images, run.input_shape)
+    return run, x, [os.path.basename(p) for p in args.images], "files"
+  x, names, data = demo_data.demo_images(run, args.num_images, args.seed)
+  cli.stage(f"{len(x)} test images of {data}")
+  return run, x, names, data
+
+
+def _run(args: argparse.Namespace) -> int:
+  start = time.perf_counter()
+  run, x, names, source = _load(args)
   out = args.out or (
-    os.path.join(args.workdir, "explain") if args.workdir else "explain"
+    os.path.join(args.workdir, "explain")
+    if args.workdir
+    else os.path.join("runs", "explain", f"{run.name}_random")
   )
-  os.makedirs(out, exist_ok=True)
+  out = cli.make_out_dir(out)
+  cli.stage(f"compiling and computing the {args.code} maps of {len(x)} images")
+  maps, layer = explain(
+    run,
+    x,
+    layer=args.layer,
+    code=args.code,
+    positive=args.positive,
+    gradient_scale=None if args.gradient_scale == "none" else "rms",
+    num_samples=args.num_samples,
+    seed=args.seed,
+  )
   what = f"{run.name}, {layer}, code={args.code}"
   what += f", step {run.step}" if run.workdir else ", random init"
+  cli.stage(f"writing figures to {out}")
   grid = attention_figure(
     os.path.join(out, "attention_grid.png"),
     x,
@@ -304,6 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     k=args.k,
     order=args.order,
     title=what,
+    scale=args.scale,
   )
   means = overlay_figure(
     os.path.join(out, "mean_overlay.png"), x, maps, names=names, title=what
@@ -314,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mean=np.asarray(maps.mean),
     images=x,
   )
+  zero = figures.is_zero(np.asarray(maps.per_latent))
   meta = {
     "model": run.name,
     "workdir": run.workdir,
@@ -322,13 +377,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     "code": args.code,
     "positive": args.positive,
     "gradient_scale": args.gradient_scale,
+    "scale": args.scale,
     "images": names,
+    "images_from": source,
+    "all_zero_maps_per_image": zero.sum(axis=1).tolist(),
     "elapsed_time": time.perf_counter() - start,
   }
   with open(os.path.join(out, "explain.json"), "w") as f:
     json.dump(meta, f, indent=2)
-  print(f"Wrote {grid}\nWrote {means}")
+  cli.stage(f"wrote {grid} and {means}")
   return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """The entry point; returns the exit status (2: a user error)."""
+  parser = _parser()
+  args = parser.parse_args(argv)
+  if min(args.k, args.num_images, args.num_samples) < 1:
+    parser.error("--k, --num-images and --num-samples must be >= 1.")
+  return cli.run_main(_run, args)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.cm  # noqa: E402
+import matplotlib.colors  # noqa: E402
+import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import mpl_toolkits.axes_grid1 as mpl_axes_grid  # noqa: E402
 import numpy as np  # noqa: E402
 
 _CMAP = "jet"
 _CELL = 1.6  # Inches per image cell.
+SCALES = ("map", "image")  # Per-map colour scales, or one per image.
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
@@ -38,16 +43,20 @@ def _rgb(image: np.ndarray) -> np.ndarray:
   return np.clip(image, 0.0, 1.0)
 
 
-def normalize(maps: np.ndarray, scale: float | None = None) -> np.ndarray:
-  """Scales maps to ``[0, 1]`` for display.
+def to_unit_range(maps: np.ndarray, scale: float | None = None) -> np.ndarray:
+  """Scales maps to ``[0, 1]`` for display (plotting only).
+
+  Unlike ``vae_attn.attention.normalize`` (min-max per map, for any use),
+  this can divide by a common ``scale`` so that maps stay comparable.
 
   Args:
     maps: ``[..., H, W]`` non-negative maps.
     scale: divide by this value and clip (a common scale keeps the maps of
-      several images comparable); ``None`` min-max normalises each map.
+      several images comparable); ``None`` min-max normalises each map (a
+      constant map gives 0).
 
   Returns:
-    Maps of the same shape in ``[0, 1]``.
+    float32 maps of the same shape in ``[0, 1]``.
   """
   maps = np.asarray(maps, np.float32)
   if scale is not None:
@@ -55,6 +64,71 @@ def normalize(maps: np.ndarray, scale: float | None = None) -> np.ndarray:
   lo = maps.min(axis=(-2, -1), keepdims=True)
   hi = maps.max(axis=(-2, -1), keepdims=True)
   return (maps - lo) / np.maximum(hi - lo, 1e-12)
+
+
+def is_zero(maps: np.ndarray) -> np.ndarray:
+  """bool ``[...]``: which maps ``[..., H, W]`` are exactly zero everywhere."""
+  return ~np.asarray(maps).reshape(*np.shape(maps)[:-2], -1).any(axis=-1)
+
+
+def _colorbar(
+  fig, ax, vmax: float, *, vmin: float = 0.0, visible: bool = True
+) -> None:
+  """A thin colour bar right of ``ax`` for the jet scale ``[vmin, vmax]``.
+
+  With ``visible=False`` the same space is left empty, so that every cell
+  of a grid keeps the same size.
+  """
+  cax = mpl_axes_grid.make_axes_locatable(ax).append_axes(
+    "right", size="6%", pad=0.03
+  )
+  if not visible:
+    cax.axis("off")
+    return
+  mappable = matplotlib.cm.ScalarMappable(
+    matplotlib.colors.Normalize(vmin, max(vmax, vmin + 1e-12)), _CMAP
+  )
+  bar = fig.colorbar(mappable, cax=cax)
+  bar.set_ticks([vmin, vmax])
+  bar.ax.set_yticklabels([f"{vmin:.2g}", f"{vmax:.2g}"], fontsize=5)
+
+
+def _mark_zero(ax) -> None:
+  """Hatches an all-zero map and puts a "0" badge on it."""
+  ax.add_patch(
+    matplotlib.patches.Rectangle(
+      (0, 0),
+      1,
+      1,
+      transform=ax.transAxes,
+      fill=False,
+      hatch="///",
+      edgecolor="white",
+      linewidth=0,
+    )
+  )
+  ax.text(
+    0.5,
+    0.5,
+    "0",
+    transform=ax.transAxes,
+    ha="center",
+    va="center",
+    fontsize=12,
+    fontweight="bold",
+    color="black",
+    bbox={"boxstyle": "circle", "facecolor": "white", "alpha": 0.9},
+  )
+
+
+def _show_map(fig, ax, image, m, *, vmax: float | None, bar: bool) -> None:
+  """Overlays map ``m`` ``[H, W]`` on ``image`` scaled by ``vmax`` (``None``:
+  its own maximum), with a colour bar and the all-zero mark."""
+  top = float(np.max(m)) if vmax is None else float(vmax)
+  ax.imshow(overlay(image, to_unit_range(m, max(top, 1e-12))))
+  _colorbar(fig, ax, top, visible=bar)
+  if is_zero(m):
+    _mark_zero(ax)
 
 
 def overlay(
@@ -118,8 +192,13 @@ def attention_grid(
   latent_ids: np.ndarray,
   *,
   title: str | None = None,
+  scale: str = "map",
 ) -> str:
   """Fig. 1-style grid: image, mean-map overlay, then per-latent overlays.
+
+  Every map has a colour bar in its own units (``0`` to the top of its
+  scale), and a map that is exactly zero everywhere is hatched with a "0"
+  badge, so that it is not mistaken for a weak one.
 
   Args:
     path: output PNG.
@@ -128,10 +207,16 @@ def attention_grid(
     per_latent: ``[N, K, H, W]`` maps of the ``K`` latents shown per image.
     latent_ids: ``[N, K]`` the latent index of each shown map.
     title: optional figure title.
+    scale: ``"map"`` (each map from 0 to its own maximum, a colour bar each)
+      or ``"image"`` (the per-latent maps of an image share one scale, from
+      0 to their largest value, with one colour bar at the row's end; the
+      mean map keeps its own).
 
   Returns:
     ``path``.
   """
+  if scale not in SCALES:
+    raise ValueError(f"Unknown scale {scale!r}; choose one of {SCALES}.")
   images = np.asarray(images)
   n, k = per_latent.shape[:2]
   if mean_maps.shape[0] != n or images.shape[0] != n:
@@ -140,13 +225,19 @@ def attention_grid(
       f"{per_latent.shape} must have the same number of images."
     )
   fig, axes = _grid(n, k + 2, title)
-  mean_maps = normalize(mean_maps)
-  per_latent = normalize(per_latent)
   for i in range(n):
     axes[i, 0].imshow(_rgb(images[i]))
-    axes[i, 1].imshow(overlay(images[i], mean_maps[i]))
+    _show_map(fig, axes[i, 1], images[i], mean_maps[i], vmax=None, bar=True)
+    row_max = float(per_latent[i].max()) if scale == "image" else None
     for j in range(k):
-      axes[i, j + 2].imshow(overlay(images[i], per_latent[i, j]))
+      _show_map(
+        fig,
+        axes[i, j + 2],
+        images[i],
+        per_latent[i, j],
+        vmax=row_max,
+        bar=scale == "map" or j == k - 1,
+      )
       if i == 0 or latent_ids.ndim == 2:
         axes[i, j + 2].set_title(f"z{int(latent_ids[i, j])}", fontsize=8)
   axes[0, 0].set_title("image", fontsize=8)
@@ -164,10 +255,13 @@ def mean_overlays(
 ) -> str:
   """Each image (top row) above its mean attention map overlay (bottom).
 
+  Each map is scaled from 0 to its own maximum, shown by its colour bar; an
+  all-zero map is hatched with a "0" badge.
+
   Args:
     path: output PNG.
     images: ``[N, H, W, C]`` in ``[0, 1]``.
-    mean_maps: ``[N, H, W]`` maps, min-max normalised per image here.
+    mean_maps: ``[N, H, W]`` maps.
     names: optional caption of each column.
     title: optional figure title.
 
@@ -176,10 +270,9 @@ def mean_overlays(
   """
   n = len(images)
   fig, axes = _grid(2, n, title)
-  mean_maps = normalize(mean_maps)
   for i in range(n):
     axes[0, i].imshow(_rgb(images[i]))
-    axes[1, i].imshow(overlay(images[i], mean_maps[i]))
+    _show_map(fig, axes[1, i], images[i], mean_maps[i], vmax=None, bar=True)
     if names is not None:
       axes[0, i].set_title(names[i], fontsize=8)
   axes[0, 0].set_ylabel("image", fontsize=8)
@@ -192,19 +285,24 @@ def localization_overlays(
   images: np.ndarray,
   masks: np.ndarray,
   maps: Mapping[str, np.ndarray],
+  scales: Mapping[str, float],
   *,
   row_titles: Sequence[str] | None = None,
   title: str | None = None,
 ) -> str:
   """Fig. 6-style rows: image, ground truth, one overlay per method.
 
+  The maps of a method share one colour scale over all rows (shown by the
+  colour bar under the bottom row), so normal images stay cold when the
+  method separates them; an all-zero map is hatched with a "0" badge.
+
   Args:
     path: output PNG.
     images: ``[N, H, W, C]`` in ``[0, 1]``.
     masks: ``[N, H, W]`` binary ground truth.
-    maps: method name -> ``[N, H, W]`` maps in ``[0, 1]`` (normalise with a
-      common scale per method, see :func:`normalize`, so that normal images
-      stay cold).
+    maps: method name -> ``[N, H, W]`` non-negative maps at image size.
+    scales: method name -> the map value shown at the top of the colour
+      scale (e.g. a high percentile of the method's maps on the test set).
     row_titles: optional label of each row (e.g. the defect type).
     title: optional figure title.
 
@@ -216,8 +314,10 @@ def localization_overlays(
   for i in range(n):
     axes[i, 0].imshow(_rgb(images[i]))
     axes[i, 1].imshow(np.asarray(masks[i]), cmap="gray", vmin=0, vmax=1)
-    for j, m in enumerate(maps.values()):
-      axes[i, j + 2].imshow(overlay(images[i], m[i]))
+    for j, (name, m) in enumerate(maps.items()):
+      _show_map(
+        fig, axes[i, j + 2], images[i], m[i], vmax=scales[name], bar=i == n - 1
+      )
     if row_titles is not None:
       axes[i, 0].set_ylabel(row_titles[i], fontsize=8)
   for j, name in enumerate(["image", "ground truth", *maps]):
@@ -272,7 +372,9 @@ def top_latent_maps(
   Args:
     path: output PNG.
     images: ``[N, H, W, C]`` in ``[0, 1]``.
-    maps: ``[N, K, H, W]`` maps of the ``K`` highest-responding latents.
+    maps: ``[N, K, H, W]`` maps of the ``K`` highest-responding latents,
+      each shown from 0 to its own maximum with a colour bar (an all-zero
+      map is hatched with a "0" badge).
     latent_ids: ``[N, K]`` their indices.
     title: optional figure title.
 
@@ -281,11 +383,15 @@ def top_latent_maps(
   """
   n, k = maps.shape[:2]
   fig, axes = _grid(n, k + 1, title)
-  maps = normalize(maps)
   for i in range(n):
     axes[i, 0].imshow(_rgb(images[i]))
     for j in range(k):
-      axes[i, j + 1].imshow(maps[i, j], cmap=_CMAP, vmin=0, vmax=1)
+      m = np.asarray(maps[i, j], np.float32)
+      top = max(float(m.max()), 1e-12)
+      axes[i, j + 1].imshow(m, cmap=_CMAP, vmin=0, vmax=top)
+      _colorbar(fig, axes[i, j + 1], top)
+      if is_zero(m):
+        _mark_zero(axes[i, j + 1])
       axes[i, j + 1].set_title(f"z{int(latent_ids[i, j])}", fontsize=8)
   axes[0, 0].set_title("input", fontsize=8)
   return _save(fig, path)

@@ -70,3 +70,49 @@ def test_summarize_ignores_missing_keys():
 def test_bad_keys(tmp_path, flag):
   run = _write(tmp_path / "r", {"fv": 0.7}, 0)
   assert aggregate.main([run, flag]) == 2
+
+
+def _write_localization(path, auroc, threshold):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  metrics = {
+    "attention_mu/conv2/pixel_auroc": auroc,
+    "attention_mu/conv2/best_iou_threshold": threshold,
+    "attention_mu/conv2/aupro_error_bound": 1e-5,
+  }
+  results = {"meta": {"evaluator": "localization"}, "metrics": metrics}
+  path.write_text(json.dumps(results))
+  return str(path)
+
+
+def test_names_match_whatever_the_folder_and_non_metrics_are_skipped(
+  tmp_path,
+):
+  # One run evaluated into its own eval/localization, one with --out
+  # elsewhere (passed as a folder) and one as a results.json file.
+  a = tmp_path / "s0"
+  _write_localization(a / "eval" / "localization" / "results.json", 0.8, 3.0)
+  b = tmp_path / "elsewhere"
+  _write_localization(b / "results.json", 0.9, 7.0)
+  c = _write_localization(tmp_path / "s2" / "quick" / "results.json", 1.0, 1)
+  out = tmp_path / "summary.json"
+  assert aggregate.main([str(a), str(b), c, f"--json={out}"]) == 0
+  stats = json.loads(out.read_text())["A"]
+  assert list(stats) == ["localization/attention_mu/conv2/pixel_auroc"]
+  auroc = stats["localization/attention_mu/conv2/pixel_auroc"]
+  assert auroc["n"] == 3
+  np.testing.assert_allclose(auroc["mean"], 0.9)
+
+
+def test_disentanglement_counts_are_not_metrics(tmp_path):
+  run = _write(tmp_path / "r", {"fv": 0.7, "factor_vae/num_active_dims": 5}, 0)
+  metrics, _ = aggregate.read_run(run)
+  assert metrics == {"disentanglement/fv": 0.7}
+
+
+def test_two_results_of_one_evaluation_in_a_run_are_refused(tmp_path, capsys):
+  run = tmp_path / "r"
+  _write_localization(run / "eval" / "localization" / "results.json", 0.8, 1)
+  _write_localization(run / "eval" / "quick" / "results.json", 0.7, 1)
+  assert aggregate.main([str(run)]) == 2
+  err = capsys.readouterr().err
+  assert "two localization results" in err and "results.json" in err

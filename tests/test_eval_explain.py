@@ -13,11 +13,13 @@ from eval import explain, restore
 from vae_attn import runs
 
 
-def test_no_flags_demo_writes_the_grid(tmp_path):
-  rc = explain.main(
-    [f"--out={tmp_path}", "--num-images=2", "--k=3", "--latent-dim=8"]
-  )
+def test_no_flags_demo_writes_the_grid_under_runs(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  rc = explain.main(["--num-images=2", "--k=3", "--latent-dim=8"])
   assert rc == 0
+  # Not explain/ in the current folder: runs/, which git ignores.
+  assert not (tmp_path / "explain").exists()
+  tmp_path = tmp_path / "runs" / "explain" / "factorvae_random"
   for name in ("attention_grid.png", "mean_overlay.png", "maps.npz"):
     assert (tmp_path / name).stat().st_size > 0
   maps = np.load(tmp_path / "maps.npz")
@@ -49,7 +51,8 @@ def test_user_images_are_resized_to_the_model(tmp_path):
 def test_missing_image_is_a_clear_error(tmp_path, capsys):
   rc = explain.main(["--images", str(tmp_path / "nope.png")])
   assert rc == 2
-  assert "is not a file" in capsys.readouterr().err
+  err = capsys.readouterr().err.strip().splitlines()
+  assert "is not a file" in err[-1] and err[-1].startswith("error:")
 
 
 def test_pick_latents():
@@ -88,10 +91,12 @@ def test_difference_code_averages_eq5_draws_and_needs_statistics(capsys):
   from vae_attn import anomaly, attention
 
   run = restore.init_model("factorvae", latent_dim=4, seed=0)
-  x = explain.demo_images(run, 2, seed=0)
+  x, _, data = explain.demo_images(run, 2, seed=0)
+  assert data == "procedural"
   rc = explain.main(["--latent-dim=4", "--num-images=2", "--code=difference"])
   assert rc == 2
-  assert "latent statistics" in capsys.readouterr().err
+  err = capsys.readouterr().err.strip().splitlines()
+  assert "latent statistics" in err[-1] and err[-1].startswith("error:")
   stats = anomaly.LatentStats(jnp.zeros(4), jnp.ones(4), jnp.asarray(1.0))
   run = run._replace(latent_stats=stats)
   maps, layer = explain.explain(run, x, code="difference", num_samples=2)
@@ -108,3 +113,80 @@ def test_difference_code_averages_eq5_draws_and_needs_statistics(capsys):
     num_samples=2,
   )  # fmt: skip
   np.testing.assert_allclose(maps.mean, mean, atol=1e-6)
+
+
+def _digits_run(workdir, normal_digit):
+  """A run directory of an (untrained) MNIST VAE whose spec says digits."""
+  run = restore.init_model("mnist", latent_dim=4)
+  spec = runs.RunSpec(
+    trainer="oneclass",
+    model="mnist",
+    model_kwargs={"latent_dim": 4},
+    input_shape=(28, 28, 1),
+    data="digits",
+    data_kwargs={"normal_digit": normal_digit},
+  )
+  workdir.mkdir(parents=True)
+  runs.write_json(workdir / runs.SPEC_NAME, spec.to_dict())
+  state = {"step": np.int32(1), "params": run.variables["params"]}
+  with runs.checkpoint_manager(workdir) as mngr:
+    runs.save(mngr, 1, state=state, config={}, spec=spec, wait=True)
+  return workdir
+
+
+def test_a_digits_run_explains_its_own_digits(tmp_path):
+  from vae_attn.data import digits
+
+  workdir = _digits_run(tmp_path / "run", normal_digit=3)
+  rc = explain.main([f"--workdir={workdir}", "--num-images=3", "--k=2"])
+  assert rc == 0
+  meta = json.loads((workdir / "explain" / "explain.json").read_text())
+  assert meta["images_from"] == "digits"
+  assert meta["images"] == ["digit 3", "digit 4", "digit 5"]
+  shown = np.load(workdir / "explain" / "maps.npz")["images"]
+  test = digits.load("test")
+  labels = test.get_batch(np.arange(len(test)))["label"]
+  for image, digit in zip(shown, (3, 4, 5), strict=True):
+    first = int(np.flatnonzero(labels == digit)[0])
+    np.testing.assert_allclose(image, test[first]["image"], atol=1e-6)
+
+
+@pytest.mark.parametrize("code", ["mu", "sample", "difference"])
+def test_maps_fn_takes_parameters_and_images_as_arguments(code):
+  # Arrays captured by the traced function become constants that XLA
+  # folds at compile time ("Constant folding an instruction is taking >
+  # 1s" with the ResNet); the maps function must capture none.
+  from vae_attn import anomaly
+
+  run = restore.init_model("mnist", latent_dim=4)
+  stats = anomaly.LatentStats(jnp.zeros(4), jnp.ones(4), jnp.asarray(1.0))
+  fn = explain.maps_fn(run, "encoder/conv2", code=code, num_samples=2)
+  x = jnp.zeros((2, 28, 28, 1))
+  jaxpr = jax.make_jaxpr(fn)(run.variables, x, stats, jax.random.key(0))
+  sizes = [np.size(c) for c in jaxpr.consts]
+  assert max(sizes, default=0) < 1000, sizes
+
+
+def test_figures_mark_all_zero_maps_and_share_a_scale(tmp_path):
+  from eval import figures
+
+  x = np.full((1, 8, 8, 1), 0.5, np.float32)
+  per_latent = np.zeros((1, 3, 8, 8), np.float32)
+  per_latent[0, 0] = 1.0
+  per_latent[0, 1] = 0.01  # Weak, but not zero.
+  np.testing.assert_array_equal(figures.is_zero(per_latent), [[0, 0, 1]])
+  for scale in figures.SCALES:
+    path = figures.attention_grid(
+      tmp_path / f"{scale}.png",
+      x,
+      per_latent.mean(1),
+      per_latent,
+      np.arange(3)[None],
+      scale=scale,
+    )
+    assert (tmp_path / f"{scale}.png").stat().st_size > 0, path
+  with pytest.raises(ValueError, match="scale"):
+    figures.attention_grid(
+      tmp_path / "x.png", x, per_latent[:, 0], per_latent, np.zeros((1, 3)),
+      scale="global",
+    )  # fmt: skip

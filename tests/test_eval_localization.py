@@ -1,15 +1,20 @@
 """End-to-end tests of ``python -m eval.localization`` on tiny models."""
 
+import argparse
 import dataclasses
+import errno
 import json
 import os
 
 import numpy as np
 import pytest
+import sklearn.metrics
 
-from eval import localization, restore
+from eval import cli, localization, restore
+from eval import localization_data as data_lib
+from eval import localization_scores as scores_lib
 from train import oneclass
-from vae_attn import anomaly, runs
+from vae_attn import anomaly, attention, runs
 from vae_attn.data import textures
 
 
@@ -57,6 +62,11 @@ def _write_checkpoint(workdir, run, *, with_stats):
   return str(workdir)
 
 
+def _error_lines(err):
+  """stderr without the progress lines (``[HH:MM:SS] ...``)."""
+  return [line for line in err.strip().splitlines() if not line[:1] == "["]
+
+
 def _table_rows(report):
   lines = report.splitlines()
   start = next(i for i, line in enumerate(lines) if line.startswith("| method"))
@@ -90,7 +100,7 @@ def oneclass_workdir(tmp_path_factory):
 
 def test_trained_resnet_on_textures_end_to_end(oneclass_workdir, tmp_path):
   out = tmp_path / "out"
-  # Data options come from the training config (textures in its cache).
+  # Data options come from the run spec (textures in its cache).
   rc = localization.main(
     [
       f"--workdir={oneclass_workdir}",
@@ -104,9 +114,12 @@ def test_trained_resnet_on_textures_end_to_end(oneclass_workdir, tmp_path):
   for name in ("report.md", "results.json", "roc.png", "overlays.png"):
     assert (out / name).stat().st_size > 0, name
   results = json.loads((out / "results.json").read_text())
-  assert results["meta"]["latent_stats"] == "checkpoint"
-  assert results["meta"]["dataset"] == "textures"
-  assert results["meta"]["category"] == textures.CATEGORIES[0]
+  meta = results["meta"]
+  assert meta["latent_stats"] == "checkpoint"
+  assert meta["dataset"] == "textures"
+  assert meta["category"] == textures.CATEGORIES[0]
+  # The MVTec-AD protocol by default: the textures' masks are 128x128.
+  assert meta["resolution"] == "original" and "128x128" in meta["protocol"]
   methods = [(r["method"], r["code"], r["layer"]) for r in results["rows"]]
   assert methods == [
     ("attention", "mu", "stage2_block1/conv1"),
@@ -116,7 +129,10 @@ def test_trained_resnet_on_textures_end_to_end(oneclass_workdir, tmp_path):
   for row in results["rows"]:
     for key, _ in localization.COLUMNS:
       assert 0.0 <= row[key] <= 1.0, (row, key)
-  rows = _table_rows((out / "report.md").read_text())
+    assert row["pixel_auroc_error_bound"] < 1e-3
+  report = (out / "report.md").read_text()
+  assert "--resolution=original" in report and "128x128" in report
+  rows = _table_rows(report)
   assert len(rows) == 3
   for row in rows:
     assert all(cell not in ("", "-") for cell in row[3:]), row
@@ -131,50 +147,146 @@ def mnist_workdir(tmp_path_factory):
   return _write_checkpoint(path, run, with_stats=False)
 
 
-def test_ablation_and_computed_statistics(mnist_workdir, texture_root):
+def test_ablation_model_resolution_and_every_defect_shown(
+  mnist_workdir, texture_root, capsys
+):
   # Grey 28x28 crops: conv1/conv2 vs residual; statistics from train/good.
   workdir = mnist_workdir
   rc = localization.main(
     [
       f"--workdir={workdir}",
-      f"--root={texture_root}",
+      f"--root={texture_root}",  # The old name of --data-dir still works.
       "--ablation",
-      "--codes",
-      "mu",
+      "--layers=conv2",  # A unique suffix of encoder/conv2.
       "--batch-size=4",
+      "--num-samples=2",
+      "--num-overlays=5",
+      "--resolution=model",
     ]
   )
   assert rc == 0
   out = os.path.join(workdir, "eval", "localization")
   results = json.load(open(os.path.join(out, "results.json")))
   assert results["meta"]["latent_stats"].startswith("computed")
+  assert results["meta"]["resolution"] == "model"
+  assert "28x28" in results["meta"]["protocol"]
   assert results["ablation"]["layers"] == ["encoder/conv1", "encoder/conv2"]
   table = "\n".join(results["ablation"]["table"])
   assert "| conv1 |" in table and "| conv2 |" in table
   assert "| residual |" in table
   assert os.path.getsize(os.path.join(out, "ablation.png")) > 0
+  # Five rows: every defect type of the set once, then a normal image.
+  shown = results["figures"]["overlay_rows"]
+  assert sorted(shown[:4]) == sorted(textures.DEFECT_TYPES)
+  assert shown[4] == "good"
+  # Progress on stderr: a line for each stage, the last naming the figures.
+  err = capsys.readouterr().err.strip().splitlines()
+  assert any("computing maps of 6 test images" in line for line in err)
+  assert "overlays.png" in err[-1] and out in err[-1]
 
 
-def test_errors_name_the_fix(tmp_path, mnist_workdir, capsys):
+def test_errors_are_one_line_with_the_fix(tmp_path, mnist_workdir, capsys):
   rc = localization.main([f"--workdir={tmp_path}"])
   assert rc == 2
-  assert "No checkpoints" in capsys.readouterr().err
+  err = _error_lines(capsys.readouterr().err)
+  assert len(err) == 1 and "No checkpoints" in err[0]
   workdir = mnist_workdir
   rc = localization.main([f"--workdir={workdir}", "--dataset=mvtec"])
   assert rc == 2
-  assert "--root" in capsys.readouterr().err
+  assert "pass --data-dir=" in capsys.readouterr().err
   rc = localization.main([f"--workdir={workdir}", "--layers=conv9"])
   assert rc == 2
-  assert "valid layers" in capsys.readouterr().err
+  err = _error_lines(capsys.readouterr().err)
+  assert len(err) == 1 and "--layers:" in err[0] and "encoder/conv2" in err[0]
+  with pytest.raises(SystemExit) as e:
+    localization.main([f"--workdir={workdir}", "--num-samples=0"])
+  assert e.value.code == 2
+  err = _error_lines(capsys.readouterr().err)
+  assert len(err) == 1 and "--help" in err[0]
 
 
-def test_pick_overlay_images_cycles_defect_types():
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+  with pytest.raises(FileNotFoundError, match="No checkpoints"):
+    localization.main([f"--workdir={tmp_path}", "--debug"])
+  monkeypatch.setenv("VAE_ATTN_DEBUG", "1")
+  with pytest.raises(FileNotFoundError, match="No checkpoints"):
+    localization.main([f"--workdir={tmp_path}"])
+
+
+def test_a_workdir_that_cannot_be_written_names_out(
+  mnist_workdir, texture_root, monkeypatch, capsys
+):
+  makedirs = os.makedirs
+
+  def read_only(path, *args, **kwargs):
+    if str(path).startswith(str(mnist_workdir) + os.sep):
+      raise OSError(errno.EROFS, "Read-only file system", str(path))
+    return makedirs(path, *args, **kwargs)
+
+  monkeypatch.setattr(os, "makedirs", read_only)
+  rc = localization.main(
+    [f"--workdir={mnist_workdir}", f"--data-dir={texture_root}"]
+  )
+  assert rc == 2
+  err = _error_lines(capsys.readouterr().err)
+  assert len(err) == 1
+  assert "Read-only file system" in err[0] and "--out=" in err[0]
+
+
+def test_run_report_names_out_for_a_write_refused_in_the_workdir(
+  tmp_path, capsys
+):
+  # The path eval.disentanglement takes: it makes its folder itself.
+  def evaluate(args):
+    path = os.path.join(args.workdir, "eval", "x")
+    raise PermissionError(errno.EACCES, "Permission denied", path)
+
+  args = argparse.Namespace(workdir=str(tmp_path), out=None)
+  assert cli.run_report(evaluate, args) == 2
+  assert "pass --out=" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+  "module", ["eval.localization", "eval.explain", "eval.aggregate"]
+)
+def test_help_gives_every_flag_a_text_and_its_default(module):
+  import importlib
+
+  parser = importlib.import_module(module)._parser()
+  for action in parser._actions:
+    if isinstance(action, argparse._HelpAction):
+      continue
+    assert action.help, action.dest
+    text = parser._get_formatter()._get_help_string(action)
+    if action.option_strings and not action.required:
+      assert "default" in text, (action.dest, text)
+
+
+def test_original_resolution_keeps_a_defect_that_resizing_deletes():
+  # A 64x64 image whose 2x2 defect vanishes when the mask is resized to the
+  # model's 8x8 by nearest neighbour (the loaders' resize).
+  original = np.zeros((2, 64, 64), bool)
+  original[1, 30:32, 30:32] = True
+  at_model = np.zeros((2, 8, 8), bool)  # Nearest picks rows 4, 12, ...
+  assert not original[:, 4::8, 4::8].any()
   data = {
-    "label": np.array([0, 1, 1, 1, 0, 1], bool),
-    "has_mask": np.ones(6, bool),
-    "defect_type": np.array(["good", "a", "a", "b", "good", "b"], object),
+    "mask": at_model,
+    "label": np.array([0, 1], bool),
+    "has_mask": np.ones(2, bool),
   }
-  assert localization.pick_overlay_images(data, 4) == [1, 3, 2, 0]
+  maps = {"m": np.zeros((2, 8, 8), np.float32)}
+  maps["m"][1, 3:5, 3:5] = 1.0  # The defect's neighbourhood at 8x8.
+  with pytest.raises(ValueError, match="No anomalous pixel"):
+    scores_lib.score(maps, data, resolution="model")
+  masks = {0: original[0], 1: original[1]}
+  scores, _ = scores_lib.score(maps, data, resolution="original", masks=masks)
+  # The upsampled map peaks on the defect: every defect pixel outranks
+  # almost every normal pixel.
+  assert scores["m"]["pixel_auroc"] > 0.99
+  upsampled = np.asarray(attention.upsample(maps["m"], (64, 64)))
+  exact = sklearn.metrics.roc_auc_score(original.ravel(), upsampled.ravel())
+  bound = scores["m"]["pixel_auroc_error_bound"]
+  assert abs(scores["m"]["pixel_auroc"] - exact) <= bound
 
 
 def test_score_pools_masked_images_and_ranks_all_for_image_auroc():
@@ -190,13 +302,20 @@ def test_score_pools_masked_images_and_ranks_all_for_image_auroc():
     "label": np.array([0, 1, 1, 1], bool),
     "has_mask": np.array([1, 1, 1, 0], bool),
   }
-  scores, curves = localization.score({"perfect": perfect}, data)
+  scores, curves = scores_lib.score({"perfect": perfect}, data)
   got = scores["perfect"]
   assert got["pixel_auroc"] == 1.0 and got["best_iou"] == 1.0
   assert got["aupro"] == pytest.approx(1.0)
   assert got["image_auroc_max"] == 1.0
   fpr, tpr, auc = curves["perfect"]
   assert auc == 1.0 and fpr[-1] == 1.0 and tpr[-1] == 1.0
+  # The same maps at the original resolution (here the model's).
+  originals = {i: masks[i] for i in range(3)}
+  binned, _ = scores_lib.score(
+    {"perfect": perfect}, data, resolution="original", masks=originals
+  )
+  for key in ("pixel_auroc", "aupro", "image_auroc_max"):
+    assert binned["perfect"][key] == pytest.approx(got[key], abs=1e-6)
 
 
 def test_score_needs_anomalous_pixels():
@@ -206,11 +325,11 @@ def test_score_needs_anomalous_pixels():
     "has_mask": np.ones(2, bool),
   }
   with pytest.raises(ValueError, match="No anomalous pixel"):
-    localization.score({"m": np.zeros((2, 4, 4))}, data)
+    scores_lib.score({"m": np.zeros((2, 4, 4))}, data)
 
 
 def test_subset_is_evenly_spaced():
   source = list(range(10))
-  picked = localization.subset(source, 4)
+  picked = data_lib.subset(source, 4)
   assert [picked[i] for i in range(len(picked))] == [0, 3, 6, 9]
-  assert localization.subset(source, None) is source
+  assert data_lib.subset(source, None) is source

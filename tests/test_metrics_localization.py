@@ -277,3 +277,35 @@ def test_docstring_examples_run():
 
   result = doctest.testmod(localization)
   assert result.attempted >= 2 and result.failed == 0
+
+
+def test_pixel_scores_pools_images_of_different_sizes():
+  # Two sizes in one state (maps at each mask's original resolution) give
+  # the exact metrics of all pixels pooled.
+  small, small_masks = _random_maps(11, shape=(3, 8, 8))
+  large, large_masks = _random_maps(12, shape=(3, 12, 12))
+  top = max(small.max(), large.max())
+  acc = metrics.pixel_scores((0.0, top), 1 << 12, image_auroc=False)
+  state = acc.update(acc.init(), small, small_masks)
+  state = acc.update(state, large, large_masks)
+  binned = acc.compute(state)
+  assert "image_auroc_max" not in binned
+  flat_scores = np.r_[small.ravel(), large.ravel()]
+  flat_masks = np.r_[small_masks.ravel(), large_masks.ravel()]
+  exact = sklearn.metrics.roc_auc_score(flat_masks, flat_scores)
+  assert abs(binned["pixel_auroc"] - exact) <= binned["pixel_auroc_error_bound"]
+  iou, _ = metrics.best_iou(flat_scores[None, None], flat_masks[None, None])
+  assert iou - 1e-2 < binned["best_iou"] <= iou + 1e-12
+  fpr, tpr, thresholds = acc.curve(state)
+  assert fpr[0] == tpr[0] == 0.0 and fpr[-1] == tpr[-1] == 1.0
+  assert np.isinf(thresholds[0]) and np.all(np.diff(thresholds[1:]) < 0)
+  np.testing.assert_allclose(np.trapezoid(tpr, fpr), binned["pixel_auroc"])
+
+
+def test_pixel_scores_doctest_runs():
+  import importlib
+
+  # The module, not the function that eval.metrics re-exports by its name.
+  module = importlib.import_module("eval.metrics.pixel_scores")
+  result = doctest.testmod(module)
+  assert result.attempted >= 1 and result.failed == 0

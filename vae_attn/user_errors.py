@@ -1,0 +1,37 @@
+"""What every entry point (``train.*``, ``eval.*``) treats as a user error.
+
+A user error (a bad path or flag value, missing or malformed data, no usable
+checkpoint, a workdir in use, a full disk or a read-only folder) reaches the
+terminal as one line, ``error: <what is wrong and how to fix it>``, with exit
+status 2; anything else is a bug and keeps its traceback. ``--debug`` or the
+environment variable ``VAE_ATTN_DEBUG=1`` shows the traceback of user errors
+too. Nothing here prints or exits: the entry points do, once, visibly.
+"""
+
+from __future__ import annotations
+
+import os
+
+from vae_attn import runs
+
+DEBUG_ENV = "VAE_ATTN_DEBUG"
+
+# Errors a user can fix (vae_attn.data.DataError is a ValueError).
+USER_ERRORS = (
+  ValueError,
+  OSError,
+  runs.CheckpointError,
+  runs.WorkdirLockedError,
+)
+
+
+def debug_requested(flag: bool = False) -> bool:
+  """``flag`` (``--debug``) or ``VAE_ATTN_DEBUG`` set to anything but
+  ``""``/``"0"``."""
+  return bool(flag) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def error_line(error: BaseException) -> str:
+  """``error: <message>`` on one line (orbax and OS errors can be long)."""
+  text = " ".join(str(error).split()) or type(error).__name__
+  return f"error: {text}"
