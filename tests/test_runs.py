@@ -48,10 +48,13 @@ def _truncate_data(step_dir):
 DAMAGES = {
   "partial": (lambda d: shutil.rmtree(d / "state"), "partial"),
   "truncated": (_truncate_data, "unreadable"),
-  "no_metadata": (lambda d: (d / "state" / "_METADATA").unlink(), "unread"),
+  "no_metadata": (
+    lambda d: (d / "state" / "_METADATA").unlink(),
+    "unreadable, state/_METADATA is missing",
+  ),
   "no_manifest": (
     lambda d: (d / "state" / "manifest.ocdbt").unlink(),
-    "unreadable",
+    "unreadable, state/manifest.ocdbt is missing",
   ),
 }
 

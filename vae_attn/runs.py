@@ -45,6 +45,8 @@ CONFIG_NAME = "config.json"
 SPEC_NAME = "spec.json"
 LOCK_NAME = ".lock"
 JSON_ITEMS = frozenset({"config", "spec"})
+# Files every array item of an orbax (OCDBT) checkpoint has.
+_ARRAY_FILES = ("_METADATA", "manifest.ocdbt")
 
 _log = logging.getLogger(__name__)
 
@@ -466,6 +468,12 @@ def _try_restore(mngr, step, items, optional_items, targets, sharding):
   missing = _missing_items(step_dir, items)
   if missing:
     return f"partial, no item folder {missing} (an interrupted save?)", None
+  for name in items:
+    if name in JSON_ITEMS:
+      continue
+    lost = [f for f in _ARRAY_FILES if not (step_dir / name / f).is_file()]
+    if lost:  # Checked here: orbax's failed async reads leave noisy threads.
+      return f"unreadable, {name}/{lost[0]} is missing", None
   present = set(_missing_items(step_dir, optional_items))
   wanted = list(items) + [n for n in optional_items if n not in present]
   for name, target in targets.items():
