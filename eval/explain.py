@@ -212,6 +212,24 @@ def overlay_figure(
   return figures.mean_overlays(path, x, mean, names=names, title=title)
 
 
+def _add_figure_flags(p: argparse.ArgumentParser) -> None:
+  """What attention_grid.png shows."""
+  p.add_argument("--k", type=int, default=8, help="per-latent maps shown")
+  p.add_argument(
+    "--order",
+    choices=("index", "response"),
+    default="index",
+    help="show latents 0..k-1, or the k strongest per image",
+  )
+  p.add_argument(
+    "--scale",
+    choices=figures.SCALES,
+    default="map",
+    help="colour scale of the per-latent maps: one per map, or one shared "
+    "by the maps of an image",
+  )
+
+
 def _parser() -> argparse.ArgumentParser:
   p = cli.ArgumentParser(prog="python -m eval.explain", description=__doc__)
   p.add_argument(
@@ -273,20 +291,7 @@ def _parser() -> argparse.ArgumentParser:
     help="rms: divide each gradient by its root mean square before pooling, "
     "as the official code does",
   )
-  p.add_argument("--k", type=int, default=8, help="per-latent maps shown")
-  p.add_argument(
-    "--order",
-    choices=("index", "response"),
-    default="index",
-    help="show latents 0..k-1, or the k strongest per image",
-  )
-  p.add_argument(
-    "--scale",
-    choices=figures.SCALES,
-    default="map",
-    help="colour scale of the per-latent maps: one per map, or one shared "
-    "by the maps of an image",
-  )
+  _add_figure_flags(p)
   p.add_argument(
     "--seed",
     type=int,

@@ -4,7 +4,8 @@ Every function takes NumPy arrays (images NHWC in ``[0, 1]``, maps
 ``[..., H, W]`` already at image size), writes one PNG with matplotlib's Agg
 backend and returns its path. Nothing here computes a metric or runs a
 model; the drivers (``eval.explain``, ``eval.localization``,
-``eval.disentanglement``) do.
+``eval.disentanglement``) do. How one map is drawn (scale, overlay, colour
+bar, the mark of an all-zero map) lives in ``eval.heatmaps``.
 """
 
 from __future__ import annotations
@@ -17,142 +18,27 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.cm  # noqa: E402
-import matplotlib.colors  # noqa: E402
-import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
-import mpl_toolkits.axes_grid1 as mpl_axes_grid  # noqa: E402
 import numpy as np  # noqa: E402
 
-_CMAP = "jet"
+from eval import heatmaps  # noqa: E402
+from eval.heatmaps import CMAP, is_zero, overlay, to_unit_range  # noqa: E402
+
 _CELL = 1.6  # Inches per image cell.
 SCALES = ("map", "image")  # Per-map colour scales, or one per image.
-
-
-def _rgb(image: np.ndarray) -> np.ndarray:
-  """``[H, W]``, ``[H, W, 1]`` or ``[H, W, 3]`` -> ``[H, W, 3]`` in [0, 1]."""
-  image = np.asarray(image, np.float32)
-  if image.ndim == 2:
-    image = image[..., None]
-  if image.ndim != 3 or image.shape[-1] not in (1, 3):
-    raise ValueError(
-      f"An image must be [H, W], [H, W, 1] or [H, W, 3], got {image.shape}."
-    )
-  if image.shape[-1] == 1:
-    image = np.repeat(image, 3, axis=-1)
-  return np.clip(image, 0.0, 1.0)
-
-
-def to_unit_range(maps: np.ndarray, scale: float | None = None) -> np.ndarray:
-  """Scales maps to ``[0, 1]`` for display (plotting only).
-
-  Unlike ``vae_attn.attention.normalize`` (min-max per map, for any use),
-  this can divide by a common ``scale`` so that maps stay comparable.
-
-  Args:
-    maps: ``[..., H, W]`` non-negative maps.
-    scale: divide by this value and clip (a common scale keeps the maps of
-      several images comparable); ``None`` min-max normalises each map (a
-      constant map gives 0).
-
-  Returns:
-    float32 maps of the same shape in ``[0, 1]``.
-  """
-  maps = np.asarray(maps, np.float32)
-  if scale is not None:
-    return np.clip(maps / max(float(scale), 1e-12), 0.0, 1.0)
-  lo = maps.min(axis=(-2, -1), keepdims=True)
-  hi = maps.max(axis=(-2, -1), keepdims=True)
-  return (maps - lo) / np.maximum(hi - lo, 1e-12)
-
-
-def is_zero(maps: np.ndarray) -> np.ndarray:
-  """bool ``[...]``: which maps ``[..., H, W]`` are exactly zero everywhere."""
-  return ~np.asarray(maps).reshape(*np.shape(maps)[:-2], -1).any(axis=-1)
-
-
-def _colorbar(
-  fig, ax, vmax: float, *, vmin: float = 0.0, visible: bool = True
-) -> None:
-  """A thin colour bar right of ``ax`` for the jet scale ``[vmin, vmax]``.
-
-  With ``visible=False`` the same space is left empty, so that every cell
-  of a grid keeps the same size.
-  """
-  cax = mpl_axes_grid.make_axes_locatable(ax).append_axes(
-    "right", size="6%", pad=0.03
-  )
-  if not visible:
-    cax.axis("off")
-    return
-  mappable = matplotlib.cm.ScalarMappable(
-    matplotlib.colors.Normalize(vmin, max(vmax, vmin + 1e-12)), _CMAP
-  )
-  bar = fig.colorbar(mappable, cax=cax)
-  bar.set_ticks([vmin, vmax])
-  bar.ax.set_yticklabels([f"{vmin:.2g}", f"{vmax:.2g}"], fontsize=5)
-
-
-def _mark_zero(ax) -> None:
-  """Hatches an all-zero map and puts a "0" badge on it."""
-  ax.add_patch(
-    matplotlib.patches.Rectangle(
-      (0, 0),
-      1,
-      1,
-      transform=ax.transAxes,
-      fill=False,
-      hatch="///",
-      edgecolor="white",
-      linewidth=0,
-    )
-  )
-  ax.text(
-    0.5,
-    0.5,
-    "0",
-    transform=ax.transAxes,
-    ha="center",
-    va="center",
-    fontsize=12,
-    fontweight="bold",
-    color="black",
-    bbox={"boxstyle": "circle", "facecolor": "white", "alpha": 0.9},
-  )
-
-
-def _show_map(fig, ax, image, m, *, vmax: float | None, bar: bool) -> None:
-  """Overlays map ``m`` ``[H, W]`` on ``image`` scaled by ``vmax`` (``None``:
-  its own maximum), with a colour bar and the all-zero mark."""
-  top = float(np.max(m)) if vmax is None else float(vmax)
-  ax.imshow(overlay(image, to_unit_range(m, max(top, 1e-12))))
-  _colorbar(fig, ax, top, visible=bar)
-  if is_zero(m):
-    _mark_zero(ax)
-
-
-def overlay(
-  image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5
-) -> np.ndarray:
-  """Blends a ``[0, 1]`` heat map (jet colour map) over an image.
-
-  Args:
-    image: ``[H, W]`` or ``[H, W, C]`` in ``[0, 1]``.
-    heat: ``[H, W]`` in ``[0, 1]``, at the image's size.
-    alpha: weight of the heat map.
-
-  Returns:
-    ``[H, W, 3]`` RGB in ``[0, 1]``.
-  """
-  rgb = _rgb(image)
-  heat = np.asarray(heat, np.float32)
-  if heat.shape != rgb.shape[:2]:
-    raise ValueError(
-      f"The map {heat.shape} must have the image's size {rgb.shape[:2]}; "
-      "upsample it with vae_attn.attention.upsample first."
-    )
-  colour = plt.get_cmap(_CMAP)(np.clip(heat, 0.0, 1.0))[..., :3]
-  return (1.0 - alpha) * rgb + alpha * colour
+__all__ = [
+  "SCALES",
+  "attention_grid",
+  "is_zero",
+  "layer_ablation",
+  "localization_overlays",
+  "mean_overlays",
+  "overlay",
+  "roc_curves",
+  "to_unit_range",
+  "top_latent_maps",
+  "traversals",
+]
 
 
 def _grid(num_rows: int, num_cols: int, title: str | None):
@@ -226,11 +112,13 @@ def attention_grid(
     )
   fig, axes = _grid(n, k + 2, title)
   for i in range(n):
-    axes[i, 0].imshow(_rgb(images[i]))
-    _show_map(fig, axes[i, 1], images[i], mean_maps[i], vmax=None, bar=True)
+    axes[i, 0].imshow(heatmaps.rgb(images[i]))
+    heatmaps.show_map(
+      fig, axes[i, 1], images[i], mean_maps[i], vmax=None, bar=True
+    )
     row_max = float(per_latent[i].max()) if scale == "image" else None
     for j in range(k):
-      _show_map(
+      heatmaps.show_map(
         fig,
         axes[i, j + 2],
         images[i],
@@ -271,8 +159,10 @@ def mean_overlays(
   n = len(images)
   fig, axes = _grid(2, n, title)
   for i in range(n):
-    axes[0, i].imshow(_rgb(images[i]))
-    _show_map(fig, axes[1, i], images[i], mean_maps[i], vmax=None, bar=True)
+    axes[0, i].imshow(heatmaps.rgb(images[i]))
+    heatmaps.show_map(
+      fig, axes[1, i], images[i], mean_maps[i], vmax=None, bar=True
+    )
     if names is not None:
       axes[0, i].set_title(names[i], fontsize=8)
   axes[0, 0].set_ylabel("image", fontsize=8)
@@ -312,10 +202,10 @@ def localization_overlays(
   n = len(images)
   fig, axes = _grid(n, 2 + len(maps), title)
   for i in range(n):
-    axes[i, 0].imshow(_rgb(images[i]))
+    axes[i, 0].imshow(heatmaps.rgb(images[i]))
     axes[i, 1].imshow(np.asarray(masks[i]), cmap="gray", vmin=0, vmax=1)
     for j, (name, m) in enumerate(maps.items()):
-      _show_map(
+      heatmaps.show_map(
         fig, axes[i, j + 2], images[i], m[i], vmax=scales[name], bar=i == n - 1
       )
     if row_titles is not None:
@@ -384,14 +274,14 @@ def top_latent_maps(
   n, k = maps.shape[:2]
   fig, axes = _grid(n, k + 1, title)
   for i in range(n):
-    axes[i, 0].imshow(_rgb(images[i]))
+    axes[i, 0].imshow(heatmaps.rgb(images[i]))
     for j in range(k):
       m = np.asarray(maps[i, j], np.float32)
       top = max(float(m.max()), 1e-12)
-      axes[i, j + 1].imshow(m, cmap=_CMAP, vmin=0, vmax=top)
-      _colorbar(fig, axes[i, j + 1], top)
+      axes[i, j + 1].imshow(m, cmap=CMAP, vmin=0, vmax=top)
+      heatmaps.colorbar(fig, axes[i, j + 1], top)
       if is_zero(m):
-        _mark_zero(axes[i, j + 1])
+        heatmaps.mark_zero(axes[i, j + 1])
       axes[i, j + 1].set_title(f"z{int(latent_ids[i, j])}", fontsize=8)
   axes[0, 0].set_title("input", fontsize=8)
   return _save(fig, path)
@@ -429,7 +319,7 @@ def traversals(
   fig, axes = _grid(r, s + offset, title)
   for i in range(r):
     for j in range(s):
-      axes[i, j + offset].imshow(_rgb(decoded[i, j]))
+      axes[i, j + offset].imshow(heatmaps.rgb(decoded[i, j]))
     label = f"z{int(latent_ids[i])}"
     if row_labels is not None:
       label += f"\n{row_labels[i]}"
@@ -439,7 +329,7 @@ def traversals(
   if offset:
     for i in range(r):
       if i < len(reference):
-        axes[i, 0].imshow(_rgb(reference[i]))
+        axes[i, 0].imshow(heatmaps.rgb(reference[i]))
         if i < len(reference_labels):
           axes[i, 0].set_xlabel(reference_labels[i], fontsize=8)
       else:

@@ -20,6 +20,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -166,91 +167,112 @@ def pixel_scores(
   """
   low, high = _check_options(score_range, num_bins, max_fpr, connectivity)
   edges = np.linspace(low, high, num_bins + 1)
-
-  def init_fn() -> PixelScoresState:
-    return PixelScoresState(
-      pos=np.zeros(num_bins, np.int64),
-      neg=np.zeros(num_bins, np.int64),
-      pro=np.zeros(num_bins, np.float64),
-      num_regions=np.zeros((), np.int64),
-      image_max=(),
-      image_mean=(),
-      image_labels=(),
-    )
-
-  def update_fn(
-    state: PixelScoresState,
-    scores: np.ndarray,
-    masks: np.ndarray,
-    labels: np.ndarray | None = None,
-  ) -> PixelScoresState:
-    scores, masks = _px.check_pair(scores, masks)
-    if labels is None:
-      labels = masks.reshape(masks.shape[0], -1).any(axis=1)
-    labels = _px.check_labels(labels, scores.shape[0])
-    scaled = (scores.astype(np.float64) - low) * (num_bins / (high - low))
-    bins = np.clip(np.floor(scaled), 0, num_bins - 1).astype(np.int64)
-    weights, num_regions = _px.region_weights(masks, connectivity)
-    return PixelScoresState(
-      pos=state.pos + np.bincount(bins[masks], minlength=num_bins),
-      neg=state.neg + np.bincount(bins[~masks], minlength=num_bins),
-      pro=state.pro
-      + np.bincount(bins[masks], weights[masks], minlength=num_bins),
-      num_regions=state.num_regions + num_regions,
-      image_max=(*state.image_max, _px.image_statistic(scores, "max")),
-      image_mean=(*state.image_mean, _px.image_statistic(scores, "mean")),
-      image_labels=(*state.image_labels, labels),
-    )
-
-  def curves(state: PixelScoresState) -> _Curves:
-    num_pos, num_neg = int(state.pos.sum()), int(state.neg.sum())
-    _px.check_both_classes(num_pos, num_neg, "pixels")
-    # Threshold edges[k]: flag every pixel of bins k..end (high to low).
-    return _Curves(
-      tps=np.cumsum(state.pos[::-1]),
-      fps=np.cumsum(state.neg[::-1]),
-      pro=np.cumsum(state.pro[::-1]) / state.num_regions,
-      thresholds=edges[:-1][::-1],
-      num_pos=num_pos,
-      num_neg=num_neg,
-    )
-
-  def curve_fn(state: PixelScoresState) -> tuple[np.ndarray, ...]:
-    c = curves(state)
-    return (
-      np.r_[0.0, c.fps / c.num_neg],
-      np.r_[0.0, c.tps / c.num_pos],
-      np.r_[np.inf, c.thresholds],
-    )
-
-  def compute_fn(state: PixelScoresState) -> dict[str, float]:
-    c = curves(state)
-    fpr, tpr, _ = curve_fn(state)
-    pro_curve = np.r_[0.0, c.pro]
-    iou, threshold = _px.best_iou_from_counts(
-      c.tps, c.fps, c.num_pos, c.thresholds
-    )
-    p, n = state.pos / c.num_pos, state.neg / c.num_neg
-    # Boxes that start below max_fpr; one straddling it counts whole.
-    boxes = (np.diff(fpr) * np.diff(pro_curve))[fpr[:-1] < max_fpr]
-    report = {
-      "pixel_auroc": float(np.trapezoid(tpr, fpr)),
-      "pixel_auroc_error_bound": float(0.5 * np.sum(p * n)),
-      "best_iou": iou,
-      "best_iou_threshold": threshold,
-      "aupro": float(_px.integrate_to(fpr, pro_curve, max_fpr) / max_fpr),
-      "aupro_error_bound": float(0.5 * boxes.sum() / max_fpr),
-    }
-    if image_auroc:
-      labels = np.concatenate(state.image_labels)
-      _px.check_both_classes(labels.sum(), (~labels).sum(), "images")
-      for statistic in _px.STATISTICS:
-        values = np.concatenate(getattr(state, f"image_{statistic}"))
-        report[f"image_auroc_{statistic}"] = float(
-          sklearn.metrics.roc_auc_score(labels, values)
-        )
-    return report
-
   return PixelScores(
-    init=init_fn, update=update_fn, compute=compute_fn, curve=curve_fn
+    init=functools.partial(_init, num_bins=num_bins),
+    update=functools.partial(_update, edges=edges, connectivity=connectivity),
+    compute=functools.partial(
+      _compute, edges=edges, max_fpr=max_fpr, image_auroc=image_auroc
+    ),
+    curve=functools.partial(_curve, edges=edges),
   )
+
+
+def _init(*, num_bins: int) -> PixelScoresState:
+  return PixelScoresState(
+    pos=np.zeros(num_bins, np.int64),
+    neg=np.zeros(num_bins, np.int64),
+    pro=np.zeros(num_bins, np.float64),
+    num_regions=np.zeros((), np.int64),
+    image_max=(),
+    image_mean=(),
+    image_labels=(),
+  )
+
+
+def _update(
+  state: PixelScoresState,
+  scores: np.ndarray,
+  masks: np.ndarray,
+  labels: np.ndarray | None = None,
+  *,
+  edges: np.ndarray,
+  connectivity: int,
+) -> PixelScoresState:
+  scores, masks = _px.check_pair(scores, masks)
+  if labels is None:
+    labels = masks.reshape(masks.shape[0], -1).any(axis=1)
+  labels = _px.check_labels(labels, scores.shape[0])
+  num_bins, low, high = len(edges) - 1, edges[0], edges[-1]
+  scaled = (scores.astype(np.float64) - low) * (num_bins / (high - low))
+  bins = np.clip(np.floor(scaled), 0, num_bins - 1).astype(np.int64)
+  weights, num_regions = _px.region_weights(masks, connectivity)
+  return PixelScoresState(
+    pos=state.pos + np.bincount(bins[masks], minlength=num_bins),
+    neg=state.neg + np.bincount(bins[~masks], minlength=num_bins),
+    pro=state.pro
+    + np.bincount(bins[masks], weights[masks], minlength=num_bins),
+    num_regions=state.num_regions + num_regions,
+    image_max=(*state.image_max, _px.image_statistic(scores, "max")),
+    image_mean=(*state.image_mean, _px.image_statistic(scores, "mean")),
+    image_labels=(*state.image_labels, labels),
+  )
+
+
+def _curves(state: PixelScoresState, edges: np.ndarray) -> _Curves:
+  num_pos, num_neg = int(state.pos.sum()), int(state.neg.sum())
+  _px.check_both_classes(num_pos, num_neg, "pixels")
+  # Threshold edges[k]: flag every pixel of bins k..end (high to low).
+  return _Curves(
+    tps=np.cumsum(state.pos[::-1]),
+    fps=np.cumsum(state.neg[::-1]),
+    pro=np.cumsum(state.pro[::-1]) / state.num_regions,
+    thresholds=edges[:-1][::-1],
+    num_pos=num_pos,
+    num_neg=num_neg,
+  )
+
+
+def _curve(
+  state: PixelScoresState, *, edges: np.ndarray
+) -> tuple[np.ndarray, ...]:
+  c = _curves(state, edges)
+  return (
+    np.r_[0.0, c.fps / c.num_neg],
+    np.r_[0.0, c.tps / c.num_pos],
+    np.r_[np.inf, c.thresholds],
+  )
+
+
+def _compute(
+  state: PixelScoresState,
+  *,
+  edges: np.ndarray,
+  max_fpr: float,
+  image_auroc: bool,
+) -> dict[str, float]:
+  c = _curves(state, edges)
+  fpr, tpr, _ = _curve(state, edges=edges)
+  pro_curve = np.r_[0.0, c.pro]
+  iou, threshold = _px.best_iou_from_counts(
+    c.tps, c.fps, c.num_pos, c.thresholds
+  )
+  p, n = state.pos / c.num_pos, state.neg / c.num_neg
+  # Boxes that start below max_fpr; one straddling it counts whole.
+  boxes = (np.diff(fpr) * np.diff(pro_curve))[fpr[:-1] < max_fpr]
+  report = {
+    "pixel_auroc": float(np.trapezoid(tpr, fpr)),
+    "pixel_auroc_error_bound": float(0.5 * np.sum(p * n)),
+    "best_iou": iou,
+    "best_iou_threshold": threshold,
+    "aupro": float(_px.integrate_to(fpr, pro_curve, max_fpr) / max_fpr),
+    "aupro_error_bound": float(0.5 * boxes.sum() / max_fpr),
+  }
+  if image_auroc:
+    labels = np.concatenate(state.image_labels)
+    _px.check_both_classes(labels.sum(), (~labels).sum(), "images")
+    for statistic in _px.STATISTICS:
+      values = np.concatenate(getattr(state, f"image_{statistic}"))
+      report[f"image_auroc_{statistic}"] = float(
+        sklearn.metrics.roc_auc_score(labels, values)
+      )
+  return report
