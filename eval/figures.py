@@ -277,8 +277,8 @@ def top_latent_maps(
     axes[i, 0].imshow(heatmaps.rgb(images[i]))
     for j in range(k):
       m = np.asarray(maps[i, j], np.float32)
-      top = max(float(m.max()), 1e-12)
-      axes[i, j + 1].imshow(m, cmap=CMAP, vmin=0, vmax=top)
+      top = float(m.max())
+      axes[i, j + 1].imshow(m, cmap=CMAP, vmin=0, vmax=max(top, 1e-12))
       heatmaps.colorbar(fig, axes[i, j + 1], top)
       if is_zero(m):
         heatmaps.mark_zero(axes[i, j + 1])

@@ -84,8 +84,9 @@ def colorbar(
     matplotlib.colors.Normalize(vmin, max(vmax, vmin + 1e-12)), CMAP
   )
   bar = fig.colorbar(mappable, cax=cax)
-  bar.set_ticks([vmin, vmax])
-  bar.ax.set_yticklabels([f"{vmin:.2g}", f"{vmax:.2g}"], fontsize=5)
+  ticks = [vmin, vmax] if vmax > vmin else [vmin]  # A zero map: "0" only.
+  bar.set_ticks(ticks)
+  bar.ax.set_yticklabels([f"{t:.2g}" for t in ticks], fontsize=5)
 
 
 def mark_zero(ax) -> None:
