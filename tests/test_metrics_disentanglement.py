@@ -1,5 +1,6 @@
 """Known-answer tests of the disentanglement metrics on dummy factor data."""
 
+import dataclasses
 import doctest
 import warnings
 
@@ -430,12 +431,15 @@ def test_every_factor_single_valued_is_refused():
     metrics.compute_mig(testing.IdentityData((1, 1)), IDENTITY, _rs())
 
 
+@dataclasses.dataclass(frozen=True)
 class _NeverVaries(testing.IdentityData):
-  """Declares 5 values for factor 1 but always samples 0."""
+  """Declares several values for factor ``column`` but always samples 0."""
+
+  column: int = 1
 
   def sample_factors(self, num, random_state):
     factors = super().sample_factors(num, random_state)
-    factors[:, 1] = 0
+    factors[:, self.column] = 0
     return factors
 
 
@@ -455,6 +459,13 @@ def test_factor_constant_in_the_sample_is_named(metric):
     ValueError, match=r"factor 1 takes one value in all \d+ .*num_train"
   ):
     metric(_NeverVaries())
+  # Named by its index in the data as given, also after a dropped factor.
+  data = _NeverVaries((4, 1, 5, 6), column=2)
+  with (
+    pytest.warns(sampling.ConstantFactorWarning, match="factor 1"),
+    pytest.raises(ValueError, match=r"^factor 2 takes one value"),
+  ):
+    metric(data)
 
 
 # ----------------------------------------------------------------------------

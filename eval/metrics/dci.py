@@ -150,7 +150,7 @@ def compute_dci(
     num_train: training points.
     num_test: test points.
     importance: the importance model, one of ``IMPORTANCE_MODELS``.
-    n_jobs: processes for the per-factor fits (the scores do not depend on
+    n_jobs: threads for the per-factor fits (the scores do not depend on
       it).
     batch_size: observations per representation call.
 

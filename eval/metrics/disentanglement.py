@@ -128,6 +128,11 @@ def suite_sample_sizes(quick: bool = False) -> dict[str, dict[str, int]]:
   return sizes
 
 
+def _disable(progress: bool | None) -> bool | None:
+  """tqdm's ``disable`` for ``progress`` (``None``: tqdm's terminal test)."""
+  return None if progress is None else not progress
+
+
 def _num_images(name: str, sizes: Mapping[str, int]) -> int:
   """Observations a metric encodes at ``sizes`` (for its progress bar)."""
   if name.startswith("factor_vae/"):
@@ -201,7 +206,7 @@ def evaluate_suite(
   dci_importance: str = "gbt",
   n_jobs: int = 1,
   batch_size: int = sampling.DEFAULT_BATCH_SIZE,
-  progress: bool = False,
+  progress: bool | None = False,
 ) -> Iterator[MetricResult]:
   """Runs every disentanglement metric, yielding each as it finishes.
 
@@ -221,9 +226,10 @@ def evaluate_suite(
     dci_importance: DCI's importance model (``dci.IMPORTANCE_MODELS``):
       ``"gbt"`` gives disentanglement_lib's numbers, ``"random_forest"`` is
       many times faster at the published sizes.
-    n_jobs: processes for the per-factor fits of DCI and SAP.
+    n_jobs: threads for the per-factor fits of DCI and SAP.
     batch_size: observations per representation call.
-    progress: show a tqdm bar of the images each metric encodes.
+    progress: show a tqdm bar of the images each metric encodes (``None``:
+      on when stderr is a terminal).
 
   Yields:
     One ``MetricResult`` per metric.
@@ -256,7 +262,7 @@ def evaluate_suite(
       desc=f"{name}: images",
       unit="img",
       unit_scale=True,
-      disable=not progress,
+      disable=_disable(progress),
       leave=False,
     ) as bar:
 
@@ -348,7 +354,7 @@ def tabulate(
   random_state: sampling.RandomState,
   *,
   batch_size: int = sampling.DEFAULT_BATCH_SIZE,
-  progress: bool = False,
+  progress: bool | None = False,
 ) -> tuple[Any, sampling.RepresentationFn]:
   """Encodes every factor combination once; metrics then look codes up.
 
@@ -370,7 +376,8 @@ def tabulate(
     representation_function: observations -> codes ``[N, D]``.
     random_state: passed to ``sample_observations_from_factors``.
     batch_size: observations per representation call.
-    progress: show a tqdm bar of the images encoded.
+    progress: show a tqdm bar of the images encoded (``None``: on when
+      stderr is a terminal).
 
   Returns:
     ``(tabulated_data, lookup_function)``.
@@ -399,7 +406,7 @@ def tabulate(
     desc="encoding",
     unit="img",
     unit_scale=True,
-    disable=not progress,
+    disable=_disable(progress),
   ) as bar:
 
     @functools.wraps(representation_function)

@@ -106,7 +106,13 @@ def check_inputs(
 
 
 def factor_label(ground_truth_data: Any, index: int) -> str:
-  """``"factor 2 ('orientation')"``, or ``"factor 2"`` without names."""
+  """``"factor 2 ('orientation')"``, or ``"factor 2"`` without names.
+
+  The index is the one of the data as the user gave it, also for a view
+  without its single-valued factors.
+  """
+  if isinstance(ground_truth_data, _WithoutFactors):
+    return factor_label(ground_truth_data.base, ground_truth_data.keep[index])
   names = getattr(ground_truth_data, "factor_names", None)
   if names is not None and index < len(names):
     return f"factor {index} ({names[index]!r})"
@@ -198,7 +204,7 @@ def drop_constant_factors(ground_truth_data: Any) -> Any:
     f"Dropping {labels}: a single value (factors_num_values "
     f"{sizes}) carries no information to disentangle.",
     ConstantFactorWarning,
-    stacklevel=3,
+    stacklevel=4,  # The caller of the metric.
   )
   keep = tuple(i for i, n in enumerate(sizes) if n >= 2)
   return _WithoutFactors(ground_truth_data, keep)
@@ -344,29 +350,6 @@ def factors_sharing_one(
 # ----------------------------------------------------------------------------
 
 
-def _fit(fn: Callable[..., Any], *args: Any) -> tuple[Any, list[str]]:
-  """``fn(*args)`` on one thread; returns its value and convergence notes."""
-  # OpenBLAS and OpenMP threads spin while they wait: on a loaded 2-core
-  # machine a logistic regression of the BetaVAE metric took 33.7 s with
-  # sklearn's default 2 threads and 0.4 s with 1, a 40-class
-  # HistGradientBoostingClassifier 139 s of CPU time and 7 s.
-  with (
-    threadpoolctl.threadpool_limits(limits=1),
-    warnings.catch_warnings(record=True) as caught,
-  ):
-    warnings.simplefilter("always", sklearn.exceptions.ConvergenceWarning)
-    value = fn(*args)
-  notes = [
-    str(w.message).splitlines()[0]
-    for w in caught
-    if issubclass(w.category, sklearn.exceptions.ConvergenceWarning)
-  ]
-  for w in caught:  # Anything else is passed on as it was.
-    if not issubclass(w.category, sklearn.exceptions.ConvergenceWarning):
-      warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-  return value, notes
-
-
 def map_fits(
   fn: Callable[..., Any],
   items: Iterable[tuple[Any, ...]],
@@ -374,22 +357,27 @@ def map_fits(
   *,
   what: str,
 ) -> list[Any]:
-  """``[fn(*item) for item in items]``, over ``n_jobs`` processes.
+  """``[fn(*item) for item in items]``, over ``n_jobs`` threads.
 
-  For the independent estimator fits of a metric (one per factor). Each
-  call uses one thread (its BLAS and OpenMP pools are limited to one
-  thread), so the jobs, not the estimators, use the cores. With
-  ``n_jobs=1`` the calls run in this process, one after the other. Results
-  come back in the order of ``items`` and do not depend on ``n_jobs``.
+  For the independent estimator fits of a metric (one per factor). sklearn
+  fits trees and linear SVMs in compiled code that releases the GIL, so
+  threads use the cores without the start-up, import and copying cost of
+  worker processes. BLAS and OpenMP pools are limited to one thread during
+  the fits, so the jobs, not the estimators, use the cores: their threads
+  spin while they wait, and on a loaded 2-core machine a logistic
+  regression of the BetaVAE metric took 33.7 s with sklearn's default 2
+  threads and 0.4 s with 1, a 40-class HistGradientBoostingClassifier 139 s
+  of CPU time and 7 s. Results come back in the order of ``items`` and do
+  not depend on ``n_jobs``.
 
   sklearn's ``ConvergenceWarning`` s of all calls (one per estimator that
-  stopped at its iteration limit, printed by worker processes on their own)
-  are summed up in one ``ConvergenceWarning`` that names ``what``.
+  stopped at its iteration limit) are summed up in one
+  ``ConvergenceWarning`` that names ``what``; other warnings pass through.
 
   Args:
-    fn: a picklable (module-level) function.
+    fn: the fit, e.g. one factor's classifier.
     items: the argument tuples.
-    n_jobs: processes; 1 runs in this process.
+    n_jobs: threads; 1 runs the calls one after the other.
     what: names the fits in the warning, e.g. ``"SAP: LinearSVC fits"``.
 
   Returns:
@@ -400,18 +388,33 @@ def map_fits(
   """
   check_positive(n_jobs=n_jobs)
   items = list(items)
-  if n_jobs == 1 or len(items) < 2:
-    outputs = [_fit(fn, *item) for item in items]
-  else:
-    parallel = joblib.Parallel(n_jobs=min(n_jobs, len(items)))
-    outputs = parallel(joblib.delayed(_fit)(fn, *item) for item in items)
-  notes = [note for _, item_notes in outputs for note in item_notes]
+  convergence = sklearn.exceptions.ConvergenceWarning
+  # Both context managers change process-wide state, for every thread;
+  # they are entered and left here, on the calling thread.
+  with (
+    threadpoolctl.threadpool_limits(limits=1),
+    warnings.catch_warnings(record=True) as caught,
+  ):
+    warnings.simplefilter("always", convergence)
+    if n_jobs == 1 or len(items) < 2:
+      values = [fn(*item) for item in items]
+    else:
+      parallel = joblib.Parallel(
+        n_jobs=min(n_jobs, len(items)), prefer="threads"
+      )
+      values = parallel(joblib.delayed(fn)(*item) for item in items)
+  notes = []
+  for w in caught:
+    if issubclass(w.category, convergence):
+      notes.append(str(w.message).splitlines()[0])
+    else:
+      warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
   if notes:
     warnings.warn(
       f"{what}: {len(notes)} estimator fit(s) stopped at their iteration "
       "limit (sklearn's ConvergenceWarning); the scores use them as they "
       f"are. First: {notes[0]}",
-      sklearn.exceptions.ConvergenceWarning,
-      stacklevel=3,
+      convergence,
+      stacklevel=2,
     )
-  return [value for value, _ in outputs]
+  return values

@@ -101,7 +101,7 @@ def compute_sap(
     num_train: training points.
     num_test: test points (discrete factors only; drawn either way).
     continuous_factors: treat factors as continuous (R^2 scores).
-    n_jobs: processes for the per-factor SVM fits (the scores do not
+    n_jobs: threads for the per-factor SVM fits (the scores do not
       depend on it).
     batch_size: observations per representation call.
 
