@@ -83,7 +83,7 @@ def _render_rate(data: dsprites.ProceduralDSprites, batch_size: int) -> float:
   return 16 * batch_size / (time.perf_counter() - start)
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--mode", choices=("tabulated", "direct", "both"))
   parser.add_argument("--batch_size", type=int, help="images per encoder call")
@@ -104,20 +104,11 @@ def main() -> None:
     seed=0,
     cpu_devices=2 * (os.cpu_count() or 1),
   )
-  args = parser.parse_args()
-  if args.cpu_devices:
-    inference.use_cpu_devices(args.cpu_devices)
+  return parser.parse_args()
 
-  print(
-    f"jax {jax.__version__} on {jax.devices()[0].device_kind} "
-    f"({jax.device_count()} device(s)); {os.cpu_count()} CPU cores visible"
-  )
-  data = dsprites.procedural()
-  start = time.perf_counter()
-  representation_fn = make_representation_fn(
-    args.latent_dim, args.batch_size, args.seed
-  )
-  print(f"init + compile: {time.perf_counter() - start:.1f} s")
+
+def _print_rates(args, data, representation_fn) -> None:
+  """The renderer's and the encoder's rates, on all devices and on one."""
   print(f"renderer alone: {_render_rate(data, 4096):,.0f} images/s")
   rate = _encode_rate(representation_fn)
   if jax.device_count() > 1:
@@ -132,54 +123,73 @@ def main() -> None:
   else:
     print(f"encoder alone: {rate:,.0f} images/s on 1 device")
 
+
+def _tabulated(args, data, representation_fn) -> float:
+  """Seconds of the code table plus the metric on it."""
+  start, cpu_start = time.perf_counter(), time.process_time()
+  table_data, lookup = metrics.tabulate(
+    data, representation_fn, np.random.RandomState(args.seed)
+  )
+  encode_s = time.perf_counter() - start
+  cpu_s = time.process_time() - cpu_start
+  num = len(data)
+  print(
+    f"all {num:,} images rendered + encoded: {encode_s:.1f} s, "
+    f"{num / encode_s:,.0f} images/s (micro-batch {args.batch_size} on "
+    f"{jax.device_count()} device(s); process "
+    f"CPU time {cpu_s:.0f} s, load average {os.getloadavg()[0]:.1f})"
+  )
+  start = time.perf_counter()
+  scores = metrics.compute_factor_vae(
+    table_data, lookup, np.random.RandomState(args.seed)
+  )
+  metric_s = time.perf_counter() - start
+  print(f"FactorVAE metric on the code table: {metric_s:.1f} s -> {scores}")
+  return encode_s + metric_s
+
+
+def _direct(args, data, representation_fn, **sizes: int) -> float:
+  """Seconds of the metric on raw images (it renders and encodes them)."""
+  start = time.perf_counter()
+  scores = metrics.compute_factor_vae(
+    data, representation_fn, np.random.RandomState(args.seed), **sizes
+  )
+  seconds = time.perf_counter() - start
+  what = "smoke" if sizes else "970,000 encodes"
+  print(f"FactorVAE metric on raw images ({what}): {seconds:.1f} s -> {scores}")
+  return seconds
+
+
+def main() -> None:
+  args = _parse_args()
+  if args.cpu_devices:
+    inference.use_cpu_devices(args.cpu_devices)
+  print(
+    f"jax {jax.__version__} on {jax.devices()[0].device_kind} "
+    f"({jax.device_count()} device(s)); {os.cpu_count()} CPU cores visible"
+  )
+  data = dsprites.procedural()
+  start = time.perf_counter()
+  representation_fn = make_representation_fn(
+    args.latent_dim, args.batch_size, args.seed
+  )
+  print(f"init + compile: {time.perf_counter() - start:.1f} s")
+  _print_rates(args, data, representation_fn)
   if args.smoke:
-    start = time.perf_counter()
-    scores = metrics.compute_factor_vae(
+    _direct(
+      args,
       data,
       representation_fn,
-      np.random.RandomState(args.seed),
       num_train=50,
       num_eval=50,
       num_variance_estimate=1000,
     )
-    print(f"smoke FactorVAE metric: {scores} in "
-          f"{time.perf_counter() - start:.1f} s")  # fmt: skip
     return
-
   summary = {}
   if args.mode in ("tabulated", "both"):
-    start, cpu_start = time.perf_counter(), time.process_time()
-    table_data, lookup = metrics.tabulate(
-      data, representation_fn, np.random.RandomState(args.seed)
-    )
-    encode_s = time.perf_counter() - start
-    cpu_s = time.process_time() - cpu_start
-    num = len(data)
-    print(
-      f"all {num:,} images rendered + encoded: {encode_s:.1f} s, "
-      f"{num / encode_s:,.0f} images/s (micro-batch {args.batch_size} on "
-      f"{jax.device_count()} device(s); process "
-      f"CPU time {cpu_s:.0f} s, load average {os.getloadavg()[0]:.1f})"
-    )
-    start = time.perf_counter()
-    scores = metrics.compute_factor_vae(
-      table_data, lookup, np.random.RandomState(args.seed)
-    )
-    metric_s = time.perf_counter() - start
-    print(f"FactorVAE metric on the code table: {metric_s:.1f} s -> {scores}")
-    summary["tabulated"] = encode_s + metric_s
+    summary["tabulated"] = _tabulated(args, data, representation_fn)
   if args.mode in ("direct", "both"):
-    start = time.perf_counter()
-    scores = metrics.compute_factor_vae(
-      data,
-      representation_fn,
-      np.random.RandomState(args.seed),
-    )
-    summary["direct"] = time.perf_counter() - start
-    print(
-      f"FactorVAE metric on raw images (970,000 encodes): "
-      f"{summary['direct']:.1f} s -> {scores}"
-    )
+    summary["direct"] = _direct(args, data, representation_fn)
   for mode, seconds in summary.items():
     print(
       f"SUMMARY {mode}: FactorVAE metric (disentanglement_lib convention), "

@@ -3,11 +3,17 @@
 import dataclasses
 import json
 import math
+import pathlib
+import re
+import warnings
 
+import numpy as np
 import pytest
 
-from eval import disentanglement
+from eval import disentanglement, disentanglement_data, restore
+from eval.metrics import sampling, testing
 from train import factorvae
+from vae_attn.data import base
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +31,16 @@ def workdir(tmp_path_factory):
   return path
 
 
-def test_end_to_end_every_score_and_figure(workdir, tmp_path):
+QUICK_FIGURES = ["--num-images=2", "--num-traversals=2", "--traversal-steps=3"]
+
+
+def test_end_to_end_every_score_and_figure(workdir, tmp_path, capsys):
   out = tmp_path / "out"
   rc = disentanglement.main(
     [
       f"--workdir={workdir}",
-      "--quick",  # Also picks the random-forest DCI.
-      "--num-images=2",
-      "--num-traversals=2",
-      "--traversal-steps=3",
+      "--quick",  # Also picks the random-forest DCI, no code table.
+      *QUICK_FIGURES,
       f"--out={out}",
     ]
   )
@@ -46,16 +53,159 @@ def test_end_to_end_every_score_and_figure(workdir, tmp_path):
   assert set(results["conventions"]) == {"disentanglement_lib", "paper"}
   assert results["meta"]["objective"] == "FactorVAE (gamma=40.0)"
   assert results["meta"]["quick"] is True
+  assert results["meta"]["tabulate"] is False
   assert results["meta"]["dci_importance"] == "random_forest"
   top = results["figures"]["attention"]["top_latents"]
   assert len(top) == 2 and all(len(set(t)) == 2 for t in top)
+  # Every score names the sizes it was measured at (issue 14).
+  assert results["sample_sizes"]["mig"] == {"num_train": 1000}
+  assert results["sample_sizes"]["factor_vae/paper"]["num_per_vote"] == 20
+  assert set(results["timings"]) >= {"mig", "dci", "figures"}
   report = (out / "report.md").read_text()
   for key, _ in disentanglement.SCORES:
     line = next(line for line in report.splitlines() if f"`{key}`" in line)
     assert "| - |" not in line, line
+  mig_line = next(line for line in report.splitlines() if "| `mig` |" in line)
+  assert "train=1,000" in mig_line
+  dci_line = next(line for line in report.splitlines() if "`dci/" in line)
+  assert "train=300, test=150, importance=random_forest" in dci_line
+  # The training log's score (paper convention, the run's sizes) and why
+  # the quick one differs.
+  logged = results["training_log"]
+  assert logged["convention"] == "paper"
+  assert logged["sample_sizes"] == {
+    "num_per_vote": 100,
+    "num_train": 800,
+    "num_eval": 10,
+    "num_variance_estimate": 100,
+  }
+  assert "The training log ends with a FactorVAE score of" in report
+  assert "L=100, train=800, eval=10, variance images=100" in report
+  # A stage line per step (issue 14).
+  err = capsys.readouterr().err
+  for stage in (
+    r"restoring \S+",
+    r"metric 5/6: DCI \(num_train=300, num_test=150\)",
+    r"metric 6/6: SAP done in [\d.]+ s",
+    r"figure 2/2: latent traversals",
+    r"writing \S+report.md",
+  ):
+    assert re.search(r"^\[\d\d:\d\d:\d\d\] " + stage + "$", err, re.M), stage
+
+
+def test_quick_writes_to_its_own_folder(workdir):
+  rc = disentanglement.main([f"--workdir={workdir}", "--quick", *QUICK_FIGURES])
+  assert rc == 0
+  quick = pathlib.Path(workdir, "eval", "disentanglement_quick")
+  assert json.loads((quick / "results.json").read_text())["meta"]["quick"]
+  full = pathlib.Path(disentanglement.default_out(workdir, quick=False))
+  assert full == pathlib.Path(workdir, "eval", "disentanglement")
+  assert not full.exists()
 
 
 def test_data_without_factors_is_refused(workdir, capsys):
   rc = disentanglement.main([f"--workdir={workdir}", "--data=npz"])
   assert rc == 2
-  assert "--data-path" in capsys.readouterr().err
+  assert "--data-dir" in capsys.readouterr().err
+
+
+def test_tfds_is_a_data_choice(workdir, tmp_path, capsys):
+  rc = disentanglement.main(
+    [f"--workdir={workdir}", "--data=tfds", f"--data-dir={tmp_path}"]
+  )
+  assert rc == 2  # Not prepared there: one line saying how to prepare it.
+  last = capsys.readouterr().err.splitlines()[-1]
+  assert last.startswith("error: ") and "tfds build dsprites" in last
+
+
+def _shuffled_source(num_values, seed=0):
+  """Records of a tiny factor grid in a random order, like the tfds build."""
+  total = int(np.prod(num_values))
+  factors = np.stack(np.unravel_index(np.arange(total), num_values), axis=1)
+  order = np.random.default_rng(seed).permutation(total)
+  return [
+    {
+      "image": np.full((2, 2, 1), i, np.float32),  # The flat index, as pixels.
+      "factors": factors[i].astype(np.int32),
+    }
+    for i in order
+  ]
+
+
+def test_tfds_ground_truth_finds_each_combination():
+  num_values = (2, 3, 4)
+  data = disentanglement_data.TfdsGroundTruth(
+    _shuffled_source(num_values), num_values
+  )
+  assert data.num_factors == 3 and data.factors_num_values == [2, 3, 4]
+  factors = data.sample_factors(50, np.random.RandomState(0))
+  images = data.sample_observations_from_factors(factors, None)
+  flat = np.ravel_multi_index(factors.T, num_values)
+  np.testing.assert_array_equal(images[:, 0, 0, 0], flat)
+  assert images.dtype == np.float32 and images.shape == (50, 2, 2, 1)
+  with pytest.raises(base.DataError, match="1 missing, 0 repeated"):
+    disentanglement_data.TfdsGroundTruth(
+      _shuffled_source(num_values)[:-1], num_values
+    )
+
+
+def test_representation_function_gives_mu_and_the_kl_per_dimension(workdir):
+  run = restore.load_run(workdir)
+  x = np.random.default_rng(0).random((3, 64, 64, 1)).astype(np.float32)
+  out = disentanglement.representation_function(run)(x)
+  mu, logvar = (np.asarray(a) for a in run.encode_fn(run.variables, x))
+  d = run.latent_dim
+  np.testing.assert_allclose(out[:, :d], mu, rtol=1e-5, atol=1e-6)
+  kl = 0.5 * (mu**2 + np.exp(logvar) - logvar - 1.0)
+  np.testing.assert_allclose(out[:, d:], kl, rtol=1e-4, atol=1e-6)
+
+
+def test_metric_warnings_become_notes_once():
+  data = testing.IdentityData((4, 1, 5))
+
+  def mu_and_kl(observations):  # Identity codes, 1 nat of KL each.
+    codes = testing.identity_representation(observations)
+    return np.concatenate([codes, np.ones_like(codes)], axis=1)
+
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    scored = disentanglement.score(
+      mu_and_kl, 3, data, seed=0, quick=True, tabulate=True
+    )
+  assert not [w for w in caught if w.category is sampling.ConstantFactorWarning]
+  assert len(scored.notes) == 1 and "Dropping factor 1" in scored.notes[0]
+  assert scored.scores["factor_vae/paper/eval_accuracy"] == 1.0
+  assert scored.sample_sizes["sap"] == {"num_train": 500, "num_test": 250}
+  assert "encode all images" in scored.timings
+
+
+def test_training_log_score_reads_the_last_logged_score(tmp_path):
+  rows = [
+    {"step": 10, "train/loss": 1.0},
+    {"step": 10, "eval/factor_vae_eval_accuracy": 0.5},
+    {"step": 20, "eval/factor_vae_eval_accuracy": 0.68},
+  ]
+  text = "\n".join(json.dumps(r) for r in rows) + "\n{broken"
+  (tmp_path / "metrics.jsonl").write_text(text)
+  config = {
+    "score_convention": "disentanglement_lib",
+    "score_num_train": 200,
+    "score_num_eval": 0,
+    "score_num_variance": 0,
+    "seed": 3,
+  }
+  logged = disentanglement.training_log_score(str(tmp_path), config)
+  assert logged == {
+    "eval_accuracy": 0.68,
+    "step": 20,
+    "convention": "disentanglement_lib",
+    "sample_sizes": {
+      "num_per_vote": 64,
+      "num_train": 200,
+      "num_eval": 5000,
+      "num_variance_estimate": 10000,
+    },
+    "seed": 3,
+  }
+  missing = str(tmp_path / "none")
+  assert disentanglement.training_log_score(missing, config) is None
