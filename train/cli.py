@@ -10,7 +10,6 @@ traceback instead.
 from __future__ import annotations
 
 import logging
-import os
 import pathlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -18,16 +17,9 @@ from typing import Any
 
 from train import common, distributed, flags
 from vae_attn import metric_writers, runs
+from vae_attn.user_errors import USER_ERRORS, debug_requested, error_line
 
 _log = logging.getLogger("train")
-
-# Errors a user can fix; anything else is a bug and keeps its traceback.
-USER_ERRORS = (
-  ValueError,
-  OSError,
-  runs.CheckpointError,
-  runs.WorkdirLockedError,
-)
 
 
 def setup_logging() -> None:
@@ -39,17 +31,6 @@ def setup_logging() -> None:
   )
   for noisy in ("absl", "orbax", "jax._src"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def debug_requested(flag: bool = False) -> bool:
-  """``--debug`` or ``VAE_ATTN_DEBUG`` set to anything but ``""``/``0``."""
-  return flag or os.environ.get("VAE_ATTN_DEBUG", "") not in ("", "0")
-
-
-def error_line(error: BaseException) -> str:
-  """``error: <message>`` on one line (orbax and OS errors can be long)."""
-  text = " ".join(str(error).split()) or type(error).__name__
-  return f"error: {text}"
 
 
 def summary(

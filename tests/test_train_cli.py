@@ -1,0 +1,36 @@
+"""The trainers' entry points: one error line and exit status 2, --debug."""
+
+import pytest
+
+from train import factorvae, oneclass
+from vae_attn import runs
+
+
+def _error_lines(capsys):
+  """The error lines (logging also writes INFO lines to stderr)."""
+  err = capsys.readouterr().err
+  assert "Traceback" not in err
+  return [line for line in err.splitlines() if line.startswith("error: ")]
+
+
+def test_user_errors_are_one_line_with_status_2(tmp_path, capsys):
+  argv = ["--preset=smoke", "--data=npz", f"--data-dir={tmp_path}/none.npz"]
+  assert factorvae.main([*argv, f"--workdir={tmp_path}/a"]) == 2
+  err = _error_lines(capsys)
+  assert len(err) == 1 and "none.npz" in err[0]
+  with pytest.raises(ValueError, match="none.npz"):
+    factorvae.main([*argv, f"--workdir={tmp_path}/a", "--debug"])
+
+
+def test_a_workdir_in_use_is_refused_at_once(tmp_path, capsys):
+  with runs.lock(tmp_path):
+    argv = ["--preset=smoke", "--num-steps=1", f"--workdir={tmp_path}"]
+    assert oneclass.main(argv) == 2
+  err = _error_lines(capsys)
+  assert len(err) == 1 and "is in use by pid" in err[0]
+
+
+def test_incomplete_launch_flags_are_refused(tmp_path, capsys):
+  argv = ["--preset=smoke", "--num-processes=2", f"--workdir={tmp_path}"]
+  assert oneclass.main(argv) == 2
+  assert "--coordinator-address" in capsys.readouterr().err
