@@ -115,5 +115,10 @@ def test_cli_trains_the_baselines(loss, tmp_path):
   assert "train/ad" not in r  # Runs without L_AD do not log it.
   step, restored = runs.restore(tmp_path)
   assert step == 2 and restored["config"]["loss"] == loss
+  # The run ends with a report to look at.
+  report = tmp_path / "report"
+  for name in ("loss_curves.png", "attention.png", "traversals.png"):
+    assert (report / name).stat().st_size > 10_000, name
+  assert "![attention](attention.png)" in (report / "report.md").read_text()
   # Rerunning the finished command changes nothing and succeeds.
   assert factorvae.main(argv) == 0

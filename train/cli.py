@@ -37,6 +37,7 @@ def summary(
   workdirs: Sequence[pathlib.Path],
   score_names: Mapping[str, str],
   next_command: str,
+  reports: Sequence[pathlib.Path] = (),
 ) -> str:
   """The end-of-run summary: where things are, the scores, what to run next.
 
@@ -45,10 +46,13 @@ def summary(
     score_names: logged names (``eval/factor_vae_eval_accuracy``) to the
       names a reader knows ("FactorVAE score").
     next_command: a command with ``{workdir}`` for the next step.
+    reports: each run's closing report, if any.
   """
   lines = ["", "Done."]
-  for d in workdirs:
+  for k, d in enumerate(workdirs):
     lines.append(f"  run:         {d}")
+    if k < len(reports):
+      lines.append(f"  report:      {reports[k]} (figures beside it)")
     lines.append(f"  checkpoints: {d / runs.CKPT_DIR}")
     lines.append(
       f"  logs:        {d / metric_writers.JSONL_NAME}, "
@@ -81,8 +85,12 @@ def main(
   preset_field: str | None = None,
   score_names: Mapping[str, str] | None = None,
   next_command: str = "",
+  report_fn: Callable[[pathlib.Path], pathlib.Path] | None = None,
 ) -> int:
   """Parses flags, starts the runtime and trains; returns the exit status.
+
+  ``report_fn(run_dir) -> report path`` writes each run's closing report
+  (process 0).
 
   Statuses: 0 done, 1 non-finite loss, 2 a user error (one line on stderr),
   ``128 + signal`` interrupted (the checkpoint was saved).
@@ -125,5 +133,6 @@ def main(
     return 2
   if distributed.is_main_process():
     dirs = loop.member_dirs(workdir.absolute(), configs)
-    print(summary(dirs, score_names or {}, next_command))
+    reports = [report_fn(d) for d in dirs] if report_fn is not None else []
+    print(summary(dirs, score_names or {}, next_command, reports))
   return 0

@@ -462,7 +462,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     default_workdir=default_workdir,
     score_names=SCORE_NAMES,
     next_command="python -m eval.disentanglement --workdir={workdir}",
+    report_fn=_report,
   )
+
+
+def _report(run_dir):
+  from train import report  # Deferred: matplotlib and eval's figures.
+
+  return report.write(run_dir)
 
 
 if __name__ == "__main__":

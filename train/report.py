@@ -1,0 +1,161 @@
+"""A run's closing report: loss curves, attention maps and traversals.
+
+Written by the FactorVAE trainer's entry point at the end of a run (process 0)
+into ``<workdir>/report/``: ``loss_curves.png`` (every logged ``train/*`` and
+``eval/*`` scalar against the step), ``attention.png`` (Fig. 8 style: a few
+dSprites images, the overlay of their mean map (eq. 4) and the per-latent maps
+of their most responsive latents, with colour bars; all-zero maps are marked),
+``traversals.png`` (the decoded posterior mean with one latent swept at a
+time) and ``report.md`` listing them with the final scores. The figures come
+from ``eval.figures`` and ``eval.disentanglement_figures``, the same code the
+evaluation uses; the run is read back through ``eval.restore`` (its spec).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+
+from eval import disentanglement_figures, figures, restore
+from vae_attn import attention, metric_writers
+from vae_attn.data import dsprites
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 (after the backend is chosen)
+
+_log = logging.getLogger(__name__)
+
+REPORT_DIR = "report"
+
+
+def loss_curves(rows: list[dict], path: pathlib.Path) -> pathlib.Path:
+  """One panel per logged scalar (``train/*``, ``eval/*``) against the step.
+
+  Rates (``steps_per_sec``, ``examples_per_sec``) are left out.
+  """
+  names = sorted(
+    {k for r in rows for k in r if k != "step" and "per_sec" not in k}
+  )
+  cols = min(4, max(1, len(names)))
+  rows_n = max(1, -(-len(names) // cols))
+  fig, axes = plt.subplots(
+    rows_n, cols, figsize=(3.2 * cols, 2.4 * rows_n), squeeze=False
+  )
+  for ax, name in zip(axes.ravel(), names, strict=False):
+    points = [(r["step"], r[name]) for r in rows if name in r]
+    steps, values = zip(*points, strict=True)
+    ax.plot(steps, values, marker="." if len(points) < 20 else None)
+    ax.set_title(name, fontsize=9)
+    ax.set_xlabel("step", fontsize=8)
+    ax.tick_params(labelsize=7)
+  for ax in axes.ravel()[len(names) :]:
+    ax.axis("off")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def _attention_figure(run, x: np.ndarray, path: pathlib.Path, k: int) -> None:
+  maps_fn = jax.jit(attention.attention(run.encode_fn, run.default_layer))
+  maps = jax.device_get(maps_fn(run.variables, jnp.asarray(x)))
+  per_latent = np.asarray(maps.per_latent)
+  response = per_latent.reshape(*per_latent.shape[:2], -1).sum(-1)
+  top = np.argsort(-response, axis=1, kind="stable")[:, :k]
+  shown = np.take_along_axis(per_latent, top[:, :, None, None], axis=1)
+  size = x.shape[1:3]
+  figures.attention_grid(
+    path,
+    x,
+    np.asarray(attention.upsample(jnp.asarray(maps.mean), size)),
+    np.asarray(attention.upsample(jnp.asarray(shown), size)),
+    top,
+    title=f"attention at {run.default_layer}: mean (eq. 4) and the {k} "
+    "most responsive latents",
+    scale="image",
+  )
+
+
+def write(
+  run_dir: str | os.PathLike,
+  *,
+  num_images: int = 4,
+  num_latents: int = 6,
+  seed: int = 0,
+) -> pathlib.Path:
+  """Writes ``<run_dir>/report/`` for a trained dSprites run.
+
+  Args:
+    run_dir: a finished ``train.factorvae`` run directory.
+    num_images: images in the attention figure.
+    num_latents: latents shown per image (those of largest map mass).
+    seed: picks the images.
+
+  Returns:
+    The path of ``report.md``.
+  """
+  run_dir = pathlib.Path(run_dir)
+  out = run_dir / REPORT_DIR
+  out.mkdir(exist_ok=True)
+  run = restore.load_run(run_dir)
+  rows = metric_writers.read_scalars(run_dir)
+  _log.info("Report: loss curves, attention maps, traversals -> %s", out)
+  loss_curves(rows, out / "loss_curves.png")
+  data = dsprites.procedural()
+  rng = np.random.RandomState(seed)
+  x = np.asarray(data.sample_observations(num_images, rng), np.float32)
+  _attention_figure(
+    run, x, out / "attention.png", min(num_latents, run.latent_dim)
+  )
+  mu_logvar = jax.jit(run.encode_fn)(
+    run.variables, jnp.asarray(data.sample_observations(256, rng))
+  )
+  mu, logvar = (np.asarray(a) for a in mu_logvar)
+  kl = (0.5 * (mu**2 + np.exp(logvar) - logvar - 1.0)).mean(axis=0)
+  disentanglement_figures.traversal_figure(
+    run,
+    x[:1],
+    kl,
+    str(out / "traversals.png"),
+    num_latents=min(8, run.latent_dim),
+    limit=2.5,
+    steps=9,
+    title="latent traversals (rows: latents by mean KL)",
+  )
+  last = {}
+  for row in rows:
+    last.update(row)
+  scores = [
+    f"- {k}: {v:.4g}"
+    for k, v in sorted(last.items())
+    if k.startswith("eval/") or k in ("train/loss", "train/recon", "train/kl")
+  ]
+  text = "\n".join(
+    [
+      f"# {run_dir.name}: training report",
+      "",
+      f"Step {run.step}; model {run.name}, layer {run.default_layer}.",
+      "",
+      "Last logged values:",
+      "",
+      *scores,
+      "",
+      "![loss curves](loss_curves.png)",
+      "",
+      "![attention](attention.png)",
+      "",
+      "![traversals](traversals.png)",
+      "",
+      f"Full scores: python -m eval.disentanglement --workdir={run_dir}",
+      "",
+    ]
+  )
+  path = out / "report.md"
+  path.write_text(text)
+  return path
