@@ -301,7 +301,9 @@ def _parser() -> argparse.ArgumentParser:
     help="dSprites .npz (--data=npz) or tfds data_dir (--data=tfds); "
     "default: the run's",
   )
-  p.add_argument("--seed", type=int, default=0, help="metric random state")
+  p.add_argument(
+    "--seed", type=int, default=0, help="metric random state (default 0)"
+  )
   p.add_argument(
     "--quick", action="store_true", help="small sample sizes (smoke runs)"
   )
@@ -321,13 +323,31 @@ def _parser() -> argparse.ArgumentParser:
     "--jobs",
     type=int,
     default=os.cpu_count() or 1,
-    help="threads for the per-factor fits of DCI and SAP",
+    help="threads for the per-factor fits of DCI and SAP (default: one "
+    "per core)",
   )
   p.add_argument("--layer", help="attention layer (default: the run's)")
-  p.add_argument("--num-images", type=int, default=6, help="Fig. 8 inputs")
-  p.add_argument("--num-traversals", type=int, default=10)
-  p.add_argument("--traversal-range", type=float, default=2.5)
-  p.add_argument("--traversal-steps", type=int, default=9)
+  p.add_argument(
+    "--num-images", type=int, default=6, help="Fig. 8 inputs (default 6)"
+  )
+  p.add_argument(
+    "--num-traversals",
+    type=int,
+    default=10,
+    help="latents in traversals.png, most informative first (default 10)",
+  )
+  p.add_argument(
+    "--traversal-range",
+    type=float,
+    default=2.5,
+    help="each latent is swept over [-R, R] (default 2.5)",
+  )
+  p.add_argument(
+    "--traversal-steps",
+    type=int,
+    default=9,
+    help="values per traversal row (default 9)",
+  )
   p.add_argument(
     "--out",
     help="default <workdir>/eval/disentanglement (with --quick: "
