@@ -66,31 +66,35 @@ References:
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import flax.errors
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
-from jax.extend import core as jex_core
 
+# The parts live in private modules (argument checks, layer resolution, the
+# offsets at the target layers, post-processing, precision); the public
+# names among them are re-exported here.
+from vae_attn import _attention_checks as checks
+from vae_attn import _attention_layers as layers_lib
+from vae_attn import _attention_offsets as offsets_lib
+from vae_attn._attention_checks import CODES as CODES
+from vae_attn._attention_checks import GRADIENT_SCALES as GRADIENT_SCALES
+from vae_attn._attention_checks import POSITIVES as POSITIVES
+from vae_attn._attention_layers import EncodeFn as EncodeFn
+from vae_attn._attention_layers import layer_paths as layer_paths
+from vae_attn._attention_layers import resolve_layers as resolve_layers
+from vae_attn._attention_post import normalize as normalize
+from vae_attn._attention_post import upsample as upsample
+from vae_attn._attention_precision import PRECISIONS as PRECISIONS
+from vae_attn._attention_precision import Precision as Precision
+from vae_attn._attention_precision import matmul_precision as matmul_precision
 from vae_attn.models import ops
 
-CODES = ("mu", "sample", "difference")
-POSITIVES = ("relu", "abs")
-GRADIENT_SCALES = (None, "rms")
-# Names of `precision`, as `jax.default_matmul_precision` takes them.
-PRECISIONS = ("highest", "high", "default")
 _CPU_CHUNK_ROWS = 256  # Rows (latents x examples) per pullback chunk on CPU.
-
-EncodeFn = Callable[..., tuple[jax.Array, jax.Array]]
-Precision = str | lax.Precision | None
 
 
 class AttentionMaps(NamedTuple):
@@ -103,61 +107,6 @@ class AttentionMaps(NamedTuple):
 
   per_latent: jax.Array
   mean: jax.Array
-
-
-# Precision.
-# ----------------------------------------------------------------------------
-
-
-def _precision_name(precision: Precision) -> str | None:
-  if precision is None:
-    return None
-  if isinstance(precision, lax.Precision):
-    return precision.name.lower()
-  if isinstance(precision, str) and precision.lower() in PRECISIONS:
-    return precision.lower()
-  raise ValueError(
-    f"Unknown precision {precision!r}; choose one of {PRECISIONS}, a "
-    "jax.lax.Precision, or None (the caller's jax_default_matmul_precision)."
-  )
-
-
-def matmul_precision(precision: Precision = "highest"):
-  """A context manager: JAX code traced inside uses ``precision``.
-
-  ``jax.default_matmul_precision`` under this module's names. Every dot and
-  convolution traced inside the ``with`` block without its own precision
-  gets ``precision`` (it is read when a function is traced, so wrap the
-  code that traces: a ``jax.jit``-ed step's first call, or the body of the
-  step function). The convolutions of :mod:`vae_attn.models.ops` keep it in
-  their derivatives, also when these are traced after the block (the
-  backward pass of a ``jax.grad`` taken outside it). Nothing global
-  changes: the setting is local to the block and thread.
-
-  Args:
-    precision: ``"highest"`` (full float32 on every backend), ``"high"``,
-      ``"default"`` (the backend's fastest: TF32 on recent NVIDIA GPUs,
-      bfloat16 passes on TPU), the same as a ``jax.lax.Precision``, or
-      ``None`` (a no-op: the caller's setting stays).
-
-  Returns:
-    A context manager.
-
-  Raises:
-    ValueError: an unknown precision.
-
-  Example:
-    >>> import jax, jax.numpy as jnp
-    >>> from vae_attn import attention
-    >>> with attention.matmul_precision("highest"):
-    ...   text = jax.jit(jnp.dot).lower(jnp.ones(3), jnp.ones(3)).as_text()
-    >>> "HIGHEST" in text
-    True
-  """
-  name = _precision_name(precision)
-  if name is None:
-    return contextlib.nullcontext()
-  return jax.default_matmul_precision(name)
 
 
 # Codes.
@@ -186,497 +135,22 @@ def difference_code(
   return (stats.mean - mu) + jnp.sqrt(stats.var + jnp.exp(logvar)) * eps
 
 
-def _code_fn(code, mu, logvar, key, stats):
-  if code == "mu":
-    return mu
-  eps = jax.random.normal(key, mu.shape, mu.dtype)
-  if code == "sample":
-    return mu + jnp.exp(0.5 * logvar) * eps
-  return difference_code(mu, logvar, stats, eps)
+def _code_fn(code: str, *, key, stats) -> Callable[..., jax.Array]:
+  """``(mu, logvar) -> z``, the code that is differentiated."""
+
+  def code_fn(mu, logvar):
+    if code == "mu":
+      return mu
+    eps = jax.random.normal(key, mu.shape, mu.dtype)
+    if code == "sample":
+      return mu + jnp.exp(0.5 * logvar) * eps
+    return difference_code(mu, logvar, stats, eps)
+
+  return code_fn
 
 
-# Layers.
+# Grad-CAM from the pullback.
 # ----------------------------------------------------------------------------
-
-
-def _path(module: nn.Module) -> str:
-  return "/".join(module.path)
-
-
-class _Traced(NamedTuple):
-  """What one abstract pass of ``encode_fn`` shows."""
-
-  outputs: dict[str, jax.ShapeDtypeStruct | None]  # Every module, call order.
-  leaves: frozenset[str]  # Modules that call no other module.
-  output: Any  # What encode_fn returns, as ShapeDtypeStructs.
-
-
-def _trace(encode_fn, variables, x, *args, **kwargs) -> _Traced:
-  """Module outputs of ``encode_fn`` (traced with ``jax.eval_shape``)."""
-  found = {}
-  parents = set()
-  stack = []
-
-  def record(next_fun, fargs, fkwargs, context):
-    if context.method_name != "__call__":
-      return next_fun(*fargs, **fkwargs)
-    path = _path(context.module)
-    if stack:
-      parents.add(stack[-1])
-    found.setdefault(path, None)  # Keep call order: outer before inner.
-    stack.append(path)
-    try:
-      out = next_fun(*fargs, **fkwargs)
-    finally:
-      stack.pop()
-    if isinstance(out, jax.Array) and found[path] is None:
-      found[path] = jax.ShapeDtypeStruct(out.shape, out.dtype)
-    return out
-
-  def run(variables, x):
-    with nn.intercept_methods(record):
-      return encode_fn(variables, x, *args, **kwargs)
-
-  output = jax.eval_shape(run, variables, x)
-  return _Traced(found, frozenset(set(found) - parents), output)
-
-
-def _targets(traced: _Traced) -> dict[str, tuple[int, ...]]:
-  """The 4-D module outputs a user targets: a leaf layer (``nn.Conv``,
-  ``nn.BatchNorm``) inside a block that is a target itself is left out."""
-  feature_maps = {
-    p: tuple(s.shape)
-    for p, s in traced.outputs.items()
-    if p and s is not None and s.ndim == 4
-  }
-  return {
-    p: s
-    for p, s in feature_maps.items()
-    if not (p in traced.leaves and p.rpartition("/")[0] in feature_maps)
-  }
-
-
-def layer_paths(encode_fn: EncodeFn, variables, x, *args, **kwargs):
-  """The layers of ``encode_fn`` that :func:`attention` can target.
-
-  A target is a module whose output is a feature map ``[B, h, w, n]``, e.g.
-  each ``ConvBlock`` (conv, norm, activation) of the paper's models. A bare
-  layer inside such a block (``encoder/conv1/conv``, the convolution before
-  the block's activation; ``.../bn``) is not listed, as the block's output
-  is the attention layer; :func:`attention` still accepts its path.
-
-  Args:
-    encode_fn: ``(variables, x, *args, **kwargs) -> (mu, logvar)``.
-    variables: the model variables (arrays or ``jax.ShapeDtypeStruct``).
-    x: images ``[B, H, W, C]`` of the model's input shape.
-    *args: further arguments of ``encode_fn``.
-    **kwargs: further keyword arguments of ``encode_fn``.
-
-  Returns:
-    A dict from layer path (e.g. ``"encoder/conv2"``) to the shape of its
-    output ``(B, h, w, n)``, in call order.
-  """
-  return _targets(_trace(encode_fn, variables, x, *args, **kwargs))
-
-
-def resolve_layers(
-  encode_fn: EncodeFn, variables, x, layers: str | Sequence[str]
-) -> dict[str, str]:
-  """The full path of each requested layer, as :func:`attention` finds it.
-
-  A layer is named by its full path (``"encoder/conv2"``) or by a unique
-  suffix (``"conv2"``, ``"stage2_block1/conv1"``); a suffix matches the
-  targets of :func:`layer_paths` first, then any module with an output.
-
-  Args:
-    encode_fn: ``(variables, x) -> (mu, logvar)``.
-    variables: the model variables (arrays or ``jax.ShapeDtypeStruct``).
-    x: images ``[B, H, W, C]`` of the model's input shape.
-    layers: one layer name or a sequence of them.
-
-  Returns:
-    A dict from each requested name to its full path, in request order.
-
-  Raises:
-    TypeError: ``layers`` is not a name or a sequence of names.
-    ValueError: a name matches no layer or several (the message lists the
-      valid paths with their output shapes).
-  """
-  return _resolve(_check_layer(layers), _trace(encode_fn, variables, x))
-
-
-def _resolve(layers: Sequence[str], traced: _Traced) -> dict[str, str]:
-  """Maps each requested layer to a full path (exact or unique suffix)."""
-  targets = _targets(traced)
-  every = [p for p, s in traced.outputs.items() if p and s is not None]
-  resolved = {}
-  for layer in layers:
-    if layer in every:
-      resolved[layer] = layer
-      continue
-    matches = [p for p in targets if p.endswith("/" + layer)]
-    matches = matches or [p for p in every if p.endswith("/" + layer)]
-    if len(matches) == 1:
-      resolved[layer] = matches[0]
-      continue
-    listing = "\n  ".join(f"{p}  {s}" for p, s in targets.items())
-    what = "is ambiguous" if matches else "is not a conv layer of this encoder"
-    raise ValueError(
-      f"Layer {layer!r} {what}. Valid layer paths (output shape):\n  {listing}"
-    )
-  return resolved
-
-
-# Argument checks.
-# ----------------------------------------------------------------------------
-
-
-def _concrete(value) -> np.ndarray | None:
-  """``value`` as a NumPy array, or ``None`` if it is traced."""
-  if isinstance(value, jax.core.Tracer):
-    return None
-  return np.asarray(value)
-
-
-def _check_layer(layer) -> tuple[str, ...]:
-  layers = (layer,) if isinstance(layer, str) else layer
-  if isinstance(layers, Sequence) and layers:
-    layers = tuple(layers)
-    if all(isinstance(name, str) and name for name in layers):
-      return layers
-  raise TypeError(
-    f"layer must be a layer path such as 'encoder/conv2' (a unique suffix "
-    f"such as 'conv2' works too) or a list of them, got {layer!r}. "
-    "attention.layer_paths(encode_fn, variables, x) lists the layers."
-  )
-
-
-def _check_images(x) -> None:
-  if not hasattr(x, "ndim") or x.ndim != 4:
-    shape = getattr(x, "shape", type(x).__name__)
-    raise ValueError(
-      f"attention expects a batch of NHWC images [B, H, W, C], got {shape}; "
-      "add a batch axis with x[None] for a single image."
-    )
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise TypeError(
-      f"attention needs floating-point images (it differentiates the "
-      f"encoder), got dtype {x.dtype}; convert them first, e.g. "
-      "x.astype(jnp.float32) / 255 for 8-bit images in [0, 255]."
-    )
-  if x.shape[0] == 0:
-    raise ValueError(
-      f"attention got an empty batch (x of shape {tuple(x.shape)}); pass "
-      "at least one image."
-    )
-
-
-def _code_shape(output) -> tuple[int, int]:
-  """``(B, D)`` of ``encode_fn``'s ``(mu, logvar)``, checked."""
-  if (
-    isinstance(output, (tuple, list))
-    and len(output) == 2
-    and all(getattr(o, "ndim", 0) == 2 for o in output)
-  ):
-    return tuple(output[0].shape)
-  raise TypeError(
-    "encode_fn must return the posterior (mu, logvar), each [B, D], e.g. "
-    "functools.partial(model.apply, method=model.encode); got "
-    f"{jax.tree.map(lambda o: o.shape, output)}."
-  )
-
-
-def _check_code_args(code: str, key, stats) -> None:
-  if code != "mu" and key is None:
-    raise ValueError(f'code="{code}" samples noise: pass key=...')
-  if code == "difference" and stats is None:
-    raise ValueError(
-      'code="difference" needs the latent statistics of the normal data: '
-      "pass stats=vae_attn.anomaly.latent_statistics(...)."
-    )
-  if code != "difference" and stats is not None:
-    raise ValueError(
-      f'stats= is used only by code="difference" (eq. 5), and this '
-      f'transform differentiates code="{code}"; drop stats= or build the '
-      'transform with code="difference".'
-    )
-
-
-class _Stats(NamedTuple):
-  mean: jax.Array
-  var: jax.Array
-
-
-def _check_stats(stats, d: int) -> _Stats:
-  """``stats`` (``LatentStats`` or its dict) as ``_Stats``, checked.
-
-  Concrete statistics with a non-finite value or a negative variance raise;
-  traced ones cannot be inspected, and a negative variance becomes NaN, so
-  that every map it touches is NaN rather than silently wrong.
-  """
-  if isinstance(stats, Mapping):
-    if not {"mean", "var"} <= set(stats):
-      raise TypeError(
-        "stats as a dict needs the entries 'mean' and 'var' (as "
-        f"LatentStats._asdict() saves them), got keys {sorted(stats)}."
-      )
-    mean, var = stats["mean"], stats["var"]
-  elif not any(
-    callable(getattr(stats, name, callable)) for name in ("mean", "var")
-  ):
-    mean, var = stats.mean, stats.var
-  else:
-    raise TypeError(
-      "stats must be vae_attn.anomaly.LatentStats (attributes mean and var, "
-      "[D] each) or a dict with 'mean' and 'var' entries, got "
-      f"{type(stats).__name__}."
-    )
-  mean, var = jnp.asarray(mean), jnp.asarray(var)
-  for name, value in (("mean", mean), ("var", var)):
-    if value.shape != (d,):
-      raise ValueError(
-        f"stats.{name} has shape {value.shape}, but the encoder's code has "
-        f"D={d} elements: pass the statistics of this model "
-        "(vae_attn.anomaly.latent_statistics with its encoder)."
-      )
-  mean_np, var_np = _concrete(mean), _concrete(var)
-  if mean_np is None or var_np is None:
-    return _Stats(mean, jnp.where(var >= 0, var, jnp.nan))
-  if not (np.isfinite(mean_np).all() and np.isfinite(var_np).all()):
-    raise ValueError(
-      "stats holds NaN or infinite values; recompute them with "
-      "vae_attn.anomaly.latent_statistics on finite normal data."
-    )
-  if (var_np < 0).any():
-    raise ValueError(
-      f"stats.var must be non-negative (a variance), got minimum "
-      f"{var_np.min():.3g}; recompute it with "
-      "vae_attn.anomaly.latent_statistics."
-    )
-  return _Stats(mean, var)
-
-
-def _check_latents(latents, b: int, d: int):
-  """``(latents [B, K] integers, valid [B, K] or None)``.
-
-  Concrete indices are checked here; traced ones cannot be, and the maps of
-  an index outside ``[0, D)`` are NaN (``valid`` marks them).
-  """
-  if isinstance(latents, (list, tuple)):
-    try:
-      latents = np.asarray(latents)
-    except ValueError as e:
-      raise ValueError(
-        f"latents must be integer indices [B, K], got a ragged list: {e}"
-      ) from e
-  dtype = getattr(latents, "dtype", None)
-  if dtype is None or not jnp.issubdtype(dtype, jnp.integer):
-    raise TypeError(
-      f"latents must be integer indices [B, K] in [0, D), got "
-      f"{dtype or type(latents).__name__}; e.g. jnp.array([[0, 3], [1, 2]])."
-    )
-  if latents.ndim != 2 or latents.shape[0] != b or latents.shape[1] == 0:
-    raise ValueError(
-      f"latents must be integer indices [B, K] with B={b} and K >= 1, got "
-      f"shape {latents.shape}."
-    )
-  values = _concrete(latents)
-  if values is None:
-    latents = jnp.asarray(latents)
-    return latents, (latents >= 0) & (latents < d)
-  bad = values[(values < 0) | (values >= d)]
-  if bad.size:
-    raise ValueError(
-      f"latents must lie in [0, {d}) (the code has D={d} elements), got "
-      f"{sorted(set(bad.tolist()))[:8]}."
-    )
-  return jnp.asarray(values), None
-
-
-# The transform.
-# ----------------------------------------------------------------------------
-
-
-class _Offset(NamedTuple):
-  perturbed: jax.Array  # A + delta, as returned by the target layer.
-  clean: jax.Array  # A.
-  delta: jax.Array  # [B, n], the per-channel offset.
-
-
-def _explicit_padding(padding, in_hw, kernel_hw, strides, dilation):
-  """Flax ``nn.Conv`` padding as ``((lo, hi), (lo, hi))``, or ``None``."""
-  if isinstance(padding, str):
-    if padding not in ("SAME", "VALID"):
-      return None
-    pairs = zip(kernel_hw, dilation, strict=True)
-    dilated = [(k - 1) * d + 1 for k, d in pairs]
-    return tuple(lax.padtype_to_pads(in_hw, dilated, strides, padding))
-  if isinstance(padding, int):
-    return ((padding, padding),) * 2
-  pads = tuple(padding)
-  if len(pads) != 2:
-    return None
-  return tuple((p, p) if isinstance(p, int) else tuple(p) for p in pads)
-
-
-def _pair(value) -> tuple[int, int]:
-  if value is None:
-    return (1, 1)
-  if isinstance(value, int):
-    return (value, value)
-  return tuple(value)
-
-
-def _conv_geometry(module: nn.Conv, x: jax.Array):
-  """``(strides, padding, dilation)`` of a foldable ``nn.Conv``, or None."""
-  kernel_hw = module.kernel_size
-  if (
-    isinstance(kernel_hw, int)
-    or x.ndim != 4
-    or len(kernel_hw) != 2
-    or module.feature_group_count != 1
-    or module.mask is not None
-    or _pair(module.input_dilation) != (1, 1)
-  ):
-    return None
-  strides, dilation = _pair(module.strides), _pair(module.kernel_dilation)
-  pads = _explicit_padding(
-    module.padding, x.shape[1:3], kernel_hw, strides, dilation
-  )
-  return None if pads is None else (strides, pads, dilation)
-
-
-class _Offsets:
-  """Folds per-channel offsets into the linear layers that consume them.
-
-  The target layer returns ``A + delta`` with ``delta`` constant over the
-  ``h x w`` positions. Where that value is the input of an ``nn.Conv`` or of
-  a module with ``flattens_input_into_dense`` (flatten -> Dense), the layer
-  is applied to ``A`` and the offset's contribution is added in closed form,
-  ``conv(A + delta) = conv(A) + conv_of_constant(delta)`` (exact by
-  linearity). The gradient w.r.t. ``delta`` then contracts the layer's
-  output cotangents with a small effective kernel, instead of transposing
-  the layer for every latent and summing its ``h x w x n`` input gradient.
-  Any other use of ``A + delta`` is differentiated as usual, so the result
-  is the same either way.
-  """
-
-  def __init__(self):
-    self._offsets: list[_Offset] = []
-    self._heads: list[list] = []  # [offset, flattened input] per open head.
-
-  def add(self, perturbed, clean, delta):
-    self._offsets.append(_Offset(perturbed, clean, delta))
-
-  def _consumed(self, fargs):
-    if fargs:
-      for offset in self._offsets:
-        if fargs[0] is offset.perturbed:
-          return offset
-    return None
-
-  def call(self, next_fun, fargs, fkwargs, context):
-    module = context.module
-    if context.method_name != "__call__":
-      return next_fun(*fargs, **fkwargs)
-    offset = self._consumed(fargs)
-    geometry = None
-    if offset is not None and isinstance(module, nn.Conv):
-      geometry = _conv_geometry(module, offset.clean)
-    if geometry is not None:
-      strides, pads, dilation = geometry
-      out = next_fun(offset.clean, *fargs[1:], **fkwargs)
-      extra = ops.conv_of_constant(
-        offset.delta,
-        module.variables["params"]["kernel"],
-        offset.clean.shape[1:3],
-        strides=strides,
-        padding=pads,
-        kernel_dilation=dilation,
-        precision=module.precision,
-      )
-      return out + extra.astype(out.dtype)
-    if offset is not None and getattr(
-      module, "flattens_input_into_dense", False
-    ):
-      self._heads.append([offset, None])
-      try:
-        return next_fun(offset.clean, *fargs[1:], **fkwargs)
-      finally:
-        self._heads.pop()
-    if self._heads and isinstance(module, nn.Dense):
-      return self._dense(module, next_fun, fargs, fkwargs)
-    return next_fun(*fargs, **fkwargs)
-
-  def _dense(self, module, next_fun, fargs, fkwargs):
-    head = self._heads[-1]
-    if head[1] is None:
-      head[1] = fargs[0]  # The flattened input of the first Dense.
-    out = next_fun(*fargs, **fkwargs)
-    if fargs[0] is not head[1]:
-      return out
-    offset = head[0]
-    kernel = module.variables["params"]["kernel"]
-    if kernel.shape[0] != math.prod(offset.clean.shape[1:]):
-      raise ValueError(
-        f"{_path(module)!r} does not take the flattened output of the "
-        "attention layer, as its parent's flattens_input_into_dense = True "
-        "promises."
-      )
-    extra = ops.flatten_dense_of_constant(
-      offset.delta,
-      kernel,
-      offset.clean.shape[1:3],
-      precision=module.precision,
-    )
-    return out + extra.astype(out.dtype)
-
-
-def _trace_state():
-  return jex_core.get_opaque_trace_state(convention="flax")
-
-
-def _perturbed_code_fn(
-  encode_fn, variables, x, args, kwargs, *, code, key, stats, offsets_folded
-):
-  """``deltas -> (z, (mu, logvar, activations))`` with the offsets added."""
-
-  def perturbed_code(deltas):
-    captured = {}
-    offsets = _Offsets()
-    base = _trace_state()
-
-    def perturb(next_fun, fargs, fkwargs, context):
-      out = offsets.call(next_fun, fargs, fkwargs, context)
-      path = _path(context.module)
-      if context.method_name != "__call__" or path not in deltas:
-        return out
-      if _trace_state() != base:
-        raise ValueError(
-          f"Layer {path!r} runs inside a JAX transform that the encoder "
-          "applies itself (a lifted Flax transform such as nn.remat, "
-          "nn.scan, nn.vmap or nn.jit, or jax.checkpoint), whose "
-          "intermediate values cannot be read from outside it. Target a "
-          "layer outside that transform, or build the model without it for "
-          "the attention maps (nn.remat changes memory use, not values)."
-        )
-      if path in captured:
-        raise ValueError(
-          f"Layer {path!r} is called more than once per forward pass; "
-          "its attention is ambiguous. Pick a layer called once."
-        )
-      captured[path] = out
-      perturbed = out + deltas[path]
-      if offsets_folded:
-        offsets.add(perturbed, out, deltas[path][:, 0, 0, :])
-      return perturbed
-
-    with nn.intercept_methods(perturb):
-      mu, logvar = encode_fn(variables, x, *args, **kwargs)
-    z = _code_fn(code, mu, logvar, key, stats)
-    return z, (mu, logvar, captured)
-
-  return perturbed_code
 
 
 def _cotangents(latents, b: int, d: int, dtype) -> jax.Array:
@@ -718,6 +192,55 @@ def _maps(g, a, rectify, gradient_scale, valid) -> AttentionMaps:
   # The mean over K as a matmul (XLA:CPU reductions are slow).
   ones = jnp.full((k,), 1.0 / k, per_latent.dtype)
   return AttentionMaps(per_latent, jnp.einsum("bkhw,k->bhw", per_latent, ones))
+
+
+# One call of the transform.
+# ----------------------------------------------------------------------------
+
+
+class _Call(NamedTuple):
+  """One call's checked arguments and what the encoder's abstract pass shows."""
+
+  traced: layers_lib.Traced
+  paths: dict[str, str]  # Requested layer name -> full path.
+  stats: checks.Stats | None
+  latents: jax.Array | None  # [B, K] latent indices, or None for all D.
+  valid: jax.Array | None  # [B, K], which traced latents lie in [0, D).
+  num_examples: int  # B.
+  code_size: int  # D.
+
+
+def _trace(encode_fn, variables, x, args, kwargs) -> layers_lib.Traced:
+  """:func:`layers_lib.trace`; an encoder that fails names the input shape."""
+  try:
+    return layers_lib.trace(encode_fn, variables, x, *args, **kwargs)
+  except (TypeError, ValueError, flax.errors.FlaxError) as e:
+    raise ValueError(
+      f"encode_fn failed on an input of shape {tuple(x.shape)}; the "
+      "model expects the NHWC shape it was built for. Original error: "
+      f"{e}"
+    ) from e
+
+
+def _check_call(
+  encode_fn, layers, code, variables, x, args, kwargs, *, key, stats, latents
+) -> _Call:
+  """Checks one call's arguments against an abstract pass of the encoder."""
+  checks.check_images(x)
+  checks.check_code_args(code, key, stats)
+  traced = _trace(encode_fn, variables, x, args, kwargs)
+  b, d = checks.code_shape(traced.output)
+  if stats is not None:
+    stats = checks.check_stats(stats, d)
+  valid = None
+  if latents is not None:
+    latents, valid = checks.check_latents(latents, b, d)
+  paths = layers_lib.resolve(layers, traced)
+  return _Call(traced, paths, stats, latents, valid, b, d)
+
+
+# The transform.
+# ----------------------------------------------------------------------------
 
 
 def value_and_attention(
@@ -800,26 +323,10 @@ def value_and_attention(
     ValueError: an unknown ``code``, ``positive``, ``gradient_scale`` or
       ``precision``, or ``chunk_size < 1``.
   """
-  if not callable(encode_fn):
-    raise TypeError(f"encode_fn must be callable, got {encode_fn!r}.")
   single = isinstance(layer, str)
-  layers = _check_layer(layer)
-  if code not in CODES:
-    raise ValueError(f"Unknown code {code!r}; choose one of {CODES}.")
-  if positive not in POSITIVES:
-    raise ValueError(
-      f"Unknown positive {positive!r}; choose one of {POSITIVES}."
-    )
-  if gradient_scale not in GRADIENT_SCALES:
-    raise ValueError(
-      f"Unknown gradient_scale {gradient_scale!r}; choose one of "
-      f"{GRADIENT_SCALES}."
-    )
-  if chunk_size is not None and (
-    not isinstance(chunk_size, int) or chunk_size < 1
-  ):
-    raise ValueError(f"chunk_size must be a positive int, got {chunk_size}.")
-  _precision_name(precision)
+  layers = checks.check_options(
+    encode_fn, layer, code, positive, gradient_scale, chunk_size, precision
+  )
   rectify = jax.nn.relu if positive == "relu" else jnp.abs
 
   @functools.wraps(encode_fn)
@@ -827,51 +334,44 @@ def value_and_attention(
     variables, x, *args, key=None, stats=None, latents=None, **kwargs
   ):
     with matmul_precision(precision):
-      _check_images(x)
-      _check_code_args(code, key, stats)
-      try:
-        traced = _trace(encode_fn, variables, x, *args, **kwargs)
-      except (TypeError, ValueError, flax.errors.FlaxError) as e:
-        raise ValueError(
-          f"encode_fn failed on an input of shape {tuple(x.shape)}; the "
-          "model expects the NHWC shape it was built for. Original error: "
-          f"{e}"
-        ) from e
-      b, d = _code_shape(traced.output)
-      if stats is not None:
-        stats = _check_stats(stats, d)
-      valid = None
-      if latents is not None:
-        latents, valid = _check_latents(latents, b, d)
-      paths = _resolve(layers, traced)
-      # One zero offset per channel (broadcast over h x w), or per element
-      # for RMS scaling, which needs the whole gradient.
-      deltas = {}
-      for p in paths.values():
-        s = traced.outputs[p]
-        shape = s.shape if gradient_scale else (s.shape[0], 1, 1, s.shape[3])
-        deltas[p] = jnp.zeros(shape, s.dtype)
-      perturbed_code = _perturbed_code_fn(
+      call = _check_call(
+        encode_fn,
+        layers,
+        code,
+        variables,
+        x,
+        args,
+        kwargs,
+        key=key,
+        stats=stats,
+        latents=latents,
+      )
+      perturbed_code = offsets_lib.perturbed_code_fn(
         encode_fn,
         variables,
         x,
         args,
         kwargs,
-        code=code,
-        key=key,
-        stats=stats,
+        code_fn=_code_fn(code, key=key, stats=call.stats),
         offsets_folded=not gradient_scale,
+      )
+      deltas = offsets_lib.zero_offsets(
+        call.traced.outputs,
+        call.paths.values(),
+        per_element=gradient_scale is not None,
       )
       z, pullback, (mu, logvar, acts) = jax.vjp(
         perturbed_code, deltas, has_aux=True
       )
       # Cotangent row k is one-hot on a latent for every example: examples
       # are independent, so its pullback holds d z_bi / d A_b for each b.
-      cts = _cotangents(latents, b, d, z.dtype)
+      cts = _cotangents(
+        call.latents, call.num_examples, call.code_size, z.dtype
+      )
       grads = _pull_all(pullback, cts, chunk_size)
       maps = {
-        name: _maps(grads[p], acts[p], rectify, gradient_scale, valid)
-        for name, p in paths.items()
+        name: _maps(grads[p], acts[p], rectify, gradient_scale, call.valid)
+        for name, p in call.paths.items()
       }
     return (mu, logvar), (maps[layers[0]] if single else maps)
 
@@ -936,94 +436,3 @@ def attention(
     return fn(*args, **kwargs)[1]
 
   return attention_fn
-
-
-# Post-processing.
-# ----------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=64)
-def _interpolation_matrix(out_size: int, in_size: int):
-  """``[out, in]`` matrix of bilinear (half-pixel) 1-D resizing.
-
-  A NumPy constant, computed eagerly even when first needed inside ``jit``,
-  so the cache never holds a tracer.
-  """
-  with jax.ensure_compile_time_eval():
-    eye = jnp.eye(in_size, dtype=jnp.float32)
-    matrix = jax.image.resize(
-      eye, (out_size, in_size), "linear", antialias=False
-    )
-  return np.asarray(matrix)
-
-
-def _check_size(size) -> tuple[int, int]:
-  pair = (size, size) if isinstance(size, (int, np.integer)) else size
-  try:
-    out_h, out_w = pair
-  except (TypeError, ValueError):
-    out_h = out_w = None
-  if not all(
-    isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
-    for v in (out_h, out_w)
-  ):
-    raise ValueError(
-      f"size must be a positive int H or a pair (H, W) of positive ints, "
-      f"got {size!r}; e.g. x.shape[1:3] for the image size."
-    )
-  return int(out_h), int(out_w)
-
-
-def upsample(
-  maps: jax.Array,
-  size: int | tuple[int, int],
-  *,
-  precision: Precision = "highest",
-) -> jax.Array:
-  """Bilinearly resizes maps ``[..., h, w]`` to ``[..., H, W]``.
-
-  Equals ``jax.image.resize(maps, (..., H, W), "bilinear")`` (half-pixel
-  centres, as ``F.interpolate(align_corners=False)``), computed as two small
-  interpolation matrices, which is faster on CPU.
-
-  Args:
-    maps: ``[..., h, w]``, e.g. ``AttentionMaps.per_latent`` or ``.mean``.
-    size: ``H`` (square) or ``(H, W)``, positive, usually the image size.
-    precision: of the two matmuls, as in :func:`value_and_attention`.
-
-  Returns:
-    ``[..., H, W]`` maps.
-
-  Raises:
-    ValueError: ``size`` is not positive, or ``maps`` has fewer than 2 axes
-      or an empty spatial axis.
-  """
-  out_h, out_w = _check_size(size)
-  if getattr(maps, "ndim", 0) < 2 or 0 in maps.shape[-2:]:
-    raise ValueError(
-      f"upsample expects maps [..., h, w] with h, w >= 1, got shape "
-      f"{getattr(maps, 'shape', type(maps).__name__)}."
-    )
-  rh = _interpolation_matrix(out_h, maps.shape[-2]).astype(maps.dtype)
-  rw = _interpolation_matrix(out_w, maps.shape[-1]).astype(maps.dtype)
-  with matmul_precision(precision):
-    return jnp.einsum("Hh,...hw,Ww->...HW", rh, maps, rw)
-
-
-def normalize(maps: jax.Array) -> jax.Array:
-  """Min-max normalises each map ``[..., h, w]`` to ``[0, 1]`` for display.
-
-  Args:
-    maps: ``[..., h, w]`` floating-point maps.
-
-  Returns:
-    ``[..., h, w]`` in the dtype of ``maps``; a constant map gives 0
-    everywhere, in every dtype (float16 included).
-  """
-  lo = maps.min(axis=(-2, -1), keepdims=True)
-  hi = maps.max(axis=(-2, -1), keepdims=True)
-  span = hi - lo
-  flat = span <= 0
-  return jnp.where(flat, 0, (maps - lo) / jnp.where(flat, 1, span)).astype(
-    maps.dtype
-  )
