@@ -20,6 +20,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import sys
 from collections.abc import Callable, Iterator
 
@@ -136,91 +138,190 @@ def batches(
   Raises:
     DataError: the source is empty, or with finite epochs and
       ``drop_remainder`` it holds fewer records than one global batch.
+    TypeError: ``batch_size``, ``num_epochs`` or ``process_count`` is not
+      an int.
+    ValueError: one of them is below 1, ``process_index`` lies outside
+      ``[0, process_count)``, or ``start_step`` is negative.
   """
   batch_size = _check_positive_int(batch_size, "batch_size")
+  process_index, process_count = _check_processes(process_index, process_count)
+  if num_epochs is not None:
+    num_epochs = _check_positive_int(num_epochs, "num_epochs")
+  if start_step < 0:
+    raise ValueError(f"start_step must be >= 0, got {start_step}.")
+  slicer = _Slicer.of(
+    source,
+    batch_size,
+    num_epochs=num_epochs,
+    drop_remainder=drop_remainder,
+    process_index=process_index,
+    process_count=process_count,
+  )
+  order = _record_order(
+    len(source), seed, shuffle=shuffle, num_epochs=num_epochs
+  )
+  reader = _Reader.of(source, order, seed=seed, transform=transform)
+  make_batch = functools.partial(_make_batch, slicer, reader)
+  return _run(make_batch, start_step, slicer.stop, num_threads, prefetch)
+
+
+# The steps of `batches`.
+# ----------------------------------------------------------------------------
+
+
+def _check_processes(
+  process_index: int | None, process_count: int | None
+) -> tuple[int, int]:
+  """``(process_index, process_count)``, defaults from jax, checked."""
   if process_index is None or process_count is None:
     import jax  # Deferred: only the multi-host default needs jax.
 
-    process_index = (
-      jax.process_index() if process_index is None else (process_index)
-    )
-    process_count = (
-      jax.process_count() if process_count is None else (process_count)
-    )
+    if process_index is None:
+      process_index = jax.process_index()
+    if process_count is None:
+      process_count = jax.process_count()
   process_count = _check_positive_int(process_count, "process_count")
   if not 0 <= process_index < process_count:
     raise ValueError(
       f"process_index must be in [0, {process_count}), got {process_index}."
     )
-  if num_epochs is not None:
-    num_epochs = _check_positive_int(num_epochs, "num_epochs")
-  if start_step < 0:
-    raise ValueError(f"start_step must be >= 0, got {start_step}.")
-  num_records = len(source)
-  name = getattr(source, "name", type(source).__name__)
-  if num_records == 0:
-    raise base.DataError(
-      f"Source {name!r} is empty: there is nothing to batch."
-    )
+  return process_index, process_count
 
+
+def _record_order(
+  num_records: int, seed: int, *, shuffle: bool, num_epochs: int | None
+) -> grain.MapDataset:
+  """Stream position -> record index, reshuffled every epoch."""
   order = grain.MapDataset.range(num_records)
   if shuffle:
     order = order.shuffle(seed=seed)
-  order = order.repeat(num_epochs)
-  global_batch = batch_size * process_count
-  if num_epochs is None:
-    total, stop = None, sys.maxsize
-  else:
-    total = num_records * num_epochs
-    stop = num_batches(
-      num_records,
-      batch_size,
-      num_epochs=num_epochs,
-      drop_remainder=drop_remainder,
-      process_count=process_count,
-    )
-    if stop == 0:
+  return order.repeat(num_epochs)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Slicer:
+  """Which stream positions each global step gives this process."""
+
+  batch_size: int
+  process_index: int
+  process_count: int
+  total: int | None  # Stream positions with finite epochs, else None.
+  stop: int  # One past the last global step.
+
+  @classmethod
+  def of(
+    cls,
+    source: base.Source,
+    batch_size: int,
+    *,
+    num_epochs: int | None,
+    drop_remainder: bool,
+    process_index: int,
+    process_count: int,
+  ) -> _Slicer:
+    """The slicer of ``source``; raises ``DataError`` if it gives no batch."""
+    num_records = len(source)
+    name = getattr(source, "name", type(source).__name__)
+    if num_records == 0:
       raise base.DataError(
-        f"Source {name!r} has {num_records} records x {num_epochs} epochs, "
-        f"fewer than one global batch of {global_batch} "
-        f"({batch_size} x {process_count} processes) with drop_remainder. "
-        "Lower batch_size, raise num_epochs or pass drop_remainder=False."
+        f"Source {name!r} is empty: there is nothing to batch."
       )
-  get_batch = getattr(source, "get_batch", None)
-  augment = getattr(source, "augment", None)
+    if num_epochs is None:
+      total, stop = None, sys.maxsize
+    else:
+      total = num_records * num_epochs
+      stop = num_batches(
+        num_records,
+        batch_size,
+        num_epochs=num_epochs,
+        drop_remainder=drop_remainder,
+        process_count=process_count,
+      )
+      if stop == 0:
+        raise base.DataError(
+          f"Source {name!r} has {num_records} records x {num_epochs} "
+          f"epochs, fewer than one global batch of "
+          f"{batch_size * process_count} ({batch_size} x {process_count} "
+          "processes) with drop_remainder. Lower batch_size, raise "
+          "num_epochs or pass drop_remainder=False."
+        )
+    return cls(batch_size, process_index, process_count, total, stop)
 
-  def positions(step: int) -> np.ndarray:
+  def positions(self, step: int) -> np.ndarray:
+    """This process's stream positions of global step ``step``."""
+    global_batch = self.batch_size * self.process_count
     lo = step * global_batch
-    if total is not None and lo + global_batch > total:
-      share = np.array_split(np.arange(lo, total), process_count)
-      return share[process_index]
-    lo += process_index * batch_size
-    return np.arange(lo, lo + batch_size)
+    if self.total is not None and lo + global_batch > self.total:
+      share = np.array_split(np.arange(lo, self.total), self.process_count)
+      return share[self.process_index]
+    lo += self.process_index * self.batch_size
+    return np.arange(lo, lo + self.batch_size)
 
-  def make_batch(step: int) -> base.Record | None:
-    pos = positions(step)
-    if pos.size == 0:
-      return None
-    indices = np.array([order[int(q)] for q in pos], dtype=np.int64)
-    if get_batch is not None:
-      batch = base.strings_to_objects(get_batch(indices))
-      if transform is None and augment is None:
+
+@dataclasses.dataclass(frozen=True)
+class _Reader:
+  """Reads the records at stream positions, augmented and transformed."""
+
+  source: base.Source
+  order: grain.MapDataset  # Stream position -> record index.
+  seed: int
+  transform: TransformFn | None
+  get_batch: Callable[[np.ndarray], base.Record] | None  # The source's.
+  augment: TransformFn | None  # The source's own augmentation.
+
+  @classmethod
+  def of(
+    cls,
+    source: base.Source,
+    order: grain.MapDataset,
+    *,
+    seed: int,
+    transform: TransformFn | None,
+  ) -> _Reader:
+    """The reader of ``source``, with its ``get_batch`` and ``augment``."""
+    get_batch = getattr(source, "get_batch", None)
+    augment = getattr(source, "augment", None)
+    return cls(source, order, seed, transform, get_batch, augment)
+
+  def read(self, pos: np.ndarray) -> base.Record:
+    """The stacked batch of the records at stream positions ``pos``."""
+    indices = np.array([self.order[int(q)] for q in pos], dtype=np.int64)
+    if self.get_batch is not None:
+      batch = base.strings_to_objects(self.get_batch(indices))
+      if self.transform is None and self.augment is None:
         return batch
       records = base.unstack_batch(batch)
     else:
-      records = [source[int(i)] for i in indices]
-    if augment is not None:
+      records = [self.source[int(i)] for i in indices]
+    if self.augment is not None:
       records = [
-        augment(r, augment_rng(seed, int(q)))
+        self.augment(r, augment_rng(self.seed, int(q)))
         for r, q in zip(records, pos, strict=True)
       ]
-    if transform is not None:
+    if self.transform is not None:
       records = [
-        transform(r, transform_rng(seed, int(q)))
+        self.transform(r, transform_rng(self.seed, int(q)))
         for r, q in zip(records, pos, strict=True)
       ]
     return base.stack_records(records)
 
+
+def _make_batch(slicer: _Slicer, reader: _Reader, step: int):
+  """This process's batch of global step ``step``, or ``None`` if empty."""
+  pos = slicer.positions(step)
+  if pos.size == 0:
+    return None
+  return reader.read(pos)
+
+
+def _run(
+  make_batch: Callable[[int], base.Record | None],
+  start_step: int,
+  stop: int,
+  num_threads: int,
+  prefetch: int,
+) -> Iterator[base.Record]:
+  """The non-empty batches of steps ``[start_step, stop)``, in order."""
   if num_threads <= 0:
     return (
       b
