@@ -64,10 +64,11 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument(
     "--quick", action="store_true", help="the quick sizes instead"
   )
+  parser.add_argument("--out", help="keep the results here (default: none)")
   args = parser.parse_args(argv)
   load_start = os.getloadavg()
   with tempfile.TemporaryDirectory() as tmp:
-    out = os.path.join(tmp, "out")
+    out = args.out or os.path.join(tmp, "out")
     flags = [f"--workdir={args.workdir or os.path.join(tmp, 'run')}"]
     flags.append(f"--out={out}")
     if args.dci_importance:
@@ -113,6 +114,8 @@ def _print(results, wall, cpu_start, cpu_end, load_start) -> None:
     print(f"{stage:32s} {seconds:7.1f} s  {shown}".rstrip())
   other = wall - sum(results["timings"].values())
   print(f"{'restore, compile, write':32s} {other:7.1f} s")
+  for note in results["notes"]:
+    print(f"note: {note}")
   print(
     f"TOTAL {wall:.1f} s wall ({wall / 60:.1f} min), {cpu:.0f} s of CPU "
     f"time ({cpu / wall:.2f} cores busy on average)"

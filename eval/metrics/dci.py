@@ -11,6 +11,7 @@ References:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,8 @@ import sklearn.ensemble
 from eval.metrics import sampling
 
 __all__ = ["IMPORTANCE_MODELS", "compute_dci"]
+
+_LOG = logging.getLogger(__name__)
 
 # The classifiers whose feature importances form the DCI matrix.
 IMPORTANCE_MODELS = ("gbt", "random_forest")
@@ -198,6 +201,13 @@ def compute_dci(
   )
   sampling.check_factors_vary(
     data, factors_train, "DCI training points (num_train)"
+  )
+  _LOG.info(
+    "DCI: fitting %d %s classifiers to %d points on %d thread(s)",
+    factors_train.shape[1],
+    importance,
+    num_train,
+    n_jobs,
   )
   matrix, train_acc, test_acc = _importance(
     codes_train,

@@ -401,6 +401,7 @@ def tabulate(
     np.unravel_index(np.arange(total, dtype=np.int32), sizes), axis=1
   ).astype(np.int32)
   _LOG.info("encoding all %d factor combinations once", total)
+  start = time.perf_counter()
   with tqdm.tqdm(
     total=total,
     desc="encoding",
@@ -423,6 +424,14 @@ def tabulate(
       batch_size,
       dtype=None,  # A float32 table stays float32: half the memory.
     )
+
+  seconds = time.perf_counter() - start
+  _LOG.info(
+    "encoded %d images in %.1f s (%.0f images/s)",
+    total,
+    seconds,
+    total / max(seconds, 1e-9),
+  )
 
   def lookup(observations: np.ndarray) -> np.ndarray:
     return table[np.asarray(observations)[:, 0]]
