@@ -473,15 +473,13 @@ def test_factor_constant_in_the_sample_is_named(metric):
 # ----------------------------------------------------------------------------
 
 
-def test_parallel_fits_give_the_serial_scores():
-  kwargs = dict(num_train=300, num_test=150)
-  serial = metrics.compute_dci(
-    DATA, MIXED, _rs(1), importance="random_forest", **kwargs
-  )
-  parallel = metrics.compute_dci(
-    DATA, MIXED, _rs(1), importance="random_forest", n_jobs=2, **kwargs
-  )
+@pytest.mark.parametrize("importance", ["gbt", "random_forest"])
+def test_parallel_fits_give_the_serial_scores(importance):
+  kwargs = dict(num_train=150, num_test=100, importance=importance)
+  serial = metrics.compute_dci(DATA, MIXED, _rs(1), **kwargs)
+  parallel = metrics.compute_dci(DATA, MIXED, _rs(1), n_jobs=2, **kwargs)
   assert serial == parallel
+  kwargs = dict(num_train=300, num_test=150)
   binary = testing.IdentityData((2, 3, 2))
   rep = testing.MixedRepresentation(binary.factors_num_values)
   sap_serial = metrics.compute_sap(binary, rep, _rs(1), **kwargs)
