@@ -9,7 +9,7 @@ Prints steps/s of
          read once per log interval, checkpoints at the end;
   grid   the same loop training ``--members`` seeds as one program
          (member-steps/s = steps/s x members), in the backend's default grid
-         mode (``map`` on XLA:CPU, ``vmap`` elsewhere) and, with
+         mode (``sequential`` on XLA:CPU, ``vmap`` elsewhere) and, with
          ``--both-modes``, the other one too;
 
 and the ratios loop/bare and grid/loop (member-steps/s of the grid over
@@ -95,7 +95,13 @@ def main(argv=None) -> int:
   )
   parser.add_argument("--members", type=int, default=2, help="grid size")
   parser.add_argument(
-    "--both-modes", action="store_true", help="time vmap and map grids"
+    "--steps-per-call",
+    type=int,
+    default=0,
+    help="the loop's steps per compiled call (0: its default for the backend)",
+  )
+  parser.add_argument(
+    "--both-modes", action="store_true", help="time vmap and sequential grids"
   )
   parser.add_argument("--json", default="", help="also write results here")
   args = parser.parse_args(argv)
@@ -107,15 +113,15 @@ def main(argv=None) -> int:
     batch_size=args.batch_size,
     num_steps=steps,
     log_every=args.log_every,
-    steps_per_call=args.log_every,
+    steps_per_call=args.steps_per_call,
     checkpoint_every=steps,
     score=False,
   )
   backend = jax.default_backend()
-  default_mode = "map" if backend == "cpu" else "vmap"
+  default_mode = "sequential" if backend == "cpu" else "vmap"
   modes = [default_mode]
   if args.both_modes:
-    modes.append("vmap" if default_mode == "map" else "map")
+    modes.append("vmap" if default_mode == "sequential" else "sequential")
   print(
     f"jax {jax.__version__} on {backend} ({jax.device_count()} device(s)); "
     f"FactorVAE --loss={args.loss}, batch {args.batch_size}, "

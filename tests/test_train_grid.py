@@ -23,7 +23,7 @@ def _losses(workdir):
   return [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
 
 
-@pytest.mark.parametrize("mode", ["vmap", "map"])
+@pytest.mark.parametrize("mode", ["vmap", "sequential"])
 def test_grid_members_equal_the_single_runs(mode, tmp_path):
   base = dataclasses.replace(
     factorvae.PRESETS["smoke"],

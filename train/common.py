@@ -44,7 +44,7 @@ PyTree = Any
 # use TF32 and TPUs bfloat16 passes (faster; the maps moved by up to 8 % on
 # an H200).
 PRECISIONS = attention.PRECISIONS
-GRID_MODES = ("auto", "vmap", "map")
+GRID_MODES = ("auto", "vmap", "sequential")
 
 
 class TrainState(train_state.TrainState):
@@ -103,13 +103,15 @@ class LoopConfig:
     checkpoint_every: save a checkpoint this often (and at the end).
     max_to_keep: checkpoints kept in ``workdir/ckpt``.
     steps_per_call: training steps per compiled call (one ``lax.scan``);
-      0 picks: up to 100 with data on the device, 1 with a host pipeline.
-      Calls end at every log, evaluation and checkpoint step.
+      0 picks: 100 on an accelerator with data on the device, else 1 (on
+      XLA:CPU a step inside a while loop ran 15x slower than alone). Calls
+      end at every log, evaluation and checkpoint step.
     precision: matmul and convolution precision of the step (``PRECISIONS``).
-    grid_mode: how the members of a grid share a step: ``vmap`` (one
-      batched program: accelerators), ``map`` (one after another inside the
-      program: XLA:CPU, where batched convolutions lose the CPU rewrites),
-      ``auto`` (``map`` on CPU, else ``vmap``).
+    grid_mode: how the members of a grid are run: ``vmap`` (one batched
+      program: accelerators), ``sequential`` (one after another, each a call
+      of the single-run program: XLA:CPU, where batched convolutions lose the
+      CPU rewrites and loops run slowly), ``auto`` (``sequential`` on CPU,
+      else ``vmap``).
   """
 
   RUN_CONTROL_FIELDS: ClassVar[frozenset[str]] = frozenset(
@@ -132,7 +134,7 @@ class LoopConfig:
   checkpoint_every: int = 1000
   max_to_keep: int = 3
   steps_per_call: int = field(
-    0, "steps per compiled call (0: 100 with data on device, else 1)"
+    0, "steps per compiled call (0: 100 on GPU/TPU with data on device, else 1)"
   )
   precision: str = field(
     "highest",
@@ -140,7 +142,9 @@ class LoopConfig:
     PRECISIONS,
   )
   grid_mode: str = field(
-    "auto", "grid members: vmap, map (sequential), auto", GRID_MODES
+    "auto",
+    "grid members: vmap, sequential or auto (CPU: sequential)",
+    GRID_MODES,
   )
 
 

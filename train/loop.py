@@ -205,14 +205,16 @@ def _train(configs, dirs, trainer, mesh, is_main):
       return states[0] if len(states) == 1 else states
     if len(configs) == 1:
       state, seed_arg, hp_arg = states[0], seeds[0], hparams[0]
-    else:
+    elif program.stacked:
       state = program.stack(states)
       seed_arg = program.stack(seeds)
       hp_arg = program.stack(hparams)
+    else:
+      state, seed_arg, hp_arg = states, seeds, hparams
     final = _run(program, members, state, seed_arg, hp_arg, start_step, mesh)
     if len(configs) == 1:
       return final
-    return [program.take(final, k) for k in range(len(configs))]
+    return [program.member(final, k) for k in range(len(configs))]
   finally:
     members.close()
 
@@ -265,7 +267,7 @@ def _run(program, members, state, seeds, hparams, start_step, mesh):
         _log.info("Compiling the train step (%d steps per call).", length)
         compiled_lengths.add(length)
       batches = None if on_device else host(step, length)
-      state, sums = program.compiled_chunk(
+      state, sums = program.run_chunk(
         state, seeds, hparams, data, batches, length=length
       )
       acc = sums if acc is None else program.add(acc, sums)

@@ -125,7 +125,7 @@ class Members:
     for k, (mngr, c) in enumerate(zip(self.mngrs, self.configs, strict=True)):
       if step in mngr.all_steps():
         continue  # Saved before a crash by a member that was ahead.
-      member = member_state(program, state, k)
+      member = program.member(state, k)
       extras = None
       if final and trainer.extras_fn is not None:
         with jax.default_device(jax.local_devices()[0]):
@@ -155,7 +155,7 @@ class Members:
       return
     for k, (c, w) in enumerate(zip(self.configs, self.writers, strict=True)):
       with jax.default_device(jax.local_devices()[0]):
-        scalars = trainer.eval_fn(member_state(program, state, k), c)
+        scalars = trainer.eval_fn(program.member(state, k), c)
       w.write_scalars(step, {f"eval/{n}": v for n, v in scalars.items()})
 
   def check_finite(self, step: int, sums) -> None:
@@ -257,8 +257,3 @@ def restore_members(members, program, abstract):
       state = items["state"]
     states.append(state)
   return step, states
-
-
-def member_state(program, state, k):
-  """Member ``k``'s state (the state itself for a single run)."""
-  return state if program.num_members == 1 else program.take(state, k)
