@@ -268,7 +268,7 @@ def table3(args: argparse.Namespace) -> dict:
       "metrics": args.metrics,
       "backend": jax.default_backend(),
       "devices": f"{len(devices)} x {devices[0].device_kind}",
-      "train_command": shlex.join(command),
+      "train_command": shlex.join(["python", *command[1:]]),
       "train_seconds": train_seconds,
       "score_seconds": time.perf_counter() - start,
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
