@@ -189,20 +189,16 @@ def compute_dci(
     raise ValueError(
       f"importance must be one of {IMPORTANCE_MODELS}, got {importance!r}."
     )
-  data = sampling.check_inputs(
-    ground_truth_data,
-    random_state,
-    num_train=num_train,
-    num_test=num_test,
-    n_jobs=n_jobs,
-    batch_size=batch_size,
-  )
-  args = (data, representation_function)
-  codes_train, factors_train = sampling.sample_codes(
-    *args, num_train, random_state, batch_size
-  )
-  codes_test, factors_test = sampling.sample_codes(
-    *args, num_test, random_state, batch_size
+  data, codes_train, factors_train, codes_test, factors_test = (
+    sampling.sample_train_test_codes(
+      ground_truth_data,
+      representation_function,
+      random_state,
+      num_train=num_train,
+      num_test=num_test,
+      n_jobs=n_jobs,
+      batch_size=batch_size,
+    )
   )
   sampling.check_factors_vary(
     data, factors_train, "DCI training points (num_train)"

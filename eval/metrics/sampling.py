@@ -323,6 +323,43 @@ def sample_codes(
   return codes, factors
 
 
+def sample_train_test_codes(
+  ground_truth_data: Any,
+  representation_function: RepresentationFn,
+  random_state: RandomState,
+  *,
+  num_train: int,
+  num_test: int,
+  n_jobs: int | None,
+  batch_size: int,
+) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """Checks the inputs, then draws a training and a test sample of codes.
+
+  The preamble of DCI and SAP (disentanglement_lib draws the two samples in
+  this order from one random state).
+
+  Returns:
+    ``(data, codes_train, factors_train, codes_test, factors_test)``, with
+    ``data`` the checked ground-truth data of :func:`check_inputs`.
+  """
+  data = check_inputs(
+    ground_truth_data,
+    random_state,
+    num_train=num_train,
+    num_test=num_test,
+    n_jobs=n_jobs,
+    batch_size=batch_size,
+  )
+  args = (data, representation_function)
+  codes_train, factors_train = sample_codes(
+    *args, num_train, random_state, batch_size
+  )
+  codes_test, factors_test = sample_codes(
+    *args, num_test, random_state, batch_size
+  )
+  return data, codes_train, factors_train, codes_test, factors_test
+
+
 def factors_sharing_one(
   ground_truth_data: Any,
   num_groups: int,

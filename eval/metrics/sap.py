@@ -127,20 +127,16 @@ def compute_sap(
     from Unlabeled Observations", ICLR 2018, section 3.
     disentanglement_lib: evaluation/metrics/sap_score.py.
   """
-  data = sampling.check_inputs(
-    ground_truth_data,
-    random_state,
-    num_train=num_train,
-    num_test=num_test,
-    n_jobs=n_jobs,
-    batch_size=batch_size,
-  )
-  args = (data, representation_function)
-  codes, factors = sampling.sample_codes(
-    *args, num_train, random_state, batch_size
-  )
-  codes_test, factors_test = sampling.sample_codes(
-    *args, num_test, random_state, batch_size
+  data, codes, factors, codes_test, factors_test = (
+    sampling.sample_train_test_codes(
+      ground_truth_data,
+      representation_function,
+      random_state,
+      num_train=num_train,
+      num_test=num_test,
+      n_jobs=n_jobs,
+      batch_size=batch_size,
+    )
   )
   if codes.shape[1] < 2:
     raise ValueError(
