@@ -71,7 +71,7 @@ SCORES = report.SCORES
 # DCI importance of the full evaluation: minutes, not hours (eval.metrics.dci).
 FULL_DCI_IMPORTANCE = "random_forest"
 
-_LOG = logging.getLogger(__name__)
+_LOG = logging.getLogger("eval.disentanglement")  # Also as __main__.
 
 
 def default_out(workdir: str, quick: bool) -> str:
@@ -281,7 +281,11 @@ def evaluate(args: argparse.Namespace) -> dict:
     "active_dims_by_kl": int((kl > 0.05).sum()),
   }
   _LOG.info("writing %s", os.path.join(out, "report.md"))
-  return cli.save_results(out, results, report.write_report, start)
+  saved = cli.save_results(out, results, report.write_report, start)
+  _LOG.info(
+    "wrote %s: report.md, results.json, attention.png, traversals.png", out
+  )
+  return saved
 
 
 def _parser() -> argparse.ArgumentParser:

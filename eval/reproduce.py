@@ -284,11 +284,7 @@ def table3(args: argparse.Namespace) -> dict:
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
-    prog="python -m eval.reproduce",
-    description=__doc__,
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-  )
+  p = cli.ArgumentParser(prog="python -m eval.reproduce", description=__doc__)
   p.add_argument("table", choices=("table3",), help="the table to re-measure")
   p.add_argument(
     "--steps", type=int, default=300_000, help="training steps (default 3e5)"
@@ -335,7 +331,6 @@ def _parser() -> argparse.ArgumentParser:
     default=None,
     help="default runs/reproduce_<table>_<steps>steps_<seeds>seeds",
   )
-  p.add_argument("--debug", action="store_true", help="show tracebacks")
   return p
 
 

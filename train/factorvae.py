@@ -461,7 +461,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     default_preset="dsprites",
     default_workdir=default_workdir,
     score_names=SCORE_NAMES,
-    next_command="python -m eval.disentanglement --workdir={workdir}",
+    next_command=(
+      "python -m eval.disentanglement --workdir={workdir} --quick (seconds; "
+      "without --quick every metric at its published sizes, minutes)"
+    ),
     report_fn=_report,
   )
 

@@ -153,6 +153,13 @@ def _add_launch_flags(parser: argparse.ArgumentParser) -> None:
   )
 
 
+class _Parser(argparse.ArgumentParser):
+  """A bad flag is one line, ``error: <what> (see <prog> --help)``, status 2."""
+
+  def error(self, message: str):
+    self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def make_parser(
   config_cls: type,
   presets: Mapping[str, Any],
@@ -178,7 +185,7 @@ def make_parser(
     )
   else:
     preset_help += f"{default_preset!r})."
-  parser = argparse.ArgumentParser(
+  parser = _Parser(
     prog=prog,
     description=description,
     formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -228,7 +235,13 @@ def make_parser(
       )
     else:
 
-      def convert(s, n=name, t=tp):
+      def convert(s, n=name, t=tp, grid=grid_fields):
+        if "," in s and t is not str:
+          lists = ", ".join(f"--{g.replace('_', '-')}" for g in grid) or "none"
+          raise argparse.ArgumentTypeError(
+            f"--{n.replace('_', '-')} takes one value; comma lists (a grid) "
+            f"are taken by: {lists}."
+          )
         try:
           return parse_value(n, t, s)
         except ValueError as e:

@@ -545,8 +545,9 @@ def load_npz(path: str | os.PathLike) -> NpzDSprites:
   if not os.path.isfile(path):
     raise base.DataError(
       f"dSprites file not found: {path}. Download {NPZ_FILENAME} from "
-      "https://github.com/deepmind/dsprites-dataset and pass its path, or use "
-      "vae_attn.data.dsprites.procedural() which needs no file."
+      "https://github.com/deepmind/dsprites-dataset and pass its path "
+      "(--data-dir=FILE), or use the procedural source, which needs no file "
+      "(--data=procedural; vae_attn.data.dsprites.procedural() in code)."
     )
   try:
     with open(path, "rb") as f:
