@@ -24,7 +24,7 @@ import jax
 import tqdm
 
 from eval import inference
-from vae_attn import user_errors
+from vae_attn import attention, user_errors
 
 # OS errors that mean "this folder cannot be written".
 _WRITE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
@@ -55,6 +55,16 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     else:
       shown = str(default)
     return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+def add_positive_flag(p: argparse.ArgumentParser) -> None:
+  """``--positive``, the rectifier of the maps (explain, localization)."""
+  p.add_argument(
+    "--positive",
+    choices=attention.POSITIVES,
+    default="relu",
+    help="rectifier of the maps: relu (Grad-CAM) or abs (official code)",
+  )
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -278,12 +278,7 @@ def _parser() -> argparse.ArgumentParser:
     default=8,
     help="draws averaged for --code=sample or difference",
   )
-  p.add_argument(
-    "--positive",
-    choices=("relu", "abs"),
-    default="relu",
-    help="rectifier of the maps: relu (Grad-CAM) or abs (official code)",
-  )
+  cli.add_positive_flag(p)
   p.add_argument(
     "--gradient-scale",
     choices=("none", "rms"),

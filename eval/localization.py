@@ -100,12 +100,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument(
     "--num-samples", type=int, default=8, help="eq. 5 draws per image"
   )
-  p.add_argument(
-    "--positive",
-    choices=("relu", "abs"),
-    default="relu",
-    help="rectifier of the maps: relu (Grad-CAM) or abs (official code)",
-  )
+  cli.add_positive_flag(p)
   p.add_argument(
     "--chunk-size",
     type=int,

@@ -23,7 +23,7 @@ import matplotlib
 import numpy as np
 
 from eval import disentanglement_figures, figures, restore
-from vae_attn import attention, metric_writers
+from vae_attn import attention, losses, metric_writers
 from vae_attn.data import dsprites
 
 matplotlib.use("Agg")
@@ -117,7 +117,7 @@ def write(
     run.variables, jnp.asarray(data.sample_observations(256, rng))
   )
   mu, logvar = (np.asarray(a) for a in mu_logvar)
-  kl = (0.5 * (mu**2 + np.exp(logvar) - logvar - 1.0)).mean(axis=0)
+  kl = np.asarray(losses.gaussian_kl_per_dim(mu, logvar)).mean(axis=0)
   disentanglement_figures.traversal_figure(
     run,
     x[:1],
