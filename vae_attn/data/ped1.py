@@ -157,6 +157,38 @@ def entries(
   Raises:
     DataError: a folder, frame or mask is missing or inconsistent.
   """
+  split_dir, prefix, clips = _split_clips(root, split)
+  if split == "train":
+    return _train_entries(split_dir, clips)
+  gt_names = _mask_folders(split_dir, prefix, clips)
+  masked = [c for c in clips if c in gt_names]
+  if masked_only and not masked:
+    raise base.DataError(
+      f"No TestNNN_gt mask folders in {split_dir}, so no clip has pixel "
+      "masks. Restore them, or pass masked_only=False to use every clip "
+      "with frame labels from UCSDped1.m."
+    )
+  frame_labels = None
+  labels_file = os.path.join(split_dir, "UCSDped1.m")
+  if not masked_only and len(masked) < len(clips):
+    frame_labels = parse_frame_labels(labels_file)
+  out = []
+  for clip in masked if masked_only else clips:
+    clip_id = int(clip[len(prefix) :])
+    frames = image_mask.require_images(os.path.join(split_dir, clip), LAYOUT)
+    if clip in gt_names:
+      out += _masked_clip_entries(split_dir, clip, clip_id, frames)
+    else:
+      out += _labelled_clip_entries(
+        split_dir, clip, clip_id, frames, frame_labels, labels_file
+      )
+  return out
+
+
+def _split_clips(
+  root: str | os.PathLike, split: str
+) -> tuple[str, str, list[str]]:
+  """The split's folder, its clip prefix and its clip folders (non-empty)."""
   if split not in SPLITS:
     raise base.DataError(f"Ped1 split must be one of {SPLITS}, got {split!r}.")
   base_dir = find_root(root)
@@ -171,16 +203,24 @@ def entries(
     raise base.DataError(
       f"No {prefix}NNN clip folders in {split_dir}. Expected layout:\n{LAYOUT}"
     )
+  return split_dir, prefix, clips
+
+
+def _train_entries(split_dir: str, clips: list[str]) -> list[image_mask.Entry]:
+  """Every frame of the training clips, all normal."""
   out = []
-  if split == "train":
-    for clip in clips:
-      for f in image_mask.require_images(os.path.join(split_dir, clip), LAYOUT):
-        out.append(
-          image_mask.Entry(
-            f, None, 0, image_mask.NORMAL, extra=(("clip", int(clip[5:])),)
-          )
+  for clip in clips:
+    for f in image_mask.require_images(os.path.join(split_dir, clip), LAYOUT):
+      out.append(
+        image_mask.Entry(
+          f, None, 0, image_mask.NORMAL, extra=(("clip", int(clip[5:])),)
         )
-    return out
+      )
+  return out
+
+
+def _mask_folders(split_dir: str, prefix: str, clips: list[str]) -> set[str]:
+  """The clips that have a ``_gt`` mask folder; a mask folder needs its clip."""
   gt_names = {
     d[: -len("_gt")]
     for d in image_mask.subfolders(split_dir)
@@ -195,66 +235,67 @@ def entries(
       f"clip folder {os.path.join(split_dir, orphan_gt[0])}. Add the frames "
       "or remove the masks."
     )
-  masked = [c for c in clips if c in gt_names]
-  if masked_only and not masked:
-    raise base.DataError(
-      f"No TestNNN_gt mask folders in {split_dir}, so no clip has pixel "
-      "masks. Restore them, or pass masked_only=False to use every clip "
-      "with frame labels from UCSDped1.m."
+  return gt_names
+
+
+def _masked_clip_entries(
+  split_dir: str, clip: str, clip_id: int, frames: list[str]
+) -> list[image_mask.Entry]:
+  """A test clip with pixel masks: each frame paired with its mask."""
+  masks = image_mask.pair_masks(
+    frames,
+    os.path.join(split_dir, clip + "_gt"),
+    suffixes=("",),
+    layout=LAYOUT,
+  )
+  # The label is read from the mask itself when the entry is decoded.
+  return [
+    image_mask.Entry(
+      f,
+      m,
+      -1,
+      "anomaly",
+      extra=(("clip", clip_id), ("frame", _frame_number(f))),
     )
-  frame_labels = None
-  labels_file = os.path.join(split_dir, "UCSDped1.m")
-  if not masked_only and len(masked) < len(clips):
-    frame_labels = parse_frame_labels(labels_file)
-  for clip in masked if masked_only else clips:
-    clip_id = int(clip[len(prefix) :])
-    frames = image_mask.require_images(os.path.join(split_dir, clip), LAYOUT)
-    if clip in gt_names:
-      masks = image_mask.pair_masks(
-        frames,
-        os.path.join(split_dir, clip + "_gt"),
-        suffixes=("",),
-        layout=LAYOUT,
-      )
-      for f, m in zip(frames, masks, strict=True):
-        # The label is read from the mask itself when the entry is decoded.
-        out.append(
-          image_mask.Entry(
-            f,
-            m,
-            -1,
-            "anomaly",
-            extra=(("clip", clip_id), ("frame", _frame_number(f))),
-          )
-        )
-    else:
-      anomalous = frame_labels.get(clip_id)
-      if anomalous is None:
-        raise base.DataError(
-          f"{labels_file} has {len(frame_labels)} gt_frame lines, so none "
-          f"for clip {clip_id} ({clip}). Restore the original file or use "
-          "masked_only=True."
-        )
-      numbers = [_frame_number(f) for f in frames]
-      if anomalous and max(anomalous) > max(numbers):
-        raise base.DataError(
-          f"{labels_file} marks frame {max(anomalous)} of clip {clip_id} "
-          f"anomalous, but {os.path.join(split_dir, clip)} ends at frame "
-          f"{max(numbers)}. Restore the UCSDped1.m of this data set or the "
-          "missing frames, or use masked_only=True."
-        )
-      for f, n in zip(frames, numbers, strict=True):
-        out.append(
-          image_mask.Entry(
-            f,
-            None,
-            int(n in anomalous),
-            "anomaly",
-            has_mask=False,
-            extra=(("clip", clip_id), ("frame", n)),
-          )
-        )
-  return out
+    for f, m in zip(frames, masks, strict=True)
+  ]
+
+
+def _labelled_clip_entries(
+  split_dir: str,
+  clip: str,
+  clip_id: int,
+  frames: list[str],
+  frame_labels: dict[int, set[int]],
+  labels_file: str,
+) -> list[image_mask.Entry]:
+  """A test clip without masks: frame labels from ``UCSDped1.m``."""
+  anomalous = frame_labels.get(clip_id)
+  if anomalous is None:
+    raise base.DataError(
+      f"{labels_file} has {len(frame_labels)} gt_frame lines, so none "
+      f"for clip {clip_id} ({clip}). Restore the original file or use "
+      "masked_only=True."
+    )
+  numbers = [_frame_number(f) for f in frames]
+  if anomalous and max(anomalous) > max(numbers):
+    raise base.DataError(
+      f"{labels_file} marks frame {max(anomalous)} of clip {clip_id} "
+      f"anomalous, but {os.path.join(split_dir, clip)} ends at frame "
+      f"{max(numbers)}. Restore the UCSDped1.m of this data set or the "
+      "missing frames, or use masked_only=True."
+    )
+  return [
+    image_mask.Entry(
+      f,
+      None,
+      int(n in anomalous),
+      "anomaly",
+      has_mask=False,
+      extra=(("clip", clip_id), ("frame", n)),
+    )
+    for f, n in zip(frames, numbers, strict=True)
+  ]
 
 
 class Ped1Source(image_mask.ImageMaskSource):
