@@ -13,6 +13,13 @@ traced, and carried explicitly by every convolution and matmul of the op
 and of its custom derivatives: derivatives traced later, outside the
 caller's precision scope (the backward pass of ``jax.grad``), keep the
 precision of the forward pass.
+
+Where the ops live: the strided convolution and its custom derivatives in
+``_strided_conv.py``, the layers of a per-channel constant image (used by
+the attention transform) in ``_constant_image.py``, the precision rule in
+``_op_precision.py``; this module holds the drop-ins models call
+(``conv_general_dilated``, ``conv_transpose``, ``ConvTranspose``), the
+matmul convolution of tiny outputs, and re-exports the rest.
 """
 
 from __future__ import annotations
@@ -20,274 +27,21 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-_NHWC = ("NHWC", "HWIO", "NHWC")
+from vae_attn.models import _strided_conv
+from vae_attn.models._constant_image import conv_of_constant as conv_of_constant
+from vae_attn.models._constant_image import (
+  flatten_dense_of_constant as flatten_dense_of_constant,
+)
+from vae_attn.models._op_precision import resolve_precision as resolve_precision
+from vae_attn.models._strided_conv import strided_conv as strided_conv
 
-
-def resolve_precision(precision=None):
-  """``precision``, or the ambient default matmul precision if ``None``.
-
-  Read when a function is traced, so that the result can be passed
-  explicitly to every ``lax`` op (and stored in the static arguments of
-  custom derivatives, which may be traced later, outside the caller's
-  ``jax.default_matmul_precision`` scope).
-
-  Args:
-    precision: anything ``lax.dot_general`` accepts as ``precision``, or
-      ``None``.
-
-  Returns:
-    ``precision`` if not ``None``, else the current value of
-    ``jax_default_matmul_precision`` (a name such as ``"highest"``, or
-    ``None`` when unset). Hashable.
-  """
-  if precision is not None:
-    return tuple(precision) if isinstance(precision, list) else precision
-  return jax.config.jax_default_matmul_precision
-
-
-class _Strided(NamedTuple):
-  """Geometry and precision of a 2-D strided NHWC/HWIO convolution (hashable,
-  static)."""
-
-  in_hw: tuple[int, int]
-  kernel_hw: tuple[int, int]
-  stride: int
-  padding: tuple[tuple[int, int], tuple[int, int]]
-  precision: object = None
-
-
-def _lax_conv(x, w, geo: _Strided):
-  s = geo.stride
-  return lax.conv_general_dilated(
-    x,
-    w,
-    (s, s),
-    geo.padding,
-    dimension_numbers=_NHWC,
-    precision=geo.precision,
-  )
-
-
-def _lax_conv_w(x, g, geo: _Strided):
-  """The kernel gradient of the stock strided convolution."""
-  shape = (*geo.kernel_hw, x.shape[-1], g.shape[-1])
-  kernel = jax.ShapeDtypeStruct(shape, x.dtype)
-  (w,) = jax.linear_transpose(lambda w: _lax_conv(x, w, geo), kernel)(g)
-  return w
-
-
-def _conv_t_by_depth_to_space(g, w, geo: _Strided):
-  """The input gradient of a strided conv: stride-1 conv + depth-to-space.
-
-  Cut the padded input into ``s x s`` blocks; with ``k = s * m``, output
-  ``i`` reads blocks ``i .. i + m - 1``. So the gradient of the blocks is a
-  stride-1 convolution of ``g`` (padded by ``m - 1``) with the kernel
-  flipped and rearranged to ``[m, m, o, s * s * n]``, and depth-to-space
-  puts the blocks back. XLA:CPU runs this much faster than the stock
-  ``lhs_dilation`` convolution.
-  """
-  s = geo.stride
-  (kh, kw), (hh, ww) = geo.kernel_hw, geo.in_hw
-  mh, mw = kh // s, kw // s
-  n, o = w.shape[2:]
-  kernel = w.reshape(mh, s, mw, s, n, o)[::-1, :, ::-1]
-  kernel = kernel.transpose(0, 2, 5, 1, 3, 4).reshape(mh, mw, o, s * s * n)
-  blocks = lax.conv_general_dilated(
-    g,
-    kernel,
-    (1, 1),
-    ((mh - 1, mh - 1), (mw - 1, mw - 1)),
-    dimension_numbers=_NHWC,
-    precision=geo.precision,
-  )
-  b, bh, bw, _ = blocks.shape
-  xp = blocks.reshape(b, bh, bw, s, s, n).transpose(0, 1, 3, 2, 4, 5)
-  xp = xp.reshape(b, bh * s, bw * s, n)
-  (top, _), (left, _) = geo.padding
-  extra_h = max(0, top + hh - bh * s)
-  extra_w = max(0, left + ww - bw * s)
-  xp = jnp.pad(xp, ((0, 0), (0, extra_h), (0, extra_w), (0, 0)))
-  return xp[:, top : top + hh, left : left + ww]
-
-
-# The three bilinear maps of T(x, w, g) = <conv(x, w), g>: the convolution,
-# its input gradient (the transposed convolution) and its kernel gradient.
-# The derivatives of each are the other two, so every order of
-# differentiation stays on these exact, fast kernels.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv(x, w, geo):
-  return _lax_conv(x, w, geo)
-
-
-def _conv_fwd(x, w, geo):
-  return _conv(x, w, geo), (x, w)
-
-
-def _conv_bwd(geo, res, ct):
-  x, w = res
-  return _conv_t(ct, w, geo), _conv_w(x, ct, geo)
-
-
-_conv.defvjp(_conv_fwd, _conv_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_t(g, w, geo):
-  return _conv_t_by_depth_to_space(g, w, geo)
-
-
-def _conv_t_fwd(g, w, geo):
-  return _conv_t(g, w, geo), (g, w)
-
-
-def _conv_t_bwd(geo, res, ct):
-  g, w = res
-  return _conv(ct, w, geo), _conv_w(ct, g, geo)
-
-
-_conv_t.defvjp(_conv_t_fwd, _conv_t_bwd)
-
-
-def _looped_conv_w(x, g, geo: _Strided):
-  """Kernel gradients ``[D, kh, kw, n, o]`` of ``D`` pairs ``x[d], g[d]``.
-
-  Each is the kernel gradient as an NHWC convolution of the transposed
-  operands (``x`` as ``[n, H, W, B]``, ``g`` as a ``[h, w, B, o]`` kernel
-  dilated by the stride), the operands transposed once for all ``D``.
-  """
-  s = geo.stride
-  (kh, kw), (hh, ww) = geo.kernel_hw, geo.in_hw
-  h, w = g.shape[-3:-1]
-  (top, _), (left, _) = geo.padding
-  pads = (
-    (top, kh + s * (h - 1) - hh - top),
-    (left, kw + s * (w - 1) - ww - left),
-  )
-  xt = jnp.swapaxes(x, -4, -1)  # [D, n, H, W, B]
-  gt = jnp.moveaxis(g, -4, -2)  # [D, h, w, B, o]
-  out = jnp.stack(
-    [
-      lax.conv_general_dilated(
-        xt[d],
-        gt[d],
-        (1, 1),
-        pads,
-        rhs_dilation=(s, s),
-        dimension_numbers=_NHWC,
-        precision=geo.precision,
-      )
-      for d in range(x.shape[0])
-    ]
-  )  # [D, n, kh, kw, o]
-  return jnp.moveaxis(out, 1, 3)
-
-
-@functools.cache
-def _batched_conv_w(geo: _Strided):
-  """``_lax_conv_w`` whose vmap is a loop of unbatched kernel gradients.
-
-  Under ``vmap`` with both operands batched (the second derivative of the
-  attention's vmapped pullback), the stock batching rule turns the kernel
-  gradient into a grouped convolution that XLA:CPU runs about 2x slower than
-  a loop of ungrouped ones (unrolled: XLA:CPU lays a kernel gradient out for
-  its fast convolution only outside loops). With one operand batched, the
-  batch joins the other's channels: one ungrouped kernel gradient.
-  """
-
-  @jax.custom_batching.custom_vmap
-  def conv_w(x, g):
-    return _lax_conv_w(x, g, geo)
-
-  @conv_w.def_vmap
-  def rule(axis_size, in_batched, x, g):
-    kh, kw = geo.kernel_hw
-    n, o = x.shape[-1], g.shape[-1]
-    if all(in_batched):
-      return _looped_conv_w(x, g, geo), True
-    if in_batched[1]:  # One x: the D gradients are D * o output channels.
-      g = jnp.moveaxis(g, 0, -2).reshape(*g.shape[1:-1], axis_size * o)
-      out = _lax_conv_w(x, g, geo).reshape(kh, kw, n, axis_size, o)
-      return jnp.moveaxis(out, 3, 0), True
-    # One g: the D inputs are D * n input channels.
-    x = jnp.moveaxis(x, 0, -2).reshape(*x.shape[1:-1], axis_size * n)
-    out = _lax_conv_w(x, g, geo).reshape(kh, kw, axis_size, n, o)
-    return jnp.moveaxis(out, 2, 0), True
-
-  return conv_w
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_w(x, g, geo):
-  return _batched_conv_w(geo)(x, g)
-
-
-def _conv_w_fwd(x, g, geo):
-  return _conv_w(x, g, geo), (x, g)
-
-
-def _conv_w_bwd(geo, res, ct):
-  x, g = res
-  return _conv_t(g, ct, geo), _conv(x, ct, geo)
-
-
-_conv_w.defvjp(_conv_w_fwd, _conv_w_bwd)
-
-
-def _geometry(
-  in_hw, kernel_hw, stride, padding, precision=None
-) -> _Strided | None:
-  """The geometry of a supported strided convolution, or ``None``."""
-  kh, kw = kernel_hw
-  if stride < 2 or kh % stride or kw % stride:
-    return None
-  pads = tuple(tuple(int(p) for p in pair) for pair in padding)
-  if len(pads) != 2 or any(len(p) != 2 or min(p) < 0 for p in pads):
-    return None
-  return _Strided(
-    tuple(in_hw), (kh, kw), stride, pads, resolve_precision(precision)
-  )
-
-
-def strided_conv(
-  x: jax.Array, kernel: jax.Array, *, stride: int, padding, precision=None
-) -> jax.Array:
-  """``lax.conv_general_dilated`` (NHWC, HWIO) with fast exact derivatives.
-
-  The value is the stock convolution. Its input gradient is a stride-1
-  convolution followed by depth-to-space, its kernel gradient the stock one;
-  each has custom derivatives that stay on these three kernels, so first
-  and second derivatives avoid the slow XLA:CPU kernels of the transposed
-  strided convolution.
-
-  Args:
-    x: ``[B, H, W, n]``.
-    kernel: ``[kh, kw, n, o]``, ``kh`` and ``kw`` multiples of ``stride``.
-    stride: the stride of both spatial axes, at least 2.
-    padding: ``((top, bottom), (left, right))``, non-negative.
-    precision: as in ``lax.conv_general_dilated``; ``None`` reads the
-      ambient default when traced (module docstring). The derivatives keep it.
-
-  Returns:
-    ``[B, h, w, o]``.
-  """
-  geo = _geometry(x.shape[1:3], kernel.shape[:2], stride, padding, precision)
-  if geo is None:
-    raise ValueError(
-      "strided_conv needs a stride >= 2 that divides the kernel size "
-      f"{kernel.shape[:2]} and explicit padding, got stride {stride} and "
-      f"padding {padding}."
-    )
-  return _conv(x, kernel, geo)
-
-
+_NHWC = _strided_conv.NHWC
 # At most this many output positions: a convolution is one matmul of patches.
 _SMALL_OUTPUT = 16
 
@@ -399,9 +153,11 @@ def conv_general_dilated(
     padding = lax.padtype_to_pads(
       lhs.shape[1:3], rhs.shape[:2], strides, padding
     )
-  geo = _geometry(lhs.shape[1:3], rhs.shape[:2], strides[0], padding, precision)
+  geo = _strided_conv.geometry(
+    lhs.shape[1:3], rhs.shape[:2], strides[0], padding, precision
+  )
   if geo is not None:
-    return _conv(lhs, rhs, geo)
+    return _strided_conv.conv(lhs, rhs, geo)
   out_hw = [
     (n + sum(p) - k) // strides[0] + 1
     for n, p, k in zip(lhs.shape[1:3], padding, rhs.shape[:2], strict=True)
@@ -451,9 +207,13 @@ def conv_transpose(
     )
   if fast_path() and x.ndim == 4 and padding <= k - 1:
     pads = ((padding, padding), (padding, padding))
-    geo = _geometry(out_hw, kernel.shape[:2], stride, pads, precision)
+    geo = _strided_conv.geometry(
+      out_hw, kernel.shape[:2], stride, pads, precision
+    )
     if geo is not None:
-      return _conv_t(x, kernel[::-1, ::-1].transpose(0, 1, 3, 2), geo)
+      return _strided_conv.conv_t(
+        x, kernel[::-1, ::-1].transpose(0, 1, 3, 2), geo
+      )
   return lax.conv_general_dilated(
     x,
     kernel,
@@ -505,102 +265,3 @@ class ConvTranspose(nn.Module):
       precision=self.precision,
     )
     return y if bias is None else y + bias
-
-
-def _valid_taps(size: int, kernel: int, stride: int, pads, dilation: int):
-  """``[out, kernel]`` 0/1 matrix: does tap ``t`` of output ``i`` read input.
-
-  Output ``i`` of a 1-D convolution reads input ``i * stride - pad_lo +
-  t * dilation`` with tap ``t``; taps that fall into the zero padding read
-  nothing.
-  """
-  lo, hi = pads
-  out = (size + lo + hi - dilation * (kernel - 1) - 1) // stride + 1
-  rows = np.arange(out)[:, None] * stride - lo + np.arange(kernel) * dilation
-  return ((rows >= 0) & (rows < size)).astype(np.float32)
-
-
-def conv_of_constant(
-  offset: jax.Array,
-  kernel: jax.Array,
-  input_hw: tuple[int, int],
-  *,
-  strides: Sequence[int] = (1, 1),
-  padding: Sequence[tuple[int, int]] = ((0, 0), (0, 0)),
-  kernel_dilation: Sequence[int] = (1, 1),
-  precision=None,
-) -> jax.Array:
-  """A bias-free 2-D convolution of an image that is constant per channel.
-
-  Equals ``lax.conv_general_dilated(c, kernel, strides, padding,
-  rhs_dilation=kernel_dilation)`` (NHWC, HWIO) for the image ``c[b, y, x, k]
-  = offset[b, k]`` of size ``input_hw``, without forming the image: each
-  output position sums the kernel taps that fall inside the input,
-  ``W_eff[i, j] = sum_{valid taps} kernel[tap]``, and the result is
-  ``offset @ W_eff``. Its transpose w.r.t. ``offset`` contracts a cotangent
-  with ``W_eff`` instead of running a transposed convolution; this is what
-  makes the per-channel gradients of the attention transform cheap.
-
-  Args:
-    offset: ``[B, n]`` per-channel values.
-    kernel: ``[kh, kw, n, o]``.
-    input_hw: ``(H, W)`` of the constant image.
-    strides: the convolution's window strides.
-    padding: ``((lo, hi), (lo, hi))`` zero padding of the input.
-    kernel_dilation: the convolution's kernel (rhs) dilation.
-    precision: of both contractions, as in ``jnp.einsum``; ``None`` reads
-      the ambient default when traced.
-
-  Returns:
-    ``[B, h, w, o]``, the convolution's output.
-  """
-  precision = resolve_precision(precision)
-  kh, kw = kernel.shape[:2]
-  rows, cols = (
-    jnp.asarray(_valid_taps(size, k, s, p, d), kernel.dtype)
-    for size, k, s, p, d in zip(
-      input_hw, (kh, kw), strides, padding, kernel_dilation, strict=True
-    )
-  )
-  w_eff = jnp.einsum(
-    "it,ju,tuno->ijno", rows, cols, kernel, precision=precision
-  )
-  return jnp.einsum("bn,ijno->bijo", offset, w_eff, precision=precision)
-
-
-def flatten_dense_of_constant(
-  offset: jax.Array,
-  kernel: jax.Array,
-  input_hw: tuple[int, int],
-  *,
-  precision=None,
-) -> jax.Array:
-  """A bias-free Dense layer of a flattened, per-channel constant image.
-
-  Equals ``c.reshape(B, -1) @ kernel`` for the ``[B, H, W, n]`` image
-  ``c[b, y, x, k] = offset[b, k]``, computed as ``offset @ W_sum`` with
-  ``W_sum = kernel.reshape(H, W, n, J).sum((0, 1))``. Its transpose w.r.t.
-  ``offset`` is a ``[*, J] @ [J, n]`` product instead of ``[*, J] @ [J,
-  H * W * n]`` followed by a spatial sum.
-
-  Args:
-    offset: ``[B, n]`` per-channel values.
-    kernel: ``[H * W * n, J]``, the kernel of the Dense layer.
-    input_hw: ``(H, W)`` of the image that was flattened (row-major NHWC).
-    precision: of both contractions, as in ``jnp.einsum``; ``None`` reads
-      the ambient default when traced.
-
-  Returns:
-    ``[B, J]``.
-  """
-  precision = resolve_precision(precision)
-  h, w = input_hw
-  # The spatial sum as a matmul: XLA:CPU reduces a leading axis far slower.
-  positions = jnp.ones((h * w,), kernel.dtype)
-  w_sum = jnp.einsum(
-    "p,pnj->nj",
-    positions,
-    kernel.reshape(h * w, -1, kernel.shape[-1]),
-    precision=precision,
-  )
-  return jnp.matmul(offset, w_sum, precision=precision)
