@@ -23,7 +23,7 @@ import optax
 import pytest
 
 from train import common, distributed, flags, loop
-from vae_attn import metric_writers, runs
+from vae_attn import configs, metric_writers, runs
 from vae_attn.data import base, pipeline
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 @dataclasses.dataclass(frozen=True)
 class ToyConfig(common.LoopConfig):
-  num_steps: int = 10
+  num_steps: int = configs.field(10, "steps", type=configs.count)
   log_every: int = 2
   checkpoint_every: int = 3
   learning_rate: float = dataclasses.field(
@@ -41,7 +41,7 @@ class ToyConfig(common.LoopConfig):
   mode: str = dataclasses.field(
     default="a", metadata={"choices": ("a", "b"), "help": "a choice"}
   )
-  flag: bool = False
+  flag: bool = configs.field(False, "a switch")
 
 
 TOY_PRESETS = {"default": ToyConfig(), "long": ToyConfig(num_steps=100)}

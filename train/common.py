@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import signal
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import jax
 import numpy as np
 from flax.training import train_state
 
-from vae_attn import attention
+from vae_attn import attention, configs
 from vae_attn.runs import ConfigMismatchError
 
 __all__ = [
@@ -31,7 +31,6 @@ __all__ = [
   "Trainer",
   "TrainState",
   "TrainingInterrupted",
-  "field",
 ]
 
 Batch = dict[str, jax.Array]
@@ -79,17 +78,6 @@ class TrainingInterrupted(KeyboardInterrupt):  # noqa: N818 (a signal, not a bug
     )
 
 
-def field(default: Any, help_text: str, choices: Sequence[Any] | None = None):
-  """A config field with ``--help`` text and optional allowed values.
-
-  Example: ``loss: str = common.field("ad", "objective", ("ad", "tc"))``.
-  """
-  metadata = {"help": help_text}
-  if choices is not None:
-    metadata["choices"] = tuple(choices)
-  return dataclasses.field(default=default, metadata=metadata)
-
-
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
   """Fields of the loop itself, shared by every trainer's ``Config``.
@@ -125,23 +113,28 @@ class LoopConfig:
       "grid_mode",
     }
   )
-  GRID_FIELDS: ClassVar[tuple[str, ...]] = ("seed",)
 
-  seed: int = field(0, "root of all randomness")
-  num_steps: int = 1000
-  log_every: int = 100
-  eval_every: int = field(0, "evaluate this often (0: at the end only)")
-  checkpoint_every: int = 1000
-  max_to_keep: int = 3
-  steps_per_call: int = field(
+  seed: int = configs.grid_field(0, "root of all randomness", alias="--seeds")
+  num_steps: int = configs.field(1000, "training steps", type=configs.count)
+  log_every: int = configs.field(
+    100, "log the mean metrics this often", type=configs.count
+  )
+  eval_every: int = configs.field(
+    0, "evaluate this often (0: at the end only)", type=configs.count
+  )
+  checkpoint_every: int = configs.field(
+    1000, "save a checkpoint this often", type=configs.count
+  )
+  max_to_keep: int = configs.field(3, "checkpoints kept")
+  steps_per_call: int = configs.field(
     0, "steps per compiled call (0: 100 on GPU/TPU with data on device, else 1)"
   )
-  precision: str = field(
+  precision: str = configs.field(
     "highest",
     "matmul/conv precision of the step: highest = float32 everywhere",
     PRECISIONS,
   )
-  grid_mode: str = field(
+  grid_mode: str = configs.field(
     "auto",
     "grid members: vmap, sequential or auto (CPU: sequential)",
     GRID_MODES,

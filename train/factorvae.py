@@ -44,11 +44,9 @@ import optax
 
 from train import cli, common, loop
 from train import data as device_data
-from vae_attn import losses, models, runs
+from vae_attn import configs, losses, models, runs
 from vae_attn.attention import value_and_attention
 from vae_attn.data import dsprites
-
-field = common.field
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,54 +63,61 @@ class Config(common.LoopConfig):
       "score_num_variance",
     }
   )
-  # Comma lists of these train a grid (--seeds=0,1,2 --loss=tc,ad).
-  FLAG_ALIASES: ClassVar[dict[str, str]] = {"data_path": "data_dir"}
-  GRID_FIELDS: ClassVar[tuple[str, ...]] = (
-    "loss",
-    "gamma",
-    "lambda_ad",
-    "beta",
-    "seed",
+  num_steps: int = configs.field(
+    300_000, "training steps (paper: 3e5)", type=configs.count
   )
-
-  num_steps: int = field(300_000, "training steps (paper: 3e5)")
-  log_every: int = 500
-  checkpoint_every: int = 10_000
-  loss: str = field(
+  log_every: int = configs.field(
+    500, "log the mean metrics this often", type=configs.count
+  )
+  checkpoint_every: int = configs.field(
+    10_000, "save a checkpoint this often", type=configs.count
+  )
+  # Comma lists of these train a grid (--seeds=0,1,2 --loss=tc,ad).
+  loss: str = configs.grid_field(
     "ad",
     "ad: AD-FactorVAE, tc: FactorVAE, beta: beta-VAE",
     ("ad", "tc", "beta"),
   )
-  gamma: float = field(40.0, "weight of the TC term")
-  lambda_ad: float = field(1.0, "weight of L_AD (--loss=ad)")
-  beta: float = field(1.0, "weight of the KL term (--loss=beta)")
-  layer: str = field("encoder/conv1", "attention layer of L_AD")
-  pair_mode: str = field("random", "L_AD latent pairs", losses.PAIR_MODES)
-  latent_dim: int = field(32, "D, latent elements")
-  batch_size: int = field(64, "global batch (the discriminator gets another)")
-  vae_lr: float = 1e-4
-  vae_b1: float = 0.9
-  vae_b2: float = 0.999
-  disc_lr: float = 1e-4
-  disc_b1: float = 0.5
-  disc_b2: float = 0.9
-  data: str = field(
+  gamma: float = configs.grid_field(40.0, "weight of the TC term")
+  lambda_ad: float = configs.grid_field(1.0, "weight of L_AD (--loss=ad)")
+  beta: float = configs.grid_field(1.0, "weight of the KL term (--loss=beta)")
+  layer: str = configs.field("encoder/conv1", "attention layer of L_AD")
+  pair_mode: str = configs.field(
+    "random", "L_AD latent pairs", losses.PAIR_MODES
+  )
+  latent_dim: int = configs.field(32, "D, latent elements")
+  batch_size: int = configs.field(
+    64, "global batch (the discriminator gets another)"
+  )
+  vae_lr: float = configs.field(1e-4, "Adam learning rate of the VAE")
+  vae_b1: float = configs.field(0.9, "Adam beta1 of the VAE")
+  vae_b2: float = configs.field(0.999, "Adam beta2 of the VAE")
+  disc_lr: float = configs.field(
+    1e-4, "Adam learning rate of the discriminator"
+  )
+  disc_b1: float = configs.field(0.5, "Adam beta1 of the discriminator")
+  disc_b2: float = configs.field(0.9, "Adam beta2 of the discriminator")
+  data: str = configs.field(
     "procedural", "dSprites source", ("procedural", "npz", "tfds")
   )
-  data_dir: str = field(
-    "", "npz file (--data=npz) or tfds data_dir (also --data-path)"
+  data_dir: str = configs.field(
+    "", "npz file (--data=npz) or tfds data_dir", alias="--data-path"
   )
-  score: bool = field(True, "compute the FactorVAE score (end, eval_every)")
-  score_convention: str = field(
+  score: bool = configs.field(
+    True, "compute the FactorVAE score (end, eval_every)"
+  )
+  score_convention: str = configs.field(
     "paper",
     "FactorVAE score convention (eval.metrics.FACTOR_VAE_CONVENTIONS)",
     ("paper", "disentanglement_lib"),
   )
-  score_num_train: int = field(0, "score: training votes (0: the convention's)")
-  score_num_eval: int = field(
+  score_num_train: int = configs.field(
+    0, "score: training votes (0: the convention's)"
+  )
+  score_num_eval: int = configs.field(
     0, "score: evaluation votes (0: the convention's)"
   )
-  score_num_variance: int = field(
+  score_num_variance: int = configs.field(
     0, "score: variance images (0: the convention's)"
   )
 

@@ -1,291 +1,116 @@
-"""Command-line flags generated from a trainer's frozen config dataclass.
+"""The trainers' command line: a preset, the config's fields, grids, launch.
 
-``--preset=NAME`` picks a base config, every field gets a ``--field-name``
-flag (dashes or underscores), and only flags given on the command line
-override the preset. Fields a config lists in ``GRID_FIELDS`` also take comma
-lists (``--seeds=0,1,2 --loss=tc,ad --gamma=10,40``): the trainer then trains
-every combination as one grid (``train.loop``). Launch flags for several
-processes (``--coordinator-address``, ``--num-processes``, ``--process-id``)
-and ``--debug`` (tracebacks) are common to every trainer.
+``--preset=NAME`` picks a base config; every config field is a flag
+(:mod:`vae_attn.configs`, simple_parsing) whose value replaces the preset's.
+Fields made with ``configs.grid_field`` also take comma lists
+(``--seeds=0,1,2 --loss=tc,ad --gamma=10,40``): the trainer then trains
+every combination as one grid (``train.loop``). :class:`Launch` holds the
+flags that are not part of a run's config: ``--workdir``, ``--overwrite``,
+``--debug`` and the launch of several processes.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
-import types
-import typing
+import re
+import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
+
+from train import members
+from vae_attn import configs as configs_lib
+
+# Loop counts that must be positive (>= 1) and those that may be 0.
+_POSITIVE = ("num_steps", "log_every", "checkpoint_every", "max_to_keep")
+_NON_NEGATIVE = ("eval_every", "steps_per_call")
 
 
-class Launch(NamedTuple):
-  """Flags that are not part of a run's config.
+@dataclasses.dataclass(frozen=True)
+class Launch:
+  """Where the run goes and how the processes start (not part of a config).
 
   Attributes:
-    workdir: ``--workdir`` or ``None``.
-    overwrite: ``--overwrite``.
-    debug: ``--debug`` (show tracebacks).
+    workdir: the run directory (default: one named after the config).
+    overwrite: delete the workdir's checkpoints and logs first.
+    debug: show the traceback of a user error.
     coordinator_address: ``host:port`` of process 0 (several processes).
     num_processes: processes in the job.
     process_id: this process's index.
   """
 
-  workdir: str | None
-  overwrite: bool
-  debug: bool
-  coordinator_address: str | None = None
-  num_processes: int | None = None
-  process_id: int | None = None
+  workdir: str | None = configs_lib.field(
+    None,
+    "checkpoints, logs and config go here; a run resumes from it (default: "
+    "a folder under runs/ named after the config)",
+  )
+  overwrite: bool = configs_lib.field(
+    False, "delete the workdir's checkpoints and logs and start afresh"
+  )
+  debug: bool = configs_lib.field(
+    False, "show the full traceback of an error (also: VAE_ATTN_DEBUG=1)"
+  )
+  coordinator_address: str | None = configs_lib.field(
+    None,
+    "several processes, where no cluster (SLURM, Cloud TPU, MPI) is found: "
+    "host:port of process 0 (or JAX_COORDINATOR_ADDRESS; default: one "
+    "process)",
+  )
+  num_processes: int | None = configs_lib.field(
+    None, "processes in the job (or JAX_NUM_PROCESSES)"
+  )
+  process_id: int | None = configs_lib.field(
+    None, "this process's index, 0 .. num_processes-1 (or JAX_PROCESS_ID)"
+  )
 
 
-def _field_types(config_cls: type) -> dict[str, Any]:
-  hints = typing.get_type_hints(config_cls)
-  return {f.name: hints[f.name] for f in dataclasses.fields(config_cls)}
+class _Parser(configs_lib.ArgumentParser):
+  """Names the grid flags when a comma list reaches another flag."""
+
+  grid_flags: tuple[str, ...] = ()
+
+  def error(self, message: str):
+    bad = re.match(r"argument (--[\w-]+).*(?:value: |got )'[^']*,", message)
+    if bad and bad.group(1) not in self.grid_flags:
+      lists = ", ".join(self.grid_flags) or "none"
+      message += f"; comma lists (a grid) are taken by: {lists}"
+    super().error(message)
 
 
-def _scalar_type(tp: Any) -> type:
-  """``int | None`` -> ``int``; plain scalars pass; others are an error."""
-  args = typing.get_args(tp)
-  if typing.get_origin(tp) in (typing.Union, types.UnionType):
-    args = tuple(a for a in args if a is not type(None))
-    if len(args) == 1:
-      return _scalar_type(args[0])
-  if tp in (bool, int, float, str):
-    return tp
-  raise TypeError(f"Config fields must be bool, int, float or str; got {tp}.")
-
-
-def parse_value(name: str, tp: type, text: str) -> Any:
-  """Parses one flag value of type ``tp`` (``3e5`` is accepted for ints).
-
-  Raises:
-    ValueError: naming the flag and the expected type.
-  """
-  if tp is bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-      return True
-    if lowered in ("0", "false", "no", "off"):
-      return False
-    raise ValueError(f"--{name}: expected true or false, got {text!r}.")
-  if tp is int:
-    try:
-      return int(text)
-    except ValueError:
-      pass
-    try:
-      value = float(text)
-    except ValueError:
-      raise ValueError(
-        f"--{name}: expected an integer, got {text!r}."
-      ) from None
-    if not value.is_integer():
-      raise ValueError(f"--{name}: expected an integer, got {text!r}.")
-    return int(value)
-  if tp is float:
-    try:
-      return float(text)
-    except ValueError:
-      raise ValueError(f"--{name}: expected a number, got {text!r}.") from None
-  return text
+def _preset_name(
+  argv: Sequence[str],
+  presets: Mapping[str, Any],
+  default_preset: str,
+  preset_field: str | None,
+) -> str:
+  """``--preset``, else a ``preset_field`` value naming a preset."""
+  pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+  pre.add_argument("--preset")
+  if preset_field:
+    pre.add_argument(
+      f"--{preset_field.replace('_', '-')}", f"--{preset_field}", dest="field"
+    )
+  known, _ = pre.parse_known_args(argv)
+  if known.preset in presets:
+    return known.preset
+  if preset_field and known.field in presets:
+    return known.field
+  return default_preset
 
 
 def check_config(config: Any) -> None:
-  """Checks ``choices`` metadata and positive loop counts of a config.
+  """Checks the allowed values and the loop counts of a trainer's config.
 
   Raises:
-    ValueError: naming the field, the bad value and the allowed values.
+    ValueError: naming the field, the bad value and what is allowed.
   """
-  for f in dataclasses.fields(config):
-    value = getattr(config, f.name)
-    choices = f.metadata.get("choices")
-    if choices is not None and value not in choices:
-      raise ValueError(
-        f"{f.name}={value!r} is not one of {tuple(choices)}; pass "
-        f"--{f.name.replace('_', '-')}=<one of them>."
-      )
-  for name in ("num_steps", "log_every", "checkpoint_every", "max_to_keep"):
+  configs_lib.check_choices(config)
+  for name in _POSITIVE:
     if getattr(config, name) < 1:
       raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}.")
-  for name in ("eval_every", "steps_per_call"):
+  for name in _NON_NEGATIVE:
     if getattr(config, name) < 0:
       raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}.")
-
-
-def _add_launch_flags(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument(
-    "--workdir",
-    default=None,
-    help="checkpoints, logs and config go here; a run resumes from it.",
-  )
-  parser.add_argument(
-    "--overwrite",
-    action="store_true",
-    help="delete the workdir's checkpoints and logs and start afresh.",
-  )
-  parser.add_argument(
-    "--debug",
-    action="store_true",
-    help="show the full traceback of an error (also: VAE_ATTN_DEBUG=1).",
-  )
-  group = parser.add_argument_group(
-    "several processes (only when no cluster is detected: SLURM, Cloud TPU "
-    "and MPI are found automatically)"
-  )
-  group.add_argument(
-    "--coordinator-address",
-    default=None,
-    help="host:port of process 0 (or JAX_COORDINATOR_ADDRESS).",
-  )
-  group.add_argument(
-    "--num-processes",
-    type=int,
-    default=None,
-    help="processes in the job (or JAX_NUM_PROCESSES).",
-  )
-  group.add_argument(
-    "--process-id",
-    type=int,
-    default=None,
-    help="this process's index, 0 .. num_processes-1 (or JAX_PROCESS_ID).",
-  )
-
-
-class _Parser(argparse.ArgumentParser):
-  """A bad flag is one line, ``error: <what> (see <prog> --help)``, status 2."""
-
-  def error(self, message: str):
-    self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-def make_parser(
-  config_cls: type,
-  presets: Mapping[str, Any],
-  *,
-  prog: str,
-  description: str,
-  default_preset: str,
-  preset_field: str | None = None,
-) -> argparse.ArgumentParser:
-  """An ``argparse`` parser with ``--preset`` and one flag per config field.
-
-  Flags accept dashes or underscores (``--num-steps`` or ``--num_steps``);
-  booleans also accept ``--no-<name>``. Defaults are left unset so that only
-  flags given on the command line override the preset. Values of the
-  config's ``GRID_FIELDS`` are kept as text here (they may be comma lists)
-  and parsed by :func:`parse_flags`.
-  """
-  preset_help = f"base config, one of {sorted(presets)} (default "
-  if preset_field:
-    preset_help += (
-      f"the value of --{preset_field.replace('_', '-')} when it names a "
-      f"preset, else {default_preset!r})."
-    )
-  else:
-    preset_help += f"{default_preset!r})."
-  parser = _Parser(
-    prog=prog,
-    description=description,
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-  )
-  parser.add_argument(
-    "--preset", choices=sorted(presets), default=None, help=preset_help
-  )
-  _add_launch_flags(parser)
-  grid_fields = tuple(getattr(config_cls, "GRID_FIELDS", ()))
-  defaults = presets[default_preset]
-  for name, tp in _field_types(config_cls).items():
-    tp = _scalar_type(tp)
-    f = next(f for f in dataclasses.fields(config_cls) if f.name == name)
-    dashed = name.replace("_", "-")
-    flags = [f"--{dashed}"] + ([f"--{name}"] if "_" in name else [])
-    if name == "seed" and "seed" in grid_fields:
-      flags.append("--seeds")
-    for alias, target in getattr(config_cls, "FLAG_ALIASES", {}).items():
-      if target == name:
-        flags += [f"--{alias.replace('_', '-')}", f"--{alias}"]
-    help_text = f.metadata.get("help", "")
-    help_text += f" [{tp.__name__}, default {getattr(defaults, name)!r}"
-    if name in grid_fields:
-      help_text += "; a comma list trains a grid"
-    help_text += "]"
-    kwargs = dict(dest=name, default=None, help=help_text.strip())
-    if name in grid_fields:
-      parser.add_argument(*flags, metavar=tp.__name__.upper(), **kwargs)
-      continue
-    if "choices" in f.metadata:
-      kwargs["choices"] = tuple(f.metadata["choices"])
-    if tp is bool:
-      parser.add_argument(
-        *flags,
-        nargs="?",
-        const="true",
-        type=lambda s, n=name: parse_value(n, bool, s),
-        **kwargs,
-      )
-      parser.add_argument(
-        f"--no-{dashed}",
-        *([f"--no_{name}"] if "_" in name else []),
-        dest=name,
-        action="store_const",
-        const=False,
-        help=argparse.SUPPRESS,
-      )
-    else:
-
-      def convert(s, n=name, t=tp, grid=grid_fields):
-        if "," in s and t is not str:
-          lists = ", ".join(f"--{g.replace('_', '-')}" for g in grid) or "none"
-          raise argparse.ArgumentTypeError(
-            f"--{n.replace('_', '-')} takes one value; comma lists (a grid) "
-            f"are taken by: {lists}."
-          )
-        try:
-          return parse_value(n, t, s)
-        except ValueError as e:
-          raise argparse.ArgumentTypeError(str(e)) from None
-
-      convert.__name__ = tp.__name__
-      parser.add_argument(*flags, type=convert, **kwargs)
-  return parser
-
-
-def _grid_values(config_cls: type, name: str, text: str) -> list[Any]:
-  tp = _scalar_type(_field_types(config_cls)[name])
-  values = [parse_value(name, tp, v.strip()) for v in text.split(",")]
-  if len(set(values)) != len(values):
-    raise ValueError(f"--{name.replace('_', '-')}={text!r} repeats a value.")
-  return values
-
-
-def expand_grid(base: Any, lists: Mapping[str, Sequence[Any]]) -> list[Any]:
-  """Every combination of ``lists`` applied to ``base`` (last field fastest).
-
-  Example: ``expand_grid(config, {"loss": ["tc", "ad"], "seed": [0, 1]})``
-  gives tc/0, tc/1, ad/0, ad/1.
-  """
-  names = list(lists)
-  return [
-    dataclasses.replace(base, **dict(zip(names, combo, strict=True)))
-    for combo in itertools.product(*(lists[n] for n in names))
-  ]
-
-
-def member_name(config: Any, varying: Sequence[str]) -> str:
-  """A grid member's folder name from the fields that vary in the grid.
-
-  ``loss`` shows its value alone, other fields as name and value:
-  ``ad_gamma40_seed0``. The seed is always part of the name.
-  """
-  parts = []
-  for name in list(dict.fromkeys([*varying, "seed"])):
-    value = getattr(config, name)
-    if isinstance(value, float) and value.is_integer():
-      value = int(value)
-    parts.append(str(value) if name == "loss" else f"{name}{value}")
-  return "_".join(parts)
 
 
 def parse_flags(
@@ -310,86 +135,65 @@ def parse_flags(
     argv: the arguments without the program name (``None``: ``sys.argv``).
     config_cls: the frozen config dataclass.
     presets: preset name -> config.
-    prog: program name for ``--help``.
+    prog: program name for ``--help`` and errors.
     description: text for ``--help``.
     default_preset: the preset used when none is named.
     preset_field: a field whose value picks the preset when ``--preset`` is
       absent and the value is a preset name.
     grid: return the list of configs of every combination of the comma lists
-      given for ``GRID_FIELDS`` (one config without lists) instead of one
+      given to grid fields (one config without lists) instead of one
       config; without it a comma list is a usage error.
     launch: return ``(configs_or_config, Launch)`` instead.
 
   Returns:
     The config (a list with ``grid``), the ``--workdir`` value and the
     ``--overwrite`` switch; or ``(config, Launch)`` with ``launch``.
+
+  Raises:
+    SystemExit: status 2 after one error line (bad flag), 0 after ``--help``.
   """
-  parser = make_parser(
-    config_cls,
+  argv = list(sys.argv[1:] if argv is None else argv)
+  preset = _preset_name(
+    argv,
     presets,
-    prog=prog,
-    description=description,
-    default_preset=default_preset,
-    preset_field=preset_field,
+    default_preset,
+    preset_field,
   )
-  args = parser.parse_args(argv)
-  grid_fields = tuple(getattr(config_cls, "GRID_FIELDS", ()))
-  overrides, lists = {}, {}
-  try:
-    for f in dataclasses.fields(config_cls):
-      value = getattr(args, f.name)
-      if value is None:
-        continue
-      if f.name in grid_fields:
-        values = _grid_values(config_cls, f.name, value)
-        if len(values) > 1:
-          lists[f.name] = values
-        value = values[0]
-      overrides[f.name] = value
-  except ValueError as e:
-    parser.error(str(e))
-  if lists and not grid:
+  parser = _Parser(prog=prog, description=description)
+  grid_names = members.grid_fields(config_cls)
+  parser.grid_flags = tuple(f"--{n.replace('_', '-')}" for n in grid_names)
+  named_by = ""
+  if preset_field:
+    named_by = f"; without it, --{preset_field.replace('_', '-')} when that "
+    named_by += "names one"
+  parser.add_argument(
+    "--preset",
+    choices=sorted(presets),
+    default=preset,
+    metavar="NAME",
+    help=f"base config, one of: {', '.join(sorted(presets))}{named_by}",
+  )
+  config, launch_flags, _ = configs_lib.parse(
+    argv,
+    presets[preset],
+    Launch,
+    prog=prog,
+    parser=parser,
+  )
+  lists = {
+    n: getattr(config, n)
+    for n in grid_names
+    if isinstance(getattr(config, n), tuple)
+  }
+  if not grid and any(len(v) > 1 for v in lists.values()):
     parser.error(f"{prog} trains one run; comma lists are not accepted here.")
-  preset = args.preset
-  if preset is None and preset_field and overrides.get(preset_field) in presets:
-    preset = overrides[preset_field]
-  config = dataclasses.replace(presets[preset or default_preset], **overrides)
-  lists = {k: lists[k] for k in grid_fields if k in lists}  # Seeds fastest.
-  configs = expand_grid(config, lists) if lists else [config]
+  configs = members.expand_grid(config, lists)
   try:
     for c in configs:
       check_config(c)
   except ValueError as e:
     parser.error(str(e))
-  result = configs if grid else config
+  result = configs if grid else configs[0]
   if launch:
-    return result, Launch(
-      workdir=args.workdir,
-      overwrite=args.overwrite,
-      debug=args.debug,
-      coordinator_address=args.coordinator_address,
-      num_processes=args.num_processes,
-      process_id=args.process_id,
-    )
-  return result, args.workdir, args.overwrite
-
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-  """The config as a JSON-ready dict."""
-  return dataclasses.asdict(config)
-
-
-def config_from_dict(config_cls: type, values: Mapping[str, Any]) -> Any:
-  """Rebuilds a config from :func:`config_to_dict` output.
-
-  Raises:
-    ValueError: ``values`` names fields ``config_cls`` does not have.
-  """
-  names = {f.name for f in dataclasses.fields(config_cls)}
-  unknown = sorted(set(values) - names)
-  if unknown:
-    raise ValueError(
-      f"Unknown {config_cls.__qualname__} fields {unknown}; the config was "
-      "written by another trainer or version."
-    )
-  return config_cls(**values)
+    return result, launch_flags
+  return result, launch_flags.workdir, launch_flags.overwrite

@@ -12,7 +12,7 @@
 - ``steps_per_call`` steps run in one compiled call (a ``lax.scan``); metrics
   are summed on the device and read once per log interval; a non-finite loss
   stops the run at the next read, naming the last good checkpoint;
-- a grid (several configs that differ in ``GRID_FIELDS``: seeds and
+- a grid (several configs that differ in grid fields: seeds and
   hyper-parameters) trains as one program: the members' states are stacked
   and the step is ``jax.vmap``-ed (or ``lax.map``-ed on CPU) over them; each
   member writes an ordinary run directory;
@@ -45,6 +45,7 @@ from train import members as members_lib
 from train import program as program_lib
 from train.members import member_dirs
 from train.program import lowered_text
+from vae_attn import configs as configs_lib
 from vae_attn import runs
 
 __all__ = ["lowered_text", "member_dirs", "train_and_evaluate"]
@@ -111,7 +112,7 @@ def train_and_evaluate(
 
   Args:
     config: the trainer's config (a :class:`common.LoopConfig` subclass), or
-      a sequence of them that differ only in ``GRID_FIELDS``: a grid, trained
+      a sequence of them that differ only in grid fields: a grid, trained
       as one program; member ``k`` writes ``workdir/<member name>``.
     workdir: the run directory (``vae_attn.runs``). An existing checkpoint is
       resumed from.
@@ -193,7 +194,7 @@ def _train(configs, dirs, trainer, mesh, is_main):
     members.open_writers(start_step if start_step else None)
     if is_main:
       for d, c in zip(dirs, configs, strict=True):
-        runs.write_json(d / runs.CONFIG_NAME, flags.config_to_dict(c))
+        runs.write_json(d / runs.CONFIG_NAME, configs_lib.to_dict(c))
         if trainer.spec_fn is not None:
           runs.write_json(d / runs.SPEC_NAME, trainer.spec_fn(c).to_dict())
     if start_step >= head.num_steps:

@@ -7,6 +7,8 @@ config, spec, checkpoints, ``metrics.jsonl`` and TensorBoard files.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
 import json
 import pathlib
 import shutil
@@ -16,25 +18,65 @@ from typing import Any
 import jax
 import numpy as np
 
-from train import common, flags
+from train import common
+from vae_attn import configs as configs_lib
 from vae_attn import metric_writers, runs
 
 
+def grid_fields(config_cls: type) -> tuple[str, ...]:
+  """The fields of ``config_cls`` a grid may vary (``train.flags.grid_field``),
+  in field order with ``seed`` last (seeds vary fastest in a grid)."""
+  names = [
+    f.name for f in dataclasses.fields(config_cls) if f.metadata.get("grid")
+  ]
+  return tuple(sorted(names, key=lambda n: n == "seed"))
+
+
+def expand_grid(base: Any, lists: Mapping[str, Sequence[Any]]) -> list[Any]:
+  """Every combination of ``lists`` applied to ``base`` (last field fastest).
+
+  Example: ``expand_grid(config, {"loss": ["tc", "ad"], "seed": [0, 1]})``
+  gives tc/0, tc/1, ad/0, ad/1. Tuples left in ``base`` by the flags of a
+  one-value list become that value.
+  """
+  names = list(lists)
+  one = {n: getattr(base, n)[0] for n in names}
+  base = dataclasses.replace(base, **one)
+  return [
+    dataclasses.replace(base, **dict(zip(names, combo, strict=True)))
+    for combo in itertools.product(*(lists[n] for n in names))
+  ]
+
+
+def member_name(config: Any, varying: Sequence[str]) -> str:
+  """A grid member's folder name from the fields that vary in the grid.
+
+  ``loss`` shows its value alone, other fields as name and value:
+  ``ad_gamma40_seed0``. The seed is always part of the name.
+  """
+  parts = []
+  for name in list(dict.fromkeys([*varying, "seed"])):
+    value = getattr(config, name)
+    if isinstance(value, float) and value.is_integer():
+      value = int(value)
+    parts.append(str(value) if name == "loss" else f"{name}{value}")
+  return "_".join(parts)
+
+
 def _grid_fields(configs: Sequence[Any]) -> list[str]:
-  """The fields whose values differ between members, in ``GRID_FIELDS``
-  order.
+  """The fields whose values differ between members, in grid field order.
 
   Raises:
     ValueError: members differ in a field that is not a grid field.
   """
-  first = flags.config_to_dict(configs[0])
+  first = configs_lib.to_dict(configs[0])
   varying = {
     k
     for c in configs[1:]
-    for k, v in flags.config_to_dict(c).items()
+    for k, v in configs_lib.to_dict(c).items()
     if v != first[k]
   }
-  allowed = tuple(getattr(configs[0], "GRID_FIELDS", ()))
+  allowed = grid_fields(type(configs[0]))
   bad = sorted(varying - set(allowed))
   if bad:
     raise ValueError(
@@ -49,7 +91,7 @@ def member_dirs(workdir: pathlib.Path, configs: Sequence[Any]) -> list:
   if len(configs) == 1:
     return [workdir]
   varying = _grid_fields(configs)
-  names = [flags.member_name(c, varying) for c in configs]
+  names = [member_name(c, varying) for c in configs]
   return [workdir / n for n in names]
 
 
@@ -91,7 +133,7 @@ def prepare(run_dir: pathlib.Path, config: Any, overwrite: bool) -> None:
   if has_ckpt and config_path.exists():
     saved = json.loads(config_path.read_text())
     _check_compatible(
-      flags.config_to_dict(config),
+      configs_lib.to_dict(config),
       saved,
       str(run_dir),
       _ignored_fields(config),
@@ -137,7 +179,7 @@ class Members:
         mngr,
         step,
         state=member,
-        config=flags.config_to_dict(c),
+        config=configs_lib.to_dict(c),
         spec=spec,
         extras=extras,
       )
@@ -234,7 +276,7 @@ def restore_members(members, program, abstract):
       mngr=mngr,
     )
     _check_compatible(
-      flags.config_to_dict(c),
+      configs_lib.to_dict(c),
       items["config"],
       f"{d}/ckpt/{step}",
       _ignored_fields(c),

@@ -32,7 +32,7 @@ import sklearn.metrics
 
 from train import cli, common, loop
 from train import data as device_data
-from vae_attn import anomaly, losses, models, runs
+from vae_attn import anomaly, configs, losses, models, runs
 from vae_attn.data import (
   base,
   custom_folder,
@@ -48,9 +48,6 @@ DATASETS = ("textures", "mvtec", "folder", "mnist", "digits", "ped1")
 MVTEC_CATEGORIES = mvtec.CATEGORIES
 
 
-_f = common.field
-
-
 @dataclasses.dataclass(frozen=True)
 class Config(common.LoopConfig):
   """One-class VAE hyperparameters (defaults: the paper's MVTec-AD VAE)."""
@@ -58,26 +55,42 @@ class Config(common.LoopConfig):
   RUN_FIELDS: ClassVar[frozenset[str]] = frozenset(
     {"eval_num_examples", "stats_batch_size"}
   )
-  # --seeds=0,1,2 trains a grid where the data sits on the device.
-  GRID_FIELDS: ClassVar[tuple[str, ...]] = ("seed",)
-  FLAG_ALIASES: ClassVar[dict[str, str]] = {"root": "data_dir"}
-
-  num_steps: int = 10_000
-  checkpoint_every: int = 2_000
-  dataset: str = _f("textures", "data set (its preset)", DATASETS)
-  category: str = _f("", "mvtec/textures category (textures: first found)")
-  normal_digit: int = _f(0, "the normal class of mnist/digits")
-  data_dir: str = _f("", "data root (mnist: tfds data_dir; textures: cache)")
-  mask_dir: str = _f("", "folder: masks under data-dir (masks or ground_truth)")
-  allow_empty_masks: bool = _f(False, "keep defect images with empty masks")
-  model: str = _f("resnet18", "architecture", ("mnist", "ped1", "resnet18"))
-  image_size: int = _f(256, "input side (resnet18, mvtec/folder/textures)")
-  latent_dim: int = 32
-  batch_size: int = 8
-  learning_rate: float = 1e-4
-  augment: bool = _f(True, "rotation in [-30, 30] degrees and mirroring")
-  eval_num_examples: int = _f(256, "test images for the eval hook (0: off)")
-  stats_batch_size: int = 64
+  num_steps: int = configs.field(10_000, "training steps", type=configs.count)
+  checkpoint_every: int = configs.field(
+    2_000, "save a checkpoint this often", type=configs.count
+  )
+  dataset: str = configs.field("textures", "data set (its preset)", DATASETS)
+  category: str = configs.field(
+    "", "mvtec/textures category (textures: first found)"
+  )
+  normal_digit: int = configs.field(0, "the normal class of mnist/digits")
+  data_dir: str = configs.field(
+    "", "data root (mnist: tfds data_dir; textures: cache)", alias="--root"
+  )
+  mask_dir: str = configs.field(
+    "", "folder: masks under data-dir (masks or ground_truth)"
+  )
+  allow_empty_masks: bool = configs.field(
+    False, "keep defect images with empty masks"
+  )
+  model: str = configs.field(
+    "resnet18", "architecture", ("mnist", "ped1", "resnet18")
+  )
+  image_size: int = configs.field(
+    256, "input side (resnet18, mvtec/folder/textures)"
+  )
+  latent_dim: int = configs.field(32, "D, latent elements")
+  batch_size: int = configs.field(8, "global batch")
+  learning_rate: float = configs.field(1e-4, "Adam learning rate")
+  augment: bool = configs.field(
+    True, "rotation in [-30, 30] degrees and mirroring"
+  )
+  eval_num_examples: int = configs.field(
+    256, "test images for the eval hook (0: off)"
+  )
+  stats_batch_size: int = configs.field(
+    64, "batch of the latent statistics pass (eq. 5)"
+  )
 
 
 _MNIST = dict(
