@@ -21,189 +21,44 @@ Damaged checkpoints are skipped, not misdiagnosed: :func:`restore` walks the
 steps from the newest down and takes the first that is complete (every item
 folder present), readable and finite, naming each step it skipped and why.
 Nothing here ever deletes a checkpoint.
+
+Where the code lives: the run directory's own files (spec, config, lock)
+and its errors in ``_run_files.py``, the checks and restore of one step in
+``_restore_step.py``; this module saves checkpoints and walks the steps, and
+re-exports the rest.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import errno
-import fcntl
-import json
 import logging
 import os
-import pathlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
-CKPT_DIR = "ckpt"
-CONFIG_NAME = "config.json"
-SPEC_NAME = "spec.json"
-LOCK_NAME = ".lock"
-JSON_ITEMS = frozenset({"config", "spec"})
-# Files every array item of an orbax (OCDBT) checkpoint has.
-_ARRAY_FILES = ("_METADATA", "manifest.ocdbt")
+from vae_attn import _restore_step, _run_files
+from vae_attn._restore_step import (
+  abstract_from_metadata as abstract_from_metadata,
+)
+from vae_attn._run_files import CKPT_DIR as CKPT_DIR
+from vae_attn._run_files import CONFIG_NAME as CONFIG_NAME
+from vae_attn._run_files import JSON_ITEMS as JSON_ITEMS
+from vae_attn._run_files import LOCK_NAME as LOCK_NAME
+from vae_attn._run_files import SPEC_NAME as SPEC_NAME
+from vae_attn._run_files import CheckpointError as CheckpointError
+from vae_attn._run_files import CheckpointWriteError as CheckpointWriteError
+from vae_attn._run_files import ConfigMismatchError as ConfigMismatchError
+from vae_attn._run_files import RunSpec as RunSpec
+from vae_attn._run_files import WorkdirLockedError as WorkdirLockedError
+from vae_attn._run_files import ckpt_dir as ckpt_dir
+from vae_attn._run_files import lock as lock
+from vae_attn._run_files import read_config as read_config
+from vae_attn._run_files import read_spec as read_spec
+from vae_attn._run_files import write_json as write_json
 
 _log = logging.getLogger(__name__)
-
-
-class ConfigMismatchError(ValueError):
-  """The run directory holds a run of another config or architecture."""
-
-
-class CheckpointError(RuntimeError):
-  """No usable checkpoint (missing, partial, unreadable or non-finite)."""
-
-
-class CheckpointWriteError(OSError):
-  """A checkpoint could not be written (disk full, read-only folder)."""
-
-
-class WorkdirLockedError(RuntimeError):
-  """Another process is training in the same run directory."""
-
-
-@dataclasses.dataclass(frozen=True)
-class RunSpec:
-  """What evaluation needs to rebuild a run's model and data.
-
-  Attributes:
-    trainer: the training entry point (``"factorvae"``, ``"oneclass"``).
-    model: a key of ``vae_attn.models.MODELS``.
-    model_kwargs: keyword arguments of ``vae_attn.models.make_model``.
-    input_shape: ``(H, W, C)`` of the model's input.
-    data: the data set (``"procedural"``, ``"npz"``, ``"tfds"``,
-      ``"textures"``, ``"mvtec"``, ``"folder"``, ``"mnist"``, ``"digits"``,
-      ``"ped1"``).
-    data_dir: its folder or file (``""``: embedded or the default).
-    layer: the attention layer the trainer used or the paper's default.
-    data_kwargs: further data arguments (``category``, ``normal_digit``...).
-  """
-
-  trainer: str
-  model: str
-  model_kwargs: Mapping[str, Any]
-  input_shape: tuple[int, int, int]
-  data: str
-  data_dir: str = ""
-  layer: str = ""
-  data_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-  def to_dict(self) -> dict[str, Any]:
-    """The spec as a JSON-ready dict."""
-    out = dataclasses.asdict(self)
-    out["model_kwargs"] = dict(self.model_kwargs)
-    out["data_kwargs"] = dict(self.data_kwargs)
-    out["input_shape"] = list(self.input_shape)
-    return out
-
-  @classmethod
-  def from_dict(cls, values: Mapping[str, Any]) -> RunSpec:
-    """Rebuilds a spec from :meth:`to_dict` output.
-
-    Raises:
-      ValueError: a field is missing or unknown.
-    """
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown, missing = set(values) - names, {"trainer", "model"} - set(values)
-    if unknown or missing:
-      raise ValueError(
-        f"Not a run spec (unknown fields {sorted(unknown)}, missing "
-        f"{sorted(missing)}); it was written by another program or version."
-      )
-    values = dict(values)
-    values["input_shape"] = tuple(values.get("input_shape", ()))
-    return cls(**values)
-
-
-# --------------------------------------------------------------------------
-# Files of a run directory.
-
-
-def ckpt_dir(workdir: str | os.PathLike) -> pathlib.Path:
-  """``workdir/ckpt``, absolute."""
-  return pathlib.Path(workdir).absolute() / CKPT_DIR
-
-
-def write_json(path: pathlib.Path, values: Mapping[str, Any]) -> None:
-  """Writes ``values`` atomically (a temporary file, then a rename).
-
-  Raises:
-    CheckpointWriteError: the folder is read-only or the disk is full.
-  """
-  tmp = path.with_name(f".{path.name}.tmp")
-  try:
-    tmp.write_text(json.dumps(values, indent=2) + "\n")
-    os.replace(tmp, path)
-  except OSError as e:
-    raise _write_error(e, f"writing {path}") from e
-
-
-def read_spec(workdir: str | os.PathLike) -> RunSpec:
-  """The run spec of ``workdir`` (``spec.json``).
-
-  Raises:
-    FileNotFoundError: no spec; the message says which trainers write one.
-  """
-  path = pathlib.Path(workdir) / SPEC_NAME
-  if not path.is_file():
-    raise FileNotFoundError(
-      f"{path} is missing: {workdir} is not a run directory of this version "
-      "(python -m train.factorvae or python -m train.oneclass write it)."
-    )
-  try:
-    return RunSpec.from_dict(json.loads(path.read_text()))
-  except (json.JSONDecodeError, ValueError) as e:
-    raise ValueError(f"{path} is damaged or not a run spec: {e}") from None
-
-
-def read_config(workdir: str | os.PathLike) -> dict[str, Any]:
-  """The trainer's config of ``workdir`` (``config.json``) as a dict."""
-  path = pathlib.Path(workdir) / CONFIG_NAME
-  if not path.is_file():
-    raise FileNotFoundError(f"{path} is missing; train first.")
-  return json.loads(path.read_text())
-
-
-@contextlib.contextmanager
-def lock(workdir: str | os.PathLike) -> Iterator[None]:
-  """Holds ``workdir/.lock`` so a second trainer is refused at once.
-
-  The lock is an advisory ``fcntl.flock``: the kernel releases it when the
-  process ends, however it ends (so a killed run never leaves a stale lock).
-
-  Raises:
-    WorkdirLockedError: another process holds it; the message names it.
-    CheckpointWriteError: the folder cannot be written.
-  """
-  workdir = pathlib.Path(workdir)
-  try:
-    workdir.mkdir(parents=True, exist_ok=True)
-    handle = open(workdir / LOCK_NAME, "a+")  # noqa: SIM115 (closed below)
-  except OSError as e:
-    raise _write_error(e, f"creating {workdir}") from e
-  try:
-    try:
-      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      handle.seek(0)
-      holder = handle.read().strip() or "another process"
-      raise WorkdirLockedError(
-        f"{workdir} is in use by {holder}: two trainers cannot share a "
-        "workdir. Wait for it to finish (or stop it), or pass another "
-        "--workdir."
-      ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
-    handle.flush()
-    yield
-  finally:
-    handle.close()  # Releases the lock.
 
 
 # --------------------------------------------------------------------------
@@ -229,33 +84,6 @@ def checkpoint_manager(
     create=not read_only,
   )
   return ocp.CheckpointManager(ckpt_dir(workdir), options=options)
-
-
-def _write_error(error: BaseException, what: str) -> Exception:
-  """One clear error for a failed write, or ``error`` if it is not one."""
-  cause = error
-  while cause is not None:
-    if isinstance(cause, OSError) and cause.errno in (
-      errno.ENOSPC,
-      errno.EDQUOT,
-    ):
-      return CheckpointWriteError(
-        cause.errno,
-        f"The disk is full ({what}). Free some space and run the same "
-        "command again: it resumes from the last complete checkpoint, which "
-        "is intact.",
-      )
-    if isinstance(cause, OSError) and cause.errno in (
-      errno.EROFS,
-      errno.EACCES,
-    ):
-      return CheckpointWriteError(
-        cause.errno,
-        f"Cannot write ({what}): {cause.strerror}. Pass a --workdir you can "
-        "write to.",
-      )
-    cause = cause.__cause__ or cause.__context__
-  return error if isinstance(error, Exception) else RuntimeError(str(error))
 
 
 def save(
@@ -299,7 +127,9 @@ def save(
     if wait:
       mngr.wait_until_finished()
   except Exception as e:  # noqa: BLE001 (re-raised, clearer when it is I/O)
-    raise _write_error(e, f"saving step {step} to {mngr.directory}") from e
+    raise _run_files.write_error(
+      e, f"saving step {step} to {mngr.directory}"
+    ) from e
 
 
 def wait(mngr: ocp.CheckpointManager) -> None:
@@ -307,65 +137,7 @@ def wait(mngr: ocp.CheckpointManager) -> None:
   try:
     mngr.wait_until_finished()
   except Exception as e:  # noqa: BLE001 (re-raised, clearer when it is I/O)
-    raise _write_error(e, f"saving to {mngr.directory}") from e
-
-
-def _missing_items(step_dir: pathlib.Path, items: Sequence[str]) -> list[str]:
-  return [name for name in items if not (step_dir / name).is_dir()]
-
-
-def _non_finite(tree: Any) -> list[str]:
-  """Paths of floating leaves that hold NaN or inf."""
-  bad = []
-  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-    array = np.asarray(jax.device_get(leaf)) if hasattr(leaf, "shape") else None
-    if array is None or array.dtype.kind not in "fc":
-      continue
-    if not np.isfinite(array).all():
-      bad.append(jax.tree_util.keystr(path))
-  return bad
-
-
-def abstract_from_metadata(
-  mngr: ocp.CheckpointManager, step: int, item: str, sharding
-) -> Any:
-  """The saved tree of ``item`` as shape structs placed by ``sharding``.
-
-  This is the restore target that needs no model code and fits the current
-  devices, whatever devices the run was saved from.
-  """
-  handler = ocp.StandardCheckpointHandler()
-  try:
-    meta = handler.metadata(pathlib.Path(mngr.directory) / str(step) / item)
-  finally:
-    handler.close()
-  meta = getattr(meta, "item_metadata", meta)
-  tree = getattr(meta, "tree", meta)
-  is_array = lambda m: hasattr(m, "shape") and hasattr(m, "dtype")
-  return jax.tree.map(
-    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-    tree,
-    is_leaf=is_array,
-  )
-
-
-def _restore_args(
-  mngr: ocp.CheckpointManager,
-  step: int,
-  items: Sequence[str],
-  targets: Mapping[str, Any],
-  sharding,
-) -> ocp.args.Composite:
-  args = {}
-  for name in items:
-    if name in JSON_ITEMS:
-      args[name] = ocp.args.JsonRestore()
-      continue
-    target = targets.get(name)
-    if target is None:
-      target = abstract_from_metadata(mngr, step, name, sharding)
-    args[name] = ocp.args.StandardRestore(target)
-  return ocp.args.Composite(**args)
+    raise _run_files.write_error(e, f"saving to {mngr.directory}") from e
 
 
 def step_items(workdir: str | os.PathLike, step: int) -> list[str]:
@@ -441,7 +213,7 @@ def restore(
       raise FileNotFoundError(f"No checkpoints in {path}; train first.")
     skipped = []
     for s in steps:
-      reason, restored = _try_restore(
+      reason, restored = _restore_step.try_restore(
         mngr, s, items, optional_items, targets, sharding
       )
       if reason is None:
@@ -460,66 +232,3 @@ def restore(
   finally:
     if own:
       mngr.close()
-
-
-def _try_restore(mngr, step, items, optional_items, targets, sharding):
-  """``(None, restored)`` or ``(reason, None)`` for one step."""
-  step_dir = pathlib.Path(mngr.directory) / str(step)
-  missing = _missing_items(step_dir, items)
-  if missing:
-    return f"partial, no item folder {missing} (an interrupted save?)", None
-  for name in items:
-    if name in JSON_ITEMS:
-      continue
-    lost = [f for f in _ARRAY_FILES if not (step_dir / name / f).is_file()]
-    if lost:  # Checked here: orbax's failed async reads leave noisy threads.
-      return f"unreadable, {name}/{lost[0]} is missing", None
-  present = set(_missing_items(step_dir, optional_items))
-  wanted = list(items) + [n for n in optional_items if n not in present]
-  for name, target in targets.items():
-    if name in wanted:
-      _check_structure(mngr, step, name, target)
-  try:
-    args = _restore_args(mngr, step, wanted, targets, sharding)
-    restored = mngr.restore(step, args=args)
-  except Exception as e:  # noqa: BLE001 (any unreadable step is skipped)
-    text = " ".join(str(e).split())
-    return f"unreadable ({type(e).__name__}: {text[:300]})", None
-  out = {name: restored[name] for name in wanted}
-  bad = _non_finite({k: v for k, v in out.items() if k not in JSON_ITEMS})
-  if bad:
-    shown = ", ".join(bad[:3]) + (" ..." if len(bad) > 3 else "")
-    return f"non-finite values in {shown} (damaged bytes?)", None
-  return None, out
-
-
-def _shapes(tree: Any) -> list[tuple]:
-  """The sorted leaf shapes (orbax names containers differently from jax)."""
-  leaves = jax.tree.leaves(
-    tree, is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype")
-  )
-  return sorted(tuple(leaf.shape) for leaf in leaves)
-
-
-def _check_structure(mngr, step: int, item: str, target: Any) -> None:
-  """Raises ConfigMismatchError when the saved tree has other arrays.
-
-  A step whose metadata cannot be read is left to the restore (and skipped
-  as unreadable there): damage is not a different architecture.
-  """
-  try:
-    saved = _shapes(abstract_from_metadata(mngr, step, item, None))
-  except Exception:  # noqa: BLE001 (unreadable: judged by the restore)
-    return
-  wanted = _shapes(target)
-  if saved == wanted:
-    return
-  only_saved = [s for s in saved if s not in wanted][:3]
-  only_now = [s for s in wanted if s not in saved][:3]
-  raise ConfigMismatchError(
-    f"Checkpoint {mngr.directory}/{step} does not fit the model built from "
-    f"the config (a different architecture or code version: {len(saved)} "
-    f"saved arrays, {len(wanted)} now; saved shapes {only_saved} are not in "
-    f"the model, its shapes {only_now} are not saved). Pick a new --workdir, "
-    "or pass the config the run was trained with."
-  )
