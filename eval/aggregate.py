@@ -30,7 +30,7 @@ to a file, --json the numbers.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import glob
 import json
 import math
@@ -44,6 +44,7 @@ import numpy as np
 import scipy.stats
 
 from eval import cli
+from vae_attn import configs
 
 RESULTS = "results.json"
 # Flat keys ending so are not scores: thresholds, error bounds.
@@ -238,43 +239,43 @@ def table(
   return lines
 
 
-def _parser() -> argparse.ArgumentParser:
-  p = cli.ArgumentParser(prog="python -m eval.aggregate", description=__doc__)
-  p.add_argument(
-    "runs",
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The groups of runs to summarise and compare, and where to write."""
+
+  runs: tuple[str, ...] = configs.field(
+    configs.REQUIRED,
+    "the runs of the first group: training workdirs, evaluation folders or "
+    "results.json files (one per seed)",
+    positional=True,
     nargs="+",
-    help="the runs of the first group: training workdirs, evaluation "
-    "folders or results.json files (one per seed)",
+    metavar="RUN",
   )
-  p.add_argument(
-    "--vs",
-    nargs="+",
-    help="the runs of a second group to compare with (default: none)",
+  vs: tuple[str, ...] = configs.field(
+    (), "the runs of a second group to compare with (default: none)"
   )
-  p.add_argument("--name", default="A", help="name of the first group")
-  p.add_argument("--vs-name", default="B", help="name of the second group")
-  p.add_argument(
-    "--keys",
-    nargs="+",
-    help="only metrics whose key matches one of these regular expressions "
+  name: str = configs.field("A", "name of the first group")
+  vs_name: str = configs.field("B", "name of the second group")
+  keys: tuple[str, ...] = configs.field(
+    (),
+    "only metrics whose key matches one of these regular expressions "
     "(default: every metric)",
   )
-  p.add_argument(
-    "--out", help="also write the markdown table here (default: print only)"
+  out: str | None = configs.field(
+    None, "also write the markdown table here (default: print only)"
   )
-  p.add_argument(
-    "--json", help="also write the statistics as JSON here (default: none)"
+  json: str | None = configs.field(
+    None, "also write the statistics as JSON here (default: none)"
   )
-  return p
 
 
-def _read_groups(args) -> tuple[dict[str, dict[str, Summary]], list[str]]:
+def _read_groups(config) -> tuple[dict[str, dict[str, Summary]], list[str]]:
   """Summaries of each group and the notes about its runs."""
-  groups_paths = {args.name: args.runs}
-  if args.vs:
-    if args.vs_name == args.name:
+  groups_paths = {config.name: config.runs}
+  if config.vs:
+    if config.vs_name == config.name:
       raise ValueError("--name and --vs-name must differ.")
-    groups_paths[args.vs_name] = args.vs
+    groups_paths[config.vs_name] = config.vs
   groups, notes = {}, []
   for name, paths in groups_paths.items():
     read = [read_run(p) for p in paths]
@@ -305,10 +306,10 @@ def _select(keys: list[str], patterns: Sequence[str] | None) -> list[str]:
   return keys
 
 
-def _run(args: argparse.Namespace) -> int:
-  groups, notes = _read_groups(args)
+def _run(config: Config) -> int:
+  groups, notes = _read_groups(config)
   keys = list(dict.fromkeys(k for g in groups.values() for k in g))
-  keys = _select(keys, args.keys)
+  keys = _select(keys, config.keys)
   lines = table(groups, keys)
   if any(g[k].n == 1 for g in groups.values() for k in keys if k in g):
     notes.append(
@@ -317,22 +318,25 @@ def _run(args: argparse.Namespace) -> int:
     )
   text = "\n".join([*lines, "", *notes]) + "\n"
   print(text, end="")
-  if args.out:
-    with open(args.out, "w") as f:
+  if config.out:
+    with open(config.out, "w") as f:
       f.write(text)
-  if args.json:
+  if config.json:
     stats = {
       name: {k: s._asdict() for k, s in g.items() if k in keys}
       for name, g in groups.items()
     }
-    with open(args.json, "w") as f:
+    with open(config.json, "w") as f:
       json.dump(stats, f, indent=2)
   return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   """The entry point; returns the exit status (2: a user error)."""
-  return cli.run_main(_run, _parser().parse_args(argv))
+  config, debug = cli.parse(
+    argv, Config, prog="python -m eval.aggregate", description=__doc__
+  )
+  return cli.run_main(_run, config, debug=debug)
 
 
 if __name__ == "__main__":

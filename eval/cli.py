@@ -1,9 +1,10 @@
 """What the evaluation entry points share: flags, errors, progress, output.
 
-Every ``python -m eval.<name>`` builds its flags with :class:`ArgumentParser`
-(``--help`` gives every flag's help and default; a bad flag is one line and
-exit status 2; ``--debug`` is always there) and runs through :func:`run_main`
-or :func:`run_report`, which turn a user error (``vae_attn.user_errors``)
+Every ``python -m eval.<name>`` describes its options as a frozen config
+dataclass (``vae_attn.configs``), parsed by :func:`parse` (``--help`` gives
+every flag's help and default; a bad flag is one line and exit status 2;
+``--debug`` is always there), and runs through :func:`run_main` or
+:func:`run_report`, which turn a user error (``vae_attn.user_errors``)
 into one line ``error: ...`` naming the fix, with exit status 2. Progress
 goes to stderr: :func:`stage` lines for every step that can take more than
 a few seconds, and :func:`progress` bars over batches on a terminal.
@@ -11,91 +12,54 @@ a few seconds, and :func:`progress` bars over batches on a terminal.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
 import tqdm
 
 from eval import inference
-from vae_attn import attention, user_errors
+from vae_attn import attention, configs, user_errors
 
 # OS errors that mean "this folder cannot be written".
 _WRITE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-  """Keeps the module docstring's layout and adds each flag's default.
-
-  A flag whose help does not mention its default gets ``(default: X)``;
-  a flag with no default (``None``) must say in its help what happens
-  without it.
-  """
-
-  def _get_help_string(self, action: argparse.Action) -> str:
-    text = action.help or ""
-    default = action.default
-    if (
-      not action.option_strings
-      or "default" in text
-      or default is None
-      or default is argparse.SUPPRESS
-    ):
-      return text
-    if isinstance(default, bool) and action.nargs == 0:
-      shown = "on" if default else "off"
-    elif isinstance(default, (list, tuple)):
-      shown = " ".join(str(v) for v in default)
-    else:
-      shown = str(default)
-    return f"{text} (default: {shown.replace('%', '%%')})"
-
-
-def add_positive_flag(p: argparse.ArgumentParser) -> None:
+def positive_field() -> str:
   """``--positive``, the rectifier of the maps (explain, localization)."""
-  p.add_argument(
-    "--positive",
-    choices=attention.POSITIVES,
-    default="relu",
-    help="rectifier of the maps: relu (Grad-CAM) or abs (official code)",
+  return configs.field(
+    "relu",
+    "rectifier of the maps: relu (Grad-CAM) or abs (official code)",
+    attention.POSITIVES,
   )
 
 
-class ArgumentParser(argparse.ArgumentParser):
-  """``argparse.ArgumentParser`` for the evaluation entry points.
+def parse(
+  argv: Sequence[str] | None, config_cls: type, *, prog: str, description: str
+) -> tuple[Any, bool]:
+  """Parses ``argv`` into ``(config, debug)``: an entry point's config
+  dataclass and ``--debug`` (:func:`vae_attn.configs.parse`).
 
-  Adds ``--debug``; a bad flag prints ``error: <what> (see <prog> --help)``
-  on one line and exits with status 2.
+  Raises:
+    SystemExit: status 2 after one error line (a bad flag or a value the
+      config's ``__post_init__`` refuses), 0 after ``--help``.
   """
-
-  def __init__(self, *, prog: str, description: str, **kwargs):
-    super().__init__(
-      prog=prog,
-      description=description,
-      formatter_class=HelpFormatter,
-      **kwargs,
-    )
-    self.add_argument(
-      "--debug",
-      action="store_true",
-      help="show the full traceback of an error (also: VAE_ATTN_DEBUG=1)",
-    )
-
-  def error(self, message: str):
-    self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+  config, debug = configs.parse(
+    argv, config_cls, configs.Debug, prog=prog, description=description
+  )
+  return config, debug.debug
 
 
-def _write_hint(error: BaseException, args: argparse.Namespace) -> str:
+def _write_hint(error: BaseException, config: Any) -> str:
   """Names ``--out`` when a write inside the workdir was refused."""
   if not isinstance(error, OSError) or error.errno not in _WRITE_ERRNOS:
     return ""
-  workdir = getattr(args, "workdir", None)
+  workdir = getattr(config, "workdir", None)
   filename = error.filename
   if not workdir or not filename:
     return ""
@@ -110,51 +74,53 @@ def _write_hint(error: BaseException, args: argparse.Namespace) -> str:
   )
 
 
-def report_user_error(error: BaseException, args: argparse.Namespace) -> int:
+def report_user_error(
+  error: BaseException, config: Any, debug: bool = False
+) -> int:
   """Prints ``error`` as one line (or re-raises it under ``--debug``).
 
   Returns:
     The exit status, 2.
   """
-  if user_errors.debug_requested(getattr(args, "debug", False)):
+  if user_errors.debug_requested(debug):
     raise error
   print(
-    user_errors.error_line(error) + _write_hint(error, args), file=sys.stderr
+    user_errors.error_line(error) + _write_hint(error, config), file=sys.stderr
   )
   return 2
 
 
 def run_main(
-  main_fn: Callable[[argparse.Namespace], int], args: argparse.Namespace
+  main_fn: Callable[[Any], int], config: Any, *, debug: bool = False
 ) -> int:
-  """Runs ``main_fn(args)``; a user error becomes one line and status 2."""
+  """Runs ``main_fn(config)``; a user error becomes one line and status 2."""
   try:
-    return main_fn(args)
+    return main_fn(config)
   except user_errors.USER_ERRORS as e:
-    return report_user_error(e, args)
+    return report_user_error(e, config, debug)
 
 
 def run_report(
-  evaluate: Callable[[argparse.Namespace], dict], args: argparse.Namespace
+  evaluate: Callable[[Any], dict], config: Any, *, debug: bool = False
 ) -> int:
-  """Runs ``evaluate(args)`` and prints the ``report.md`` it wrote.
+  """Runs ``evaluate(config)`` and prints the ``report.md`` it wrote.
 
   A missing run, bad option, data problem, unusable checkpoint or a folder
   that cannot be written prints ``error: ...`` (the message says what to
-  fix) and returns exit status 2 instead of a traceback; ``args.debug`` or
-  ``VAE_ATTN_DEBUG=1`` shows the traceback.
+  fix) and returns exit status 2 instead of a traceback; ``debug``
+  (``--debug``) or ``VAE_ATTN_DEBUG=1`` shows the traceback.
 
   Returns:
     The process exit status.
   """
 
-  def evaluate_and_print(args: argparse.Namespace) -> int:
-    results = evaluate(args)
+  def evaluate_and_print(config: Any) -> int:
+    results = evaluate(config)
     with open(os.path.join(results["out"], "report.md")) as f:
       print(f.read())
     return 0
 
-  return run_main(evaluate_and_print, args)
+  return run_main(evaluate_and_print, config, debug=debug)
 
 
 def stage(message: str) -> None:

@@ -38,7 +38,6 @@ stderr: one line per stage, and bars on a terminal.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import json
@@ -65,7 +64,7 @@ from eval import (
 from eval import disentanglement_report as report
 from eval.metrics import dci as dci_lib
 from eval.metrics import sampling
-from vae_attn import losses
+from vae_attn import configs, losses
 
 SCORES = report.SCORES
 # DCI importance of the full evaluation: minutes, not hours (eval.metrics.dci).
@@ -223,49 +222,49 @@ def training_log_score(workdir: str, config: Mapping[str, Any]) -> dict | None:
   }
 
 
-def evaluate(args: argparse.Namespace) -> dict:
-  """Runs everything for parsed flags; returns the results dict."""
+def evaluate(config: Config) -> dict:
+  """Runs everything for a config; returns the results dict."""
   start = time.perf_counter()
-  importance = args.dci_importance or (
-    "random_forest" if args.quick else FULL_DCI_IMPORTANCE
+  importance = config.dci_importance or (
+    "random_forest" if config.quick else FULL_DCI_IMPORTANCE
   )
-  tabulate = (not args.quick) if args.tabulate is None else args.tabulate
-  out = args.out or default_out(args.workdir, args.quick)
+  tabulate = (not config.quick) if config.tabulate is None else config.tabulate
+  out = config.out or default_out(config.workdir, config.quick)
   os.makedirs(out, exist_ok=True)  # Fails now, not after the metrics.
-  _LOG.info("restoring %s", args.workdir)
-  run = restore.load_run(args.workdir, step=args.step)
-  data, kind = disentanglement_data.load_data(args, run)
+  _LOG.info("restoring %s", config.workdir)
+  run = restore.load_run(config.workdir, step=config.step)
+  data, kind = disentanglement_data.load_data(config, run)
   mu_and_kl = representation_function(run)  # Compiled once, used twice.
   scored = score(
     mu_and_kl,
     run.latent_dim,
     data,
-    seed=args.seed,
-    quick=args.quick,
+    seed=config.seed,
+    quick=config.quick,
     tabulate=tabulate,
     dci_importance=importance,
-    n_jobs=args.jobs,
+    n_jobs=config.jobs,
     progress=None,  # Bars on a terminal only.
   )
   figures_start = time.perf_counter()
   figs, kl = disentanglement_figures.make_figures(
-    args, run, data, mu_and_kl, out
+    config, run, data, mu_and_kl, out
   )
   timings = {**scored.timings, "figures": time.perf_counter() - figures_start}
   results = {
     "meta": {
-      "workdir": os.path.abspath(args.workdir),
+      "workdir": os.path.abspath(config.workdir),
       "step": run.step,
       "model": run.name,
       "latent_dim": run.latent_dim,
       "objective": report.objective(run.config),
       "config": run.config,
       "data": kind,
-      "seed": args.seed,
-      "quick": args.quick,
+      "seed": config.seed,
+      "quick": config.quick,
       "tabulate": tabulate,
       "dci_importance": importance,
-      "jobs": args.jobs,
+      "jobs": config.jobs,
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
     },
     "scores": scored.scores,
@@ -274,7 +273,7 @@ def evaluate(args: argparse.Namespace) -> dict:
       name: dataclasses.asdict(conv)
       for name, conv in metrics.FACTOR_VAE_CONVENTIONS.items()
     },
-    "training_log": training_log_score(args.workdir, run.config),
+    "training_log": training_log_score(config.workdir, run.config),
     "notes": scored.notes,
     "figures": figs,
     "timings": timings,
@@ -288,83 +287,69 @@ def evaluate(args: argparse.Namespace) -> dict:
   return saved
 
 
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
-    prog="python -m eval.disentanglement",
-    description="Disentanglement scores and figures of a dSprites VAE.",
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The run to score, the samples, the figures and where they go."""
+
+  workdir: str = configs.field(configs.REQUIRED, "FactorVAE training run")
+  step: int | None = configs.field(
+    None, "checkpoint step (default: the newest good one)"
   )
-  p.add_argument("--workdir", required=True, help="FactorVAE training run")
-  p.add_argument("--step", type=int, help="checkpoint step (default latest)")
-  p.add_argument(
-    "--data", choices=disentanglement_data.DATA, help="default: the run's"
+  data: str | None = configs.field(
+    None, "dSprites source (default: the run's)", disentanglement_data.DATA
   )
-  p.add_argument(
-    "--data-dir",
-    "--data-path",
-    dest="data_dir",
-    help="dSprites .npz (--data=npz) or tfds data_dir (--data=tfds); "
-    "default: the run's",
+  data_dir: str | None = configs.field(
+    None,
+    "dSprites .npz (--data=npz) or tfds data_dir (--data=tfds) (default: "
+    "the run's)",
+    alias="--data-path",
   )
-  p.add_argument(
-    "--seed", type=int, default=0, help="metric random state (default 0)"
-  )
-  p.add_argument(
-    "--quick", action="store_true", help="small sample sizes (smoke runs)"
-  )
-  p.add_argument(
-    "--tabulate",
-    action=argparse.BooleanOptionalAction,
-    help="encode all 737,280 images once and share the codes between the "
+  seed: int = configs.field(0, "metric random state")
+  quick: bool = configs.field(False, "small sample sizes (smoke runs)")
+  tabulate: bool | None = configs.field(
+    None,
+    "encode all 737,280 images once and share the codes between the "
     "metrics (default: on for the full evaluation, off with --quick)",
+    switch=True,
   )
-  p.add_argument(
-    "--dci-importance",
-    choices=dci_lib.IMPORTANCE_MODELS,
-    help="DCI importance model (default random_forest; gbt: "
+  dci_importance: str | None = configs.field(
+    None,
+    "DCI importance model (default: random_forest; gbt: "
     "disentanglement_lib's numbers, tens of minutes on 2 cores)",
+    dci_lib.IMPORTANCE_MODELS,
   )
-  p.add_argument(
-    "--jobs",
-    type=int,
-    default=os.cpu_count() or 1,
-    help="threads for the per-factor fits of DCI and SAP (default: one "
-    "per core)",
+  jobs: int = configs.field(
+    os.cpu_count() or 1,
+    "threads for the per-factor fits of DCI and SAP (default: one per core)",
   )
-  p.add_argument("--layer", help="attention layer (default: the run's)")
-  p.add_argument(
-    "--num-images", type=int, default=6, help="Fig. 8 inputs (default 6)"
+  layer: str | None = configs.field(
+    None, "attention layer (default: the run's)"
   )
-  p.add_argument(
-    "--num-traversals",
-    type=int,
-    default=10,
-    help="latents in traversals.png, most informative first (default 10)",
+  num_images: int = configs.field(6, "Fig. 8 inputs")
+  num_traversals: int = configs.field(
+    10, "latents in traversals.png, most informative first"
   )
-  p.add_argument(
-    "--traversal-range",
-    type=float,
-    default=2.5,
-    help="each latent is swept over [-R, R] (default 2.5)",
+  traversal_range: float = configs.field(
+    2.5, "each latent is swept over [-R, R]"
   )
-  p.add_argument(
-    "--traversal-steps",
-    type=int,
-    default=9,
-    help="values per traversal row (default 9)",
-  )
-  p.add_argument(
-    "--out",
-    help="default <workdir>/eval/disentanglement (with --quick: "
+  traversal_steps: int = configs.field(9, "values per traversal row")
+  out: str | None = configs.field(
+    None,
+    "output folder (default: <workdir>/eval/disentanglement, with --quick "
     "<workdir>/eval/disentanglement_quick)",
   )
-  p.add_argument(
-    "--cpu-devices",
-    type=int,
-    help="split the CPU into this many JAX devices to encode on all cores "
+  cpu_devices: int | None = configs.field(
+    None,
+    "split the CPU into this many JAX devices to encode on all cores "
     "(default: 2 per core when this command starts JAX itself; 0: JAX's "
     "default of one)",
   )
-  return p
+
+  def __post_init__(self):
+    if self.num_images < 1 or self.traversal_steps < 2 or self.jobs < 1:
+      raise ValueError(
+        "--num-images and --jobs must be >= 1 and --traversal-steps >= 2."
+      )
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -391,18 +376,16 @@ def _setup_logging() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = _parser()
-  args = parser.parse_args(argv)
-  if args.num_images < 1 or args.traversal_steps < 2 or args.jobs < 1:
-    parser.error(
-      "--num-images and --jobs must be >= 1 and --traversal-steps >= 2."
-    )
+  """The entry point; returns the exit status (2: a user error)."""
+  config, debug = cli.parse(
+    argv, Config, prog="python -m eval.disentanglement", description=__doc__
+  )
   _setup_logging()
-  if args.cpu_devices is None:
+  if config.cpu_devices is None:
     cli.use_all_cpu_cores()
-  elif args.cpu_devices > 0:
-    inference.use_cpu_devices(args.cpu_devices)
-  return cli.run_report(evaluate, args)
+  elif config.cpu_devices > 0:
+    inference.use_cpu_devices(config.cpu_devices)
+  return cli.run_report(evaluate, config, debug=debug)
 
 
 if __name__ == "__main__":

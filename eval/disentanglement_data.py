@@ -8,7 +8,6 @@ factor combination.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -95,11 +94,11 @@ class TfdsGroundTruth:
     return self.sample_observations_from_factors(factors, random_state)
 
 
-def load_data(args: argparse.Namespace, run: restore.Run):
+def load_data(config: Any, run: restore.Run):
   """The dSprites ground-truth data: flags, else the run's spec."""
   spec = run.spec
-  kind = args.data or (spec.data if spec else "") or "procedural"
-  path = args.data_dir or (spec.data_dir if spec else "") or ""
+  kind = config.data or (spec.data if spec else "") or "procedural"
+  path = config.data_dir or (spec.data_dir if spec else "") or ""
   if kind not in DATA:
     raise ValueError(
       f"--data={kind} has no ground-truth factor interface; pass "

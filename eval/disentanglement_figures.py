@@ -97,15 +97,15 @@ def traversal_figure(
 
 
 def make_figures(
-  args, run, data, mu_and_kl, out: str
+  config, run, data, mu_and_kl, out: str
 ) -> tuple[dict, np.ndarray]:
   """attention.png and traversals.png; returns their data and the mean KL."""
-  rng = np.random.RandomState(args.seed)
-  x = np.asarray(data.sample_observations(args.num_images, rng), np.float32)
+  rng = np.random.RandomState(config.seed)
+  x = np.asarray(data.sample_observations(config.num_images, rng), np.float32)
   kl = mu_and_kl(data.sample_observations(512, rng))[:, run.latent_dim :]
   kl = kl.mean(axis=0)
   objective = report.objective(run.config)
-  layer = args.layer or run.default_layer
+  layer = config.layer or run.default_layer
   _LOG.info("figure 1/2: attention maps of %d images at %s", len(x), layer)
   attention = top_latent_figure(
     run,
@@ -120,9 +120,9 @@ def make_figures(
     x[:1],
     kl,
     os.path.join(out, "traversals.png"),
-    num_latents=min(args.num_traversals, run.latent_dim),
-    limit=args.traversal_range,
-    steps=args.traversal_steps,
+    num_latents=min(config.num_traversals, run.latent_dim),
+    limit=config.traversal_range,
+    steps=config.traversal_steps,
     title=f"{objective}: latent traversals",
   )
   return {"attention": attention, "traversals": traversals}, kl

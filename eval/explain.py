@@ -25,7 +25,7 @@ explain.json.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from eval import cli, demo_data, figures, restore
-from vae_attn import anomaly, models
+from vae_attn import anomaly, configs, models
 from vae_attn import attention as attention_lib
 from vae_attn.data import images as images_lib
 
@@ -212,152 +212,135 @@ def overlay_figure(
   return figures.mean_overlays(path, x, mean, names=names, title=title)
 
 
-def _add_figure_flags(p: argparse.ArgumentParser) -> None:
-  """What attention_grid.png shows."""
-  p.add_argument("--k", type=int, default=8, help="per-latent maps shown")
-  p.add_argument(
-    "--order",
-    choices=("index", "response"),
-    default="index",
-    help="show latents 0..k-1, or the k strongest per image",
-  )
-  p.add_argument(
-    "--scale",
-    choices=figures.SCALES,
-    default="map",
-    help="colour scale of the per-latent maps: one per map, or one shared "
-    "by the maps of an image",
-  )
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """What python -m eval.explain explains and where it writes."""
 
-
-def _parser() -> argparse.ArgumentParser:
-  p = cli.ArgumentParser(prog="python -m eval.explain", description=__doc__)
-  p.add_argument(
-    "--workdir", help="training run to restore (default: a random model)"
+  workdir: str | None = configs.field(
+    None, "training run to restore (default: a random model)"
   )
-  p.add_argument(
-    "--step", type=int, help="checkpoint step (default: the newest good one)"
+  step: int | None = configs.field(
+    None, "checkpoint step (default: the newest good one)"
   )
-  p.add_argument(
-    "--model",
-    choices=sorted(models.MODELS),
-    default="factorvae",
-    help="architecture of the random model without --workdir",
+  model: str = configs.field(
+    "factorvae",
+    "architecture of the random model without --workdir",
+    sorted(models.MODELS),
   )
-  p.add_argument(
-    "--latent-dim", type=int, default=32, help="D of the random model"
+  latent_dim: int = configs.field(32, "D of the random model")
+  image_size: int | None = configs.field(
+    None,
+    "input side of the random resnet18 model, a multiple of 64 (default: 256)",
   )
-  p.add_argument(
-    "--image-size",
-    type=int,
-    help="input side of the random resnet18 model, a multiple of 64 "
-    "(default: 256)",
+  images: tuple[str, ...] = configs.field(
+    (),
+    "image files to explain (default: test images of the run's data)",
   )
-  p.add_argument(
-    "--images",
-    nargs="+",
-    help="image files to explain (default: test images of the run's data)",
+  num_images: int = configs.field(4, "test images without --images")
+  layer: str | None = configs.field(
+    None, "attention layer, a path or unique suffix (default: the run's)"
   )
-  p.add_argument(
-    "--num-images", type=int, default=4, help="test images without --images"
+  code: str = configs.field(
+    "mu",
+    "the code explained; difference: eq. 5, needs a one-class run's latent "
+    "statistics",
+    ("mu", "sample", "difference"),
   )
-  p.add_argument(
-    "--layer",
-    help="attention layer, a path or unique suffix (default: the run's)",
+  num_samples: int = configs.field(
+    8, "draws averaged for --code=sample or difference"
   )
-  p.add_argument(
-    "--code",
-    choices=("mu", "sample", "difference"),
-    default="mu",
-    help="the code explained; difference: eq. 5, needs a one-class run's "
-    "latent statistics",
+  positive: str = cli.positive_field()
+  gradient_scale: str = configs.field(
+    "none",
+    "rms: divide each gradient by its root mean square before pooling, as "
+    "the official code does",
+    ("none", "rms"),
   )
-  p.add_argument(
-    "--num-samples",
-    type=int,
-    default=8,
-    help="draws averaged for --code=sample or difference",
+  k: int = configs.field(8, "per-latent maps shown")
+  order: str = configs.field(
+    "index",
+    "show latents 0..k-1, or the k strongest per image",
+    ("index", "response"),
   )
-  cli.add_positive_flag(p)
-  p.add_argument(
-    "--gradient-scale",
-    choices=("none", "rms"),
-    default="none",
-    help="rms: divide each gradient by its root mean square before pooling, "
-    "as the official code does",
+  scale: str = configs.field(
+    "map",
+    "colour scale of the per-latent maps: one per map, or one shared by the "
+    "maps of an image",
+    figures.SCALES,
   )
-  _add_figure_flags(p)
-  p.add_argument(
-    "--seed",
-    type=int,
-    default=0,
-    help="seed of the random model, the demo images and the draws",
+  seed: int = configs.field(
+    0, "seed of the random model, the demo images and the draws"
   )
-  p.add_argument(
-    "--out",
-    help="output folder (default: <workdir>/explain, or "
+  out: str | None = configs.field(
+    None,
+    "output folder (default: <workdir>/explain, or "
     "runs/explain/<model>_random without --workdir)",
   )
-  return p
+
+  def __post_init__(self):
+    if min(self.k, self.num_images, self.num_samples) < 1:
+      raise ValueError("--k, --num-images and --num-samples must be >= 1.")
 
 
-def _load(args: argparse.Namespace):
+def _load(config: Config):
   """The run and the images to explain: ``(run, x, names, source)``."""
-  missing = [p for p in args.images or [] if not os.path.isfile(p)]
+  missing = [p for p in config.images if not os.path.isfile(p)]
   if missing:  # Before the (slow) model.
     raise FileNotFoundError(
       f"--images: {missing[0]} is not a file; pass paths of PNG or JPEG images."
     )
-  if args.workdir:
-    cli.stage(f"restoring {args.workdir}")
-    run = restore.load_run(args.workdir, step=args.step)
+  if config.workdir:
+    cli.stage(f"restoring {config.workdir}")
+    run = restore.load_run(config.workdir, step=config.step)
   else:
-    cli.stage(f"initialising a random {args.model} VAE")
+    cli.stage(f"initialising a random {config.model} VAE")
     run = restore.init_model(
-      args.model,
-      latent_dim=args.latent_dim,
-      image_size=args.image_size,
-      seed=args.seed,
+      config.model,
+      latent_dim=config.latent_dim,
+      image_size=config.image_size,
+      seed=config.seed,
     )
-  if args.images:
-    x = read_images(args.images, run.input_shape)
-    return run, x, [os.path.basename(p) for p in args.images], "files"
-  x, names, data = demo_data.demo_images(run, args.num_images, args.seed)
+  if config.images:
+    x = read_images(config.images, run.input_shape)
+    return run, x, [os.path.basename(p) for p in config.images], "files"
+  x, names, data = demo_data.demo_images(run, config.num_images, config.seed)
   cli.stage(f"{len(x)} test images of {data}")
   return run, x, names, data
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(config: Config) -> int:
   start = time.perf_counter()
-  run, x, names, source = _load(args)
-  out = args.out or (
-    os.path.join(args.workdir, "explain")
-    if args.workdir
+  run, x, names, source = _load(config)
+  out = config.out or (
+    os.path.join(config.workdir, "explain")
+    if config.workdir
     else os.path.join("runs", "explain", f"{run.name}_random")
   )
   out = cli.make_out_dir(out)
-  cli.stage(f"compiling and computing the {args.code} maps of {len(x)} images")
+  cli.stage(
+    f"compiling and computing the {config.code} maps of {len(x)} images"
+  )
   maps, layer = explain(
     run,
     x,
-    layer=args.layer,
-    code=args.code,
-    positive=args.positive,
-    gradient_scale=None if args.gradient_scale == "none" else "rms",
-    num_samples=args.num_samples,
-    seed=args.seed,
+    layer=config.layer,
+    code=config.code,
+    positive=config.positive,
+    gradient_scale=None if config.gradient_scale == "none" else "rms",
+    num_samples=config.num_samples,
+    seed=config.seed,
   )
-  what = f"{run.name}, {layer}, code={args.code}"
+  what = f"{run.name}, {layer}, code={config.code}"
   what += f", step {run.step}" if run.workdir else ", random init"
   cli.stage(f"writing figures to {out}")
   grid = attention_figure(
     os.path.join(out, "attention_grid.png"),
     x,
     maps,
-    k=args.k,
-    order=args.order,
+    k=config.k,
+    order=config.order,
     title=what,
-    scale=args.scale,
+    scale=config.scale,
   )
   means = overlay_figure(
     os.path.join(out, "mean_overlay.png"), x, maps, names=names, title=what
@@ -374,10 +357,10 @@ def _run(args: argparse.Namespace) -> int:
     "workdir": run.workdir,
     "step": run.step,
     "layer": layer,
-    "code": args.code,
-    "positive": args.positive,
-    "gradient_scale": args.gradient_scale,
-    "scale": args.scale,
+    "code": config.code,
+    "positive": config.positive,
+    "gradient_scale": config.gradient_scale,
+    "scale": config.scale,
     "images": names,
     "images_from": source,
     "all_zero_maps_per_image": zero.sum(axis=1).tolist(),
@@ -391,11 +374,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
   """The entry point; returns the exit status (2: a user error)."""
-  parser = _parser()
-  args = parser.parse_args(argv)
-  if min(args.k, args.num_images, args.num_samples) < 1:
-    parser.error("--k, --num-images and --num-samples must be >= 1.")
-  return cli.run_main(_run, args)
+  config, debug = cli.parse(
+    argv, Config, prog="python -m eval.explain", description=__doc__
+  )
+  return cli.run_main(_run, config, debug=debug)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ ground truth, maps on the image) and with --ablation, ablation.png.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import datetime
 import os
 import sys
@@ -48,6 +48,7 @@ from eval import localization_data as data_lib
 from eval import localization_maps as maps_lib
 from eval import localization_report as report_lib
 from eval import localization_scores as scores_lib
+from vae_attn import configs
 
 # Re-exported for callers of the former single module.
 COLUMNS = report_lib.COLUMNS
@@ -55,119 +56,100 @@ DATASETS = data_lib.DATASETS
 CODES = maps_lib.CODES
 
 
-def _parser() -> argparse.ArgumentParser:
-  p = cli.ArgumentParser(
-    prog="python -m eval.localization",
-    description=__doc__,
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """What python -m eval.localization scores and where it writes."""
+
+  workdir: str = configs.field(configs.REQUIRED, "one-class training run")
+  step: int | None = configs.field(
+    None, "checkpoint step (default: the newest good one)"
   )
-  p.add_argument("--workdir", required=True, help="one-class training run")
-  p.add_argument(
-    "--step", type=int, help="checkpoint step (default: the newest good one)"
+  dataset: str | None = configs.field(
+    None, "test data (default: the run's, else textures)", DATASETS
   )
-  p.add_argument(
-    "--dataset",
-    choices=DATASETS,
-    help="test data (default: the run's, else textures)",
+  data_dir: str | None = configs.field(
+    None,
+    "data set folder (default: the run's, from its spec.json)",
+    alias="--root",
   )
-  p.add_argument(
-    "--data-dir",
-    "--root",
-    dest="data_dir",
-    help="data set folder (default: the run's, from its spec.json)",
+  category: str | None = configs.field(
+    None, "MVTec-AD / textures category (default: the run's)"
   )
-  p.add_argument(
-    "--category",
-    help="MVTec-AD / textures category (default: the run's)",
+  layers: tuple[str, ...] = configs.field(
+    (),
+    "attention layer(s), full paths or unique suffixes (default: the run's "
+    "layer)",
   )
-  p.add_argument(
-    "--layers",
-    nargs="+",
-    help="attention layer(s), full paths or unique suffixes (default: the "
-    "run's layer)",
+  ablation: bool = configs.field(
+    False, "also score every encoder conv block (Ped1 conv1/conv2/conv3)"
   )
-  p.add_argument(
-    "--ablation",
-    action="store_true",
-    help="also score every encoder conv block (Ped1 conv1/conv2/conv3)",
+  codes: tuple[str, ...] = configs.field(
+    CODES, "attention codes to score", CODES, nargs="*"
   )
-  p.add_argument(
-    "--codes",
-    nargs="+",
-    choices=CODES,
-    default=list(CODES),
-    help="attention codes to score",
+  num_samples: int = configs.field(8, "eq. 5 draws per image")
+  positive: str = cli.positive_field()
+  chunk_size: int | None = configs.field(
+    None,
+    "latents per pullback chunk, bounds accelerator memory (default: all at "
+    "once, or about 256 rows on CPU)",
   )
-  p.add_argument(
-    "--num-samples", type=int, default=8, help="eq. 5 draws per image"
+  batch_size: int = configs.field(8, "test images a batch")
+  max_images: int | None = configs.field(
+    None,
+    "evaluate at most this many test images, evenly spaced (default: all; "
+    "quick runs)",
   )
-  cli.add_positive_flag(p)
-  p.add_argument(
-    "--chunk-size",
-    type=int,
-    help="latents per pullback chunk, bounds accelerator memory (default: "
-    "all at once, or about 256 rows on CPU)",
+  num_overlays: int = configs.field(6, "rows of overlays.png")
+  seed: int = configs.field(0, "seed of the eq. 5 draws")
+  resolution: str = configs.field(
+    "original",
+    "original: maps upsampled to each mask's original size (the MVTec-AD "
+    "protocol); model: masks resized to the model's input size",
+    scores_lib.RESOLUTIONS,
   )
-  p.add_argument(
-    "--batch-size", type=int, default=8, help="test images a batch"
+  out: str | None = configs.field(
+    None, "output folder (default: <workdir>/eval/localization)"
   )
-  p.add_argument(
-    "--max-images",
-    type=int,
-    help="evaluate at most this many test images, evenly spaced (default: "
-    "all; quick runs)",
-  )
-  p.add_argument(
-    "--num-overlays", type=int, default=6, help="rows of overlays.png"
-  )
-  p.add_argument("--seed", type=int, default=0, help="seed of the eq. 5 draws")
-  p.add_argument(
-    "--resolution",
-    choices=scores_lib.RESOLUTIONS,
-    default="original",
-    help="original: maps upsampled to each mask's original size (the "
-    "MVTec-AD protocol); model: masks resized to the model's input size",
-  )
-  p.add_argument(
-    "--out", help="output folder (default: <workdir>/eval/localization)"
-  )
-  return p
+
+  def __post_init__(self):
+    if self.num_samples < 1 or self.batch_size < 1 or self.num_overlays < 2:
+      raise ValueError("--num-samples, --batch-size >= 1; --num-overlays >= 2.")
+    if self.chunk_size is not None and self.chunk_size < 1:
+      raise ValueError("--chunk-size must be >= 1.")
+    if self.max_images is not None and self.max_images < 2:
+      raise ValueError(
+        "--max-images must be >= 2 (normal and anomalous images)."
+      )
+    if not self.codes:
+      raise ValueError(f"--codes: name at least one of {', '.join(CODES)}.")
 
 
-def _check_args(parser: argparse.ArgumentParser, args) -> None:
-  if args.num_samples < 1 or args.batch_size < 1 or args.num_overlays < 2:
-    parser.error("--num-samples, --batch-size >= 1; --num-overlays >= 2.")
-  if args.chunk_size is not None and args.chunk_size < 1:
-    parser.error("--chunk-size must be >= 1.")
-  if args.max_images is not None and args.max_images < 2:
-    parser.error("--max-images must be >= 2 (normal and anomalous images).")
-
-
-def _load(args: argparse.Namespace):
+def _load(config: Config):
   """The run, its test data and the layers to score."""
-  cli.stage(f"restoring {args.workdir}")
-  run = restore.load_run(args.workdir, step=args.step)
+  cli.stage(f"restoring {config.workdir}")
+  run = restore.load_run(config.workdir, step=config.step)
   options = data_lib.data_options(
     run.spec,
-    dataset=args.dataset,
-    data_dir=args.data_dir,
-    category=args.category,
+    dataset=config.dataset,
+    data_dir=config.data_dir,
+    category=config.category,
   )
   test, train, category = data_lib.load_splits(options, run.input_shape[:2])
-  test = data_lib.subset(test, args.max_images)
+  test = data_lib.subset(test, config.max_images)
   cli.stage(
     f"{options.dataset}/{category or '-'}: {len(test)} test images, "
     f"{len(train)} training images, model {run.name} (step {run.step})"
   )
-  layers = maps_lib.resolve_layers(run, args.layers or [run.default_layer])
-  if args.ablation:
+  layers = maps_lib.resolve_layers(run, config.layers or [run.default_layer])
+  if config.ablation:
     layers = list(dict.fromkeys([*maps_lib.ablation_layers(run), *layers]))
   return run, options._replace(category=category), test, train, layers
 
 
-def _score(args, test, maps, data):
-  """Scores every method under ``args.resolution``; one line per method."""
+def _score(config: Config, test, maps, data):
+  """Scores every method under ``config.resolution``; one line per method."""
   masks = None
-  if args.resolution == "original":
+  if config.resolution == "original":
     entries = getattr(test, "entries", None)
     if entries is None:
       raise ValueError(
@@ -176,7 +158,7 @@ def _score(args, test, maps, data):
       )
     cli.stage(f"reading {int(data['has_mask'].sum())} masks at original size")
     masks = scores_lib.original_masks(entries, data["has_mask"])
-  cli.stage(f"scoring {len(maps)} methods at {args.resolution} resolution")
+  cli.stage(f"scoring {len(maps)} methods at {config.resolution} resolution")
 
   def on_method(name, values):
     cli.stage(
@@ -185,16 +167,18 @@ def _score(args, test, maps, data):
     )
 
   scores, curves = scores_lib.score(
-    maps, data, resolution=args.resolution, masks=masks, on_method=on_method
+    maps, data, resolution=config.resolution, masks=masks, on_method=on_method
   )
-  protocol = scores_lib.describe(args.resolution, masks, data["mask"].shape[1:])
+  protocol = scores_lib.describe(
+    config.resolution, masks, data["mask"].shape[1:]
+  )
   return scores, curves, protocol
 
 
-def _meta(args, run, options, layers, data, stats_source, protocol) -> dict:
+def _meta(config, run, options, layers, data, stats_source, protocol) -> dict:
   return {
     "evaluator": "localization",
-    "workdir": os.path.abspath(args.workdir),
+    "workdir": os.path.abspath(config.workdir),
     "step": run.step,
     "model": run.name,
     "dataset": options.dataset,
@@ -202,13 +186,13 @@ def _meta(args, run, options, layers, data, stats_source, protocol) -> dict:
     "category": options.category,
     "image_size": list(run.input_shape[:2]),
     "layers": layers,
-    "codes": list(args.codes),
-    "positive": args.positive,
-    "num_samples": args.num_samples,
-    "seed": args.seed,
+    "codes": list(config.codes),
+    "positive": config.positive,
+    "num_samples": config.num_samples,
+    "seed": config.seed,
     "latent_stats": stats_source,
-    "max_images": args.max_images,
-    "resolution": args.resolution,
+    "max_images": config.max_images,
+    "resolution": config.resolution,
     "protocol": protocol,
     "num_test_images": int(len(data["label"])),
     "num_anomalous": int(data["label"].sum()),
@@ -232,36 +216,36 @@ def _ablation(results, scores, layers, codes, dataset) -> dict[str, float]:
   return bars
 
 
-def evaluate(args: argparse.Namespace) -> dict:
+def evaluate(config: Config) -> dict:
   """Runs everything for parsed flags; returns the results dict."""
   start = time.perf_counter()
-  run, options, test, train, layers = _load(args)
+  run, options, test, train, layers = _load(config)
   out = cli.make_out_dir(
-    args.out or os.path.join(args.workdir, "eval", "localization")
+    config.out or os.path.join(config.workdir, "eval", "localization")
   )
   stats, stats_source = None, "not needed (code mu only)"
-  if "difference" in args.codes:
+  if "difference" in config.codes:
     cli.stage("latent statistics of the normal data")
-    stats, stats_source = maps_lib.latent_stats(run, train, args.batch_size)
+    stats, stats_source = maps_lib.latent_stats(run, train, config.batch_size)
   cli.stage(
     f"compiling and computing maps of {len(test)} test images at "
-    f"{len(layers)} layer(s), codes {' '.join(args.codes)}"
+    f"{len(layers)} layer(s), codes {' '.join(config.codes)}"
   )
   maps, data = maps_lib.compute_maps(
     run,
     test,
     stats,
     layers=layers,
-    codes=args.codes,
-    num_samples=args.num_samples,
-    batch_size=args.batch_size,
-    seed=args.seed,
-    positive=args.positive,
-    chunk_size=args.chunk_size,
+    codes=config.codes,
+    num_samples=config.num_samples,
+    batch_size=config.batch_size,
+    seed=config.seed,
+    positive=config.positive,
+    chunk_size=config.chunk_size,
   )
-  scores, curves, protocol = _score(args, test, maps, data)
+  scores, curves, protocol = _score(config, test, maps, data)
   results: dict[str, Any] = {
-    "meta": _meta(args, run, options, layers, data, stats_source, protocol),
+    "meta": _meta(config, run, options, layers, data, stats_source, protocol),
     "rows": [report_lib.row(k, v) for k, v in scores.items()],
     "metrics": {f"{k}/{m}": v for k, s in scores.items() for m, v in s.items()},
   }
@@ -269,8 +253,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     if options.category in report_lib.PAPER_MVTEC:
       results["paper"] = {"mvtec": report_lib.PAPER_MVTEC[options.category]}
   bars = None
-  if args.ablation:
-    bars = _ablation(results, scores, layers, args.codes, options.dataset)
+  if config.ablation:
+    bars = _ablation(results, scores, layers, config.codes, options.dataset)
   cli.stage(f"writing figures to {out}")
   where = options.dataset + (f"/{options.category}" if options.category else "")
   results["figures"] = report_lib.write_figures(
@@ -279,9 +263,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     data,
     curves,
     where=where,
-    num_overlays=args.num_overlays,
+    num_overlays=config.num_overlays,
     ablation=bars,
-    ablation_title=f"layer ablation, attention ({args.codes[0]})",
+    ablation_title=f"layer ablation, attention ({config.codes[0]})",
   )
   results = cli.save_results(out, results, report_lib.write_report, start)
   figs = [v for k, v in results["figures"].items() if k != "overlay_rows"]
@@ -291,10 +275,10 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
   """The entry point; returns the exit status (2: a user error)."""
-  parser = _parser()
-  args = parser.parse_args(argv)
-  _check_args(parser, args)
-  return cli.run_report(evaluate, args)
+  config, debug = cli.parse(
+    argv, Config, prog="python -m eval.localization", description=__doc__
+  )
+  return cli.run_report(evaluate, config, debug=debug)
 
 
 if __name__ == "__main__":

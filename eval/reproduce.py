@@ -22,7 +22,7 @@ devices and process-wide settings; the scoring runs here.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import datetime
 import json
 import logging
@@ -39,6 +39,7 @@ import numpy as np
 
 from eval import aggregate, cli, disentanglement, restore
 from eval import metrics as metrics_lib
+from vae_attn import configs
 from vae_attn.data import dsprites
 
 _log = logging.getLogger("eval.reproduce")
@@ -63,10 +64,10 @@ QUICK_FACTOR_VAE = dict(
 )
 
 
-def train_command(args: argparse.Namespace) -> list[str]:
+def train_command(config: Config) -> list[str]:
   """The ``python -m train.factorvae`` grid of both arms."""
-  seeds = ",".join(str(s) for s in range(args.seeds))
-  log_every = max(1, min(500, args.steps // 4 or 1))
+  seeds = ",".join(str(s) for s in range(config.seeds))
+  log_every = max(1, min(500, config.steps // 4 or 1))
   command = [
     sys.executable,
     "-m",
@@ -75,39 +76,40 @@ def train_command(args: argparse.Namespace) -> list[str]:
     "--gamma=40",
     "--lambda-ad=1",
     f"--seeds={seeds}",
-    f"--num-steps={args.steps}",
-    f"--batch-size={args.batch_size}",
-    f"--data={args.data}",
+    f"--num-steps={config.steps}",
+    f"--batch-size={config.batch_size}",
+    f"--data={config.data}",
     f"--log-every={log_every}",
-    f"--checkpoint-every={min(10_000, args.steps)}",
-    f"--precision={args.precision}",
+    f"--checkpoint-every={min(10_000, config.steps)}",
+    f"--precision={config.precision}",
     "--no-score",
-    f"--workdir={pathlib.Path(args.workdir, 'runs')}",
+    f"--workdir={pathlib.Path(config.workdir, 'runs')}",
   ]
-  if args.data_dir:
-    command.append(f"--data-dir={args.data_dir}")
+  if config.data_dir:
+    command.append(f"--data-dir={config.data_dir}")
   return command
 
 
-def _member_dirs(args) -> dict[str, list[pathlib.Path]]:
-  root = pathlib.Path(args.workdir, "runs")
+def _member_dirs(config: Config) -> dict[str, list[pathlib.Path]]:
+  root = pathlib.Path(config.workdir, "runs")
   return {
-    loss: [root / f"{loss}_seed{s}" for s in range(args.seeds)] for loss in ARMS
+    loss: [root / f"{loss}_seed{s}" for s in range(config.seeds)]
+    for loss in ARMS
   }
 
 
-def score_member(run_dir: pathlib.Path, args: argparse.Namespace) -> dict:
+def score_member(run_dir: pathlib.Path, config: Config) -> dict:
   """The Table 3 metrics of one trained member."""
   run = restore.load_run(run_dir)
   # The metrics need the ground-truth factor interface: the npz has it, and
   # the procedural source draws the tfds images (docs/data.md).
-  if args.data == "npz":
-    data, kind = dsprites.load_npz(args.data_dir), "npz"
+  if config.data == "npz":
+    data, kind = dsprites.load_npz(config.data_dir), "npz"
   else:
     data, kind = dsprites.procedural(), "procedural"
   mu_and_kl = disentanglement.representation_function(run)
-  random_state = np.random.RandomState(args.metric_seed)
-  if args.tabulate:
+  random_state = np.random.RandomState(config.metric_seed)
+  if config.tabulate:
     data, mu_and_kl = metrics_lib.tabulate(data, mu_and_kl, random_state)
   d = run.latent_dim
 
@@ -119,7 +121,7 @@ def score_member(run_dir: pathlib.Path, args: argparse.Namespace) -> dict:
 
   scores, sizes = {}, {}
   for convention in metrics_lib.FACTOR_VAE_CONVENTIONS:
-    kwargs = dict(QUICK_FACTOR_VAE) if args.quick else {}
+    kwargs = dict(QUICK_FACTOR_VAE) if config.quick else {}
     values = metrics_lib.compute_factor_vae(
       data,
       mu,
@@ -139,16 +141,16 @@ def score_member(run_dir: pathlib.Path, args: argparse.Namespace) -> dict:
         "num_variance_estimate", conv.num_variance_estimate
       ),
     }
-  if args.metrics == "all":
-    mig_train = 1000 if args.quick else 10_000
+  if config.metrics == "all":
+    mig_train = 1000 if config.quick else 10_000
     scores["mig"] = float(
       metrics_lib.compute_mig(data, mu, random_state, num_train=mig_train)[
         "discrete_mig"
       ]
     )
     sizes["mig"] = {"num_train": mig_train}
-    dci = dict(num_train=300, num_test=150) if args.quick else {}
-    importance = "random_forest" if args.quick else "gbt"
+    dci = dict(num_train=300, num_test=150) if config.quick else {}
+    importance = "random_forest" if config.quick else "gbt"
     for name, value in metrics_lib.compute_dci(
       data, mu, random_state, importance=importance, **dci
     ).items():
@@ -216,14 +218,14 @@ def write_report(path: str, results: dict) -> None:
     f.write("\n".join(lines) + "\n")
 
 
-def table3(args: argparse.Namespace) -> dict:
+def table3(config: Config) -> dict:
   """Trains the grid (or resumes it), scores every member, writes reports."""
   import jax  # The scoring process's backend, for the report.
 
-  os.makedirs(args.workdir, exist_ok=True)
-  command = train_command(args)
+  os.makedirs(config.workdir, exist_ok=True)
+  command = train_command(config)
   start = time.perf_counter()
-  if not args.skip_training:
+  if not config.skip_training:
     _log.info("Training: %s", shlex.join(command))
     status = subprocess.run(command, check=False).returncode
     if status != 0:
@@ -234,7 +236,7 @@ def table3(args: argparse.Namespace) -> dict:
   train_seconds = time.perf_counter() - start
   start = time.perf_counter()
   members, per_arm = {}, {}
-  dirs = _member_dirs(args)
+  dirs = _member_dirs(config)
   total = sum(len(v) for v in dirs.values())
   k = 0
   for loss, run_dirs in dirs.items():
@@ -242,7 +244,7 @@ def table3(args: argparse.Namespace) -> dict:
     for run_dir in run_dirs:
       k += 1
       _log.info("Scoring run %d of %d: %s", k, total, run_dir.name)
-      member = score_member(run_dir, args)
+      member = score_member(run_dir, config)
       members[run_dir.name] = member
       per_arm[loss].append(member["scores"])
   summaries = {
@@ -259,13 +261,13 @@ def table3(args: argparse.Namespace) -> dict:
   results = {
     "meta": {
       "table": "table3",
-      "steps": args.steps,
-      "seeds": list(range(args.seeds)),
-      "batch_size": args.batch_size,
-      "data": args.data,
-      "precision": args.precision,
-      "quick": args.quick,
-      "metrics": args.metrics,
+      "steps": config.steps,
+      "seeds": list(range(config.seeds)),
+      "batch_size": config.batch_size,
+      "data": config.data,
+      "precision": config.precision,
+      "quick": config.quick,
+      "metrics": config.metrics,
       "backend": jax.default_backend(),
       "devices": f"{len(devices)} x {devices[0].device_kind}",
       "train_command": shlex.join(["python", *command[1:]]),
@@ -277,76 +279,81 @@ def table3(args: argparse.Namespace) -> dict:
     "summary": summary,
     "members": members,
   }
-  with open(os.path.join(args.workdir, "results.json"), "w") as f:
+  with open(os.path.join(config.workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2, default=float)
-  write_report(os.path.join(args.workdir, "report.md"), results)
-  return {**results, "out": args.workdir}
+  write_report(os.path.join(config.workdir, "report.md"), results)
+  return {**results, "out": config.workdir}
 
 
-def _parser() -> argparse.ArgumentParser:
-  p = cli.ArgumentParser(prog="python -m eval.reproduce", description=__doc__)
-  p.add_argument("table", choices=("table3",), help="the table to re-measure")
-  p.add_argument(
-    "--steps", type=int, default=300_000, help="training steps (default 3e5)"
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The table to re-measure, how long and how often to train, what to score."""
+
+  table: str = configs.field(
+    configs.REQUIRED,
+    "the table to re-measure: table3",
+    ("table3",),
+    positional=True,
+    metavar="TABLE",
   )
-  p.add_argument("--seeds", type=int, default=3, help="seeds per arm (>= 2)")
-  p.add_argument("--batch-size", type=int, default=64, help="default 64")
-  p.add_argument(
-    "--data",
-    default="procedural",
-    choices=("procedural", "npz", "tfds"),
-    help="dSprites source (default procedural: no download)",
+  steps: int = configs.field(
+    300_000, "training steps (paper: 3e5)", type=configs.count
   )
-  p.add_argument("--data-dir", default="", help="npz file or tfds data_dir")
-  p.add_argument(
-    "--precision",
-    default="highest",
-    choices=("highest", "high", "default"),
-    help="matmul precision of the train step (default highest)",
+  seeds: int = configs.field(3, "seeds per arm (>= 2)")
+  batch_size: int = configs.field(64, "global batch")
+  data: str = configs.field(
+    "procedural",
+    "dSprites source (procedural: no download)",
+    ("procedural", "npz", "tfds"),
   )
-  p.add_argument(
-    "--metrics",
-    default="all",
-    choices=("all", "factor_vae"),
-    help="all: FactorVAE (both conventions), MIG, DCI; factor_vae: only it",
+  data_dir: str = configs.field("", "npz file or tfds data_dir")
+  precision: str = configs.field(
+    "highest",
+    "matmul precision of the train step",
+    ("highest", "high", "default"),
   )
-  p.add_argument(
-    "--quick",
-    action="store_true",
-    help="small metric samples (a pipeline check, not a measurement)",
+  metrics: str = configs.field(
+    "all",
+    "all: FactorVAE (both conventions), MIG, DCI; factor_vae: only it",
+    ("all", "factor_vae"),
   )
-  p.add_argument(
-    "--tabulate",
-    action="store_true",
-    help="encode all 737,280 images once, then look codes up",
+  quick: bool = configs.field(
+    False, "small metric samples (a pipeline check, not a measurement)"
   )
-  p.add_argument("--metric-seed", type=int, default=0, help="default 0")
-  p.add_argument(
-    "--skip-training",
-    action="store_true",
-    help="score the runs already in WORKDIR/runs",
+  tabulate: bool = configs.field(
+    False, "encode all 737,280 images once, then look codes up"
   )
-  p.add_argument(
-    "--workdir",
-    default=None,
-    help="default runs/reproduce_<table>_<steps>steps_<seeds>seeds",
+  metric_seed: int = configs.field(0, "seed of the metrics' samples")
+  skip_training: bool = configs.field(
+    False, "score the runs already in WORKDIR/runs"
   )
-  return p
+  workdir: str | None = configs.field(
+    None, "default: runs/reproduce_<table>_<steps>steps_<seeds>seeds"
+  )
+
+  def __post_init__(self):
+    if self.seeds < 2:
+      raise ValueError(
+        "--seeds must be >= 2 (a spread needs two runs per arm)."
+      )
+    if self.steps < 1:
+      raise ValueError("--steps must be >= 1.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
-  if args.seeds < 2:
-    _parser().error("--seeds must be >= 2 (a spread needs two runs per arm).")
-  if args.steps < 1:
-    _parser().error("--steps must be >= 1.")
-  args.workdir = args.workdir or (
-    f"runs/reproduce_{args.table}_{args.steps}steps_{args.seeds}seeds"
+  """The entry point; returns the exit status (2: a user error)."""
+  config, debug = cli.parse(
+    argv, Config, prog="python -m eval.reproduce", description=__doc__
   )
+  if config.workdir is None:
+    default = f"runs/reproduce_{config.table}_{config.steps}steps_"
+    config = dataclasses.replace(
+      config, workdir=f"{default}{config.seeds}seeds"
+    )
   logging.basicConfig(
     level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
   )
-  return cli.run_report(table3, args)
+  return cli.run_report(table3, config, debug=debug)
 
 
 if __name__ == "__main__":

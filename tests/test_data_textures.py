@@ -137,3 +137,14 @@ def test_cli_and_bad_arguments(tmp_path, capsys):
     textures.write_dataset(tmp_path, num_test=2)
   with pytest.raises(data.DataError, match="image_size"):
     textures.write_dataset(tmp_path, image_size=300)
+
+
+def test_writer_command_reads_its_flags_and_refuses_bad_sizes_in_one_line(
+  tmp_path, capsys
+):
+  argv = [f"--out={tmp_path / 'set'}", "--categories=brick", "--image-size=32"]
+  assert textures.main([*argv, "--num-train=1", "--num-test=5"]) == 0
+  assert sorted(p.name for p in (tmp_path / "set").iterdir())[0] == "brick"
+  assert textures.main([*argv, "--num-train=1", "--num-test=2"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: Need num_train >= 1")

@@ -14,7 +14,7 @@ from eval import cli, localization, restore
 from eval import localization_data as data_lib
 from eval import localization_scores as scores_lib
 from train import oneclass
-from vae_attn import anomaly, attention, runs
+from vae_attn import anomaly, attention, configs, runs
 from vae_attn.data import textures
 
 
@@ -252,7 +252,9 @@ def test_run_report_names_out_for_a_write_refused_in_the_workdir(
 def test_help_gives_every_flag_a_text_and_its_default(module):
   import importlib
 
-  parser = importlib.import_module(module)._parser()
+  parser = configs.ArgumentParser(
+    prog=module, groups=(importlib.import_module(module).Config, configs.Debug)
+  )
   for action in parser._actions:
     if isinstance(action, argparse._HelpAction):
       continue

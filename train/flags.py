@@ -173,13 +173,9 @@ def parse_flags(
     metavar="NAME",
     help=f"base config, one of: {', '.join(sorted(presets))}{named_by}",
   )
-  config, launch_flags, _ = configs_lib.parse(
-    argv,
-    presets[preset],
-    Launch,
-    prog=prog,
-    parser=parser,
-  )
+  parser.add_group(presets[preset])
+  parser.add_group(Launch)
+  config, launch_flags, _ = parser.parse_groups(argv)
   lists = {
     n: getattr(config, n)
     for n in grid_names

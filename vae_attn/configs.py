@@ -24,10 +24,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import simple_parsing
+from simple_parsing.helpers import custom_actions
 
 __all__ = [
   "ArgumentParser",
   "Debug",
+  "REQUIRED",
   "check_choices",
   "count",
   "field",
@@ -38,6 +40,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+# The default of a field whose flag must be given (``--workdir``).
+REQUIRED = dataclasses.MISSING
 
 
 def count(text: str) -> int:
@@ -71,6 +75,8 @@ def field(
   type: Callable[[str], Any] | None = None,  # noqa: A002
   positional: bool = False,
   nargs: str | None = None,
+  metavar: str | None = None,
+  switch: bool | None = None,
   metadata: Mapping[str, Any] | None = None,
 ) -> Any:
   """A config field with its ``--help`` text and optional allowed values.
@@ -78,14 +84,18 @@ def field(
   Example: ``loss: str = configs.field("ad", "objective", ("ad", "tc"))``.
 
   Args:
-    default: the value without the flag (a tuple for a list field).
+    default: the value without the flag (a tuple for a list field;
+      :data:`REQUIRED`: the flag must be given).
     help: one line for ``--help`` (plain text).
     choices: the allowed values; checked by the parser and by
       :func:`check_choices` for configs built in Python.
     alias: more flag names (``"--data-path"``).
     type: the parser of one value (default: from the annotation).
     positional: a positional argument instead of ``--name``.
-    nargs: ``"+"``/``"*"`` for list fields.
+    nargs: ``"*"`` for a tuple field with ``choices``.
+    metavar: the value's name in ``--help`` and errors (positionals).
+    switch: a ``bool`` or ``bool | None`` field: ``--name``, ``--no-name``
+      or ``--name=false`` (default: whether ``default`` is a bool).
     metadata: more ``dataclasses.field`` metadata (e.g. ``grid``).
   """
   kwargs: dict[str, Any] = {}
@@ -95,8 +105,12 @@ def field(
     kwargs["type"] = type
   if nargs is not None:
     kwargs["nargs"] = nargs
-  if isinstance(default, bool):
+  if metavar is not None:
+    kwargs["metavar"] = metavar
+  if isinstance(default, bool) if switch is None else switch:
     kwargs["negative_prefix"] = "--no-"
+    if not isinstance(default, bool):  # bool | None: simple_parsing's action.
+      kwargs.update(action=custom_actions.BooleanOptionalAction, nargs="?")
   return simple_parsing.field(
     default,
     alias=list([alias] if isinstance(alias, str) else alias) or None,
@@ -180,7 +194,9 @@ class ArgumentParser(simple_parsing.ArgumentParser):
   exits with status 2 (no usage block).
   """
 
-  def __init__(self, *, prog: str, description: str = ""):
+  def __init__(
+    self, *, prog: str, description: str = "", groups: Sequence[Any] = ()
+  ):
     super().__init__(
       prog=prog,
       description=description,
@@ -189,6 +205,36 @@ class ArgumentParser(simple_parsing.ArgumentParser):
       nested_mode=simple_parsing.NestedMode.WITHOUT_ROOT,
       add_config_path_arg=False,
     )
+    self._group_dests: list[str] = []
+    for group in groups:
+      self.add_group(group)
+
+  def add_group(self, group: type | Any) -> None:
+    """Adds the flags of a config dataclass (or of an instance: defaults)."""
+    cls = group if isinstance(group, type) else type(group)
+    default = None if isinstance(group, type) else group
+    self._group_dests.append(cls.__name__.lower())
+    self.add_arguments(cls, dest=self._group_dests[-1], default=default)
+
+  def parse_groups(self, argv: Sequence[str] | None) -> tuple[Any, ...]:
+    """The config of every group, then the namespace of other arguments.
+
+    Raises:
+      SystemExit: status 2 after one error line (a bad flag, a value outside
+        a field's choices, or a ``ValueError`` of a config's
+        ``__post_init__``), 0 after ``--help``.
+    """
+    try:
+      args = self.parse_args(argv)
+    except ValueError as e:  # A config's __post_init__ refused a value.
+      self.error(str(e))
+    parsed = tuple(getattr(args, d) for d in self._group_dests)
+    for config in parsed:
+      try:
+        check_choices(config)
+      except ValueError as e:
+        self.error(str(e))
+    return (*parsed, args)
 
   def parse_known_args(self, args=None, namespace=None, **kwargs):
     """``--num_steps`` is read as ``--num-steps`` (values stay as given)."""
@@ -243,7 +289,6 @@ def parse(
   *groups: type | Any,
   prog: str,
   description: str = "",
-  parser: ArgumentParser | None = None,
 ) -> tuple[Any, ...]:
   """Parses ``argv`` into one instance per config dataclass in ``groups``.
 
@@ -253,36 +298,21 @@ def parse(
       defaults (a preset); their field names and class names must differ.
     prog: the program name in ``--help`` and errors.
     description: the ``--help`` text (the module docstring).
-    parser: a parser with more arguments already added (``--preset``); its
-      namespace is then returned last.
 
   Returns:
-    The instances, in the order of ``groups`` (plus the namespace of the
-    other arguments when ``parser`` is given).
+    The instances, in the order of ``groups``.
 
   Raises:
-    SystemExit: status 2 after one error line (bad flag), 0 after ``--help``.
+    SystemExit: status 2 after one error line (a bad flag, or a
+      ``ValueError`` of a config's ``__post_init__``), 0 after ``--help``.
   """
-  own = parser is None
-  parser = parser or ArgumentParser(prog=prog, description=description)
-  dests = []
-  for group in groups:
-    cls = group if isinstance(group, type) else type(group)
-    default = None if isinstance(group, type) else group
-    dests.append(cls.__name__.lower())
-    parser.add_arguments(cls, dest=dests[-1], default=default)
-  args = parser.parse_args(argv)
-  parsed = tuple(getattr(args, d) for d in dests)
-  for config in parsed:
-    try:
-      check_choices(config)
-    except ValueError as e:
-      parser.error(str(e))
-  return parsed if own else (*parsed, args)
+  parser = ArgumentParser(prog=prog, description=description, groups=groups)
+  return parser.parse_groups(argv)[:-1]
 
 
 def check_choices(config: Any) -> None:
-  """Checks every field with ``choices`` (configs built in Python too).
+  """Checks every field with ``choices`` (configs built in Python too);
+  ``None`` (an optional field not given) passes.
 
   Raises:
     ValueError: naming the field, the bad value and the allowed values.
@@ -291,6 +321,7 @@ def check_choices(config: Any) -> None:
     choices = f.metadata.get("allowed")
     value = getattr(config, f.name)
     values = value if isinstance(value, (tuple, list)) else (value,)
+    values = [v for v in values if v is not None]  # None: "not given".
     for v in values if choices is not None else ():
       if v not in choices:
         raise ValueError(
