@@ -14,7 +14,7 @@ from eval import cli, localization, restore
 from eval import localization_data as data_lib
 from eval import localization_scores as scores_lib
 from train import oneclass
-from vae_attn import anomaly, attention, configs, runs
+from vae_attn import anomaly, attention, runs
 from vae_attn.data import textures
 
 
@@ -244,24 +244,6 @@ def test_run_report_names_out_for_a_write_refused_in_the_workdir(
   args = argparse.Namespace(workdir=str(tmp_path), out=None)
   assert cli.run_report(evaluate, args) == 2
   assert "pass --out=" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-  "module", ["eval.localization", "eval.explain", "eval.aggregate"]
-)
-def test_help_gives_every_flag_a_text_and_its_default(module):
-  import importlib
-
-  parser = configs.ArgumentParser(
-    prog=module, groups=(importlib.import_module(module).Config, configs.Debug)
-  )
-  for action in parser._actions:
-    if isinstance(action, argparse._HelpAction):
-      continue
-    assert action.help, action.dest
-    text = parser._get_formatter()._get_help_string(action)
-    if action.option_strings and not action.required:
-      assert "default" in text, (action.dest, text)
 
 
 def test_original_resolution_keeps_a_defect_that_resizing_deletes():

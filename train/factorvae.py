@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from train import cli, common, loop
+from train import cli, common, factor_vae_score, loop
 from train import data as device_data
 from vae_attn import configs, losses, models, runs
 from vae_attn.attention import value_and_attention
@@ -317,57 +317,6 @@ def train_step(
   return state, metrics
 
 
-def factor_vae_score(
-  state: common.TrainState, config: Config, source, encode_fn=None
-) -> dict:
-  """The FactorVAE metric of the posterior means (``eval.metrics``).
-
-  With the ``paper`` convention, latents whose mean KL to the prior is below
-  0.05 nats are pruned (Kim & Mnih 2018).
-
-  Args:
-    state: the train state.
-    config: the run's config (its seed seeds the metric's random state).
-    source: the dSprites source (its ground-truth interface if it has one).
-    encode_fn: jitted ``(variables, x) -> (mu, logvar)`` (default: built).
-
-  Returns:
-    ``{"factor_vae_eval_accuracy": ..., "factor_vae_train_accuracy": ...,
-    "factor_vae_num_active_dims": ...}``.
-  """
-  from eval import metrics  # Deferred: eval code is only needed here.
-
-  if encode_fn is None:
-    model = models.make_model("factorvae", latent_dim=config.latent_dim)
-    encode_fn = jax.jit(functools.partial(model.apply, method=model.encode))
-  variables = {"params": jax.device_get(state.params["vae"])}
-  ground_truth = (
-    source if hasattr(source, "sample_factors") else (dsprites.procedural())
-  )
-
-  def representation_fn(x: np.ndarray) -> np.ndarray:
-    return np.asarray(encode_fn(variables, x)[0])
-
-  def kl_fn(x: np.ndarray) -> np.ndarray:
-    mu, logvar = (np.asarray(a) for a in encode_fn(variables, x))
-    return np.asarray(losses.gaussian_kl_per_dim(mu, logvar))
-
-  counts = {
-    "num_train": config.score_num_train,
-    "num_eval": config.score_num_eval,
-    "num_variance_estimate": config.score_num_variance,
-  }
-  scores = metrics.compute_factor_vae(
-    ground_truth,
-    representation_fn,
-    np.random.RandomState(config.seed),
-    convention=config.score_convention,
-    kl_function=kl_fn if config.score_convention == "paper" else None,
-    **{k: v for k, v in counts.items() if v > 0},
-  )
-  return {f"factor_vae_{k}": float(v) for k, v in scores.items()}
-
-
 def run_spec(config: Config) -> runs.RunSpec:
   """What evaluation needs to rebuild this run's model and data."""
   return runs.RunSpec(
@@ -403,7 +352,7 @@ def make_trainer(config: Config | Sequence[Config]) -> common.Trainer:
   eval_fn = None
   if static.score:
     eval_fn = functools.partial(
-      _score_member,
+      factor_vae_score.factor_vae_score,
       source=source,
       encode_fn=jax.jit(functools.partial(model.apply, method=model.encode)),
     )
@@ -419,10 +368,6 @@ def make_trainer(config: Config | Sequence[Config]) -> common.Trainer:
     spec_fn=run_spec,
     metrics_fn=_member_metrics,
   )
-
-
-def _score_member(state, config, *, source, encode_fn):
-  return factor_vae_score(state, config, source, encode_fn)
 
 
 def train_and_evaluate(
