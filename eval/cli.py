@@ -12,6 +12,7 @@ a few seconds, and :func:`progress` bars over batches on a terminal.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -28,6 +29,21 @@ from vae_attn import attention, configs, user_errors
 
 # OS errors that mean "this folder cannot be written".
 _WRITE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedRun:
+  """The training run an evaluation reads: the first fields of its config.
+
+  Attributes:
+    workdir: the run directory (``vae_attn.runs``).
+    step: the checkpoint step (``None``: the newest good one).
+  """
+
+  workdir: str = configs.field(configs.REQUIRED, "training run (its --workdir)")
+  step: int | None = configs.field(
+    None, "checkpoint step (default: the newest good one)"
+  )
 
 
 def positive_field() -> str:

@@ -288,13 +288,9 @@ def evaluate(config: Config) -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-  """The run to score, the samples, the figures and where they go."""
+class Config(cli.SavedRun):
+  """The FactorVAE run to score, the samples, the figures, where they go."""
 
-  workdir: str = configs.field(configs.REQUIRED, "FactorVAE training run")
-  step: int | None = configs.field(
-    None, "checkpoint step (default: the newest good one)"
-  )
   data: str | None = configs.field(
     None, "dSprites source (default: the run's)", disentanglement_data.DATA
   )

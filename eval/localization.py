@@ -57,13 +57,9 @@ CODES = maps_lib.CODES
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-  """What python -m eval.localization scores and where it writes."""
+class Config(cli.SavedRun):
+  """What python -m eval.localization scores (a one-class run) and where."""
 
-  workdir: str = configs.field(configs.REQUIRED, "one-class training run")
-  step: int | None = configs.field(
-    None, "checkpoint step (default: the newest good one)"
-  )
   dataset: str | None = configs.field(
     None, "test data (default: the run's, else textures)", DATASETS
   )

@@ -296,9 +296,7 @@ class Config:
     positional=True,
     metavar="TABLE",
   )
-  steps: int = configs.field(
-    300_000, "training steps (paper: 3e5)", type=configs.count
-  )
+  steps: int = configs.field(300_000, "training steps (paper: 3e5)")
   seeds: int = configs.field(3, "seeds per arm (>= 2)")
   batch_size: int = configs.field(64, "global batch")
   data: str = configs.field(

@@ -31,7 +31,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 @dataclasses.dataclass(frozen=True)
 class ToyConfig(common.LoopConfig):
-  num_steps: int = configs.field(10, "steps", type=configs.count)
+  num_steps: int = configs.field(10, "steps")
   log_every: int = 2
   checkpoint_every: int = 3
   learning_rate: float = dataclasses.field(

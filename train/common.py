@@ -115,16 +115,10 @@ class LoopConfig:
   )
 
   seed: int = configs.grid_field(0, "root of all randomness", alias="--seeds")
-  num_steps: int = configs.field(1000, "training steps", type=configs.count)
-  log_every: int = configs.field(
-    100, "log the mean metrics this often", type=configs.count
-  )
-  eval_every: int = configs.field(
-    0, "evaluate this often (0: at the end only)", type=configs.count
-  )
-  checkpoint_every: int = configs.field(
-    1000, "save a checkpoint this often", type=configs.count
-  )
+  num_steps: int = configs.field(1000, "training steps")
+  log_every: int = configs.field(100, "log the mean metrics this often")
+  eval_every: int = configs.field(0, "evaluate this often (0: at the end only)")
+  checkpoint_every: int = configs.field(1000, "save a checkpoint this often")
   max_to_keep: int = configs.field(3, "checkpoints kept")
   steps_per_call: int = configs.field(
     0, "steps per compiled call (0: 100 on GPU/TPU with data on device, else 1)"

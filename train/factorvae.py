@@ -63,15 +63,7 @@ class Config(common.LoopConfig):
       "score_num_variance",
     }
   )
-  num_steps: int = configs.field(
-    300_000, "training steps (paper: 3e5)", type=configs.count
-  )
-  log_every: int = configs.field(
-    500, "log the mean metrics this often", type=configs.count
-  )
-  checkpoint_every: int = configs.field(
-    10_000, "save a checkpoint this often", type=configs.count
-  )
+  num_steps: int = configs.field(300_000, "training steps (paper: 3e5)")
   # Comma lists of these train a grid (--seeds=0,1,2 --loss=tc,ad).
   loss: str = configs.grid_field(
     "ad",
@@ -123,7 +115,7 @@ class Config(common.LoopConfig):
 
 
 PRESETS = {
-  "dsprites": Config(),
+  "dsprites": Config(log_every=500, checkpoint_every=10_000),
   # The README's CPU run: minutes on 2 cores, small-sample FactorVAE score.
   "quick": Config(
     num_steps=500,

@@ -55,10 +55,8 @@ class Config(common.LoopConfig):
   RUN_FIELDS: ClassVar[frozenset[str]] = frozenset(
     {"eval_num_examples", "stats_batch_size"}
   )
-  num_steps: int = configs.field(10_000, "training steps", type=configs.count)
-  checkpoint_every: int = configs.field(
-    2_000, "save a checkpoint this often", type=configs.count
-  )
+  num_steps: int = configs.field(10_000, "training steps")
+  checkpoint_every: int = configs.field(2_000, "save a checkpoint this often")
   dataset: str = configs.field("textures", "data set (its preset)", DATASETS)
   category: str = configs.field(
     "", "mvtec/textures category (textures: first found)"

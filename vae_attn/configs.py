@@ -90,7 +90,8 @@ def field(
     choices: the allowed values; checked by the parser and by
       :func:`check_choices` for configs built in Python.
     alias: more flag names (``"--data-path"``).
-    type: the parser of one value (default: from the annotation).
+    type: the parser of one value (default: :func:`count` for an ``int``
+      default, so ``--num-steps=3e5`` works; else from the annotation).
     positional: a positional argument instead of ``--name``.
     nargs: ``"*"`` for a tuple field with ``choices``.
     metavar: the value's name in ``--help`` and errors (positionals).
@@ -101,6 +102,10 @@ def field(
   kwargs: dict[str, Any] = {}
   if choices is not None:
     kwargs["choices"] = tuple(choices)
+  if (
+    type is None and isinstance(default, int) and not isinstance(default, bool)
+  ):
+    type = count  # noqa: A001 (the argparse name)
   if type is not None:
     kwargs["type"] = type
   if nargs is not None:
