@@ -125,5 +125,5 @@ def test_help_is_plain_text(module, capsys):
   assert e.value.code == 0
   out = capsys.readouterr().out
   assert "usage: python -m " + module in out
-  for markup in ("``", ":func:", ":mod:", ":class:", ":data:", "PAPER.md"):
+  for markup in ("``", ":func:", ":mod:", ":class:", ":data:"):
     assert markup not in out, (module, markup)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from eval import restore
-from train import factorvae, flags, loop, oneclass
+from train import factorvae, flags, loop, members, oneclass
 from vae_attn import metric_writers
 
 
@@ -86,6 +86,18 @@ def test_comma_lists_make_a_grid_with_named_members():
   dirs = [d.name for d in loop.member_dirs(pathlib.Path("w"), configs)]
   assert dirs[:2] == ["tc_seed0", "tc_seed1"] and dirs[-1] == "ad_seed2"
   assert factorvae.default_workdir(configs) == "runs/factorvae_tc-ad"
+
+
+def test_expand_grid_from_a_config_built_in_python():
+  base = factorvae.PRESETS["smoke"]
+  grid = members.expand_grid(base, {"loss": ["tc", "ad"], "seed": [0, 1]})
+  assert [(c.loss, c.seed) for c in grid] == [
+    ("tc", 0),
+    ("tc", 1),
+    ("ad", 0),
+    ("ad", 1),
+  ]
+  assert all(c.num_steps == base.num_steps for c in grid)
 
 
 def test_grid_flags_are_refused_where_they_cannot_apply(capsys):

@@ -36,12 +36,9 @@ def expand_grid(base: Any, lists: Mapping[str, Sequence[Any]]) -> list[Any]:
   """Every combination of ``lists`` applied to ``base`` (last field fastest).
 
   Example: ``expand_grid(config, {"loss": ["tc", "ad"], "seed": [0, 1]})``
-  gives tc/0, tc/1, ad/0, ad/1. Tuples left in ``base`` by the flags of a
-  one-value list become that value.
+  gives tc/0, tc/1, ad/0, ad/1.
   """
   names = list(lists)
-  one = {n: getattr(base, n)[0] for n in names}
-  base = dataclasses.replace(base, **one)
   return [
     dataclasses.replace(base, **dict(zip(names, combo, strict=True)))
     for combo in itertools.product(*(lists[n] for n in names))
