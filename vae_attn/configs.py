@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -354,9 +353,3 @@ def from_dict(config_cls: type[T], values: Mapping[str, Any]) -> T:
       "written by another trainer or version."
     )
   return config_cls(**values)
-
-
-def field_types(config_cls: type) -> dict[str, Any]:
-  """Field name -> resolved annotation (``from __future__`` strings too)."""
-  hints = typing.get_type_hints(config_cls)
-  return {f.name: hints[f.name] for f in dataclasses.fields(config_cls)}
