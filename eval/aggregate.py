@@ -82,9 +82,18 @@ def find_results(path: str) -> list[str]:
   """The results files of ``path`` (a file, an evaluation folder or a run).
 
   Raises:
-    FileNotFoundError: ``path`` holds no results; the message says what to
+    FileNotFoundError: ``path`` does not exist (e.g. a glob the shell left
+      unexpanded), or holds no results; the message says what to pass or
       run first.
   """
+  if not os.path.exists(path):
+    what = (
+      "matches no file or folder" if glob.has_magic(path) else "does not exist"
+    )
+    raise FileNotFoundError(
+      f"{path} {what}; pass training run folders, evaluation folders or "
+      f"{RESULTS} files."
+    )
   if os.path.isfile(path):
     return [path]
   if os.path.isfile(os.path.join(path, RESULTS)):
@@ -140,6 +149,35 @@ def _numbers(tree: Any, prefix: str = "") -> dict[str, float]:
   return out
 
 
+def _load(file: str) -> dict:
+  """The JSON object of a results file.
+
+  Raises:
+    ValueError: ``file`` cannot be read or holds no JSON object; a file not
+      named ``results.json`` is called not a results file, one so named
+      damaged.
+  """
+  try:
+    with open(file) as f:
+      results = json.load(f)
+  except (OSError, ValueError) as e:  # UnicodeDecodeError too (binary).
+    reason = " ".join(str(e).split())
+  else:
+    if isinstance(results, dict):
+      return results
+    reason = f"it holds a JSON {type(results).__name__}, not an object"
+  if os.path.basename(file) == RESULTS:
+    raise ValueError(
+      f"Cannot read {file} ({reason}); it is damaged: re-run the "
+      "evaluation that wrote it."
+    )
+  raise ValueError(
+    f"{file} is not a {RESULTS} ({reason}); pass the {RESULTS} of python "
+    "-m eval.localization or python -m eval.disentanglement, or their "
+    "folders."
+  )
+
+
 def read_run(path: str) -> tuple[dict[str, float], dict]:
   """``(metrics, config)`` of one run (config ``{}`` if not recorded).
 
@@ -150,13 +188,7 @@ def read_run(path: str) -> tuple[dict[str, float], dict]:
   """
   metrics, config, seen = {}, {}, {}
   for file in find_results(path):
-    try:
-      with open(file) as f:
-        results = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-      raise ValueError(
-        f"Cannot read {file}: {e}. Re-run the evaluation that wrote it."
-      ) from e
+    results = _load(file)
     name = evaluator(results, file)
     if name in seen:
       raise ValueError(

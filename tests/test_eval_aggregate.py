@@ -116,3 +116,41 @@ def test_two_results_of_one_evaluation_in_a_run_are_refused(tmp_path, capsys):
   assert aggregate.main([str(run)]) == 2
   err = capsys.readouterr().err
   assert "two localization results" in err and "results.json" in err
+
+
+def test_missing_path_and_unmatched_glob_say_they_do_not_exist(
+  tmp_path, capsys
+):
+  fix = "pass training run folders, evaluation folders or results.json files."
+  assert aggregate.main([f"{tmp_path}/nonexist"]) == 2
+  err = capsys.readouterr().err
+  assert err == f"error: {tmp_path}/nonexist does not exist; {fix}\n"
+  assert aggregate.main([f"{tmp_path}/ad_seed*"]) == 2
+  err = capsys.readouterr().err
+  assert err == f"error: {tmp_path}/ad_seed* matches no file or folder; {fix}\n"
+
+
+def test_a_file_that_is_not_results_json_is_named_so(tmp_path, capsys):
+  notes = tmp_path / "notes.txt"
+  notes.write_text("my notes\n")
+  listed = tmp_path / "list.json"
+  listed.write_text("[1, 2]")
+  binary = tmp_path / "image.png"
+  binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+  for path in (notes, listed, binary):
+    assert aggregate.main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path} is not a results.json (")
+    assert err.endswith(
+      "pass the results.json of python -m eval.localization or python -m "
+      "eval.disentanglement, or their folders.\n"
+    )
+  assert aggregate.main([str(listed)]) == 2
+  assert "(it holds a JSON list, not an object)" in capsys.readouterr().err
+  damaged = tmp_path / "d" / "results.json"
+  damaged.parent.mkdir()
+  damaged.write_text('{"scores": ')
+  assert aggregate.main([str(damaged)]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"error: Cannot read {damaged} (")
+  assert err.endswith("it is damaged: re-run the evaluation that wrote it.\n")
