@@ -339,6 +339,11 @@ def _select(keys: list[str], patterns: Sequence[str] | None) -> list[str]:
 
 
 def _run(config: Config) -> int:
+  # Before any reading: a bad --out/--json fails now, not after the table.
+  if config.out:
+    cli.make_out_file(config.out, flag="--out")
+  if config.json:
+    cli.make_out_file(config.json, flag="--json")
   groups, notes = _read_groups(config)
   keys = list(dict.fromkeys(k for g in groups.values() for k in g))
   keys = _select(keys, config.keys)

@@ -175,6 +175,37 @@ def _progress_lines(iterable, total, desc, every):
       last = now
 
 
+def _cannot_write(
+  target: str, cause: OSError, fix: str, reason: str | None = None
+) -> OSError:
+  """``cannot write <target> (<reason>); pass <fix>``, with ``cause``'s
+  errno (the message has no ``[Errno n]`` prefix); ``reason`` defaults to
+  the cause's."""
+  reason = reason or cause.strerror or str(cause)
+  error = OSError(f"cannot write {target} ({reason}); pass {fix}")
+  error.errno = cause.errno
+  return error
+
+
+def _writable_folder(folder: str, *, target: str, fix: str) -> None:
+  """Creates ``folder`` and checks that a file can be written into it.
+
+  Raises:
+    OSError: from :func:`_cannot_write`.
+  """
+  try:
+    os.makedirs(folder, exist_ok=True)
+    probe = os.path.join(folder, f".write-test-{os.getpid()}")
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    # makedirs says only "File exists" when the folder's name is a file.
+    in_the_way = isinstance(e, FileExistsError) and os.path.isfile(folder)
+    reason = f"{folder} is a file, not a folder" if in_the_way else None
+    raise _cannot_write(target, e, fix, reason) from e
+
+
 def make_out_dir(out: str, *, flag: str = "--out") -> str:
   """Creates the output folder ``out`` and checks that it can be written.
 
@@ -182,20 +213,38 @@ def make_out_dir(out: str, *, flag: str = "--out") -> str:
     OSError: the folder cannot be created or written; the message names
       ``flag`` as the fix.
   """
-  try:
-    os.makedirs(out, exist_ok=True)
-    probe = os.path.join(out, f".write-test-{os.getpid()}")
-    with open(probe, "w"):
-      pass
-    os.remove(probe)
-  except OSError as e:
-    reason = e.strerror or str(e)
-    raise OSError(
-      e.errno,
-      f"cannot write the results to {out} ({reason}); pass "
-      f"{flag}=<a writable folder>",
-    ) from e
+  _writable_folder(
+    out, target=f"the results to {out}", fix=f"{flag}=<a writable folder>"
+  )
   return out
+
+
+def make_out_file(path: str, *, flag: str) -> str:
+  """Checks, before any work, that the output file ``path`` can be written.
+
+  Creates its parent folder (as :func:`make_out_dir` does for a folder)
+  and, when the file exists, opens it for appending (which changes
+  nothing) to check it can be replaced; the file itself is written later.
+
+  Raises:
+    IsADirectoryError: ``path`` is a folder.
+    OSError: the file or its folder cannot be created or written; the
+      message names ``flag`` as the fix.
+  """
+  fix = f"{flag}=<a writable path>"
+  if os.path.isdir(path):
+    raise IsADirectoryError(
+      f"{flag}={path} is a folder; pass {flag}={path.rstrip(os.sep)}"
+      f"{os.sep}<file name>"
+    )
+  _writable_folder(os.path.dirname(os.path.abspath(path)), target=path, fix=fix)
+  if os.path.exists(path):
+    try:
+      with open(path, "a"):
+        pass
+    except OSError as e:
+      raise _cannot_write(path, e, fix) from e
+  return path
 
 
 def save_results(

@@ -118,6 +118,40 @@ def test_two_results_of_one_evaluation_in_a_run_are_refused(tmp_path, capsys):
   assert "two localization results" in err and "results.json" in err
 
 
+def test_out_and_json_folders_are_made_before_reading(tmp_path, capsys):
+  run = _write(tmp_path / "r", {"fv": 0.7}, 0)
+  out, stats = tmp_path / "new" / "t.md", tmp_path / "other" / "s.json"
+  assert aggregate.main([run, f"--out={out}", f"--json={stats}"]) == 0
+  assert "| `disentanglement/fv` |" in out.read_text()
+  assert "disentanglement/fv" in json.loads(stats.read_text())["A"]
+  capsys.readouterr()
+  # Checked first: made (and refused) before a missing run is read.
+  assert aggregate.main(["nope", f"--out={tmp_path / 'made' / 't.md'}"]) == 2
+  assert (tmp_path / "made").is_dir()
+  assert capsys.readouterr().err.startswith("error: nope does not exist")
+
+
+@pytest.mark.parametrize("flag", ["--out", "--json"])
+def test_unwritable_out_and_json_fail_before_the_table(tmp_path, capsys, flag):
+  run = _write(tmp_path / "r", {"fv": 0.7}, 0)
+  afile = tmp_path / "afile"
+  afile.write_text("x")
+  assert aggregate.main([run, f"{flag}={afile}/t"]) == 2
+  got = capsys.readouterr()
+  assert got.out == ""
+  assert got.err == (
+    f"error: cannot write {afile}/t ({afile} is a file, not a folder); "
+    f"pass {flag}=<a writable path>\n"
+  )
+  assert aggregate.main([run, f"{flag}={tmp_path}"]) == 2
+  got = capsys.readouterr()
+  assert got.out == ""
+  assert got.err == (
+    f"error: {flag}={tmp_path} is a folder; pass {flag}={tmp_path}/<file "
+    "name>\n"
+  )
+
+
 def test_missing_path_and_unmatched_glob_say_they_do_not_exist(
   tmp_path, capsys
 ):
