@@ -236,7 +236,7 @@ class Config:
     (),
     "image files to explain (default: test images of the run's data)",
   )
-  num_images: int = configs.field(4, "test images without --images")
+  num_images: int = configs.field(4, "test images without --images", minimum=1)
   layer: str | None = configs.field(
     None, "attention layer, a path or unique suffix (default: the run's)"
   )
@@ -247,7 +247,7 @@ class Config:
     ("mu", "sample", "difference"),
   )
   num_samples: int = configs.field(
-    8, "draws averaged for --code=sample or difference"
+    8, "draws averaged for --code=sample or difference", minimum=1
   )
   positive: str = cli.positive_field()
   gradient_scale: str = configs.field(
@@ -256,7 +256,7 @@ class Config:
     "the official code does",
     ("none", "rms"),
   )
-  k: int = configs.field(8, "per-latent maps shown")
+  k: int = configs.field(8, "per-latent maps shown", minimum=1)
   order: str = configs.field(
     "index",
     "show latents 0..k-1, or the k strongest per image",
@@ -276,10 +276,6 @@ class Config:
     "output folder (default: <workdir>/explain, or "
     "runs/explain/<model>_random without --workdir)",
   )
-
-  def __post_init__(self):
-    if min(self.k, self.num_images, self.num_samples) < 1:
-      raise ValueError("--k, --num-images and --num-samples must be >= 1.")
 
 
 def _load(config: Config):

@@ -82,20 +82,22 @@ class Config(cli.SavedRun):
   codes: tuple[str, ...] = configs.field(
     CODES, "attention codes to score", CODES, nargs="*"
   )
-  num_samples: int = configs.field(8, "eq. 5 draws per image")
+  num_samples: int = configs.field(8, "eq. 5 draws per image", minimum=1)
   positive: str = cli.positive_field()
   chunk_size: int | None = configs.field(
     None,
     "latents per pullback chunk, bounds accelerator memory (default: all at "
     "once, or about 256 rows on CPU)",
+    minimum=1,
   )
-  batch_size: int = configs.field(8, "test images a batch")
+  batch_size: int = configs.field(8, "test images a batch", minimum=1)
   max_images: int | None = configs.field(
     None,
-    "evaluate at most this many test images, evenly spaced (default: all; "
-    "quick runs)",
+    "evaluate at most this many test images, evenly spaced, normal and "
+    "anomalous (default: all; quick runs)",
+    minimum=2,
   )
-  num_overlays: int = configs.field(6, "rows of overlays.png")
+  num_overlays: int = configs.field(6, "rows of overlays.png", minimum=2)
   seed: int = configs.field(0, "seed of the eq. 5 draws")
   resolution: str = configs.field(
     "original",
@@ -108,14 +110,6 @@ class Config(cli.SavedRun):
   )
 
   def __post_init__(self):
-    if self.num_samples < 1 or self.batch_size < 1 or self.num_overlays < 2:
-      raise ValueError("--num-samples, --batch-size >= 1; --num-overlays >= 2.")
-    if self.chunk_size is not None and self.chunk_size < 1:
-      raise ValueError("--chunk-size must be >= 1.")
-    if self.max_images is not None and self.max_images < 2:
-      raise ValueError(
-        "--max-images must be >= 2 (normal and anomalous images)."
-      )
     if not self.codes:
       raise ValueError(f"--codes: name at least one of {', '.join(CODES)}.")
 

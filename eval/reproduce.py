@@ -296,9 +296,9 @@ class Config:
     positional=True,
     metavar="TABLE",
   )
-  steps: int = configs.field(300_000, "training steps (paper: 3e5)")
-  seeds: int = configs.field(3, "seeds per arm (>= 2)")
-  batch_size: int = configs.field(64, "global batch")
+  steps: int = configs.field(300_000, "training steps (paper: 3e5)", minimum=1)
+  seeds: int = configs.field(3, "seeds per arm (a spread needs two)", minimum=2)
+  batch_size: int = configs.field(64, "global batch", minimum=1)
   data: str = configs.field(
     "procedural",
     "dSprites source (procedural: no download)",
@@ -328,14 +328,6 @@ class Config:
   workdir: str | None = configs.field(
     None, "default: runs/reproduce_<table>_<steps>steps_<seeds>seeds"
   )
-
-  def __post_init__(self):
-    if self.seeds < 2:
-      raise ValueError(
-        "--seeds must be >= 2 (a spread needs two runs per arm)."
-      )
-    if self.steps < 1:
-      raise ValueError("--steps must be >= 1.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

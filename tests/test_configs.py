@@ -31,6 +31,9 @@ class Toy:
   names: tuple[str, ...] = configs.field((), "some names")
   seed: int = configs.grid_field(0, "a seed", alias="--seeds")
   loss: str = configs.grid_field("x", "a loss", ("x", "y"))
+  size: int = configs.field(1, "a size", minimum=1)
+  rate: float = configs.field(0.1, "a rate", above=0)
+  weight: float = configs.grid_field(1.0, "a weight", minimum=0)
 
   def __post_init__(self):
     if self.steps < 0:
@@ -72,6 +75,10 @@ def test_grid_fields_parse_comma_lists_as_tuples():
     (["--seeds=1,1"], "'1,1' repeats a value"),
     (["--steps=-1"], "--steps must be >= 0."),
     (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--size=0"], "--size must be >= 1, got 0."),
+    (["--rate=0"], "--rate must be > 0, got 0.0."),
+    (["--rate=nan"], "--rate must be a finite number, got nan."),
+    (["--weight=1,-2"], "--weight must be >= 0, got -2.0."),
   ],
 )
 def test_a_bad_flag_is_one_line_with_status_2(argv, message, capsys):
@@ -84,9 +91,13 @@ def test_a_bad_flag_is_one_line_with_status_2(argv, message, capsys):
 
 
 def test_choices_are_checked_for_configs_built_in_python():
-  configs.check_choices(Toy(optional_mode=None))
-  with pytest.raises(ValueError, match=r"^mode='c' is not one of \('a', 'b'\)"):
-    configs.check_choices(Toy(mode="c"))
+  configs.check_values(Toy(optional_mode=None))
+  with pytest.raises(
+    ValueError, match=r"^--mode='c' is not one of \('a', 'b'\)"
+  ):
+    configs.check_values(Toy(mode="c"))
+  with pytest.raises(ValueError, match=r"^--rate must be > 0, got -1"):
+    configs.check_values(Toy(rate=-1.0))
 
 
 def test_a_config_survives_json():

@@ -122,3 +122,25 @@ def test_cli_trains_the_baselines(loss, tmp_path):
   assert "![attention](attention.png)" in (report / "report.md").read_text()
   # Rerunning the finished command changes nothing and succeeds.
   assert factorvae.main(argv) == 0
+
+
+@pytest.mark.parametrize(
+  ("flag", "message"),
+  [
+    ("--batch-size=0", "--batch-size must be >= 1, got 0."),
+    ("--latent-dim=1", "--latent-dim must be >= 2, got 1."),
+    ("--gamma=nan", "--gamma must be a finite number, got nan."),
+    ("--vae-lr=-1", "--vae-lr must be > 0, got -1.0."),
+    ("--seeds=0,-1", "--seed must be >= 0, got -1."),
+  ],
+)
+def test_out_of_range_values_are_refused_before_training(
+  flag, message, tmp_path, capsys
+):
+  # These reached the step and ended in a ZeroDivisionError or a NaN loss.
+  argv = ["--preset=smoke", flag, f"--workdir={tmp_path / 'run'}"]
+  with pytest.raises(SystemExit) as e:
+    factorvae.main(argv)
+  assert e.value.code == 2
+  assert message in capsys.readouterr().err
+  assert not (tmp_path / "run").exists()

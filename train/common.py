@@ -114,14 +114,24 @@ class LoopConfig:
     }
   )
 
-  seed: int = configs.grid_field(0, "root of all randomness", alias="--seeds")
-  num_steps: int = configs.field(1000, "training steps")
-  log_every: int = configs.field(100, "log the mean metrics this often")
-  eval_every: int = configs.field(0, "evaluate this often (0: at the end only)")
-  checkpoint_every: int = configs.field(1000, "save a checkpoint this often")
-  max_to_keep: int = configs.field(3, "checkpoints kept")
+  seed: int = configs.grid_field(
+    0, "root of all randomness", alias="--seeds", minimum=0
+  )
+  num_steps: int = configs.field(1000, "training steps", minimum=1)
+  log_every: int = configs.field(
+    100, "log the mean metrics this often", minimum=1
+  )
+  eval_every: int = configs.field(
+    0, "evaluate this often (0: at the end only)", minimum=0
+  )
+  checkpoint_every: int = configs.field(
+    1000, "save a checkpoint this often", minimum=1
+  )
+  max_to_keep: int = configs.field(3, "checkpoints kept", minimum=1)
   steps_per_call: int = configs.field(
-    0, "steps per compiled call (0: 100 on GPU/TPU with data on device, else 1)"
+    0,
+    "steps per compiled call (0: 100 on GPU/TPU with data on device, else 1)",
+    minimum=0,
   )
   precision: str = configs.field(
     "highest",

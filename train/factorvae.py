@@ -63,29 +63,37 @@ class Config(common.LoopConfig):
       "score_num_variance",
     }
   )
-  num_steps: int = configs.field(300_000, "training steps (paper: 3e5)")
+  num_steps: int = configs.field(
+    300_000, "training steps (paper: 3e5)", minimum=1
+  )
   # Comma lists of these train a grid (--seeds=0,1,2 --loss=tc,ad).
   loss: str = configs.grid_field(
     "ad",
     "ad: AD-FactorVAE, tc: FactorVAE, beta: beta-VAE",
     ("ad", "tc", "beta"),
   )
-  gamma: float = configs.grid_field(40.0, "weight of the TC term")
-  lambda_ad: float = configs.grid_field(1.0, "weight of L_AD (--loss=ad)")
-  beta: float = configs.grid_field(1.0, "weight of the KL term (--loss=beta)")
+  gamma: float = configs.grid_field(40.0, "weight of the TC term", minimum=0)
+  lambda_ad: float = configs.grid_field(
+    1.0, "weight of L_AD (--loss=ad)", minimum=0
+  )
+  beta: float = configs.grid_field(
+    1.0, "weight of the KL term (--loss=beta)", minimum=0
+  )
   layer: str = configs.field("encoder/conv1", "attention layer of L_AD")
   pair_mode: str = configs.field(
     "random", "L_AD latent pairs", losses.PAIR_MODES
   )
-  latent_dim: int = configs.field(32, "D, latent elements")
-  batch_size: int = configs.field(
-    64, "global batch (the discriminator gets another)"
+  latent_dim: int = configs.field(
+    32, "D, latent elements (L_AD needs pairs)", minimum=2
   )
-  vae_lr: float = configs.field(1e-4, "Adam learning rate of the VAE")
+  batch_size: int = configs.field(
+    64, "global batch (the discriminator gets another)", minimum=1
+  )
+  vae_lr: float = configs.field(1e-4, "Adam learning rate of the VAE", above=0)
   vae_b1: float = configs.field(0.9, "Adam beta1 of the VAE")
   vae_b2: float = configs.field(0.999, "Adam beta2 of the VAE")
   disc_lr: float = configs.field(
-    1e-4, "Adam learning rate of the discriminator"
+    1e-4, "Adam learning rate of the discriminator", above=0
   )
   disc_b1: float = configs.field(0.5, "Adam beta1 of the discriminator")
   disc_b2: float = configs.field(0.9, "Adam beta2 of the discriminator")
@@ -104,13 +112,13 @@ class Config(common.LoopConfig):
     ("paper", "disentanglement_lib"),
   )
   score_num_train: int = configs.field(
-    0, "score: training votes (0: the convention's)"
+    0, "score: training votes (0: the convention's)", minimum=0
   )
   score_num_eval: int = configs.field(
-    0, "score: evaluation votes (0: the convention's)"
+    0, "score: evaluation votes (0: the convention's)", minimum=0
   )
   score_num_variance: int = configs.field(
-    0, "score: variance images (0: the convention's)"
+    0, "score: variance images (0: the convention's)", minimum=0
   )
 
 

@@ -21,10 +21,6 @@ from typing import Any
 from train import members
 from vae_attn import configs as configs_lib
 
-# Loop counts that must be positive (>= 1) and those that may be 0.
-_POSITIVE = ("num_steps", "log_every", "checkpoint_every", "max_to_keep")
-_NON_NEGATIVE = ("eval_every", "steps_per_call")
-
 
 @dataclasses.dataclass(frozen=True)
 class Launch:
@@ -99,18 +95,13 @@ def _preset_name(
 
 
 def check_config(config: Any) -> None:
-  """Checks the allowed values and the loop counts of a trainer's config.
+  """Checks every field of a trainer's config (``configs.check_values``):
+  choices, minimums (loop counts >= 1...), finite numbers.
 
   Raises:
-    ValueError: naming the field, the bad value and what is allowed.
+    ValueError: naming the flag, the bad value and what is allowed.
   """
-  configs_lib.check_choices(config)
-  for name in _POSITIVE:
-    if getattr(config, name) < 1:
-      raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}.")
-  for name in _NON_NEGATIVE:
-    if getattr(config, name) < 0:
-      raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}.")
+  configs_lib.check_values(config)
 
 
 def parse_flags(

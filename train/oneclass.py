@@ -55,8 +55,10 @@ class Config(common.LoopConfig):
   RUN_FIELDS: ClassVar[frozenset[str]] = frozenset(
     {"eval_num_examples", "stats_batch_size"}
   )
-  num_steps: int = configs.field(10_000, "training steps")
-  checkpoint_every: int = configs.field(2_000, "save a checkpoint this often")
+  num_steps: int = configs.field(10_000, "training steps", minimum=1)
+  checkpoint_every: int = configs.field(
+    2_000, "save a checkpoint this often", minimum=1
+  )
   dataset: str = configs.field("textures", "data set (its preset)", DATASETS)
   category: str = configs.field(
     "", "mvtec/textures category (textures: first found)"
@@ -77,17 +79,17 @@ class Config(common.LoopConfig):
   image_size: int = configs.field(
     256, "input side (resnet18, mvtec/folder/textures)"
   )
-  latent_dim: int = configs.field(32, "D, latent elements")
-  batch_size: int = configs.field(8, "global batch")
-  learning_rate: float = configs.field(1e-4, "Adam learning rate")
+  latent_dim: int = configs.field(32, "D, latent elements", minimum=1)
+  batch_size: int = configs.field(8, "global batch", minimum=1)
+  learning_rate: float = configs.field(1e-4, "Adam learning rate", above=0)
   augment: bool = configs.field(
     True, "rotation in [-30, 30] degrees and mirroring"
   )
   eval_num_examples: int = configs.field(
-    256, "test images for the eval hook (0: off)"
+    256, "test images for the eval hook (0: off)", minimum=0
   )
   stats_batch_size: int = configs.field(
-    64, "batch of the latent statistics pass (eq. 5)"
+    64, "batch of the latent statistics pass (eq. 5)", minimum=1
   )
 
 

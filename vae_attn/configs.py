@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -29,7 +30,7 @@ __all__ = [
   "ArgumentParser",
   "Debug",
   "REQUIRED",
-  "check_choices",
+  "check_values",
   "count",
   "field",
   "from_dict",
@@ -76,6 +77,8 @@ def field(
   nargs: str | None = None,
   metavar: str | None = None,
   switch: bool | None = None,
+  minimum: float | None = None,
+  above: float | None = None,
   metadata: Mapping[str, Any] | None = None,
 ) -> Any:
   """A config field with its ``--help`` text and optional allowed values.
@@ -87,7 +90,7 @@ def field(
       :data:`REQUIRED`: the flag must be given).
     help: one line for ``--help`` (plain text).
     choices: the allowed values; checked by the parser and by
-      :func:`check_choices` for configs built in Python.
+      :func:`check_values` (also for configs built in Python).
     alias: more flag names (``"--data-path"``).
     type: the parser of one value (default: :func:`count` for an ``int``
       default, so ``--num-steps=3e5`` works; else from the annotation).
@@ -96,6 +99,8 @@ def field(
     metavar: the value's name in ``--help`` and errors (positionals).
     switch: a ``bool`` or ``bool | None`` field: ``--name``, ``--no-name``
       or ``--name=false`` (default: whether ``default`` is a bool).
+    minimum: the smallest allowed value (counts, sizes).
+    above: a bound the value must exceed (learning rates: 0).
     metadata: more ``dataclasses.field`` metadata (e.g. ``grid``).
   """
   kwargs: dict[str, Any] = {}
@@ -120,7 +125,12 @@ def field(
     alias=list([alias] if isinstance(alias, str) else alias) or None,
     positional=positional,
     help=help,
-    metadata={"allowed": kwargs.get("choices"), **(metadata or {})},
+    metadata={
+      "allowed": kwargs.get("choices"),
+      "minimum": minimum,
+      "above": above,
+      **(metadata or {}),
+    },
     **kwargs,
   )
 
@@ -144,6 +154,7 @@ def grid_field(
   choices: Sequence[Any] | None = None,
   *,
   alias: str | Sequence[str] = (),
+  minimum: float | None = None,
 ) -> Any:
   """A config field whose flag also takes a comma list (a grid).
 
@@ -172,6 +183,7 @@ def grid_field(
     f"{help}{allowed} (a comma list trains a grid)",
     alias=alias,
     type=parse,
+    minimum=minimum,
     metadata={"grid": True, "allowed": choices},
   )
 
@@ -218,7 +230,12 @@ class ArgumentParser(simple_parsing.ArgumentParser):
     cls = group if isinstance(group, type) else type(group)
     default = None if isinstance(group, type) else group
     self._group_dests.append(cls.__name__.lower())
-    self.add_arguments(cls, dest=self._group_dests[-1], default=default)
+    self.add_arguments(
+      cls,
+      dest=self._group_dests[-1],
+      default=default,
+      dataclass_wrapper_class=_Group,
+    )
 
   def parse_groups(self, argv: Sequence[str] | None) -> tuple[Any, ...]:
     """The config of every group, then the namespace of other arguments.
@@ -235,7 +252,7 @@ class ArgumentParser(simple_parsing.ArgumentParser):
     parsed = tuple(getattr(args, d) for d in self._group_dests)
     for config in parsed:
       try:
-        check_choices(config)
+        check_values(config)
       except ValueError as e:
         self.error(str(e))
     return (*parsed, args)
@@ -249,6 +266,19 @@ class ArgumentParser(simple_parsing.ArgumentParser):
 
   def error(self, message: str):
     self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+class _Group(simple_parsing.wrappers.DataclassWrapper):
+  """A config's flags in ``--help`` under its docstring's first line."""
+
+  @property
+  def title(self) -> str:
+    doc = (self.dataclass.__doc__ or self.dataclass.__name__).strip()
+    return doc.splitlines()[0].rstrip(".")
+
+  @property
+  def description(self) -> str:
+    return ""
 
 
 def _dashed(arg: str) -> str:
@@ -314,24 +344,33 @@ def parse(
   return parser.parse_groups(argv)[:-1]
 
 
-def check_choices(config: Any) -> None:
-  """Checks every field with ``choices`` (configs built in Python too);
-  ``None`` (an optional field not given) passes.
+def check_values(config: Any) -> None:
+  """Checks every field against its ``choices``, ``minimum`` and ``above``,
+  and that float values are finite (configs built in Python too). ``None``
+  (an optional field not given) passes; a tuple (a grid) is checked value
+  by value.
 
   Raises:
-    ValueError: naming the field, the bad value and the allowed values.
+    ValueError: naming the flag, the bad value and what is allowed.
   """
   for f in dataclasses.fields(config):
-    choices = f.metadata.get("allowed")
     value = getattr(config, f.name)
     values = value if isinstance(value, (tuple, list)) else (value,)
-    values = [v for v in values if v is not None]  # None: "not given".
-    for v in values if choices is not None else ():
-      if v not in choices:
+    flag = f"--{f.name.replace('_', '-')}"
+    for v in (v for v in values if v is not None):  # None: "not given".
+      choices = f.metadata.get("allowed")
+      if choices is not None and v not in choices:
         raise ValueError(
-          f"{f.name}={v!r} is not one of {tuple(choices)}; pass "
-          f"--{f.name.replace('_', '-')}=<one of them>."
+          f"{flag}={v!r} is not one of {tuple(choices)}; pass "
+          f"{flag}=<one of them>."
         )
+      if isinstance(v, float) and not math.isfinite(v):
+        raise ValueError(f"{flag} must be a finite number, got {v}.")
+      minimum, above = f.metadata.get("minimum"), f.metadata.get("above")
+      if minimum is not None and v < minimum:
+        raise ValueError(f"{flag} must be >= {minimum}, got {v}.")
+      if above is not None and v <= above:
+        raise ValueError(f"{flag} must be > {above}, got {v}.")
 
 
 def to_dict(config: Any) -> dict[str, Any]:
