@@ -229,8 +229,10 @@ def evaluate(config: Config) -> dict:
     "random_forest" if config.quick else FULL_DCI_IMPORTANCE
   )
   tabulate = (not config.quick) if config.tabulate is None else config.tabulate
-  out = config.out or default_out(config.workdir, config.quick)
-  os.makedirs(out, exist_ok=True)  # Fails now, not after the metrics.
+  # Fails now, not after the metrics.
+  out = cli.make_out_dir(
+    config.out or default_out(config.workdir, config.quick)
+  )
   _LOG.info("restoring %s", config.workdir)
   run = restore.load_run(config.workdir, step=config.step)
   data, kind = disentanglement_data.load_data(config, run)

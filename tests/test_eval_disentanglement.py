@@ -103,6 +103,18 @@ def test_quick_writes_to_its_own_folder(workdir):
   assert not full.exists()
 
 
+def test_unwritable_out_names_out_before_restoring(tmp_path, capsys):
+  afile = tmp_path / "afile"
+  afile.write_text("x")
+  # The workdir is never read: --out is checked first.
+  rc = disentanglement.main([f"--workdir={tmp_path}/nope", f"--out={afile}"])
+  assert rc == 2
+  assert capsys.readouterr().err == (
+    f"error: cannot write the results to {afile} ({afile} is a file, not a "
+    "folder); pass --out=<a writable folder>\n"
+  )
+
+
 def test_data_without_factors_is_refused(workdir, capsys):
   rc = disentanglement.main([f"--workdir={workdir}", "--data=npz"])
   assert rc == 2
