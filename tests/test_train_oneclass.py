@@ -64,7 +64,7 @@ def test_missing_data_is_a_clear_error():
     oneclass.load_data(_parse(["--dataset=mnist"]), "train")
 
 
-def test_mnist_vae_trains_resumes_and_saves_latent_stats(tmp_path):
+def test_mnist_vae_trains_resumes_and_saves_latent_stats(tmp_path, capsys):
   config = oneclass.PRESETS["smoke"]
   trainer = oneclass.make_trainer(config)
   step_fn = trainer.train_step
@@ -80,6 +80,9 @@ def test_mnist_vae_trains_resumes_and_saves_latent_stats(tmp_path):
   assert int(resumed.step) == 4
   # The command line trains the same run in one go.
   assert oneclass.main(["--preset=smoke", f"--workdir={tmp_path / 'b'}"]) == 0
+  # Digits have no pixel masks: the next step it names must work on them.
+  next_line = capsys.readouterr().out.strip().splitlines()[-1]
+  assert next_line.startswith("Next: python -m eval.explain --workdir=")
   _, straight = runs.restore(tmp_path / "b", items=("state",))
   chex.assert_trees_all_close(
     jax.device_get(resumed.params), straight["state"]["params"], atol=1e-6

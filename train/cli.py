@@ -84,13 +84,14 @@ def main(
   default_workdir: Callable[[Sequence[Any]], str],
   preset_field: str | None = None,
   score_names: Mapping[str, str] | None = None,
-  next_command: str = "",
+  next_command: str | Callable[[Sequence[Any]], str] = "",
   report_fn: Callable[[pathlib.Path], pathlib.Path] | None = None,
 ) -> int:
   """Parses flags, starts the runtime and trains; returns the exit status.
 
   ``report_fn(run_dir) -> report path`` writes each run's closing report
-  (process 0).
+  (process 0); ``next_command`` (a text with ``{workdir}``, or a function of
+  the configs giving one) is the summary's last line.
 
   Statuses: 0 done, 1 non-finite loss, 2 a user error (one line on stderr),
   ``128 + signal`` interrupted (the checkpoint was saved).
@@ -134,5 +135,7 @@ def main(
   if distributed.is_main_process():
     dirs = loop.member_dirs(workdir.absolute(), configs)
     reports = [report_fn(d) for d in dirs] if report_fn is not None else []
+    if callable(next_command):
+      next_command = next_command(configs)
     print(summary(dirs, score_names or {}, next_command, reports))
   return 0

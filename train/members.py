@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import logging
 import pathlib
 import shutil
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,8 @@ import numpy as np
 from train import common
 from vae_attn import configs as configs_lib
 from vae_attn import metric_writers, runs
+
+_log = logging.getLogger(__name__)
 
 
 def grid_fields(config_cls: type) -> tuple[str, ...]:
@@ -193,6 +196,8 @@ class Members:
     if trainer.eval_fn is None or not self.is_main:
       return
     for k, (c, w) in enumerate(zip(self.configs, self.writers, strict=True)):
+      where = "" if len(self.dirs) == 1 else f" of {self.dirs[k].name}"
+      _log.info("Evaluating%s at step %d.", where, step)
       with jax.default_device(jax.local_devices()[0]):
         scalars = trainer.eval_fn(program.member(state, k), c)
       w.write_scalars(step, {f"eval/{n}": v for n, v in scalars.items()})

@@ -418,6 +418,17 @@ def default_workdir(configs: Sequence[Config]) -> str:
   return f"runs/oneclass_{config.dataset}{suffix}"
 
 
+def next_command(configs: Sequence[Config]) -> str:
+  """What to run on the finished run: localization where the test split has
+  pixel masks, else the attention of the eq. 5 difference code."""
+  if configs[0].dataset in ("mnist", "digits"):
+    return (
+      "python -m eval.explain --workdir={workdir} --code=difference (this "
+      "data set has no pixel masks for eval.localization)"
+    )
+  return "python -m eval.localization --workdir={workdir}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   return cli.main(
     argv,
@@ -430,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     preset_field="dataset",
     default_workdir=default_workdir,
     score_names=SCORE_NAMES,
-    next_command="python -m eval.localization --workdir={workdir}",
+    next_command=next_command,
   )
 
 
