@@ -53,10 +53,12 @@ class Launch:
     "process)",
   )
   num_processes: int | None = configs_lib.field(
-    None, "processes in the job (or JAX_NUM_PROCESSES)"
+    None, "processes in the job (or JAX_NUM_PROCESSES; default: 1)"
   )
   process_id: int | None = configs_lib.field(
-    None, "this process's index, 0 .. num_processes-1 (or JAX_PROCESS_ID)"
+    None,
+    "this process's index, 0 .. num_processes-1 (or JAX_PROCESS_ID; "
+    "default: 0)",
   )
 
 
