@@ -64,7 +64,7 @@ from eval import (
 from eval import disentanglement_report as report
 from eval.metrics import dci as dci_lib
 from eval.metrics import sampling
-from vae_attn import configs, losses
+from vae_attn import configs, losses, runs
 
 SCORES = report.SCORES
 # DCI importance of the full evaluation: minutes, not hours (eval.metrics.dci).
@@ -229,7 +229,9 @@ def evaluate(config: Config) -> dict:
     "random_forest" if config.quick else FULL_DCI_IMPORTANCE
   )
   tabulate = (not config.quick) if config.tabulate is None else config.tabulate
-  # Fails now, not after the metrics.
+  # Fails now, not after the metrics; the default --out is inside the run
+  # folder, so a missing one is refused before it is made.
+  runs.check_run_dir(config.workdir)
   out = cli.make_out_dir(
     config.out or default_out(config.workdir, config.quick)
   )

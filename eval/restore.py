@@ -123,12 +123,14 @@ def load_run(workdir: str | os.PathLike, *, step: int | None = None) -> Run:
     ``Run.latent_stats``.
 
   Raises:
-    FileNotFoundError: the workdir holds no run; the message says where it
-      looked.
+    FileNotFoundError: the workdir does not exist or holds no run; the
+      message says where it looked.
+    NotADirectoryError: the workdir is a file.
     vae_attn.runs.CheckpointError: no checkpoint is usable (each step and
       why is named).
   """
   workdir = str(workdir)
+  runs.check_run_dir(workdir)
   if not runs.ckpt_dir(workdir).is_dir():
     raise FileNotFoundError(
       f"No checkpoints in {runs.ckpt_dir(workdir)}: pass the --workdir of a "

@@ -106,13 +106,23 @@ def test_quick_writes_to_its_own_folder(workdir):
 def test_unwritable_out_names_out_before_restoring(tmp_path, capsys):
   afile = tmp_path / "afile"
   afile.write_text("x")
-  # The workdir is never read: --out is checked first.
-  rc = disentanglement.main([f"--workdir={tmp_path}/nope", f"--out={afile}"])
+  # Checked before the run is restored (this one has no checkpoints).
+  rc = disentanglement.main([f"--workdir={tmp_path}", f"--out={afile}"])
   assert rc == 2
   assert capsys.readouterr().err == (
     f"error: cannot write the results to {afile} ({afile} is a file, not a "
     "folder); pass --out=<a writable folder>\n"
   )
+
+
+def test_a_missing_workdir_is_refused_not_made(tmp_path, capsys):
+  rc = disentanglement.main([f"--workdir={tmp_path}/nope", "--quick"])
+  assert rc == 2
+  assert capsys.readouterr().err == (
+    f"error: the run folder {tmp_path}/nope does not exist; pass "
+    "--workdir=<a training run folder>\n"
+  )
+  assert not (tmp_path / "nope").exists()  # Its default --out is inside.
 
 
 def test_data_without_factors_is_refused(workdir, capsys):

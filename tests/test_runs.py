@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from eval import restore
 from tests.test_train_common import ToyConfig, make_toy_trainer
 from train import loop
 from vae_attn import metric_writers, runs
@@ -103,6 +104,24 @@ def test_no_usable_step_names_each_and_advises_no_deletion(trained, tmp_path):
   assert "step 6: partial" in message and "step 3: partial" in message
   assert "overwrite" not in message and "delete" not in message.lower()
   assert "\n" not in message
+
+
+def test_a_missing_or_file_workdir_is_named_so(tmp_path):
+  fix = "pass --workdir=<a training run folder>"
+  nope, afile = tmp_path / "nope", tmp_path / "afile.txt"
+  afile.write_text("notes")
+  loaders = [runs.restore, runs.read_spec, restore.load_run]
+  for load in loaders:
+    with pytest.raises(FileNotFoundError) as info:
+      load(nope)
+    assert str(info.value) == f"the run folder {nope} does not exist; {fix}"
+    with pytest.raises(NotADirectoryError) as info:
+      load(afile)
+    assert str(info.value) == f"{afile} is a file, not a run folder; {fix}"
+  assert not nope.exists()
+  # A folder without checkpoints still says so.
+  with pytest.raises(FileNotFoundError, match=r"No checkpoints in .*/ckpt"):
+    restore.load_run(tmp_path)
 
 
 def test_a_second_trainer_in_the_same_workdir_is_refused(tmp_path):

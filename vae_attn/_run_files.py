@@ -102,6 +102,20 @@ def ckpt_dir(workdir: str | os.PathLike) -> pathlib.Path:
   return pathlib.Path(workdir).absolute() / CKPT_DIR
 
 
+def check_run_dir(workdir: str | os.PathLike) -> None:
+  """Refuses a ``workdir`` to read that is missing or not a folder.
+
+  Raises:
+    FileNotFoundError: ``workdir`` does not exist.
+    NotADirectoryError: ``workdir`` is a file.
+  """
+  fix = "pass --workdir=<a training run folder>"
+  if not os.path.exists(workdir):
+    raise FileNotFoundError(f"the run folder {workdir} does not exist; {fix}")
+  if not os.path.isdir(workdir):
+    raise NotADirectoryError(f"{workdir} is a file, not a run folder; {fix}")
+
+
 def write_json(path: pathlib.Path, values: Mapping[str, Any]) -> None:
   """Writes ``values`` atomically (a temporary file, then a rename).
 
@@ -120,8 +134,11 @@ def read_spec(workdir: str | os.PathLike) -> RunSpec:
   """The run spec of ``workdir`` (``spec.json``).
 
   Raises:
-    FileNotFoundError: no spec; the message says which trainers write one.
+    FileNotFoundError: ``workdir`` or its spec is missing; the message says
+      which trainers write one.
+    NotADirectoryError: ``workdir`` is a file.
   """
+  check_run_dir(workdir)
   path = pathlib.Path(workdir) / SPEC_NAME
   if not path.is_file():
     raise FileNotFoundError(

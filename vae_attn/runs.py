@@ -52,6 +52,7 @@ from vae_attn._run_files import CheckpointWriteError as CheckpointWriteError
 from vae_attn._run_files import ConfigMismatchError as ConfigMismatchError
 from vae_attn._run_files import RunSpec as RunSpec
 from vae_attn._run_files import WorkdirLockedError as WorkdirLockedError
+from vae_attn._run_files import check_run_dir as check_run_dir
 from vae_attn._run_files import ckpt_dir as ckpt_dir
 from vae_attn._run_files import lock as lock
 from vae_attn._run_files import read_config as read_config
@@ -184,9 +185,12 @@ def restore(
     of ``jax.Array`` (nested dicts without a target).
 
   Raises:
-    FileNotFoundError: ``workdir`` has no checkpoint (or not ``step``).
+    FileNotFoundError: ``workdir`` does not exist or has no checkpoint (or
+      not ``step``).
+    NotADirectoryError: ``workdir`` is a file.
     CheckpointError: no step is usable; the message lists each step and why.
   """
+  check_run_dir(workdir)
   path = ckpt_dir(workdir)
   if not path.is_dir():
     raise FileNotFoundError(
