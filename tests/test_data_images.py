@@ -1,5 +1,6 @@
 """Reading image and mask files: modes, bit depths, orientation, size."""
 
+import io
 import os
 
 import numpy as np
@@ -165,6 +166,35 @@ def test_unreadable_image_message_is_one_line(tmp_path):
     images.read_image(str(path), channels=3)
   assert str(path) in str(info.value) and "\n" not in str(info.value)
   assert os.path.basename(path) in str(info.value)
+
+
+def _png_bytes(seed=0):
+  buffer = io.BytesIO()
+  rgb = np.random.default_rng(seed).integers(0, 255, (32, 32, 3), np.uint8)
+  Image.fromarray(rgb).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+def test_text_and_truncated_files_are_named_without_advising_deletion(
+  tmp_path,
+):
+  notes = tmp_path / "notes.txt"
+  notes.write_text("my notes\n")
+  truncated = tmp_path / "half.png"
+  payload = _png_bytes()
+  truncated.write_bytes(payload[: len(payload) // 2])
+  for path, reason in [
+    (notes, f"cannot identify image file '{notes}'"),
+    (truncated, "image file is truncated"),
+  ]:
+    with pytest.raises(data.DataError) as info:
+      images.read_image(str(path), channels=3)
+    assert str(info.value) == (
+      f"Cannot read image {path}: it is not a readable PNG, JPEG, BMP or "
+      f"TIFF image ({reason}); pass image files, or replace a damaged one "
+      "with an intact copy."
+    )
+    assert "delete" not in str(info.value).lower()
 
 
 def test_missing_image_is_not_called_corrupt(tmp_path):

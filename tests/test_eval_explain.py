@@ -55,6 +55,19 @@ def test_missing_image_is_a_clear_error(tmp_path, capsys):
   assert "is not a file" in err[-1] and err[-1].startswith("error:")
 
 
+def test_a_file_that_is_not_an_image_is_a_clear_error(tmp_path, capsys):
+  notes = tmp_path / "notes.txt"
+  notes.write_text("my notes\n")
+  rc = explain.main(["--images", str(notes), f"--out={tmp_path / 'out'}"])
+  assert rc == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[-1] == (
+    f"error: Cannot read image {notes}: it is not a readable PNG, JPEG, BMP "
+    f"or TIFF image (cannot identify image file '{notes}'); pass image "
+    "files, or replace a damaged one with an intact copy."
+  )
+
+
 def test_pick_latents():
   per_latent = np.zeros((2, 4, 2, 2))
   per_latent[0, 2] = 3.0

@@ -86,9 +86,11 @@ def _unreadable(path: str, error: Exception) -> base.DataError:
       f"Image {path} not found. Restore it, or remove it from the data set."
     )
   reason = " ".join(str(error).split()) or type(error).__name__
+  kinds = "PNG, JPEG, BMP or TIFF"  # IMAGE_EXTENSIONS.
   return base.DataError(
-    f"Cannot read image {path}: {reason}. The file is corrupt or not an "
-    "image; replace or delete it."
+    f"Cannot read image {path}: it is not a readable {kinds} image "
+    f"({reason}); pass image files, or replace a damaged one with an intact "
+    "copy."
   )
 
 
