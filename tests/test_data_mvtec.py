@@ -161,9 +161,17 @@ def test_masks_of_good_images_are_checked_not_ignored(tmp_path):
   _save(good_mask, _mask())
   msg = _raises("marks anomalous pixels", tmp_path, "widget", "test")
   assert good_mask in msg and "\n" not in msg
+  assert msg.endswith(
+    "Move the image and its mask to a defect-type folder, or, if the image "
+    "is normal, move the mask out of good/."
+  )
   _save(good_mask, np.zeros((8, 8)))
-  with pytest.warns(UserWarning, match="Ignoring 1 all-zero mask"):
+  with pytest.warns(UserWarning, match="Ignoring 1 all-zero mask") as caught:
     src = mvtec.load(tmp_path, "widget", "test", image_size=8)
+  assert str(caught[0].message).endswith(
+    f"Move the folder out of {os.path.join(cat, 'ground_truth')} to silence "
+    "this."
+  )
   assert src[0]["label"] == 0 and src[0]["mask"].sum() == 0
 
 

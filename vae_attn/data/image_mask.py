@@ -166,12 +166,14 @@ def check_normal_masks(mask_root: str, normal_name: str = NORMAL) -> None:
       raise base.DataError(
         f"Mask {mask} marks anomalous pixels, but {normal_name}/ holds the "
         "normal images, which have none. Move the image and its mask to a "
-        "defect-type folder, or delete the mask."
+        "defect-type folder, or, if the image is normal, move the mask out "
+        f"of {normal_name}/."
       )
   if masks:
     warnings.warn(
       f"Ignoring {len(masks)} all-zero mask(s) in {folder}: normal images "
-      "get all-zero masks anyway. Delete the folder to silence this.",
+      "get all-zero masks anyway. Move the folder out of "
+      f"{mask_root} to silence this.",
       stacklevel=2,
     )
 
