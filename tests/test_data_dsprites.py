@@ -283,11 +283,16 @@ def test_load_npz_errors(tmp_path):
     dsprites.load_npz(tmp_path / "missing.npz")
   bad = tmp_path / "bad.npz"
   bad.write_bytes(b"not a zip file")
-  with pytest.raises(data.DataError, match="Cannot read dSprites npz"):
+  with pytest.raises(data.DataError, match="bad.npz is not a dSprites .npz"):
     dsprites.load_npz(bad)
   np.savez(tmp_path / "other.npz", x=np.zeros(3))
-  with pytest.raises(data.DataError, match="missing arrays"):
+  with pytest.raises(data.DataError) as info:
     dsprites.load_npz(tmp_path / "other.npz")
+  assert str(info.value) == (
+    f"{tmp_path}/other.npz is not a dSprites .npz (it lacks the arrays "
+    "['imgs', 'latents_classes']; it holds ['x']); pass --data-dir=<path of "
+    f"{dsprites.NPZ_FILENAME}>."
+  )
   imgs, classes = _write_npz(tmp_path / "order.npz", metadata=False)
   np.savez(tmp_path / "shuffled.npz", imgs=imgs, latents_classes=classes[::-1])
   with pytest.raises(data.DataError, match="factor order"):
@@ -332,7 +337,7 @@ def test_load_npz_names_truncated_and_non_zip_files(tmp_path):
     dsprites.load_npz(tmp_path / "flipped.npz")
   (tmp_path / "text.npz").write_text("a text file, not an archive\n")
   with pytest.raises(
-    data.DataError, match="text.npz: it is not an npz .zip. archive"
+    data.DataError, match="text.npz is not a dSprites .npz .it is not a zip"
   ) as info:
     dsprites.load_npz(tmp_path / "text.npz")
   assert "pickle" not in str(info.value)
@@ -340,3 +345,44 @@ def test_load_npz_names_truncated_and_non_zip_files(tmp_path):
   (tmp_path / "array.npz").write_bytes((tmp_path / "array.npy").read_bytes())
   with pytest.raises(data.DataError, match="starts with an .npy array"):
     dsprites.load_npz(tmp_path / "array.npz")
+
+
+def test_load_npz_names_other_files_and_folders_without_re_download(
+  tmp_path,
+):
+  fix = f"pass --data-dir=<path of {dsprites.NPZ_FILENAME}>."
+  with pytest.raises(data.DataError) as info:
+    dsprites.load_npz("/etc/passwd")
+  assert str(info.value) == (
+    "/etc/passwd is not a dSprites .npz (it is not a zip archive: it starts "
+    f"with the bytes b'root:x'); {fix}"
+  )
+  with pytest.raises(data.DataError) as info:
+    dsprites.load_npz(tmp_path)
+  assert str(info.value) == (
+    f"{tmp_path} is a folder; pass the .npz file itself: --data-dir=<path "
+    f"of {dsprites.NPZ_FILENAME}>."
+  )
+  npz = tmp_path / dsprites.NPZ_FILENAME
+  _write_npz(npz)
+  with pytest.raises(data.DataError) as info:
+    dsprites.load_npz(tmp_path)  # Now it holds the file: named.
+  assert str(info.value).endswith(f"itself: --data-dir={npz}.")
+  # Readable, with the arrays, but not dSprites: named so, no re-download.
+  imgs, classes = _write_npz(tmp_path / "ok.npz", metadata=False)
+  np.savez(tmp_path / "shuffled.npz", imgs=imgs, latents_classes=classes[::-1])
+  with pytest.raises(data.DataError, match="factor order") as info:
+    dsprites.load_npz(tmp_path / "shuffled.npz")
+  assert str(info.value).endswith(
+    f"it is not the original {dsprites.NPZ_FILENAME}; pass that file "
+    "(--data-dir=<its path>)."
+  )
+  # Only the file of dSprites' name that is not a zip is a failed download.
+  npz.write_text("<html>Not Found</html>")
+  with pytest.raises(data.DataError) as info:
+    dsprites.load_npz(npz)
+  assert str(info.value) == (
+    f"Cannot read dSprites npz {npz}: it is not an npz (zip) archive but "
+    "starts with the bytes b'<html>' (a damaged download). Re-download "
+    f"{dsprites.NPZ_FILENAME}."
+  )

@@ -50,6 +50,12 @@ from vae_attn.data._dsprites_factors import latents_values as latents_values
 from vae_attn.data._dsprites_render import render as render
 
 NPZ_FILENAME = "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
+# The fix named when a readable file is not dSprites (a damaged download
+# fails its zip checks instead).
+_NOT_ORIGINAL = (
+  f"it is not the original {NPZ_FILENAME}; pass that file (--data-dir=<its "
+  "path>)"
+)
 # ProceduralDSprites.render: images per jitted call, drawn as uint8 and cast
 # by NumPy (on 2 CPU cores, about 2x faster than drawing float32 or than
 # 2048 images per call).
@@ -221,26 +227,27 @@ class NpzDSprites(_GroundTruth):
     self.name = os.fspath(path)
     if imgs.ndim != 3 or imgs.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
       raise base.DataError(
-        f"{path}: 'imgs' has shape {imgs.shape}, expected [N, 64, 64]. "
-        f"Is this the dSprites file {NPZ_FILENAME}?"
+        f"{path}: 'imgs' has shape {imgs.shape}, expected [N, 64, 64]; "
+        f"{_NOT_ORIGINAL}."
       )
     if classes.ndim != 2 or classes.shape != (len(imgs), 6):
       raise base.DataError(
         f"{path}: 'latents_classes' has shape {classes.shape}, expected "
-        f"[{len(imgs)}, 6] (color, shape, scale, orientation, posX, posY)."
+        f"[{len(imgs)}, 6] (color, shape, scale, orientation, posX, posY); "
+        f"{_NOT_ORIGINAL}."
       )
     if classes.dtype.kind not in "iu":
       raise base.DataError(
         f"{path}: 'latents_classes' has dtype {classes.dtype}, expected "
-        f"integers. Re-download {NPZ_FILENAME}."
+        f"integers; {_NOT_ORIGINAL}."
       )
     self._check_binary(imgs, path)
     num_values = tuple(int(n) for n in classes.max(axis=0) + 1)
     if num_values[0] != 1 or math.prod(num_values) != len(imgs):
       raise base.DataError(
         f"{path}: latents_classes span a grid of {num_values} values, which "
-        f"is not a complete grid of {len(imgs)} images with one color. "
-        f"Re-download {NPZ_FILENAME}."
+        f"is not a complete grid of {len(imgs)} images with one color; "
+        f"{_NOT_ORIGINAL}."
       )
     expected = classes[:, 1:].astype(np.int64) @ _dsprites_factors.strides(
       num_values[1:]
@@ -248,7 +255,7 @@ class NpzDSprites(_GroundTruth):
     if not np.array_equal(expected, np.arange(len(imgs))):
       raise base.DataError(
         f"{path}: images are not in the original factor order (posY "
-        f"fastest). Re-download {NPZ_FILENAME}."
+        f"fastest); {_NOT_ORIGINAL}."
       )
     self._num_values = num_values[1:]
     self._imgs = imgs
@@ -263,8 +270,8 @@ class NpzDSprites(_GroundTruth):
       return
     if imgs.dtype.kind not in "iuf":
       raise base.DataError(
-        f"{path}: 'imgs' has dtype {imgs.dtype}, expected uint8 0/1. "
-        f"Re-download {NPZ_FILENAME}."
+        f"{path}: 'imgs' has dtype {imgs.dtype}, expected uint8 0/1; "
+        f"{_NOT_ORIGINAL}."
       )
     for start in range(0, len(imgs), chunk):  # Bounded temporaries.
       block = imgs[start : start + chunk]
@@ -274,9 +281,8 @@ class NpzDSprites(_GroundTruth):
         value = block[bad][0].item()
         raise base.DataError(
           f"{path}: image {index} of 'imgs' holds {value!r}, but dSprites "
-          "images hold only 0 and 1. Re-download "
-          f"{NPZ_FILENAME}, or save your images binarised, e.g. "
-          "imgs=(imgs > 0.5).astype(np.uint8)."
+          f"images hold only 0 and 1; {_NOT_ORIGINAL}, or save your images "
+          "binarised, e.g. imgs=(imgs > 0.5).astype(np.uint8)."
         )
 
   def __len__(self) -> int:
@@ -315,11 +321,19 @@ def load_npz(path: str | os.PathLike) -> NpzDSprites:
     A source with the ground-truth-data interface.
 
   Raises:
-    DataError: the file is missing, not an npz (zip) archive, truncated or
-      damaged, or not dSprites (arrays, shapes, factor grid, non-binary or
-      NaN images).
+    DataError: the file is missing or a folder, not an npz (zip) archive,
+      truncated or damaged, or not dSprites (arrays, shapes, factor grid,
+      non-binary or NaN images); only a damaged file is told to be
+      re-downloaded.
   """
   path = os.fspath(path)
+  if os.path.isdir(path):
+    inside = os.path.join(path, NPZ_FILENAME)
+    if not os.path.isfile(inside):
+      inside = f"<path of {NPZ_FILENAME}>"
+    raise base.DataError(
+      f"{path} is a folder; pass the .npz file itself: --data-dir={inside}."
+    )
   if not os.path.isfile(path):
     raise base.DataError(
       f"dSprites file not found: {path}. Download {NPZ_FILENAME} from "
@@ -327,21 +341,28 @@ def load_npz(path: str | os.PathLike) -> NpzDSprites:
       "(--data-dir=FILE), or use the procedural source, which needs no file "
       "(--data=procedural; vae_attn.data.dsprites.procedural() in code)."
     )
+  fix = f"pass --data-dir=<path of {NPZ_FILENAME}>"
   try:
     with open(path, "rb") as f:
       head = f.read(6)
     if head[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):  # Zip magic.
       kind = "an .npy array" if head == b"\x93NUMPY" else f"the bytes {head!r}"
+      if os.path.basename(path) == NPZ_FILENAME:  # A failed download.
+        raise base.DataError(
+          f"Cannot read dSprites npz {path}: it is not an npz (zip) archive "
+          f"but starts with {kind} (a damaged download). Re-download "
+          f"{NPZ_FILENAME}."
+        )
       raise base.DataError(
-        f"Cannot read dSprites npz {path}: it is not an npz (zip) archive "
-        f"but starts with {kind}. Re-download {NPZ_FILENAME}."
+        f"{path} is not a dSprites .npz (it is not a zip archive: it starts "
+        f"with {kind}); {fix}."
       )
     with np.load(path, allow_pickle=False) as npz:
       missing = {"imgs", "latents_classes"} - set(npz.files)
       if missing:
         raise base.DataError(
-          f"{path}: missing arrays {sorted(missing)}; found {npz.files}. "
-          f"Is this the dSprites file {NPZ_FILENAME}?"
+          f"{path} is not a dSprites .npz (it lacks the arrays "
+          f"{sorted(missing)}; it holds {npz.files}); {fix}."
         )
       imgs = npz["imgs"]
       classes = npz["latents_classes"]
