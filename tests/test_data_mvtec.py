@@ -190,7 +190,18 @@ def test_find_categories(tmp_path):
   _make(tmp_path, "bottle")
   os.makedirs(tmp_path / "notes")
   assert mvtec.find_categories(tmp_path) == ["bottle", "widget"]
-  assert mvtec.find_categories(tmp_path / "missing") == []
+  fix = (
+    "pass --data-dir=<the MVTec-AD folder, which holds the category folders>"
+  )
+  for path, problem in [
+    (tmp_path / "missing", "does not exist"),
+    (tmp_path / "widget" / "train" / "good" / "000.png", "is a file"),
+  ]:
+    with pytest.raises(data.DataError) as info:
+      mvtec.find_categories(path)
+    assert str(info.value).startswith(
+      f"MVTec-AD root not found: {path} {problem}; {fix}. Expected layout:\n"
+    )
 
 
 def _raises(match, *args, **kwargs):

@@ -56,15 +56,32 @@ and pass the unpacked folder as root, or use the offline set:
   root = vae_attn.data.textures.ensure_dataset()"""
 
 
+def _require_root(root: str) -> str:
+  """Returns ``root`` if it is a folder, else raises naming the problem.
+
+  Raises:
+    DataError: ``root`` does not exist or is a file.
+  """
+  if os.path.isdir(root):
+    return root
+  problem = "is a file" if os.path.exists(root) else "does not exist"
+  raise base.DataError(
+    f"MVTec-AD root not found: {root} {problem}; pass --data-dir=<the "
+    f"MVTec-AD folder, which holds the category folders>. Expected "
+    f"layout:\n{LAYOUT}"
+  )
+
+
 def find_categories(root: str | os.PathLike) -> list[str]:
   """The category folders of an MVTec-AD root, sorted.
 
-  A category folder holds ``train/`` or ``test/``. Returns an empty list
-  when ``root`` is not a folder.
+  A category folder holds ``train/`` or ``test/``.
+
+  Raises:
+    DataError: ``root`` does not exist or is a file (so a caller that lists
+      the categories for a missing ``--category`` reports the root first).
   """
-  root = os.fspath(root)
-  if not os.path.isdir(root):
-    return []
+  root = _require_root(os.fspath(root))
   return [
     name
     for name in image_mask.subfolders(root)
@@ -87,7 +104,7 @@ def entries(root: str | os.PathLike, category: str, split: str) -> list:
     raise base.DataError(
       f"MVTec-AD split must be one of {SPLITS}, got {split!r}."
     )
-  image_mask.require_dir(root, "MVTec-AD root", LAYOUT)
+  _require_root(root)
   cat_dir = os.path.join(root, category)
   if not os.path.isdir(cat_dir):
     found = image_mask.subfolders(root)
