@@ -19,7 +19,7 @@ import pytest
 from eval import restore
 from tests.test_train_common import ToyConfig, make_toy_trainer
 from train import loop
-from vae_attn import metric_writers, runs
+from vae_attn import metric_writers, runs, user_errors
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +135,28 @@ def test_a_second_trainer_in_the_same_workdir_is_refused(tmp_path):
   # Released with its holder: the same workdir trains now.
   config = ToyConfig(num_steps=2)
   loop.train_and_evaluate(config, tmp_path, make_toy_trainer(config))
+
+
+def test_a_workdir_that_cannot_be_a_folder_is_one_clear_line(tmp_path):
+  afile = tmp_path / "afile.txt"
+  afile.write_text("x")
+  for workdir in (afile, afile / "sub"):
+    with pytest.raises(runs.CheckpointWriteError) as info:
+      with runs.lock(workdir):
+        pass
+    line = user_errors.error_line(info.value)
+    assert line == (
+      f"error: {workdir} (or a folder above it) is a file, not a folder; "
+      "pass --workdir=<a folder>."
+    )
+  # A folder that cannot be made (no parent there, e.g. under /proc).
+  with pytest.raises(runs.CheckpointWriteError) as info:
+    with runs.lock("/proc/vae_attn_no/run"):
+      pass
+  assert user_errors.error_line(info.value).startswith(
+    "error: Cannot write (creating /proc/vae_attn_no/run): "
+  )
+  assert "Pass a --workdir you can write to." in str(info.value)
 
 
 def test_disk_full_is_one_line_and_keeps_the_last_checkpoint(

@@ -174,6 +174,12 @@ def lock(workdir: str | os.PathLike) -> Iterator[None]:
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     handle = open(workdir / LOCK_NAME, "a+")  # noqa: SIM115 (closed below)
+  except (FileExistsError, NotADirectoryError) as e:
+    raise CheckpointWriteError(
+      e.errno,
+      f"{workdir} (or a folder above it) is a file, not a folder; pass "
+      "--workdir=<a folder>.",
+    ) from e
   except OSError as e:
     raise write_error(e, f"creating {workdir}") from e
   try:
@@ -213,6 +219,8 @@ def write_error(error: BaseException, what: str) -> Exception:
     if isinstance(cause, OSError) and cause.errno in (
       errno.EROFS,
       errno.EACCES,
+      errno.EPERM,
+      errno.ENOENT,  # A parent that cannot be made (/proc/x).
     ):
       return CheckpointWriteError(
         cause.errno,

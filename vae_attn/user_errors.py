@@ -11,6 +11,7 @@ too. Nothing here prints or exits: the entry points do, once, visibly.
 from __future__ import annotations
 
 import os
+import re
 
 from vae_attn import runs
 
@@ -32,6 +33,8 @@ def debug_requested(flag: bool = False) -> bool:
 
 
 def error_line(error: BaseException) -> str:
-  """``error: <message>`` on one line (orbax and OS errors can be long)."""
+  """``error: <message>`` on one line (orbax and OS errors can be long),
+  without the ``[Errno N]`` prefix of OS errors."""
   text = " ".join(str(error).split()) or type(error).__name__
+  text = re.sub(r"^\[Errno \d+\] ", "", text)
   return f"error: {text}"
