@@ -321,18 +321,19 @@ class Config(cli.SavedRun):
   jobs: int = configs.field(
     os.cpu_count() or 1,
     "threads for the per-factor fits of DCI and SAP (default: one per core)",
+    minimum=1,
   )
   layer: str | None = configs.field(
     None, "attention layer (default: the run's)"
   )
-  num_images: int = configs.field(6, "Fig. 8 inputs")
+  num_images: int = configs.field(6, "Fig. 8 inputs", minimum=1)
   num_traversals: int = configs.field(
-    10, "latents in traversals.png, most informative first"
+    10, "latents in traversals.png, most informative first", minimum=1
   )
   traversal_range: float = configs.field(
-    2.5, "each latent is swept over [-R, R]"
+    2.5, "each latent is swept over [-R, R]", above=0
   )
-  traversal_steps: int = configs.field(9, "values per traversal row")
+  traversal_steps: int = configs.field(9, "values per traversal row", minimum=2)
   out: str | None = configs.field(
     None,
     "output folder (default: <workdir>/eval/disentanglement, with --quick "
@@ -343,13 +344,8 @@ class Config(cli.SavedRun):
     "split the CPU into this many JAX devices to encode on all cores "
     "(default: 2 per core when this command starts JAX itself; 0: JAX's "
     "default of one)",
+    minimum=0,
   )
-
-  def __post_init__(self):
-    if self.num_images < 1 or self.traversal_steps < 2 or self.jobs < 1:
-      raise ValueError(
-        "--num-images and --jobs must be >= 1 and --traversal-steps >= 2."
-      )
 
 
 class _StderrHandler(logging.StreamHandler):
