@@ -53,10 +53,16 @@ def test_dataset_flag_picks_the_papers_setup():
   assert _parse(["--preset=mvtec_screw"]).category == "screw"
 
 
-def test_missing_data_is_a_clear_error():
+def test_missing_data_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="--data-dir"):
     oneclass.load_data(_parse(["--dataset=folder"]), "train")
   with pytest.raises(ValueError, match="--category"):
+    oneclass.load_data(
+      _parse(["--dataset=mvtec", "--category=", f"--data-dir={tmp_path}"]),
+      "train",
+    )
+  # A root that does not exist is named as such (it asked for --category).
+  with pytest.raises(ValueError, match="/d does not exist; pass --data-dir="):
     oneclass.load_data(
       _parse(["--dataset=mvtec", "--category=", "--data-dir=/d"]), "train"
     )
