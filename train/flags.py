@@ -146,12 +146,7 @@ def parse_flags(
     SystemExit: status 2 after one error line (bad flag), 0 after ``--help``.
   """
   argv = list(sys.argv[1:] if argv is None else argv)
-  preset = _preset_name(
-    argv,
-    presets,
-    default_preset,
-    preset_field,
-  )
+  preset = _preset_name(argv, presets, default_preset, preset_field)
   parser = _Parser(prog=prog, description=description)
   grid_names = members.grid_fields(config_cls)
   parser.grid_flags = tuple(f"--{n.replace('_', '-')}" for n in grid_names)
@@ -176,12 +171,8 @@ def parse_flags(
   }
   if not grid and any(len(v) > 1 for v in lists.values()):
     parser.error(f"{prog} trains one run; comma lists are not accepted here.")
+  # parse_groups checked every value, those of the comma lists included.
   configs = members.expand_grid(config, lists)
-  try:
-    for c in configs:
-      check_config(c)
-  except ValueError as e:
-    parser.error(str(e))
   result = configs if grid else configs[0]
   if launch:
     return result, launch_flags
