@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -298,6 +299,20 @@ def test_metric_writer_roundtrip(tmp_path):
   assert records[1]["step"] == 2 and np.isnan(records[1]["train/loss"])
   events = list((tmp_path / metric_writers.TENSORBOARD_DIR).iterdir())
   assert events and events[0].stat().st_size > 0
+
+
+def test_metric_writer_log_lines_name_a_grid_member(tmp_path, caplog):
+  # A grid logs one line per member and step: the member's folder says whose.
+  with caplog.at_level(logging.INFO, logger="vae_attn.metric_writers"):
+    with metric_writers.MetricWriter(
+      tmp_path / "a", tensorboard=False, name="ad_seed0"
+    ) as writer:
+      writer.write_scalars(2, {"train/loss": 1.5})
+    with metric_writers.MetricWriter(tmp_path / "b", tensorboard=False) as w:
+      w.write_scalars(2, {"train/loss": 1.5})
+  lines = [r.getMessage() for r in caplog.records]
+  assert "[ad_seed0 2] train/loss=1.5" in lines
+  assert "[2] train/loss=1.5" in lines
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import pathlib
 import re
 
@@ -24,7 +25,7 @@ def _losses(workdir):
 
 
 @pytest.mark.parametrize("mode", ["vmap", "sequential"])
-def test_grid_members_equal_the_single_runs(mode, tmp_path):
+def test_grid_members_equal_the_single_runs(mode, tmp_path, caplog):
   base = dataclasses.replace(
     factorvae.PRESETS["smoke"],
     num_steps=3,
@@ -37,10 +38,16 @@ def test_grid_members_equal_the_single_runs(mode, tmp_path):
     dataclasses.replace(base, loss="tc", seed=0),
     dataclasses.replace(base, loss="ad", seed=1, lambda_ad=2.0),
   ]
-  states = factorvae.train_and_evaluate(members, tmp_path / "grid")
+  with caplog.at_level(logging.INFO, logger="vae_attn.metric_writers"):
+    states = factorvae.train_and_evaluate(members, tmp_path / "grid")
   dirs = loop.member_dirs(tmp_path / "grid", members)
   names = [d.name for d in dirs]
   assert names == ["tc_lambda_ad1_seed0", "ad_lambda_ad2_seed1"]
+  logged = [r.getMessage() for r in caplog.records]
+  for name in names:  # Each member's log lines say whose they are.
+    assert any(
+      m.startswith(f"[{name} 3] ") and "train/loss=" in m for m in logged
+    )
   for k, (config, state, run_dir) in enumerate(
     zip(members, states, dirs, strict=True)
   ):

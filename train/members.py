@@ -156,7 +156,10 @@ class Members:
   def open_writers(self, resume_step: int | None) -> None:
     self.writers = [
       metric_writers.MetricWriter(
-        d, enabled=self.is_main, resume_step=resume_step
+        d,
+        enabled=self.is_main,
+        resume_step=resume_step,
+        name=d.name if len(self.dirs) > 1 else "",
       )
       for d in self.dirs
     ]

@@ -57,6 +57,8 @@ class MetricWriter:
       missing.
     tensorboard: also write TensorBoard event files (tensorboardX).
     enabled: ``False`` makes every method a no-op (non-zero processes).
+    name: shown in each log line, ``[name step]`` (a grid member's folder;
+      ``""``: ``[step]``).
     resume_step: the step a resumed run restarts from: rows of later steps
       (logged after that checkpoint, before a crash) are removed from
       ``metrics.jsonl`` and purged from TensorBoard, so after any crash and
@@ -73,8 +75,10 @@ class MetricWriter:
     tensorboard: bool = True,
     enabled: bool = True,
     resume_step: int | None = None,
+    name: str = "",
   ):
     self._enabled = enabled
+    self._prefix = f"{name} " if name else ""
     self._jsonl = None
     self._tb = None
     if not enabled:
@@ -111,7 +115,8 @@ class MetricWriter:
       for name, value in values.items():
         self._tb.add_scalar(name, value, global_step=int(step))
     _log.info(
-      "[%d] %s",
+      "[%s%d] %s",
+      self._prefix,
       step,
       ", ".join(f"{k}={v:.6g}" for k, v in values.items()),
     )
