@@ -348,6 +348,13 @@ def _run(config: Config) -> int:
   keys = list(dict.fromkeys(k for g in groups.values() for k in g))
   keys = _select(keys, config.keys)
   lines = table(groups, keys)
+  if len(groups) == 2 and not any(
+    all(k in g for g in groups.values()) for k in keys
+  ):
+    notes.append(
+      "Warning: the two groups share no metric, so nothing is compared; "
+      "evaluate both with the same eval command."
+    )
   if any(g[k].n == 1 for g in groups.values() for k in keys if k in g):
     notes.append(
       "Some metrics come from a single run: they have no spread and are "

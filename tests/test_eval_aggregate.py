@@ -188,3 +188,12 @@ def test_a_file_that_is_not_results_json_is_named_so(tmp_path, capsys):
   err = capsys.readouterr().err
   assert err.startswith(f"error: Cannot read {damaged} (")
   assert err.endswith("it is damaged: re-run the evaluation that wrote it.\n")
+
+
+def test_groups_with_no_metric_in_common_are_warned_about(tmp_path, capsys):
+  a = [_write(tmp_path / f"a{s}", {"fv": 0.5 + s / 10}, s) for s in (0, 1)]
+  b = [_write(tmp_path / f"b{s}", {"mig": 0.1 + s / 10}, s) for s in (0, 1)]
+  assert aggregate.main([*a, "--vs", *b]) == 0
+  assert "the two groups share no metric" in capsys.readouterr().out
+  assert aggregate.main([*a, "--vs", *a[:1], a[1]]) == 0
+  assert "share no metric" not in capsys.readouterr().out
