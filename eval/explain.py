@@ -232,9 +232,8 @@ class Config:
     None,
     "input side of the random resnet18 model, a multiple of 64 (default: 256)",
   )
-  images: tuple[str, ...] = configs.field(
-    (),
-    "image files to explain (default: test images of the run's data)",
+  images: list[str] | None = configs.field(
+    None, "image files to explain (default: test images of the run's data)"
   )
   num_images: int = configs.field(4, "test images without --images", minimum=1)
   layer: str | None = configs.field(
@@ -277,10 +276,14 @@ class Config:
     "runs/explain/<model>_random without --workdir)",
   )
 
+  def __post_init__(self):
+    if self.images is not None and not self.images:
+      raise ValueError("--images: name at least one image file.")
+
 
 def _load(config: Config):
   """The run and the images to explain: ``(run, x, names, source)``."""
-  missing = [p for p in config.images if not os.path.isfile(p)]
+  missing = [p for p in config.images or () if not os.path.isfile(p)]
   if missing:  # Before the (slow) model.
     raise FileNotFoundError(
       f"--images: {missing[0]} is not a file; pass paths of PNG or JPEG images."
@@ -296,7 +299,7 @@ def _load(config: Config):
       image_size=config.image_size,
       seed=config.seed,
     )
-  if config.images:
+  if config.images is not None:
     x = read_images(config.images, run.input_shape)
     return run, x, [os.path.basename(p) for p in config.images], "files"
   x, names, data = demo_data.demo_images(run, config.num_images, config.seed)

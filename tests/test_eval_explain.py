@@ -48,6 +48,14 @@ def test_user_images_are_resized_to_the_model(tmp_path):
   assert maps["per_latent"].shape == (2, 8, 32, 32)
 
 
+def test_images_flag_without_files_is_refused(capsys):
+  # It explained the demo images instead, silently.
+  with pytest.raises(SystemExit) as e:
+    explain.main(["--images"])
+  assert e.value.code == 2
+  assert "--images: name at least one image file." in capsys.readouterr().err
+
+
 def test_missing_image_is_a_clear_error(tmp_path, capsys):
   rc = explain.main(["--images", str(tmp_path / "nope.png")])
   assert rc == 2
