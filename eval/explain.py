@@ -255,7 +255,11 @@ class Config:
     "the official code does",
     ("none", "rms"),
   )
-  k: int = configs.field(8, "per-latent maps shown", minimum=1)
+  k: int | None = configs.field(
+    None,
+    "per-latent maps shown (default: 8, or every latent of a smaller model)",
+    minimum=1,
+  )
   order: str = configs.field(
     "index",
     "show latents 0..k-1, or the k strongest per image",
@@ -310,6 +314,12 @@ def _load(config: Config):
 def _run(config: Config) -> int:
   start = time.perf_counter()
   run, x, names, source = _load(config)
+  k = min(8, run.latent_dim) if config.k is None else config.k
+  if k > run.latent_dim:
+    raise ValueError(
+      f"--k={config.k} is more than the model's {run.latent_dim} latents; "
+      f"pass --k={run.latent_dim} or less."
+    )
   out = config.out or (
     os.path.join(config.workdir, "explain")
     if config.workdir
@@ -336,7 +346,7 @@ def _run(config: Config) -> int:
     os.path.join(out, "attention_grid.png"),
     x,
     maps,
-    k=config.k,
+    k=k,
     order=config.order,
     title=what,
     scale=config.scale,

@@ -56,6 +56,13 @@ def test_images_flag_without_files_is_refused(capsys):
   assert "--images: name at least one image file." in capsys.readouterr().err
 
 
+def test_more_maps_than_latents_is_refused(capsys):
+  # -k 100 on a 32-latent model showed 32 maps without a word.
+  assert explain.main(["--latent-dim=4", "--k=5", "--num-images=1"]) == 2
+  err = capsys.readouterr().err
+  assert "--k=5 is more than the model's 4 latents; pass --k=4 or less." in err
+
+
 def test_missing_image_is_a_clear_error(tmp_path, capsys):
   rc = explain.main(["--images", str(tmp_path / "nope.png")])
   assert rc == 2
