@@ -53,6 +53,15 @@ def test_dataset_flag_picks_the_papers_setup():
   assert _parse(["--preset=mvtec_screw"]).category == "screw"
 
 
+def test_a_category_where_the_data_set_has_none_is_refused(capsys):
+  # It was ignored for digits, yet recorded in config.json.
+  with pytest.raises(SystemExit) as e:
+    _parse(["--preset=smoke", "--category=nope"])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert "--dataset=digits has none: drop --category." in err
+
+
 def test_missing_data_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="--data-dir"):
     oneclass.load_data(_parse(["--dataset=folder"]), "train")

@@ -92,6 +92,13 @@ class Config(common.LoopConfig):
     64, "batch of the latent statistics pass (eq. 5)", minimum=1
   )
 
+  def __post_init__(self):
+    if self.category and self.dataset not in ("mvtec", "textures"):
+      raise ValueError(
+        f"--category applies to --dataset=mvtec or textures; "
+        f"--dataset={self.dataset} has none: drop --category."
+      )
+
 
 _MNIST = dict(
   model="mnist",
