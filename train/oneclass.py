@@ -274,7 +274,7 @@ def train_step(state, batch, key, hparams, *, model) -> tuple:
   return state, {"loss": loss, "recon": recon, "kl": kl}
 
 
-def evaluate(state, *, config, model, test) -> dict:
+def evaluate(state, config, *, model, test) -> dict:
   """Test-split negative ELBO and its image AUROC as an anomaly score."""
   # Evenly spaced, so that sorted test sets still mix normal and anomalous.
   num = min(config.eval_num_examples, len(test))
@@ -299,7 +299,7 @@ def _elbo(variables, x, *, model):
   return losses.bernoulli_nll(logits, x), losses.gaussian_kl(mu, logvar)
 
 
-def latent_stats(state, *, config, model, train) -> dict:
+def latent_stats(state, config, *, model, train) -> dict:
   """``vae_attn.anomaly.latent_statistics`` of the un-augmented train set."""
   it = pipeline.single_pass(train, config.stats_batch_size)
   encode_fn = functools.partial(model.apply, method=model.encode)
@@ -366,7 +366,7 @@ def make_trainer(config: Config | Sequence[Config]) -> common.Trainer:
   eval_fn = None
   if config.eval_num_examples:
     eval_fn = functools.partial(
-      _evaluate_member, model=model, test=load_data(config, "test")
+      evaluate, model=model, test=load_data(config, "test")
     )
   return common.Trainer(
     create_train_state=functools.partial(
@@ -378,18 +378,10 @@ def make_trainer(config: Config | Sequence[Config]) -> common.Trainer:
     device_data=data,
     eval_fn=eval_fn,
     extras_fn=functools.partial(
-      _member_latent_stats, model=model, train=load_data(config, "train")
+      latent_stats, model=model, train=load_data(config, "train")
     ),
     spec_fn=run_spec,
   )
-
-
-def _evaluate_member(state, config, *, model, test):
-  return evaluate(state, config=config, model=model, test=test)
-
-
-def _member_latent_stats(state, config, *, model, train):
-  return latent_stats(state, config=config, model=model, train=train)
 
 
 def train_and_evaluate(
