@@ -96,16 +96,6 @@ def _preset_name(
   return default_preset
 
 
-def check_config(config: Any) -> None:
-  """Checks every field of a trainer's config (``configs.check_values``):
-  choices, minimums (loop counts >= 1...), finite numbers.
-
-  Raises:
-    ValueError: naming the flag, the bad value and what is allowed.
-  """
-  configs_lib.check_values(config)
-
-
 def parse_flags(
   argv: Sequence[str] | None,
   config_cls: type,

@@ -40,7 +40,7 @@ import tqdm
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from train import common, distributed, flags
+from train import common, distributed
 from train import members as members_lib
 from train import program as program_lib
 from train.members import member_dirs
@@ -133,7 +133,7 @@ def train_and_evaluate(
   """
   configs = list(config) if isinstance(config, Sequence) else [config]
   for c in configs:
-    flags.check_config(c)
+    configs_lib.check_values(c)
   workdir = pathlib.Path(workdir).absolute()
   dirs = member_dirs(workdir, configs)
   mesh = distributed.make_mesh() if mesh is None else mesh
