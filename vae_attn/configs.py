@@ -158,8 +158,9 @@ def grid_field(
 ) -> Any:
   """A config field whose flag also takes a comma list (a grid).
 
-  The flag's value is a tuple of values (one without a comma); every
-  value is checked against ``choices`` and none may repeat.
+  The flag's value is a tuple of values (one without a comma), none
+  repeated; :func:`check_values` checks each against ``choices`` and
+  ``minimum``.
   ``train.flags.parse_flags`` expands the tuples into one config per
   combination.
   """
@@ -167,11 +168,6 @@ def grid_field(
 
   def parse(text: str) -> tuple[Any, ...]:
     values = tuple(_one_value(tp, v.strip()) for v in text.split(","))
-    for v in values if choices is not None else ():
-      if v not in choices:
-        raise argparse.ArgumentTypeError(
-          f"{v!r} is not one of {tuple(choices)}"
-        )
     if len(set(values)) != len(values):
       raise argparse.ArgumentTypeError(f"{text!r} repeats a value")
     return values
