@@ -304,7 +304,9 @@ class Config(cli.SavedRun):
     "the run's)",
     alias="--data-path",
   )
-  seed: int = configs.field(0, "metric random state")
+  seed: int = configs.field(
+    0, "metric random state", minimum=0, maximum=configs.MAX_SEED
+  )
   quick: bool = configs.field(False, "small sample sizes (smoke runs)")
   tabulate: bool | None = configs.field(
     None,

@@ -272,7 +272,10 @@ class Config:
     figures.SCALES,
   )
   seed: int = configs.field(
-    0, "seed of the random model, the demo images and the draws"
+    0,
+    "seed of the random model, the demo images and the draws",
+    minimum=0,
+    maximum=configs.MAX_SEED,
   )
   out: str | None = configs.field(
     None,

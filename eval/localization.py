@@ -98,7 +98,9 @@ class Config(cli.SavedRun):
     minimum=2,
   )
   num_overlays: int = configs.field(6, "rows of overlays.png", minimum=2)
-  seed: int = configs.field(0, "seed of the eq. 5 draws")
+  seed: int = configs.field(
+    0, "seed of the eq. 5 draws", minimum=0, maximum=configs.MAX_SEED
+  )
   resolution: str = configs.field(
     "original",
     "original: maps upsampled to each mask's original size (the MVTec-AD "

@@ -297,7 +297,9 @@ class Config:
     metavar="TABLE",
   )
   steps: int = configs.field(300_000, "training steps (paper: 3e5)", minimum=1)
-  seeds: int = configs.field(3, "seeds per arm (a spread needs two)", minimum=2)
+  seeds: int = configs.field(
+    3, "seeds per arm (a spread needs two)", minimum=2, maximum=1000
+  )
   batch_size: int = configs.field(64, "global batch", minimum=1)
   data: str = configs.field(
     "procedural",
@@ -321,7 +323,9 @@ class Config:
   tabulate: bool = configs.field(
     False, "encode all 737,280 images once, then look codes up"
   )
-  metric_seed: int = configs.field(0, "seed of the metrics' samples")
+  metric_seed: int = configs.field(
+    0, "seed of the metrics' samples", minimum=0, maximum=configs.MAX_SEED
+  )
   skip_training: bool = configs.field(
     False, "score the runs already in WORKDIR/runs"
   )

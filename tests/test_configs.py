@@ -33,6 +33,8 @@ class Toy:
   loss: str = configs.grid_field("x", "a loss", ("x", "y"))
   size: int = configs.field(1, "a size", minimum=1)
   rate: float = configs.field(0.1, "a rate", above=0)
+  beta: float = configs.field(0.9, "a beta", minimum=0, below=1)
+  cap: int = configs.field(3, "a capped count", maximum=configs.MAX_SEED)
   weight: float = configs.grid_field(1.0, "a weight", minimum=0)
 
   def __post_init__(self):
@@ -79,6 +81,8 @@ def test_grid_fields_parse_comma_lists_as_tuples():
     (["--rate=0"], "--rate must be > 0, got 0.0."),
     (["--rate=nan"], "--rate must be a finite number, got nan."),
     (["--weight=1,-2"], "--weight must be >= 0, got -2.0."),
+    (["--beta=1"], "--beta must be < 1, got 1.0."),
+    (["--cap=4294967296"], "--cap must be <= 4294967295, got 4294967296."),
   ],
 )
 def test_a_bad_flag_is_one_line_with_status_2(argv, message, capsys):

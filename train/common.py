@@ -115,7 +115,11 @@ class LoopConfig:
   )
 
   seed: int = configs.grid_field(
-    0, "root of all randomness", alias="--seeds", minimum=0
+    0,
+    "root of all randomness",
+    alias="--seeds",
+    minimum=0,
+    maximum=configs.MAX_SEED,
   )
   num_steps: int = configs.field(1000, "training steps", minimum=1)
   log_every: int = configs.field(

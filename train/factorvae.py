@@ -90,13 +90,21 @@ class Config(common.LoopConfig):
     64, "global batch (the discriminator gets another)", minimum=1
   )
   vae_lr: float = configs.field(1e-4, "Adam learning rate of the VAE", above=0)
-  vae_b1: float = configs.field(0.9, "Adam beta1 of the VAE")
-  vae_b2: float = configs.field(0.999, "Adam beta2 of the VAE")
+  vae_b1: float = configs.field(
+    0.9, "Adam beta1 of the VAE", minimum=0, below=1
+  )
+  vae_b2: float = configs.field(
+    0.999, "Adam beta2 of the VAE", minimum=0, below=1
+  )
   disc_lr: float = configs.field(
     1e-4, "Adam learning rate of the discriminator", above=0
   )
-  disc_b1: float = configs.field(0.5, "Adam beta1 of the discriminator")
-  disc_b2: float = configs.field(0.9, "Adam beta2 of the discriminator")
+  disc_b1: float = configs.field(
+    0.5, "Adam beta1 of the discriminator", minimum=0, below=1
+  )
+  disc_b2: float = configs.field(
+    0.9, "Adam beta2 of the discriminator", minimum=0, below=1
+  )
   data: str = configs.field(
     "procedural", "dSprites source", ("procedural", "npz", "tfds")
   )

@@ -42,6 +42,8 @@ __all__ = [
 T = TypeVar("T")
 # The default of a field whose flag must be given (``--workdir``).
 REQUIRED = dataclasses.MISSING
+# The largest seed: JAX and numpy seeds are unsigned 32-bit integers.
+MAX_SEED = 2**32 - 1
 
 
 def count(text: str) -> int:
@@ -79,6 +81,8 @@ def field(
   switch: bool | None = None,
   minimum: float | None = None,
   above: float | None = None,
+  maximum: float | None = None,
+  below: float | None = None,
   metadata: Mapping[str, Any] | None = None,
 ) -> Any:
   """A config field with its ``--help`` text and optional allowed values.
@@ -101,6 +105,8 @@ def field(
       or ``--name=false`` (default: whether ``default`` is a bool).
     minimum: the smallest allowed value (counts, sizes).
     above: a bound the value must exceed (learning rates: 0).
+    maximum: the largest allowed value (seeds: :data:`MAX_SEED`).
+    below: a bound the value must stay under (Adam's betas: 1).
     metadata: more ``dataclasses.field`` metadata (e.g. ``grid``).
   """
   kwargs: dict[str, Any] = {}
@@ -129,6 +135,8 @@ def field(
       "allowed": kwargs.get("choices"),
       "minimum": minimum,
       "above": above,
+      "maximum": maximum,
+      "below": below,
       **(metadata or {}),
     },
     **kwargs,
@@ -155,6 +163,7 @@ def grid_field(
   *,
   alias: str | Sequence[str] = (),
   minimum: float | None = None,
+  maximum: float | None = None,
 ) -> Any:
   """A config field whose flag also takes a comma list (a grid).
 
@@ -180,6 +189,7 @@ def grid_field(
     alias=alias,
     type=parse,
     minimum=minimum,
+    maximum=maximum,
     metadata={"grid": True, "allowed": choices},
   )
 
@@ -341,7 +351,8 @@ def parse(
 
 
 def check_values(config: Any) -> None:
-  """Checks every field against its ``choices``, ``minimum`` and ``above``,
+  """Checks every field against its ``choices`` and bounds (``minimum``,
+  ``above``, ``maximum``, ``below``),
   and that float values are finite (configs built in Python too). ``None``
   (an optional field not given) passes; a tuple (a grid) is checked value
   by value.
@@ -367,6 +378,11 @@ def check_values(config: Any) -> None:
         raise ValueError(f"{flag} must be >= {minimum}, got {v}.")
       if above is not None and v <= above:
         raise ValueError(f"{flag} must be > {above}, got {v}.")
+      maximum, below = f.metadata.get("maximum"), f.metadata.get("below")
+      if maximum is not None and v > maximum:
+        raise ValueError(f"{flag} must be <= {maximum}, got {v}.")
+      if below is not None and v >= below:
+        raise ValueError(f"{flag} must be < {below}, got {v}.")
 
 
 def to_dict(config: Any) -> dict[str, Any]:
