@@ -36,7 +36,7 @@ import jax
 import numpy as np
 
 from train import factorvae, loop
-from vae_attn import metric_writers
+from workflow import writers
 
 
 def _bare(config, steps: int, repeats: int) -> float:
@@ -74,7 +74,7 @@ def _loop(configs, workdir: str) -> float:
     configs if len(configs) > 1 else configs[0], workdir
   )
   dirs = loop.member_dirs(pathlib.Path(workdir).absolute(), configs)
-  rows = metric_writers.read_scalars(dirs[0])
+  rows = writers.read_scalars(dirs[0])
   rates = [r["train/steps_per_sec"] for r in rows if "train/loss" in r]
   return statistics.median(rates[1:])
 

@@ -44,7 +44,7 @@ import numpy as np
 import scipy.stats
 
 from eval import cli
-from vae_attn import configs
+from workflow import configs
 
 RESULTS = "results.json"
 # Flat keys ending so are not scores: thresholds, error bounds.

@@ -1,10 +1,10 @@
 """What the evaluation entry points share: flags, errors, progress, output.
 
 Every ``python -m eval.<name>`` describes its options as a frozen config
-dataclass (``vae_attn.configs``), parsed by :func:`parse` (``--help`` gives
+dataclass (``workflow.configs``), parsed by :func:`parse` (``--help`` gives
 every flag's help and default; a bad flag is one line and exit status 2;
 ``--debug`` is always there), and runs through :func:`run_main` or
-:func:`run_report`, which turn a user error (``vae_attn.user_errors``)
+:func:`run_report`, which turn a user error (``workflow.errors``)
 into one line ``error: ...`` naming the fix, with exit status 2. Progress
 goes to stderr: :func:`stage` lines for every step that can take more than
 a few seconds, and :func:`progress` bars over batches on a terminal.
@@ -25,7 +25,8 @@ import jax
 import tqdm
 
 from eval import inference
-from vae_attn import attention, configs, user_errors
+from vae_attn import attention
+from workflow import configs, errors
 
 # OS errors that mean "this folder cannot be written".
 _WRITE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
@@ -36,7 +37,7 @@ class SavedRun:
   """The training run an evaluation reads: the first fields of its config.
 
   Attributes:
-    workdir: the run directory (``vae_attn.runs``).
+    workdir: the run directory (``workflow.runs``).
     step: the checkpoint step (``None``: the newest good one).
   """
 
@@ -59,7 +60,7 @@ def parse(
   argv: Sequence[str] | None, config_cls: type, *, prog: str, description: str
 ) -> tuple[Any, bool]:
   """Parses ``argv`` into ``(config, debug)``: an entry point's config
-  dataclass and ``--debug`` (:func:`vae_attn.configs.parse`).
+  dataclass and ``--debug`` (:func:`workflow.configs.parse`).
 
   Raises:
     SystemExit: status 2 after one error line (a bad flag or a value the
@@ -98,11 +99,9 @@ def report_user_error(
   Returns:
     The exit status, 2.
   """
-  if user_errors.debug_requested(debug):
+  if errors.debug_requested(debug):
     raise error
-  print(
-    user_errors.error_line(error) + _write_hint(error, config), file=sys.stderr
-  )
+  print(errors.error_line(error) + _write_hint(error, config), file=sys.stderr)
   return 2
 
 
@@ -112,7 +111,7 @@ def run_main(
   """Runs ``main_fn(config)``; a user error becomes one line and status 2."""
   try:
     return main_fn(config)
-  except user_errors.USER_ERRORS as e:
+  except errors.USER_ERRORS as e:
     return report_user_error(e, config, debug)
 
 

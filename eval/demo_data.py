@@ -1,6 +1,6 @@
 """Test images of a run's own data, for ``eval.explain``'s figures.
 
-The run spec (``vae_attn.runs.RunSpec.data``) names the data set: dSprites
+The run spec (``workflow.runs.RunSpec.data``) names the data set: dSprites
 (procedural, npz or tfds), digits or MNIST (one image per digit, the normal
 digit first), or an image-and-mask set (textures, MVTec-AD, Ped1, a custom
 folder; defective images first). A random model without a spec gets the

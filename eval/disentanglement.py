@@ -64,7 +64,8 @@ from eval import (
 from eval import disentanglement_report as report
 from eval.metrics import dci as dci_lib
 from eval.metrics import sampling
-from vae_attn import configs, losses, runs
+from vae_attn import losses
+from workflow import configs, runs
 
 SCORES = report.SCORES
 # DCI importance of the full evaluation: minutes, not hours (eval.metrics.dci).
@@ -269,7 +270,7 @@ def evaluate(config: Config) -> dict:
       "tabulate": tabulate,
       "dci_importance": importance,
       "jobs": config.jobs,
-      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+      "date": datetime.datetime.now(datetime.UTC).isoformat(),
     },
     "scores": scored.scores,
     "sample_sizes": scored.sample_sizes,

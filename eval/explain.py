@@ -37,9 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from eval import cli, demo_data, figures, restore
-from vae_attn import anomaly, configs, models
+from vae_attn import anomaly, models
 from vae_attn import attention as attention_lib
 from vae_attn.data import images as images_lib
+from workflow import configs
 
 demo_images = demo_data.demo_images
 

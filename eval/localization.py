@@ -48,7 +48,7 @@ from eval import localization_data as data_lib
 from eval import localization_maps as maps_lib
 from eval import localization_report as report_lib
 from eval import localization_scores as scores_lib
-from vae_attn import configs
+from workflow import configs
 
 # Re-exported for callers of the former single module.
 COLUMNS = report_lib.COLUMNS
@@ -189,7 +189,7 @@ def _meta(config, run, options, layers, data, stats_source, protocol) -> dict:
     "num_test_images": int(len(data["label"])),
     "num_anomalous": int(data["label"].sum()),
     "num_with_masks": int(data["has_mask"].sum()),
-    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+    "date": datetime.datetime.now(datetime.UTC).isoformat(),
   }
 
 

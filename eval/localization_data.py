@@ -1,7 +1,7 @@
 """Test data with pixel masks for ``eval.localization`` and ``eval.explain``.
 
 Which data set a run is evaluated on comes from the flags, else from its run
-spec (``vae_attn.runs.RunSpec``: data source, folder and category), else the
+spec (``workflow.runs.RunSpec``: data source, folder and category), else the
 offline textured-defect set. Masks come at the model's input size (nearest
 resize, as the loaders give them) or at their original size
 (:func:`original_mask`, read from the mask file), for the two protocols of
@@ -16,8 +16,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from vae_attn import runs
 from vae_attn.data import image_mask, images
+from workflow import runs
 
 DATASETS = ("textures", "mvtec", "ped1", "folder")
 

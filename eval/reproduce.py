@@ -39,8 +39,8 @@ import numpy as np
 
 from eval import aggregate, cli, disentanglement, restore
 from eval import metrics as metrics_lib
-from vae_attn import configs
 from vae_attn.data import dsprites
+from workflow import configs
 
 _log = logging.getLogger("eval.reproduce")
 
@@ -273,7 +273,7 @@ def table3(config: Config) -> dict:
       "train_command": shlex.join(["python", *command[1:]]),
       "train_seconds": train_seconds,
       "score_seconds": time.perf_counter() - start,
-      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+      "date": datetime.datetime.now(datetime.UTC).isoformat(),
       "paper": {loss: value for loss, (_, value) in ARMS.items()},
     },
     "summary": summary,

@@ -2,9 +2,9 @@
 
 ``load_run(workdir)`` restores the newest good checkpoint written by any
 trainer (``train.factorvae``, ``train.oneclass``) through
-``vae_attn.runs.restore``, onto the current devices (a run trained on 8
+``workflow.runs.restore``, onto the current devices (a run trained on 8
 devices or by several processes evaluates on one), and rebuilds the model
-from the run spec saved with it (``vae_attn.runs.RunSpec``: model name and
+from the run spec saved with it (``workflow.runs.RunSpec``: model name and
 arguments, input shape, data source and folder, layer): nothing is inferred.
 ``init_model`` builds a randomly initialised model for demos.
 """
@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_attn import anomaly, models, runs
+from vae_attn import anomaly, models
+from workflow import runs
 
 # Input shape [H, W, C] of each architecture (the ResNet's size varies).
 INPUT_SHAPES = {
@@ -126,7 +127,7 @@ def load_run(workdir: str | os.PathLike, *, step: int | None = None) -> Run:
     FileNotFoundError: the workdir does not exist or holds no run; the
       message says where it looked.
     NotADirectoryError: the workdir is a file.
-    vae_attn.runs.CheckpointError: no checkpoint is usable (each step and
+    workflow.runs.CheckpointError: no checkpoint is usable (each step and
       why is named).
   """
   workdir = str(workdir)

@@ -1,4 +1,4 @@
-"""Config dataclasses as command lines (vae_attn.configs): every entry point."""
+"""Config dataclasses as command lines (workflow.configs): every entry point."""
 
 import argparse
 import dataclasses
@@ -7,7 +7,7 @@ import importlib
 import pytest
 
 from train import flags as train_flags
-from vae_attn import configs
+from workflow import configs
 
 # Entry point -> the config dataclasses its command line is made of.
 ENTRY_POINTS = {
@@ -18,7 +18,6 @@ ENTRY_POINTS = {
   "eval.disentanglement": ("Config", configs.Debug),
   "eval.aggregate": ("Config", configs.Debug),
   "eval.reproduce": ("Config", configs.Debug),
-  "vae_attn.data.textures": ("WriteConfig",),
 }
 
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from eval import explain, restore
-from vae_attn import runs
+from workflow import runs
 
 
 def test_no_flags_demo_writes_the_grid_under_runs(tmp_path, monkeypatch):

@@ -14,8 +14,9 @@ from eval import cli, localization, restore
 from eval import localization_data as data_lib
 from eval import localization_scores as scores_lib
 from train import oneclass
-from vae_attn import anomaly, attention, runs
+from vae_attn import anomaly, attention
 from vae_attn.data import textures
+from workflow import runs
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def texture_root(tmp_path_factory):
 
 
 def _write_checkpoint(workdir, run, *, with_stats):
-  """A one-class run directory as the trainers write it (vae_attn.runs)."""
+  """A one-class run directory as the trainers write it (workflow.runs)."""
   state = {"step": np.int32(2), "params": run.variables["params"]}
   if "batch_stats" in run.variables:
     state["batch_stats"] = run.variables["batch_stats"]

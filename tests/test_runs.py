@@ -1,4 +1,4 @@
-"""Run directories (vae_attn.runs): damaged checkpoints, locks, full disks.
+"""Run directories (workflow.runs): damaged checkpoints, locks, full disks.
 
 Each damage a crash or a bad disk can leave is tried on the newest step of a
 real training run; the restore must fall back to the newest good step, say
@@ -19,7 +19,7 @@ import pytest
 from eval import restore
 from tests.test_train_common import ToyConfig, make_toy_trainer
 from train import loop
-from vae_attn import metric_writers, runs, user_errors
+from workflow import errors, runs, writers
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def test_a_workdir_that_cannot_be_a_folder_is_one_clear_line(tmp_path):
     with pytest.raises(runs.CheckpointWriteError) as info:
       with runs.lock(workdir):
         pass
-    line = user_errors.error_line(info.value)
+    line = errors.error_line(info.value)
     assert line == (
       f"error: {workdir} (or a folder above it) is a file, not a folder; "
       "pass --workdir=<a folder>."
@@ -153,7 +153,7 @@ def test_a_workdir_that_cannot_be_a_folder_is_one_clear_line(tmp_path):
   with pytest.raises(runs.CheckpointWriteError) as info:
     with runs.lock("/proc/vae_attn_no/run"):
       pass
-  assert user_errors.error_line(info.value).startswith(
+  assert errors.error_line(info.value).startswith(
     "error: Cannot write (creating /proc/vae_attn_no/run): "
   )
   assert "Pass a --workdir you can write to." in str(info.value)
@@ -192,17 +192,17 @@ def test_read_only_run_directory_is_restored(trained, tmp_path):
 
 
 def test_resume_truncates_log_rows_after_the_restored_step(tmp_path):
-  with metric_writers.MetricWriter(tmp_path, tensorboard=False) as writer:
+  with writers.MetricWriter(tmp_path, tensorboard=False) as writer:
     for step in (2, 4, 6):
       writer.write_scalars(step, {"train/loss": step})
   # A torn last line, as a kill during a write leaves.
-  with open(tmp_path / metric_writers.JSONL_NAME, "a") as f:
+  with open(tmp_path / writers.JSONL_NAME, "a") as f:
     f.write('{"step": 8, "train/lo')
-  with metric_writers.MetricWriter(
+  with writers.MetricWriter(
     tmp_path, tensorboard=False, resume_step=4
   ) as writer:
     writer.write_scalars(6, {"train/loss": 6.5})
-  rows = metric_writers.read_scalars(tmp_path)
+  rows = writers.read_scalars(tmp_path)
   assert [(r["step"], r["train/loss"]) for r in rows] == [
     (2, 2.0),
     (4, 4.0),

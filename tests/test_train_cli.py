@@ -3,7 +3,7 @@
 import pytest
 
 from train import factorvae, oneclass
-from vae_attn import runs
+from workflow import runs
 
 
 def _error_lines(capsys):

@@ -24,8 +24,8 @@ import optax
 import pytest
 
 from train import common, distributed, flags, loop
-from vae_attn import configs, metric_writers, runs
 from vae_attn.data import base, pipeline
+from workflow import configs, runs, writers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -172,7 +172,7 @@ def test_train_checkpoint_resume_and_no_retrace(tmp_path):
   state = loop.train_and_evaluate(config, tmp_path / "a", trainer)
   assert int(state.step) == 6
   assert _steps(tmp_path / "a") == [3, 6]
-  logs = metric_writers.read_scalars(tmp_path / "a")
+  logs = writers.read_scalars(tmp_path / "a")
   assert [r["step"] for r in logs if "train/loss" in r] == [2, 4, 6]
   assert [r["step"] for r in logs if "eval/w_norm" in r] == [6]
   saved = json.loads((tmp_path / "a" / "config.json").read_text())
@@ -182,7 +182,7 @@ def test_train_checkpoint_resume_and_no_retrace(tmp_path):
   # A second invocation continues from step 6, not from zero.
   longer = dataclasses.replace(config, num_steps=10, eval_every=4)
   resumed = loop.train_and_evaluate(longer, tmp_path / "a", trainer)
-  logs = metric_writers.read_scalars(tmp_path / "a")
+  logs = writers.read_scalars(tmp_path / "a")
   assert [r["step"] for r in logs if "train/loss" in r] == [2, 4, 6, 8, 10]
   assert [r["step"] for r in logs if "eval/w_norm" in r] == [6, 8, 10]
   assert _steps(tmp_path / "a") == [6, 9, 10]
@@ -268,7 +268,7 @@ def test_sigkill_resumes_to_the_same_params(tmp_path):
   chex.assert_trees_all_equal(resumed.params, straight.params)
   # The log holds every logged step exactly once, as the straight run's.
   logged = [
-    [r["step"] for r in metric_writers.read_scalars(tmp_path / name)]
+    [r["step"] for r in writers.read_scalars(tmp_path / name)]
     for name in ("killed", "straight")
   ]
   assert logged[0] == logged[1] == [2, 4, 6, 8, 10, 10]  # 10: train, eval.
@@ -286,7 +286,7 @@ def test_batch_must_split_over_devices():
 
 
 def test_metric_writer_roundtrip(tmp_path):
-  with metric_writers.MetricWriter(tmp_path) as writer:
+  with writers.MetricWriter(tmp_path) as writer:
     writer.write_scalars(1, {"train/loss": np.float32(2.0), "x": jnp.ones(())})
     writer.write_scalars(2, {"train/loss": float("nan")})
     writer.write_images(2, {"img": np.zeros((2, 4, 4, 1))})
@@ -294,21 +294,21 @@ def test_metric_writer_roundtrip(tmp_path):
       writer.write_scalars(3, {"bad": np.ones(3)})
     with pytest.raises(ValueError, match="NHWC|C in"):
       writer.write_images(3, {"bad": np.ones((4, 4))})
-  records = metric_writers.read_scalars(tmp_path)
+  records = writers.read_scalars(tmp_path)
   assert records[0] == {"step": 1, "train/loss": 2.0, "x": 1.0}
   assert records[1]["step"] == 2 and np.isnan(records[1]["train/loss"])
-  events = list((tmp_path / metric_writers.TENSORBOARD_DIR).iterdir())
+  events = list((tmp_path / writers.TENSORBOARD_DIR).iterdir())
   assert events and events[0].stat().st_size > 0
 
 
 def test_metric_writer_log_lines_name_a_grid_member(tmp_path, caplog):
   # A grid logs one line per member and step: the member's folder says whose.
-  with caplog.at_level(logging.INFO, logger="vae_attn.metric_writers"):
-    with metric_writers.MetricWriter(
+  with caplog.at_level(logging.INFO, logger="workflow.writers"):
+    with writers.MetricWriter(
       tmp_path / "a", tensorboard=False, name="ad_seed0"
     ) as writer:
       writer.write_scalars(2, {"train/loss": 1.5})
-    with metric_writers.MetricWriter(tmp_path / "b", tensorboard=False) as w:
+    with writers.MetricWriter(tmp_path / "b", tensorboard=False) as w:
       w.write_scalars(2, {"train/loss": 1.5})
   lines = [r.getMessage() for r in caplog.records]
   assert "[ad_seed0 2] train/loss=1.5" in lines

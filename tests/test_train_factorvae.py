@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from train import common, factorvae, flags, loop
-from vae_attn import metric_writers, runs
 from vae_attn.data import dsprites
+from workflow import runs, writers
 
 
 def _last_train_record(workdir) -> dict:
-  records = metric_writers.read_scalars(workdir)
+  records = writers.read_scalars(workdir)
   return [r for r in records if "train/loss" in r][-1]
 
 
@@ -73,7 +73,7 @@ def test_ad_factorvae_trains_checkpoints_and_resumes(tmp_path):
     + config.lambda_ad * r["train/ad"],
     rtol=1e-5,
   )
-  records = metric_writers.read_scalars(tmp_path / "a")
+  records = writers.read_scalars(tmp_path / "a")
   scores = [r for r in records if "eval/factor_vae_eval_accuracy" in r]
   assert [r["step"] for r in scores] == [2, 4]
   assert 0.0 <= scores[-1]["eval/factor_vae_eval_accuracy"] <= 1.0

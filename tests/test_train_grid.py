@@ -16,11 +16,11 @@ import pytest
 
 from eval import restore
 from train import factorvae, flags, loop, members, oneclass
-from vae_attn import metric_writers
+from workflow import writers
 
 
 def _losses(workdir):
-  rows = metric_writers.read_scalars(workdir)
+  rows = writers.read_scalars(workdir)
   return [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
 
 
@@ -38,7 +38,7 @@ def test_grid_members_equal_the_single_runs(mode, tmp_path, caplog):
     dataclasses.replace(base, loss="tc", seed=0),
     dataclasses.replace(base, loss="ad", seed=1, lambda_ad=2.0),
   ]
-  with caplog.at_level(logging.INFO, logger="vae_attn.metric_writers"):
+  with caplog.at_level(logging.INFO, logger="workflow.writers"):
     states = factorvae.train_and_evaluate(members, tmp_path / "grid")
   dirs = loop.member_dirs(tmp_path / "grid", members)
   names = [d.name for d in dirs]
@@ -66,7 +66,7 @@ def test_grid_members_equal_the_single_runs(mode, tmp_path, caplog):
     run = restore.load_run(run_dir)
     assert run.step == 3 and run.spec.model == "factorvae"
   # Rows of a run without L_AD carry no "ad".
-  rows = metric_writers.read_scalars(dirs[0])
+  rows = writers.read_scalars(dirs[0])
   assert not any("train/ad" in r for r in rows)
 
 

@@ -21,7 +21,7 @@ import chex
 import numpy as np
 
 from eval import restore
-from vae_attn import metric_writers, runs
+from workflow import runs, writers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT = 240
@@ -100,7 +100,7 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path):
     "state",
   ]
   # The log is written once (process 0), each logged step once.
-  rows = metric_writers.read_scalars(two)
+  rows = writers.read_scalars(two)
   assert [r["step"] for r in rows if "train/loss" in r] == [2]
   assert [r["step"] for r in rows if "eval/loss" in r] == [2]
   run = restore.load_run(two)

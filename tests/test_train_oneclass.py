@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from train import flags, loop, oneclass
-from vae_attn import anomaly, runs
+from vae_attn import anomaly
 from vae_attn.data import DataError
+from workflow import runs
 
 
 def _parse(argv):

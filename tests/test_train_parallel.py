@@ -56,7 +56,7 @@ def _main(workdir: pathlib.Path) -> None:
   from jax.sharding import NamedSharding
 
   from train import distributed, factorvae, loop
-  from vae_attn import metric_writers
+  from workflow import writers
 
   assert len(jax.devices()) == 8, jax.devices()
   config = dataclasses.replace(
@@ -99,7 +99,7 @@ def _main(workdir: pathlib.Path) -> None:
     ]
   )
   assert np.mean(diffs > 1e-6) < 1e-4, np.mean(diffs > 1e-6)
-  logs = [metric_writers.read_scalars(workdir / n) for n in ("one", "eight")]
+  logs = [writers.read_scalars(workdir / n) for n in ("one", "eight")]
   for name in ("train/loss", "train/ad", "train/tc", "train/disc_loss"):
     a = [r[name] for r in logs[0] if name in r]
     b = [r[name] for r in logs[1] if name in r]

@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from train import common, distributed, flags
-from vae_attn import metric_writers, runs
-from vae_attn.user_errors import USER_ERRORS, debug_requested, error_line
+from workflow import runs, writers
+from workflow.errors import USER_ERRORS, debug_requested, error_line
 
 _log = logging.getLogger("train")
 
@@ -55,11 +55,11 @@ def summary(
       lines.append(f"  report:      {reports[k]} (figures beside it)")
     lines.append(f"  checkpoints: {d / runs.CKPT_DIR}")
     lines.append(
-      f"  logs:        {d / metric_writers.JSONL_NAME}, "
-      f"{d / metric_writers.TENSORBOARD_DIR} (tensorboard --logdir {d})"
+      f"  logs:        {d / writers.JSONL_NAME}, "
+      f"{d / writers.TENSORBOARD_DIR} (tensorboard --logdir {d})"
     )
     try:
-      rows = metric_writers.read_scalars(d)
+      rows = writers.read_scalars(d)
     except FileNotFoundError:
       rows = []
     last = {}

@@ -3,7 +3,7 @@ trainer interface and the errors the loop raises.
 
 The pieces live in small modules: :mod:`train.flags` (command line),
 :mod:`train.distributed` (processes, mesh, placement), :mod:`train.loop`
-(the loop), :mod:`vae_attn.runs` (run directories and checkpoints).
+(the loop), :mod:`workflow.runs` (run directories and checkpoints).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import jax
 import numpy as np
 from flax.training import train_state
 
-from vae_attn import attention, configs
-from vae_attn.runs import ConfigMismatchError
+from vae_attn import attention
+from workflow import configs
+from workflow.runs import ConfigMismatchError
 
 __all__ = [
   "Batch",
@@ -188,7 +189,7 @@ class Trainer:
       ``eval/<name>``.
     extras_fn: optional ``fn(state, config) -> {name: pytree}`` of arrays
       saved as extra items of the final checkpoint (latent statistics).
-    spec_fn: ``fn(config) -> vae_attn.runs.RunSpec`` saved with the run.
+    spec_fn: ``fn(config) -> workflow.runs.RunSpec`` saved with the run.
     metrics_fn: optional ``fn(config, scalars) -> scalars`` that drops the
       metrics a member does not use (e.g. ``ad`` of a run without L_AD).
   """

@@ -44,9 +44,10 @@ import optax
 
 from train import cli, common, factor_vae_score, loop
 from train import data as device_data
-from vae_attn import configs, losses, models, runs
+from vae_attn import losses, models
 from vae_attn.attention import value_and_attention
 from vae_attn.data import dsprites
+from workflow import configs, runs
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The trainers' command line: a preset, the config's fields, grids, launch.
 
 ``--preset=NAME`` picks a base config; every config field is a flag
-(:mod:`vae_attn.configs`, simple_parsing) whose value replaces the preset's.
+(:mod:`workflow.configs`, simple_parsing) whose value replaces the preset's.
 Fields made with ``configs.grid_field`` also take comma lists
 (``--seeds=0,1,2 --loss=tc,ad --gamma=10,40``): the trainer then trains
 every combination as one grid (``train.loop``). :class:`Launch` holds the
@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from train import members
-from vae_attn import configs as configs_lib
+from workflow import configs as configs_lib
 
 
 @dataclasses.dataclass(frozen=True)

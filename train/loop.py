@@ -45,8 +45,8 @@ from train import members as members_lib
 from train import program as program_lib
 from train.members import member_dirs
 from train.program import lowered_text
-from vae_attn import configs as configs_lib
-from vae_attn import runs
+from workflow import configs as configs_lib
+from workflow import runs
 
 __all__ = ["lowered_text", "member_dirs", "train_and_evaluate"]
 
@@ -114,7 +114,7 @@ def train_and_evaluate(
     config: the trainer's config (a :class:`common.LoopConfig` subclass), or
       a sequence of them that differ only in grid fields: a grid, trained
       as one program; member ``k`` writes ``workdir/<member name>``.
-    workdir: the run directory (``vae_attn.runs``). An existing checkpoint is
+    workdir: the run directory (``workflow.runs``). An existing checkpoint is
       resumed from.
     trainer: the state, step, data and hooks.
     overwrite: delete an old run in ``workdir`` first.

@@ -1,6 +1,6 @@
 """The run directories of a training job: one per member of a grid.
 
-Each member writes an ordinary run directory (``vae_attn.runs``): its
+Each member writes an ordinary run directory (``workflow.runs``): its
 config, spec, checkpoints, ``metrics.jsonl`` and TensorBoard files.
 """
 
@@ -20,8 +20,8 @@ import jax
 import numpy as np
 
 from train import common
-from vae_attn import configs as configs_lib
-from vae_attn import metric_writers, runs
+from workflow import configs as configs_lib
+from workflow import runs, writers
 
 _log = logging.getLogger(__name__)
 
@@ -123,9 +123,9 @@ def _ignored_fields(config: Any) -> frozenset[str]:
 def prepare(run_dir: pathlib.Path, config: Any, overwrite: bool) -> None:
   """Deletes an old run (``overwrite``) and checks ``config.json``."""
   if overwrite:
-    for name in (runs.CKPT_DIR, metric_writers.TENSORBOARD_DIR):
+    for name in (runs.CKPT_DIR, writers.TENSORBOARD_DIR):
       shutil.rmtree(run_dir / name, ignore_errors=True)
-    for name in (runs.CONFIG_NAME, runs.SPEC_NAME, metric_writers.JSONL_NAME):
+    for name in (runs.CONFIG_NAME, runs.SPEC_NAME, writers.JSONL_NAME):
       (run_dir / name).unlink(missing_ok=True)
   ckpt = run_dir / runs.CKPT_DIR
   has_ckpt = ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
@@ -151,11 +151,11 @@ class Members:
       runs.checkpoint_manager(d, max_to_keep=c.max_to_keep)
       for d, c in zip(self.dirs, self.configs, strict=True)
     ]
-    self.writers: list[metric_writers.MetricWriter] = []
+    self.writers: list[writers.MetricWriter] = []
 
   def open_writers(self, resume_step: int | None) -> None:
     self.writers = [
-      metric_writers.MetricWriter(
+      writers.MetricWriter(
         d,
         enabled=self.is_main,
         resume_step=resume_step,

@@ -32,7 +32,7 @@ import sklearn.metrics
 
 from train import cli, common, loop
 from train import data as device_data
-from vae_attn import anomaly, configs, losses, models, runs
+from vae_attn import anomaly, losses, models
 from vae_attn.data import (
   base,
   custom_folder,
@@ -43,6 +43,7 @@ from vae_attn.data import (
   textures,
 )
 from vae_attn.data import ped1 as ped1_data
+from workflow import configs, runs
 
 DATASETS = ("textures", "mvtec", "folder", "mnist", "digits", "ped1")
 MVTEC_CATEGORIES = mvtec.CATEGORIES

@@ -23,8 +23,9 @@ import matplotlib
 import numpy as np
 
 from eval import disentanglement_figures, figures, restore
-from vae_attn import attention, losses, metric_writers
+from vae_attn import attention, losses
 from vae_attn.data import dsprites
+from workflow import writers
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 (after the backend is chosen)
@@ -104,7 +105,7 @@ def write(
   out = run_dir / REPORT_DIR
   out.mkdir(exist_ok=True)
   run = restore.load_run(run_dir)
-  rows = metric_writers.read_scalars(run_dir)
+  rows = writers.read_scalars(run_dir)
   _log.info("Report: loss curves, attention maps, traversals -> %s", out)
   loss_curves(rows, out / "loss_curves.png")
   data = dsprites.procedural()

@@ -31,7 +31,7 @@ Write it with ``python -m vae_attn.data.textures --out DIR`` or call
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
 import hashlib
 import json
 import os
@@ -44,7 +44,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from vae_attn import configs, user_errors
 from vae_attn.data import base
 
 CATEGORIES = ("brick", "grass", "gravel")
@@ -341,20 +340,6 @@ def ensure_dataset(
   return final
 
 
-@dataclasses.dataclass(frozen=True)
-class WriteConfig:
-  """Where to write the textured-defect set, and its size."""
-
-  out: str = configs.field(configs.REQUIRED, "folder to write")
-  seed: int = configs.field(0, "seed of the textures and defects")
-  categories: str = configs.field(
-    ",".join(CATEGORIES), "categories to write, comma-separated"
-  )
-  image_size: int = configs.field(128, "image side in pixels")
-  num_train: int = configs.field(40, "normal training images per category")
-  num_test: int = configs.field(24, "test images per category")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   """``python -m vae_attn.data.textures --out DIR``: writes the data set.
 
@@ -362,25 +347,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     The exit status: 0, or 2 after one ``error:`` line (a bad size or
     category, a folder that cannot be written).
   """
-  (config,) = configs.parse(
-    argv,
-    WriteConfig,
+  parser = argparse.ArgumentParser(
     prog="python -m vae_attn.data.textures",
     description=__doc__.splitlines()[0],
+    allow_abbrev=False,
   )
+  parser.add_argument("--out", required=True, help="folder to write")
+  parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+  parser.add_argument(
+    "--categories",
+    default=",".join(CATEGORIES),
+    help="categories to write, comma-separated (default: all)",
+  )
+  for name, default, what in (
+    ("image-size", 128, "image side in pixels"),
+    ("num-train", 40, "normal training images per category"),
+    ("num-test", 24, "test images per category"),
+  ):
+    parser.add_argument(
+      f"--{name}",
+      f"--{name.replace('-', '_')}",
+      type=int,
+      default=default,
+      help=f"{what} (default {default})",
+    )
+  args = parser.parse_args(argv)
   try:
     out = write_dataset(
-      config.out,
-      seed=config.seed,
-      categories=[c for c in config.categories.split(",") if c],
-      image_size=config.image_size,
-      num_train=config.num_train,
-      num_test=config.num_test,
+      args.out,
+      seed=args.seed,
+      categories=[c for c in args.categories.split(",") if c],
+      image_size=args.image_size,
+      num_train=args.num_train,
+      num_test=args.num_test,
     )
-  except user_errors.USER_ERRORS as e:
-    if user_errors.debug_requested():
-      raise
-    print(user_errors.error_line(e), file=sys.stderr)
+  except (ValueError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
     return 2
   print(f"Wrote the textured-defect data set to {out}")
   return 0

@@ -9,11 +9,11 @@ with ``enabled=False``.
 Example:
 
   >>> import tempfile
-  >>> from vae_attn import metric_writers
+  >>> from workflow import writers
   >>> workdir = tempfile.mkdtemp()
-  >>> with metric_writers.MetricWriter(workdir) as writer:
+  >>> with writers.MetricWriter(workdir) as writer:
   ...   writer.write_scalars(10, {"train/loss": 1.5})
-  >>> metric_writers.read_scalars(workdir)
+  >>> writers.read_scalars(workdir)
   [{'step': 10, 'train/loss': 1.5}]
 """
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 
-from vae_attn import runs
+from workflow import runs
 
 DEBUG_ENV = "VAE_ATTN_DEBUG"
 
