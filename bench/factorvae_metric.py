@@ -13,10 +13,10 @@ the host is split into ``--cpu_devices`` JAX devices (default 2 per core; XLA
 runs these convolutions on one core per device), and the encoder rate on all
 devices is printed beside the rate on one device.
 
-* ``tabulated``: ``metrics.tabulate`` renders and encodes every image of the
-  data set once (this is the "all 737,280 images through the encoder"
-  figure, reported as images/s and seconds), then
-  ``metrics.compute_factor_vae`` (disentanglement_lib convention: 64 images
+* ``tabulated``: ``disentanglement.tabulate`` renders and encodes every
+  image of the data set once (this is the "all 737,280 images through the
+  encoder" figure, reported as images/s and seconds), then
+  ``factor_vae.compute_factor_vae`` (disentanglement_lib convention: 64 images
   per vote, 10,000 + 5,000 votes, 10,000 images for the variances) only looks
   codes up. Total = encode pass + metric.
 * ``direct``: the metric renders and encodes its own 10,000 + 15,000 x 64 =
@@ -36,7 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eval import inference, metrics
+from eval import inference
+from eval.metrics import disentanglement, factor_vae
 from vae_attn import models
 from vae_attn.data import dsprites
 
@@ -127,7 +128,7 @@ def _print_rates(args, data, representation_fn) -> None:
 def _tabulated(args, data, representation_fn) -> float:
   """Seconds of the code table plus the metric on it."""
   start, cpu_start = time.perf_counter(), time.process_time()
-  table_data, lookup = metrics.tabulate(
+  table_data, lookup = disentanglement.tabulate(
     data, representation_fn, np.random.RandomState(args.seed)
   )
   encode_s = time.perf_counter() - start
@@ -140,7 +141,7 @@ def _tabulated(args, data, representation_fn) -> float:
     f"CPU time {cpu_s:.0f} s, load average {os.getloadavg()[0]:.1f})"
   )
   start = time.perf_counter()
-  scores = metrics.compute_factor_vae(
+  scores = factor_vae.compute_factor_vae(
     table_data, lookup, np.random.RandomState(args.seed)
   )
   metric_s = time.perf_counter() - start
@@ -151,7 +152,7 @@ def _tabulated(args, data, representation_fn) -> float:
 def _direct(args, data, representation_fn, **sizes: int) -> float:
   """Seconds of the metric on raw images (it renders and encodes them)."""
   start = time.perf_counter()
-  scores = metrics.compute_factor_vae(
+  scores = factor_vae.compute_factor_vae(
     data, representation_fn, np.random.RandomState(args.seed), **sizes
   )
   seconds = time.perf_counter() - start

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from eval import localization_data as data_lib
+from eval import localization as data_lib
 from eval import restore
 from vae_attn.data import digits, dsprites, mnist
 

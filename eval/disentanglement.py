@@ -58,12 +58,12 @@ from eval import (
   disentanglement_data,
   disentanglement_figures,
   inference,
-  metrics,
   restore,
 )
 from eval import disentanglement_report as report
 from eval.metrics import dci as dci_lib
-from eval.metrics import sampling
+from eval.metrics import disentanglement as suite
+from eval.metrics import factor_vae, sampling
 from vae_attn import losses
 from workflow import configs, runs
 
@@ -114,7 +114,7 @@ class Scored:
   """The scores of :func:`score` and how they were measured.
 
   Attributes:
-    scores: flat scores (``metrics.compute_all``'s keys).
+    scores: flat scores (``eval.metrics.disentanglement.compute_all``'s keys).
     sample_sizes: ``{metric: {argument: size}}``.
     timings: seconds per stage (``encode all images``, each metric).
     notes: warnings of the metrics (dropped factors, estimators that stopped
@@ -142,7 +142,7 @@ def score(
   n_jobs: int = 1,
   progress: bool | None = False,
 ) -> Scored:
-  """``metrics.evaluate_suite`` of the posterior means (and KL for pruning).
+  """``suite.evaluate_suite`` of the posterior means (and KL for pruning).
 
   ``mu_and_kl`` is a :func:`representation_function`. The metrics' warnings
   become ``Scored.notes`` (each once); other warnings pass through.
@@ -154,12 +154,12 @@ def score(
     warnings.simplefilter("always")
     if tabulate:
       start = time.perf_counter()
-      data, mu_and_kl = metrics.tabulate(
+      data, mu_and_kl = suite.tabulate(
         data, mu_and_kl, random_state, progress=progress
       )
       timings["encode all images"] = time.perf_counter() - start
     results = list(
-      metrics.evaluate_suite(
+      suite.evaluate_suite(
         data,
         lambda obs: mu_and_kl(obs)[:, :d],
         random_state,
@@ -204,9 +204,9 @@ def training_log_score(workdir: str, config: Mapping[str, Any]) -> dict | None:
   except OSError:
     return None
   convention = config.get("score_convention")
-  if row is None or convention not in metrics.FACTOR_VAE_CONVENTIONS:
+  if row is None or convention not in factor_vae.FACTOR_VAE_CONVENTIONS:
     return None
-  published = metrics.FACTOR_VAE_CONVENTIONS[convention]
+  published = factor_vae.FACTOR_VAE_CONVENTIONS[convention]
   sizes = {"num_per_vote": published.num_per_vote}
   for name, field in (
     ("num_train", "score_num_train"),
@@ -276,7 +276,7 @@ def evaluate(config: Config) -> dict:
     "sample_sizes": scored.sample_sizes,
     "conventions": {
       name: dataclasses.asdict(conv)
-      for name, conv in metrics.FACTOR_VAE_CONVENTIONS.items()
+      for name, conv in factor_vae.FACTOR_VAE_CONVENTIONS.items()
     },
     "training_log": training_log_score(config.workdir, run.config),
     "notes": scored.notes,

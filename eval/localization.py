@@ -37,23 +37,756 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
+import math
 import os
+import re
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
-from eval import cli, restore
-from eval import localization_data as data_lib
-from eval import localization_maps as maps_lib
-from eval import localization_report as report_lib
-from eval import localization_scores as scores_lib
-from workflow import configs
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-# Re-exported for callers of the former single module.
-COLUMNS = report_lib.COLUMNS
-DATASETS = data_lib.DATASETS
-CODES = maps_lib.CODES
+from eval import cli, figures, restore
+from eval.metrics import localization as pixel_metrics
+from vae_attn import anomaly
+from vae_attn import attention as attention_lib
+from vae_attn.data import image_mask, images, pipeline
+from workflow import configs, runs
+
+# Test data. Which data set a run is evaluated on comes from the flags, else
+# from its run spec (data source, folder and category), else the offline
+# textured-defect set. Masks come at the model's input size (nearest resize,
+# as the loaders give them) or at their original size (original_mask), for
+# the two protocols.
+
+DATASETS = ("textures", "mvtec", "ped1", "folder")
+
+
+class DataOptions(NamedTuple):
+  """The test data of an evaluation.
+
+  Attributes:
+    dataset: one of :data:`DATASETS`.
+    data_dir: its folder (``None``: the offline set's cache).
+    category: the MVTec-AD or textures category, or ``None``.
+  """
+
+  dataset: str
+  data_dir: str | None
+  category: str | None
+
+
+def data_options(
+  spec: runs.RunSpec | None,
+  *,
+  dataset: str | None = None,
+  data_dir: str | None = None,
+  category: str | None = None,
+) -> DataOptions:
+  """The flags' data set, folder and category, else the run spec's.
+
+  The spec's folder and category are used only when the data set is the
+  one the run was trained on.
+
+  Raises:
+    ValueError: the data set has no pixel masks.
+  """
+  kwargs = dict(spec.data_kwargs) if spec is not None else {}
+  dataset = dataset or (spec.data if spec is not None else None) or "textures"
+  if dataset not in DATASETS:
+    raise ValueError(
+      f"Localization needs pixel masks; data set {dataset!r} has none. Pass "
+      f"--dataset as one of {DATASETS} (with --data-dir for real data)."
+    )
+  same_data = spec is not None and dataset == spec.data
+  data_dir = data_dir or (spec.data_dir if same_data else None) or None
+  category = category or (kwargs.get("category") if same_data else None)
+  return DataOptions(dataset, data_dir, category or None)
+
+
+def load_splits(
+  options: DataOptions, image_size: tuple[int, int]
+) -> tuple[Any, Any, str | None]:
+  """``(test_source, train_source, category)`` of a data set with masks.
+
+  Raises:
+    ValueError: a data set that reads files has no ``data_dir``, or MVTec-AD
+      has no category.
+    vae_attn.data.DataError: the files are missing or malformed.
+  """
+  dataset, root, category = options
+  if dataset == "textures":
+    from vae_attn.data import mvtec, textures
+
+    category = category or textures.CATEGORIES[0]
+    if not (root and os.path.isdir(os.path.join(root, category))):
+      # The trainers' data_dir for textures is the cache the set is made in.
+      root = textures.ensure_dataset(root or None)
+    load = functools.partial(mvtec.load, root, category, image_size=image_size)
+    return load("test"), load("train"), category
+  if not root:
+    raise ValueError(
+      f"--dataset={dataset} reads files: pass --data-dir=<the data set folder>."
+    )
+  if dataset == "mvtec":
+    from vae_attn.data import mvtec
+
+    if not category:
+      found = ", ".join(mvtec.find_categories(root)) or "none"
+      raise ValueError(
+        f"--dataset=mvtec needs --category=<name>; categories in {root}: "
+        f"{found}."
+      )
+    load = functools.partial(mvtec.load, root, category, image_size=image_size)
+    return load("test"), load("train"), category
+  if dataset == "ped1":
+    from vae_attn.data import ped1
+
+    load = functools.partial(ped1.load, root, image_size=image_size)
+    return load("test"), load("train"), None
+  from vae_attn.data import custom_folder
+
+  load = functools.partial(custom_folder.load, root, image_size=image_size)
+  return load("test"), load("train"), category
+
+
+class Subset:
+  """Records ``indices`` of a source (random access, for the pipeline)."""
+
+  def __init__(self, source, indices: np.ndarray):
+    self._source, self.indices = source, indices
+    self.name = f"{getattr(source, 'name', 'source')}[subset]"
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int):
+    return self._source[int(self.indices[index])]
+
+  @property
+  def entries(self) -> list[image_mask.Entry] | None:
+    """The picked entries of an image-and-mask source, else ``None``."""
+    every = getattr(self._source, "entries", None)
+    return None if every is None else [every[int(i)] for i in self.indices]
+
+
+def subset(source, max_images: int | None):
+  """At most ``max_images`` records, evenly spaced over the source.
+
+  Test splits are sorted (normal images first), so evenly spaced picks keep
+  normal and anomalous images both.
+  """
+  if max_images is None or max_images >= len(source):
+    return source
+  indices = np.linspace(0, len(source) - 1, max_images).round()
+  return Subset(source, np.unique(indices.astype(np.int64)))
+
+
+def to_channels(x: np.ndarray, channels: int) -> np.ndarray:
+  """Matches the data's channels to the model's (grey <-> RGB)."""
+  if x.shape[-1] == channels:
+    return x
+  if channels == 1:
+    return x.mean(axis=-1, keepdims=True)
+  return np.repeat(x, channels, axis=-1)
+
+
+def original_mask(entry: image_mask.Entry) -> np.ndarray:
+  """The ground truth of one test image at its original size.
+
+  Args:
+    entry: an image-and-mask record (``source.entries[i]``).
+
+  Returns:
+    bool ``[H, W]`` at the size of the mask file (which is its image's
+    size); all False for an image without a mask file (a normal image).
+
+  Raises:
+    vae_attn.data.DataError: the file cannot be read.
+  """
+  if entry.mask is None:
+    return np.zeros(images.image_size_of(entry.image), bool)
+  return images.read_mask(entry.mask)[..., 0] > 0
+
+
+# Maps. A method is named attention_<code>/<layer> (layer without its
+# encoder/ prefix) or residual. Attention maps stay at their layer's
+# resolution [N, h, w] and the residual at the model's input size [N, H, W];
+# scoring upsamples both to the resolution of the chosen protocol.
+
+CODES = ("mu", "difference")
+
+
+def short(layer: str) -> str:
+  """``encoder/conv2`` -> ``conv2`` (the name used in reports)."""
+  return layer.removeprefix("encoder/")
+
+
+def method_name(code: str, layer: str) -> str:
+  """The name of the attention maps of ``code`` at ``layer``."""
+  return f"attention_{code}/{short(layer)}"
+
+
+def _probe(run: restore.Run) -> jax.Array:
+  return jnp.zeros((1, *run.input_shape), jnp.float32)
+
+
+def ablation_layers(run: restore.Run) -> list[str]:
+  """Every top-level encoder conv block (``encoder/conv1``...), or for the
+  ResNet the first conv of each stage."""
+  valid = attention_lib.layer_paths(run.encode_fn, run.variables, _probe(run))
+  convs = [p for p in valid if re.fullmatch(r"encoder/conv\d+", p)]
+  if convs:
+    return convs
+  return [p for p in valid if re.fullmatch(r"encoder/stage\d_block1/conv1", p)]
+
+
+def resolve_layers(run: restore.Run, layers: Sequence[str]) -> list[str]:
+  """Full paths of ``layers`` (unique suffixes allowed), without repeats.
+
+  Raises:
+    ValueError: a layer is unknown or ambiguous (the valid ones are listed).
+  """
+  try:
+    paths = attention_lib.resolve_layers(
+      run.encode_fn, run.variables, _probe(run), list(layers)
+    )
+  except ValueError as e:
+    raise ValueError(f"--layers: {e}") from None
+  return list(dict.fromkeys(paths.values()))
+
+
+def make_maps_fn(
+  run: restore.Run,
+  layers: Sequence[str],
+  codes: Sequence[str],
+  num_samples: int,
+  **attention_kwargs,
+):
+  """A jitted ``fn(variables, x, stats, key) -> {method: maps}``.
+
+  Attention maps come at layer resolution ``[B, h, w]``, the residual
+  ``|x - sigmoid(decode(mu))|`` at image size ``[B, H, W]``. The parameters
+  and statistics are arguments, not constants of the compiled program.
+  """
+  layers = list(layers)
+  encode_fn, model = run.encode_fn, run.model
+
+  def maps_fn(variables, x, stats, key):
+    out = {}
+    (mu, _), maps = attention_lib.value_and_attention(
+      encode_fn, layers, code="mu", **attention_kwargs
+    )(variables, x)
+    if "mu" in codes:
+      for layer in layers:
+        out[method_name("mu", layer)] = maps[layer].mean
+    if "difference" in codes:
+      draws = anomaly.difference_attention(
+        encode_fn,
+        layers,
+        variables,
+        x,
+        stats,
+        key,
+        num_samples=num_samples,
+        **attention_kwargs,
+      )
+      for layer in layers:
+        out[method_name("difference", layer)] = draws[layer].mean
+    x_hat = jax.nn.sigmoid(model.apply(variables, mu, method=model.decode))
+    out["residual"] = anomaly.residual_map(x, x_hat)
+    return out
+
+  return jax.jit(maps_fn)
+
+
+def _records(batch: dict, channels: int) -> dict[str, np.ndarray]:
+  """The fields of a test batch that scoring and figures need."""
+  n = len(batch["image"])
+  return {
+    "image": to_channels(np.asarray(batch["image"], np.float32), channels),
+    "mask": np.asarray(batch["mask"])[..., 0] > 0.5,
+    "label": np.asarray(batch["label"]).astype(bool),
+    "has_mask": np.asarray(batch.get("has_mask", np.ones(n))).astype(bool),
+    "defect_type": np.asarray(
+      batch.get("defect_type", np.array([""] * n)), dtype=object
+    ),
+  }
+
+
+def compute_maps(
+  run: restore.Run,
+  test_source,
+  stats: anomaly.LatentStats | None,
+  *,
+  layers: Sequence[str],
+  codes: Sequence[str],
+  num_samples: int,
+  batch_size: int,
+  seed: int,
+  **attention_kwargs,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """Runs the test split through the model; returns ``(maps, data)``.
+
+  ``maps``: method -> float32 maps (``[N, h, w]`` at layer resolution for
+  attention, ``[N, H, W]`` for the residual), in the order codes x layers,
+  then the residual. ``data``: ``image [N, H, W, C]``, ``mask [N, H, W]``
+  (bool, at model size), ``label [N]``, ``has_mask [N]`` and
+  ``defect_type [N]``.
+
+  Raises:
+    ValueError: the test split is empty.
+  """
+  fn = make_maps_fn(run, layers, codes, num_samples, **attention_kwargs)
+  key = jax.random.key(seed)
+  channels = run.input_shape[-1]
+  maps: dict[str, list] = {}
+  data: dict[str, list] = {}
+  num_batches = -(-len(test_source) // batch_size)
+  batches = pipeline.single_pass(test_source, batch_size, num_threads=0)
+  bar = cli.progress(batches, total=num_batches, desc="maps")
+  for i, batch in enumerate(bar):
+    records = _records(batch, channels)
+    out = fn(
+      run.variables,
+      jnp.asarray(records["image"]),
+      stats,
+      jax.random.fold_in(key, i),
+    )
+    for name, value in jax.device_get(out).items():
+      maps.setdefault(name, []).append(np.asarray(value, np.float32))
+    for name, value in records.items():
+      data.setdefault(name, []).append(value)
+  if not data:
+    raise ValueError(
+      "The test split is empty; check --data-dir and --category."
+    )
+  order = [method_name(c, p) for c in codes for p in layers]
+  maps_np = {k: np.concatenate(maps[k]) for k in [*order, "residual"]}
+  return maps_np, {k: np.concatenate(v) for k, v in data.items()}
+
+
+def latent_stats(
+  run: restore.Run, train_source, batch_size: int
+) -> tuple[anomaly.LatentStats, str]:
+  """The checkpoint's statistics, or one pass over the training split."""
+  if run.latent_stats is not None:
+    return run.latent_stats, "checkpoint"
+  channels = run.input_shape[-1]
+  passes = pipeline.single_pass(train_source, batch_size, num_threads=0)
+  total = -(-len(train_source) // batch_size)
+  batches = (
+    to_channels(np.asarray(b["image"], np.float32), channels)
+    for b in cli.progress(passes, total=total, desc="latent statistics")
+  )
+  stats = anomaly.latent_statistics(run.encode_fn, run.variables, batches)
+  return stats, f"computed from the training split ({int(stats.count)} images)"
+
+
+# Scores under one of two protocols.
+#
+# "original" (default; the MVTec-AD protocol): each map is upsampled
+# (bilinear) to the original size of its image's mask, read from the mask
+# file, and the pixels are pooled at that size through the streaming
+# eval.metrics.localization.pixel_scores (65,536 bins over the maps' range;
+# the report gives the error bound of each figure). Small defect regions count
+# as drawn.
+#
+# "model": maps are upsampled to the model's input size and compared with the
+# masks the loader resized there (nearest neighbour, which can delete small
+# regions), exactly (eval.metrics.localization.localization_report).
+#
+# Pixel metrics pool the images whose mask is ground truth (has_mask); image
+# AUROC (max or mean of each map at model size) uses every test image.
+
+RESOLUTIONS = ("original", "model")
+NUM_BINS = 1 << 16
+
+
+def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """``[N, h, w]`` maps at ``size`` (``vae_attn.attention.upsample``)."""
+  if tuple(maps.shape[-2:]) == tuple(size):
+    return maps
+  return np.asarray(attention_lib.upsample(maps, tuple(size)), np.float32)
+
+
+def _check_classes(data: Mapping[str, np.ndarray], masks) -> None:
+  has_mask, labels = data["has_mask"], data["label"]
+  if masks is not None:
+    anomalous = any(m.any() for m in masks.values())
+  else:
+    anomalous = data["mask"][has_mask].any()
+  if not anomalous:
+    raise ValueError(
+      "No anomalous pixel in the test masks: pixel metrics need defect "
+      "images with masks (check the data set's ground_truth folder)."
+    )
+  if labels.all() or not labels.any():
+    raise ValueError(
+      "The test split needs both normal and anomalous images for AUROC."
+    )
+
+
+def _image_aurocs(m: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+  return {
+    f"image_auroc_{s}": pixel_metrics.image_auroc(m, labels, s)
+    for s in ("max", "mean")
+  }
+
+
+def _model_size(m, data) -> tuple[dict[str, float], tuple]:
+  """Exact metrics against the masks at model size."""
+  has_mask = data["has_mask"]
+  masked, masks = m[has_mask], data["mask"][has_mask]
+  mask_labels = data["label"][has_mask]
+  if mask_labels.all() or not mask_labels.any():
+    # Pixel metrics only; image AUROC needs both classes.
+    report = {
+      "pixel_auroc": pixel_metrics.pixel_auroc(masked, masks),
+      "aupro": pixel_metrics.aupro(masked, masks),
+    }
+    iou, threshold = pixel_metrics.best_iou(masked, masks)
+    report.update(best_iou=iou, best_iou_threshold=threshold)
+  else:
+    report = pixel_metrics.localization_report(masked, masks, mask_labels)
+  fpr, tpr, _ = pixel_metrics.roc_curve(masked, masks)
+  return report, (fpr, tpr)
+
+
+def original_masks(
+  entries: Sequence[Any], has_mask: np.ndarray
+) -> dict[int, np.ndarray]:
+  """Index -> bool ``[H, W]`` mask at original size, for masked images."""
+  return {i: original_mask(entries[i]) for i in np.flatnonzero(has_mask)}
+
+
+def _original_size(
+  native: np.ndarray, masks: Mapping[int, np.ndarray]
+) -> tuple[dict[str, float], tuple]:
+  """Binned metrics with each map upsampled to its mask's size."""
+  lo, hi = float(native.min()), float(native.max())
+  acc = pixel_metrics.pixel_scores(
+    (lo, hi if hi > lo else lo + 1.0), NUM_BINS, image_auroc=False
+  )
+  state = acc.init()
+  by_size: dict[tuple[int, int], list[int]] = {}
+  for i, mask in masks.items():
+    by_size.setdefault(mask.shape, []).append(i)
+  for size, ids in by_size.items():
+    for start in range(0, len(ids), 16):
+      chunk = ids[start : start + 16]
+      maps = upsample(native[chunk], size)
+      state = acc.update(state, maps, np.stack([masks[i] for i in chunk]))
+  fpr, tpr, _ = acc.curve(state)
+  return acc.compute(state), (fpr, tpr)
+
+
+def score(
+  maps: Mapping[str, np.ndarray],
+  data: Mapping[str, np.ndarray],
+  *,
+  resolution: str = "model",
+  masks: Mapping[int, np.ndarray] | None = None,
+  on_method=None,
+) -> tuple[dict[str, dict[str, float]], dict[str, tuple]]:
+  """Localization metrics and ROC curves of every method.
+
+  Args:
+    maps: method -> maps ``[N, h, w]`` at any resolution.
+    data: ``mask [N, H, W]`` (bool, model size), ``label [N]`` and
+      ``has_mask [N]``.
+    resolution: ``"model"`` (masks at the model's size ``H x W``) or
+      ``"original"`` (each map upsampled to its mask in ``masks``).
+    masks: for ``"original"``: index -> bool ``[H_i, W_i]`` mask of every
+      image with ``has_mask`` (:func:`original_masks`).
+    on_method: optional ``fn(method, scores)`` called after each method
+      (progress lines).
+
+  Returns:
+    ``(scores, curves)``: method -> metric dict (``pixel_auroc``,
+    ``best_iou``, ``best_iou_threshold``, ``aupro``, ``image_auroc_max``,
+    ``image_auroc_mean``, and for ``"original"`` the error bounds of the
+    binned figures), method -> ``(fpr, tpr, pixel_auroc)``.
+
+  Raises:
+    ValueError: no anomalous pixel, a single class of images, an unknown
+      ``resolution`` or ``"original"`` without ``masks``.
+  """
+  if resolution not in RESOLUTIONS:
+    raise ValueError(
+      f"Unknown resolution {resolution!r}; choose one of {RESOLUTIONS}."
+    )
+  if resolution == "original" and masks is None:
+    raise ValueError('resolution="original" needs the original masks.')
+  _check_classes(data, masks if resolution == "original" else None)
+  size = data["mask"].shape[1:]
+  scores, curves = {}, {}
+  for name, native in maps.items():
+    at_model_size = upsample(native, size)
+    if resolution == "model":
+      report, (fpr, tpr) = _model_size(at_model_size, data)
+    else:
+      report, (fpr, tpr) = _original_size(native, masks)
+    report.update(_image_aurocs(at_model_size, data["label"]))
+    scores[name] = {k: float(v) for k, v in report.items()}
+    curves[name] = (fpr, tpr, scores[name]["pixel_auroc"])
+    if on_method is not None:
+      on_method(name, scores[name])
+  return scores, curves
+
+
+def describe(
+  resolution: str, masks: Mapping[int, np.ndarray] | None, size
+) -> str:
+  """One sentence for the report: which protocol, at which sizes."""
+  if resolution == "model":
+    return (
+      f"masks at the model's input size {size[0]}x{size[1]} (nearest "
+      "resize), maps upsampled bilinearly to it; exact metrics"
+    )
+  sizes = sorted({m.shape for m in (masks or {}).values()})
+  shown = ", ".join(f"{h}x{w}" for h, w in sizes[:3])
+  if len(sizes) > 3:
+    shown += f" and {len(sizes) - 3} more"
+  return (
+    f"original resolution: each map upsampled bilinearly to its mask's own "
+    f"size ({shown}); metrics binned over {NUM_BINS} score bins"
+  )
+
+
+# Report and figures (paper Table 2, Fig. 6). report.md holds one row per
+# method in the Table 2 format (plus AUPRO and image AUROC), the paper's
+# numbers for reference, the layer ablation table and a line naming the
+# evaluation protocol; roc.png, overlays.png and ablation.png are the figures.
+
+# The paper's numbers (docs/paper.md#results), for the reference rows.
+PAPER_MVTEC = {
+  "carpet": (0.78, 0.10),
+  "grid": (0.73, 0.02),
+  "leather": (0.95, 0.24),
+  "tile": (0.80, 0.23),
+  "wood": (0.77, 0.14),
+  "bottle": (0.87, 0.27),
+  "cable": (0.90, 0.18),
+  "capsule": (0.74, 0.11),
+  "hazelnut": (0.98, 0.44),
+  "metal_nut": (0.94, 0.49),
+  "pill": (0.83, 0.18),
+  "screw": (0.97, 0.17),
+  "toothbrush": (0.94, 0.14),
+  "transistor": (0.93, 0.30),
+  "zipper": (0.78, 0.06),
+}
+PAPER_PED1 = {"residual": 0.86, "conv1": 0.89, "conv2": 0.92, "conv3": 0.91}
+
+COLUMNS = (
+  ("pixel_auroc", "pixel AUROC"),
+  ("best_iou", "best IoU"),
+  ("aupro", "AUPRO"),
+  ("image_auroc_max", "image AUROC (max)"),
+  ("image_auroc_mean", "image AUROC (mean)"),
+)
+
+
+def label(method: str, multiline: bool = False) -> str:
+  """Display name of a method (two lines for figure column titles)."""
+  if method == "residual":
+    return (
+      "reconstruction\nresidual" if multiline else "reconstruction residual"
+    )
+  kind, layer = method.split("/", 1)
+  code = kind.removeprefix("attention_")
+  sep = "\n" if multiline else " @ "
+  return f"attention ({code}){sep}{layer}"
+
+
+def row(method: str, values: Mapping[str, float]) -> dict:
+  """A ``results.json`` row: method, code, layer and the metrics."""
+  if method == "residual":
+    out = {"method": "residual", "code": None, "layer": None}
+  else:
+    kind, layer = method.split("/", 1)
+    code = kind.removeprefix("attention_")
+    out = {"method": "attention", "code": code, "layer": layer}
+  out.update(values)
+  return out
+
+
+def _fmt(value: float | None) -> str:
+  return "-" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
+def ablation_table(
+  scores: Mapping[str, Mapping[str, float]],
+  layers: Sequence[str],
+  codes: Sequence[str],
+  paper: Mapping[str, float] | None,
+) -> list[str]:
+  """Markdown lines: pixel AUROC per layer and code, and the residual."""
+  head = ["layer", *(f"attention ({c})" for c in codes)]
+  if paper:
+    head.append("paper")
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for layer in layers:
+    cells = [short(layer)]
+    cells += [_fmt(scores[method_name(c, layer)]["pixel_auroc"]) for c in codes]
+    if paper:
+      cells.append(_fmt(paper.get(short(layer))))
+    lines.append("| " + " | ".join(cells) + " |")
+  cells = ["residual", _fmt(scores["residual"]["pixel_auroc"])]
+  cells += [""] * (len(codes) - 1)
+  if paper:
+    cells.append(_fmt(paper.get("residual")))
+  lines.append("| " + " | ".join(cells) + " |")
+  return lines
+
+
+def _intro(meta: Mapping[str, Any]) -> list[str]:
+  size = meta["image_size"]
+  return [
+    f"Model `{meta['model']}` from `{meta['workdir']}` (step {meta['step']}); "
+    f"{meta['num_test_images']} test images ({meta['num_anomalous']} "
+    f"anomalous, {meta['num_with_masks']} with pixel masks), model input "
+    f"{size[0]}x{size[1]}. Latent statistics: {meta['latent_stats']}. "
+    f"Difference code averaged over {meta['num_samples']} draws (seed "
+    f"{meta['seed']}).",
+    "",
+    f"Protocol (`--resolution={meta['resolution']}`): "
+    f"{meta['protocol']}. Pixel metrics pool all pixels of the masked test "
+    "images; best IoU uses the oracle threshold (chosen on the test ground "
+    "truth, as in the paper); AUPRO integrates to FPR 0.3; image AUROC "
+    "scores each image by the max or mean of its map at model size. Single "
+    "run: see `python -m eval.aggregate` for the mean and spread over seeds.",
+  ]
+
+
+def _error_bounds(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+  bounds = [
+    max(r.get("pixel_auroc_error_bound", 0.0), r.get("aupro_error_bound", 0.0))
+    for r in rows
+  ]
+  if not any(bounds):
+    return []
+  return [
+    "",
+    f"Binning error: every pixel AUROC and AUPRO above is within "
+    f"{max(bounds):.1e} of its exact value (bounds in results.json).",
+  ]
+
+
+def write_report(path: str, results: Mapping[str, Any]) -> str:
+  """``report.md`` in the Table 2 format (plus AUPRO and image AUROC)."""
+  meta = results["meta"]
+  where = meta["dataset"] + (f"/{meta['category']}" if meta["category"] else "")
+  lines = [f"# Anomaly localization: {where}", "", *_intro(meta), ""]
+  lines += [
+    "| method | code | layer | " + " | ".join(c[1] for c in COLUMNS) + " |",
+    "|---|---|---|" + "---|" * len(COLUMNS),
+  ]
+  for r in results["rows"]:
+    cells = [r["method"], r["code"] or "-", r["layer"] or "-"]
+    cells += [_fmt(r[k]) for k, _ in COLUMNS]
+    lines.append("| " + " | ".join(cells) + " |")
+  paper = results.get("paper")
+  if paper and "mvtec" in paper:
+    auroc, iou = paper["mvtec"]
+    lines.append(
+      f"| paper (Liu et al., Table 2) | difference | - | {auroc:.2f} | "
+      f"{iou:.2f} | - | - | - |"
+    )
+  lines += _error_bounds(results["rows"])
+  if "ablation" in results:
+    lines += ["", "## Layer ablation (pixel AUROC)", ""]
+    lines += results["ablation"]["table"]
+  lines += [
+    "",
+    "## Figures",
+    "",
+    "- `roc.png`: pixel ROC curves of every method (AUROC in the legend).",
+    "- `overlays.png`: image, ground truth, and each method's map on the "
+    "image at model size; each method's maps share one colour scale over "
+    "the test set (0 to its 99.5th percentile, the colour bar under the "
+    "last row), so normal images stay cold when the method separates them; "
+    "an all-zero map is hatched with a 0 badge.",
+  ]
+  if "ablation" in results:
+    lines.append("- `ablation.png`: pixel AUROC per attention layer.")
+  lines += ["", f"Elapsed: {results['elapsed_time']:.1f} s.", ""]
+  with open(path, "w") as f:
+    f.write("\n".join(lines))
+  return path
+
+
+def pick_overlay_images(data: Mapping[str, np.ndarray], num: int) -> list[int]:
+  """Anomalous images of each defect type in turn, then one normal image."""
+  labels, types = data["label"], data["defect_type"]
+  by_type: dict[str, list[int]] = {}
+  for i in np.flatnonzero(labels & data["has_mask"]):
+    by_type.setdefault(str(types[i]), []).append(int(i))
+  picked: list[int] = []
+  while len(picked) < num - 1 and any(by_type.values()):
+    for queue in by_type.values():
+      if queue and len(picked) < num - 1:
+        picked.append(queue.pop(0))
+  normal = np.flatnonzero(~labels)
+  if len(normal):
+    picked.append(int(normal[0]))
+  return picked
+
+
+def write_figures(
+  out: str,
+  maps: Mapping[str, np.ndarray],
+  data: Mapping[str, np.ndarray],
+  curves: Mapping[str, tuple],
+  *,
+  where: str,
+  num_overlays: int,
+  ablation: Mapping[str, float] | None = None,
+  ablation_title: str = "",
+) -> dict[str, Any]:
+  """Writes ``roc.png``, ``overlays.png`` (and ``ablation.png``).
+
+  Returns:
+    ``{"roc": path, "overlays": path, "overlay_rows": [defect types],
+    ["ablation": path]}``.
+  """
+  written: dict[str, Any] = {}
+  written["roc"] = figures.roc_curves(
+    os.path.join(out, "roc.png"),
+    {label(k): v for k, v in curves.items()},
+    title=f"pixel ROC, {where}",
+  )
+  picked = pick_overlay_images(data, num_overlays)
+  size = data["mask"].shape[1:]
+  shown, scales = {}, {}
+  for name, m in maps.items():
+    at_size = upsample(m, size)
+    shown[label(name, multiline=True)] = at_size[picked]
+    scales[label(name, multiline=True)] = float(np.percentile(at_size, 99.5))
+  rows = [str(data["defect_type"][i]) for i in picked]
+  written["overlays"] = figures.localization_overlays(
+    os.path.join(out, "overlays.png"),
+    data["image"][picked],
+    data["mask"][picked],
+    shown,
+    scales,
+    row_titles=rows,
+    title=f"{where}: image, ground truth, maps",
+  )
+  written["overlay_rows"] = rows
+  if ablation:
+    written["ablation"] = figures.layer_ablation(
+      os.path.join(out, "ablation.png"), ablation, title=ablation_title
+    )
+  return written
+
+
+# The command.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +838,7 @@ class Config(cli.SavedRun):
     "original",
     "original: maps upsampled to each mask's original size (the MVTec-AD "
     "protocol); model: masks resized to the model's input size",
-    scores_lib.RESOLUTIONS,
+    RESOLUTIONS,
   )
   out: str | None = configs.field(
     None, "output folder (default: <workdir>/eval/localization)"
@@ -116,25 +849,41 @@ class Config(cli.SavedRun):
       raise ValueError(f"--codes: name at least one of {', '.join(CODES)}.")
 
 
+def check_applies(spec: runs.RunSpec | None, workdir: str) -> None:
+  """Refuses a run that is not a one-class VAE (it has no anomaly maps).
+
+  Raises:
+    ValueError: ``spec`` is a FactorVAE run; the message names the evaluator
+      that applies (``eval.disentanglement``).
+  """
+  if spec is not None and spec.trainer != "oneclass":
+    raise ValueError(
+      f"{workdir} is a train.{spec.trainer} run ({spec.data} data), not a "
+      "one-class anomaly model, so eval.localization does not apply; score "
+      f"it with: python -m eval.disentanglement --workdir={workdir}"
+    )
+
+
 def _load(config: Config):
   """The run, its test data and the layers to score."""
   cli.stage(f"restoring {config.workdir}")
   run = restore.load_run(config.workdir, step=config.step)
-  options = data_lib.data_options(
+  check_applies(run.spec, config.workdir)
+  options = data_options(
     run.spec,
     dataset=config.dataset,
     data_dir=config.data_dir,
     category=config.category,
   )
-  test, train, category = data_lib.load_splits(options, run.input_shape[:2])
-  test = data_lib.subset(test, config.max_images)
+  test, train, category = load_splits(options, run.input_shape[:2])
+  test = subset(test, config.max_images)
   cli.stage(
     f"{options.dataset}/{category or '-'}: {len(test)} test images, "
     f"{len(train)} training images, model {run.name} (step {run.step})"
   )
-  layers = maps_lib.resolve_layers(run, config.layers or [run.default_layer])
+  layers = resolve_layers(run, config.layers or [run.default_layer])
   if config.ablation:
-    layers = list(dict.fromkeys([*maps_lib.ablation_layers(run), *layers]))
+    layers = list(dict.fromkeys([*ablation_layers(run), *layers]))
   return run, options._replace(category=category), test, train, layers
 
 
@@ -149,21 +898,19 @@ def _score(config: Config, test, maps, data):
         "cannot read them; pass --resolution=model."
       )
     cli.stage(f"reading {int(data['has_mask'].sum())} masks at original size")
-    masks = scores_lib.original_masks(entries, data["has_mask"])
+    masks = original_masks(entries, data["has_mask"])
   cli.stage(f"scoring {len(maps)} methods at {config.resolution} resolution")
 
   def on_method(name, values):
     cli.stage(
-      f"  {report_lib.label(name)}: pixel AUROC "
+      f"  {label(name)}: pixel AUROC "
       f"{values['pixel_auroc']:.3f}, AUPRO {values['aupro']:.3f}"
     )
 
-  scores, curves = scores_lib.score(
+  scores, curves = score(
     maps, data, resolution=config.resolution, masks=masks, on_method=on_method
   )
-  protocol = scores_lib.describe(
-    config.resolution, masks, data["mask"].shape[1:]
-  )
+  protocol = describe(config.resolution, masks, data["mask"].shape[1:])
   return scores, curves, protocol
 
 
@@ -195,14 +942,13 @@ def _meta(config, run, options, layers, data, stats_source, protocol) -> dict:
 
 def _ablation(results, scores, layers, codes, dataset) -> dict[str, float]:
   """Adds the ablation table to ``results``; returns the bar chart values."""
-  paper = report_lib.PAPER_PED1 if dataset == "ped1" else None
+  paper = PAPER_PED1 if dataset == "ped1" else None
   results["ablation"] = {
     "layers": layers,
-    "table": report_lib.ablation_table(scores, layers, codes, paper),
+    "table": ablation_table(scores, layers, codes, paper),
   }
   bars = {
-    maps_lib.short(p): scores[maps_lib.method_name(codes[0], p)]["pixel_auroc"]
-    for p in layers
+    short(p): scores[method_name(codes[0], p)]["pixel_auroc"] for p in layers
   }
   bars["residual"] = scores["residual"]["pixel_auroc"]
   return bars
@@ -218,12 +964,12 @@ def evaluate(config: Config) -> dict:
   stats, stats_source = None, "not needed (code mu only)"
   if "difference" in config.codes:
     cli.stage("latent statistics of the normal data")
-    stats, stats_source = maps_lib.latent_stats(run, train, config.batch_size)
+    stats, stats_source = latent_stats(run, train, config.batch_size)
   cli.stage(
     f"compiling and computing maps of {len(test)} test images at "
     f"{len(layers)} layer(s), codes {' '.join(config.codes)}"
   )
-  maps, data = maps_lib.compute_maps(
+  maps, data = compute_maps(
     run,
     test,
     stats,
@@ -238,18 +984,18 @@ def evaluate(config: Config) -> dict:
   scores, curves, protocol = _score(config, test, maps, data)
   results: dict[str, Any] = {
     "meta": _meta(config, run, options, layers, data, stats_source, protocol),
-    "rows": [report_lib.row(k, v) for k, v in scores.items()],
+    "rows": [row(k, v) for k, v in scores.items()],
     "metrics": {f"{k}/{m}": v for k, s in scores.items() for m, v in s.items()},
   }
   if options.dataset in ("mvtec", "textures"):
-    if options.category in report_lib.PAPER_MVTEC:
-      results["paper"] = {"mvtec": report_lib.PAPER_MVTEC[options.category]}
+    if options.category in PAPER_MVTEC:
+      results["paper"] = {"mvtec": PAPER_MVTEC[options.category]}
   bars = None
   if config.ablation:
     bars = _ablation(results, scores, layers, config.codes, options.dataset)
   cli.stage(f"writing figures to {out}")
   where = options.dataset + (f"/{options.category}" if options.category else "")
-  results["figures"] = report_lib.write_figures(
+  results["figures"] = write_figures(
     out,
     maps,
     data,
@@ -259,7 +1005,7 @@ def evaluate(config: Config) -> dict:
     ablation=bars,
     ablation_title=f"layer ablation, attention ({config.codes[0]})",
   )
-  results = cli.save_results(out, results, report_lib.write_report, start)
+  results = cli.save_results(out, results, write_report, start)
   figs = [v for k, v in results["figures"].items() if k != "overlay_rows"]
   cli.stage(f"wrote {out}/report.md and the figures {', '.join(figs)}")
   return results

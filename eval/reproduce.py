@@ -38,7 +38,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from eval import aggregate, cli, disentanglement, restore
-from eval import metrics as metrics_lib
+from eval.metrics import dci as dci_lib
+from eval.metrics import disentanglement as suite
+from eval.metrics import factor_vae, mig
 from vae_attn.data import dsprites
 from workflow import configs
 
@@ -110,7 +112,7 @@ def score_member(run_dir: pathlib.Path, config: Config) -> dict:
   mu_and_kl = disentanglement.representation_function(run)
   random_state = np.random.RandomState(config.metric_seed)
   if config.tabulate:
-    data, mu_and_kl = metrics_lib.tabulate(data, mu_and_kl, random_state)
+    data, mu_and_kl = suite.tabulate(data, mu_and_kl, random_state)
   d = run.latent_dim
 
   def mu(x):
@@ -120,9 +122,9 @@ def score_member(run_dir: pathlib.Path, config: Config) -> dict:
     return mu_and_kl(x)[:, d:]
 
   scores, sizes = {}, {}
-  for convention in metrics_lib.FACTOR_VAE_CONVENTIONS:
+  for convention in factor_vae.FACTOR_VAE_CONVENTIONS:
     kwargs = dict(QUICK_FACTOR_VAE) if config.quick else {}
-    values = metrics_lib.compute_factor_vae(
+    values = factor_vae.compute_factor_vae(
       data,
       mu,
       random_state,
@@ -132,7 +134,7 @@ def score_member(run_dir: pathlib.Path, config: Config) -> dict:
     )
     for name, value in values.items():
       scores[f"factor_vae/{convention}/{name}"] = float(value)
-    conv = metrics_lib.FACTOR_VAE_CONVENTIONS[convention]
+    conv = factor_vae.FACTOR_VAE_CONVENTIONS[convention]
     sizes[f"factor_vae/{convention}"] = {
       "num_per_vote": kwargs.get("num_per_vote", conv.num_per_vote),
       "num_train": kwargs.get("num_train", conv.num_train),
@@ -144,14 +146,14 @@ def score_member(run_dir: pathlib.Path, config: Config) -> dict:
   if config.metrics == "all":
     mig_train = 1000 if config.quick else 10_000
     scores["mig"] = float(
-      metrics_lib.compute_mig(data, mu, random_state, num_train=mig_train)[
+      mig.compute_mig(data, mu, random_state, num_train=mig_train)[
         "discrete_mig"
       ]
     )
     sizes["mig"] = {"num_train": mig_train}
     dci = dict(num_train=300, num_test=150) if config.quick else {}
     importance = "random_forest" if config.quick else "gbt"
-    for name, value in metrics_lib.compute_dci(
+    for name, value in dci_lib.compute_dci(
       data, mu, random_state, importance=importance, **dci
     ).items():
       scores[f"dci/{name}"] = float(value)

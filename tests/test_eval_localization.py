@@ -11,8 +11,6 @@ import pytest
 import sklearn.metrics
 
 from eval import cli, localization, restore
-from eval import localization_data as data_lib
-from eval import localization_scores as scores_lib
 from train import oneclass
 from vae_attn import anomaly, attention
 from vae_attn.data import textures
@@ -262,9 +260,9 @@ def test_original_resolution_keeps_a_defect_that_resizing_deletes():
   maps = {"m": np.zeros((2, 8, 8), np.float32)}
   maps["m"][1, 3:5, 3:5] = 1.0  # The defect's neighbourhood at 8x8.
   with pytest.raises(ValueError, match="No anomalous pixel"):
-    scores_lib.score(maps, data, resolution="model")
+    localization.score(maps, data, resolution="model")
   masks = {0: original[0], 1: original[1]}
-  scores, _ = scores_lib.score(maps, data, resolution="original", masks=masks)
+  scores, _ = localization.score(maps, data, resolution="original", masks=masks)
   # The upsampled map peaks on the defect: every defect pixel outranks
   # almost every normal pixel.
   assert scores["m"]["pixel_auroc"] > 0.99
@@ -287,7 +285,7 @@ def test_score_pools_masked_images_and_ranks_all_for_image_auroc():
     "label": np.array([0, 1, 1, 1], bool),
     "has_mask": np.array([1, 1, 1, 0], bool),
   }
-  scores, curves = scores_lib.score({"perfect": perfect}, data)
+  scores, curves = localization.score({"perfect": perfect}, data)
   got = scores["perfect"]
   assert got["pixel_auroc"] == 1.0 and got["best_iou"] == 1.0
   assert got["aupro"] == pytest.approx(1.0)
@@ -296,7 +294,7 @@ def test_score_pools_masked_images_and_ranks_all_for_image_auroc():
   assert auc == 1.0 and fpr[-1] == 1.0 and tpr[-1] == 1.0
   # The same maps at the original resolution (here the model's).
   originals = {i: masks[i] for i in range(3)}
-  binned, _ = scores_lib.score(
+  binned, _ = localization.score(
     {"perfect": perfect}, data, resolution="original", masks=originals
   )
   for key in ("pixel_auroc", "aupro", "image_auroc_max"):
@@ -310,11 +308,11 @@ def test_score_needs_anomalous_pixels():
     "has_mask": np.ones(2, bool),
   }
   with pytest.raises(ValueError, match="No anomalous pixel"):
-    scores_lib.score({"m": np.zeros((2, 4, 4))}, data)
+    localization.score({"m": np.zeros((2, 4, 4))}, data)
 
 
 def test_subset_is_evenly_spaced():
   source = list(range(10))
-  picked = data_lib.subset(source, 4)
+  picked = localization.subset(source, 4)
   assert [picked[i] for i in range(len(picked))] == [0, 3, 6, 9]
-  assert data_lib.subset(source, None) is source
+  assert localization.subset(source, None) is source

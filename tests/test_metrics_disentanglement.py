@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import sklearn.exceptions
 
-from eval import metrics
 from eval.metrics import (
   beta_vae,
   dci,
@@ -39,7 +38,7 @@ def _rs(seed=0):
 @pytest.mark.parametrize("convention", ["disentanglement_lib", "paper"])
 def test_factor_vae_known_answers(convention):
   def score(rep):
-    return metrics.compute_factor_vae(
+    return factor_vae.compute_factor_vae(
       DATA, rep, _rs(), convention=convention, **SMALL_FACTOR_VAE
     )
 
@@ -61,14 +60,14 @@ def test_factor_vae_known_answers(convention):
 
 
 def test_factor_vae_published_sizes_by_convention():
-  dl = metrics.FACTOR_VAE_CONVENTIONS["disentanglement_lib"]
+  dl = factor_vae.FACTOR_VAE_CONVENTIONS["disentanglement_lib"]
   assert (dl.num_per_vote, dl.num_train, dl.num_eval) == (64, 10_000, 5_000)
   assert (dl.num_variance_estimate, dl.prune, dl.threshold) == (
     10_000,
     "std",
     0.05,
   )
-  paper = metrics.FACTOR_VAE_CONVENTIONS["paper"]
+  paper = factor_vae.FACTOR_VAE_CONVENTIONS["paper"]
   assert (paper.num_per_vote, paper.num_train, paper.prune) == (100, 800, "kl")
 
 
@@ -89,7 +88,7 @@ def _kl(observations):
 
 def test_factor_vae_pruning_rules():
   def active(**kwargs):
-    scores = metrics.compute_factor_vae(
+    scores = factor_vae.compute_factor_vae(
       DATA, _with_collapsed_dims, _rs(), **SMALL_FACTOR_VAE, **kwargs
     )
     return scores["num_active_dims"]
@@ -107,15 +106,15 @@ def test_factor_vae_pruning_rules():
 
 def test_independent_of_batch_size_and_deterministic():
   kwargs = dict(convention="disentanglement_lib", **SMALL_FACTOR_VAE)
-  big = metrics.compute_factor_vae(DATA, MIXED, _rs(3), **kwargs)
-  small = metrics.compute_factor_vae(
+  big = factor_vae.compute_factor_vae(DATA, MIXED, _rs(3), **kwargs)
+  small = factor_vae.compute_factor_vae(
     DATA, MIXED, _rs(3), batch_size=7, **kwargs
   )
   assert big == small
-  other_seed = metrics.compute_factor_vae(DATA, MIXED, _rs(4), **kwargs)
+  other_seed = factor_vae.compute_factor_vae(DATA, MIXED, _rs(4), **kwargs)
   assert other_seed != big
-  beta_big = metrics.compute_beta_vae(DATA, MIXED, _rs(3), **SMALL_BETA_VAE)
-  beta_small = metrics.compute_beta_vae(
+  beta_big = beta_vae.compute_beta_vae(DATA, MIXED, _rs(3), **SMALL_BETA_VAE)
+  beta_small = beta_vae.compute_beta_vae(
     DATA, MIXED, _rs(3), batch_size=7, **SMALL_BETA_VAE
   )
   assert beta_big == beta_small
@@ -169,18 +168,18 @@ def test_factor_vae_matches_a_per_vote_loop():
     noisy = mixed[:, :2] + noise
     return np.concatenate([mixed, noisy, 0.01 * mixed[:, :1]], axis=1)
 
-  got = metrics.compute_factor_vae(DATA, rep, _rs(7), **SMALL_FACTOR_VAE)
+  got = factor_vae.compute_factor_vae(DATA, rep, _rs(7), **SMALL_FACTOR_VAE)
   expected = _reference_factor_vae(DATA, rep, _rs(7), **SMALL_FACTOR_VAE)
   assert got == pytest.approx(expected, abs=1e-12)
   assert got["num_active_dims"] == 7
 
 
 def test_generator_random_state_is_accepted():
-  scores = metrics.compute_factor_vae(
+  scores = factor_vae.compute_factor_vae(
     DATA, IDENTITY, np.random.default_rng(0), **SMALL_FACTOR_VAE
   )
   assert scores["eval_accuracy"] == 1.0
-  scores = metrics.compute_beta_vae(
+  scores = beta_vae.compute_beta_vae(
     DATA, IDENTITY, np.random.default_rng(0), **SMALL_BETA_VAE
   )
   assert scores["eval_accuracy"] > 0.95
@@ -197,11 +196,15 @@ def test_tabulate_gives_the_same_scores():
     calls.append(observations.shape[0])
     return mixed32(observations)
 
-  data, lookup = metrics.tabulate(DATA, counting, _rs(), batch_size=1000)
+  data, lookup = disentanglement.tabulate(
+    DATA, counting, _rs(), batch_size=1000
+  )
   assert sum(calls) == 6720 and max(calls) == 1000
   assert lookup(np.zeros((1, 1), np.int64)).dtype == np.float32
-  direct = metrics.compute_factor_vae(DATA, mixed32, _rs(5), **SMALL_FACTOR_VAE)
-  tabulated = metrics.compute_factor_vae(
+  direct = factor_vae.compute_factor_vae(
+    DATA, mixed32, _rs(5), **SMALL_FACTOR_VAE
+  )
+  tabulated = factor_vae.compute_factor_vae(
     data, lookup, _rs(5), **SMALL_FACTOR_VAE
   )
   assert direct == tabulated
@@ -210,7 +213,7 @@ def test_tabulate_gives_the_same_scores():
 
 def test_beta_vae_known_answers():
   def score(rep):
-    return metrics.compute_beta_vae(DATA, rep, _rs(), **SMALL_BETA_VAE)[
+    return beta_vae.compute_beta_vae(DATA, rep, _rs(), **SMALL_BETA_VAE)[
       "eval_accuracy"
     ]
 
@@ -222,7 +225,7 @@ def test_beta_vae_known_answers():
 
 def test_mig_known_answers():
   def score(rep):
-    return metrics.compute_mig(DATA, rep, _rs(), num_train=2000)["discrete_mig"]
+    return mig.compute_mig(DATA, rep, _rs(), num_train=2000)["discrete_mig"]
 
   # Factors have <= 20 values, so each code bin is one factor value.
   assert score(IDENTITY) > 0.95
@@ -234,7 +237,7 @@ def test_mig_known_answers():
 @pytest.mark.parametrize("importance", ["gbt", "random_forest"])
 def test_dci_known_answers(importance):
   def score(rep):
-    return metrics.compute_dci(
+    return dci.compute_dci(
       DATA, rep, _rs(), num_train=200, num_test=100, importance=importance
     )
 
@@ -252,7 +255,7 @@ def test_dci_known_answers(importance):
 
 def test_sap_known_answers():
   def score(rep, data=DATA, **kwargs):
-    return metrics.compute_sap(
+    return sap.compute_sap(
       data, rep, _rs(), num_train=1000, num_test=500, **kwargs
     )["sap_score"]
 
@@ -273,7 +276,7 @@ def test_sap_known_answers():
 
 
 def test_compute_all_quick_keys():
-  results = metrics.compute_all(DATA, IDENTITY, _rs(), quick=True)
+  results = disentanglement.compute_all(DATA, IDENTITY, _rs(), quick=True)
   expected = {
     f"factor_vae/{c}/{k}"
     for c in ("disentanglement_lib", "paper")
@@ -297,25 +300,25 @@ def test_compute_all_quick_keys():
 
 def test_bad_inputs_raise():
   with pytest.raises(ValueError, match="Unknown convention"):
-    metrics.compute_factor_vae(DATA, IDENTITY, _rs(), convention="kim")
+    factor_vae.compute_factor_vae(DATA, IDENTITY, _rs(), convention="kim")
   with pytest.raises(ValueError, match="kl_function is only used"):
-    metrics.compute_factor_vae(DATA, IDENTITY, _rs(), kl_function=_kl)
+    factor_vae.compute_factor_vae(DATA, IDENTITY, _rs(), kl_function=_kl)
   with pytest.raises(ValueError, match="random_state must be"):
-    metrics.compute_mig(DATA, IDENTITY, 0)
+    mig.compute_mig(DATA, IDENTITY, 0)
   with pytest.raises(ValueError, match="lacks"):
-    metrics.compute_sap(object(), IDENTITY, _rs())
+    sap.compute_sap(object(), IDENTITY, _rs())
   with pytest.raises(ValueError, match=r"\[num_observations, num_codes\]"):
-    metrics.compute_mig(DATA, lambda x: x, _rs(), num_train=10)
+    mig.compute_mig(DATA, lambda x: x, _rs(), num_train=10)
   with pytest.raises(ValueError, match="active_dims indices"):
-    metrics.compute_factor_vae(
+    factor_vae.compute_factor_vae(
       DATA, IDENTITY, _rs(), active_dims=np.array([9]), **SMALL_FACTOR_VAE
     )
   with pytest.raises(ValueError, match="num_per_vote must be"):
-    metrics.compute_factor_vae(DATA, IDENTITY, _rs(), num_per_vote=1)
+    factor_vae.compute_factor_vae(DATA, IDENTITY, _rs(), num_per_vote=1)
   with pytest.raises(ValueError, match="at least 2 code dimensions"):
-    metrics.compute_mig(DATA, lambda x: x[:, 0, 0, :1], _rs(), num_train=50)
+    mig.compute_mig(DATA, lambda x: x[:, 0, 0, :1], _rs(), num_train=50)
   with pytest.raises(ValueError, match="importance"):
-    metrics.compute_dci(DATA, IDENTITY, _rs(), importance="lasso")
+    dci.compute_dci(DATA, IDENTITY, _rs(), importance="lasso")
 
 
 @pytest.mark.parametrize(
@@ -341,11 +344,13 @@ def test_rendering_draws_the_random_state_in_chunk_order():
   # draws must come out as in a serial loop, whatever the chunk size.
   data = _NoisyData()
   kwargs = dict(convention="disentanglement_lib", **SMALL_FACTOR_VAE)
-  one_chunk = metrics.compute_factor_vae(data, MIXED, _rs(2), **kwargs)
-  many = metrics.compute_factor_vae(data, MIXED, _rs(2), batch_size=7, **kwargs)
+  one_chunk = factor_vae.compute_factor_vae(data, MIXED, _rs(2), **kwargs)
+  many = factor_vae.compute_factor_vae(
+    data, MIXED, _rs(2), batch_size=7, **kwargs
+  )
   assert one_chunk == many
-  beta_one = metrics.compute_beta_vae(data, MIXED, _rs(2), **SMALL_BETA_VAE)
-  beta_many = metrics.compute_beta_vae(
+  beta_one = beta_vae.compute_beta_vae(data, MIXED, _rs(2), **SMALL_BETA_VAE)
+  beta_many = beta_vae.compute_beta_vae(
     data, MIXED, _rs(2), batch_size=7, **SMALL_BETA_VAE
   )
   assert beta_one == beta_many
@@ -362,17 +367,17 @@ WITH_CONSTANT = testing.IdentityData((4, 1, 5, 6))
 def _score_each_metric(data, rep):
   """Each metric's headline score on ``data``, warnings checked per call."""
   calls = {
-    "factor_vae": lambda: metrics.compute_factor_vae(
+    "factor_vae": lambda: factor_vae.compute_factor_vae(
       data, rep, _rs(), **SMALL_FACTOR_VAE
     ),
-    "beta_vae": lambda: metrics.compute_beta_vae(
+    "beta_vae": lambda: beta_vae.compute_beta_vae(
       data, rep, _rs(), **SMALL_BETA_VAE
     ),
-    "mig": lambda: metrics.compute_mig(data, rep, _rs(), num_train=2000),
-    "dci": lambda: metrics.compute_dci(
+    "mig": lambda: mig.compute_mig(data, rep, _rs(), num_train=2000),
+    "dci": lambda: dci.compute_dci(
       data, rep, _rs(), num_train=200, num_test=100, importance="random_forest"
     ),
-    "sap": lambda: metrics.compute_sap(
+    "sap": lambda: sap.compute_sap(
       data, rep, _rs(), num_train=1000, num_test=500, continuous_factors=True
     ),
   }
@@ -405,19 +410,21 @@ def test_single_valued_factor_discrete_sap_and_names():
   # Binary factors plus a constant one: the ideal code scores 1 - 1/2.
   data = testing.IdentityData((2, 1, 2, 2))
   with pytest.warns(sampling.ConstantFactorWarning, match="factor 1"):
-    score = metrics.compute_sap(data, IDENTITY, _rs(), num_train=1000)
+    score = sap.compute_sap(data, IDENTITY, _rs(), num_train=1000)
   assert score["sap_score"] == pytest.approx(0.5, abs=0.05)
 
   class Named(testing.IdentityData):
     factor_names = ("shape", "colour", "scale", "x")
 
   with pytest.warns(sampling.ConstantFactorWarning, match="'colour'"):
-    metrics.compute_mig(Named((3, 1, 4, 5)), IDENTITY, _rs(), num_train=500)
+    mig.compute_mig(Named((3, 1, 4, 5)), IDENTITY, _rs(), num_train=500)
 
 
 def test_compute_all_warns_once_for_a_single_valued_factor():
   with pytest.warns(sampling.ConstantFactorWarning) as record:
-    scores = metrics.compute_all(WITH_CONSTANT, IDENTITY, _rs(), quick=True)
+    scores = disentanglement.compute_all(
+      WITH_CONSTANT, IDENTITY, _rs(), quick=True
+    )
   constant = [
     w for w in record if issubclass(w.category, sampling.ConstantFactorWarning)
   ]
@@ -428,7 +435,7 @@ def test_compute_all_warns_once_for_a_single_valued_factor():
 
 def test_every_factor_single_valued_is_refused():
   with pytest.raises(ValueError, match="Every factor has a single value"):
-    metrics.compute_mig(testing.IdentityData((1, 1)), IDENTITY, _rs())
+    mig.compute_mig(testing.IdentityData((1, 1)), IDENTITY, _rs())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -446,11 +453,11 @@ class _NeverVaries(testing.IdentityData):
 @pytest.mark.parametrize(
   "metric",
   [
-    lambda d: metrics.compute_mig(d, IDENTITY, _rs(), num_train=500),
-    lambda d: metrics.compute_dci(
+    lambda d: mig.compute_mig(d, IDENTITY, _rs(), num_train=500),
+    lambda d: dci.compute_dci(
       d, IDENTITY, _rs(), num_train=100, num_test=50, importance="gbt"
     ),
-    lambda d: metrics.compute_sap(d, IDENTITY, _rs(), num_train=100),
+    lambda d: sap.compute_sap(d, IDENTITY, _rs(), num_train=100),
   ],
   ids=["mig", "dci", "sap"],
 )
@@ -476,14 +483,14 @@ def test_factor_constant_in_the_sample_is_named(metric):
 @pytest.mark.parametrize("importance", ["gbt", "random_forest"])
 def test_parallel_fits_give_the_serial_scores(importance):
   kwargs = dict(num_train=150, num_test=100, importance=importance)
-  serial = metrics.compute_dci(DATA, MIXED, _rs(1), **kwargs)
-  parallel = metrics.compute_dci(DATA, MIXED, _rs(1), n_jobs=2, **kwargs)
+  serial = dci.compute_dci(DATA, MIXED, _rs(1), **kwargs)
+  parallel = dci.compute_dci(DATA, MIXED, _rs(1), n_jobs=2, **kwargs)
   assert serial == parallel
   kwargs = dict(num_train=300, num_test=150)
   binary = testing.IdentityData((2, 3, 2))
   rep = testing.MixedRepresentation(binary.factors_num_values)
-  sap_serial = metrics.compute_sap(binary, rep, _rs(1), **kwargs)
-  sap_parallel = metrics.compute_sap(binary, rep, _rs(1), n_jobs=2, **kwargs)
+  sap_serial = sap.compute_sap(binary, rep, _rs(1), **kwargs)
+  sap_parallel = sap.compute_sap(binary, rep, _rs(1), n_jobs=2, **kwargs)
   assert sap_serial == sap_parallel
 
 
@@ -517,7 +524,7 @@ def test_beta_vae_classifier_converges_on_badly_scaled_codes():
   scale = np.array([1.0, 10.0, 100.0, 1000.0, 10000.0])
   with warnings.catch_warnings():
     warnings.simplefilter("error", sklearn.exceptions.ConvergenceWarning)
-    scores = metrics.compute_beta_vae(
+    scores = beta_vae.compute_beta_vae(
       DATA, lambda x: IDENTITY(x) * scale, _rs(), **SMALL_BETA_VAE
     )
   assert scores["train_accuracy"] == 1.0
@@ -529,7 +536,7 @@ def test_beta_vae_classifier_converges_on_badly_scaled_codes():
 
 
 def test_suite_full_sizes_are_the_published_ones():
-  sizes = metrics.suite_sample_sizes()
+  sizes = disentanglement.suite_sample_sizes()
   assert sizes["factor_vae/disentanglement_lib"] == dict(
     num_per_vote=64,
     num_train=10_000,
@@ -551,17 +558,17 @@ def test_suite_full_sizes_are_the_published_ones():
 def test_evaluate_suite_logs_each_stage_and_names_its_sizes(caplog, capsys):
   caplog.set_level("INFO", logger="eval.metrics")
   results = list(
-    metrics.evaluate_suite(
+    disentanglement.evaluate_suite(
       DATA, IDENTITY, _rs(), quick=True, dci_importance="random_forest",
       progress=True,
     )
   )  # fmt: skip
-  quick = metrics.suite_sample_sizes(quick=True)
+  quick = disentanglement.suite_sample_sizes(quick=True)
   assert [r.name for r in results] == list(quick)
   assert all(r.sample_sizes == quick[r.name] for r in results)
   assert all(r.seconds >= 0 for r in results)
   assert {k: v for r in results for k, v in r.scores.items()} == (
-    metrics.compute_all(
+    disentanglement.compute_all(
       DATA, IDENTITY, _rs(), quick=True, dci_importance="random_forest"
     )
   )
@@ -580,7 +587,9 @@ def test_evaluate_suite_logs_each_stage_and_names_its_sizes(caplog, capsys):
 
 
 def test_tabulate_shows_its_progress(capsys):
-  metrics.tabulate(DATA, IDENTITY, _rs(), batch_size=1000, progress=True)
+  disentanglement.tabulate(
+    DATA, IDENTITY, _rs(), batch_size=1000, progress=True
+  )
   assert "encoding" in capsys.readouterr().err
-  metrics.tabulate(DATA, IDENTITY, _rs(), batch_size=1000)
+  disentanglement.tabulate(DATA, IDENTITY, _rs(), batch_size=1000)
   assert capsys.readouterr().err == ""

@@ -7,7 +7,7 @@ import pytest
 import scipy.ndimage
 import sklearn.metrics
 
-from eval import metrics
+from eval.metrics import localization
 
 
 def _random_maps(seed, shape=(6, 16, 16), decimals=None, dtype=np.float64):
@@ -66,8 +66,8 @@ def _reference_aupro(fpr, pro, max_fpr):
 def test_pixel_auroc_and_roc_curve_match_sklearn(decimals, dtype):
   scores, masks = _random_maps(0, decimals=decimals, dtype=dtype)
   expected = sklearn.metrics.roc_auc_score(masks.ravel(), scores.ravel())
-  assert abs(metrics.pixel_auroc(scores, masks) - expected) < 1e-12
-  fpr, tpr, thresholds = metrics.roc_curve(scores, masks)
+  assert abs(localization.pixel_auroc(scores, masks) - expected) < 1e-12
+  fpr, tpr, thresholds = localization.roc_curve(scores, masks)
   ref = sklearn.metrics.roc_curve(
     masks.ravel(), scores.ravel(), drop_intermediate=False
   )
@@ -78,18 +78,18 @@ def test_pixel_auroc_and_roc_curve_match_sklearn(decimals, dtype):
 
 def test_pixel_auroc_accepts_01_masks():
   scores, masks = _random_maps(1)
-  assert metrics.pixel_auroc(scores, masks.astype(np.uint8)) == (
-    metrics.pixel_auroc(scores, masks)
+  assert localization.pixel_auroc(scores, masks.astype(np.uint8)) == (
+    localization.pixel_auroc(scores, masks)
   )
 
 
 def test_perfect_and_inverted_maps():
   _, masks = _random_maps(2)
   scores = masks.astype(np.float64)
-  assert metrics.pixel_auroc(scores, masks) == 1.0
-  assert metrics.pixel_auroc(-scores, masks) == 0.0
-  assert metrics.best_iou(scores, masks) == (1.0, 1.0)
-  assert metrics.aupro(scores, masks) == pytest.approx(1.0, abs=1e-12)
+  assert localization.pixel_auroc(scores, masks) == 1.0
+  assert localization.pixel_auroc(-scores, masks) == 0.0
+  assert localization.best_iou(scores, masks) == (1.0, 1.0)
+  assert localization.aupro(scores, masks) == pytest.approx(1.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("decimals", [None, 2])
@@ -97,7 +97,7 @@ def test_best_iou_matches_brute_force(decimals):
   scores, masks = _random_maps(3, shape=(4, 10, 10), decimals=decimals)
   curve = _brute_force_curve(scores, masks)
   best = np.argmax(curve[:, 2])
-  iou, threshold = metrics.best_iou(scores, masks)
+  iou, threshold = localization.best_iou(scores, masks)
   assert abs(iou - curve[best, 2]) < 1e-12
   assert threshold == curve[best, 4]
 
@@ -108,7 +108,7 @@ def test_aupro_matches_brute_force(connectivity, max_fpr):
   scores, masks = _random_maps(4, shape=(4, 10, 10), decimals=2)
   curve = _brute_force_curve(scores, masks, connectivity)
   expected = _reference_aupro(curve[:, 0], curve[:, 3], max_fpr)
-  got = metrics.aupro(scores, masks, max_fpr, connectivity=connectivity)
+  got = localization.aupro(scores, masks, max_fpr, connectivity=connectivity)
   assert abs(got - expected) < 1e-12
 
 
@@ -123,7 +123,7 @@ def test_aupro_hand_made_per_region_average():
   scores = np.zeros((1, 6, 6))
   scores[0, 0, 0] = 1.0
   scores[0, 3, 3:5] = 1.0
-  assert metrics.aupro(scores, masks) == pytest.approx(0.7875, abs=1e-12)
+  assert localization.aupro(scores, masks) == pytest.approx(0.7875, abs=1e-12)
 
 
 def test_aupro_hand_made_with_false_positives():
@@ -136,9 +136,9 @@ def test_aupro_hand_made_with_false_positives():
   scores[0, 3, 3:5] = 0.9
   scores[0, 0, :2] = 0.8
   scores[0, 1, :2] = 0.1
-  assert metrics.aupro(scores, masks) == pytest.approx(7 / 12, abs=1e-12)
+  assert localization.aupro(scores, masks) == pytest.approx(7 / 12, abs=1e-12)
   # Over the whole curve: 1/8 * 0 + 7/8 * 1 = 0.875.
-  assert metrics.aupro(scores, masks, max_fpr=1.0) == pytest.approx(0.875)
+  assert localization.aupro(scores, masks, max_fpr=1.0) == pytest.approx(0.875)
 
 
 def test_aupro_connectivity_changes_regions():
@@ -151,10 +151,10 @@ def test_aupro_connectivity_changes_regions():
   scores[0, 3, 3] = 1.0
   # 8: one region of 4 pixels, 1/4 found -> PRO 0.25; 4: regions of 3 and 1,
   # (0 + 1) / 2 = 0.5. AUPRO = p + 0.15 (1 - p).
-  assert metrics.aupro(scores, masks, connectivity=8) == pytest.approx(
+  assert localization.aupro(scores, masks, connectivity=8) == pytest.approx(
     0.25 + 0.15 * 0.75
   )
-  assert metrics.aupro(scores, masks, connectivity=4) == pytest.approx(
+  assert localization.aupro(scores, masks, connectivity=4) == pytest.approx(
     0.5 + 0.15 * 0.5
   )
 
@@ -165,37 +165,37 @@ def test_image_auroc_matches_sklearn(statistic):
   labels = masks.reshape(6, -1).any(axis=1)
   reduce = np.max if statistic == "max" else np.mean
   expected = sklearn.metrics.roc_auc_score(labels, reduce(scores, axis=(1, 2)))
-  got = metrics.image_auroc(scores, labels, statistic)
+  got = localization.image_auroc(scores, labels, statistic)
   assert abs(got - expected) < 1e-12
 
 
 def test_localization_report_matches_single_metrics():
   scores, masks = _random_maps(6, decimals=2)
   labels = masks.reshape(6, -1).any(axis=1)
-  report = metrics.localization_report(scores, masks, labels)
-  iou, threshold = metrics.best_iou(scores, masks)
+  report = localization.localization_report(scores, masks, labels)
+  iou, threshold = localization.best_iou(scores, masks)
   expected = {
-    "pixel_auroc": metrics.pixel_auroc(scores, masks),
+    "pixel_auroc": localization.pixel_auroc(scores, masks),
     "best_iou": iou,
     "best_iou_threshold": threshold,
-    "aupro": metrics.aupro(scores, masks),
-    "image_auroc_max": metrics.image_auroc(scores, labels, "max"),
-    "image_auroc_mean": metrics.image_auroc(scores, labels, "mean"),
+    "aupro": localization.aupro(scores, masks),
+    "image_auroc_max": localization.image_auroc(scores, labels, "max"),
+    "image_auroc_mean": localization.image_auroc(scores, labels, "mean"),
   }
   assert report.keys() == expected.keys()
   for key, value in expected.items():
     assert abs(report[key] - value) < 1e-12, key
     assert isinstance(report[key], float), key
   # Default labels: an image is anomalous when its mask has a positive.
-  assert metrics.localization_report(scores, masks) == report
+  assert localization.localization_report(scores, masks) == report
 
 
 @pytest.mark.parametrize("num_bins", [256, 4096])
 def test_binned_pixel_scores_within_stated_bounds(num_bins):
   scores, masks = _random_maps(7, shape=(8, 24, 24))
   scores = scores / scores.max()
-  exact = metrics.localization_report(scores, masks)
-  accumulator = metrics.pixel_scores((0.0, 1.0), num_bins)
+  exact = localization.localization_report(scores, masks)
+  accumulator = localization.pixel_scores((0.0, 1.0), num_bins)
   state = accumulator.init()
   for start in range(0, 8, 3):  # Uneven batches.
     batch = slice(start, start + 3)
@@ -218,7 +218,7 @@ def test_binned_pixel_scores_is_exact_on_bin_aligned_scores():
   # is lost, so the binned AUROC equals sklearn's (ties count one half).
   scores, masks = _random_maps(8)
   scores = np.floor(scores / scores.max() * 9.999)  # Integers 0..9.
-  accumulator = metrics.pixel_scores((0.0, 10.0), num_bins=10)
+  accumulator = localization.pixel_scores((0.0, 10.0), num_bins=10)
   state = accumulator.update(accumulator.init(), scores, masks)
   binned = accumulator.compute(state)
   expected = sklearn.metrics.roc_auc_score(masks.ravel(), scores.ravel())
@@ -227,11 +227,11 @@ def test_binned_pixel_scores_is_exact_on_bin_aligned_scores():
 
 def test_pixel_scores_clips_out_of_range_scores_into_end_bins():
   scores, masks = _random_maps(9)
-  accumulator = metrics.pixel_scores((0.2, 0.8), num_bins=64)
+  accumulator = localization.pixel_scores((0.2, 0.8), num_bins=64)
   state = accumulator.update(accumulator.init(), scores, masks)
   assert int(state.pos.sum() + state.neg.sum()) == scores.size
   binned = accumulator.compute(state)
-  exact = metrics.pixel_auroc(scores, masks)
+  exact = localization.pixel_auroc(scores, masks)
   assert abs(binned["pixel_auroc"] - exact) <= binned["pixel_auroc_error_bound"]
 
 
@@ -247,7 +247,11 @@ def test_pixel_scores_clips_out_of_range_scores_into_end_bins():
   ],
 )
 def test_bad_inputs_raise(scores, masks, message):
-  for fn in (metrics.pixel_auroc, metrics.best_iou, metrics.aupro):
+  for fn in (
+    localization.pixel_auroc,
+    localization.best_iou,
+    localization.aupro,
+  ):
     with pytest.raises(ValueError, match=message):
       fn(scores, masks)
 
@@ -256,27 +260,25 @@ def test_bad_arguments_raise():
   scores, masks = _random_maps(10)
   labels = masks.reshape(6, -1).any(axis=1)
   with pytest.raises(ValueError, match="statistic"):
-    metrics.image_auroc(scores, labels, "median")
+    localization.image_auroc(scores, labels, "median")
   with pytest.raises(ValueError, match="labels must have shape"):
-    metrics.image_auroc(scores, labels[:3])
+    localization.image_auroc(scores, labels[:3])
   with pytest.raises(ValueError, match="No normal images"):
-    metrics.image_auroc(scores, np.ones(6, bool))
+    localization.image_auroc(scores, np.ones(6, bool))
   with pytest.raises(ValueError, match="max_fpr"):
-    metrics.aupro(scores, masks, max_fpr=0.0)
+    localization.aupro(scores, masks, max_fpr=0.0)
   with pytest.raises(ValueError, match="connectivity"):
-    metrics.aupro(scores, masks, connectivity=6)
+    localization.aupro(scores, masks, connectivity=6)
   with pytest.raises(ValueError, match="score_range"):
-    metrics.pixel_scores((1.0, 1.0))
-  accumulator = metrics.pixel_scores((0.0, 1.0))
+    localization.pixel_scores((1.0, 1.0))
+  accumulator = localization.pixel_scores((0.0, 1.0))
   with pytest.raises(ValueError, match="No anomalous pixels"):
     accumulator.compute(accumulator.init())
 
 
 def test_docstring_examples_run():
-  from eval.metrics import localization
-
   result = doctest.testmod(localization)
-  assert result.attempted >= 2 and result.failed == 0
+  assert result.attempted >= 3 and result.failed == 0
 
 
 def test_pixel_scores_pools_images_of_different_sizes():
@@ -285,7 +287,7 @@ def test_pixel_scores_pools_images_of_different_sizes():
   small, small_masks = _random_maps(11, shape=(3, 8, 8))
   large, large_masks = _random_maps(12, shape=(3, 12, 12))
   top = max(small.max(), large.max())
-  acc = metrics.pixel_scores((0.0, top), 1 << 12, image_auroc=False)
+  acc = localization.pixel_scores((0.0, top), 1 << 12, image_auroc=False)
   state = acc.update(acc.init(), small, small_masks)
   state = acc.update(state, large, large_masks)
   binned = acc.compute(state)
@@ -294,18 +296,11 @@ def test_pixel_scores_pools_images_of_different_sizes():
   flat_masks = np.r_[small_masks.ravel(), large_masks.ravel()]
   exact = sklearn.metrics.roc_auc_score(flat_masks, flat_scores)
   assert abs(binned["pixel_auroc"] - exact) <= binned["pixel_auroc_error_bound"]
-  iou, _ = metrics.best_iou(flat_scores[None, None], flat_masks[None, None])
+  iou, _ = localization.best_iou(
+    flat_scores[None, None], flat_masks[None, None]
+  )
   assert iou - 1e-2 < binned["best_iou"] <= iou + 1e-12
   fpr, tpr, thresholds = acc.curve(state)
   assert fpr[0] == tpr[0] == 0.0 and fpr[-1] == tpr[-1] == 1.0
   assert np.isinf(thresholds[0]) and np.all(np.diff(thresholds[1:]) < 0)
   np.testing.assert_allclose(np.trapezoid(tpr, fpr), binned["pixel_auroc"])
-
-
-def test_pixel_scores_doctest_runs():
-  import importlib
-
-  # The module, not the function that eval.metrics re-exports by its name.
-  module = importlib.import_module("eval.metrics.pixel_scores")
-  result = doctest.testmod(module)
-  assert result.attempted >= 1 and result.failed == 0

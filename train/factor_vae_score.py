@@ -1,9 +1,9 @@
 """The FactorVAE score of a training run: the evaluation hook of
 ``train.factorvae`` (every ``--eval-every`` steps and at the end).
 
-The metric itself is ``eval.metrics.compute_factor_vae`` (the scripts in
-``eval/`` score a saved run the same way); this module turns a train state
-into the representation and KL functions it needs.
+The metric itself is ``eval.metrics.factor_vae.compute_factor_vae`` (the
+scripts in ``eval/`` score a saved run the same way); this module turns a
+train state into the representation and KL functions it needs.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def factor_vae_score(
     ``{"factor_vae_eval_accuracy": ..., "factor_vae_train_accuracy": ...,
     "factor_vae_num_active_dims": ...}``.
   """
-  from eval import metrics  # Deferred: scikit-learn takes ~1 s to import.
+  # Deferred: scikit-learn takes ~1 s to import.
+  from eval.metrics import factor_vae
 
   if encode_fn is None:
     model = models.make_model("factorvae", latent_dim=config.latent_dim)
@@ -60,7 +61,7 @@ def factor_vae_score(
     "num_eval": config.score_num_eval,
     "num_variance_estimate": config.score_num_variance,
   }
-  scores = metrics.compute_factor_vae(
+  scores = factor_vae.compute_factor_vae(
     ground_truth,
     representation_fn,
     np.random.RandomState(config.seed),

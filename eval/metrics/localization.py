@@ -1,4 +1,4 @@
-"""Exact pixel- and image-level anomaly localization metrics (pure NumPy).
+"""Pixel- and image-level anomaly localization metrics (pure NumPy).
 
 All functions take anomaly maps ``scores`` of shape ``[N, H, W]`` (higher means
 more anomalous) and binary ground-truth ``masks`` of the same shape, and pool
@@ -6,13 +6,20 @@ over every pixel of every image: there is no per-image normalisation, as in
 the paper's section 3.3.1 (TPR = fraction of anomalous pixels flagged, FPR =
 fraction of normal pixels flagged).
 
-Every metric here comes from one global sort of all pixels. Peak memory is
-about 56 bytes per pixel: the largest MVTec-AD test split (pill, 167 images
-at 256x256, 11M pixels) needs about 0.6 GB and 10 s on 2 CPU cores. AUROC
-and the ROC curve agree with scikit-learn to floating-point precision. For
-more pixels (MVTec-AD at its original resolution, 700-1024 pixels a side),
-stream them through ``eval.metrics.pixel_scores``, which bins the scores and
-bounds its error.
+Two ways to compute them:
+
+* exact (``pixel_auroc``, ``best_iou``, ``aupro``, ``image_auroc``,
+  ``localization_report``, ``roc_curve``): one global sort of all pixels,
+  about 56 bytes per pixel; AUROC and the ROC curve agree with scikit-learn
+  to floating-point precision.
+* streaming (``pixel_scores``): an optax-style ``init`` / ``update`` /
+  ``compute`` triple over per-batch histograms with a fixed number of bins
+  over a known score range, ``O(num_bins)`` memory; every binned figure
+  comes with a rigorous error bound computed from the histograms. Images of
+  different sizes may go into one state (each update holds images of one
+  size), which is how ``eval.localization`` scores maps upsampled to each
+  mask's original resolution. Memory and time are measured in
+  docs/evaluation.md.
 
 References:
   Liu et al., "Towards Visually Explaining Variational Autoencoders", CVPR
@@ -24,21 +31,168 @@ References:
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
+import scipy.ndimage
 import sklearn.metrics
 
-from eval.metrics import _pixels as _px
-
 __all__ = [
+  "PixelScores",
+  "PixelScoresState",
   "aupro",
   "best_iou",
   "image_auroc",
   "localization_report",
   "pixel_auroc",
+  "pixel_scores",
   "roc_curve",
 ]
+
+
+# Input checks and curve arithmetic shared by the exact and streaming metrics.
+
+_STATISTICS = ("max", "mean")
+
+
+def _check_scores(scores: np.ndarray, name: str = "scores") -> np.ndarray:
+  scores = np.asarray(scores)
+  if scores.ndim != 3:
+    raise ValueError(
+      f"{name} must have shape [N, H, W], got shape {scores.shape}; squeeze a "
+      "trailing channel axis or add a leading batch axis."
+    )
+  if not np.issubdtype(scores.dtype, np.number) or scores.dtype == bool:
+    raise ValueError(f"{name} must be a real-valued array, got {scores.dtype}.")
+  if not np.all(np.isfinite(scores)):
+    raise ValueError(
+      f"{name} contains NaN or infinite values; fix the anomaly maps (e.g. "
+      "guard a division by zero in the normalisation) before scoring."
+    )
+  return scores
+
+
+def _check_binary(values: np.ndarray, name: str) -> np.ndarray:
+  values = np.asarray(values)
+  if values.dtype == bool:
+    return values
+  if not np.all((values == 0) | (values == 1)):
+    found = np.unique(values)[:5]
+    raise ValueError(
+      f"{name} must be binary (bool or 0/1), found values {found.tolist()}; "
+      "for 0/255 PNG masks pass `masks > 0`."
+    )
+  return values.astype(bool)
+
+
+def _check_pair(
+  scores: np.ndarray, masks: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+  scores = _check_scores(scores)
+  masks = np.asarray(masks)
+  if masks.shape != scores.shape:
+    raise ValueError(
+      f"masks shape {masks.shape} does not match scores shape "
+      f"{scores.shape}; resize the anomaly maps to the mask resolution "
+      "first."
+    )
+  return scores, _check_binary(masks, "masks")
+
+
+def _check_both_classes(num_pos: float, num_neg: float, what: str) -> None:
+  if num_pos == 0:
+    raise ValueError(
+      f"No anomalous {what} (positives) in the ground truth; the metric is "
+      "undefined. Include anomalous test images."
+    )
+  if num_neg == 0:
+    raise ValueError(
+      f"No normal {what} (negatives) in the ground truth; the metric is "
+      "undefined. Include normal test images or pixels."
+    )
+
+
+def _check_max_fpr(max_fpr: float) -> None:
+  if not 0.0 < max_fpr <= 1.0:
+    raise ValueError(f"max_fpr must be in (0, 1], got {max_fpr}.")
+
+
+def _region_weights(
+  masks: np.ndarray, connectivity: int
+) -> tuple[np.ndarray, int]:
+  """Per-pixel weight 1 / (size of its ground-truth region), 0 off regions.
+
+  Args:
+    masks: bool ``[N, H, W]``.
+    connectivity: 4 or 8, the pixel neighbourhood of a connected component.
+
+  Returns:
+    ``(weights, num_regions)``: float64 ``[N, H, W]`` weights and the number
+    of connected components over all images.
+  """
+  if connectivity not in (4, 8):
+    raise ValueError(f"connectivity must be 4 or 8, got {connectivity}.")
+  structure = scipy.ndimage.generate_binary_structure(
+    2, 1 if connectivity == 4 else 2
+  )
+  weights = np.zeros(masks.shape, np.float64)
+  num_regions = 0
+  for i, mask in enumerate(masks):
+    if not mask.any():
+      continue
+    labels, n = scipy.ndimage.label(mask, structure=structure)
+    sizes = np.bincount(labels.ravel())
+    inverse = np.zeros(n + 1, np.float64)
+    inverse[1:] = 1.0 / sizes[1:]
+    weights[i] = inverse[labels]
+    num_regions += n
+  return weights, num_regions
+
+
+def _integrate_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
+  """Trapezoidal area under ``y(x)`` on ``[x[0], x_max]``.
+
+  ``x`` is non-decreasing; the curve is linearly interpolated at ``x_max``.
+  """
+  last = int(np.searchsorted(x, x_max, side="right")) - 1
+  area = float(np.trapezoid(y[: last + 1], x[: last + 1]))
+  if last + 1 < x.size and x[last] < x_max:
+    x0, x1, y0, y1 = x[last], x[last + 1], y[last], y[last + 1]
+    y_max = y0 + (y1 - y0) * (x_max - x0) / (x1 - x0)
+    area += 0.5 * (y0 + y_max) * (x_max - x0)
+  return area
+
+
+def _best_iou_from_counts(
+  tps: np.ndarray, fps: np.ndarray, num_pos: float, thresholds: np.ndarray
+) -> tuple[float, float]:
+  # IoU = TP / (TP + FP + FN) = TP / (P + FP).
+  ious = tps / (num_pos + fps)
+  best = int(np.argmax(ious))
+  return float(ious[best]), float(thresholds[best])
+
+
+def _image_statistic(scores: np.ndarray, statistic: str) -> np.ndarray:
+  if statistic not in _STATISTICS:
+    raise ValueError(
+      f"statistic must be one of {_STATISTICS}, got {statistic!r}."
+    )
+  flat = scores.reshape(scores.shape[0], -1)
+  return flat.max(axis=1) if statistic == "max" else flat.mean(axis=1)
+
+
+def _check_labels(labels: np.ndarray, num_images: int) -> np.ndarray:
+  labels = _check_binary(labels, "labels")
+  if labels.shape != (num_images,):
+    raise ValueError(
+      f"labels must have shape [N] = ({num_images},), got {labels.shape}."
+    )
+  return labels
+
+
+# Exact metrics: one global sort of all pixels.
 
 
 class _ExactCurves(NamedTuple):
@@ -64,7 +218,7 @@ def _exact_curves(
   flat_masks = masks.ravel()
   num_pos = int(np.count_nonzero(flat_masks))
   num_neg = flat_masks.size - num_pos
-  _px.check_both_classes(num_pos, num_neg, "pixels")
+  _check_both_classes(num_pos, num_neg, "pixels")
   order = np.argsort(flat_scores, kind="stable")[::-1]
   sorted_scores = flat_scores[order]
   sorted_pos = flat_masks[order]
@@ -75,7 +229,7 @@ def _exact_curves(
   fps = (ends + 1) - tps
   pro = None
   if with_pro:
-    weights, num_regions = _px.region_weights(masks, connectivity)
+    weights, num_regions = _region_weights(masks, connectivity)
     pro = np.cumsum(weights.ravel()[order])[ends] / num_regions
   return _ExactCurves(
     thresholds=sorted_scores[ends],
@@ -111,7 +265,7 @@ def roc_curve(
   References:
     Liu et al., CVPR 2020, section 3.3.1.
   """
-  scores, masks = _px.check_pair(scores, masks)
+  scores, masks = _check_pair(scores, masks)
   curves = _exact_curves(scores, masks)
   fpr = np.concatenate([[0.0], curves.fps / curves.num_neg])
   tpr = np.concatenate([[0.0], curves.tps / curves.num_pos])
@@ -165,9 +319,9 @@ def best_iou(scores: np.ndarray, masks: np.ndarray) -> tuple[float, float]:
   References:
     Liu et al., CVPR 2020, section 3.3.1 ("best IoU").
   """
-  scores, masks = _px.check_pair(scores, masks)
+  scores, masks = _check_pair(scores, masks)
   curves = _exact_curves(scores, masks)
-  return _px.best_iou_from_counts(
+  return _best_iou_from_counts(
     curves.tps, curves.fps, curves.num_pos, curves.thresholds
   )
 
@@ -177,7 +331,7 @@ def _aupro_from_curve(
 ) -> float:
   fpr = np.concatenate([[0.0], fpr])
   pro = np.concatenate([[0.0], pro])
-  return float(_px.integrate_to(fpr, pro, max_fpr) / max_fpr)
+  return float(_integrate_to(fpr, pro, max_fpr) / max_fpr)
 
 
 def aupro(
@@ -212,8 +366,8 @@ def aupro(
   References:
     Bergmann et al., IJCV 2021, section 5.2.
   """
-  _px.check_max_fpr(max_fpr)
-  scores, masks = _px.check_pair(scores, masks)
+  _check_max_fpr(max_fpr)
+  scores, masks = _check_pair(scores, masks)
   curves = _exact_curves(
     scores, masks, with_pro=True, connectivity=connectivity
   )
@@ -240,13 +394,11 @@ def image_auroc(
   References:
     Bergmann et al., IJCV 2021, section 5.2 (image-level classification).
   """
-  scores = _px.check_scores(scores)
-  labels = _px.check_labels(labels, scores.shape[0])
-  _px.check_both_classes(labels.sum(), (~labels).sum(), "images")
+  scores = _check_scores(scores)
+  labels = _check_labels(labels, scores.shape[0])
+  _check_both_classes(labels.sum(), (~labels).sum(), "images")
   return float(
-    sklearn.metrics.roc_auc_score(
-      labels, _px.image_statistic(scores, statistic)
-    )
+    sklearn.metrics.roc_auc_score(labels, _image_statistic(scores, statistic))
   )
 
 
@@ -286,18 +438,18 @@ def localization_report(
   References:
     Liu et al., CVPR 2020, section 3.3.1; Bergmann et al., IJCV 2021.
   """
-  _px.check_max_fpr(max_fpr)
-  scores, masks = _px.check_pair(scores, masks)
+  _check_max_fpr(max_fpr)
+  scores, masks = _check_pair(scores, masks)
   if labels is None:
     labels = masks.reshape(masks.shape[0], -1).any(axis=1)
-  labels = _px.check_labels(labels, scores.shape[0])
-  _px.check_both_classes(labels.sum(), (~labels).sum(), "images")
+  labels = _check_labels(labels, scores.shape[0])
+  _check_both_classes(labels.sum(), (~labels).sum(), "images")
   curves = _exact_curves(
     scores, masks, with_pro=True, connectivity=connectivity
   )
   fpr = curves.fps / curves.num_neg
   tpr = curves.tps / curves.num_pos
-  iou, threshold = _px.best_iou_from_counts(
+  iou, threshold = _best_iou_from_counts(
     curves.tps, curves.fps, curves.num_pos, curves.thresholds
   )
   report = {
@@ -306,10 +458,255 @@ def localization_report(
     "best_iou_threshold": threshold,
     "aupro": _aupro_from_curve(fpr, curves.pro, max_fpr),
   }
-  for statistic in _px.STATISTICS:
+  for statistic in _STATISTICS:
     report[f"image_auroc_{statistic}"] = float(
-      sklearn.metrics.roc_auc_score(
-        labels, _px.image_statistic(scores, statistic)
-      )
+      sklearn.metrics.roc_auc_score(labels, _image_statistic(scores, statistic))
     )
+  return report
+
+
+# Streaming metrics: fixed-bin histograms with error bounds.
+
+
+class PixelScoresState(NamedTuple):
+  """Histograms accumulated by ``pixel_scores``; an explicit, copyable state.
+
+  Attributes:
+    pos: int64 ``[num_bins]`` anomalous-pixel counts per score bin.
+    neg: int64 ``[num_bins]`` normal-pixel counts per score bin.
+    pro: float64 ``[num_bins]`` sum over regions of the fraction of the region
+      in each bin.
+    num_regions: int64 scalar array, connected ground-truth regions so far.
+    image_max: tuple of float64 ``[B]`` arrays, per-image max scores.
+    image_mean: tuple of float64 ``[B]`` arrays, per-image mean scores.
+    image_labels: tuple of bool ``[B]`` arrays, per-image labels.
+  """
+
+  pos: np.ndarray
+  neg: np.ndarray
+  pro: np.ndarray
+  num_regions: np.ndarray
+  image_max: tuple[np.ndarray, ...]
+  image_mean: tuple[np.ndarray, ...]
+  image_labels: tuple[np.ndarray, ...]
+
+
+class PixelScores(NamedTuple):
+  """The pure functions of ``pixel_scores``.
+
+  Attributes:
+    init: ``() -> state``.
+    update: ``(state, scores, masks, labels=None) -> state``.
+    compute: ``(state) -> dict`` of metrics and error bounds.
+    curve: ``(state) -> (fpr, tpr, thresholds)``, the binned ROC curve.
+  """
+
+  init: Callable[[], PixelScoresState]
+  update: Callable[..., PixelScoresState]
+  compute: Callable[[PixelScoresState], dict[str, float]]
+  curve: Callable[[PixelScoresState], tuple[np.ndarray, ...]]
+
+
+class _Curves(NamedTuple):
+  """Counts at every bin edge, highest threshold first."""
+
+  tps: np.ndarray
+  fps: np.ndarray
+  pro: np.ndarray
+  thresholds: np.ndarray
+  num_pos: int
+  num_neg: int
+
+
+def _check_options(score_range, num_bins, max_fpr, connectivity):
+  low, high = (float(v) for v in score_range)
+  if not (np.isfinite(low) and np.isfinite(high) and low < high):
+    raise ValueError(
+      f"score_range must be finite with low < high, got {score_range}."
+    )
+  if num_bins < 1:
+    raise ValueError(f"num_bins must be >= 1, got {num_bins}.")
+  _check_max_fpr(max_fpr)
+  if connectivity not in (4, 8):
+    raise ValueError(f"connectivity must be 4 or 8, got {connectivity}.")
+  return low, high
+
+
+def pixel_scores(
+  score_range: tuple[float, float],
+  num_bins: int = 1 << 16,
+  *,
+  max_fpr: float = 0.3,
+  connectivity: int = 8,
+  image_auroc: bool = True,
+) -> PixelScores:
+  """Creates a streaming accumulator of pixel AUROC, best IoU and AUPRO.
+
+  Scores are binned into ``num_bins`` equal bins over ``score_range``
+  (scores outside it go to the end bins). Per batch, ``update`` adds
+  positive/negative pixel counts and per-region overlap mass per bin and
+  keeps each image's max and mean score; ``compute`` returns the metrics of
+  ``eval.metrics.localization_report`` plus error bounds against the exact
+  values:
+
+  * ``pixel_auroc``: binning changes the order only of positive/negative
+    pairs falling in the same bin, and the binned AUROC counts those pairs
+    one half while the exact one counts 0, 1/2 or 1, so
+    ``|binned - exact| <= pixel_auroc_error_bound = 0.5 * sum_b p_b n_b``
+    where ``p_b`` and ``n_b`` are the fractions of positive and negative
+    pixels in bin ``b``.
+  * ``best_iou``: evaluated exactly at the bin edges, so it is a lower bound
+    of the exact (oracle) best IoU, reached at ``best_iou_threshold``.
+  * ``aupro``: PRO and FPR are exact at the bin edges; the exact curve is
+    monotone, so between two edges it stays in the box spanned by them and
+    differs from the chord by at most half of the box area:
+    ``|binned - exact| <= aupro_error_bound = sum_k dFPR_k dPRO_k / (2
+    max_fpr)`` over the boxes below ``max_fpr``.
+  * ``image_auroc_max`` / ``image_auroc_mean`` (with ``image_auroc``):
+    exact (per-image values are kept, two floats per image).
+
+  Args:
+    score_range: ``(low, high)``, the range the scores are known to lie in,
+      e.g. ``(0, 1)`` for normalised maps.
+    num_bins: number of bins; the default ``2**16`` gives bounds of order
+      ``1e-5`` on smooth score distributions.
+    max_fpr: AUPRO integration limit.
+    connectivity: AUPRO region connectivity, 8 or 4. Regions are labelled
+      per image, so each image must be passed whole within one update.
+    image_auroc: also report the image-level AUROC of the maps' max and
+      mean (the images must then hold both classes); ``False`` gives the
+      pixel metrics only.
+
+  Returns:
+    A ``PixelScores`` of pure functions ``(init, update, compute, curve)``;
+    the state is a ``PixelScoresState`` passed in and returned, never stored.
+
+  Raises:
+    ValueError: for an empty ``score_range``, ``num_bins < 1`` or a bad
+      ``max_fpr``; ``update`` and ``compute`` raise as
+      ``eval.metrics.localization_report``.
+
+  Examples:
+    >>> acc = pixel_scores(score_range=(0.0, 1.0), num_bins=1024)
+    >>> state = acc.init()
+    >>> rng = np.random.default_rng(0)
+    >>> masks = rng.random((4, 8, 8)) < 0.2
+    >>> masks[0] = False  # One normal image, for the image-level AUROC.
+    >>> state = acc.update(state, 0.5 * rng.random((4, 8, 8)) + 0.5 * masks,
+    ...                    masks)
+    >>> round(acc.compute(state)["pixel_auroc"], 2)
+    1.0
+
+  References:
+    Liu et al., CVPR 2020, section 3.3.1; Bergmann et al., IJCV 2021,
+    section 5.2.
+  """
+  low, high = _check_options(score_range, num_bins, max_fpr, connectivity)
+  edges = np.linspace(low, high, num_bins + 1)
+  return PixelScores(
+    init=functools.partial(_init, num_bins=num_bins),
+    update=functools.partial(_update, edges=edges, connectivity=connectivity),
+    compute=functools.partial(
+      _compute, edges=edges, max_fpr=max_fpr, image_auroc=image_auroc
+    ),
+    curve=functools.partial(_curve, edges=edges),
+  )
+
+
+def _init(*, num_bins: int) -> PixelScoresState:
+  return PixelScoresState(
+    pos=np.zeros(num_bins, np.int64),
+    neg=np.zeros(num_bins, np.int64),
+    pro=np.zeros(num_bins, np.float64),
+    num_regions=np.zeros((), np.int64),
+    image_max=(),
+    image_mean=(),
+    image_labels=(),
+  )
+
+
+def _update(
+  state: PixelScoresState,
+  scores: np.ndarray,
+  masks: np.ndarray,
+  labels: np.ndarray | None = None,
+  *,
+  edges: np.ndarray,
+  connectivity: int,
+) -> PixelScoresState:
+  scores, masks = _check_pair(scores, masks)
+  if labels is None:
+    labels = masks.reshape(masks.shape[0], -1).any(axis=1)
+  labels = _check_labels(labels, scores.shape[0])
+  num_bins, low, high = len(edges) - 1, edges[0], edges[-1]
+  scaled = (scores.astype(np.float64) - low) * (num_bins / (high - low))
+  bins = np.clip(np.floor(scaled), 0, num_bins - 1).astype(np.int64)
+  weights, num_regions = _region_weights(masks, connectivity)
+  return PixelScoresState(
+    pos=state.pos + np.bincount(bins[masks], minlength=num_bins),
+    neg=state.neg + np.bincount(bins[~masks], minlength=num_bins),
+    pro=state.pro
+    + np.bincount(bins[masks], weights[masks], minlength=num_bins),
+    num_regions=state.num_regions + num_regions,
+    image_max=(*state.image_max, _image_statistic(scores, "max")),
+    image_mean=(*state.image_mean, _image_statistic(scores, "mean")),
+    image_labels=(*state.image_labels, labels),
+  )
+
+
+def _curves(state: PixelScoresState, edges: np.ndarray) -> _Curves:
+  num_pos, num_neg = int(state.pos.sum()), int(state.neg.sum())
+  _check_both_classes(num_pos, num_neg, "pixels")
+  # Threshold edges[k]: flag every pixel of bins k..end (high to low).
+  return _Curves(
+    tps=np.cumsum(state.pos[::-1]),
+    fps=np.cumsum(state.neg[::-1]),
+    pro=np.cumsum(state.pro[::-1]) / state.num_regions,
+    thresholds=edges[:-1][::-1],
+    num_pos=num_pos,
+    num_neg=num_neg,
+  )
+
+
+def _curve(
+  state: PixelScoresState, *, edges: np.ndarray
+) -> tuple[np.ndarray, ...]:
+  c = _curves(state, edges)
+  return (
+    np.r_[0.0, c.fps / c.num_neg],
+    np.r_[0.0, c.tps / c.num_pos],
+    np.r_[np.inf, c.thresholds],
+  )
+
+
+def _compute(
+  state: PixelScoresState,
+  *,
+  edges: np.ndarray,
+  max_fpr: float,
+  image_auroc: bool,
+) -> dict[str, float]:
+  c = _curves(state, edges)
+  fpr, tpr, _ = _curve(state, edges=edges)
+  pro_curve = np.r_[0.0, c.pro]
+  iou, threshold = _best_iou_from_counts(c.tps, c.fps, c.num_pos, c.thresholds)
+  p, n = state.pos / c.num_pos, state.neg / c.num_neg
+  # Boxes that start below max_fpr; one straddling it counts whole.
+  boxes = (np.diff(fpr) * np.diff(pro_curve))[fpr[:-1] < max_fpr]
+  report = {
+    "pixel_auroc": float(np.trapezoid(tpr, fpr)),
+    "pixel_auroc_error_bound": float(0.5 * np.sum(p * n)),
+    "best_iou": iou,
+    "best_iou_threshold": threshold,
+    "aupro": float(_integrate_to(fpr, pro_curve, max_fpr) / max_fpr),
+    "aupro_error_bound": float(0.5 * boxes.sum() / max_fpr),
+  }
+  if image_auroc:
+    labels = np.concatenate(state.image_labels)
+    _check_both_classes(labels.sum(), (~labels).sum(), "images")
+    for statistic in _STATISTICS:
+      values = np.concatenate(getattr(state, f"image_{statistic}"))
+      report[f"image_auroc_{statistic}"] = float(
+        sklearn.metrics.roc_auc_score(labels, values)
+      )
   return report
