@@ -8,6 +8,7 @@ which step it skipped and why, and never advise deleting anything.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import shutil
 
@@ -208,3 +209,46 @@ def test_resume_truncates_log_rows_after_the_restored_step(tmp_path):
     (4, 4.0),
     (6, 6.5),
   ]
+
+
+def test_software_names_every_version_and_the_commit():
+  import importlib.metadata
+  import platform
+  import subprocess
+
+  info = runs.software()
+  assert info["python"] == platform.python_version()
+  for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint"):
+    assert info[name] == importlib.metadata.version(name)
+  for name in ("numpy", "scikit-learn"):
+    assert info[name] == importlib.metadata.version(name)
+  assert info["backend"] == "cpu" and info["device_kind"] == "cpu"
+  assert info["device_count"] == 1
+  head = subprocess.run(
+    ["git", "rev-parse", "HEAD"],
+    cwd=runs.__file__.rsplit("/workflow/", 1)[0],
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+  if head.returncode == 0:
+    assert info["git_commit"] == head.stdout.strip()
+    assert isinstance(info["git_modified"], bool)
+  json.dumps(info)  # JSON-ready.
+
+
+def test_software_without_git_has_no_commit(monkeypatch):
+  def no_git(*args, **kwargs):
+    raise FileNotFoundError(2, "No such file or directory: 'git'")
+
+  monkeypatch.setattr(runs.subprocess, "run", no_git)
+  info = runs.software()
+  assert info["git_commit"] is None and info["git_modified"] is None
+  assert info["jax"] is not None
+
+
+def test_every_run_folder_records_its_software(trained):
+  saved = json.loads((trained[0] / runs.SOFTWARE_NAME).read_text())
+  assert saved.keys() == runs.software().keys()
+  assert saved["jax"] == runs.software()["jax"]
+  assert json.loads((trained[0] / runs.CONFIG_NAME).read_text())["num_steps"]

@@ -191,12 +191,13 @@ def _train(configs, dirs, trainer, mesh, is_main):
       start_step = 0
     else:
       _log.info("Resuming from step %d.", start_step)
-    members.open_writers(start_step if start_step else None)
+    # Rows logged after the restored step (or any, with no checkpoint yet)
+    # came from a run that crashed: they are cut before logging again.
+    members.open_writers(start_step)
     if is_main:
       for d, c in zip(dirs, configs, strict=True):
-        runs.write_json(d / runs.CONFIG_NAME, configs_lib.to_dict(c))
-        if trainer.spec_fn is not None:
-          runs.write_json(d / runs.SPEC_NAME, trainer.spec_fn(c).to_dict())
+        spec = trainer.spec_fn(c) if trainer.spec_fn is not None else None
+        runs.write_run_files(d, configs_lib.to_dict(c), spec)
     if start_step >= head.num_steps:
       _log.info(
         "Already trained to step %d (num_steps=%d); nothing to do.",

@@ -5,17 +5,18 @@ A run directory holds::
   config.json      the trainer's config (every field, JSON)
   spec.json        the run spec: model name and arguments, input shape, data
                    source and folder, attention layer (:class:`RunSpec`)
+  software.json    the software that trained it (:func:`software`)
   ckpt/<step>/     orbax checkpoints; items ``state``, ``config``, ``spec``
                    and, in the final one, extras such as ``latent_stats``
   metrics.jsonl    one JSON object per logged step (``workflow.writers``)
   tensorboard/     TensorBoard event files
   .lock            held (``fcntl.flock``) while a trainer writes the run
 
-Training writes it through :func:`save`; evaluation reads it through
-:func:`restore` and :func:`read_spec` and never guesses (no architecture
-inferred from parameter shapes). Restoring builds its target from the saved
-array metadata and the *current* devices, so a run trained on 8 devices (or by
-several processes) is evaluated on one.
+Training writes it through :func:`write_run_files` and :func:`save`;
+evaluation reads it through :func:`restore` and :func:`read_spec` and never
+guesses (no architecture inferred from parameter shapes). Restoring builds
+its target from the saved array metadata and the *current* devices, so a run
+trained on 8 devices (or by several processes) is evaluated on one.
 
 Damaged checkpoints are skipped, not misdiagnosed: :func:`restore` walks the
 steps from the newest down and takes the first that is complete (every item
@@ -29,10 +30,13 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import importlib.metadata
 import json
 import logging
 import os
 import pathlib
+import platform
+import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -43,6 +47,7 @@ import orbax.checkpoint as ocp
 CKPT_DIR = "ckpt"
 CONFIG_NAME = "config.json"
 SPEC_NAME = "spec.json"
+SOFTWARE_NAME = "software.json"
 LOCK_NAME = ".lock"
 JSON_ITEMS = frozenset({"config", "spec"})
 
@@ -151,6 +156,93 @@ def write_json(path: pathlib.Path, values: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
   except OSError as e:
     raise write_error(e, f"writing {path}") from e
+
+
+# The distributions whose versions can change a result (scikit-learn: MIG).
+SOFTWARE_PACKAGES = (
+  "jax",
+  "jaxlib",
+  "flax",
+  "optax",
+  "orbax-checkpoint",
+  "numpy",
+  "scikit-learn",
+)
+
+
+def _version(distribution: str) -> str | None:
+  try:
+    return importlib.metadata.version(distribution)
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+def _git(*args: str) -> str | None:
+  """``git <args>`` run in this checkout; ``None`` without git or a checkout."""
+  root = pathlib.Path(__file__).resolve().parent.parent
+  try:
+    done = subprocess.run(
+      ["git", *args],
+      cwd=root,
+      capture_output=True,
+      text=True,
+      timeout=10,
+      check=False,
+      # Never take the index lock: a concurrent git command must not fail.
+      env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
+    )
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return done.stdout.strip() if done.returncode == 0 else None
+
+
+def software() -> dict[str, Any]:
+  """The software and hardware a result was produced with.
+
+  Returns:
+    A JSON-ready dict: ``python``; the installed version of each
+    distribution in :data:`SOFTWARE_PACKAGES` (``None`` when not installed);
+    ``backend`` (``jax.default_backend()``), ``device_kind`` and
+    ``device_count``; ``vae_attn`` (the installed project version, ``None``
+    when it runs uninstalled from the checkout); ``git_commit`` (the
+    checkout's ``HEAD``) and ``git_modified`` (tracked files differ from it),
+    both ``None`` without git or outside a git checkout.
+  """
+  out: dict[str, Any] = {"python": platform.python_version()}
+  out.update({name: _version(name) for name in SOFTWARE_PACKAGES})
+  devices = jax.devices()
+  out["backend"] = jax.default_backend()
+  out["device_kind"] = devices[0].device_kind
+  out["device_count"] = len(devices)
+  out["vae_attn"] = _version("vae-attn")
+  out["git_commit"] = _git("rev-parse", "HEAD")
+  status = None
+  if out["git_commit"] is not None:
+    status = _git("status", "--porcelain", "--untracked-files=no")
+  out["git_modified"] = None if status is None else bool(status)
+  return out
+
+
+def write_run_files(
+  workdir: str | os.PathLike,
+  config: Mapping[str, Any],
+  spec: RunSpec | None = None,
+) -> None:
+  """Writes ``config.json``, ``spec.json`` (with a spec) and ``software.json``.
+
+  Args:
+    workdir: the run directory (it exists: :func:`lock` made it).
+    config: the trainer's config as a dict.
+    spec: the run spec.
+
+  Raises:
+    CheckpointWriteError: the folder is read-only or the disk is full.
+  """
+  workdir = pathlib.Path(workdir)
+  write_json(workdir / CONFIG_NAME, config)
+  if spec is not None:
+    write_json(workdir / SPEC_NAME, spec.to_dict())
+  write_json(workdir / SOFTWARE_NAME, software())
 
 
 def read_spec(workdir: str | os.PathLike) -> RunSpec:
