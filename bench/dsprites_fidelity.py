@@ -14,7 +14,7 @@ others. ``--fit`` derives the conventions and sizes from the frames alone
 and reports the differing pixels per frame, as (median, max) per shape, on
 both halves; then it prints the same figures for ``dsprites.render`` on
 half A, half B and all frames. The renderer's constants are the fit's,
-rounded (``vae_attn/data/_dsprites_render.py``).
+rounded (the constants of ``vae_attn/data/dsprites.py``).
 
 The fit's model, in pixel-centre coordinates (pixel (row, col) at (col,
 row)): a sprite is centred at ``c0 + step * class`` in x and y, turned by

@@ -49,20 +49,6 @@ def test_grid_size_and_index_order(ds):
   )
 
 
-def test_latents_match_the_original_layout():
-  classes = dsprites.latents_classes(np.array([0, 1, 737_279]))
-  assert classes.tolist() == [
-    [0, 0, 0, 0, 0, 0],
-    [0, 0, 0, 0, 0, 1],
-    [0, 2, 5, 39, 31, 31],
-  ]
-  values = dsprites.latents_values(np.array([737_279]))[0]
-  np.testing.assert_allclose(values, [1, 3, 1.0, 2 * np.pi, 1.0, 1.0])
-  np.testing.assert_allclose(
-    dsprites.latents_values(np.array([1]))[0, 5], 1 / 31
-  )
-
-
 def test_images_are_binary_float32_and_inside_the_canvas(ds):
   batch = ds.get_batch(np.arange(0, 737_280, 997))
   images = batch["image"]
@@ -278,25 +264,79 @@ def test_load_npz_without_unpickling(tmp_path):
   np.testing.assert_array_equal(obs[..., 0], imgs[index])
 
 
-def test_load_npz_errors(tmp_path):
-  with pytest.raises(data.DataError, match="not found.*procedural"):
-    dsprites.load_npz(tmp_path / "missing.npz")
-  bad = tmp_path / "bad.npz"
-  bad.write_bytes(b"not a zip file")
-  with pytest.raises(data.DataError, match="bad.npz is not a dSprites .npz"):
-    dsprites.load_npz(bad)
+def _other_npz(tmp_path):
   np.savez(tmp_path / "other.npz", x=np.zeros(3))
-  with pytest.raises(data.DataError) as info:
-    dsprites.load_npz(tmp_path / "other.npz")
-  assert str(info.value) == (
-    f"{tmp_path}/other.npz is not a dSprites .npz (it lacks the arrays "
-    "['imgs', 'latents_classes']; it holds ['x']); pass --data-dir=<path of "
-    f"{dsprites.NPZ_FILENAME}>."
-  )
+  return tmp_path / "other.npz"
+
+
+def _shuffled_npz(tmp_path):
   imgs, classes = _write_npz(tmp_path / "order.npz", metadata=False)
   np.savez(tmp_path / "shuffled.npz", imgs=imgs, latents_classes=classes[::-1])
-  with pytest.raises(data.DataError, match="factor order"):
-    dsprites.load_npz(tmp_path / "shuffled.npz")
+  return tmp_path / "shuffled.npz"
+
+
+def _pickled_npz(tmp_path):
+  imgs, classes = _write_npz(tmp_path / "order.npz", metadata=False)
+  objects = np.empty(len(imgs), dtype=object)
+  objects[:] = list(imgs)
+  np.savez(tmp_path / "pickled.npz", imgs=objects, latents_classes=classes)
+  return tmp_path / "pickled.npz"
+
+
+def _bad_zip(tmp_path):
+  (tmp_path / "bad.npz").write_bytes(b"not a zip file")
+  return tmp_path / "bad.npz"
+
+
+def _passwd(tmp_path):
+  del tmp_path
+  return "/etc/passwd"
+
+
+def _failed_download(tmp_path):
+  (tmp_path / dsprites.NPZ_FILENAME).write_text("<html>Not Found</html>")
+  return tmp_path / dsprites.NPZ_FILENAME
+
+
+# (the file, the key words the message holds, words it must not hold).
+NPZ_ERRORS = [
+  (lambda p: p / "missing.npz", ["not found", "procedural"], ["damaged"]),
+  (_bad_zip, ["bad.npz is not a dSprites .npz", "--data-dir="], ["damaged"]),
+  (_other_npz, ["lacks the arrays", "'imgs'", "holds ['x']"], ["damaged"]),
+  (_shuffled_npz, ["factor order", "not the original"], ["Re-download"]),
+  (_passwd, ["not a zip archive", "b'root:x'", "--data-dir="], ["damaged"]),
+  (lambda p: p, ["is a folder", "pass the .npz file"], ["damaged"]),
+  (_failed_download, ["damaged download", "Re-download"], ["pickle"]),
+  # Pickled objects are refused by name, not called a damaged file.
+  (
+    _pickled_npz,
+    ["pickled.npz", "'imgs'", "pickled Python objects", "never loaded"],
+    ["truncated", "damaged", "Re-download"],
+  ),
+]
+
+
+@pytest.mark.parametrize(("make", "words", "absent"), NPZ_ERRORS)
+def test_load_npz_errors_name_the_file_and_the_fix(
+  tmp_path, make, words, absent
+):
+  path = make(tmp_path)
+  with pytest.raises(data.DataError) as info:
+    dsprites.load_npz(path)
+  msg = str(info.value)
+  assert str(path) in msg and "\n" not in msg
+  for word in words:
+    assert word in msg, (word, msg)
+  for word in absent:
+    assert word not in msg, (word, msg)
+
+
+def test_a_folder_holding_the_npz_names_it(tmp_path):
+  npz = tmp_path / dsprites.NPZ_FILENAME
+  _write_npz(npz)
+  with pytest.raises(data.DataError, match="is a folder") as info:
+    dsprites.load_npz(tmp_path)
+  assert f"--data-dir={npz}." in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -345,44 +385,3 @@ def test_load_npz_names_truncated_and_non_zip_files(tmp_path):
   (tmp_path / "array.npz").write_bytes((tmp_path / "array.npy").read_bytes())
   with pytest.raises(data.DataError, match="starts with an .npy array"):
     dsprites.load_npz(tmp_path / "array.npz")
-
-
-def test_load_npz_names_other_files_and_folders_without_re_download(
-  tmp_path,
-):
-  fix = f"pass --data-dir=<path of {dsprites.NPZ_FILENAME}>."
-  with pytest.raises(data.DataError) as info:
-    dsprites.load_npz("/etc/passwd")
-  assert str(info.value) == (
-    "/etc/passwd is not a dSprites .npz (it is not a zip archive: it starts "
-    f"with the bytes b'root:x'); {fix}"
-  )
-  with pytest.raises(data.DataError) as info:
-    dsprites.load_npz(tmp_path)
-  assert str(info.value) == (
-    f"{tmp_path} is a folder; pass the .npz file itself: --data-dir=<path "
-    f"of {dsprites.NPZ_FILENAME}>."
-  )
-  npz = tmp_path / dsprites.NPZ_FILENAME
-  _write_npz(npz)
-  with pytest.raises(data.DataError) as info:
-    dsprites.load_npz(tmp_path)  # Now it holds the file: named.
-  assert str(info.value).endswith(f"itself: --data-dir={npz}.")
-  # Readable, with the arrays, but not dSprites: named so, no re-download.
-  imgs, classes = _write_npz(tmp_path / "ok.npz", metadata=False)
-  np.savez(tmp_path / "shuffled.npz", imgs=imgs, latents_classes=classes[::-1])
-  with pytest.raises(data.DataError, match="factor order") as info:
-    dsprites.load_npz(tmp_path / "shuffled.npz")
-  assert str(info.value).endswith(
-    f"it is not the original {dsprites.NPZ_FILENAME}; pass that file "
-    "(--data-dir=<its path>)."
-  )
-  # Only the file of dSprites' name that is not a zip is a failed download.
-  npz.write_text("<html>Not Found</html>")
-  with pytest.raises(data.DataError) as info:
-    dsprites.load_npz(npz)
-  assert str(info.value) == (
-    f"Cannot read dSprites npz {npz}: it is not an npz (zip) archive but "
-    "starts with the bytes b'<html>' (a damaged download). Re-download "
-    f"{dsprites.NPZ_FILENAME}."
-  )

@@ -1,21 +1,38 @@
-"""dSprites: a procedural renderer (the offline default), the npz, and tfds.
+"""dSprites: the factor grid, its renderer, and three sources of its images.
 
-All three give records ``{"image": float32 [64, 64, 1] in {0, 1}, "factors":
-int32 [5]}`` where ``factors`` are the classes of (shape, scale, orientation,
-posX, posY): dSprites' ``latents_classes`` without its constant color column.
-Record ``i`` of the procedural and npz sources is image ``i`` of the original
-file: the factor grid 3 x 6 x 40 x 32 x 32 in row-major order, posY fastest.
+The sources are the procedural renderer (the offline default, no file), the
+original npz and tfds. All three give records ``{"image": float32 [64, 64, 1]
+in {0, 1}, "factors": int32 [5]}`` where ``factors`` are the classes of
+(shape, scale, orientation, posX, posY): dSprites' ``latents_classes``
+without its constant color column. Record ``i`` of the procedural and npz
+sources is image ``i`` of the original file: the factor grid 3 x 6 x 40 x 32
+x 32 in row-major order, posY fastest.
 
 The procedural and npz sources also implement the ground-truth-data interface
 of disentanglement_lib (``num_factors``, ``factors_num_values``,
 ``observation_shape``, ``sample_factors``, ``sample_observations_from_factors``,
 ``sample``) that the disentanglement metrics consume.
 
-The procedural source draws through `render`, whose module
-(``vae_attn/data/_dsprites_render.py``) gives the geometry fitted to real
-frames and its fidelity: the real images up to a few outline pixels. The
-factor grid and its index arithmetic are in ``_dsprites_factors.py``. Both
-are re-exported here.
+`render` draws the images; its geometry was fitted to real frames of the
+data set (``bench/dsprites_fidelity.py``; the fit and its fidelity are in
+docs/data.md). In pixel-centre coordinates (pixel ``(row, col)`` is the
+point ``x = col``, ``y = row``):
+
+- posX and posY move the sprite's centre right and down from (15.5, 15.5) by
+  32/31 px per class (centre ``15.5 + 32 * pos`` for the position value
+  ``pos`` in [0, 1]); orientation turns the sprite counter-clockwise on
+  screen about that centre by its value, ``2 pi * class / 39``; scale (0.5 to
+  1) multiplies every length below, given at scale 1.
+- Square: side 19.2 px. Ellipse: semi-axes 12.77 px (horizontal at
+  orientation 0) and 7.21 px. Heart, tip down: the curve ``x = 16 sin^3 t``,
+  ``y = 13 cos t - 5 cos 2t - 2 cos 3t - cos 4t`` scaled by 0.6 px in x and
+  0.66 px in y, its origin 1.45 px above the centre.
+- A pixel is on when its centre lies in the shape.
+
+References:
+  Matthey et al., dSprites: https://github.com/deepmind/dsprites-dataset;
+  disentanglement_lib's ground-truth data:
+  https://github.com/google-research/disentanglement_lib/blob/master/disentanglement_lib/data/ground_truth/dsprites.py
 """
 
 from __future__ import annotations
@@ -25,29 +42,22 @@ import math
 import os
 import zipfile
 import zlib
+from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from vae_attn.data import _dsprites_factors, base
-from vae_attn.data._dsprites_factors import FACTOR_NAMES as FACTOR_NAMES
-from vae_attn.data._dsprites_factors import (
-  FACTORS_NUM_VALUES as FACTORS_NUM_VALUES,
-)
-from vae_attn.data._dsprites_factors import IMAGE_SIZE as IMAGE_SIZE
-from vae_attn.data._dsprites_factors import NUM_IMAGES as NUM_IMAGES
-from vae_attn.data._dsprites_factors import (
-  ORIENTATION_VALUES as ORIENTATION_VALUES,
-)
-from vae_attn.data._dsprites_factors import POSITION_VALUES as POSITION_VALUES
-from vae_attn.data._dsprites_factors import SCALE_VALUES as SCALE_VALUES
-from vae_attn.data._dsprites_factors import SHAPE_NAMES as SHAPE_NAMES
-from vae_attn.data._dsprites_factors import check_factors as check_factors
-from vae_attn.data._dsprites_factors import factors_to_index as factors_to_index
-from vae_attn.data._dsprites_factors import index_to_factors as index_to_factors
-from vae_attn.data._dsprites_factors import latents_classes as latents_classes
-from vae_attn.data._dsprites_factors import latents_values as latents_values
-from vae_attn.data._dsprites_render import render as render
+from vae_attn.data import base
+
+FACTOR_NAMES = ("shape", "scale", "orientation", "posX", "posY")
+FACTORS_NUM_VALUES = (3, 6, 40, 32, 32)
+SHAPE_NAMES = ("square", "ellipse", "heart")
+NUM_IMAGES = math.prod(FACTORS_NUM_VALUES)  # 737,280
+IMAGE_SIZE = 64
+# Factor values as in the original file's `latents_values`.
+SCALE_VALUES = np.linspace(0.5, 1.0, 6)
+ORIENTATION_VALUES = np.linspace(0.0, 2 * np.pi, 40)
 
 NPZ_FILENAME = "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
 # The fix named when a readable file is not dSprites (a damaged download
@@ -57,9 +67,211 @@ _NOT_ORIGINAL = (
   "path>)"
 )
 # ProceduralDSprites.render: images per jitted call, drawn as uint8 and cast
-# by NumPy (on 2 CPU cores, about 2x faster than drawing float32 or than
-# 2048 images per call).
+# by NumPy (the fastest setting measured; docs/data.md).
 _CHUNK = 1024
+
+
+# The factor grid.
+# ----------------------------------------------------------------------------
+
+
+def _strides(num_values: Sequence[int]) -> np.ndarray:
+  """Row-major strides ``[num_factors]`` of the grid (int64)."""
+  return np.array(
+    [math.prod(num_values[i + 1 :]) for i in range(len(num_values))],
+    dtype=np.int64,
+  )
+
+
+def _check_factors(factors, num_values: Sequence[int]) -> np.ndarray:
+  """Validates factor classes, returning an int64 ``[N, num_factors]`` array.
+
+  Raises:
+    ValueError: the array has the wrong shape or a class is out of range.
+  """
+  factors = np.asarray(factors)
+  if factors.ndim != 2 or factors.shape[1] != len(num_values):
+    raise ValueError(
+      f"factors must have shape [N, {len(num_values)}], got {factors.shape}."
+    )
+  if factors.dtype.kind not in "iu":
+    raise ValueError(f"factors must be integer classes, got {factors.dtype}.")
+  factors = factors.astype(np.int64)
+  high = np.asarray(num_values)
+  bad = (factors < 0) | (factors >= high)
+  if bad.any():
+    row, col = np.argwhere(bad)[0]
+    raise ValueError(
+      f"factor {col} of row {row} is {factors[row, col]}, outside "
+      f"[0, {high[col]}). factors_num_values is {tuple(num_values)}."
+    )
+  return factors
+
+
+def factors_to_index(factors, num_values=FACTORS_NUM_VALUES) -> np.ndarray:
+  """Maps factor classes ``[N, 5]`` to image indices ``[N]`` (posY fastest).
+
+  Raises:
+    ValueError: ``factors`` is not an integer ``[N, 5]`` array of classes in
+      range.
+  """
+  factors = _check_factors(factors, num_values)
+  return factors @ _strides(num_values)
+
+
+def index_to_factors(indices, num_values=FACTORS_NUM_VALUES) -> np.ndarray:
+  """Maps image indices ``[N]`` to factor classes ``[N, 5]`` (int64).
+
+  Raises:
+    IndexError: an index is outside ``[0, prod(num_values))``.
+  """
+  indices = np.asarray(indices, dtype=np.int64)
+  total = math.prod(num_values)
+  if indices.size and (indices.min() < 0 or indices.max() >= total):
+    raise IndexError(f"indices must be in [0, {total}).")
+  return (indices[..., None] // _strides(num_values)) % np.asarray(num_values)
+
+
+# The renderer.
+# ----------------------------------------------------------------------------
+
+# The geometry of the module docstring, fitted to real frames by
+# bench/dsprites_fidelity.py; lengths in pixels at scale 1.
+_CENTRE = 15.5  # sprite centre at position class 0 (pixel-centre coordinate)
+_STEP = 32 / 31  # pixels per position class
+_SQUARE_HALF_SIDE = 9.6
+_ELLIPSE_SEMI_AXES = (12.77, 7.21)  # along u (right at orientation 0), v
+_HEART_SCALE = (0.6, 0.66)  # pixels per unit of the curve's x and y
+_HEART_RAISE = 1.45  # the curve's origin above the sprite centre
+# Exact coordinates: positions in 1/62 px (62 * (15.5 + 32 k / 31) = 961 +
+# 64 k is an integer) and cos, sin rounded to multiples of 1/2048, so a pixel
+# centre's offsets u, v from the sprite centre, in 1/(62 * 2048) px, are
+# integers below 2^24: exact in float32 whatever a backend fuses.
+_POSITION_UNIT = 62
+_ROTATION_UNIT = 2048
+
+
+def _geometry_tables() -> dict[str, np.ndarray]:
+  """Per-class constants of `render` (float32, read-only)."""
+  position = _POSITION_UNIT * (_CENTRE + _STEP * np.arange(32))
+  size = SCALE_VALUES * _POSITION_UNIT * _ROTATION_UNIT  # 1 px at each scale
+  tables = {
+    "centre": np.round(position),  # 961 + 64 k
+    # 2 pi (class 39) rounds to cos 2048, sin 0: the same image as class 0.
+    "cos": np.round(_ROTATION_UNIT * np.cos(ORIENTATION_VALUES)),
+    "sin": np.round(_ROTATION_UNIT * np.sin(ORIENTATION_VALUES)),
+    "square": _SQUARE_HALF_SIDE * size,
+    "ellipse_u": 1 / (_ELLIPSE_SEMI_AXES[0] * size),
+    "ellipse_v": 1 / (_ELLIPSE_SEMI_AXES[1] * size),
+    "heart_u": 1 / (16 * _HEART_SCALE[0] * size),
+    "heart_v": 1 / (_HEART_SCALE[1] * size),
+  }
+  tables = {k: v.astype(np.float32) for k, v in tables.items()}
+  for value in tables.values():
+    value.setflags(write=False)
+  return tables
+
+
+_TABLES = _geometry_tables()
+
+
+def _inside_heart(x: jax.Array, y: jax.Array) -> jax.Array:
+  """Whether points lie inside the heart curve (curve units, x over 16).
+
+  The curve is ``16 sin^3 t``, ``P(cos t)`` with ``P(c) = 13 c - 5 cos 2t -
+  2 cos 3t - cos 4t = -8 c^4 - 8 c^3 - 2 c^2 + 19 c + 4``. A vertical line at
+  ``|x| = s^3`` (``x`` here is the curve's x over 16, ``s = sin t`` in [0,
+  1]) crosses its right half twice, at ``t`` and ``pi - t``, so the inside
+  there is ``P(-c) <= y <= P(c)`` with ``c = sqrt(1 - s^2)``.
+  """
+  a = jnp.abs(x)
+  # Cube root as exp(log / 3) (log 0 = -inf gives 0): XLA:CPU runs jnp.cbrt
+  # element by element, several times slower.
+  s = jnp.exp(jnp.log(jnp.minimum(a, 1.0)) / 3)
+  c2 = jnp.maximum(1 - s * s, 0.0)
+  even = (-8 * c2 - 2) * c2 + 4
+  odd = (19 - 8 * c2) * jnp.sqrt(c2)
+  return (a <= 1) & (y <= even + odd) & (y >= even - odd)
+
+
+def render(
+  factor_classes: jax.typing.ArrayLike, dtype=jnp.float32
+) -> jax.Array:
+  """Draws the dSprites images of factor classes, in ``jax.numpy``.
+
+  The one definition of the shapes (geometry in the module docstring): pure,
+  jittable with static shapes, no Python loop over images, so a jitted train
+  step can draw its batch on the device from randomly drawn classes.
+  `ProceduralDSprites` renders through it (jitted on the CPU). The whole 64 x
+  64 canvas is evaluated: per pixel one rotation, the three shape tests and
+  a select.
+
+  Coordinates are exact (see ``_POSITION_UNIT``), so the square test gives
+  the same pixels on every backend; the ellipse and heart tests round like
+  any float32 expression, so two backends can disagree only on pixel centres
+  within about 1e-6 px of those outlines. cos and sin are rounded to
+  multiples of 1/2048, which moves outlines by at most 0.005 px.
+
+  Args:
+    factor_classes: int ``[N, 5]`` classes of (shape, scale, orientation,
+      posX, posY). NumPy or Python input is range-checked; a ``jax.Array``
+      (e.g. traced inside jit) is not, and out-of-range classes then clamp to
+      the nearest valid one.
+    dtype: output dtype (static under jit).
+
+  Returns:
+    ``dtype [N, 64, 64, 1]``: 1 on the sprite, 0 elsewhere.
+
+  Raises:
+    ValueError: ``factor_classes`` is not an integer ``[N, 5]`` array, or
+      (NumPy input) a class is out of range.
+  """
+  if not isinstance(factor_classes, jax.Array):
+    factor_classes = _check_factors(factor_classes, FACTORS_NUM_VALUES)
+    factor_classes = factor_classes.astype(np.int32)
+  classes = jnp.asarray(factor_classes)
+  if classes.ndim != 2 or classes.shape[1] != len(FACTORS_NUM_VALUES):
+    raise ValueError(
+      f"factor_classes must have shape [N, 5], got {classes.shape}."
+    )
+  if not jnp.issubdtype(classes.dtype, jnp.integer):
+    raise ValueError(
+      f"factor_classes must be integer classes, got {classes.dtype}."
+    )
+  tables = {k: jnp.asarray(v) for k, v in _TABLES.items()}
+  shape, scale, orientation, pos_x, pos_y = classes.astype(jnp.int32).T
+  pixel = _POSITION_UNIT * jnp.arange(IMAGE_SIZE, dtype=jnp.float32)
+  x = pixel - tables["centre"][pos_x][:, None]  # [N, 64] per column, right
+  y = tables["centre"][pos_y][:, None] - pixel  # [N, 64] per row, up
+  cos = tables["cos"][orientation][:, None]
+  sin = tables["sin"][orientation][:, None]
+  # Turning the shape by +theta = turning the pixel centres by -theta.
+  u = (cos * x)[:, None, :] + (sin * y)[:, :, None]  # [N, 64, 64]
+  v = (cos * y)[:, :, None] - (sin * x)[:, None, :]
+
+  def per_scale(name):
+    return tables[name][scale][:, None, None]
+
+  square = jnp.maximum(jnp.abs(u), jnp.abs(v)) <= per_scale("square")
+  ellipse = (
+    jnp.square(u * per_scale("ellipse_u"))
+    + jnp.square(v * per_scale("ellipse_v"))
+    <= 1
+  )
+  heart = _inside_heart(
+    u * per_scale("heart_u"),
+    v * per_scale("heart_v") - _HEART_RAISE / _HEART_SCALE[1],
+  )
+  shape = shape[:, None, None]
+  inside = jnp.where(shape == 0, square, jnp.where(shape == 1, ellipse, heart))
+  return inside.astype(dtype)[..., None]
+
+
+_render_jit = jax.jit(render, static_argnames="dtype")
+
+
+# The sources.
+# ----------------------------------------------------------------------------
 
 
 def _integers(random_state, high: int, size) -> np.ndarray:
@@ -72,9 +284,6 @@ def _integers(random_state, high: int, size) -> np.ndarray:
     "random_state must be a np.random.RandomState or np.random.Generator, "
     f"got {type(random_state).__name__}. Pass e.g. np.random.RandomState(0)."
   )
-
-
-_render_jit = jax.jit(render, static_argnames="dtype")
 
 
 class _GroundTruth(abc.ABC):
@@ -138,8 +347,7 @@ class ProceduralDSprites(_GroundTruth):
 
   Images are drawn by `render`, the shape definition a device step uses too
   (jitted on the CPU, 1,024 images per call), so both give the same pixels.
-  They match the real data set up to a few outline pixels: validated against
-  160 real frames, see ``_dsprites_render.py`` and docs/data.md.
+  They match the real data set up to a few outline pixels (docs/data.md).
 
   Example:
 
@@ -185,7 +393,7 @@ class ProceduralDSprites(_GroundTruth):
       ValueError: ``factors`` is not an integer ``[N, 5]`` array of classes
         in range.
     """
-    factors = check_factors(factors, FACTORS_NUM_VALUES).astype(np.int32)
+    factors = _check_factors(factors, FACTORS_NUM_VALUES).astype(np.int32)
     images = np.empty((len(factors), IMAGE_SIZE, IMAGE_SIZE, 1), dtype)
     try:
       device = jax.local_devices(backend="cpu")[0]
@@ -249,9 +457,7 @@ class NpzDSprites(_GroundTruth):
         f"is not a complete grid of {len(imgs)} images with one color; "
         f"{_NOT_ORIGINAL}."
       )
-    expected = classes[:, 1:].astype(np.int64) @ _dsprites_factors.strides(
-      num_values[1:]
-    )
+    expected = classes[:, 1:].astype(np.int64) @ _strides(num_values[1:])
     if not np.array_equal(expected, np.arange(len(imgs))):
       raise base.DataError(
         f"{path}: images are not in the original factor order (posY "
@@ -322,8 +528,9 @@ def load_npz(path: str | os.PathLike) -> NpzDSprites:
 
   Raises:
     DataError: the file is missing or a folder, not an npz (zip) archive,
-      truncated or damaged, or not dSprites (arrays, shapes, factor grid,
-      non-binary or NaN images); only a damaged file is told to be
+      truncated or damaged, holds ``imgs`` or ``latents_classes`` as pickled
+      objects (never unpickled), or is not dSprites (arrays, shapes, factor
+      grid, non-binary or NaN images); only a damaged file is told to be
       re-downloaded.
   """
   path = os.fspath(path)
@@ -364,8 +571,8 @@ def load_npz(path: str | os.PathLike) -> NpzDSprites:
           f"{path} is not a dSprites .npz (it lacks the arrays "
           f"{sorted(missing)}; it holds {npz.files}); {fix}."
         )
-      imgs = npz["imgs"]
-      classes = npz["latents_classes"]
+      imgs = _read_array(npz, "imgs", path)
+      classes = _read_array(npz, "latents_classes", path)
   except base.DataError:
     raise
   except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
@@ -375,6 +582,20 @@ def load_npz(path: str | os.PathLike) -> NpzDSprites:
       f"damaged). Re-download {NPZ_FILENAME}."
     ) from e
   return NpzDSprites(imgs, classes, path)
+
+
+def _read_array(npz, key: str, path: str) -> np.ndarray:
+  """``npz[key]``; raises `DataError` if it is a pickled object array."""
+  try:
+    return npz[key]
+  except ValueError as e:
+    if "allow_pickle" not in str(e):
+      raise
+    raise base.DataError(
+      f"{path}: its array {key!r} holds pickled Python objects, which are "
+      "never loaded (unpickling can run code from the file); "
+      f"{_NOT_ORIGINAL}, or save {key!r} as a numeric array."
+    ) from e
 
 
 def _tfds_record(example: dict) -> base.Record:
