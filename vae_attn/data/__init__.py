@@ -5,6 +5,9 @@ Every loader returns a *source*: a random-access sequence of
 seeded, resumable, per-process batches by `batches`. Missing or malformed
 data raises `DataError`, whose message names the file and the fix.
 
+`load(name, split, ...)` picks a one-class data set by name (the one table,
+`datasets.DATASETS`: textures, mvtec, folder, mnist, digits, ped1).
+
 Loaders: `mnist.load`, `dsprites.load_npz`, `dsprites.load_tfds`,
 `mvtec.load`, `ped1.load`, `custom_folder.load` (your own images);
 `image_mask` holds the image-and-mask records and source they share.
@@ -15,6 +18,7 @@ MVTec-AD layout of real textures with synthetic defects) and `digits.load`
 
 from vae_attn.data import (
   custom_folder,
+  datasets,
   digits,
   dsprites,
   image_mask,
@@ -34,9 +38,12 @@ from vae_attn.data.base import (
   Source,
   stack_records,
 )
+from vae_attn.data.datasets import DATASETS, WITH_MASKS, load
 from vae_attn.data.pipeline import batches
 
 __all__ = [
+  "DATASETS",
+  "WITH_MASKS",
   "ArraySource",
   "DataError",
   "MappedSource",
@@ -44,10 +51,12 @@ __all__ = [
   "Source",
   "batches",
   "custom_folder",
+  "datasets",
   "digits",
   "dsprites",
   "image_mask",
   "images",
+  "load",
   "mnist",
   "mvtec",
   "ped1",

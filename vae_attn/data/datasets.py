@@ -1,0 +1,185 @@
+"""The one table of one-class data sets: a name and a split to a source.
+
+The one-class trainer (``train.oneclass``) and the localization evaluators
+(``eval.localization``, ``eval.explain``) choose their data by name; this is
+the only place that maps a name to a loader::
+
+  source = vae_attn.data.load("mvtec", "test", data_dir=root,
+                              category="bottle", image_size=256)
+
+Each call takes the options a caller holds (a config, or the options a run
+recorded) and passes each loader the ones it uses (default image sizes in
+parentheses); options a data set does not use are ignored, so one set of
+options serves every name:
+
+- ``textures``: `mvtec.load` over `textures.ensure_dataset`; data_dir (the
+  folder the set is written in, or the written set), category (default
+  ``textures.CATEGORIES[0]``), image_size (128), augment, seed,
+  allow_empty_masks.
+- ``mvtec``: `mvtec.load`; data_dir, category, image_size (256), augment,
+  seed, allow_empty_masks.
+- ``folder``: `custom_folder.load`; data_dir, mask_dir, image_size (256),
+  augment, seed, allow_empty_masks.
+- ``ped1``: `ped1.load`; data_dir, image_size (100).
+- ``mnist``: `mnist.load`; data_dir (the tfds data directory),
+  normal_digit. 28 x 28.
+- ``digits``: `digits.load`; normal_digit. 28 x 28.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from vae_attn.data import (
+  base,
+  custom_folder,
+  digits,
+  mnist,
+  mvtec,
+  ped1,
+  textures,
+)
+
+DATASETS = ("textures", "mvtec", "folder", "mnist", "digits", "ped1")
+# The data sets whose test split has pixel masks (localization metrics).
+WITH_MASKS = ("textures", "mvtec", "ped1", "folder")
+
+
+def load(
+  name: str,
+  split: str,
+  *,
+  data_dir: str | os.PathLike | None = None,
+  category: str | None = None,
+  image_size: int | Sequence[int] | None = None,
+  normal_digit: int | None = None,
+  mask_dir: str | None = None,
+  augment: bool = False,
+  seed: int = 0,
+  allow_empty_masks: bool = False,
+) -> base.Source:
+  """Loads one split of the one-class data set ``name``.
+
+  Args:
+    name: one of `DATASETS`.
+    split: "train" (normal images only in every one-class set) or "test".
+    data_dir: the data set's folder (mnist: the tfds data directory;
+      textures: the folder the offline set is written in, default the
+      cache, or the written set itself). ``None`` or ``""``: none.
+    category: the MVTec-AD or textures category; textures defaults to
+      ``textures.CATEGORIES[0]``. ``None`` or ``""``: none.
+    image_size: output side or ``(height, width)`` of the image-and-mask
+      sets; ``None``: the data set's default (see the module docstring).
+    normal_digit: the normal digit of mnist and digits (``None``: plain,
+      every digit in both splits).
+    mask_dir: folder: the mask folder under ``data_dir`` (``None`` or
+      ``""``: ``masks/`` or ``ground_truth/``).
+    augment: attach the paper's MVTec-AD augmentation (textures, mvtec,
+      folder); `vae_attn.data.batches` applies it.
+    seed: the augmentation's seed.
+    allow_empty_masks: keep defect images whose mask marks no pixel.
+
+  Returns:
+    The loader's source (records in docs/data.md).
+
+  Raises:
+    ValueError: ``name`` is not one of `DATASETS`.
+    DataError: a data set that reads files has no ``data_dir``, mvtec has
+      no category (the message lists those found), or the loader's own
+      errors (missing or malformed files).
+  """
+  loader = _LOADERS.get(name)
+  if loader is None:
+    raise ValueError(
+      f"Unknown data set {name!r}; choose one of {', '.join(DATASETS)}."
+    )
+  return loader(
+    name,
+    split,
+    data_dir=os.fspath(data_dir) if data_dir else None,
+    category=category or None,
+    image_size=image_size,
+    normal_digit=normal_digit,
+    mask_dir=mask_dir or None,
+    augment=augment,
+    seed=seed,
+    allow_empty_masks=allow_empty_masks,
+  )
+
+
+def _need_dir(name: str, data_dir: str | None) -> str:
+  if not data_dir:
+    raise base.DataError(
+      f"Data set {name!r} reads files: pass its folder as data_dir "
+      "(--data-dir=<the data set folder>)."
+    )
+  return data_dir
+
+
+def _size(image_size, default: int):
+  return default if image_size is None else image_size
+
+
+def _textures(name, split, *, data_dir, category, image_size, **options):
+  """The offline set: written once into ``data_dir`` (the cache) if needed."""
+  del name, options["normal_digit"], options["mask_dir"]
+  category = category or textures.CATEGORIES[0]
+  root = data_dir
+  if not (root and os.path.isdir(os.path.join(root, category))):
+    root = textures.ensure_dataset(root)
+  return mvtec.load(
+    root, category, split, image_size=_size(image_size, 128), **options
+  )
+
+
+def _mvtec(name, split, *, data_dir, category, image_size, **options):
+  del options["normal_digit"], options["mask_dir"]
+  root = _need_dir(name, data_dir)
+  if not category:
+    found = ", ".join(mvtec.find_categories(root))
+    raise base.DataError(
+      "MVTec-AD needs a category: pass category=<name> (--category=<name>); "
+      f"categories in {root}: "
+      f"{found or 'none (expected <root>/<category>/train/good/)'}."
+    )
+  return mvtec.load(
+    root, category, split, image_size=_size(image_size, 256), **options
+  )
+
+
+def _folder(name, split, *, data_dir, image_size, **options):
+  del options["category"], options["normal_digit"]
+  return custom_folder.load(
+    _need_dir(name, data_dir),
+    split,
+    image_size=_size(image_size, 256),
+    **options,
+  )
+
+
+def _ped1(name, split, *, data_dir, image_size, **unused):
+  del unused
+  return ped1.load(
+    _need_dir(name, data_dir), split, image_size=_size(image_size, 100)
+  )
+
+
+def _mnist(name, split, *, data_dir, normal_digit, **unused):
+  del name, unused
+  return mnist.load(split, normal_digit=normal_digit, data_dir=data_dir)
+
+
+def _digits(name, split, *, normal_digit, **unused):
+  del name, unused
+  return digits.load(split, normal_digit=normal_digit)
+
+
+_LOADERS = {
+  "textures": _textures,
+  "mvtec": _mvtec,
+  "folder": _folder,
+  "mnist": _mnist,
+  "digits": _digits,
+  "ped1": _ped1,
+}
