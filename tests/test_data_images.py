@@ -105,6 +105,15 @@ def test_32_bit_float_and_out_of_range_int_images_are_refused(tmp_path):
   Image.fromarray(np.full((2, 2), 0.5, np.float32)).save(path)
   with pytest.raises(data.DataError, match="float.tif is 32-bit floating"):
     images.read_image(path, channels=3)
+  # A NaN or inf pixel (NaN maps downstream) is refused, and named.
+  for value in (np.nan, np.inf):
+    pixels = np.full((2, 2), 0.5, np.float32)
+    pixels[1, 0] = value
+    Image.fromarray(pixels).save(path)
+    with pytest.raises(data.DataError) as info:
+      images.read_image(path, channels=1)
+    msg = str(info.value)
+    assert path in msg and "NaN or infinite" in msg and "8- or 16-bit" in msg
   path = str(tmp_path / "int32.tif")
   Image.fromarray(np.array([[0, 70000]], np.int32)).save(path)
   with pytest.raises(data.DataError, match=r"int32.tif holds .* \[0, 70000\]"):
@@ -202,3 +211,24 @@ def test_missing_image_is_not_called_corrupt(tmp_path):
   for read in (images.image_size_of, images.read_mask):
     with pytest.raises(data.DataError, match=f"Image {path} not found"):
       read(path)
+
+
+def test_lossy_files_are_told_from_lossless_ones_by_their_header(tmp_path):
+  square = np.zeros((32, 32), np.uint8)
+  square[10:20, 10:20] = 255  # 100 pixels drawn.
+  Image.fromarray(square).save(tmp_path / "m.png")
+  Image.fromarray(square).save(tmp_path / "m.jpg")
+  Image.fromarray(square).save(tmp_path / "m.tif", compression="jpeg")
+  Image.fromarray(square).save(tmp_path / "lzw.tif", compression="tiff_lzw")
+  Image.fromarray(square).save(tmp_path / "jpeg_named.png", format="JPEG")
+  lossy = {p.name: images.is_lossy(str(p)) for p in tmp_path.iterdir()}
+  assert lossy == {
+    "m.png": False,
+    "m.jpg": True,
+    "m.tif": True,
+    "lzw.tif": False,
+    "jpeg_named.png": True,  # The format counts, not the name.
+  }
+  # What the mask rule reads: JPEG noise counts as defect pixels.
+  assert images.read_mask(str(tmp_path / "m.png")).sum() == 100
+  assert images.read_mask(str(tmp_path / "m.jpg")).sum() == 175

@@ -1,6 +1,7 @@
 """Tests for the MVTec-AD folder loader on tiny on-disk fixtures."""
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -304,3 +305,24 @@ def test_augmentation_is_seeded_fresh_per_epoch_and_aligned(tmp_path):
   assert np.array_equal(flipped["image"], rec["image"]) or np.array_equal(
     flipped["image"], rec["image"][:, ::-1]
   )
+
+
+def test_lossy_masks_are_warned_about_once_with_the_count(tmp_path):
+  cat = _make(tmp_path)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # PNG masks: no warning.
+    src = mvtec.load(tmp_path, "widget", "test", image_size=8)
+  assert src[2]["mask"].sum() == 9  # The 3 x 3 square drawn.
+  for i in range(2):
+    png = os.path.join(cat, "ground_truth", "crack", f"{i:03d}_mask.png")
+    Image.open(png).save(png.replace(".png", ".jpg"))
+    os.remove(png)
+  with pytest.warns(UserWarning) as caught:
+    src = mvtec.load(tmp_path, "widget", "test", image_size=8)
+  assert len(caught) == 1
+  msg = str(caught[0].message)
+  jpg = os.path.join(cat, "ground_truth", "crack", "000_mask.jpg")
+  assert msg.startswith("2 mask(s) are stored lossily (JPEG), e.g. " + jpg)
+  assert "PNG" in msg
+  # The masks are still read by the rule, noise included.
+  assert src[2]["mask"].sum() > 9

@@ -175,3 +175,17 @@ def test_errors():
     data.batches(_source(), 0, seed=0, **_kw())
   with pytest.raises(ValueError, match="process_index"):
     data.batches(_source(), 2, seed=0, process_index=2, process_count=2)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_in_memory_images_with_non_finite_pixels_are_refused(value):
+  images = np.zeros((4, 2, 2, 1), np.float32)
+  images[2, 1, 0, 0] = value
+  with pytest.raises(data.DataError) as info:
+    base.ArraySource({"image": images, "label": np.arange(4)}, "mine")
+  msg = str(info.value)
+  assert "mine: record 2 of field 'image'" in msg
+  assert "NaN or infinite" in msg and "np.nan_to_num" in msg
+  # Integer fields and finite floats pass.
+  images[2, 1, 0, 0] = 0.5
+  assert len(base.ArraySource({"image": images, "label": np.arange(4)})) == 4

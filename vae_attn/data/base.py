@@ -131,6 +131,11 @@ class ArraySource:
   Args:
     fields: field name -> array whose first axis indexes records.
     name: a short name used in error messages and ``repr``.
+
+  Raises:
+    DataError: no fields, fields of different lengths, or a floating-point
+      field holding NaN or infinite values (they would give NaN maps and
+      losses for their records).
   """
 
   def __init__(self, fields: Mapping[str, np.ndarray], name: str = "arrays"):
@@ -140,6 +145,16 @@ class ArraySource:
     if len(set(lengths.values())) != 1:
       raise DataError(f"{name}: fields have different lengths: {lengths}.")
     self._fields = {k: np.asarray(v) for k, v in fields.items()}
+    for key, value in self._fields.items():
+      if value.dtype.kind not in "fc" or value.size == 0:
+        continue
+      finite = np.isfinite(value).reshape(len(value), -1).all(axis=1)
+      if not finite.all():
+        raise DataError(
+          f"{name}: record {int(np.argmin(finite))} of field {key!r} holds "
+          "NaN or infinite values, which give NaN maps and losses. Replace "
+          "them (e.g. np.nan_to_num) or drop the record."
+        )
     self._length = next(iter(lengths.values()))
     self.name = name
 

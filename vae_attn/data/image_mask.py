@@ -198,8 +198,17 @@ def check_masks_not_empty(entries: Sequence[Entry]) -> None:
       )
 
 
-def check_mask_sizes(entries: Sequence[Entry]) -> None:
-  """Raises if a mask's size differs from its image's (header reads only)."""
+def check_mask_files(entries: Sequence[Entry]) -> None:
+  """Checks every mask file against its image (header reads only).
+
+  Warns once, naming the first file and the count, when masks are stored
+  lossily (JPEG): their compression noise around a defect is read as
+  anomalous pixels (e.g. 175 pixels for a drawn square of 100).
+
+  Raises:
+    DataError: a mask's size differs from its image's.
+  """
+  lossy = []
   for entry in entries:
     if entry.mask is None:
       continue
@@ -211,6 +220,15 @@ def check_mask_sizes(entries: Sequence[Entry]) -> None:
         f"{entry.image} is {image_hw[0]}x{image_hw[1]}. Masks must have "
         "their image's size."
       )
+    if images.is_lossy(entry.mask):
+      lossy.append(entry.mask)
+  if lossy:
+    warnings.warn(
+      f"{len(lossy)} mask(s) are stored lossily (JPEG), e.g. {lossy[0]}: "
+      "every non-zero value is anomalous, so compression noise around a "
+      "defect counts as defect pixels. Save the masks losslessly (PNG).",
+      stacklevel=2,
+    )
 
 
 class ImageMaskSource:
@@ -339,17 +357,18 @@ def image_mask_source(
   """Checks the images and masks of ``found``; returns their source.
 
   The shared tail of the MVTec-AD and custom-folder loaders: every image
-  must be readable, every mask the size of its image and, unless
+  must be readable, every mask the size of its image (lossy masks are
+  warned about) and, unless
   ``allow_empty_masks``, every defect image's mask must mark at least one
   anomalous pixel; ``augment`` adds the paper's seeded rotation and
   mirroring (applied by the pipeline).
 
   Raises:
-    DataError: as `check_mask_sizes` and `check_masks_not_empty`.
+    DataError: as `check_mask_files` and `check_masks_not_empty`.
   """
   for entry in found:
     images.image_size_of(entry.image)
-  check_mask_sizes(found)
+  check_mask_files(found)
   if not allow_empty_masks:
     check_masks_not_empty(found)
   return ImageMaskSource(

@@ -44,6 +44,8 @@ _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height.
 # Decoding errors of Pillow for corrupt or truncated files.
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError)
 _BOMBS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+_LOSSY_FORMATS = ("JPEG", "MPO")  # MPO: Pillow's name for multi-frame JPEG.
+_LOSSY_TIFF = ("jpeg", "tiff_jpeg")  # TIFF compressions that are lossy.
 
 
 def list_images(folder: str | os.PathLike) -> list[str]:
@@ -105,13 +107,8 @@ def _orientation(im: Image.Image) -> int:
   return int(im.getexif().get(ExifTags.Base.Orientation, 1))
 
 
-def image_size_of(path: str) -> tuple[int, int]:
-  """Reads only the header of an image: its upright ``(height, width)``.
-
-  Raises:
-    DataError: the file is missing, not an image PIL can identify, or above
-      Pillow's decompression-bomb limit.
-  """
+def _header(path: str) -> tuple[tuple[int, int], bool]:
+  """The upright ``(height, width)`` and whether the pixels are lossy."""
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", UserWarning)  # e.g. corrupt EXIF.
@@ -120,11 +117,37 @@ def image_size_of(path: str) -> tuple[int, int]:
         width, height = im.size
         if _orientation(im) in _TRANSPOSED:
           width, height = height, width
+        lossy = im.format in _LOSSY_FORMATS or (
+          im.info.get("compression") in _LOSSY_TIFF
+        )
   except _BOMBS as e:
     raise _too_large(path, e) from e
   except _DECODE_ERRORS as e:
     raise _unreadable(path, e) from e
-  return height, width
+  return (height, width), lossy
+
+
+def image_size_of(path: str) -> tuple[int, int]:
+  """Reads only the header of an image: its upright ``(height, width)``.
+
+  Raises:
+    DataError: the file is missing, not an image PIL can identify, or above
+      Pillow's decompression-bomb limit.
+  """
+  return _header(path)[0]
+
+
+def is_lossy(path: str) -> bool:
+  """Whether an image file stores its pixels lossily (reads the header only).
+
+  JPEG files, and TIFF files with JPEG compression, are lossy: their values
+  carry compression noise, which the mask rule (every non-zero value is
+  anomalous) would count as defect pixels.
+
+  Raises:
+    DataError: as `image_size_of`.
+  """
+  return _header(path)[1]
 
 
 def open_upright(path: str) -> Image.Image:
@@ -157,9 +180,11 @@ def open_upright(path: str) -> Image.Image:
 def _eight_bit(im: Image.Image, path: str) -> Image.Image:
   """``im`` with 16-bit grey scaled to 8 bits by the format's range."""
   if im.mode == "F":
+    finite = np.isfinite(np.asarray(im)).all()
     raise base.DataError(
       f"Image {path} is 32-bit floating point, a format without a value "
-      "range. Save it as an 8- or 16-bit PNG or TIFF."
+      f"range{'' if finite else ', and holds NaN or infinite values'}. Save "
+      "it as an 8- or 16-bit PNG or TIFF."
     )
   if im.mode not in ("I", *_SIXTEEN_BIT_MODES):
     return im

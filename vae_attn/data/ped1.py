@@ -353,7 +353,7 @@ def load(
   """
   size = images.check_image_size(image_size)
   found = entries(root, split, masked_only=masked_only)
-  image_mask.check_mask_sizes(found)
+  image_mask.check_mask_files(found)
   return Ped1Source(
     found,
     image_size=size,
