@@ -1,4 +1,4 @@
-"""Exactness of the ops in vae_attn.models.ops against stock lax ops."""
+"""Exactness of the ops in vae_attn.ops against stock lax ops."""
 
 import functools
 import re
@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from vae_attn import attention, losses, models
-from vae_attn.models import ops
+from vae_attn import attention, losses, models, ops
 from vae_attn.models.blocks import (
   ConvDecoder,
   ConvEncoder,

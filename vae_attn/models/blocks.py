@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vae_attn.models import ops
+from vae_attn import ops
 
 
 @dataclasses.dataclass(frozen=True)
