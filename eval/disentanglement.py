@@ -42,6 +42,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -52,26 +53,321 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 import sklearn.exceptions
+import tqdm
 
-from eval import (
-  cli,
-  disentanglement_data,
-  disentanglement_figures,
-  inference,
-  restore,
-)
-from eval import disentanglement_report as report
+from eval import cli, figures, inference, restore
 from eval.metrics import dci as dci_lib
 from eval.metrics import disentanglement as suite
 from eval.metrics import factor_vae, sampling
 from vae_attn import losses
+from vae_attn.data import base, dsprites
 from workflow import configs, runs
 
-SCORES = report.SCORES
 # DCI importance of the full evaluation: minutes, not hours (eval.metrics.dci).
 FULL_DCI_IMPORTANCE = "random_forest"
 
 _LOG = logging.getLogger("eval.disentanglement")  # Also as __main__.
+
+
+# Ground-truth data: the dSprites factors of the run (flags, else its spec).
+
+
+DATA = ("procedural", "npz", "tfds")
+
+
+class TfdsGroundTruth:
+  """dSprites' ground-truth interface over a source in any record order.
+
+  The tfds build stores dSprites shuffled; this reads every record's
+  ``factors`` once, maps each factor combination to its record and then
+  serves ``sample_observations_from_factors`` by random access.
+
+  Args:
+    source: records ``{"image", "factors"}`` (``dsprites.load_tfds``).
+    num_values: the factor grid (default dSprites').
+    progress: a tqdm bar while the factors are read (``None``: on when
+      stderr is a terminal).
+
+  Raises:
+    DataError: when a factor combination is missing or repeated.
+  """
+
+  def __init__(
+    self,
+    source: Any,
+    num_values: Sequence[int] = dsprites.FACTORS_NUM_VALUES,
+    progress: bool | None = False,
+  ):
+    self._source = source
+    self._num_values = tuple(int(n) for n in num_values)
+    records = tqdm.tqdm(
+      range(len(source)),
+      desc="reading factors",
+      disable=None if progress is None else not progress,
+    )
+    factors = np.stack([np.asarray(source[i]["factors"]) for i in records])
+    index = dsprites.factors_to_index(factors, self._num_values)
+    total = int(np.prod(self._num_values))
+    counts = np.bincount(index, minlength=total)
+    if len(source) != total or np.any(counts != 1):
+      raise base.DataError(
+        f"{source!r} has {len(source)} records for {total} factor "
+        f"combinations ({int(np.sum(counts == 0))} missing, "
+        f"{int(np.sum(counts > 1))} repeated); prepare the full dSprites "
+        "train split."
+      )
+    self._position = np.empty(total, np.int64)
+    self._position[index] = np.arange(total)
+
+  num_factors = property(lambda self: len(self._num_values))
+  factors_num_values = property(lambda self: list(self._num_values))
+  factor_names = dsprites.FACTOR_NAMES
+
+  def sample_factors(self, num: int, random_state) -> np.ndarray:
+    """Uniform factor classes, int64 ``[num, num_factors]``."""
+    return np.stack(
+      [sampling.integers(random_state, n, num) for n in self._num_values],
+      axis=1,
+    ).astype(np.int64)
+
+  def sample_observations_from_factors(
+    self, factors: np.ndarray, random_state
+  ) -> np.ndarray:
+    """The images of ``factors`` ``[N, 5]``: float32 ``[N, 64, 64, 1]``."""
+    del random_state  # One image per combination.
+    index = dsprites.factors_to_index(factors, self._num_values)
+    images = [self._source[int(i)]["image"] for i in self._position[index]]
+    return np.stack(images).astype(np.float32)
+
+  def sample_observations(self, num: int, random_state) -> np.ndarray:
+    """``num`` uniformly drawn images."""
+    factors = self.sample_factors(num, random_state)
+    return self.sample_observations_from_factors(factors, random_state)
+
+
+def load_data(config: Any, run: restore.Run):
+  """The dSprites ground-truth data: flags, else the run's spec."""
+  spec = run.spec
+  kind = config.data or (spec.data if spec else "") or "procedural"
+  path = config.data_dir or (spec.data_dir if spec else "") or ""
+  if kind not in DATA:
+    raise ValueError(
+      f"--data={kind} has no ground-truth factor interface; pass "
+      "--data=procedural (no file), --data=npz --data-dir=<dsprites npz> or "
+      "--data=tfds [--data-dir=<tfds data_dir>]."
+    )
+  if kind == "npz":
+    if not path:
+      raise ValueError("--data=npz needs --data-dir=<dsprites .npz file>.")
+    return dsprites.load_npz(path), kind
+  if kind == "tfds":
+    _LOG.info("reading the factors of every tfds dSprites record")
+    source = dsprites.load_tfds("train", data_dir=path or None)
+    return TfdsGroundTruth(source, progress=None), kind
+  return dsprites.procedural(), kind
+
+
+# The report: scores with their sample sizes, notes, timings.
+
+
+# The paper's FactorVAE-metric numbers (Table 3; docs/paper.md#results).
+PAPER = {
+  "AD-FactorVAE": "about 0.93 (two reproductions: 0.82-0.86)",
+  "FactorVAE gamma=10/20/40/100": "0.75 / 0.77 / 0.82 / 0.70",
+  "beta-VAE beta=1/4/6/16": "0.69 / 0.73 / 0.70 / 0.68",
+}
+
+# Display order and description of the scores of ``metrics.compute_all``.
+SCORES = (
+  ("factor_vae/paper/eval_accuracy", "FactorVAE metric, paper convention"),
+  (
+    "factor_vae/disentanglement_lib/eval_accuracy",
+    "FactorVAE metric, disentanglement_lib convention",
+  ),
+  ("beta_vae/eval_accuracy", "beta-VAE metric (Higgins et al.)"),
+  ("mig", "MIG (Chen et al.)"),
+  ("dci/disentanglement", "DCI disentanglement (Eastwood & Williams)"),
+  ("dci/completeness", "DCI completeness"),
+  ("dci/informativeness_test", "DCI informativeness (test accuracy)"),
+  ("sap", "SAP (Kumar et al.)"),
+)
+
+_SHORT = {
+  "num_per_vote": "L",
+  "num_per_point": "pairs/point",
+  "num_train": "train",
+  "num_eval": "eval",
+  "num_test": "test",
+  "num_variance_estimate": "variance images",
+}
+
+
+def objective(config: Mapping[str, Any]) -> str:
+  """The training objective and its weights, from the run config."""
+  loss = config.get("loss")
+  if loss == "ad":
+    return (
+      f"AD-FactorVAE (gamma={config.get('gamma')}, "
+      f"lambda={config.get('lambda_ad')})"
+    )
+  if loss == "tc":
+    return f"FactorVAE (gamma={config.get('gamma')})"
+  if loss == "beta":
+    return f"beta-VAE (beta={config.get('beta')})"
+  return "VAE"
+
+
+def metric_of(key: str) -> str:
+  """The suite metric a flat score key belongs to (``dci/x`` -> ``dci``)."""
+  if key.startswith("factor_vae/"):
+    return "/".join(key.split("/")[:2])
+  return key.split("/")[0]
+
+
+def format_sizes(sizes: Mapping[str, Any] | None) -> str:
+  """``"L=64, train=10,000, ..."``; ``"-"`` when unknown."""
+  if not sizes:
+    return "-"
+  parts = []
+  for name, value in sizes.items():
+    shown = f"{value:,}" if isinstance(value, int) else str(value)
+    parts.append(f"{_SHORT.get(name, name)}={shown}")
+  return ", ".join(parts)
+
+
+def _fmt(value: float | None, key: str = "") -> str:
+  if value is None or not math.isfinite(value):
+    return "-"
+  if "/num_" in key:  # A count, e.g. num_active_dims.
+    return str(int(value))
+  return f"{value:.3f}"
+
+
+def _score_table(results: Mapping[str, Any]) -> list[str]:
+  scores, sizes = results["scores"], results["sample_sizes"]
+  lines = [
+    "| score | value | sample sizes | what |",
+    "|---|---|---|---|",
+  ]
+  described = dict(SCORES)
+  keys = [key for key, _ in SCORES] + sorted(set(scores) - set(described))
+  for key in keys:
+    metric = metric_of(key)
+    size_text = format_sizes(sizes.get(metric))
+    if metric == "dci":
+      size_text += f", importance={results['meta']['dci_importance']}"
+    value = _fmt(scores.get(key), key)
+    lines.append(
+      f"| `{key}` | {value} | {size_text} | {described.get(key, '')} |"
+    )
+  return lines
+
+
+def _training_log_note(results: Mapping[str, Any]) -> list[str]:
+  """Why this FactorVAE score differs from the training log's."""
+  logged = results.get("training_log")
+  if not logged:
+    return []
+  name = f"factor_vae/{logged['convention']}"
+  ours = results["scores"].get(f"{name}/eval_accuracy")
+  return [
+    "",
+    "## This score and the training log's",
+    "",
+    f"The training log ends with a FactorVAE score of "
+    f"{_fmt(logged['eval_accuracy'])} (step {logged['step']}, "
+    f"`{logged['convention']}` convention, "
+    f"{format_sizes(logged['sample_sizes'])}, seed {logged['seed']}); "
+    f"this evaluation measured {_fmt(ours)} in the same convention at "
+    f"{format_sizes(results['sample_sizes'].get(name))} with metric seed "
+    f"{results['meta']['seed']}. The metric is an accuracy over a few "
+    "hundred random votes, so different sample sizes and seeds give "
+    "different numbers: with 100 votes its standard error is about 0.05, "
+    "and fewer images per vote (L) make each vote noisier, which lowers the "
+    "score. Compare scores only at equal sizes"
+    + (
+      "; the full evaluation (without --quick) uses the published ones."
+      if results["meta"]["quick"]
+      else "."
+    ),
+  ]
+
+
+def _notes(results: Mapping[str, Any]) -> list[str]:
+  notes = results.get("notes") or []
+  if not notes:
+    return []
+  return ["", "## Notes", ""] + [f"- {note}" for note in notes]
+
+
+def _timings(results: Mapping[str, Any]) -> str:
+  parts = [
+    f"{name} {seconds:.1f} s" for name, seconds in results["timings"].items()
+  ]
+  return f"Elapsed: {results['elapsed_time']:.1f} s ({'; '.join(parts)})."
+
+
+def write_report(path: str, results: Mapping[str, Any]) -> str:
+  """Writes ``report.md`` for ``results``; returns ``path``."""
+  meta = results["meta"]
+  lines = [
+    f"# Disentanglement: {meta['objective']}",
+    "",
+    f"Model `{meta['model']}` (D = {meta['latent_dim']}) from "
+    f"`{meta['workdir']}`, step {meta['step']}; data: {meta['data']} "
+    f"dSprites; metric seed {meta['seed']}; "
+    + (
+      "**quick sample sizes** (a smoke run, not comparable with the paper)."
+      if meta["quick"]
+      else "published sample sizes."
+    )
+    + (
+      " Codes were encoded once for all 737,280 images and looked up."
+      if meta["tabulate"]
+      else ""
+    ),
+    "",
+    *_score_table(results),
+    "",
+    "Sizes: L = images per vote; train / eval (or test) = votes, points or "
+    "images of each phase. DCI importance `gbt` is disentanglement_lib's "
+    "gradient boosting (its numbers); `random_forest` is this project's "
+    "faster convention, whose numbers are its own (eval.metrics.dci).",
+    "",
+    "Conventions of the FactorVAE metric (the published sizes; the table "
+    "gives the sizes used):",
+    "",
+  ]
+  for name, conv in results["conventions"].items():
+    fields = ", ".join(f"{k}={v}" for k, v in conv.items())
+    lines.append(f"- `{name}`: {fields}")
+  lines += _training_log_note(results)
+  lines += [
+    "",
+    "Paper (FactorVAE metric, Table 3): "
+    + "; ".join(f"{k}: {v}" for k, v in PAPER.items())
+    + ". A single run is not a result: train several seeds and run "
+    "`python -m eval.aggregate` for the mean and spread.",
+    *_notes(results),
+    "",
+    "## Figures",
+    "",
+    "- `attention.png`: inputs and the attention maps (layer "
+    f"`{results['figures']['attention']['layer']}`) of their two "
+    "highest-responding latents (paper Fig. 8).",
+    "- `traversals.png`: one input (first column: the input and its "
+    "reconstruction) decoded with a single latent swept over the values in "
+    "the column titles, rows ordered by the latent's mean KL.",
+    "",
+    _timings(results),
+    "",
+  ]
+  with open(path, "w") as f:
+    f.write("\n".join(lines))
+  return path
+
+
+# Scoring and figures.
 
 
 def default_out(workdir: str, quick: bool) -> str:
@@ -223,22 +519,74 @@ def training_log_score(workdir: str, config: Mapping[str, Any]) -> dict | None:
   }
 
 
-def evaluate(config: Config) -> dict:
-  """Runs everything for a config; returns the results dict."""
+def check_applies(spec: runs.RunSpec | None, workdir: str) -> None:
+  """Refuses a run that is not a FactorVAE-family model of dSprites.
+
+  Raises:
+    ValueError: a one-class run; the message names the evaluators that
+      apply (``eval.localization``, ``eval.explain``).
+  """
+  if spec is not None and spec.trainer != "factorvae":
+    raise ValueError(
+      f"{workdir} is a train.{spec.trainer} run ({spec.data} data) with no "
+      "ground-truth factors, so eval.disentanglement does not apply; score "
+      f"its anomaly maps with: python -m eval.localization --workdir={workdir}"
+      f" (or show its maps: python -m eval.explain --workdir={workdir})"
+    )
+
+
+def run_dirs(workdirs: Sequence[str]) -> list[str]:
+  """The runs named by ``--workdir``: each run folder, or every member run
+  of a grid folder (its sub-folders holding a run spec), in name order.
+
+  Raises:
+    FileNotFoundError: a folder is missing or holds no run at all.
+  """
+  found: list[str] = []
+  for workdir in workdirs:
+    runs.check_run_dir(workdir)
+    if os.path.isfile(os.path.join(workdir, runs.SPEC_NAME)):
+      found.append(workdir)
+      continue
+    members = sorted(
+      os.path.join(workdir, name)
+      for name in os.listdir(workdir)
+      if os.path.isfile(os.path.join(workdir, name, runs.SPEC_NAME))
+    )
+    if not members:
+      raise FileNotFoundError(
+        f"{workdir} holds no run: neither its own {runs.SPEC_NAME} nor "
+        "member folders with one; pass --workdir=<a training run or grid "
+        "folder>"
+      )
+    found += members
+  return list(dict.fromkeys(found))
+
+
+def evaluate(config: Config, workdir: str | None = None, cache=None) -> dict:
+  """Scores one run (``workdir``, default ``config.workdir[0]``); returns
+  the results dict. ``cache`` (a dict) shares the loaded ground-truth data
+  between the runs of one command."""
   start = time.perf_counter()
+  workdir = workdir or config.workdir[0]
+  config = dataclasses.replace(config, workdir=(workdir,))
   importance = config.dci_importance or (
     "random_forest" if config.quick else FULL_DCI_IMPORTANCE
   )
   tabulate = (not config.quick) if config.tabulate is None else config.tabulate
   # Fails now, not after the metrics; the default --out is inside the run
   # folder, so a missing one is refused before it is made.
-  runs.check_run_dir(config.workdir)
-  out = cli.make_out_dir(
-    config.out or default_out(config.workdir, config.quick)
-  )
-  _LOG.info("restoring %s", config.workdir)
-  run = restore.load_run(config.workdir, step=config.step)
-  data, kind = disentanglement_data.load_data(config, run)
+  out = cli.make_out_dir(config.out) if config.out else None
+  runs.check_run_dir(workdir)
+  out = out or cli.make_out_dir(default_out(workdir, config.quick))
+  _LOG.info("restoring %s", workdir)
+  run = restore.load_run(workdir, step=config.step)
+  check_applies(run.spec, workdir)
+  cache = {} if cache is None else cache
+  source = (config.data or run.spec.data, config.data_dir or run.spec.data_dir)
+  if source not in cache:
+    cache[source] = load_data(config, run)
+  data, kind = cache[source]
   mu_and_kl = representation_function(run)  # Compiled once, used twice.
   scored = score(
     mu_and_kl,
@@ -252,17 +600,15 @@ def evaluate(config: Config) -> dict:
     progress=None,  # Bars on a terminal only.
   )
   figures_start = time.perf_counter()
-  figs, kl = disentanglement_figures.make_figures(
-    config, run, data, mu_and_kl, out
-  )
+  figs, kl = make_figures(config, run, data, mu_and_kl, out)
   timings = {**scored.timings, "figures": time.perf_counter() - figures_start}
   results = {
     "meta": {
-      "workdir": os.path.abspath(config.workdir),
+      "workdir": os.path.abspath(workdir),
       "step": run.step,
       "model": run.name,
       "latent_dim": run.latent_dim,
-      "objective": report.objective(run.config),
+      "objective": objective(run.config),
       "config": run.config,
       "data": kind,
       "seed": config.seed,
@@ -278,26 +624,102 @@ def evaluate(config: Config) -> dict:
       name: dataclasses.asdict(conv)
       for name, conv in factor_vae.FACTOR_VAE_CONVENTIONS.items()
     },
-    "training_log": training_log_score(config.workdir, run.config),
+    "training_log": training_log_score(workdir, run.config),
     "notes": scored.notes,
     "figures": figs,
     "timings": timings,
     "active_dims_by_kl": int((kl > 0.05).sum()),
   }
   _LOG.info("writing %s", os.path.join(out, "report.md"))
-  saved = cli.save_results(out, results, report.write_report, start)
+  saved = cli.save_results(out, results, write_report, start)
   _LOG.info(
     "wrote %s: report.md, results.json, attention.png, traversals.png", out
   )
   return saved
 
 
+def evaluate_runs(config: Config) -> list[dict]:
+  """Scores every run of ``config.workdir`` (runs or grid folders), loading
+  the ground-truth data once for all of them; returns their results."""
+  if config.out:  # Named before the (slow) runs; checked again per run.
+    cli.make_out_dir(config.out)
+  dirs = run_dirs(config.workdir)
+  if config.out and len(dirs) > 1:
+    raise ValueError(
+      f"--out names one folder but --workdir holds {len(dirs)} runs; drop "
+      "--out (each run writes to <run>/eval/disentanglement)."
+    )
+  cache: dict = {}
+  results = []
+  for i, workdir in enumerate(dirs):
+    if len(dirs) > 1:
+      _LOG.info("run %d/%d: %s", i + 1, len(dirs), workdir)
+    results.append(evaluate(config, workdir, cache))
+  return results
+
+
+def _run(config: Config) -> int:
+  """Scores the runs; prints one run's report, or where each report is."""
+  results = evaluate_runs(config)
+  if len(results) == 1:
+    with open(os.path.join(results[0]["out"], "report.md")) as f:
+      print(f.read())
+    return 0
+  key = SCORES[0][0]
+  for r in results:
+    value = r["scores"].get(key, math.nan)
+    print(f"{r['meta']['workdir']}: {key} = {value:.3f}; {r['out']}/report.md")
+  print(
+    "Compare the arms: python -m eval.aggregate GROUP_A --vs GROUP_B "
+    "(each a glob of the runs above)"
+  )
+  return 0
+
+
+def make_figures(
+  config, run, data, mu_and_kl, out: str
+) -> tuple[dict, np.ndarray]:
+  """attention.png and traversals.png; returns their data and the mean KL."""
+  rng = np.random.RandomState(config.seed)
+  x = np.asarray(data.sample_observations(config.num_images, rng), np.float32)
+  kl = mu_and_kl(data.sample_observations(512, rng))[:, run.latent_dim :]
+  kl = kl.mean(axis=0)
+  what = objective(run.config)
+  layer = config.layer or run.default_layer
+  _LOG.info("figure 1/2: attention maps of %d images at %s", len(x), layer)
+  attention = figures.top_latent_figure(
+    run,
+    x,
+    layer,
+    os.path.join(out, "attention.png"),
+    f"{what}: two highest-responding latents",
+  )
+  _LOG.info("figure 2/2: latent traversals")
+  traversals = figures.traversal_figure(
+    run,
+    x[:1],
+    kl,
+    os.path.join(out, "traversals.png"),
+    num_latents=min(config.num_traversals, run.latent_dim),
+    limit=config.traversal_range,
+    steps=config.traversal_steps,
+    title=f"{what}: latent traversals",
+  )
+  return {"attention": attention, "traversals": traversals}, kl
+
+
 @dataclasses.dataclass(frozen=True)
 class Config(cli.SavedRun):
-  """The FactorVAE run to score, the samples, the figures, where they go."""
+  """The FactorVAE runs to score, the samples, the figures, where they go."""
+
+  workdir: tuple[str, ...] = configs.field(
+    configs.REQUIRED,
+    "training run(s) or grid folder(s) (every member run is scored)",
+    nargs="+",
+  )
 
   data: str | None = configs.field(
-    None, "dSprites source (default: the run's)", disentanglement_data.DATA
+    None, "dSprites source (default: the run's)", DATA
   )
   data_dir: str | None = configs.field(
     None,
@@ -350,6 +772,10 @@ class Config(cli.SavedRun):
     minimum=0,
   )
 
+  def __post_init__(self):
+    if isinstance(self.workdir, str):  # One run, from Python.
+      object.__setattr__(self, "workdir", (self.workdir,))
+
 
 class _StderrHandler(logging.StreamHandler):
   """Writes each record to the ``sys.stderr`` of the moment (a notebook or a
@@ -384,7 +810,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.use_all_cpu_cores()
   elif config.cpu_devices > 0:
     inference.use_cpu_devices(config.cpu_devices)
-  return cli.run_report(evaluate, config, debug=debug)
+  return cli.run_main(_run, config, debug=debug)
 
 
 if __name__ == "__main__":

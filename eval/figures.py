@@ -13,16 +13,21 @@ from __future__ import annotations
 import os
 import textwrap
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from eval import heatmaps  # noqa: E402
 from eval.heatmaps import CMAP, is_zero, overlay, to_unit_range  # noqa: E402
+from vae_attn import attention as attention_lib  # noqa: E402
+from vae_attn import losses  # noqa: E402
 
 _CELL = 1.6  # Inches per image cell.
 SCALES = ("map", "image")  # Per-map colour scales, or one per image.
@@ -36,7 +41,9 @@ __all__ = [
   "overlay",
   "roc_curves",
   "to_unit_range",
+  "top_latent_figure",
   "top_latent_maps",
+  "traversal_figure",
   "traversals",
 ]
 
@@ -373,3 +380,85 @@ def layer_ablation(
   if title:
     ax.set_title(title, fontsize=10)
   return _save(fig, path)
+
+
+# Figures that run the model first (maps, decodes), then draw.
+
+
+def top_latent_figure(
+  run: Any,
+  x: np.ndarray,
+  layer: str,
+  path: str,
+  title: str,
+) -> dict:
+  """Fig. 8: the maps of each input's two highest-responding latents.
+
+  "Highest-responding" is the total mass of a latent's map, the rule of
+  ``L_AD``'s ``top2`` pair mode.
+  """
+  fn = attention_lib.attention(run.encode_fn, layer)
+  maps = jax.device_get(jax.jit(fn)(run.variables, jnp.asarray(x)))
+  per_latent = np.asarray(maps.per_latent)
+  n, d = per_latent.shape[:2]
+  response = per_latent.reshape(n, d, -1).sum(-1)
+  top = np.argsort(-response, axis=1, kind="stable")[:, :2]
+  shown = np.take_along_axis(per_latent, top[:, :, None, None], axis=1)
+  shown = np.asarray(attention_lib.upsample(jnp.asarray(shown), x.shape[1:3]))
+  overlap = losses.attention_disentanglement(
+    jnp.asarray(per_latent), jax.random.key(0), mode="top2"
+  )
+  top_latent_maps(path, x, shown, top, title=title)
+  return {
+    "layer": layer,
+    "top_latents": top.tolist(),
+    "top2_overlap_l_ad": [float(v) for v in np.asarray(overlap)],
+  }
+
+
+def traversal_figure(
+  run: Any,
+  x: np.ndarray,
+  kl: np.ndarray,
+  path: str,
+  *,
+  num_latents: int,
+  limit: float,
+  steps: int,
+  title: str,
+) -> dict:
+  """Decodes ``mu(x)`` with one latent swept over ``[-limit, limit]``.
+
+  The rows are the ``num_latents`` latents of largest mean KL (the
+  informative ones first); ``x`` is one image ``[1, H, W, C]``.
+  """
+  mu, _ = jax.jit(run.encode_fn)(run.variables, jnp.asarray(x))
+  order = np.argsort(-kl, kind="stable")[:num_latents]
+  values = np.linspace(-limit, limit, steps, dtype=np.float32)
+  z = np.repeat(np.asarray(mu), len(order) * steps, axis=0)
+  z = z.reshape(len(order), steps, -1)
+  z[
+    np.arange(len(order))[:, None], np.arange(steps)[None, :], order[:, None]
+  ] = values[None, :]
+  # One jitted decode: the traversals, then the reconstruction of mu.
+  decode = jax.jit(
+    lambda variables, z: jax.nn.sigmoid(
+      run.model.apply(variables, z, method=run.model.decode)
+    )
+  )
+  images = np.asarray(
+    decode(run.variables, jnp.concatenate([z.reshape(-1, z.shape[-1]), mu]))
+  )
+  decoded = images[:-1].reshape(len(order), steps, *run.input_shape)
+  recon = images[-1:]
+  traversals(
+    path,
+    decoded,
+    order,
+    values,
+    reference=[x[0], np.asarray(recon)[0]],
+    reference_labels=["input", "reconstruction"],
+    row_labels=[f"KL {kl[i]:.2f}" for i in order],
+    title=title,
+  )
+  return {"latents": order.tolist(), "values": values.tolist()}

@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
-from eval import disentanglement, disentanglement_data, restore
+from eval import disentanglement, restore
 from eval.metrics import sampling, testing
 from train import factorvae
 from vae_attn.data import base
@@ -125,6 +125,46 @@ def test_a_missing_workdir_is_refused_not_made(tmp_path, capsys):
   assert not (tmp_path / "nope").exists()  # Its default --out is inside.
 
 
+def test_a_grid_folder_scores_every_member(workdir, tmp_path, capsys):
+  # A grid folder (member runs in sub-folders) and a second --workdir: one
+  # command scores each run once; it prints where each report is.
+  grid = tmp_path / "grid"
+  grid.mkdir()
+  for name in ("tc_seed0", "tc_seed1"):
+    (grid / name).symlink_to(workdir)
+  rc = disentanglement.main(
+    ["--workdir", str(grid), workdir, "--quick", *QUICK_FIGURES]
+  )
+  assert rc == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 4  # Three runs (the repeat counts once), then how
+  assert "eval.aggregate" in lines[-1]  # to compare them.
+  for name in ("tc_seed0", "tc_seed1"):
+    report = grid / name / "eval" / "disentanglement_quick" / "report.md"
+    assert any(str(report) in line for line in lines), name
+
+
+@pytest.mark.parametrize(
+  "argv, status, words",
+  [
+    (["--workdir", "{grid}", "--out={tmp}/o"], 2, ["--out", "2 runs"]),
+    (["--workdir={tmp}/empty"], 2, ["holds no run", "--workdir"]),
+  ],
+)
+def test_grid_errors(workdir, tmp_path, capsys, argv, status, words):
+  grid = tmp_path / "grid"
+  grid.mkdir()
+  (tmp_path / "empty").mkdir()
+  for name in ("a", "b"):
+    (grid / name).symlink_to(workdir)
+  argv = [a.format(grid=grid, tmp=tmp_path) for a in argv]
+  assert disentanglement.main([*argv, "--quick"]) == status
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: "), err
+  for word in words:
+    assert word in err[0], (word, err[0])
+
+
 def test_data_without_factors_is_refused(workdir, capsys):
   rc = disentanglement.main([f"--workdir={workdir}", "--data=npz"])
   assert rc == 2
@@ -156,7 +196,7 @@ def _shuffled_source(num_values, seed=0):
 
 def test_tfds_ground_truth_finds_each_combination():
   num_values = (2, 3, 4)
-  data = disentanglement_data.TfdsGroundTruth(
+  data = disentanglement.TfdsGroundTruth(
     _shuffled_source(num_values), num_values
   )
   assert data.num_factors == 3 and data.factors_num_values == [2, 3, 4]
@@ -166,7 +206,7 @@ def test_tfds_ground_truth_finds_each_combination():
   np.testing.assert_array_equal(images[:, 0, 0, 0], flat)
   assert images.dtype == np.float32 and images.shape == (50, 2, 2, 1)
   with pytest.raises(base.DataError, match="1 missing, 0 repeated"):
-    disentanglement_data.TfdsGroundTruth(
+    disentanglement.TfdsGroundTruth(
       _shuffled_source(num_values)[:-1], num_values
     )
 

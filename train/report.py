@@ -1,13 +1,14 @@
 """A run's closing report: loss curves, attention maps and traversals.
 
-Written by the FactorVAE trainer's entry point at the end of a run (process 0)
-into ``<workdir>/report/``: ``loss_curves.png`` (every logged ``train/*`` and
-``eval/*`` scalar against the step), ``attention.png`` (Fig. 8 style: a few
-dSprites images, the overlay of their mean map (eq. 4) and the per-latent maps
-of their most responsive latents, with colour bars; all-zero maps are marked),
+Written by every trainer at the end of a run (process 0; from the command
+line and from Python) into ``<workdir>/report/``: ``loss_curves.png`` (every
+logged ``train/*`` and ``eval/*`` scalar against the step), ``attention.png``
+(Fig. 8 style: a few of the trainer's images, the overlay of their mean map
+(eq. 4) and the per-latent maps of their most responsive latents, with colour
+bars; all-zero maps are marked),
 ``traversals.png`` (the decoded posterior mean with one latent swept at a
 time) and ``report.md`` listing them with the final scores. The figures come
-from ``eval.figures`` and ``eval.disentanglement_figures``, the same code the
+from ``eval.figures``, the same code the
 evaluation uses; the run is read back through ``eval.restore`` (its spec).
 """
 
@@ -22,9 +23,8 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
-from eval import disentanglement_figures, figures, restore
+from eval import figures, restore
 from vae_attn import attention, losses
-from vae_attn.data import dsprites
 from workflow import writers
 
 matplotlib.use("Agg")
@@ -84,19 +84,15 @@ def _attention_figure(run, x: np.ndarray, path: pathlib.Path, k: int) -> None:
 
 
 def write(
-  run_dir: str | os.PathLike,
-  *,
-  num_images: int = 4,
-  num_latents: int = 6,
-  seed: int = 0,
+  run_dir: str | os.PathLike, images: np.ndarray, *, num_latents: int = 6
 ) -> pathlib.Path:
-  """Writes ``<run_dir>/report/`` for a trained dSprites run.
+  """Writes ``<run_dir>/report/`` for a finished run.
 
   Args:
-    run_dir: a finished ``train.factorvae`` run directory.
-    num_images: images in the attention figure.
+    run_dir: a finished ``train.factorvae`` or ``train.oneclass`` run folder.
+    images: ``float32 [N, H, W, C]`` in [0, 1], the model's input shape:
+      the images of the attention figure (the first one is traversed).
     num_latents: latents shown per image (those of largest map mass).
-    seed: picks the images.
 
   Returns:
     The path of ``report.md``.
@@ -108,18 +104,14 @@ def write(
   rows = writers.read_scalars(run_dir)
   _log.info("Report: loss curves, attention maps, traversals -> %s", out)
   loss_curves(rows, out / "loss_curves.png")
-  data = dsprites.procedural()
-  rng = np.random.RandomState(seed)
-  x = np.asarray(data.sample_observations(num_images, rng), np.float32)
+  x = np.asarray(images, np.float32)
   _attention_figure(
     run, x, out / "attention.png", min(num_latents, run.latent_dim)
   )
-  mu_logvar = jax.jit(run.encode_fn)(
-    run.variables, jnp.asarray(data.sample_observations(256, rng))
-  )
+  mu_logvar = jax.jit(run.encode_fn)(run.variables, jnp.asarray(x))
   mu, logvar = (np.asarray(a) for a in mu_logvar)
   kl = np.asarray(losses.gaussian_kl_per_dim(mu, logvar)).mean(axis=0)
-  disentanglement_figures.traversal_figure(
+  figures.traversal_figure(
     run,
     x[:1],
     kl,
@@ -127,7 +119,7 @@ def write(
     num_latents=min(8, run.latent_dim),
     limit=2.5,
     steps=9,
-    title="latent traversals (rows: latents by mean KL)",
+    title="latent traversals (rows: latents by mean KL of the images)",
   )
   last = {}
   for row in rows:
@@ -152,8 +144,6 @@ def write(
       "![attention](attention.png)",
       "",
       "![traversals](traversals.png)",
-      "",
-      f"Full scores: python -m eval.disentanglement --workdir={run_dir}",
       "",
     ]
   )
