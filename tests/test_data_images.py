@@ -67,13 +67,17 @@ def test_any_non_zero_mask_value_is_anomalous_in_every_mode(tmp_path, name):
   np.testing.assert_array_equal(mask[..., 0], _square_mask())
 
 
-def test_binarize_mask_counts_every_non_zero_value():
+def test_every_non_zero_value_counts_grey_and_colour(tmp_path):
+  grey = np.array([[0, 1, 64, 127, 128, 255]], np.uint8)
+  Image.fromarray(grey).save(tmp_path / "grey.png")
   np.testing.assert_array_equal(
-    images.binarize_mask(np.array([0, 1, 64, 127, 128, 255])),
-    [0, 1, 1, 1, 1, 1],
+    images.read_mask(str(tmp_path / "grey.png"))[..., 0], [[0, 1, 1, 1, 1, 1]]
   )
   colours = np.array([[[0, 0, 0], [255, 0, 0], [0, 0, 255], [0, 1, 0]]])
-  np.testing.assert_array_equal(images.binarize_mask(colours), [[0, 1, 1, 1]])
+  Image.fromarray(colours.astype(np.uint8)).save(tmp_path / "rgb.png")
+  np.testing.assert_array_equal(
+    images.read_mask(str(tmp_path / "rgb.png"))[..., 0], [[0, 1, 1, 1]]
+  )
 
 
 def test_float_mask_with_nan_is_refused(tmp_path):

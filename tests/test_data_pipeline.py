@@ -1,4 +1,4 @@
-"""Tests for the batching pipeline: order, resumption, sharding, transforms."""
+"""Tests for the batching pipeline: order, resumption, sharding, augment."""
 
 import numpy as np
 import pytest
@@ -131,14 +131,19 @@ def test_remainder_split_between_processes():
   assert [b["x"].tolist() for b in shards[1]] == [[3, 4, 5], [8, 9]]
 
 
-def test_transform_is_seeded_by_position():
-  def add_noise(record, rng):
+class _Augmented(_NoBatchSource):
+  """A source with its own augmentation (as mvtec.load(augment=True))."""
+
+  @staticmethod
+  def augment(record, rng):
     return {**record, "noise": rng.normal(size=(2,)).astype(np.float32)}
 
-  kw = _kw(transform=add_noise, num_epochs=2, shuffle=False)
-  a = list(data.batches(_NoBatchSource(4), 2, seed=1, **kw))
-  b = list(data.batches(_NoBatchSource(4), 2, seed=1, **kw))
-  c = list(data.batches(_NoBatchSource(4), 2, seed=2, **kw))
+
+def test_augment_is_seeded_by_position():
+  kw = _kw(num_epochs=2, shuffle=False)
+  a = list(data.batches(_Augmented(4), 2, seed=1, **kw))
+  b = list(data.batches(_Augmented(4), 2, seed=1, **kw))
+  c = list(data.batches(_Augmented(4), 2, seed=2, **kw))
   np.testing.assert_array_equal(a[0]["noise"], b[0]["noise"])
   assert not np.allclose(a[0]["noise"], c[0]["noise"])
   # Same record in the next epoch gets a different augmentation.
@@ -146,19 +151,16 @@ def test_transform_is_seeded_by_position():
   assert not np.allclose(a[0]["noise"], a[2]["noise"])
   assert a[0]["img"].shape == (2, 2, 2, 1)
   # Resuming reproduces the augmentations too.
-  r = list(data.batches(_NoBatchSource(4), 2, seed=1, start_step=2, **kw))
+  r = list(data.batches(_Augmented(4), 2, seed=1, start_step=2, **kw))
   np.testing.assert_array_equal(r[0]["noise"], a[2]["noise"])
 
 
-def test_transform_applies_to_get_batch_sources():
-  def flip(record, rng):
-    del rng
-    return {**record, "x": -record["x"]}
-
-  out = next(
-    data.batches(_source(), 4, seed=0, shuffle=False, transform=flip, **_kw())
-  )
+def test_augment_applies_to_get_batch_sources():
+  source = _source()
+  source.augment = lambda record, rng: {**record, "x": -record["x"]}
+  out = next(data.batches(source, 4, seed=0, shuffle=False, **_kw()))
   assert out["x"].tolist() == [0, -1, -2, -3]
+  assert out["name"].tolist() == ["r0", "r1", "r2", "r3"]
 
 
 def test_default_process_is_jax_process():

@@ -105,26 +105,6 @@ def stack_records(records: Sequence[Mapping[str, Any]]) -> Record:
   return batch
 
 
-def strings_to_objects(batch: Mapping[str, np.ndarray]) -> Record:
-  """Returns ``batch`` with str/bytes arrays turned into object arrays."""
-  out = {}
-  for key, value in batch.items():
-    value = np.asarray(value)
-    if value.dtype.kind in "US":
-      value = np.array([str(v) for v in value.reshape(-1)], dtype=object)
-    out[key] = value
-  return out
-
-
-def unstack_batch(batch: Mapping[str, np.ndarray]) -> list[Record]:
-  """Splits a stacked batch back into records (the inverse of stacking)."""
-  sizes = {len(v) for v in batch.values()}
-  if len(sizes) != 1:
-    raise DataError(f"Batch fields have different lengths: {sorted(sizes)}.")
-  (size,) = sizes
-  return [{k: v[i] for k, v in batch.items()} for i in range(size)]
-
-
 class ArraySource:
   """An in-memory source over equally long arrays (one per field).
 

@@ -153,7 +153,6 @@ def load(
   normal_name: str = image_mask.NORMAL,
   augment: bool = False,
   seed: int = 0,
-  cache: bool = True,
   allow_empty_masks: bool = False,
 ) -> image_mask.ImageMaskSource:
   """Loads a custom anomaly data set laid out as in the module docstring.
@@ -176,7 +175,6 @@ def load(
     augment: attach the MVTec-AD augmentation as ``source.augment`` (see
       `vae_attn.data.mvtec.load`).
     seed: folded into the augmentation's random stream.
-    cache: keep decoded, resized images in memory after first use.
     allow_empty_masks: keep defect images whose mask has no anomalous pixel;
       refused by default.
 
@@ -201,6 +199,5 @@ def load(
     name=f"folder:{os.path.basename(os.fspath(root))}/{split}",
     augment=augment,
     seed=seed,
-    cache=cache,
     allow_empty_masks=allow_empty_masks,
   )

@@ -23,6 +23,7 @@ from vae_attn.data import base
 
 TRAIN_FRACTION = 0.8
 SPLITS = ("train", "test")
+IMAGE_SIZE = 28  # MNIST's.
 
 
 def _upsample(images: np.ndarray, size: int) -> np.ndarray:
@@ -33,15 +34,12 @@ def _upsample(images: np.ndarray, size: int) -> np.ndarray:
   return np.clip(np.asarray(out), 0.0, 1.0)
 
 
-def load(
-  split: str, *, normal_digit: int | None = None, image_size: int = 28
-) -> base.ArraySource:
+def load(split: str, *, normal_digit: int | None = None) -> base.ArraySource:
   """Loads the offline digits split, optionally as a one-class problem.
 
   Args:
     split: ``"train"`` or ``"test"``.
     normal_digit: the one normal class (``None``: all digits).
-    image_size: output side length (28 matches the MNIST VAE).
 
   Returns:
     An in-memory source with ``get_batch``.
@@ -64,7 +62,7 @@ def load(
   keep = in_train if split == "train" else ~in_train
   if normal_digit is not None and split == "train":
     keep &= labels == normal_digit
-  images = _upsample(raw.images[keep] / 16.0, image_size)[..., None]
+  images = _upsample(raw.images[keep] / 16.0, IMAGE_SIZE)[..., None]
   fields = {"image": images, "label": labels[keep]}
   if normal_digit is not None:
     fields["anomalous"] = (fields["label"] != normal_digit).astype(np.int32)

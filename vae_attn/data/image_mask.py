@@ -178,7 +178,7 @@ def check_normal_masks(mask_root: str, normal_name: str = NORMAL) -> None:
     )
 
 
-def check_masks_not_empty(entries: Sequence[Entry]) -> None:
+def _check_masks_not_empty(entries: Sequence[Entry]) -> None:
   """Refuses defect images (label 1) whose mask has no anomalous pixel.
 
   Reads every such mask at full size with `images.read_mask`.
@@ -240,12 +240,13 @@ class ImageMaskSource:
   therefore zero); ``"defect_type"`` and ``"path"`` 0-d str arrays; plus the
   entries' extra int32 fields.
 
+  Decoded, resized uint8 arrays are kept in memory after first access.
+
   When built with an ``augment`` function the source carries it as
   ``source.augment``; `vae_attn.data.pipeline.batches` applies it to every
-  record it reads, with a generator seeded by the pipeline seed, the
-  record's stream position and this source's ``augment_seed`` (so every
-  epoch sees new, reproducible views). ``source[i]`` itself is never
-  augmented.
+  record it reads, with a generator seeded by the pipeline seed and the
+  record's stream position (so every epoch sees new, reproducible views).
+  ``source[i]`` itself is never augmented.
 
   Args:
     entries: the records, in order.
@@ -253,8 +254,6 @@ class ImageMaskSource:
     channels: 1 (grey) or 3 (RGB; grey files are promoted).
     name: a short name for messages.
     augment: optional ``fn(record, rng) -> record``.
-    augment_seed: folded into the augmentation generator.
-    cache: keep decoded, resized uint8 arrays in memory.
   """
 
   def __init__(
@@ -266,8 +265,6 @@ class ImageMaskSource:
     name: str,
     augment: Callable[[base.Record, np.random.Generator], base.Record]
     | None = None,
-    augment_seed: int = 0,
-    cache: bool = True,
   ):
     if not entries:
       raise base.DataError(f"{name}: no images found.")
@@ -276,29 +273,20 @@ class ImageMaskSource:
     self.channels = channels
     self.name = name
     self.augment = augment
-    self.augment_seed = augment_seed
-    self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = (
-      {} if cache else None
-    )
+    self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     self._lock = threading.Lock()
 
   @property
   def entries(self) -> list[Entry]:
     return list(self._entries)
 
-  @property
-  def labels(self) -> np.ndarray:
-    """int32 ``[N]`` labels without decoding any image."""
-    return np.array([e.label for e in self._entries], dtype=np.int32)
-
   def __len__(self) -> int:
     return len(self._entries)
 
   def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-    if self._cache is not None:
-      hit = self._cache.get(index)
-      if hit is not None:
-        return hit
+    hit = self._cache.get(index)
+    if hit is not None:
+      return hit
     entry = self._entries[index]
     image = images.read_image(
       entry.image, channels=self.channels, size=self.image_size
@@ -307,9 +295,8 @@ class ImageMaskSource:
       mask = np.zeros((*self.image_size, 1), np.uint8)
     else:
       mask = images.read_mask(entry.mask, size=self.image_size)
-    if self._cache is not None:
-      with self._lock:
-        self._cache[index] = (image, mask)
+    with self._lock:
+      self._cache[index] = (image, mask)
     return image, mask
 
   def __getitem__(self, index: int) -> base.Record:
@@ -332,7 +319,7 @@ class ImageMaskSource:
     return f"ImageMaskSource({self.name!r}, len={len(self)})"
 
 
-def seeded_augment(
+def _seeded_augment(
   fn: Callable[..., base.Record], seed: int, **kwargs
 ) -> Callable[[base.Record, np.random.Generator], base.Record]:
   """Wraps ``fn(record, rng, **kwargs)`` so that ``seed`` enters its rng."""
@@ -351,7 +338,6 @@ def image_mask_source(
   name: str,
   augment: bool,
   seed: int,
-  cache: bool,
   allow_empty_masks: bool = False,
 ) -> ImageMaskSource:
   """Checks the images and masks of ``found``; returns their source.
@@ -364,19 +350,19 @@ def image_mask_source(
   mirroring (applied by the pipeline).
 
   Raises:
-    DataError: as `check_mask_files` and `check_masks_not_empty`.
+    DataError: as `check_mask_files` and `_check_masks_not_empty`.
   """
   for entry in found:
     images.image_size_of(entry.image)
   check_mask_files(found)
   if not allow_empty_masks:
-    check_masks_not_empty(found)
+    _check_masks_not_empty(found)
   return ImageMaskSource(
     found,
     image_size=image_size,
     channels=3,
     name=name,
-    augment=seeded_augment(images.rotate_and_mirror, seed) if augment else None,
-    augment_seed=seed,
-    cache=cache,
+    augment=_seeded_augment(images.rotate_and_mirror, seed)
+    if augment
+    else None,
   )

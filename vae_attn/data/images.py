@@ -13,7 +13,7 @@ the problem and the fix. The reading rules, the same for every loader:
   range says what their values mean.
 - Size: an image above Pillow's decompression-bomb limit
   (``PIL.Image.MAX_IMAGE_PIXELS`` pixels) is refused with its pixel count.
-- Masks (`mask_from_image`): a pixel is anomalous when its value is not zero,
+- Masks (`read_mask`): a pixel is anomalous when its value is not zero,
   the convention of the MVTec-AD evaluation, in every mode Pillow opens.
   Grey modes (``1``, ``L``, ``I;16``, ``I``, ``F``): value != 0, so grey
   1-127 counts. Colour modes (``RGB``, ``P`` through its palette, ``CMYK``,
@@ -150,7 +150,7 @@ def is_lossy(path: str) -> bool:
   return _header(path)[1]
 
 
-def open_upright(path: str) -> Image.Image:
+def _open_upright(path: str) -> Image.Image:
   """Decodes an image file upright (EXIF orientation applied), in its mode.
 
   Args:
@@ -219,7 +219,7 @@ def read_image(
   """
   if channels not in (1, 3):
     raise ValueError(f"channels must be 1 or 3, got {channels}.")
-  im = _eight_bit(open_upright(path), path)
+  im = _eight_bit(_open_upright(path), path)
   try:
     im = im.convert("L" if channels == 1 else "RGB")
   except ValueError as e:
@@ -232,7 +232,7 @@ def read_image(
   return arr[..., None] if channels == 1 else arr
 
 
-def binarize_mask(arr: np.ndarray) -> np.ndarray:
+def _binarize_mask(arr: np.ndarray) -> np.ndarray:
   """The mask rule on values: uint8 {0, 1}, 1 where a value is not zero.
 
   Args:
@@ -249,7 +249,7 @@ def binarize_mask(arr: np.ndarray) -> np.ndarray:
   return out.astype(np.uint8)
 
 
-def mask_from_image(im: Image.Image, path: str) -> np.ndarray:
+def _mask_from_image(im: Image.Image, path: str) -> np.ndarray:
   """The anomalous pixels of a mask image, by the module's mask rule.
 
   Args:
@@ -272,13 +272,13 @@ def mask_from_image(im: Image.Image, path: str) -> np.ndarray:
         f"Mask {path} holds NaN or infinite values. Save it with 0 for "
         "normal and a non-zero value for anomalous pixels."
       )
-    return binarize_mask(arr)
+    return _binarize_mask(arr)
   if im.mode in _ALPHA_MODES:
     arr = np.asarray(im)
     drawn = arr[..., -1] != 0  # Fully transparent pixels are background.
-    return (binarize_mask(arr[..., :-1]) & drawn).astype(np.uint8)
+    return (_binarize_mask(arr[..., :-1]) & drawn).astype(np.uint8)
   try:
-    return binarize_mask(np.asarray(im.convert("RGB")))
+    return _binarize_mask(np.asarray(im.convert("RGB")))
   except ValueError as e:
     raise _unreadable(path, e) from e
 
@@ -289,12 +289,12 @@ def read_mask(
   """Reads a mask as uint8 ``[H, W, 1]`` in {0, 1}, resized (nearest).
 
   A pixel is anomalous when its value is not zero, in every mode (see the
-  module docstring and `mask_from_image`).
+  module docstring).
 
   Raises:
     DataError: the file cannot be decoded.
   """
-  arr = mask_from_image(open_upright(path), path)
+  arr = _mask_from_image(_open_upright(path), path)
   if size is not None:
     height, width = _pair(size)
     if arr.shape != (height, width):

@@ -43,7 +43,6 @@ CATEGORIES = (
   "wood",
   "zipper",
 )
-TEXTURE_CATEGORIES = ("carpet", "grid", "leather", "tile", "wood")
 SPLITS = ("train", "test")
 
 LAYOUT = """\
@@ -161,7 +160,6 @@ def load(
   image_size: int | Sequence[int] = 256,
   augment: bool = False,
   seed: int = 0,
-  cache: bool = True,
   allow_empty_masks: bool = False,
 ) -> image_mask.ImageMaskSource:
   """Loads one MVTec-AD category (or the offline textured-defect set).
@@ -181,7 +179,6 @@ def load(
       ``source.augment``; `vae_attn.data.pipeline.batches` applies it, fresh
       for every epoch. ``source[i]`` is never augmented.
     seed: folded into the augmentation's random stream.
-    cache: keep decoded, resized images in memory after first use.
     allow_empty_masks: keep defect images whose mask has no anomalous pixel
       (label 1 with an all-zero mask); refused by default.
 
@@ -202,6 +199,5 @@ def load(
     name=f"mvtec:{category}/{split}",
     augment=augment,
     seed=seed,
-    cache=cache,
     allow_empty_masks=allow_empty_masks,
   )

@@ -52,7 +52,7 @@ _GT_LINE = re.compile(
 _GT_EXAMPLE = "TestVideoFile{end+1}.gt_frame = [60:152];"
 
 
-def find_root(root: str | os.PathLike) -> str:
+def _find_root(root: str | os.PathLike) -> str:
   """The ``UCSDped1`` folder: ``root`` itself or ``root/UCSDped1``."""
   root = os.fspath(root)
   image_mask.require_dir(root, "UCSD Ped1 root", LAYOUT)
@@ -191,7 +191,7 @@ def _split_clips(
   """The split's folder, its clip prefix and its clip folders (non-empty)."""
   if split not in SPLITS:
     raise base.DataError(f"Ped1 split must be one of {SPLITS}, got {split!r}.")
-  base_dir = find_root(root)
+  base_dir = _find_root(root)
   split_dir = image_mask.require_dir(
     os.path.join(base_dir, split.capitalize()),
     f"Ped1 {split.capitalize()} folder",
@@ -317,17 +317,6 @@ class Ped1Source(image_mask.ImageMaskSource):
       record["defect_type"] = np.array("good")
     return record
 
-  @property
-  def labels(self) -> np.ndarray:
-    """int32 ``[N]`` frame labels (decodes the frames of masked clips)."""
-    return np.array(
-      [
-        int(self._decode(i)[1].any()) if e.label == -1 else e.label
-        for i, e in enumerate(self._entries)
-      ],
-      dtype=np.int32,
-    )
-
 
 def load(
   root: str | os.PathLike,
@@ -335,7 +324,6 @@ def load(
   *,
   image_size: int | Sequence[int] = 100,
   masked_only: bool = True,
-  cache: bool = True,
 ) -> Ped1Source:
   """Loads UCSD Ped1 frames (see the module docstring for the two modes).
 
@@ -345,7 +333,6 @@ def load(
     image_size: output size, an int or ``(height, width)``; paper: 100.
     masked_only: test on the clips with pixel masks only (default), or on
       every clip, with zero masks (``"has_mask" = 0``) where none exist.
-    cache: keep decoded, resized frames in memory after first use.
 
   Raises:
     DataError: the layout is missing or inconsistent, a frame or mask is
@@ -359,5 +346,4 @@ def load(
     image_size=size,
     channels=1,
     name=f"ped1/{split}",
-    cache=cache,
   )

@@ -23,38 +23,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import grain.python as grain
 import numpy as np
 
 from vae_attn.data import base
 
-# Separate the augmentation random streams from any other use of `seed`.
-_TRANSFORM_SALT = 0x5EED_A06
+# Separates the augmentation random stream from any other use of `seed`.
 _AUGMENT_SALT = 0xA06_5EED
+_PREFETCH = 4  # Batches built ahead when num_threads > 0.
 
-TransformFn = Callable[[base.Record, np.random.Generator], base.Record]
-
-
-def transform_rng(seed: int, position: int) -> np.random.Generator:
-  """The generator handed to ``transform`` for one record.
-
-  Args:
-    seed: the pipeline seed.
-    position: the record's position in the (repeated, shuffled) stream, i.e.
-      ``step * batch_size * process_count + offset``; it differs between
-      epochs, so augmentations differ between epochs.
-
-  Returns:
-    A ``np.random.Generator`` that is a pure function of the two ints.
-  """
-  return np.random.default_rng([seed, _TRANSFORM_SALT, position])
-
-
-def augment_rng(seed: int, position: int) -> np.random.Generator:
-  """The generator handed to a source's own ``augment`` for one record."""
-  return np.random.default_rng([seed, _AUGMENT_SALT, position])
+AugmentFn = Callable[[base.Record, np.random.Generator], base.Record]
 
 
 def num_batches(
@@ -92,9 +72,7 @@ def batches(
   start_step: int = 0,
   process_index: int | None = None,
   process_count: int | None = None,
-  transform: TransformFn | None = None,
   num_threads: int = 2,
-  prefetch: int = 4,
 ) -> Iterator[base.Record]:
   """Yields stacked numpy batches of ``source`` records.
 
@@ -114,9 +92,11 @@ def batches(
       ``get_batch(indices)``, batches are read with one vectorised call. When
       it has a non-None ``augment`` attribute (``fn(record, rng) ->
       record``, e.g. ``mvtec.load(..., augment=True)``), every record read is
-      passed through it first, with ``rng = augment_rng(seed, position)``.
+      passed through it, with ``rng`` a ``np.random.Generator`` that is a
+      pure function of ``(seed, position)``: reproducible, resumable and
+      fresh in every epoch.
     batch_size: records per batch on this process.
-    seed: the seed of the order and of ``transform``'s random streams.
+    seed: the seed of the order and of the augmentation.
     shuffle: shuffle the records (reshuffled every epoch).
     num_epochs: passes over the data; ``None`` repeats forever.
     drop_remainder: with finite epochs, drop the last incomplete global batch.
@@ -125,11 +105,8 @@ def batches(
     start_step: the first global step to yield (to resume a run).
     process_index: this process, default ``jax.process_index()``.
     process_count: number of processes, default ``jax.process_count()``.
-    transform: optional per-record augmentation ``fn(record, rng) -> record``
-      with ``rng = transform_rng(seed, position)``, so it is deterministic.
     num_threads: threads that build batches ahead of time (0: build each
       batch on demand in the caller's thread). Never changes the output.
-    prefetch: batches built ahead when ``num_threads > 0``.
 
   Yields:
     ``dict[str, np.ndarray]`` with a leading axis of ``batch_size`` (smaller
@@ -160,9 +137,9 @@ def batches(
   order = _record_order(
     len(source), seed, shuffle=shuffle, num_epochs=num_epochs
   )
-  reader = _Reader.of(source, order, seed=seed, transform=transform)
+  reader = _Reader.of(source, order, seed=seed)
   make_batch = functools.partial(_make_batch, slicer, reader)
-  return _run(make_batch, start_step, slicer.stop, num_threads, prefetch)
+  return _run(make_batch, start_step, slicer.stop, num_threads)
 
 
 # The steps of `batches`.
@@ -260,50 +237,71 @@ class _Slicer:
 
 @dataclasses.dataclass(frozen=True)
 class _Reader:
-  """Reads the records at stream positions, augmented and transformed."""
+  """Reads the records at stream positions, augmented."""
 
   source: base.Source
   order: grain.MapDataset  # Stream position -> record index.
   seed: int
-  transform: TransformFn | None
   get_batch: Callable[[np.ndarray], base.Record] | None  # The source's.
-  augment: TransformFn | None  # The source's own augmentation.
+  augment: AugmentFn | None  # The source's own augmentation.
 
   @classmethod
-  def of(
-    cls,
-    source: base.Source,
-    order: grain.MapDataset,
-    *,
-    seed: int,
-    transform: TransformFn | None,
-  ) -> _Reader:
+  def of(cls, source: base.Source, order: grain.MapDataset, *, seed: int):
     """The reader of ``source``, with its ``get_batch`` and ``augment``."""
     get_batch = getattr(source, "get_batch", None)
     augment = getattr(source, "augment", None)
-    return cls(source, order, seed, transform, get_batch, augment)
+    return cls(source, order, seed, get_batch, augment)
 
   def read(self, pos: np.ndarray) -> base.Record:
     """The stacked batch of the records at stream positions ``pos``."""
     indices = np.array([self.order[int(q)] for q in pos], dtype=np.int64)
     if self.get_batch is not None:
-      batch = base.strings_to_objects(self.get_batch(indices))
-      if self.transform is None and self.augment is None:
+      batch = _strings_to_objects(self.get_batch(indices))
+      if self.augment is None:
         return batch
-      records = base.unstack_batch(batch)
+      records = _unstack_batch(batch)
     else:
       records = [self.source[int(i)] for i in indices]
     if self.augment is not None:
       records = [
-        self.augment(r, augment_rng(self.seed, int(q)))
-        for r, q in zip(records, pos, strict=True)
-      ]
-    if self.transform is not None:
-      records = [
-        self.transform(r, transform_rng(self.seed, int(q)))
+        self.augment(r, _augment_rng(self.seed, int(q)))
         for r, q in zip(records, pos, strict=True)
       ]
     return base.stack_records(records)
+
+
+def _augment_rng(seed: int, position: int) -> np.random.Generator:
+  """The generator handed to a source's ``augment`` for one record.
+
+  Args:
+    seed: the pipeline seed.
+    position: the record's position in the (repeated, shuffled) stream, i.e.
+      ``step * batch_size * process_count + offset``; it differs between
+      epochs, so augmentations differ between epochs.
+  """
+  return np.random.default_rng([seed, _AUGMENT_SALT, position])
+
+
+def _strings_to_objects(batch: Mapping[str, np.ndarray]) -> base.Record:
+  """Returns ``batch`` with str/bytes arrays turned into object arrays."""
+  out = {}
+  for key, value in batch.items():
+    value = np.asarray(value)
+    if value.dtype.kind in "US":
+      value = np.array([str(v) for v in value.reshape(-1)], dtype=object)
+    out[key] = value
+  return out
+
+
+def _unstack_batch(batch: Mapping[str, np.ndarray]) -> list[base.Record]:
+  """Splits a stacked batch back into records (the inverse of stacking)."""
+  sizes = {len(v) for v in batch.values()}
+  if len(sizes) != 1:
+    raise base.DataError(
+      f"Batch fields have different lengths: {sorted(sizes)}."
+    )
+  (size,) = sizes
+  return [{k: v[i] for k, v in batch.items()} for i in range(size)]
 
 
 def _make_batch(slicer: _Slicer, reader: _Reader, step: int):
@@ -319,7 +317,6 @@ def _run(
   start_step: int,
   stop: int,
   num_threads: int,
-  prefetch: int,
 ) -> Iterator[base.Record]:
   """The non-empty batches of steps ``[start_step, stop)``, in order."""
   if num_threads <= 0:
@@ -331,7 +328,7 @@ def _run(
   steps = grain.MapDataset.range(start_step, max(start_step, stop))
   return iter(
     steps.map(make_batch).to_iter_dataset(
-      grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+      grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=_PREFETCH)
     )
   )
 

@@ -14,16 +14,16 @@ from typing import Any
 from vae_attn.data import base
 
 
-def default_data_dir() -> str:
+def _default_data_dir() -> str:
   """The directory tfds reads when ``data_dir`` is None."""
   return os.environ.get(
     "TFDS_DATA_DIR", os.path.join("~", "tensorflow_datasets")
   )
 
 
-def prepare_hint(name: str, data_dir: str | os.PathLike | None) -> str:
+def _prepare_hint(name: str, data_dir: str | os.PathLike | None) -> str:
   """How to prepare data set ``name`` for random access."""
-  where = os.fspath(data_dir) if data_dir is not None else default_data_dir()
+  where = os.fspath(data_dir) if data_dir is not None else _default_data_dir()
   return (
     f"Prepare it once on a machine with internet: `tfds build {name} "
     f"--file_format=array_record --data_dir={where}` (random access needs "
@@ -59,7 +59,7 @@ def open_source(
   if data_dir is not None and not os.path.isdir(data_dir):
     raise base.DataError(
       f"tfds data_dir {data_dir} does not exist. "
-      + prepare_hint(name, data_dir)
+      + _prepare_hint(name, data_dir)
     )
   try:
     source = tfds.data_source(
@@ -72,11 +72,11 @@ def open_source(
     NotImplementedError,
     tfds.core.registered.DatasetNotFoundError,
   ) as e:
-    where = data_dir if data_dir is not None else default_data_dir()
+    where = data_dir if data_dir is not None else _default_data_dir()
     raise base.DataError(
       f"tfds data set {name!r} is not prepared for random access under "
       f"{where} ({type(e).__name__}: {str(e).splitlines()[0]}). "
-      + prepare_hint(name, data_dir)
+      + _prepare_hint(name, data_dir)
     ) from e
   except ValueError as e:
     raise base.DataError(
