@@ -63,22 +63,10 @@ def load(
 
   Args:
     name: one of `DATASETS`.
-    split: "train" (normal images only in every one-class set) or "test".
-    data_dir: the data set's folder (mnist: the tfds data directory;
-      textures: the folder the offline set is written in, default the
-      cache, or the written set itself). ``None`` or ``""``: none.
-    category: the MVTec-AD or textures category; textures defaults to
-      ``textures.CATEGORIES[0]``. ``None`` or ``""``: none.
-    image_size: output side or ``(height, width)`` of the image-and-mask
-      sets; ``None``: the data set's default (see the module docstring).
-    normal_digit: the normal digit of mnist and digits (``None``: plain,
-      every digit in both splits).
-    mask_dir: folder: the mask folder under ``data_dir`` (``None`` or
-      ``""``: ``masks/`` or ``ground_truth/``).
-    augment: attach the paper's MVTec-AD augmentation (textures, mvtec,
-      folder); `vae_attn.data.batches` applies it.
-    seed: the augmentation's seed.
-    allow_empty_masks: keep defect images whose mask marks no pixel.
+    split: "train" (normal images only) or "test".
+    data_dir, category, image_size, normal_digit, mask_dir, augment, seed,
+      allow_empty_masks: the loaders' options (see the module docstring for
+      which data set uses which); ``None`` or ``""`` means not given.
 
   Returns:
     The loader's source (records in docs/data.md).
