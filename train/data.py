@@ -1,9 +1,10 @@
 """Data sets on the device: whole arrays, or a renderer, sampled in the step.
 
-A :class:`train.common.DeviceData` is placed on the mesh once and passed to
-every compiled call; each batch is drawn inside the step from the step's key
-(uniformly, with replacement), so there is no host pipeline in the hot loop
-and a resumed run draws the same batches.
+A trainer hands ``train.loop`` the pair ``(arrays, sample_fn)``: the arrays
+are placed on the mesh once and passed to every compiled call; each batch is
+drawn inside the step from the step's key (uniformly, with replacement), so
+there is no host pipeline in the hot loop and a resumed run draws the same
+batches.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from train import common
 from vae_attn.data import base, dsprites
 
 _log = logging.getLogger(__name__)
@@ -113,10 +113,11 @@ def dsprites_rendered() -> tuple[dict, Callable]:
   return {}, draw
 
 
-def batch_of(
-  arrays: dict, draw: Callable, names: tuple[str, ...] = ("image",)
-) -> common.DeviceData:
-  """A ``DeviceData`` whose batch holds ``len(names)`` independent draws.
+def independent_draws(
+  draw: Callable, names: tuple[str, ...] = ("image",)
+) -> Callable:
+  """A ``sample_fn(arrays, key, num)`` whose batch holds ``len(names)``
+  independent draws of ``draw``.
 
   The FactorVAE step takes ``("x", "x2")``: two independent batches (the
   second one feeds the discriminator's permuted codes).
@@ -126,4 +127,4 @@ def batch_of(
     keys = jax.random.split(key, len(names))
     return {n: draw(arrays, k, num) for n, k in zip(names, keys, strict=True)}
 
-  return common.DeviceData(arrays=arrays, sample=sample)
+  return sample

@@ -42,28 +42,28 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from train import cli, common, factor_vae_score, loop
-from train import data as device_data
+from train import command, loop
+from train import data as device_data_lib
 from vae_attn import losses, models
 from vae_attn.attention import value_and_attention
 from vae_attn.data import dsprites
 from workflow import configs, runs
 
+INPUT_SHAPE = (64, 64, 1)  # dSprites; written to the run spec for eval.
+
 
 @dataclasses.dataclass(frozen=True)
-class Config(common.LoopConfig):
+class Config(loop.LoopConfig):
   """FactorVAE / AD-FactorVAE hyperparameters (defaults: the paper's)."""
 
-  # Fields that only change evaluation; a run may resume with other values.
-  RUN_FIELDS: ClassVar[frozenset[str]] = frozenset(
-    {
-      "score",
-      "score_convention",
-      "score_num_train",
-      "score_num_eval",
-      "score_num_variance",
-    }
-  )
+  # The score's settings only change evaluation: a run resumes with others.
+  FREE_ON_RESUME: ClassVar[frozenset[str]] = loop.LoopConfig.FREE_ON_RESUME | {
+    "score",
+    "score_convention",
+    "score_num_train",
+    "score_num_eval",
+    "score_num_variance",
+  }
   num_steps: int = configs.field(
     300_000, "training steps (paper: 3e5)", minimum=1
   )
@@ -130,6 +130,11 @@ class Config(common.LoopConfig):
     0, "score: variance images (0: the convention's)", minimum=0
   )
 
+  def __post_init__(self):
+    super().__post_init__()
+    if self.data == "npz" and not self.data_dir:
+      raise ValueError("--data=npz needs --data-dir=<the dSprites .npz file>.")
+
 
 PRESETS = {
   "dsprites": Config(log_every=500, checkpoint_every=10_000),
@@ -158,44 +163,29 @@ def load_data(config: Config):
   """The dSprites source named by ``config.data``.
 
   Raises:
-    ValueError: ``--data=npz`` without ``--data-dir``.
+    ValueError, OSError: the file or folder is missing or not dSprites.
   """
   if config.data == "npz":
-    if not config.data_dir:
-      raise ValueError("--data=npz needs --data-dir=<dsprites .npz file>.")
     return dsprites.load_npz(config.data_dir)
   if config.data == "tfds":
     return dsprites.load_tfds("train", data_dir=config.data_dir or None)
   return dsprites.procedural()
 
 
-def make_device_data(config: Config, source=None) -> common.DeviceData:
-  """The training data on the device: ``{"x", "x2"}`` batches.
+def device_data(config: Config, source=None) -> tuple[dict, loop.SampleFn]:
+  """The training data on the device: ``(arrays, sample_fn)`` drawing
+  ``{"x", "x2"}`` batches (two independent draws).
 
   The procedural source renders drawn factor classes inside the step; the
   npz and tfds sources are read once and held as bits.
   """
   if config.data == "procedural":
-    arrays, draw = device_data.dsprites_rendered()
+    arrays, draw = device_data_lib.dsprites_rendered()
   else:
     source = load_data(config) if source is None else source
-    images = device_data.read_all(source)
-    arrays, draw = device_data.uniform_rows(images, binary=True)
-  return device_data.batch_of(arrays, draw, ("x", "x2"))
-
-
-def hparams(config: Config) -> dict[str, float]:
-  """The loss weights of ``config`` (traced: members of a grid differ).
-
-  ``loss`` is a setting of one objective,
-  ``recon + beta * KL + gamma * TC + lambda_ad * L_AD``: ``tc`` has
-  ``lambda_ad = 0`` and ``beta = 1``, ``beta`` has ``gamma = lambda_ad = 0``,
-  ``ad`` has ``beta = 1``.
-  """
-  if config.loss == "beta":
-    return {"beta": config.beta, "gamma": 0.0, "lambda_ad": 0.0}
-  lambda_ad = config.lambda_ad if config.loss == "ad" else 0.0
-  return {"beta": 1.0, "gamma": config.gamma, "lambda_ad": lambda_ad}
+    images = device_data_lib.read_all(source)
+    arrays, draw = device_data_lib.uniform_rows(images, binary=True)
+  return arrays, device_data_lib.independent_draws(draw, ("x", "x2"))
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
@@ -209,45 +199,37 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
   )
 
 
-def create_train_state(
-  key: jax.Array,
-  config: Config,
-  tx: optax.GradientTransformation | None = None,
-  model: models.VAE | None = None,
-) -> common.TrainState:
-  """The VAE and discriminator parameters and their optimiser state.
+def make_model(config: Config) -> models.VAE:
+  return models.make_model("factorvae", latent_dim=config.latent_dim)
 
-  Args:
-    key: PRNG key of the initialisation.
-    config: the run's config.
-    tx: the optimiser (default :func:`make_optimizer`).
-    model: the VAE (default: built from ``config``). Pass the same ``tx`` and
-      ``model`` objects to every call so that the states of several runs have
-      one tree structure and share a compiled step.
-  """
-  if model is None:
-    model = models.make_model("factorvae", latent_dim=config.latent_dim)
+
+def create_train_state(key: jax.Array, config: Config) -> loop.TrainState:
+  """The VAE and discriminator parameters and their optimiser state."""
+  model = make_model(config)
   k_vae, k_eps, k_disc = jax.random.split(key, 3)
-  x = np.zeros((1, 64, 64, 1), np.float32)
+  x = np.zeros((1, *INPUT_SHAPE), np.float32)
   z = np.zeros((1, config.latent_dim), np.float32)
   params = {
     "vae": model.init(k_vae, x, k_eps)["params"],
     "disc": models.Discriminator().init(k_disc, z)["params"],
   }
-  return common.TrainState.create(
-    apply_fn=model.apply, params=params, tx=tx or make_optimizer(config)
+  return loop.TrainState.create(
+    apply_fn=model.apply, params=params, tx=make_optimizer(config)
   )
 
 
 def train_step(
-  state: common.TrainState,
-  batch: common.Batch,
+  state: loop.TrainState,
+  batch: loop.Batch,
   key: jax.Array,
-  hparams: dict[str, jax.Array],
-  *,
+  weights: dict[str, jax.Array],
   config: Config,
-) -> tuple[common.TrainState, common.Metrics]:
+) -> tuple[loop.TrainState, dict[str, jax.Array]]:
   """One update of the VAE and the discriminator (Kim & Mnih, Alg. 2).
+
+  The VAE minimises ``recon + beta * KL + gamma * TC + lambda_ad * L_AD``:
+  ``--loss=ad`` (beta = 1), ``tc`` (beta = 1, no L_AD), ``beta`` (gamma = 0,
+  no L_AD; the discriminator is still trained so that TC is logged).
 
   Args:
     state: ``params = {"vae": ..., "disc": ...}`` and their Adam states.
@@ -255,16 +237,18 @@ def train_step(
       batches in {0, 1}; ``x2``'s codes, permuted, are the discriminator's
       negatives.
     key: the run's step key (folded with ``state.step`` here).
-    hparams: :func:`hparams` as scalars: ``beta``, ``gamma``, ``lambda_ad``.
-    config: static settings: the layer, pair mode and latent size; L_AD is
-      computed when ``config.loss == "ad"`` (for a grid: any member's).
+    weights: the traced ``beta``, ``gamma`` and ``lambda_ad`` of the config
+      (members of a grid differ there).
+    config: static settings: ``loss`` (L_AD is computed only for ``ad``),
+      the layer, pair mode and latent size.
 
   Returns:
     The new state and the step's scalars: ``loss`` (the VAE objective),
     ``recon`` and ``kl`` (nats per image), ``tc`` (the discriminator's TC
-    estimate), ``ad`` (L_AD, eq. 6), ``disc_loss`` and ``disc_accuracy``.
+    estimate), ``ad`` (L_AD, eq. 6; ``--loss=ad`` only), ``disc_loss`` and
+    ``disc_accuracy``.
   """
-  model = models.make_model("factorvae", latent_dim=config.latent_dim)
+  model = make_model(config)
   disc = models.Discriminator()
   encode_fn = functools.partial(model.apply, method=model.encode)
   k_eps, k_eps2, k_ad, k_perm = jax.random.split(
@@ -272,37 +256,37 @@ def train_step(
   )
   x, x2 = batch["x"], batch["x2"]
   disc_params = state.params["disc"]
+  beta = weights["beta"] if config.loss == "beta" else 1.0
+  gamma = 0.0 if config.loss == "beta" else weights["gamma"]
 
   def vae_loss(vae_params):
     variables = {"params": vae_params}
+    terms = {}
     if config.loss == "ad" and config.pair_mode == "random":
+      # precision=None: the step's own (config.precision, set by the loop).
       (mu, logvar), ad = losses.random_pair_ad(
         encode_fn, config.layer, variables, x, k_ad, precision=None
       )
-      ad = ad.mean()
+      terms["ad"] = ad.mean()
     elif config.loss == "ad":
-      # precision=None: the step's own (config.precision, set by the loop).
       (mu, logvar), maps = value_and_attention(
         encode_fn, config.layer, precision=None
       )(variables, x)
-      ad = losses.attention_disentanglement(
+      terms["ad"] = losses.attention_disentanglement(
         maps.per_latent, k_ad, mode=config.pair_mode
       ).mean()
     else:
       mu, logvar = encode_fn(variables, x)
-      ad = jnp.zeros(())
     z = models.reparameterize(k_eps, mu, logvar)
     logits = model.apply(variables, z, method=model.decode)
-    recon = losses.bernoulli_nll(logits, x).mean()
-    kl = losses.gaussian_kl(mu, logvar).mean()
-    tc = losses.total_correlation(disc.apply({"params": disc_params}, z)).mean()
-    loss = (
-      recon
-      + hparams["beta"] * kl
-      + hparams["gamma"] * tc
-      + hparams["lambda_ad"] * ad
-    )
-    return loss, (dict(recon=recon, kl=kl, tc=tc, ad=ad), z)
+    terms["recon"] = losses.bernoulli_nll(logits, x).mean()
+    terms["kl"] = losses.gaussian_kl(mu, logvar).mean()
+    d_logits = disc.apply({"params": disc_params}, z)
+    terms["tc"] = losses.total_correlation(d_logits).mean()
+    loss = terms["recon"] + beta * terms["kl"] + gamma * terms["tc"]
+    if "ad" in terms:
+      loss = loss + weights["lambda_ad"] * terms["ad"]
+    return loss, (terms, z)
 
   (loss, (metrics, z)), vae_grads = jax.value_and_grad(vae_loss, has_aux=True)(
     state.params["vae"]
@@ -322,8 +306,68 @@ def train_step(
     disc_params
   )
   state = state.apply_gradients(grads={"vae": vae_grads, "disc": disc_grads})
-  metrics.update(loss=loss, disc_loss=d_loss, disc_accuracy=d_acc)
-  return state, metrics
+  return state, {
+    "loss": loss,
+    **metrics,
+    "disc_loss": d_loss,
+    "disc_accuracy": d_acc,
+  }
+
+
+# --------------------------------------------------------------------------
+# Evaluation: the FactorVAE score (eval.metrics.factor_vae).
+
+
+def factor_vae_score(
+  state: loop.TrainState, config: Config, *, source, encode_fn
+) -> dict[str, float]:
+  """The FactorVAE metric of the posterior means (Kim & Mnih 2018).
+
+  With the ``paper`` convention, latents whose mean KL to the prior is below
+  0.05 nats are pruned. The metric is ``eval.metrics.factor_vae``'s, as in
+  ``python -m eval.disentanglement``.
+
+  Args:
+    state: the train state.
+    config: its seed seeds the metric's random state; the ``score_*`` fields
+      set the convention and sample sizes (0: the convention's).
+    source: the dSprites source (its ground-truth interface if it has one,
+      else the procedural one's).
+    encode_fn: jitted ``(variables, x) -> (mu, logvar)``.
+
+  Returns:
+    ``{"factor_vae_eval_accuracy", "factor_vae_train_accuracy",
+    "factor_vae_num_active_dims"}``.
+  """
+  # Deferred: scikit-learn takes ~1 s to import.
+  from eval.metrics import factor_vae
+
+  variables = {"params": jax.device_get(state.params["vae"])}
+  ground_truth = (
+    source if hasattr(source, "sample_factors") else dsprites.procedural()
+  )
+
+  def representation_fn(x: np.ndarray) -> np.ndarray:
+    return np.asarray(encode_fn(variables, x)[0])
+
+  def kl_fn(x: np.ndarray) -> np.ndarray:
+    mu, logvar = (np.asarray(a) for a in encode_fn(variables, x))
+    return np.asarray(losses.gaussian_kl_per_dim(mu, logvar))
+
+  counts = {
+    "num_train": config.score_num_train,
+    "num_eval": config.score_num_eval,
+    "num_variance_estimate": config.score_num_variance,
+  }
+  scores = factor_vae.compute_factor_vae(
+    ground_truth,
+    representation_fn,
+    np.random.RandomState(config.seed),
+    convention=config.score_convention,
+    kl_function=kl_fn if config.score_convention == "paper" else None,
+    **{k: v for k, v in counts.items() if v > 0},
+  )
+  return {f"factor_vae_{k}": float(v) for k, v in scores.items()}
 
 
 def run_spec(config: Config) -> runs.RunSpec:
@@ -332,51 +376,15 @@ def run_spec(config: Config) -> runs.RunSpec:
     trainer="factorvae",
     model="factorvae",
     model_kwargs={"latent_dim": config.latent_dim},
-    input_shape=(64, 64, 1),
+    input_shape=INPUT_SHAPE,
     data=config.data,
     data_dir=config.data_dir,
     layer=config.layer,
   )
 
 
-def _member_metrics(config: Config, scalars: dict) -> dict:
-  if config.loss != "ad":
-    scalars = {k: v for k, v in scalars.items() if k != "ad"}
-  return scalars
-
-
-def make_trainer(config: Config | Sequence[Config]) -> common.Trainer:
-  """The FactorVAE trainer for :func:`train.loop.train_and_evaluate`.
-
-  Args:
-    config: one config, or the configs of a grid (they share the static
-      settings; L_AD is computed if any member uses it).
-  """
-  configs = [config] if isinstance(config, Config) else list(config)
-  static = configs[0]
-  if any(c.loss == "ad" for c in configs):
-    static = dataclasses.replace(static, loss="ad")
-  source = load_data(static)
-  model = models.make_model("factorvae", latent_dim=static.latent_dim)
-  eval_fn = None
-  if static.score:
-    eval_fn = functools.partial(
-      factor_vae_score.factor_vae_score,
-      source=source,
-      encode_fn=jax.jit(functools.partial(model.apply, method=model.encode)),
-    )
-  return common.Trainer(
-    create_train_state=functools.partial(
-      create_train_state, config=static, tx=make_optimizer(static), model=model
-    ),
-    train_step=functools.partial(train_step, config=static),
-    global_batch_size=static.batch_size,
-    device_data=make_device_data(static, source),
-    hparams_fn=hparams,
-    eval_fn=eval_fn,
-    spec_fn=run_spec,
-    metrics_fn=_member_metrics,
-  )
+# --------------------------------------------------------------------------
+# Train and evaluate; the command line.
 
 
 def train_and_evaluate(
@@ -385,15 +393,50 @@ def train_and_evaluate(
   *,
   overwrite: bool = False,
   mesh=None,
+  report: bool = True,
 ):
   """Trains (or resumes) a FactorVAE run, or a grid, in ``workdir``.
+
+  Args:
+    config: one config, or a grid's (``workflow.grid.expand``): members
+      share the data and the settings outside the grid fields.
+    workdir: the run folder (a grid's members go in subfolders).
+    overwrite: delete an old run there first.
+    mesh: the device mesh (default: every device).
+    report: write each run's ``report/`` (figures, ``report.md``) at the end.
 
   Returns:
     The final state (a list of them for a grid).
   """
-  return loop.train_and_evaluate(
-    config, workdir, make_trainer(config), overwrite=overwrite, mesh=mesh
+  configs_ = [config] if isinstance(config, Config) else list(config)
+  head = configs_[0]
+  source = load_data(head)
+  evaluate = None
+  if head.score:
+    model = make_model(head)
+    evaluate = functools.partial(
+      factor_vae_score,
+      source=source,
+      encode_fn=jax.jit(functools.partial(model.apply, method=model.encode)),
+    )
+  states = loop.train_and_evaluate(
+    config,
+    workdir,
+    create_train_state=create_train_state,
+    train_step=train_step,
+    batch_size=head.batch_size,
+    device_data=device_data(head, source),
+    evaluate=evaluate,
+    run_spec=run_spec,
+    overwrite=overwrite,
+    mesh=mesh,
   )
+  if report:
+    images = dsprites.procedural().sample_observations(
+      4, np.random.RandomState(0)
+    )
+    command.write_reports(workdir, configs_, np.asarray(images, np.float32))
+  return states
 
 
 SCORE_NAMES = {
@@ -403,14 +446,33 @@ SCORE_NAMES = {
 }
 
 
-def default_workdir(configs: Sequence[Config]) -> str:
+def default_workdir(configs_: Sequence[Config]) -> str:
   """``runs/factorvae_<loss>`` (``runs/factorvae_tc-ad`` for a grid)."""
-  names = list(dict.fromkeys(c.loss for c in configs))
+  names = list(dict.fromkeys(c.loss for c in configs_))
   return f"runs/factorvae_{'-'.join(names)}"
 
 
+def next_commands(configs_: Sequence[Config], workdir: str) -> list[str]:
+  """What to run on the finished run or grid: the disentanglement scores
+  (every member at once for a grid) and, for a grid of two objectives, the
+  comparison."""
+  score = (
+    f"python -m eval.disentanglement --workdir={workdir} --quick (seconds; "
+    "without --quick every metric at its published sizes, minutes)"
+  )
+  arms = list(dict.fromkeys(c.loss for c in configs_))
+  if len(configs_) == 1 or len(arms) != 2:
+    return [score]
+  first = "ad" if "ad" in arms else arms[0]
+  second = next(a for a in arms if a != first)
+  return [
+    score,
+    f"python -m eval.aggregate {workdir}/{first}_* --vs {workdir}/{second}_*",
+  ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-  return cli.main(
+  return command.main(
     argv,
     Config,
     PRESETS,
@@ -420,18 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     default_preset="dsprites",
     default_workdir=default_workdir,
     score_names=SCORE_NAMES,
-    next_command=(
-      "python -m eval.disentanglement --workdir={workdir} --quick (seconds; "
-      "without --quick every metric at its published sizes, minutes)"
-    ),
-    report_fn=_report,
+    next_commands=next_commands,
   )
-
-
-def _report(run_dir):
-  from train import report  # Deferred: matplotlib and eval's figures.
-
-  return report.write(run_dir)
 
 
 if __name__ == "__main__":

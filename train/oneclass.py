@@ -30,7 +30,7 @@ import numpy as np
 import optax
 import sklearn.metrics
 
-from train import cli, common, loop
+from train import command, loop
 from train import data as device_data
 from vae_attn import anomaly, losses, models
 from vae_attn.data import (
@@ -45,17 +45,28 @@ from vae_attn.data import (
 from vae_attn.data import ped1 as ped1_data
 from workflow import configs, runs
 
-DATASETS = ("textures", "mvtec", "folder", "mnist", "digits", "ped1")
+# Each data set and the architecture its images fit (vae_attn.models).
+MODEL_OF = {
+  "textures": "resnet18",
+  "mvtec": "resnet18",
+  "folder": "resnet18",
+  "mnist": "mnist",
+  "digits": "mnist",
+  "ped1": "ped1",
+}
+DATASETS = tuple(MODEL_OF)
 MVTEC_CATEGORIES = mvtec.CATEGORIES
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(common.LoopConfig):
+class Config(loop.LoopConfig):
   """One-class VAE hyperparameters (defaults: the paper's MVTec-AD VAE)."""
 
-  RUN_FIELDS: ClassVar[frozenset[str]] = frozenset(
-    {"eval_num_examples", "stats_batch_size"}
-  )
+  # Evaluation settings: a run resumes with other values.
+  FREE_ON_RESUME: ClassVar[frozenset[str]] = loop.LoopConfig.FREE_ON_RESUME | {
+    "eval_num_examples",
+    "stats_batch_size",
+  }
   num_steps: int = configs.field(10_000, "training steps", minimum=1)
   checkpoint_every: int = configs.field(
     2_000, "save a checkpoint this often", minimum=1
@@ -94,10 +105,18 @@ class Config(common.LoopConfig):
   )
 
   def __post_init__(self):
+    super().__post_init__()
     if self.category and self.dataset not in ("mvtec", "textures"):
       raise ValueError(
         f"--category applies to --dataset=mvtec or textures; "
         f"--dataset={self.dataset} has none: drop --category."
+      )
+    if self.model != MODEL_OF[self.dataset]:
+      raise ValueError(
+        f"--model={self.model} does not fit --dataset={self.dataset} (its "
+        f"images need --model={MODEL_OF[self.dataset]}); drop --model and "
+        "--preset to take the data set's preset, or pass "
+        f"--model={MODEL_OF[self.dataset]}."
       )
 
 
@@ -221,41 +240,48 @@ def make_model(config: Config) -> models.VAE:
   return models.make_model(config.model, **kwargs)
 
 
-def create_train_state(key, config, model, tx) -> common.TrainState:
-  """Parameters (and BatchNorm statistics) of ``model`` and Adam's state."""
+def input_shape(config: Config) -> tuple[int, int, int]:
+  """``(H, W, C)`` of the model's input; written to the run spec, which
+  evaluation reads."""
   size = {"mnist": 28, "ped1": 100}.get(config.model, config.image_size)
-  channels = 3 if config.model == "resnet18" else 1
-  x = np.zeros((1, size, size, channels), np.float32)
+  return (size, size, 3 if config.model == "resnet18" else 1)
+
+
+def create_train_state(key: jax.Array, config: Config) -> loop.TrainState:
+  """Parameters (and BatchNorm statistics) of the VAE and Adam's state."""
+  model = make_model(config)
+  x = np.zeros((1, *input_shape(config)), np.float32)
   k_params, k_eps = jax.random.split(key)
   variables = model.init(k_params, x, k_eps)
-  return common.TrainState.create(
+  return loop.TrainState.create(
     apply_fn=model.apply,
     params=variables["params"],
-    tx=tx,
+    tx=optax.adam(config.learning_rate),
     batch_stats=variables.get("batch_stats", {}),
   )
 
 
-def _variables(state: common.TrainState) -> dict:
+def _variables(state: loop.TrainState) -> dict:
   if state.batch_stats:
     return {"params": state.params, "batch_stats": state.batch_stats}
   return {"params": state.params}
 
 
-def train_step(state, batch, key, hparams, *, model) -> tuple:
+def train_step(state, batch, key, weights, config) -> tuple:
   """One Adam step on the negative ELBO of a batch of normal images.
 
   Args:
     state: the VAE's parameters, BatchNorm statistics and Adam state.
     batch: ``{"image": float32 [B, H, W, C]}`` in [0, 1].
     key: the run's step key (folded with ``state.step`` here).
-    hparams: unused (``{}``): one-class runs have no traced weights.
-    model: the VAE.
+    weights: unused (``{}``): a one-class grid varies only the seed.
+    config: the run's config (static).
 
   Returns:
     The new state and ``{"loss", "recon", "kl"}`` (nats per image).
   """
-  del hparams
+  del weights
+  model = make_model(config)
   key = jax.random.fold_in(key, state.step)
   x = batch["image"]
   mutable = ["batch_stats"] if state.batch_stats else False
@@ -275,7 +301,7 @@ def train_step(state, batch, key, hparams, *, model) -> tuple:
   return state, {"loss": loss, "recon": recon, "kl": kl}
 
 
-def evaluate(state, config, *, model, test) -> dict:
+def _evaluate(state, config, *, model, test) -> dict:
   """Test-split negative ELBO and its image AUROC as an anomaly score."""
   # Evenly spaced, so that sorted test sets still mix normal and anomalous.
   num = min(config.eval_num_examples, len(test))
@@ -316,15 +342,13 @@ ON_DEVICE = ("mnist", "digits")
 def run_spec(config: Config) -> runs.RunSpec:
   """What evaluation needs to rebuild this run's model and data."""
   model_kwargs = {"latent_dim": config.latent_dim}
-  size = {"mnist": 28, "ped1": 100}.get(config.model, config.image_size)
-  channels = 3 if config.model == "resnet18" else 1
   if config.model == "resnet18":
     model_kwargs["image_size"] = config.image_size
   return runs.RunSpec(
     trainer="oneclass",
     model=config.model,
     model_kwargs=model_kwargs,
-    input_shape=(size, size, channels),
+    input_shape=input_shape(config),
     data=config.dataset,
     data_dir=config.data_dir,
     layer=models.DEFAULT_LAYERS[config.model],
@@ -336,70 +360,73 @@ def run_spec(config: Config) -> runs.RunSpec:
   )
 
 
-def make_trainer(config: Config | Sequence[Config]) -> common.Trainer:
-  """The one-class trainer for :func:`train.loop.train_and_evaluate`.
-
-  Args:
-    config: one config, or the configs of a seed grid (data on the device).
-  """
-  configs = [config] if isinstance(config, Config) else list(config)
-  config = configs[0]
-  model, tx = make_model(config), optax.adam(config.learning_rate)
-  source = load_data(config, "train", augment=config.augment)
-  on_device = config.dataset in ON_DEVICE and not config.augment
-  batches, data = None, None
-  if on_device:
-    arrays, draw = device_data.uniform_rows(device_data.read_all(source))
-    data = device_data.batch_of(arrays, draw, ("image",))
-  else:
-
-    def batches(start_step, process_index, process_count):
-      it = pipeline.batches(
-        source,
-        config.batch_size // process_count,
-        seed=config.seed,
-        start_step=start_step,
-        process_index=process_index,
-        process_count=process_count,
-      )
-      return ({"image": b["image"]} for b in it)
-
-  eval_fn = None
-  if config.eval_num_examples:
-    eval_fn = functools.partial(
-      evaluate, model=model, test=load_data(config, "test")
-    )
-  return common.Trainer(
-    create_train_state=functools.partial(
-      create_train_state, config=config, model=model, tx=tx
-    ),
-    train_step=functools.partial(train_step, model=model),
-    global_batch_size=config.batch_size,
-    batches=batches,
-    device_data=data,
-    eval_fn=eval_fn,
-    extras_fn=functools.partial(
-      latent_stats, model=model, train=load_data(config, "train")
-    ),
-    spec_fn=run_spec,
-  )
-
-
 def train_and_evaluate(
   config: Config | Sequence[Config],
   workdir: str,
   *,
   overwrite: bool = False,
   mesh=None,
+  report: bool = True,
 ):
   """Trains (or resumes) a one-class VAE (or a seed grid) in ``workdir``.
+
+  Args:
+    config: one config, or a seed grid's (data on the device: mnist, digits
+      without augmentation).
+    workdir: the run folder (a grid's members go in subfolders).
+    overwrite: delete an old run there first.
+    mesh: the device mesh (default: every device).
+    report: write each run's ``report/`` (figures, ``report.md``) at the end.
 
   Returns:
     The final state (a list of them for a grid).
   """
-  return loop.train_and_evaluate(
-    config, workdir, make_trainer(config), overwrite=overwrite, mesh=mesh
+  configs_ = [config] if isinstance(config, Config) else list(config)
+  head = configs_[0]
+  model = make_model(head)
+  source = load_data(head, "train", augment=head.augment)
+  data, batches = None, None
+  if head.dataset in ON_DEVICE and not head.augment:
+    arrays, draw = device_data.uniform_rows(device_data.read_all(source))
+    data = (arrays, device_data.independent_draws(draw, ("image",)))
+  else:
+
+    def batches(start_step, process_index, process_count):
+      it = pipeline.batches(
+        source,
+        head.batch_size // process_count,
+        seed=head.seed,
+        start_step=start_step,
+        process_index=process_index,
+        process_count=process_count,
+      )
+      return ({"image": b["image"]} for b in it)
+
+  test = load_data(head, "test")
+  evaluate = None
+  if head.eval_num_examples:
+    evaluate = functools.partial(_evaluate, model=model, test=test)
+  states = loop.train_and_evaluate(
+    config,
+    workdir,
+    create_train_state=create_train_state,
+    train_step=train_step,
+    batch_size=head.batch_size,
+    device_data=data,
+    host_batches=batches,
+    evaluate=evaluate,
+    final_items=functools.partial(
+      latent_stats, model=model, train=load_data(head, "train")
+    ),
+    run_spec=run_spec,
+    overwrite=overwrite,
+    mesh=mesh,
   )
+  if report:
+    idx = np.linspace(0, len(test) - 1, 4).round().astype(np.int64)
+    images = np.stack([np.asarray(test[int(i)]["image"]) for i in idx])
+    command.write_reports(workdir, configs_, images.astype(np.float32))
+  return states
 
 
 SCORE_NAMES = {
@@ -418,19 +445,19 @@ def default_workdir(configs: Sequence[Config]) -> str:
   return f"runs/oneclass_{config.dataset}{suffix}"
 
 
-def next_command(configs: Sequence[Config]) -> str:
+def next_commands(configs: Sequence[Config], workdir: str) -> list[str]:
   """What to run on the finished run: localization where the test split has
   pixel masks, else the attention of the eq. 5 difference code."""
   if configs[0].dataset in ("mnist", "digits"):
-    return (
-      "python -m eval.explain --workdir={workdir} --code=difference (this "
+    return [
+      f"python -m eval.explain --workdir={workdir} --code=difference (this "
       "data set has no pixel masks for eval.localization)"
-    )
-  return "python -m eval.localization --workdir={workdir}"
+    ]
+  return [f"python -m eval.localization --workdir={workdir}"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  return cli.main(
+  return command.main(
     argv,
     Config,
     PRESETS,
@@ -441,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     preset_field="dataset",
     default_workdir=default_workdir,
     score_names=SCORE_NAMES,
-    next_command=next_command,
+    next_commands=next_commands,
   )
 
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import math
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -226,6 +228,7 @@ class ArgumentParser(simple_parsing.ArgumentParser):
       add_option_string_dash_variants=simple_parsing.DashVariant.DASH,
       nested_mode=simple_parsing.NestedMode.WITHOUT_ROOT,
       add_config_path_arg=False,
+      allow_abbrev=False,  # --los=ad is not --loss=ad.
     )
     self._group_dests: list[str] = []
     for group in groups:
@@ -271,7 +274,32 @@ class ArgumentParser(simple_parsing.ArgumentParser):
     )
 
   def error(self, message: str):
+    unknown = re.match(r"unrecognized arguments: (.*)", message)
+    if unknown:
+      message = (
+        "; ".join(
+          self._near_miss(a)
+          for a in unknown.group(1).split()
+          if a.startswith("-")
+        )
+        or message
+      )
     self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+  def _near_miss(self, arg: str) -> str:
+    """``unknown flag --los; did you mean --loss, --lambda-ad?``"""
+    name = arg.split("=", 1)[0]
+    flags = [
+      o
+      for a in self._actions
+      for o in a.option_strings
+      if o.startswith("--") and "_" not in o
+    ]
+    close = [f for f in flags if f.startswith(name)]
+    close += difflib.get_close_matches(name, flags, n=3, cutoff=0.7)
+    close = list(dict.fromkeys(close))
+    hint = f"; did you mean {', '.join(close[:3])}?" if close else ""
+    return f"unknown flag {name}{hint}"
 
 
 class _Group(simple_parsing.wrappers.DataclassWrapper):
