@@ -54,7 +54,8 @@ from eval import cli, figures, restore
 from eval.metrics import localization as pixel_metrics
 from vae_attn import anomaly
 from vae_attn import attention as attention_lib
-from vae_attn.data import image_mask, images, pipeline
+from vae_attn import data as data_lib
+from vae_attn.data import image_mask, images, pipeline, textures
 from workflow import configs, runs
 
 # Test data. Which data set a run is evaluated on comes from the flags, else
@@ -63,7 +64,7 @@ from workflow import configs, runs
 # as the loaders give them) or at their original size (original_mask), for
 # the two protocols.
 
-DATASETS = ("textures", "mvtec", "ped1", "folder")
+DATASETS = data_lib.WITH_MASKS
 
 
 class DataOptions(NamedTuple):
@@ -111,46 +112,24 @@ def data_options(
 def load_splits(
   options: DataOptions, image_size: tuple[int, int]
 ) -> tuple[Any, Any, str | None]:
-  """``(test_source, train_source, category)`` of a data set with masks.
+  """``(test_source, train_source, category)`` of a data set with masks,
+  through the one data-set table (``vae_attn.data.load``).
 
   Raises:
-    ValueError: a data set that reads files has no ``data_dir``, or MVTec-AD
-      has no category.
-    vae_attn.data.DataError: the files are missing or malformed.
+    vae_attn.data.DataError: a data set that reads files has no
+      ``data_dir``, MVTec-AD has no category, or the files are missing or
+      malformed.
   """
   dataset, root, category = options
-  if dataset == "textures":
-    from vae_attn.data import mvtec, textures
-
+  if dataset == "textures":  # The offline set's default category, named.
     category = category or textures.CATEGORIES[0]
-    if not (root and os.path.isdir(os.path.join(root, category))):
-      # The trainers' data_dir for textures is the cache the set is made in.
-      root = textures.ensure_dataset(root or None)
-    load = functools.partial(mvtec.load, root, category, image_size=image_size)
-    return load("test"), load("train"), category
-  if not root:
-    raise ValueError(
-      f"--dataset={dataset} reads files: pass --data-dir=<the data set folder>."
-    )
-  if dataset == "mvtec":
-    from vae_attn.data import mvtec
-
-    if not category:
-      found = ", ".join(mvtec.find_categories(root)) or "none"
-      raise ValueError(
-        f"--dataset=mvtec needs --category=<name>; categories in {root}: "
-        f"{found}."
-      )
-    load = functools.partial(mvtec.load, root, category, image_size=image_size)
-    return load("test"), load("train"), category
-  if dataset == "ped1":
-    from vae_attn.data import ped1
-
-    load = functools.partial(ped1.load, root, image_size=image_size)
-    return load("test"), load("train"), None
-  from vae_attn.data import custom_folder
-
-  load = functools.partial(custom_folder.load, root, image_size=image_size)
+  load = functools.partial(
+    data_lib.load,
+    dataset,
+    data_dir=root,
+    category=category,
+    image_size=image_size,
+  )
   return load("test"), load("train"), category
 
 

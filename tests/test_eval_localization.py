@@ -29,7 +29,7 @@ def texture_root(tmp_path_factory):
   )
 
 
-def _write_checkpoint(workdir, run, *, with_stats):
+def _write_checkpoint(workdir, run, *, with_stats, trainer="oneclass"):
   """A one-class run directory as the trainers write it (workflow.runs)."""
   state = {"step": np.int32(2), "params": run.variables["params"]}
   if "batch_stats" in run.variables:
@@ -43,13 +43,14 @@ def _write_checkpoint(workdir, run, *, with_stats):
   kwargs = {"latent_dim": run.latent_dim}
   if run.name == "resnet18":
     kwargs["image_size"] = run.input_shape[0]
+  one_class = trainer == "oneclass"
   spec = runs.RunSpec(
-    trainer="oneclass",
+    trainer=trainer,
     model=run.name,
     model_kwargs=kwargs,
     input_shape=run.input_shape,
-    data="textures",
-    data_kwargs={"category": "brick"},
+    data="textures" if one_class else "procedural",
+    data_kwargs={"category": "brick"} if one_class else {},
   )
   os.makedirs(workdir, exist_ok=True)
   runs.write_json(workdir / runs.SPEC_NAME, spec.to_dict())
@@ -184,24 +185,56 @@ def test_ablation_model_resolution_and_every_defect_shown(
   assert "overlays.png" in err[-1] and out in err[-1]
 
 
-def test_errors_are_one_line_with_the_fix(tmp_path, mnist_workdir, capsys):
-  rc = localization.main([f"--workdir={tmp_path}"])
-  assert rc == 2
+@pytest.fixture(scope="module")
+def factorvae_workdir(tmp_path_factory):
+  """A FactorVAE run on dSprites (not a one-class model)."""
+  run = restore.init_model("factorvae", latent_dim=4)
+  path = tmp_path_factory.mktemp("factorvae") / "run"
+  return _write_checkpoint(path, run, with_stats=False, trainer="factorvae")
+
+
+@pytest.mark.parametrize(
+  "argv, status, words",
+  [
+    (["--workdir={tmp}"], 2, ["No checkpoints", "--workdir"]),
+    (["--workdir={mnist}", "--dataset=mvtec"], 2, ["mvtec", "--data-dir="]),
+    (
+      ["--workdir={mnist}", "--layers=conv9"],
+      2,
+      ["--layers:", "encoder/conv2"],
+    ),
+    (["--workdir={mnist}", "--num-samples=0"], 2, ["--num-samples", "--help"]),
+    # A run it does not apply to: one line naming the evaluator that does,
+    # also when a data set with masks is forced (no report is written).
+    (
+      ["--workdir={factorvae}"],
+      2,
+      ["train.factorvae run", "does not apply", "eval.disentanglement"],
+    ),
+    (
+      ["--workdir={factorvae}", "--dataset=textures"],
+      2,
+      ["does not apply", "eval.disentanglement --workdir="],
+    ),
+  ],
+)
+def test_errors_are_one_line_with_the_fix(
+  tmp_path, mnist_workdir, factorvae_workdir, capsys, argv, status, words
+):
+  argv = [
+    a.format(tmp=tmp_path, mnist=mnist_workdir, factorvae=factorvae_workdir)
+    for a in argv
+  ]
+  try:
+    rc = localization.main(argv)
+  except SystemExit as e:  # Flag values are refused by the parser.
+    rc = e.code
+  assert rc == status
   err = _error_lines(capsys.readouterr().err)
-  assert len(err) == 1 and "No checkpoints" in err[0]
-  workdir = mnist_workdir
-  rc = localization.main([f"--workdir={workdir}", "--dataset=mvtec"])
-  assert rc == 2
-  assert "pass --data-dir=" in capsys.readouterr().err
-  rc = localization.main([f"--workdir={workdir}", "--layers=conv9"])
-  assert rc == 2
-  err = _error_lines(capsys.readouterr().err)
-  assert len(err) == 1 and "--layers:" in err[0] and "encoder/conv2" in err[0]
-  with pytest.raises(SystemExit) as e:
-    localization.main([f"--workdir={workdir}", "--num-samples=0"])
-  assert e.value.code == 2
-  err = _error_lines(capsys.readouterr().err)
-  assert len(err) == 1 and "--help" in err[0]
+  assert len(err) == 1, err
+  for word in words:
+    assert word in err[0], (word, err[0])
+  assert not os.path.exists(os.path.join(factorvae_workdir, "eval"))
 
 
 def test_debug_shows_the_traceback(tmp_path, monkeypatch):
