@@ -65,7 +65,7 @@ def _mask_root(root: str, mask_dir: str | None) -> str | None:
   return os.path.join(root, found[0]) if found else None
 
 
-def entries(
+def _entries(
   root: str | os.PathLike,
   split: str,
   *,
@@ -185,7 +185,7 @@ def load(
       folder marks anomalous pixels.
   """
   size = images.check_image_size(image_size)
-  found = entries(
+  found = _entries(
     root,
     split,
     train_dir=train_dir,

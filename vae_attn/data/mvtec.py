@@ -88,7 +88,7 @@ def find_categories(root: str | os.PathLike) -> list[str]:
   ]
 
 
-def entries(root: str | os.PathLike, category: str, split: str) -> list:
+def _entries(root: str | os.PathLike, category: str, split: str) -> list:
   """Walks and checks the layout of one category and split.
 
   Returns:
@@ -192,7 +192,7 @@ def load(
       ``ground_truth/good/`` marks anomalous pixels.
   """
   size = images.check_image_size(image_size)
-  found = entries(root, category, split)
+  found = _entries(root, category, split)
   return image_mask.image_mask_source(
     found,
     image_size=size,

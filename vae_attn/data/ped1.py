@@ -149,7 +149,7 @@ def _frame_number(path: str) -> int:
   return int(digits[-1])
 
 
-def entries(
+def _entries(
   root: str | os.PathLike, split: str, *, masked_only: bool = True
 ) -> list[image_mask.Entry]:
   """Walks and checks the layout; one entry per frame.
@@ -339,7 +339,7 @@ def load(
       unreadable, or a mask's size differs from its frame's.
   """
   size = images.check_image_size(image_size)
-  found = entries(root, split, masked_only=masked_only)
+  found = _entries(root, split, masked_only=masked_only)
   image_mask.check_mask_files(found)
   return Ped1Source(
     found,

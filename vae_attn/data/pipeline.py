@@ -37,7 +37,7 @@ _PREFETCH = 4  # Batches built ahead when num_threads > 0.
 AugmentFn = Callable[[base.Record, np.random.Generator], base.Record]
 
 
-def num_batches(
+def _num_batches(
   num_records: int,
   batch_size: int,
   *,
@@ -207,7 +207,7 @@ class _Slicer:
       total, stop = None, sys.maxsize
     else:
       total = num_records * num_epochs
-      stop = num_batches(
+      stop = _num_batches(
         num_records,
         batch_size,
         num_epochs=num_epochs,
