@@ -21,11 +21,22 @@ to. The metrics read are the flat "metrics" (localization) or "scores"
 (disentanglement) dict; values that are not scores (thresholds, error
 bounds, counts such as best_iou_threshold or num_active_dims) are left out.
 
+The runs of a group must differ in nothing but the seed (and run control
+such as log_every); with --vs the two groups may differ only in the arms'
+defining hyper-parameters (loss, gamma, lambda_ad, beta). Training length,
+batch size, evaluated step, evaluation settings and metric sample sizes
+must match: otherwise the command refuses (exit status 2) and names the
+fields, or with --allow-mixed compares anyway under a loud line.
+
 Prints a markdown table: per metric the mean, sample standard deviation
-(ddof=1) and number of runs n of each group, and with --vs the
-difference of the means and the two-sided p-value of Welch's t-test. A
-metric with n = 1 has no spread and is flagged. --out writes the table
-to a file, --json the numbers.
+(ddof=1) and number of runs n of each group, and with --vs the difference
+of the means with its 95% confidence interval (Welch) and the two-sided
+p-value of Welch's t-test, or "n/a" with the reason where the test is not
+defined (fewer than two runs in a group, or no spread in either group).
+Under the table: what ± is, each group's runs, steps, batch size and
+metric sample sizes, and the software that ran the aggregation. A metric
+with n = 1 has no spread and is flagged. --out writes the report to a
+file, --json the numbers.
 """
 
 from __future__ import annotations
@@ -44,22 +55,28 @@ import numpy as np
 import scipy.stats
 
 from eval import cli
-from workflow import configs
+from workflow import configs, runs
 
 RESULTS = "results.json"
 # Flat keys ending so are not scores: thresholds, error bounds.
 _NON_METRIC_SUFFIXES = ("_threshold", "_error_bound")
-# Config fields that may differ between the seeds of one group.
+# Config fields that may differ between the seeds of one group: the seed
+# and run control, which changes neither the model nor its training.
 _FREE_FIELDS = frozenset(
   {
     "seed",
-    "num_steps",
     "log_every",
     "eval_every",
     "checkpoint_every",
     "max_to_keep",
+    "workdir",
   }
 )
+# Fields that define an arm (train.factorvae's grid fields, the objective):
+# they may differ between the two groups, not within one.
+ARM_FIELDS = frozenset({"loss", "gamma", "lambda_ad", "beta"})
+# Spread below this is float noise: Welch's test is not defined there.
+_ZERO_SPREAD = 1e-6
 
 
 class Summary(NamedTuple):
@@ -178,15 +195,41 @@ def _load(file: str) -> dict:
   )
 
 
-def read_run(path: str) -> tuple[dict[str, float], dict]:
-  """``(metrics, config)`` of one run (config ``{}`` if not recorded).
+def _settings(name: str, results: Mapping[str, Any]) -> dict[str, Any]:
+  """What a result was measured at besides the config: the evaluated step
+  and the evaluation's settings and metric sample sizes (``name/...``)."""
+  meta = results.get("meta", {})
+  out = {"step": meta.get("step")}
+  keys = (
+    "quick",
+    "data",
+    "dataset",
+    "category",
+    "resolution",
+    "num_samples",
+    "max_images",
+    "num_test_images",
+    "layers",
+    "codes",
+  )
+  out.update({f"{name}/{k}": meta[k] for k in keys if k in meta})
+  for metric, sizes in (results.get("sample_sizes") or {}).items():
+    out[f"{name}/sample_sizes/{metric}"] = sizes
+  return out
+
+
+def read_run(path: str) -> tuple[dict[str, float], dict, dict]:
+  """``(metrics, config, settings)`` of one run.
+
+  ``config`` is the training config (``{}`` if not recorded); ``settings``
+  the evaluated step and each evaluation's settings and sample sizes.
 
   Raises:
     FileNotFoundError: no results under ``path``.
     ValueError: a results file is unreadable, not an evaluation's, or two
       results of one evaluation under one run.
   """
-  metrics, config, seen = {}, {}, {}
+  metrics, config, settings, seen = {}, {}, {}, {}
   for file in find_results(path):
     results = _load(file)
     name = evaluator(results, file)
@@ -201,7 +244,11 @@ def read_run(path: str) -> tuple[dict[str, float], dict]:
       {f"{name}/{k}": v for k, v in _numbers(values).items() if is_metric(k)}
     )
     config = config or results.get("meta", {}).get("config") or {}
-  return metrics, config
+    step = settings.get("step")
+    settings.update(_settings(name, results))
+    if settings["step"] is None:
+      settings["step"] = step
+  return metrics, config, settings
 
 
 def summarize(runs: Sequence[Mapping[str, float]]) -> dict[str, Summary]:
@@ -217,23 +264,66 @@ def summarize(runs: Sequence[Mapping[str, float]]) -> dict[str, Summary]:
   return out
 
 
-def welch_p(a: Summary, b: Summary) -> float:
-  """Two-sided p-value of Welch's t-test (``nan`` below two runs each)."""
+class Comparison(NamedTuple):
+  """Group A against group B on one metric.
+
+  Attributes:
+    difference: ``mean_A - mean_B``, the effect size in the metric's units.
+    ci_low, ci_high: its 95% confidence interval (Welch-Satterthwaite
+      degrees of freedom), ``nan`` where the test is not defined.
+    p: the two-sided p-value of Welch's t-test, ``nan`` where not defined.
+    reason: why ``p`` is not defined (``""`` where it is).
+  """
+
+  difference: float
+  ci_low: float
+  ci_high: float
+  p: float
+  reason: str
+
+
+def compare(a: Summary, b: Summary) -> Comparison:
+  """Welch's t-test and the 95% interval of ``mean_A - mean_B``.
+
+  Undefined (``p`` and the interval ``nan``, with the reason) when a group
+  has fewer than two runs or neither group has any spread (sample standard
+  deviations below 1e-6: float noise, where the test would print p = 0 for
+  two different constants and p = 1 for two equal ones).
+
+  References:
+    Welch, "The generalization of Student's problem when several different
+    population variances are involved", Biometrika 1947.
+  """
+  difference = a.mean - b.mean
   if a.n < 2 or b.n < 2:
-    return math.nan
-  xa = np.array([v for v in a.values if math.isfinite(v)])
-  xb = np.array([v for v in b.values if math.isfinite(v)])
-  if np.ptp(xa) == 0 and np.ptp(xb) == 0:
-    return 0.0 if xa[0] != xb[0] else 1.0
-  return float(scipy.stats.ttest_ind(xa, xb, equal_var=False).pvalue)
+    return Comparison(difference, math.nan, math.nan, math.nan, "n < 2")
+  if a.std < _ZERO_SPREAD and b.std < _ZERO_SPREAD:
+    return Comparison(
+      difference, math.nan, math.nan, math.nan, "no spread in either group"
+    )
+  va, vb = a.std**2 / a.n, b.std**2 / b.n
+  se = math.sqrt(va + vb)
+  df = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))
+  t = difference / se
+  p = float(2 * scipy.stats.t.sf(abs(t), df))
+  half = float(scipy.stats.t.ppf(0.975, df)) * se
+  return Comparison(difference, difference - half, difference + half, p, "")
 
 
-def config_differences(configs: Sequence[Mapping[str, Any]]) -> list[str]:
-  """Config fields (other than the seed and run control) that differ."""
+def welch_p(a: Summary, b: Summary) -> float:
+  """Two-sided p-value of Welch's t-test (``nan`` where not defined, see
+  :func:`compare`)."""
+  return compare(a, b).p
+
+
+def config_differences(
+  configs: Sequence[Mapping[str, Any]], free: frozenset = _FREE_FIELDS
+) -> list[str]:
+  """Fields (other than the ``free`` ones) whose values differ."""
   configs = [c for c in configs if c]
   if len(configs) < 2:
     return []
-  keys = set().union(*configs) - _FREE_FIELDS
+  keys = set().union(*configs) - free
   return sorted(k for k in keys if len({repr(c.get(k)) for c in configs}) > 1)
 
 
@@ -245,29 +335,65 @@ def _cell(s: Summary | None) -> str:
   return f"{s.mean:.3f} ± {s.std:.3f} (n={s.n})"
 
 
+def _comparison_cells(c: Comparison) -> list[str]:
+  if c.reason:
+    return [f"{c.difference:+.3f}", f"n/a ({c.reason})"]
+  return [
+    f"{c.difference:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}]",
+    f"{c.p:.3g}",
+  ]
+
+
 def table(
   groups: Mapping[str, Mapping[str, Summary]],
   keys: Sequence[str],
 ) -> list[str]:
-  """Markdown lines: one row per metric, one column per group."""
+  """Markdown lines: one row per metric, one column per group (and with two
+  groups the difference with its 95% interval and Welch's p)."""
   names = list(groups)
   head = ["metric", *names]
   if len(names) == 2:
-    head += [f"{names[0]} - {names[1]}", "Welch p"]
+    head += [f"{names[0]} - {names[1]} [95% CI]", "Welch p"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for key in keys:
     cells = [f"`{key}`", *(_cell(groups[n].get(key)) for n in names)]
     if len(names) == 2:
       a, b = groups[names[0]].get(key), groups[names[1]].get(key)
       if a is not None and b is not None and a.n and b.n:
-        p = welch_p(a, b)
-        cells += [
-          f"{a.mean - b.mean:+.3f}",
-          "-" if math.isnan(p) else f"{p:.3g}",
-        ]
+        cells += _comparison_cells(compare(a, b))
       else:
         cells += ["-", "-"]
     lines.append("| " + " | ".join(cells) + " |")
+  return lines
+
+
+def _describe(value: Any) -> str:
+  if isinstance(value, Mapping):
+    return ", ".join(f"{k}={v}" for k, v in value.items())
+  return str(value)
+
+
+def _group_lines(name, paths, configs, settings) -> list[str]:
+  """What a group's runs are: n, steps, batch size, sample sizes."""
+  first_config = next((c for c in configs if c), {})
+  steps = sorted({str(s.get("step")) for s in settings})
+  lines = [
+    f"- {name}: n = {len(paths)} runs ({', '.join(paths)}); evaluated at "
+    f"step {', '.join(steps)}; num_steps "
+    f"{first_config.get('num_steps', '?')}, batch size "
+    f"{first_config.get('batch_size', '?')}."
+  ]
+  sizes = {
+    k.split("/sample_sizes/")[1]: v
+    for k, v in (settings[0] if settings else {}).items()
+    if "/sample_sizes/" in k
+  }
+  if sizes:
+    lines.append(
+      "  Metric sample sizes: "
+      + "; ".join(f"{m}: {_describe(v)}" for m, v in sizes.items())
+      + "."
+    )
   return lines
 
 
@@ -299,26 +425,69 @@ class Config:
   json: str | None = configs.field(
     None, "also write the statistics as JSON here (default: none)"
   )
+  allow_mixed: bool = configs.field(
+    False,
+    "compare runs that differ in more than the seed (training length, batch "
+    "size, sample sizes...) instead of refusing; the report says so loudly",
+  )
+
+
+def _mixed(groups_read) -> list[str]:
+  """What makes the runs incomparable: fields that differ within a group
+  (beyond the seed), or between groups (beyond the arms' fields)."""
+  problems = []
+  for name, read in groups_read.items():
+    differ = config_differences([c for _, c, _ in read])
+    differ += config_differences([s for _, _, s in read], frozenset())
+    if differ:
+      problems.append(f"the runs of {name} differ in {', '.join(differ)}")
+  if len(groups_read) == 2:
+    (na, ra), (nb, rb) = groups_read.items()
+    pairs = [(ca, cb) for _, ca, _ in ra for _, cb, _ in rb]
+    free = _FREE_FIELDS | ARM_FIELDS
+    differ = {k for ca, cb in pairs for k in config_differences([ca, cb], free)}
+    pairs = [(sa, sb) for _, _, sa in ra for _, _, sb in rb]
+    differ |= {
+      k for sa, sb in pairs for k in config_differences([sa, sb], frozenset())
+    }
+    if differ:
+      problems.append(f"{na} and {nb} differ in {', '.join(sorted(differ))}")
+  return problems
 
 
 def _read_groups(config) -> tuple[dict[str, dict[str, Summary]], list[str]]:
-  """Summaries of each group and the notes about its runs."""
+  """Summaries of each group and the notes about its runs.
+
+  Raises:
+    ValueError: the runs differ in more than the seed (within a group) or
+      the arms' fields (between groups), without ``--allow-mixed``.
+  """
   groups_paths = {config.name: config.runs}
   if config.vs:
     if config.vs_name == config.name:
       raise ValueError("--name and --vs-name must differ.")
     groups_paths[config.vs_name] = config.vs
-  groups, notes = {}, []
-  for name, paths in groups_paths.items():
-    read = [read_run(p) for p in paths]
-    groups[name] = summarize([m for m, _ in read])
-    differ = config_differences([c for _, c in read])
-    if differ:
-      notes.append(
-        f"Warning: the runs of {name} differ in more than the seed: "
-        f"{', '.join(differ)}."
-      )
-    notes.append(f"{name}: {len(paths)} runs: {', '.join(paths)}")
+  groups_read = {
+    name: [read_run(p) for p in paths] for name, paths in groups_paths.items()
+  }
+  problems = _mixed(groups_read)
+  if problems and not config.allow_mixed:
+    raise ValueError(
+      f"Not comparable: {'; '.join(problems)}. Score runs of equal length, "
+      "batch size and sample sizes, or pass --allow-mixed to compare anyway."
+    )
+  notes = [
+    "**MIXED RUNS (--allow-mixed): "
+    + "; ".join(problems)
+    + ". The numbers below are not a like-for-like comparison.**"
+    for _ in problems[:1]
+  ]
+  groups = {}
+  for name, read in groups_read.items():
+    groups[name] = summarize([m for m, _, _ in read])
+    notes += _group_lines(
+      name, groups_paths[name], [c for _, c, _ in read], [s for *_, s in read]
+    )
   return groups, notes
 
 
@@ -347,7 +516,20 @@ def _run(config: Config) -> int:
   groups, notes = _read_groups(config)
   keys = list(dict.fromkeys(k for g in groups.values() for k in g))
   keys = _select(keys, config.keys)
+  mixed = [n for n in notes if n.startswith("**MIXED")]
+  notes = [n for n in notes if not n.startswith("**MIXED")]
   lines = table(groups, keys)
+  notes.insert(
+    0,
+    "± is the sample standard deviation over the runs (ddof=1); n is the "
+    "number of runs that report the metric."
+    + (
+      " The difference's interval and p come from Welch's t-test "
+      "(unequal variances)."
+      if len(groups) == 2
+      else ""
+    ),
+  )
   if len(groups) == 2 and not any(
     all(k in g for g in groups.values()) for k in keys
   ):
@@ -360,7 +542,9 @@ def _run(config: Config) -> int:
       "Some metrics come from a single run: they have no spread and are "
       "not a result; evaluate more seeds."
     )
-  text = "\n".join([*lines, "", *notes]) + "\n"
+  software = runs.software()
+  top = [*mixed, ""] if mixed else []
+  text = "\n".join([*top, *lines, "", *notes, *cli.software_lines(software)])
   print(text, end="")
   if config.out:
     with open(config.out, "w") as f:
@@ -370,6 +554,15 @@ def _run(config: Config) -> int:
       name: {k: s._asdict() for k, s in g.items() if k in keys}
       for name, g in groups.items()
     }
+    if len(groups) == 2:
+      (na, ga), (nb, gb) = groups.items()
+      stats["comparison"] = {
+        k: compare(ga[k], gb[k])._asdict()
+        for k in keys
+        if k in ga and k in gb and ga[k].n and gb[k].n
+      }
+    stats["mixed"] = mixed
+    stats["software"] = software
     with open(config.json, "w") as f:
       json.dump(stats, f, indent=2)
   return 0

@@ -26,7 +26,7 @@ import tqdm
 
 from eval import inference
 from vae_attn import attention
-from workflow import configs, errors
+from workflow import configs, errors, runs
 
 # OS errors that mean "this folder cannot be written".
 _WRITE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
@@ -246,6 +246,23 @@ def make_out_file(path: str, *, flag: str) -> str:
   return path
 
 
+def software_lines(software: dict[str, Any]) -> list[str]:
+  """Markdown lines naming the software a result was produced with
+  (``workflow.runs.software()``)."""
+  names = ", ".join(
+    f"{k} {v}"
+    for k, v in software.items()
+    if k not in ("backend", "device_kind", "device_count", "git_modified")
+    and v is not None
+  )
+  device = (
+    f"{software.get('backend')} ({software.get('device_count')} x "
+    f"{software.get('device_kind')})"
+  )
+  modified = " (with local changes)" if software.get("git_modified") else ""
+  return ["", "## Software", "", f"{names}; device {device}{modified}.", ""]
+
+
 def save_results(
   out: str,
   results: dict[str, Any],
@@ -255,13 +272,18 @@ def save_results(
   """Writes ``results.json`` and ``report.md`` to ``out``; returns results.
 
   ``elapsed_time`` (seconds since the ``time.perf_counter()`` value
-  ``start``) goes into both; ``out`` is added to the returned dict (for
-  :func:`run_report`), not to the file.
+  ``start``) and ``software`` (``workflow.runs.software()``: Python and
+  package versions, backend, device, git commit) go into both; ``out`` is
+  added to the returned dict (for :func:`run_report`), not to the file.
   """
   results["elapsed_time"] = time.perf_counter() - start
+  results["software"] = runs.software()
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
-  write_report(os.path.join(out, "report.md"), results)
+  path = os.path.join(out, "report.md")
+  write_report(path, results)
+  with open(path, "a") as f:
+    f.write("\n".join(software_lines(results["software"])))
   return {**results, "out": out}
 
 

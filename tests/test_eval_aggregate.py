@@ -4,14 +4,28 @@ import json
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from eval import aggregate
 
 
-def _write(path, scores, seed, loss="ad"):
+def _write(
+  path, scores, seed, loss="ad", *, num_steps=500, batch_size=64, sizes=None
+):
   folder = path / "eval" / "disentanglement"
   folder.mkdir(parents=True)
-  results = {"meta": {"config": {"seed": seed, "loss": loss}}, "scores": scores}
+  config = {
+    "seed": seed,
+    "loss": loss,
+    "num_steps": num_steps,
+    "batch_size": batch_size,
+    "log_every": seed + 1,  # Run control may differ.
+  }
+  results = {
+    "meta": {"config": config, "step": num_steps, "quick": False},
+    "scores": scores,
+    "sample_sizes": {"mig": sizes or {"num_train": 10000}},
+  }
   (folder / "results.json").write_text(json.dumps(results))
   return str(path)
 
@@ -46,13 +60,112 @@ def test_single_run_is_flagged(tmp_path, capsys):
   assert "n=1, no spread" in text and "not a result" in text
 
 
-def test_configs_that_differ_beyond_the_seed_are_reported(tmp_path, capsys):
-  runs = [
-    _write(tmp_path / "a", {"fv": 0.7}, 0, "ad"),
-    _write(tmp_path / "b", {"fv": 0.8}, 1, "tc"),
-  ]
-  assert aggregate.main(runs) == 0
-  assert "differ in more than the seed: loss" in capsys.readouterr().out
+# (group A's runs, group B's runs, extra flags) -> exit status, key words.
+# Each run: (loss, num_steps, batch_size, mig sample size).
+_AD = ("ad", 500, 64, 10000)
+_TC = ("tc", 500, 64, 10000)
+
+
+@pytest.mark.parametrize(
+  "a, b, flags, status, words",
+  [
+    # Within a group: anything but the seed (and run control) differs.
+    ([_AD, ("tc", 500, 64, 10000)], [], [], 2, ["differ in loss"]),
+    ([_AD, ("ad", 4, 64, 10000)], [], [], 2, ["num_steps", "step"]),
+    ([_AD, ("ad", 500, 8, 10000)], [], [], 2, ["batch_size"]),
+    ([_AD, ("ad", 500, 64, 300)], [], [], 2, ["sample_sizes/mig"]),
+    # Between the groups: the arms' fields may differ, nothing else.
+    ([_AD, _AD], [_TC, _TC], [], 0, ["| `disentanglement/fv` |"]),
+    (
+      [_AD, _AD],
+      [("tc", 4, 8, 10000)] * 2,
+      [],
+      2,
+      ["A and B differ in", "batch_size", "num_steps", "--allow-mixed"],
+    ),
+    (
+      [_AD, _AD],
+      [("tc", 4, 8, 10000)] * 2,
+      ["--allow-mixed"],
+      0,
+      ["**MIXED RUNS (--allow-mixed)", "batch_size, num_steps"],
+    ),
+  ],
+)
+def test_runs_that_differ_beyond_the_seed_are_refused(
+  tmp_path, capsys, a, b, flags, status, words
+):
+  def group(name, specs):
+    return [
+      _write(
+        tmp_path / f"{name}{i}",
+        {"fv": 0.5 + i / 10},
+        i,
+        loss,
+        num_steps=steps,
+        batch_size=batch,
+        sizes={"num_train": size},
+      )
+      for i, (loss, steps, batch, size) in enumerate(specs)
+    ]
+
+  argv = group("a", a) + (["--vs", *group("b", b)] if b else []) + flags
+  assert aggregate.main(argv) == status
+  got = capsys.readouterr()
+  text = got.out if status == 0 else got.err
+  if status:
+    assert len(text.strip().splitlines()) == 1, text
+  for word in words:
+    assert word in text, (word, text)
+  if "--allow-mixed" in flags:  # Loud: the report's first line.
+    assert text.startswith("**MIXED RUNS")
+
+
+def test_report_states_n_steps_sample_sizes_spread_and_software(
+  tmp_path, capsys
+):
+  a = [_write(tmp_path / f"a{s}", {"fv": 0.7 + s / 10}, s) for s in (0, 1)]
+  assert aggregate.main(a) == 0
+  text = capsys.readouterr().out
+  for words in (
+    "± is the sample standard deviation over the runs (ddof=1)",
+    "A: n = 2 runs",
+    "evaluated at step 500; num_steps 500, batch size 64",
+    "Metric sample sizes: mig: num_train=10000",
+    "## Software",
+    "jax ",
+    "scikit-learn ",
+  ):
+    assert words in text, words
+
+
+def _summary(values):
+  return aggregate.summarize([{"x": v} for v in values])["x"]
+
+
+@pytest.mark.parametrize(
+  "a, b, reason",
+  [
+    ([0.8, 0.8 + 1e-9], [0.5, 0.5], "no spread in either group"),  # Was 0.
+    ([0.7, 0.7], [0.7, 0.7], "no spread in either group"),  # Was p = 1.
+    ([0.7], [0.5, 0.6], "n < 2"),
+  ],
+)
+def test_welch_p_is_not_applicable_where_undefined(a, b, reason):
+  c = aggregate.compare(_summary(a), _summary(b))
+  assert np.isnan(c.p) and np.isnan(c.ci_low) and c.reason == reason
+  assert aggregate._comparison_cells(c)[1] == f"n/a ({reason})"
+
+
+def test_welch_p_and_interval_match_scipy():
+  a, b = [0.8, 0.9, 1.0], [0.5, 0.6, 0.62]
+  c = aggregate.compare(_summary(a), _summary(b))
+  ref = scipy.stats.ttest_ind(a, b, equal_var=False)
+  np.testing.assert_allclose(c.p, ref.pvalue, rtol=1e-10)
+  low, high = ref.confidence_interval(0.95)
+  np.testing.assert_allclose([c.ci_low, c.ci_high], [low, high], rtol=1e-10)
+  np.testing.assert_allclose(c.difference, np.mean(a) - np.mean(b))
+  assert c.reason == ""
 
 
 def test_missing_results_name_the_command(tmp_path, capsys):
@@ -105,7 +218,7 @@ def test_names_match_whatever_the_folder_and_non_metrics_are_skipped(
 
 def test_disentanglement_counts_are_not_metrics(tmp_path):
   run = _write(tmp_path / "r", {"fv": 0.7, "factor_vae/num_active_dims": 5}, 0)
-  metrics, _ = aggregate.read_run(run)
+  metrics, _, _ = aggregate.read_run(run)
   assert metrics == {"disentanglement/fv": 0.7}
 
 
