@@ -7,28 +7,74 @@ which step it skipped and why, and never advise deleting anything.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
 import shutil
 
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from eval import restore
-from tests.test_train_common import ToyConfig, make_toy_trainer
 from train import loop
 from workflow import errors, runs, writers
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyConfig(loop.LoopConfig):
+  """A linear regression: 6 steps, a checkpoint every 3, a log every step."""
+
+  num_steps: int = 6
+  log_every: int = 1
+  checkpoint_every: int = 3
+  steps_per_call: int = 1
+
+
+def train_toy(config: ToyConfig, workdir, **kwargs):
+  """Trains the toy regression through the shared loop (``train.loop``)."""
+  tx = optax.adam(0.1)
+  x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+  data = {"x": x, "y": x @ np.arange(1, 5, dtype=np.float32)[:, None]}
+
+  def create(key, config):
+    del config
+    params = {"w": jax.random.normal(key, (4, 1))}
+    return loop.TrainState.create(apply_fn=None, params=params, tx=tx)
+
+  def sample(arrays, key, num):
+    rows = jax.random.randint(key, (num,), 0, 64)
+    return {k: v[rows] for k, v in arrays.items()}
+
+  def step(state, batch, key, weights, config):
+    del key, weights, config
+
+    def loss_fn(params):
+      return jnp.mean((batch["x"] @ params["w"] - batch["y"]) ** 2)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    return state.apply_gradients(grads=grads), {"loss": loss}
+
+  return loop.train_and_evaluate(
+    config,
+    workdir,
+    create_train_state=create,
+    train_step=step,
+    batch_size=8,
+    device_data=(data, sample),
+    **kwargs,
+  )
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """A toy run with good checkpoints at steps 3 and 6 (kept as a template)."""
   workdir = tmp_path_factory.mktemp("template")
-  config = ToyConfig(num_steps=6, checkpoint_every=3)
-  state = loop.train_and_evaluate(config, workdir, make_toy_trainer(config))
+  state = train_toy(ToyConfig(), workdir)
   return workdir, state
 
 
@@ -75,8 +121,7 @@ def test_damaged_newest_step_falls_back_to_the_last_good_one(
   assert "Skipped checkpoint step 6" in warning and reason in warning
   assert "overwrite" not in warning.lower()
   # Training resumes from step 3 and reaches the same parameters.
-  config = ToyConfig(num_steps=6, checkpoint_every=3)
-  state = loop.train_and_evaluate(config, workdir, make_toy_trainer(config))
+  state = train_toy(ToyConfig(), workdir)
   chex.assert_trees_all_equal(state.params, trained[1].params)
 
 
@@ -130,12 +175,10 @@ def test_a_second_trainer_in_the_same_workdir_is_refused(tmp_path):
     with pytest.raises(runs.WorkdirLockedError, match="in use by pid"):
       with runs.lock(tmp_path):
         pass
-    config = ToyConfig(num_steps=2)
     with pytest.raises(runs.WorkdirLockedError, match="--workdir"):
-      loop.train_and_evaluate(config, tmp_path, make_toy_trainer(config))
+      train_toy(ToyConfig(num_steps=2), tmp_path)
   # Released with its holder: the same workdir trains now.
-  config = ToyConfig(num_steps=2)
-  loop.train_and_evaluate(config, tmp_path, make_toy_trainer(config))
+  train_toy(ToyConfig(num_steps=2), tmp_path)
 
 
 def test_a_workdir_that_cannot_be_a_folder_is_one_clear_line(tmp_path):

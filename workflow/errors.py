@@ -13,17 +13,16 @@ from __future__ import annotations
 import os
 import re
 
-from workflow import runs
-
 DEBUG_ENV = "VAE_ATTN_DEBUG"
 
+
+class UserError(Exception):
+  """A failure the user can fix that is neither a ValueError nor an OSError
+  (``workflow.runs.CheckpointError``, ``WorkdirLockedError``)."""
+
+
 # Errors a user can fix (vae_attn.data.DataError is a ValueError).
-USER_ERRORS = (
-  ValueError,
-  OSError,
-  runs.CheckpointError,
-  runs.WorkdirLockedError,
-)
+USER_ERRORS = (ValueError, OSError, UserError)
 
 
 def debug_requested(flag: bool = False) -> bool:

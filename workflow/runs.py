@@ -6,8 +6,10 @@ A run directory holds::
   spec.json        the run spec: model name and arguments, input shape, data
                    source and folder, attention layer (:class:`RunSpec`)
   software.json    the software that trained it (:func:`software`)
-  ckpt/<step>/     orbax checkpoints; items ``state``, ``config``, ``spec``
-                   and, in the final one, extras such as ``latent_stats``
+  ckpt/<step>/     orbax checkpoints; items ``state``, ``config``, ``spec``,
+                   ``checksums`` (a CRC-32 of every array) and, in the final
+                   one, extras such as ``latent_stats``
+  damaged_checkpoints/<step>/   steps a resumed trainer found damaged (kept)
   metrics.jsonl    one JSON object per logged step (``workflow.writers``)
   tensorboard/     TensorBoard event files
   .lock            held (``fcntl.flock``) while a trainer writes the run
@@ -20,8 +22,10 @@ trained on 8 devices (or by several processes) is evaluated on one.
 
 Damaged checkpoints are skipped, not misdiagnosed: :func:`restore` walks the
 steps from the newest down and takes the first that is complete (every item
-folder present), readable and finite, naming each step it skipped and why.
-Nothing here ever deletes a checkpoint.
+folder present), readable, equal to its checksums and finite, with one
+warning line per step it skipped. Nothing here ever deletes a checkpoint (a
+resuming trainer moves a damaged step aside); orbax's own log lines and
+tracebacks appear only with ``--debug`` (:func:`quiet_orbax`).
 """
 
 from __future__ import annotations
@@ -36,13 +40,18 @@ import logging
 import os
 import pathlib
 import platform
+import shutil
 import subprocess
+import sys
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from workflow import errors
 
 CKPT_DIR = "ckpt"
 CONFIG_NAME = "config.json"
@@ -56,7 +65,7 @@ class ConfigMismatchError(ValueError):
   """The run directory holds a run of another config or architecture."""
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(errors.UserError, RuntimeError):
   """No usable checkpoint (missing, partial, unreadable or non-finite)."""
 
 
@@ -64,7 +73,7 @@ class CheckpointWriteError(OSError):
   """A checkpoint could not be written (disk full, read-only folder)."""
 
 
-class WorkdirLockedError(RuntimeError):
+class WorkdirLockedError(errors.UserError, RuntimeError):
   """Another process is training in the same run directory."""
 
 
@@ -266,14 +275,6 @@ def read_spec(workdir: str | os.PathLike) -> RunSpec:
     raise ValueError(f"{path} is damaged or not a run spec: {e}") from None
 
 
-def read_config(workdir: str | os.PathLike) -> dict[str, Any]:
-  """The trainer's config of ``workdir`` (``config.json``) as a dict."""
-  path = pathlib.Path(workdir) / CONFIG_NAME
-  if not path.is_file():
-    raise FileNotFoundError(f"{path} is missing; train first.")
-  return json.loads(path.read_text())
-
-
 @contextlib.contextmanager
 def lock(workdir: str | os.PathLike) -> Iterator[None]:
   """Holds ``workdir/.lock`` so a second trainer is refused at once.
@@ -318,157 +319,77 @@ def lock(workdir: str | os.PathLike) -> Iterator[None]:
 
 
 def write_error(error: BaseException, what: str) -> Exception:
-  """One clear error for a failed write, or ``error`` if it is not one."""
-  cause = error
-  while cause is not None:
-    if isinstance(cause, OSError) and cause.errno in (
-      errno.ENOSPC,
-      errno.EDQUOT,
-    ):
-      return CheckpointWriteError(
-        cause.errno,
-        f"The disk is full ({what}). Free some space and run the same "
-        "command again: it resumes from the last complete checkpoint, which "
-        "is intact.",
-      )
-    if isinstance(cause, OSError) and cause.errno in (
-      errno.EROFS,
-      errno.EACCES,
-      errno.EPERM,
-      errno.ENOENT,  # A parent that cannot be made (/proc/x).
-    ):
-      return CheckpointWriteError(
-        cause.errno,
-        f"Cannot write ({what}): {cause.strerror}. Pass a --workdir you can "
-        "write to.",
-      )
-    cause = cause.__cause__ or cause.__context__
+  """One clear error for a failed write, or ``error`` if it is not one.
+
+  The cause chain is searched for an ``OSError`` number and, since orbax
+  (tensorstore) reports its failures as text (``RESOURCE_EXHAUSTED ... No
+  space left on device``), for the system's text of that number.
+  """
+  number = _errno_of(error)
+  if number in _FULL_ERRNOS:
+    return CheckpointWriteError(
+      number,
+      f"The disk is full ({what}). Free some space and run the same command "
+      "again: it resumes from the last complete checkpoint, which is intact.",
+    )
+  if number in _NOT_WRITABLE_ERRNOS:
+    return CheckpointWriteError(
+      number,
+      f"Cannot write ({what}): {os.strerror(number)}. Pass a --workdir you "
+      "can write to.",
+    )
   return error if isinstance(error, Exception) else RuntimeError(str(error))
 
 
-# Files every array item of an orbax (OCDBT) checkpoint has.
-_ARRAY_FILES = ("_METADATA", "manifest.ocdbt")
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# ENOENT: a parent that cannot be made (/proc/x); matched as an OSError only.
+_NOT_WRITABLE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT)
 
 
-def _missing_items(step_dir: pathlib.Path, items: Sequence[str]) -> list[str]:
-  return [name for name in items if not (step_dir / name).is_dir()]
+def _errno_of(error: BaseException | None) -> int | None:
+  """The errno of the first ``OSError`` in the chain, else the first errno
+  whose text the messages contain (tensorstore's errors are text)."""
+  texts = []
+  while error is not None:
+    if isinstance(error, OSError) and error.errno is not None:
+      return error.errno
+    texts.append(str(error))
+    error = error.__cause__ or error.__context__
+  text = " ".join(texts)
+  for number in (*_FULL_ERRNOS, *_NOT_WRITABLE_ERRNOS[:-1]):
+    if os.strerror(number) in text:
+      return number
+  return None
 
 
-def _non_finite(tree: Any) -> list[str]:
-  """Paths of floating leaves that hold NaN or inf."""
-  bad = []
-  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-    array = np.asarray(jax.device_get(leaf)) if hasattr(leaf, "shape") else None
-    if array is None or array.dtype.kind not in "fc":
-      continue
-    if not np.isfinite(array).all():
-      bad.append(jax.tree_util.keystr(path))
-  return bad
+@contextlib.contextmanager
+def quiet_orbax() -> Iterator[None]:
+  """Silences orbax's own logging and its asyncio teardown tracebacks.
 
-
-def abstract_from_metadata(
-  mngr: ocp.CheckpointManager, step: int, item: str, sharding
-) -> Any:
-  """The saved tree of ``item`` as shape structs placed by ``sharding``.
-
-  This is the restore target that needs no model code and fits the current
-  devices, whatever devices the run was saved from.
+  A failed orbax read or write logs each background thread's traceback and
+  lets tensorstore callbacks print "Event loop is closed" tracebacks (hundreds
+  of lines for one full disk or damaged file); every such failure reaches
+  our caller as an exception, which becomes one line. With ``--debug`` or
+  ``VAE_ATTN_DEBUG=1`` (:func:`workflow.errors.debug_requested`) nothing is
+  silenced.
   """
-  handler = ocp.StandardCheckpointHandler()
+  if errors.debug_requested():
+    yield
+    return
+  absl = logging.getLogger("absl")  # orbax logs through absl.logging.
+  level, hook = absl.level, sys.unraisablehook
+
+  def drop_closed_loop(unraisable):
+    if "Event loop is closed" not in str(unraisable.exc_value):
+      hook(unraisable)
+
+  absl.setLevel(logging.CRITICAL + 1)
+  sys.unraisablehook = drop_closed_loop
   try:
-    meta = handler.metadata(pathlib.Path(mngr.directory) / str(step) / item)
+    yield
   finally:
-    handler.close()
-  meta = getattr(meta, "item_metadata", meta)
-  tree = getattr(meta, "tree", meta)
-  is_array = lambda m: hasattr(m, "shape") and hasattr(m, "dtype")
-  return jax.tree.map(
-    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-    tree,
-    is_leaf=is_array,
-  )
-
-
-def _restore_args(
-  mngr: ocp.CheckpointManager,
-  step: int,
-  items: Sequence[str],
-  targets: Mapping[str, Any],
-  sharding,
-) -> ocp.args.Composite:
-  args = {}
-  for name in items:
-    if name in JSON_ITEMS:
-      args[name] = ocp.args.JsonRestore()
-      continue
-    target = targets.get(name)
-    if target is None:
-      target = abstract_from_metadata(mngr, step, name, sharding)
-    args[name] = ocp.args.StandardRestore(target)
-  return ocp.args.Composite(**args)
-
-
-def try_restore(mngr, step, items, optional_items, targets, sharding):
-  """``(None, restored)`` or ``(reason, None)`` for one step."""
-  step_dir = pathlib.Path(mngr.directory) / str(step)
-  missing = _missing_items(step_dir, items)
-  if missing:
-    return f"partial, no item folder {missing} (an interrupted save?)", None
-  for name in items:
-    if name in JSON_ITEMS:
-      continue
-    lost = [f for f in _ARRAY_FILES if not (step_dir / name / f).is_file()]
-    if lost:  # Checked here: orbax's failed async reads leave noisy threads.
-      return f"unreadable, {name}/{lost[0]} is missing", None
-  present = set(_missing_items(step_dir, optional_items))
-  wanted = list(items) + [n for n in optional_items if n not in present]
-  for name, target in targets.items():
-    if name in wanted:
-      _check_structure(mngr, step, name, target)
-  try:
-    args = _restore_args(mngr, step, wanted, targets, sharding)
-    restored = mngr.restore(step, args=args)
-  except Exception as e:  # noqa: BLE001 (any unreadable step is skipped)
-    text = " ".join(str(e).split())
-    return f"unreadable ({type(e).__name__}: {text[:300]})", None
-  out = {name: restored[name] for name in wanted}
-  bad = _non_finite({k: v for k, v in out.items() if k not in JSON_ITEMS})
-  if bad:
-    shown = ", ".join(bad[:3]) + (" ..." if len(bad) > 3 else "")
-    return f"non-finite values in {shown} (damaged bytes?)", None
-  return None, out
-
-
-def _shapes(tree: Any) -> list[tuple]:
-  """The sorted leaf shapes (orbax names containers differently from jax)."""
-  leaves = jax.tree.leaves(
-    tree, is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype")
-  )
-  return sorted(tuple(leaf.shape) for leaf in leaves)
-
-
-def _check_structure(mngr, step: int, item: str, target: Any) -> None:
-  """Raises ConfigMismatchError when the saved tree has other arrays.
-
-  A step whose metadata cannot be read is left to the restore (and skipped
-  as unreadable there): damage is not a different architecture.
-  """
-  try:
-    saved = _shapes(abstract_from_metadata(mngr, step, item, None))
-  except Exception:  # noqa: BLE001 (unreadable: judged by the restore)
-    return
-  wanted = _shapes(target)
-  if saved == wanted:
-    return
-  only_saved = [s for s in saved if s not in wanted][:3]
-  only_now = [s for s in wanted if s not in saved][:3]
-  raise ConfigMismatchError(
-    f"Checkpoint {mngr.directory}/{step} does not fit the model built from "
-    f"the config (a different architecture or code version: {len(saved)} "
-    f"saved arrays, {len(wanted)} now; saved shapes {only_saved} are not in "
-    f"the model, its shapes {only_now} are not saved). Pick a new --workdir, "
-    "or pass the config the run was trained with."
-  )
+    absl.setLevel(level)
+    sys.unraisablehook = hook
 
 
 _log = logging.getLogger(__name__)
@@ -476,6 +397,9 @@ _log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------
 # Checkpoints.
+
+CHECKSUMS = "checksums"  # Our item: a CRC-32 of every saved array.
+DAMAGED_DIR = "damaged_checkpoints"  # Where a trainer sets damaged steps.
 
 
 def checkpoint_manager(
@@ -496,7 +420,47 @@ def checkpoint_manager(
     preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
     create=not read_only,
   )
-  return ocp.CheckpointManager(ckpt_dir(workdir), options=options)
+  with quiet_orbax():
+    return ocp.CheckpointManager(ckpt_dir(workdir), options=options)
+
+
+def _host(leaf: Any) -> np.ndarray | None:
+  """``leaf`` on the host; ``None`` when this process holds only a part."""
+  if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+    if not leaf.is_fully_replicated:
+      return None
+    leaf = leaf.addressable_data(0)
+  return np.asarray(jax.device_get(leaf))
+
+
+def _arrays(tree: Any) -> list[Any]:
+  return [
+    leaf
+    for leaf in jax.tree.leaves(tree)
+    if hasattr(leaf, "shape") and hasattr(leaf, "dtype")
+  ]
+
+
+def _checksums(tree: Any) -> list[str] | None:
+  """``"crc32 shape dtype"`` of every array of ``tree``, sorted (orbax
+  restores containers as dicts, so leaves are compared as a multiset);
+  ``None`` when this process cannot see every array whole."""
+  out = []
+  for leaf in _arrays(tree):
+    host = _host(leaf)
+    if host is None:
+      return None
+    crc = zlib.crc32(np.ascontiguousarray(host).view(np.uint8))
+    out.append(f"{crc:08x} {list(host.shape)} {host.dtype}")
+  return sorted(out)
+
+
+def _nbytes(trees: Sequence[Any]) -> int:
+  return sum(
+    int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+    for tree in trees
+    for leaf in _arrays(tree)
+  )
 
 
 def save(
@@ -512,7 +476,9 @@ def save(
   """Saves ``state`` (and the config, spec and extras) as step ``step``.
 
   Every process of a multi-process run must call it (orbax writes each
-  process's shards; JSON items are written once).
+  process's shards; JSON items are written once). Beside the items, the
+  item ``checksums`` holds a CRC-32 of every array, which :func:`restore`
+  checks.
 
   Args:
     mngr: from :func:`checkpoint_manager`.
@@ -524,39 +490,200 @@ def save(
     wait: block until the write is complete.
 
   Raises:
-    CheckpointWriteError: the disk is full or the folder read-only; the
-      previous steps are intact.
+    CheckpointWriteError: the disk is full (checked before writing when one
+      process saves: the free space must hold every array) or the folder is
+      read-only; the previous steps are intact.
   """
-  items = {
-    "state": ocp.args.StandardSave(state),
-    "config": ocp.args.JsonSave(dict(config)),
-  }
+  arrays = {"state": state, **(extras or {})}
+  where = f"saving step {step} to {mngr.directory}"
+  if jax.process_count() == 1:  # Every process must agree to skip a save.
+    needed, free = _nbytes(list(arrays.values())), _free_bytes(mngr.directory)
+    if free < needed + (1 << 20):
+      raise CheckpointWriteError(
+        errno.ENOSPC,
+        f"The disk is full ({where} needs {needed / 2**20:.1f} MB, "
+        f"{free / 2**20:.1f} MB are free). Free some space and run the same "
+        f"command again: {_resumes_from(mngr)}",
+      )
+  items = {name: ocp.args.StandardSave(v) for name, v in arrays.items()}
+  items["config"] = ocp.args.JsonSave(dict(config))
   if spec is not None:
     items["spec"] = ocp.args.JsonSave(spec.to_dict())
-  for name, value in (extras or {}).items():
-    items[name] = ocp.args.StandardSave(value)
+  sums = {name: _checksums(v) for name, v in arrays.items()}
+  sums = {name: s for name, s in sums.items() if s is not None}
+  if sums:
+    items[CHECKSUMS] = ocp.args.JsonSave(sums)
   try:
-    mngr.save(step, args=ocp.args.Composite(**items), force=True)
-    if wait:
-      mngr.wait_until_finished()
+    with quiet_orbax():
+      mngr.save(step, args=ocp.args.Composite(**items), force=True)
+      if wait:
+        mngr.wait_until_finished()
   except Exception as e:  # noqa: BLE001 (re-raised, clearer when it is I/O)
-    raise write_error(e, f"saving step {step} to {mngr.directory}") from e
+    raise write_error(e, where) from e
+
+
+def _resumes_from(mngr: ocp.CheckpointManager) -> str:
+  last = mngr.latest_step()
+  if last is None:
+    return "no checkpoint was saved yet, so it starts from step 0."
+  return f"it resumes from step {last}, which is intact."
+
+
+def _free_bytes(path: os.PathLike) -> int:
+  path = pathlib.Path(path)
+  while not path.exists():
+    path = path.parent
+  return shutil.disk_usage(path).free
 
 
 def wait(mngr: ocp.CheckpointManager) -> None:
   """Waits for pending saves; a failed write becomes one clear error."""
   try:
-    mngr.wait_until_finished()
+    with quiet_orbax():
+      mngr.wait_until_finished()
   except Exception as e:  # noqa: BLE001 (re-raised, clearer when it is I/O)
     raise write_error(e, f"saving to {mngr.directory}") from e
 
 
 def step_items(workdir: str | os.PathLike, step: int) -> list[str]:
-  """The item names saved in step ``step`` (sorted)."""
+  """The items a trainer saved in step ``step`` (sorted; without ours,
+  ``checksums``)."""
   step_dir = ckpt_dir(workdir) / str(step)
   return sorted(
-    p.name for p in step_dir.iterdir() if p.is_dir() and p.name[0] not in "._"
+    p.name
+    for p in step_dir.iterdir()
+    if p.is_dir() and p.name[0] not in "._" and p.name != CHECKSUMS
   )
+
+
+def _steps(path: pathlib.Path) -> list[int]:
+  """The complete steps in ``path`` (orbax renames a step's temporary
+  folder to its number when the save is complete)."""
+  try:
+    return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit())
+  except FileNotFoundError:
+    return []
+
+
+def _metadata_target(step_dir: pathlib.Path, item: str, sharding) -> Any:
+  """The saved tree of ``item`` as shape structs placed by ``sharding``.
+
+  This is the restore target that needs no model code and fits the current
+  devices, whatever devices the run was saved from.
+  """
+  handler = ocp.StandardCheckpointHandler()
+  try:
+    meta = handler.metadata(step_dir / item)
+  finally:
+    handler.close()
+  meta = getattr(meta, "item_metadata", meta)
+  tree = getattr(meta, "tree", meta)
+  is_array = lambda m: hasattr(m, "shape") and hasattr(m, "dtype")
+  return jax.tree.map(
+    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+    tree,
+    is_leaf=is_array,
+  )
+
+
+def _check_structure(step_dir: pathlib.Path, item: str, target: Any) -> None:
+  """Raises ConfigMismatchError when the saved tree has other arrays.
+
+  A step whose metadata cannot be read is left to the restore (and skipped
+  as unreadable there): damage is not a different architecture.
+  """
+  try:
+    saved = _metadata_target(step_dir, item, None)
+  except Exception:  # noqa: BLE001 (unreadable: judged by the restore)
+    return
+  saved = sorted(tuple(a.shape) for a in _arrays(saved))
+  wanted = sorted(tuple(a.shape) for a in _arrays(target))
+  if saved == wanted:
+    return
+  only_saved = [s for s in saved if s not in wanted][:3]
+  only_now = [s for s in wanted if s not in saved][:3]
+  raise ConfigMismatchError(
+    f"Checkpoint {step_dir} does not fit the model built from the config (a "
+    f"different architecture or code version: {len(saved)} saved arrays, "
+    f"{len(wanted)} now; saved shapes {only_saved} are not in the model, its "
+    f"shapes {only_now} are not saved). Pick a new --workdir, or pass the "
+    "config the run was trained with."
+  )
+
+
+def _short(error: BaseException) -> str:
+  """An orbax/tensorstore error in a few words (the full text: --debug)."""
+  text = " ".join(str(error).split()).split(" See full TensorStore")[0]
+  text = text[:160] + ("..." if len(text) > 160 else "")
+  return f"{type(error).__name__}: {text}"
+
+
+def _try_restore(mngr, step, items, optional_items, targets, sharding):
+  """``(None, restored)`` or ``(reason, None)`` for one step."""
+  step_dir = pathlib.Path(mngr.directory) / str(step)
+  missing = [n for n in items if not (step_dir / n).is_dir()]
+  if missing:
+    return f"partial, no item folder {missing} (an interrupted save?)", None
+  for name in items:
+    lost = [
+      f
+      for f in ("_METADATA", "manifest.ocdbt")
+      if name not in JSON_ITEMS and not (step_dir / name / f).is_file()
+    ]
+    if lost:  # Checked first: orbax's failed reads leave noisy threads.
+      return f"unreadable, {name}/{lost[0]} is missing", None
+  wanted = list(items) + [n for n in optional_items if (step_dir / n).is_dir()]
+  for name, target in targets.items():
+    if name in wanted:
+      _check_structure(step_dir, name, target)
+  checked = (step_dir / CHECKSUMS).is_dir()
+  try:
+    args = {}
+    for name in wanted + [CHECKSUMS] * checked:
+      if name in JSON_ITEMS or name == CHECKSUMS:
+        args[name] = ocp.args.JsonRestore()
+        continue
+      target = targets.get(name)
+      if target is None:
+        target = _metadata_target(step_dir, name, sharding)
+      args[name] = ocp.args.StandardRestore(target)
+    restored = mngr.restore(step, args=ocp.args.Composite(**args))
+  except Exception as e:  # noqa: BLE001 (any unreadable step is skipped)
+    _log.debug("Step %d is unreadable.", step, exc_info=True)
+    return f"unreadable ({_short(e)})", None
+  out = {name: restored[name] for name in wanted}
+  saved = restored[CHECKSUMS] if checked else {}
+  for name in wanted:
+    if name in saved and _checksums(out[name]) not in (None, saved[name]):
+      return f"damaged, the values of {name!r} differ from those saved", None
+  for name in wanted:
+    if name in JSON_ITEMS:
+      continue
+    bad = [
+      jax.tree_util.keystr(path)
+      for path, leaf in jax.tree_util.tree_leaves_with_path(out[name])
+      if hasattr(leaf, "dtype")
+      and np.dtype(leaf.dtype).kind in "fc"
+      and (host := _host(leaf)) is not None
+      and not np.isfinite(host).all()
+    ]
+    if bad:
+      shown = ", ".join(f"[{name!r}]{b}" for b in bad[:3])
+      more = " ..." if len(bad) > 3 else ""
+      return f"non-finite values in {shown}{more}", None
+  return None, out
+
+
+def _set_aside(workdir: pathlib.Path, step: int) -> pathlib.Path:
+  """Moves the damaged ``ckpt/<step>`` to ``damaged_checkpoints/<step>``
+  (kept, never deleted) so that a resumed run saves that step again."""
+  target = workdir / DAMAGED_DIR / str(step)
+  k = 1
+  while target.exists():
+    target, k = workdir / DAMAGED_DIR / f"{step}.{k}", k + 1
+  target.parent.mkdir(exist_ok=True)
+  os.replace(ckpt_dir(workdir) / str(step), target)
+  return target
 
 
 def restore(
@@ -568,13 +695,20 @@ def restore(
   sharding=None,
   step: int | None = None,
   mngr: ocp.CheckpointManager | None = None,
-  max_step: int | None = None,
 ) -> tuple[int, dict[str, Any]]:
-  """Restores the newest complete, readable and finite checkpoint.
+  """Restores the newest complete, readable, intact and finite checkpoint.
 
-  Steps are tried from the newest down (or only ``step``); a step with a
-  missing item folder, a file orbax cannot read, or a NaN/inf in a floating
-  array is skipped with a warning that names the step and the reason.
+  Steps are tried from the newest down (or only ``step``). A step is skipped
+  when an item folder or file is missing, orbax cannot read it, an array
+  differs from its checksum (damaged bytes that still read) or holds NaN or
+  inf; one warning line per skipped step names it and the reason. A step
+  deleted while it was read (a trainer rotating its checkpoints) is not
+  damage: the newest step then present is tried, without a warning.
+
+  A trainer passes its own ``mngr``: then each skipped step is moved to
+  ``workdir/damaged_checkpoints/<step>`` (kept, never deleted; one process
+  only), so the resumed run saves that step again. Readers (no ``mngr``)
+  never change the folder.
 
   Args:
     workdir: a run directory.
@@ -587,8 +721,8 @@ def restore(
     sharding: where metadata-built targets go (default: the first local
       device).
     step: restore exactly this step (no fallback to older ones).
-    mngr: an open manager of ``workdir`` (default: a read-only one).
-    max_step: ignore steps after this one.
+    mngr: the trainer's open manager of ``workdir`` (default: a read-only
+      one).
 
   Returns:
     ``(step, {item: value})``: the JSON items as dicts, the others as pytrees
@@ -598,51 +732,82 @@ def restore(
     FileNotFoundError: ``workdir`` does not exist or has no checkpoint (or
       not ``step``).
     NotADirectoryError: ``workdir`` is a file.
+    ConfigMismatchError: a target's arrays differ from the saved ones.
     CheckpointError: no step is usable; the message lists each step and why.
   """
   check_run_dir(workdir)
+  workdir = pathlib.Path(workdir).absolute()
   path = ckpt_dir(workdir)
   if not path.is_dir():
     raise FileNotFoundError(
       f"No checkpoints in {path}; train first, or pass the --workdir of a "
       "training run."
     )
+  if step is not None and step not in _steps(path):
+    raise FileNotFoundError(
+      f"No checkpoint of step {step} in {path}; available: {_steps(path)}."
+    )
   if sharding is None:
-    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    sharding = jax.local_devices()[0]
+    sharding = jax.sharding.NamedSharding(
+      jax.sharding.Mesh(np.array([sharding]), ("d",)),
+      jax.sharding.PartitionSpec(),
+    )
   targets = dict(targets or {})
-  own = mngr is None
-  if own:
-    mngr = checkpoint_manager(workdir, read_only=True)
-  try:
-    steps = sorted(mngr.all_steps(), reverse=True)
-    if step is not None:
-      if step not in steps:
-        raise FileNotFoundError(
-          f"No checkpoint of step {step} in {path}; available: {sorted(steps)}."
-        )
-      steps = [step]
-    elif max_step is not None:
-      steps = [s for s in steps if s <= max_step]
-    if not steps:
-      raise FileNotFoundError(f"No checkpoints in {path}; train first.")
-    skipped = []
-    for s in steps:
-      reason, restored = try_restore(
+  trainer = mngr is not None
+  with contextlib.ExitStack() as stack, quiet_orbax():
+    if not trainer:
+      mngr = stack.enter_context(checkpoint_manager(workdir, read_only=True))
+    skipped, vanished = [], []
+    while True:
+      tried = {s for s, _ in skipped} | set(vanished)
+      steps = [step] if step is not None else _steps(path)
+      steps = [s for s in steps if s not in tried]
+      if not steps:
+        break
+      if steps[-1] not in mngr.all_steps():
+        mngr.reload()  # Saved after the manager listed the folder.
+      s = steps[-1]
+      reason, restored = _try_restore(
         mngr, s, items, optional_items, targets, sharding
       )
       if reason is None:
-        for old, why in skipped:
-          _log.warning("Skipped checkpoint step %d in %s: %s.", old, path, why)
-        if skipped:
-          _log.warning("Restored step %d instead.", s)
+        _report_skipped(workdir, skipped, s, trainer)
+        if trainer and skipped:
+          mngr.reload()
         return s, restored
-      skipped.append((s, reason))
-    detail = "; ".join(f"step {s}: {why}" for s, why in skipped)
-    raise CheckpointError(
-      f"No usable checkpoint in {path} ({detail}). The files were left as "
-      "they are; restore a backup of that folder, or train into a new "
-      "--workdir."
+      if not (path / str(s)).is_dir():
+        vanished.append(s)  # Deleted by a trainer while it was read.
+      else:
+        skipped.append((s, reason))
+  if not skipped:
+    raise FileNotFoundError(
+      f"No checkpoints in {path}: steps {sorted(vanished)} were deleted while "
+      "they were read (a trainer is saving there); run the command again."
     )
-  finally:
-    if own:
-      mngr.close()
+  detail = "; ".join(f"step {s}: {why}" for s, why in skipped)
+  raise CheckpointError(
+    f"No usable checkpoint in {path} ({detail}). The files were left as they "
+    "are; train into a new --workdir, or restore a backup of that folder."
+  )
+
+
+def _report_skipped(workdir, skipped, restored_step, trainer) -> None:
+  """One warning line per skipped step; a trainer sets each one aside."""
+  aside = trainer and jax.process_count() == 1
+  for s, why in skipped:
+    if aside:
+      moved = _set_aside(workdir, s)
+      fate = f"moved to {moved}; the run saves step {s} again"
+    elif trainer:
+      fate = f"step {s} stays as it is (several processes)"
+    else:
+      fate = "left as it is"
+    _log.warning(
+      "Skipped checkpoint step %d in %s: %s; restored step %d (%s).",
+      s,
+      ckpt_dir(workdir),
+      why,
+      restored_step,
+      fate,
+    )
