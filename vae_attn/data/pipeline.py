@@ -20,8 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import sys
 from collections.abc import Callable, Iterator, Mapping
 
@@ -33,24 +31,6 @@ from vae_attn.data import base
 # Separates the augmentation random stream from any other use of `seed`.
 _AUGMENT_SALT = 0xA06_5EED
 _PREFETCH = 4  # Batches built ahead when num_threads > 0.
-
-AugmentFn = Callable[[base.Record, np.random.Generator], base.Record]
-
-
-def _num_batches(
-  num_records: int,
-  batch_size: int,
-  *,
-  num_epochs: int,
-  drop_remainder: bool = True,
-  process_count: int = 1,
-) -> int:
-  """The number of steps `batches` yields for a finite number of epochs."""
-  total = num_records * num_epochs
-  global_batch = batch_size * process_count
-  if drop_remainder:
-    return total // global_batch
-  return -(-total // global_batch)
 
 
 def _check_positive_int(value, name: str) -> int:
@@ -126,20 +106,46 @@ def batches(
     num_epochs = _check_positive_int(num_epochs, "num_epochs")
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}.")
-  slicer = _Slicer.of(
-    source,
-    batch_size,
-    num_epochs=num_epochs,
-    drop_remainder=drop_remainder,
-    process_index=process_index,
-    process_count=process_count,
-  )
-  order = _record_order(
-    len(source), seed, shuffle=shuffle, num_epochs=num_epochs
-  )
-  reader = _Reader.of(source, order, seed=seed)
-  make_batch = functools.partial(_make_batch, slicer, reader)
-  return _run(make_batch, start_step, slicer.stop, num_threads)
+  num_records = len(source)
+  name = getattr(source, "name", type(source).__name__)
+  if num_records == 0:
+    raise base.DataError(
+      f"Source {name!r} is empty: there is nothing to batch."
+    )
+  global_batch = batch_size * process_count
+  if num_epochs is None:
+    total, stop = None, sys.maxsize  # Stream positions, global steps.
+  else:
+    total = num_records * num_epochs
+    stop = (
+      total // global_batch if drop_remainder else -(-total // global_batch)
+    )
+    if stop == 0:
+      raise base.DataError(
+        f"Source {name!r} has {num_records} records x {num_epochs} "
+        f"epochs, fewer than one global batch of {global_batch} "
+        f"({batch_size} x {process_count} processes) with drop_remainder. "
+        "Lower batch_size, raise num_epochs or pass drop_remainder=False."
+      )
+  order = grain.MapDataset.range(num_records)  # Position -> record index.
+  if shuffle:
+    order = order.shuffle(seed=seed)
+  order = order.repeat(num_epochs)
+
+  def make_batch(step: int) -> base.Record | None:
+    """This process's batch of global step ``step``, or ``None`` if empty."""
+    lo = step * global_batch
+    if total is not None and lo + global_batch > total:  # A kept remainder.
+      positions = np.array_split(np.arange(lo, total), process_count)
+      positions = positions[process_index]
+      if positions.size == 0:
+        return None
+    else:
+      lo += process_index * batch_size
+      positions = np.arange(lo, lo + batch_size)
+    return _read(source, order, positions, seed)
+
+  return _run(make_batch, start_step, stop, num_threads)
 
 
 # The steps of `batches`.
@@ -165,109 +171,29 @@ def _check_processes(
   return process_index, process_count
 
 
-def _record_order(
-  num_records: int, seed: int, *, shuffle: bool, num_epochs: int | None
-) -> grain.MapDataset:
-  """Stream position -> record index, reshuffled every epoch."""
-  order = grain.MapDataset.range(num_records)
-  if shuffle:
-    order = order.shuffle(seed=seed)
-  return order.repeat(num_epochs)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Slicer:
-  """Which stream positions each global step gives this process."""
-
-  batch_size: int
-  process_index: int
-  process_count: int
-  total: int | None  # Stream positions with finite epochs, else None.
-  stop: int  # One past the last global step.
-
-  @classmethod
-  def of(
-    cls,
-    source: base.Source,
-    batch_size: int,
-    *,
-    num_epochs: int | None,
-    drop_remainder: bool,
-    process_index: int,
-    process_count: int,
-  ) -> _Slicer:
-    """The slicer of ``source``; raises ``DataError`` if it gives no batch."""
-    num_records = len(source)
-    name = getattr(source, "name", type(source).__name__)
-    if num_records == 0:
-      raise base.DataError(
-        f"Source {name!r} is empty: there is nothing to batch."
-      )
-    if num_epochs is None:
-      total, stop = None, sys.maxsize
-    else:
-      total = num_records * num_epochs
-      stop = _num_batches(
-        num_records,
-        batch_size,
-        num_epochs=num_epochs,
-        drop_remainder=drop_remainder,
-        process_count=process_count,
-      )
-      if stop == 0:
-        raise base.DataError(
-          f"Source {name!r} has {num_records} records x {num_epochs} "
-          f"epochs, fewer than one global batch of "
-          f"{batch_size * process_count} ({batch_size} x {process_count} "
-          "processes) with drop_remainder. Lower batch_size, raise "
-          "num_epochs or pass drop_remainder=False."
-        )
-    return cls(batch_size, process_index, process_count, total, stop)
-
-  def positions(self, step: int) -> np.ndarray:
-    """This process's stream positions of global step ``step``."""
-    global_batch = self.batch_size * self.process_count
-    lo = step * global_batch
-    if self.total is not None and lo + global_batch > self.total:
-      share = np.array_split(np.arange(lo, self.total), self.process_count)
-      return share[self.process_index]
-    lo += self.process_index * self.batch_size
-    return np.arange(lo, lo + self.batch_size)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Reader:
-  """Reads the records at stream positions, augmented."""
-
-  source: base.Source
-  order: grain.MapDataset  # Stream position -> record index.
-  seed: int
-  get_batch: Callable[[np.ndarray], base.Record] | None  # The source's.
-  augment: AugmentFn | None  # The source's own augmentation.
-
-  @classmethod
-  def of(cls, source: base.Source, order: grain.MapDataset, *, seed: int):
-    """The reader of ``source``, with its ``get_batch`` and ``augment``."""
-    get_batch = getattr(source, "get_batch", None)
-    augment = getattr(source, "augment", None)
-    return cls(source, order, seed, get_batch, augment)
-
-  def read(self, pos: np.ndarray) -> base.Record:
-    """The stacked batch of the records at stream positions ``pos``."""
-    indices = np.array([self.order[int(q)] for q in pos], dtype=np.int64)
-    if self.get_batch is not None:
-      batch = _strings_to_objects(self.get_batch(indices))
-      if self.augment is None:
-        return batch
-      records = _unstack_batch(batch)
-    else:
-      records = [self.source[int(i)] for i in indices]
-    if self.augment is not None:
-      records = [
-        self.augment(r, _augment_rng(self.seed, int(q)))
-        for r, q in zip(records, pos, strict=True)
-      ]
-    return base.stack_records(records)
+def _read(
+  source: base.Source,
+  order: grain.MapDataset,
+  positions: np.ndarray,
+  seed: int,
+) -> base.Record:
+  """The stacked batch of the records at stream ``positions``, augmented."""
+  indices = np.array([order[int(q)] for q in positions], dtype=np.int64)
+  get_batch = getattr(source, "get_batch", None)
+  augment = getattr(source, "augment", None)
+  if get_batch is not None:
+    batch = _strings_to_objects(get_batch(indices))
+    if augment is None:
+      return batch
+    records = _unstack_batch(batch)
+  else:
+    records = [source[int(i)] for i in indices]
+  if augment is not None:
+    records = [
+      augment(r, _augment_rng(seed, int(q)))
+      for r, q in zip(records, positions, strict=True)
+    ]
+  return base.stack_records(records)
 
 
 def _augment_rng(seed: int, position: int) -> np.random.Generator:
@@ -302,14 +228,6 @@ def _unstack_batch(batch: Mapping[str, np.ndarray]) -> list[base.Record]:
     )
   (size,) = sizes
   return [{k: v[i] for k, v in batch.items()} for i in range(size)]
-
-
-def _make_batch(slicer: _Slicer, reader: _Reader, step: int):
-  """This process's batch of global step ``step``, or ``None`` if empty."""
-  pos = slicer.positions(step)
-  if pos.size == 0:
-    return None
-  return reader.read(pos)
 
 
 def _run(
