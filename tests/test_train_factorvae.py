@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import chex
 import jax
 import numpy as np
 import pytest
 
-from train import common, factorvae, flags, loop
+from train import command, factorvae
 from vae_attn.data import dsprites
 from workflow import runs, writers
 
@@ -20,7 +21,7 @@ def _last_train_record(workdir) -> dict:
 
 
 def test_defaults_are_the_papers_and_need_no_download():
-  config, workdir, overwrite = flags.parse_flags(
+  (config,), launch = command.parse_flags(
     ["--loss=ad"],
     factorvae.Config,
     factorvae.PRESETS,
@@ -36,28 +37,22 @@ def test_defaults_are_the_papers_and_need_no_download():
   assert (config.vae_lr, config.vae_b1, config.vae_b2) == (1e-4, 0.9, 0.999)
   assert (config.disc_lr, config.disc_b1, config.disc_b2) == (1e-4, 0.5, 0.9)
   assert (config.layer, config.pair_mode) == ("encoder/conv1", "random")
-  assert (workdir, overwrite) == (None, False)
+  assert (launch.workdir, launch.overwrite) == (None, False)
   assert isinstance(factorvae.load_data(config), dsprites.ProceduralDSprites)
+  # Checked when the config is built, from Python too.
   with pytest.raises(ValueError, match="--data-dir"):
-    factorvae.load_data(dataclasses.replace(config, data="npz"))
+    dataclasses.replace(config, data="npz")
 
 
 def test_ad_factorvae_trains_checkpoints_and_resumes(tmp_path):
   config = factorvae.PRESETS["smoke"]
-  trainer = factorvae.make_trainer(config)
-  step_fn = trainer.train_step
-
-  @chex.assert_max_traces(n=1)
-  def counted(state, batch, key, hparams):
-    return step_fn(state, batch, key, hparams)
-
-  trainer = dataclasses.replace(trainer, train_step=counted)
   half = dataclasses.replace(config, num_steps=2)
-  state = loop.train_and_evaluate(half, tmp_path / "a", trainer)
+  train = functools.partial(factorvae.train_and_evaluate, report=False)
+  state = train(half, tmp_path / "a")
   assert int(state.step) == 2
   assert set(state.params) == {"vae", "disc"}
-  resumed = loop.train_and_evaluate(config, tmp_path / "a", trainer)
-  straight = loop.train_and_evaluate(config, tmp_path / "b", trainer)
+  resumed = train(config, tmp_path / "a")
+  straight = train(config, tmp_path / "b")
   assert int(resumed.step) == 4
   chex.assert_trees_all_close(resumed.params, straight.params, atol=1e-6)
   chex.assert_tree_all_finite(resumed.params)
@@ -89,10 +84,8 @@ def test_ad_factorvae_trains_checkpoints_and_resumes(tmp_path):
     assert max(jax.tree.leaves(moved)) > 0
 
   # Another objective in the same workdir is refused.
-  with pytest.raises(common.ConfigMismatchError, match="loss"):
-    factorvae.train_and_evaluate(
-      dataclasses.replace(config, loss="tc"), tmp_path / "a"
-    )
+  with pytest.raises(runs.ConfigMismatchError, match="loss"):
+    train(dataclasses.replace(config, loss="tc"), tmp_path / "a")
 
 
 @pytest.mark.parametrize("loss", ["tc"])
@@ -115,6 +108,7 @@ def test_cli_trains_the_baselines(loss, tmp_path):
   assert "train/ad" not in r  # Runs without L_AD do not log it.
   step, restored = runs.restore(tmp_path)
   assert step == 2 and restored["config"]["loss"] == loss
+  assert runs.read_spec(tmp_path).input_shape == (64, 64, 1)
   # The run ends with a report to look at.
   report = tmp_path / "report"
   for name in ("loss_curves.png", "attention.png", "traversals.png"):
@@ -125,22 +119,29 @@ def test_cli_trains_the_baselines(loss, tmp_path):
 
 
 @pytest.mark.parametrize(
-  ("flag", "message"),
+  ("flag", "words"),
   [
-    ("--batch-size=0", "--batch-size must be >= 1, got 0."),
-    ("--latent-dim=1", "--latent-dim must be >= 2, got 1."),
-    ("--gamma=nan", "--gamma must be a finite number, got nan."),
-    ("--vae-lr=-1", "--vae-lr must be > 0, got -1.0."),
-    ("--seeds=0,-1", "--seed must be >= 0, got -1."),
+    ("--batch-size=0", ["--batch-size", ">= 1", "0"]),
+    ("--latent-dim=1", ["--latent-dim", ">= 2", "1"]),
+    ("--gamma=nan", ["--gamma", "finite", "nan"]),
+    ("--vae-lr=-1", ["--vae-lr", "> 0", "-1"]),
+    ("--vae-b1=2", ["--vae-b1", "< 1", "2"]),
+    ("--seeds=0,-1", ["--seed", ">= 0", "-1"]),
+    ("--data=npz", ["--data=npz", "--data-dir"]),
+    ("--los=ad", ["--los", "--loss"]),
+    ("--step=3", ["--step", "--steps-per-call", "--num-steps"]),
+    ("--dataset=textures", ["--dataset", "--data"]),
   ],
 )
-def test_out_of_range_values_are_refused_before_training(
-  flag, message, tmp_path, capsys
-):
-  # These reached the step and ended in a ZeroDivisionError or a NaN loss.
+def test_bad_flags_are_refused_before_training(flag, words, tmp_path, capsys):
+  # Out-of-range values reached the step (a ZeroDivisionError or a NaN
+  # loss); prefixes were taken as the flag they began (--step=3 set
+  # --steps-per-call=3).
   argv = ["--preset=smoke", flag, f"--workdir={tmp_path / 'run'}"]
   with pytest.raises(SystemExit) as e:
     factorvae.main(argv)
   assert e.value.code == 2
-  assert message in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith("error: ")
+  assert all(w in err for w in words), err
   assert not (tmp_path / "run").exists()

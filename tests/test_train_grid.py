@@ -4,6 +4,7 @@ equals the single run with the same seed and hyper-parameters."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import pathlib
@@ -15,8 +16,9 @@ import numpy as np
 import pytest
 
 from eval import restore
-from train import factorvae, flags, loop, members, oneclass
-from workflow import writers
+from train import command, factorvae, loop, oneclass
+from vae_attn import attention
+from workflow import grid, writers
 
 
 def _losses(workdir):
@@ -39,8 +41,10 @@ def test_grid_members_equal_the_single_runs(mode, tmp_path, caplog):
     dataclasses.replace(base, loss="ad", seed=1, lambda_ad=2.0),
   ]
   with caplog.at_level(logging.INFO, logger="workflow.writers"):
-    states = factorvae.train_and_evaluate(members, tmp_path / "grid")
-  dirs = loop.member_dirs(tmp_path / "grid", members)
+    states = factorvae.train_and_evaluate(
+      members, tmp_path / "grid", report=False
+    )
+  dirs = grid.member_dirs(tmp_path / "grid", members)
   names = [d.name for d in dirs]
   assert names == ["tc_lambda_ad1_seed0", "ad_lambda_ad2_seed1"]
   logged = [r.getMessage() for r in caplog.records]
@@ -51,7 +55,9 @@ def test_grid_members_equal_the_single_runs(mode, tmp_path, caplog):
   for k, (config, state, run_dir) in enumerate(
     zip(members, states, dirs, strict=True)
   ):
-    single = factorvae.train_and_evaluate(config, tmp_path / f"single{k}")
+    single = factorvae.train_and_evaluate(
+      config, tmp_path / f"single{k}", report=False
+    )
     chex.assert_trees_all_close(
       jax.device_get(state.params), jax.device_get(single.params), atol=2e-5
     )
@@ -70,15 +76,67 @@ def test_grid_members_equal_the_single_runs(mode, tmp_path, caplog):
   assert not any("train/ad" in r for r in rows)
 
 
+@pytest.mark.parametrize("mode", ["vmap", "sequential"])
+def test_a_tc_member_of_a_mixed_grid_is_exactly_the_tc_run(mode, tmp_path):
+  # The step of a --loss=tc,ad grid was the AD step for every member (L_AD
+  # computed, then multiplied by 0): each member now runs its own loss's
+  # step, so the tc member is the single tc run to the last bit.
+  base = dataclasses.replace(
+    factorvae.PRESETS["smoke"],
+    num_steps=2,
+    log_every=1,
+    checkpoint_every=2,
+    score=False,
+    grid_mode=mode,
+  )
+  members = grid.expand(base, {"loss": ["tc", "ad"]})
+  tc, _ = factorvae.train_and_evaluate(members, tmp_path / "g", report=False)
+  single = factorvae.train_and_evaluate(
+    members[0], tmp_path / "tc", report=False
+  )
+  chex.assert_trees_all_equal(
+    jax.device_get(tc.params), jax.device_get(single.params)
+  )
+  assert _losses(tmp_path / "g" / "tc_seed0") == _losses(tmp_path / "tc")
+
+
+def test_only_ad_members_trace_the_attention(monkeypatch):
+  # L_AD's maps are traced only for the steps of --loss=ad members.
+  traced = []
+  real = factorvae.losses.random_pair_ad
+  monkeypatch.setattr(
+    factorvae.losses,
+    "random_pair_ad",
+    lambda *a, **k: traced.append(1) or real(*a, **k),
+  )
+  config = dataclasses.replace(factorvae.PRESETS["smoke"], score=False)
+  state = jax.eval_shape(
+    functools.partial(factorvae.create_train_state, config=config),
+    jax.random.key(0),
+  )
+  batch = {
+    k: jax.ShapeDtypeStruct((8, 64, 64, 1), np.float32) for k in ("x", "x2")
+  }
+  for loss, calls in (("tc", 0), ("beta", 0), ("ad", 1)):
+    c = dataclasses.replace(config, loss=loss)
+    jax.eval_shape(
+      functools.partial(factorvae.train_step, config=c),
+      state,
+      batch,
+      jax.random.key(0),
+      loop.weights(c),
+    )
+    assert len(traced) == calls, loss
+    traced.clear()
+
+
 def test_comma_lists_make_a_grid_with_named_members():
-  configs, launch = flags.parse_flags(
+  configs, launch = command.parse_flags(
     ["--preset=smoke", "--loss=tc,ad", "--seeds=0,1,2", "--gamma=40"],
     factorvae.Config,
     factorvae.PRESETS,
     prog="python -m train.factorvae",
     default_preset="dsprites",
-    grid=True,
-    launch=True,
   )
   assert [(c.loss, c.seed) for c in configs] == [
     ("tc", 0),
@@ -90,46 +148,45 @@ def test_comma_lists_make_a_grid_with_named_members():
   ]
   assert {c.gamma for c in configs} == {40.0}
   assert launch.workdir is None
-  dirs = [d.name for d in loop.member_dirs(pathlib.Path("w"), configs)]
+  dirs = [d.name for d in grid.member_dirs(pathlib.Path("w"), configs)]
   assert dirs[:2] == ["tc_seed0", "tc_seed1"] and dirs[-1] == "ad_seed2"
   assert factorvae.default_workdir(configs) == "runs/factorvae_tc-ad"
+  # The Next: lines score every member and compare the two arms.
+  assert factorvae.next_commands(configs, "G") == [
+    "python -m eval.disentanglement --workdir=G --quick (seconds; without "
+    "--quick every metric at its published sizes, minutes)",
+    "python -m eval.aggregate G/ad_* --vs G/tc_*",
+  ]
 
 
 def test_expand_grid_from_a_config_built_in_python():
   base = factorvae.PRESETS["smoke"]
-  grid = members.expand_grid(base, {"loss": ["tc", "ad"], "seed": [0, 1]})
-  assert [(c.loss, c.seed) for c in grid] == [
+  configs = grid.expand(base, {"loss": ["tc", "ad"], "seed": [0, 1]})
+  assert [(c.loss, c.seed) for c in configs] == [
     ("tc", 0),
     ("tc", 1),
     ("ad", 0),
     ("ad", 1),
   ]
-  assert all(c.num_steps == base.num_steps for c in grid)
+  assert all(c.num_steps == base.num_steps for c in configs)
 
 
-def test_grid_flags_are_refused_where_they_cannot_apply(capsys):
+def test_grid_flags_are_refused_where_they_cannot_apply(capsys, tmp_path):
   with pytest.raises(SystemExit):
-    flags.parse_flags(
+    command.parse_flags(
       ["--preset=smoke", "--num-steps=2,3"],
       factorvae.Config,
       factorvae.PRESETS,
       prog="python -m train.factorvae",
       default_preset="dsprites",
-      grid=True,
     )
   assert "--num-steps" in capsys.readouterr().err
   # The one-class trainer's textures are read by the host pipeline.
   configs = [
-    dataclasses.replace(oneclass.PRESETS["textures"], seed=s) for s in (0, 1)
+    dataclasses.replace(oneclass.PRESETS["quick"], seed=s) for s in (0, 1)
   ]
-  trainer = dataclasses.replace(
-    oneclass.make_trainer(
-      dataclasses.replace(oneclass.PRESETS["smoke"], eval_num_examples=0)
-    ),
-    device_data=None,
-  )
   with pytest.raises(ValueError, match="one by one"):
-    loop.train_and_evaluate(configs, "/nonexistent", trainer)
+    oneclass.train_and_evaluate(configs, tmp_path, report=False)
 
 
 PRECISION = r"precision (\w+)>|precision = \[(\w+)"
@@ -140,7 +197,19 @@ def test_the_step_carries_the_configs_precision(precision):
   config = dataclasses.replace(
     factorvae.PRESETS["smoke"], precision=precision, score=False
   )
-  text = loop.lowered_text(config, factorvae.make_trainer(config))
+  state = jax.eval_shape(
+    functools.partial(factorvae.create_train_state, config=config),
+    jax.random.key(0),
+  )
+  batch = {k: np.zeros((8, 64, 64, 1), np.float32) for k in ("x", "x2")}
+
+  def step(state, batch):
+    with attention.matmul_precision(config.precision):
+      return factorvae.train_step(
+        state, batch, jax.random.key(0), loop.weights(config), config
+      )
+
+  text = jax.jit(step).lower(state, batch).as_text()
   ops = re.findall(r"stablehlo\.(?:convolution|dot_general)[^\n]*", text)
   assert len(ops) > 10
   names = {

@@ -1,6 +1,6 @@
-"""The generic loop of train/common.py on a toy regression trainer.
+"""The shared loop (train/loop.py) on a toy regression trainer.
 
-Run as a script (``python tests/test_train_common.py WORKDIR KILL_AT``), the
+Run as a script (``python tests/test_train_loop.py WORKDIR KILL_AT EVERY``), the
 file trains the toy trainer and SIGKILLs itself when step ``KILL_AT`` is read,
 for the kill-and-resume test.
 """
@@ -23,7 +23,7 @@ import numpy as np
 import optax
 import pytest
 
-from train import common, distributed, flags, loop
+from train import command, distributed, loop
 from vae_attn.data import base, pipeline
 from workflow import configs, runs, writers
 
@@ -31,7 +31,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @dataclasses.dataclass(frozen=True)
-class ToyConfig(common.LoopConfig):
+class ToyConfig(loop.LoopConfig):
   num_steps: int = configs.field(10, "steps")
   log_every: int = 2
   checkpoint_every: int = 3
@@ -55,19 +55,28 @@ def _toy_source(width: int) -> base.ArraySource:
   return base.ArraySource({"x": x, "y": y}, name="toy")
 
 
-def make_toy_trainer(
-  config: ToyConfig, *, kill_at=None, poison_at=None, signal_at=None
-) -> common.Trainer:
-  """A linear regression with noise keys; hooks to inject failures."""
+def train_toy(
+  config: ToyConfig,
+  workdir,
+  *,
+  kill_at=None,
+  poison_at=None,
+  signal_at=None,
+  width=None,
+  step_fn=None,
+  **kwargs,
+):
+  """Trains a linear regression with noise keys; hooks inject failures."""
   source = _toy_source(config.width)
-  tx = optax.adam(config.learning_rate)  # One object: states of runs match.
+  width = config.width if width is None else width
 
-  def create(key):
-    params = {"w": jax.random.normal(key, (config.width, 1))}
-    return common.TrainState.create(apply_fn=None, params=params, tx=tx)
+  def create(key, config):
+    params = {"w": jax.random.normal(key, (width, 1))}
+    tx = optax.adam(config.learning_rate)
+    return loop.TrainState.create(apply_fn=None, params=params, tx=tx)
 
-  def step(state, batch, key, hparams):
-    del hparams
+  def step(state, batch, key, weights, config):
+    del weights, config
     key = jax.random.fold_in(key, state.step)
     noise = 0.01 * jax.random.normal(key, batch["y"].shape)
 
@@ -100,14 +109,17 @@ def make_toy_trainer(
         os.kill(os.getpid(), signal.SIGINT)
       yield b
 
-  return common.Trainer(
+  return loop.train_and_evaluate(
+    config,
+    workdir,
     create_train_state=create,
-    train_step=step,
-    batches=batches,
-    global_batch_size=8,
-    eval_fn=lambda state, config: {
+    train_step=step if step_fn is None else step_fn(step),
+    batch_size=8,
+    host_batches=batches,
+    evaluate=lambda state, config: {
       "w_norm": jnp.linalg.norm(state.params["w"])
     },
+    **kwargs,
   )
 
 
@@ -118,7 +130,7 @@ def _steps(workdir) -> list[int]:
 
 
 def test_flags_are_generated_from_the_config():
-  config, workdir, overwrite = flags.parse_flags(
+  (config,), launch = command.parse_flags(
     [
       "--num-steps=3e2",
       "--learning_rate",
@@ -133,16 +145,16 @@ def test_flags_are_generated_from_the_config():
     default_preset="default",
   )
   assert config == ToyConfig(num_steps=300, learning_rate=0.5, mode="b", flag=1)
-  assert (workdir, overwrite) == ("/tmp/x", False)
-  config, _, overwrite = flags.parse_flags(
+  assert (launch.workdir, launch.overwrite) == ("/tmp/x", False)
+  (config,), launch = command.parse_flags(
     ["--preset=long", "--no-flag", "--overwrite"],
     ToyConfig,
     TOY_PRESETS,
     prog="toy",
     default_preset="default",
   )
-  assert config == ToyConfig(num_steps=100) and overwrite
-  config, _, _ = flags.parse_flags(
+  assert config == ToyConfig(num_steps=100) and launch.overwrite
+  (config,), _ = command.parse_flags(
     ["--mode=b"],
     ToyConfig,
     {"a": ToyConfig(width=2), "b": ToyConfig(width=3)},
@@ -154,22 +166,34 @@ def test_flags_are_generated_from_the_config():
 
 
 @pytest.mark.parametrize(
-  "argv", [["--mode=c"], ["--num-steps=1.5"], ["--width=x"], ["--bogus=1"]]
+  ("argv", "words"),
+  [
+    (["--mode=c"], ["--mode", "'c'"]),
+    (["--num-steps=1.5"], ["whole number", "1.5"]),
+    (["--width=x"], ["--width", "'x'"]),
+    (["--bogus=1"], ["--bogus"]),
+    (["--num-step=3"], ["--num-step", "--num-steps"]),
+    (["--learning-rat=1"], ["--learning-rat", "--learning-rate"]),
+  ],
 )
-def test_bad_flags_exit_with_usage(argv, capsys):
-  with pytest.raises(SystemExit):
-    flags.parse_flags(
+def test_bad_flags_exit_with_one_line(argv, words, capsys):
+  with pytest.raises(SystemExit) as e:
+    command.parse_flags(
       argv, ToyConfig, TOY_PRESETS, prog="toy", default_preset="default"
     )
-  assert "toy" in capsys.readouterr().err
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and all(w in err for w in words), err
 
 
-def test_train_checkpoint_resume_and_no_retrace(tmp_path):
+def _counted(step):
+  return chex.assert_max_traces(step, n=1)
+
+
+def test_train_checkpoint_resume_and_no_retrace(tmp_path, caplog):
   config = ToyConfig(num_steps=6)
-  trainer = make_toy_trainer(config)
-  counted = chex.assert_max_traces(trainer.train_step, n=1)
-  trainer = dataclasses.replace(trainer, train_step=counted)
-  state = loop.train_and_evaluate(config, tmp_path / "a", trainer)
+  # One trace per run: every call of the run reuses the compiled step.
+  state = train_toy(config, tmp_path / "a", step_fn=_counted)
   assert int(state.step) == 6
   assert _steps(tmp_path / "a") == [3, 6]
   logs = writers.read_scalars(tmp_path / "a")
@@ -179,34 +203,40 @@ def test_train_checkpoint_resume_and_no_retrace(tmp_path):
   assert saved == dataclasses.asdict(config)
   assert list((tmp_path / "a" / "tensorboard").iterdir())
 
-  # A second invocation continues from step 6, not from zero.
+  # A second invocation continues from step 6, not from zero; a lower
+  # --max-to-keep says which checkpoints it will delete before it does.
   longer = dataclasses.replace(config, num_steps=10, eval_every=4)
-  resumed = loop.train_and_evaluate(longer, tmp_path / "a", trainer)
+  with caplog.at_level(logging.WARNING, logger="train.loop"):
+    resumed = train_toy(
+      dataclasses.replace(longer, max_to_keep=1), tmp_path / "a"
+    )
+  assert any(
+    "--max-to-keep=1" in m and "deletes steps [3, 6]" in m
+    for m in caplog.messages
+  )
   logs = writers.read_scalars(tmp_path / "a")
   assert [r["step"] for r in logs if "train/loss" in r] == [2, 4, 6, 8, 10]
   assert [r["step"] for r in logs if "eval/w_norm" in r] == [6, 8, 10]
-  assert _steps(tmp_path / "a") == [6, 9, 10]
+  assert _steps(tmp_path / "a") == [10]
 
-  straight = loop.train_and_evaluate(longer, tmp_path / "b", trainer)
+  straight = train_toy(longer, tmp_path / "b")
   chex.assert_trees_all_equal(resumed.params, straight.params)
   chex.assert_trees_all_equal(resumed.opt_state, straight.opt_state)
   # A finished run is not retrained.
-  again = loop.train_and_evaluate(longer, tmp_path / "b", trainer)
+  again = train_toy(longer, tmp_path / "b")
   assert int(again.step) == 10
 
 
 def test_other_config_in_workdir_is_a_clear_error(tmp_path):
   config = ToyConfig(num_steps=3)
-  loop.train_and_evaluate(config, tmp_path, make_toy_trainer(config))
+  train_toy(config, tmp_path)
   other = dataclasses.replace(config, learning_rate=0.01)
-  with pytest.raises(common.ConfigMismatchError, match="learning_rate"):
-    loop.train_and_evaluate(other, tmp_path, make_toy_trainer(other))
+  with pytest.raises(runs.ConfigMismatchError, match="learning-rate"):
+    train_toy(other, tmp_path)
   # The old run's config is untouched by the failed attempt.
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["learning_rate"] == 0.1
-  state = loop.train_and_evaluate(
-    other, tmp_path, make_toy_trainer(other), overwrite=True
-  )
+  state = train_toy(other, tmp_path, overwrite=True)
   assert int(state.step) == 3
   assert json.loads((tmp_path / "config.json").read_text())[
     "learning_rate"
@@ -215,17 +245,15 @@ def test_other_config_in_workdir_is_a_clear_error(tmp_path):
 
 def test_other_architecture_in_checkpoint_is_a_clear_error(tmp_path):
   config = ToyConfig(num_steps=3)
-  loop.train_and_evaluate(config, tmp_path, make_toy_trainer(config))
-  wider = make_toy_trainer(dataclasses.replace(config, width=5))
-  with pytest.raises(common.ConfigMismatchError, match="does not fit"):
-    loop.train_and_evaluate(config, tmp_path, wider)
+  train_toy(config, tmp_path)
+  with pytest.raises(runs.ConfigMismatchError, match="does not fit"):
+    train_toy(config, tmp_path, width=5)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   config = ToyConfig(num_steps=10, log_every=2, checkpoint_every=2)
-  trainer = make_toy_trainer(config, poison_at=4)
-  with pytest.raises(common.NonFiniteLossError) as info:
-    loop.train_and_evaluate(config, tmp_path, trainer)
+  with pytest.raises(loop.NonFiniteLossError) as info:
+    train_toy(config, tmp_path, poison_at=4)
   message = str(info.value)
   assert "at step 6" in message and "last good checkpoint is step 4" in message
   assert _steps(tmp_path) == [2, 4]
@@ -235,38 +263,64 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_sigint_saves_and_resumes(tmp_path):
+  # Under nohup or in a background job SIGINT may be ignored (SIG_IGN):
+  # whatever the handler was, it is back afterwards.
+  before = signal.getsignal(signal.SIGINT)
   config = ToyConfig(num_steps=10, checkpoint_every=100)
-  trainer = make_toy_trainer(config, signal_at=4)
-  with pytest.raises(common.TrainingInterrupted) as info:
-    loop.train_and_evaluate(config, tmp_path, trainer)
+  with pytest.raises(loop.TrainingInterrupted) as info:
+    train_toy(config, tmp_path, signal_at=4)
   assert info.value.step == 5 and info.value.signum == signal.SIGINT
   assert _steps(tmp_path) == [5]
-  state = loop.train_and_evaluate(config, tmp_path, make_toy_trainer(config))
+  assert signal.getsignal(signal.SIGINT) == before
+  state = train_toy(config, tmp_path)
   assert int(state.step) == 10 and _steps(tmp_path) == [5, 10]
-  # The previous handler is back.
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert signal.getsignal(signal.SIGINT) == before
+  # The row after the resume averages step 6 alone, and says so.
+  rows = [r for r in writers.read_scalars(tmp_path) if "train/loss" in r]
+  assert [r["step"] for r in rows] == [2, 4, 6, 8, 10]
+  assert [r.get("train/steps_in_mean") for r in rows] == [
+    None,
+    None,
+    1,
+    None,
+    None,
+  ]
 
 
-def test_sigkill_resumes_to_the_same_params(tmp_path):
+@pytest.mark.parametrize(
+  ("kill_at", "checkpoint_every"),
+  [(7, 3), (5, 100)],  # After a checkpoint; before the first one.
+)
+def test_sigkill_resumes_to_the_same_params(
+  kill_at, checkpoint_every, tmp_path
+):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
   proc = subprocess.run(
-    [sys.executable, __file__, str(tmp_path / "killed"), "7"],
+    [
+      sys.executable,
+      __file__,
+      str(tmp_path / "killed"),
+      str(kill_at),
+      str(checkpoint_every),
+    ],
     env=env,
     cwd=ROOT,
     capture_output=True,
     text=True,
-    timeout=120,
+    timeout=300,
   )
   assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-  survived = _steps(tmp_path / "killed")
-  assert survived and max(survived) <= 7
-  config = ToyConfig()
-  trainer = make_toy_trainer(config)
-  resumed = loop.train_and_evaluate(config, tmp_path / "killed", trainer)
-  straight = loop.train_and_evaluate(config, tmp_path / "straight", trainer)
+  survived = _steps(tmp_path / "killed") if checkpoint_every < 10 else []
+  assert all(s <= kill_at for s in survived)
+  killed_rows = writers.read_scalars(tmp_path / "killed")
+  assert [r["step"] for r in killed_rows] == [2, 4, 6][: (kill_at - 1) // 2]
+  config = ToyConfig(checkpoint_every=checkpoint_every)
+  resumed = train_toy(config, tmp_path / "killed")
+  straight = train_toy(config, tmp_path / "straight")
   assert int(resumed.step) == 10
   chex.assert_trees_all_equal(resumed.params, straight.params)
-  # The log holds every logged step exactly once, as the straight run's.
+  # The log holds every logged step exactly once, as the straight run's
+  # (also when the kill came before the first checkpoint: issue 23).
   logged = [
     [r["step"] for r in writers.read_scalars(tmp_path / name)]
     for name in ("killed", "straight")
@@ -316,8 +370,5 @@ def test_metric_writer_log_lines_name_a_grid_member(tmp_path, caplog):
 
 
 if __name__ == "__main__":
-  _workdir, _kill_at = sys.argv[1], int(sys.argv[2])
-  _config = ToyConfig()
-  loop.train_and_evaluate(
-    _config, _workdir, make_toy_trainer(_config, kill_at=_kill_at)
-  )
+  _workdir, _kill_at, _every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+  train_toy(ToyConfig(checkpoint_every=_every), _workdir, kill_at=_kill_at)
