@@ -4,7 +4,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
+from jax import lax
 
 from vae_attn import attention, models
 
@@ -146,3 +148,28 @@ def test_default_layers_exist():
   ]:
     _, layers, _ = _shapes(models.make_model(name), input_shape)
     assert models.DEFAULT_LAYERS[name] in layers
+
+
+def test_transposed_conv_is_torch_conv_transpose_2d():
+  """ConvT k/s/p dilates the input by s, pads it by k - 1 - p and convolves
+  it with the unflipped kernel (torch.nn.ConvTranspose2d's sizes); its
+  parameters keep the names and shapes of earlier checkpoints."""
+  spec = models.ConvSpec(4, kernel=5, stride=2, padding=1)
+  block = models.DeconvBlock(spec, activation=False)
+  x = jax.random.normal(jax.random.key(0), (2, 12, 12, 3))
+  params = block.init(jax.random.key(1), x)["params"]
+  shapes = jax.tree.map(jnp.shape, params)
+  assert shapes == {"deconv": {"kernel": (5, 5, 3, 4), "bias": (4,)}}
+  kernel = params["deconv"]["kernel"]
+  bias = jax.random.normal(jax.random.key(2), (4,))
+  got = block.apply({"params": {"deconv": {"kernel": kernel, "bias": bias}}}, x)
+  want = bias + lax.conv_general_dilated(
+    x,
+    kernel,
+    (1, 1),
+    ((3, 3), (3, 3)),
+    lhs_dilation=(2, 2),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
+  assert got.shape == (2, 25, 25, 4)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -1,16 +1,20 @@
 """Exactness of the ops in vae_attn.ops against stock lax ops."""
 
+import doctest
 import functools
 import re
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 
-from vae_attn import attention, losses, models, ops
+from vae_attn import attention, models, ops
 from vae_attn.models.blocks import (
   ConvDecoder,
   ConvEncoder,
@@ -34,7 +38,7 @@ def _value_and_derivatives(fn, *args):
 
   def second(*args):
     grads = jax.grad(loss, range(len(args)))(*args)
-    return sum(0.5 * jnp.sum(g**2) for g in grads)
+    return sum(0.5 * jnp.sum(g**2) for g in jax.tree.leaves(grads))
 
   @jax.jit
   def run(*args):
@@ -134,24 +138,6 @@ def test_small_conv_equals_lax(hw, kernel, strides, padding):
   _assert_same_function(fast, ref, x, w)
 
 
-def test_conv_general_dilated_picks_the_matmul_for_tiny_outputs(monkeypatch):
-  small_conv, calls = ops.small_conv, []
-
-  def counted(*args, **kwargs):
-    calls.append(1)
-    return small_conv(*args, **kwargs)
-
-  monkeypatch.setattr(ops, "small_conv", counted)
-  x, w = _normal(0, (2, 2, 2, 3)), _normal(1, (3, 3, 3, 4))
-  got = ops.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
-  want = lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  assert calls == [1]
-  big = _normal(2, (2, 5, 5, 3))  # 25 output positions: the stock conv.
-  ops.conv_general_dilated(big, w, (1, 1), "SAME", dimension_numbers=NHWC)
-  assert calls == [1]
-
-
 def test_strided_conv_under_vmap_and_of_its_own_gradient():
   x, w = _normal(0, (3, 2, 8, 8, 3)), _normal(1, (4, 4, 3, 4))
   pads = ((1, 1), (1, 1))
@@ -208,99 +194,6 @@ def test_batched_kernel_gradient_equals_lax_per_element(hw, k, stride, padding):
     x, g[0]
   )
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
-
-
-# Depth-to-space (80 output positions); one matmul (4 and 12 positions).
-@pytest.mark.parametrize(
-  "hw, k, padding", [((4, 5), 4, 1), ((1, 1), 4, 1), ((2, 3), 3, 1)]
-)
-def test_conv_transpose_fast_path_equals_dilated_lax(hw, k, padding):
-  x, w = _normal(0, (2, *hw, 3)), _normal(1, (k, k, 3, 4))
-
-  def ref(x, w):
-    pad = k - 1 - padding
-    return lax.conv_general_dilated(
-      x,
-      w,
-      (1, 1),
-      ((pad, pad), (pad, pad)),
-      lhs_dilation=(2, 2),
-      dimension_numbers=NHWC,
-    )
-
-  fast = functools.partial(ops.conv_transpose, stride=2, padding=padding)
-  assert ops.fast_path()
-  _assert_same_function(fast, ref, x, w)
-
-
-def _traced_afresh(fn):
-  """``jax.jit(fn)`` that traces again: jit caches traces by function, and
-  ``fast_path`` is read while tracing."""
-  return jax.jit(lambda *args: fn(*args))
-
-
-def test_vae_is_unchanged_by_the_fast_path(monkeypatch):
-  """A small VAE of the same blocks: loss and gradients on both paths."""
-  model = models.VAE(
-    encoder=ConvEncoder((ConvSpec(4),), latent_dim=3, hidden=()),
-    decoder=ConvDecoder((), (4, 4, 4), (ConvSpec(1),)),
-  )
-  x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
-
-  def value_and_grad(x):
-    params = jax.jit(model.init)(jax.random.key(1), x, jax.random.key(2))[
-      "params"
-    ]
-
-    def loss(params):
-      logits, mu, logvar, _ = model.apply(
-        {"params": params}, x, jax.random.key(3)
-      )
-      return jnp.mean(losses.beta_vae(logits, x, mu, logvar))
-
-    return jax.value_and_grad(loss)(params)
-
-  fast = _traced_afresh(value_and_grad)(x)
-  monkeypatch.setattr(ops, "fast_path", lambda: False)
-  stock = _traced_afresh(value_and_grad)(x)
-  for f, s in zip(jax.tree.leaves(fast), jax.tree.leaves(stock), strict=True):
-    np.testing.assert_allclose(f, s, rtol=1e-4, atol=1e-5)
-
-
-class _TinyStages(nn.Module):
-  """ResNet-18's last stage at 64x64 input (4x4 -> 2x2) and the decoder's
-  first transposed convs (1x1 -> 2x2 -> 4x4), narrow, with BatchNorm."""
-
-  @nn.compact
-  def __call__(self, x, train=True):
-    y = BasicBlock(8, stride=2, name="block1")(x, train)
-    y = BasicBlock(8, name="block2")(y, train)
-    z = jnp.mean(y, axis=(1, 2), keepdims=True)  # [B, 1, 1, 8]
-    for c in (6, 4):
-      z = DeconvBlock(ConvSpec(c), norm=True)(z, train)
-    return jnp.sum(y**2) + jnp.sum(jnp.sin(z))
-
-
-def test_resnet_tiny_stages_are_unchanged_by_the_fast_path(monkeypatch):
-  """Value and gradients of the blocks that take the small-output path."""
-  model = _TinyStages()
-  x = _normal(0, (2, 4, 4, 5))
-  variables = jax.jit(model.init)(jax.random.key(1), x)
-
-  def value_and_grad(x):
-    def loss(params):
-      value, _ = model.apply(
-        {**variables, "params": params}, x, mutable=["batch_stats"]
-      )
-      return value
-
-    return jax.value_and_grad(loss)(variables["params"])
-
-  fast = _traced_afresh(value_and_grad)(x)
-  monkeypatch.setattr(ops, "fast_path", lambda: False)
-  stock = _traced_afresh(value_and_grad)(x)
-  for f, s in zip(jax.tree.leaves(fast), jax.tree.leaves(stock), strict=True):
-    np.testing.assert_allclose(f, s, rtol=0, atol=1e-4 * np.abs(s).max())
 
 
 def _grad_cam_reference(encode, variables, x, layer):
@@ -366,6 +259,312 @@ def test_default_cpu_chunking_gives_the_vmapped_maps(monkeypatch):
   np.testing.assert_allclose(got.mean, want.mean, atol=1e-6)
 
 
+# --- interpret: an equation-by-equation evaluation of a traced function. ---
+
+
+def _double_named(eqn, invals):
+  """A rule: values named with ``checkpoint_name`` are doubled."""
+  return 2 * invals[0] if eqn.primitive.name == "name" else None
+
+
+def _nested(tree, x, *, power, label):
+  """Named values at the top, in jit, checkpoint, scan and cond."""
+  del label  # A static leaf that reaches the function unchanged.
+  y = checkpoint_name(jnp.sin(tree["a"]) * x, "top")
+  y = jax.jit(lambda v: checkpoint_name(v**power, "jit"))(y)
+  y = jax.checkpoint(lambda v: checkpoint_name(jnp.cos(v), "remat"))(y)
+  y, _ = lax.scan(lambda c, v: (c + checkpoint_name(v, "scan"), None), y, x)
+  y = lax.cond(
+    y.sum() > -1e9, lambda v: checkpoint_name(v, "cond"), jnp.tanh, y
+  )
+  return {"out": jax.nn.relu(y) + tree["b"], "aux": [x]}
+
+
+def _nested_by_hand(tree, x, *, power, label):
+  """``_nested`` with every named value doubled."""
+  del label
+  y = 2 * jnp.sin(tree["a"]) * x
+  y = 2 * jnp.cos(2 * y**power)
+  for v in x:
+    y = y + 2 * v
+  y = 2 * y
+  return {"out": jax.nn.relu(y) + tree["b"], "aux": [x]}
+
+
+def test_interpret_applies_the_rule_inside_every_sub_jaxpr():
+  tree = {"a": _normal(0, (3,)), "b": _normal(1, (3,))}
+  x = _normal(2, (3,)) * 0.5
+  fn = ops.interpret(_nested, _double_named)
+  kwargs = dict(power=2, label="static")
+  want = _nested_by_hand(tree, x, **kwargs)
+  for got in (
+    fn(tree, x, **kwargs),
+    jax.jit(fn, static_argnames=("power", "label"))(tree, x, **kwargs),
+  ):
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+
+  def stat(fn):
+    return lambda tree, x: jnp.sum(fn(tree, x, **kwargs)["out"] ** 3)
+
+  # First and second derivatives, and vmap over x.
+  grad, ref = (
+    jax.grad(stat(fn), (0, 1)),
+    jax.grad(stat(_nested_by_hand), (0, 1)),
+  )
+  chex.assert_trees_all_close(grad(tree, x), ref(tree, x), rtol=1e-4, atol=1e-5)
+
+  def second(grad):
+    return jax.grad(
+      lambda x: sum(jnp.sum(g**2) for g in jax.tree.leaves(grad(tree, x)))
+    )
+
+  chex.assert_trees_all_close(
+    second(grad)(x), second(ref)(x), rtol=1e-4, atol=1e-4
+  )
+  xs = jnp.stack([x, 0.5 * x])
+  got = jax.vmap(lambda x: fn(tree, x, **kwargs))(xs)
+  want = jax.vmap(lambda x: _nested_by_hand(tree, x, **kwargs))(xs)
+  chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+
+  def loop(x):  # A while loop (not reverse-differentiable): values only.
+    def body(c):
+      return c[0] + 1, checkpoint_name(c[1], "while") * 1.5
+
+    return lax.while_loop(lambda c: c[0] < 2, body, (0, x))[1]
+
+  got = ops.interpret(loop, _double_named)(x)
+  np.testing.assert_allclose(got, 9 * x, rtol=1e-6)
+
+
+def test_interpret_without_a_rule_is_the_function():
+  tree = {"a": _normal(0, (3,)), "b": _normal(1, (3,))}
+  x = _normal(2, (3,))
+  got = ops.interpret(_nested, lambda eqn, invals: None)(
+    tree, x, power=3, label=""
+  )
+  chex.assert_trees_all_close(
+    got, _nested(tree, x, power=3, label=""), rtol=1e-6
+  )
+  with pytest.raises(TypeError, match="rule must be callable"):
+    ops.interpret(_nested, "rule")
+
+
+def test_the_docstring_examples_run():
+  assert doctest.testmod(ops, raise_on_error=True).attempted >= 2
+
+
+# --- fast_convolutions: the exact fast forms substituted for stock convs. ---
+
+
+def _conv_fn(strides, padding, lhs_dilation=(1, 1), rhs="HWIO"):
+  def fn(x, w):
+    return lax.conv_general_dilated(
+      x,
+      w,
+      strides,
+      padding,
+      lhs_dilation=lhs_dilation,
+      dimension_numbers=("NHWC", rhs, "NHWC"),
+    )
+
+  return fn
+
+
+def _input_gradient(x_shape, strides, padding):
+  """JAX's own input gradient of a strided conv: lhs-dilated, kernel HWOI."""
+
+  def fn(g, w):
+    conv = _conv_fn(strides, padding)
+    _, pullback = jax.vjp(lambda x: conv(x, w), jnp.zeros(x_shape))
+    return pullback(g)[0]
+
+  return fn
+
+
+# (case, input shape, kernel shape, function, the form the transform picks).
+FORMS = {
+  "strided": (
+    (2, 7, 8, 3),
+    (4, 4, 3, 5),
+    _conv_fn((2, 2), ((1, 2), (1, 1))),
+    "_conv",
+  ),
+  "strided HWOI": (
+    (2, 8, 8, 3),
+    (4, 4, 5, 3),
+    _conv_fn((2, 2), "SAME", rhs="HWOI"),
+    "_conv",
+  ),
+  "small": (
+    (2, 2, 2, 3),
+    (3, 3, 3, 4),
+    _conv_fn((1, 1), "SAME"),
+    "dot_general",
+  ),
+  "transposed": (
+    (2, 4, 5, 3),
+    (4, 4, 3, 4),
+    _conv_fn((1, 1), ((2, 1), (2, 2)), (2, 2)),
+    "_conv_t",
+  ),
+  "transposed small": (
+    (2, 1, 1, 3),
+    (4, 4, 3, 4),
+    _conv_fn((1, 1), ((2, 2), (2, 2)), (2, 2)),
+    "dot_general",
+  ),
+  "input gradient": (
+    (2, 4, 4, 5),
+    (4, 4, 3, 5),
+    _input_gradient((2, 8, 8, 3), (2, 2), ((1, 1), (1, 1))),
+    "_conv_t",
+  ),
+  "stride 1: stock": (
+    (2, 6, 6, 3),
+    (3, 3, 3, 4),
+    _conv_fn((1, 1), "SAME"),
+    "conv_general_dilated",
+  ),
+}
+
+
+def _forms(fn, *args) -> set[str]:
+  """Primitives of ``fn``'s jaxpr; a custom_vjp call by its function's name."""
+  names = set()
+  for eqn in jax.make_jaxpr(fn)(*args).eqns:
+    if eqn.primitive.name == "custom_vjp_call":
+      names.add(eqn.params["call_jaxpr"].debug_info.func_name)
+    else:
+      names.add(eqn.primitive.name)
+  return names
+
+
+@pytest.mark.parametrize("case", list(FORMS))
+def test_fast_convolutions_equal_stock_lax(case):
+  x_shape, w_shape, fn, form = FORMS[case]
+  x, w = _normal(0, x_shape), _normal(1, w_shape)
+  fast = ops.fast_convolutions(fn)
+  forms = _forms(fast, x, w)
+  assert form in forms
+  if form != "conv_general_dilated":
+    assert "conv_general_dilated" not in forms
+  _assert_same_function(fast, fn, x, w)
+
+
+def test_fast_convolutions_is_the_identity_off_cpu(monkeypatch):
+  x_shape, w_shape, fn, _ = FORMS["strided"]
+  x, w = _normal(0, x_shape), _normal(1, w_shape)
+  monkeypatch.setattr(ops, "fast_path", lambda: False)
+  assert _forms(ops.fast_convolutions(fn), x, w) == {"conv_general_dilated"}
+
+
+class _StockLinen(nn.Module):
+  """Stock Linen layers of every form: strided, tiny and transposed."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(4, (4, 4), strides=2, padding=((1, 1), (1, 1)))(x))
+    x = nn.relu(nn.Conv(5, (3, 3), strides=2, padding="SAME")(x))  # 2x2
+    x = nn.relu(
+      nn.ConvTranspose(4, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)))(x)
+    )
+    return nn.ConvTranspose(3, (4, 4), strides=(2, 2), padding="SAME")(x)
+
+
+@pytest.mark.parametrize("vmapped", [False, True])
+def test_fast_convolutions_of_a_stock_linen_model(vmapped):
+  model = _StockLinen()
+  x = _normal(0, (3, 2, 8, 8, 2))
+  variables = model.init(jax.random.key(1), x[0])
+  apply = model.apply
+  if vmapped:
+    fast = jax.vmap(ops.fast_convolutions(apply), (None, 0))
+    apply = jax.vmap(apply, (None, 0))
+  else:
+    x, fast = x[0], ops.fast_convolutions(apply)
+  assert "_conv_t" in _forms(fast, variables, x)
+  _assert_same_function(fast, apply, variables, x)
+
+
+def test_fast_convolutions_of_an_nnx_model():
+  class Model(nnx.Module):
+    def __init__(self, rngs):
+      self.conv = nnx.Conv(
+        2, 4, (4, 4), strides=2, padding=((1, 1), (1, 1)), rngs=rngs
+      )
+      self.deconv = nnx.ConvTranspose(
+        4, 3, (4, 4), strides=2, padding="SAME", rngs=rngs
+      )
+
+    def __call__(self, x):
+      return self.deconv(nnx.relu(self.conv(x)))
+
+  graphdef, state = nnx.split(Model(nnx.Rngs(0)))
+
+  def apply(state, x):
+    return nnx.merge(graphdef, state)(x)
+
+  fast = ops.fast_convolutions(apply)
+  x = _normal(0, (2, 8, 8, 2))
+  assert {"_conv", "_conv_t"} <= _forms(fast, state, x)
+  _assert_same_function(fast, apply, state, x)
+
+
+class _TinyStages(nn.Module):
+  """ResNet-18's last stage at 64x64 input (4x4 -> 2x2) and the decoder's
+  first transposed convs (1x1 -> 2x2 -> 4x4), narrow, with BatchNorm."""
+
+  @nn.compact
+  def __call__(self, x, train=True):
+    y = BasicBlock(8, stride=2, name="block1")(x, train)
+    y = BasicBlock(8, name="block2")(y, train)
+    z = jnp.mean(y, axis=(1, 2), keepdims=True)  # [B, 1, 1, 8]
+    for c in (6, 4):
+      z = DeconvBlock(ConvSpec(c), norm=True)(z, train)
+    return jnp.sum(y**2) + jnp.sum(jnp.sin(z))
+
+
+def _vae_loss():
+  model = models.VAE(
+    encoder=ConvEncoder((ConvSpec(4),), latent_dim=3, hidden=()),
+    decoder=ConvDecoder((), (4, 4, 4), (ConvSpec(1),)),
+  )
+  x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+  variables = model.init(jax.random.key(1), x, jax.random.key(2))
+
+  def loss(params):
+    logits, mu, logvar, _ = model.apply(
+      {"params": params}, x, jax.random.key(3)
+    )
+    return jnp.mean((logits - x) ** 2) + jnp.mean(mu**2 + jnp.exp(logvar))
+
+  return loss, variables["params"]
+
+
+def _tiny_stages_loss():
+  model = _TinyStages()
+  x = _normal(0, (2, 4, 4, 5))
+  variables = model.init(jax.random.key(1), x)
+
+  def loss(params):
+    value, _ = model.apply(
+      {**variables, "params": params}, x, mutable=["batch_stats"]
+    )
+    return value
+
+  return loss, variables["params"]
+
+
+@pytest.mark.parametrize("case", [_vae_loss, _tiny_stages_loss])
+def test_paper_blocks_are_unchanged_by_the_transform(case):
+  """Loss and gradients of the paper's blocks, with and without."""
+  loss, params = case()
+  fast = jax.jit(jax.value_and_grad(ops.fast_convolutions(loss)))(params)
+  stock = jax.jit(jax.value_and_grad(loss))(params)
+  for f, s in zip(jax.tree.leaves(fast), jax.tree.leaves(stock), strict=True):
+    np.testing.assert_allclose(f, s, rtol=0, atol=1e-4 * np.abs(s).max())
+
+
 def _lowered_precisions(fn, *args) -> set[str]:
   """Operand precisions of every dot_general and convolution of ``fn``."""
   text = jax.jit(fn).lower(*args).as_text()
@@ -381,43 +580,16 @@ def _lowered_precisions(fn, *args) -> set[str]:
 
 
 @pytest.mark.parametrize(
-  "name",
-  ["strided", "small", "conv_transpose", "conv_transpose_small"],
+  "case", ["strided", "small", "transposed", "transposed small"]
 )
-def test_derivatives_traced_later_keep_the_forward_precision(name):
+def test_derivatives_traced_later_keep_the_forward_precision(case):
   """A pullback called after the precision scope has closed (as jax.grad's
   backward pass is) and its own derivative carry the forward precision."""
-  fns = {
-    "strided": (
-      lambda x, w: ops.conv_general_dilated(
-        x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=NHWC
-      ),
-      (2, 8, 8, 3),
-      (4, 4, 3, 5),
-    ),
-    "small": (
-      lambda x, w: ops.conv_general_dilated(
-        x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC
-      ),
-      (2, 2, 2, 3),
-      (3, 3, 3, 5),
-    ),
-    "conv_transpose": (
-      lambda x, w: ops.conv_transpose(x, w, stride=2, padding=1),
-      (2, 4, 4, 3),
-      (4, 4, 3, 5),
-    ),
-    "conv_transpose_small": (
-      lambda x, w: ops.conv_transpose(x, w, stride=2, padding=1),
-      (2, 1, 1, 3),
-      (4, 4, 3, 5),
-    ),
-  }
-  fn, x_shape, w_shape = fns[name]
+  x_shape, w_shape, fn, _ = FORMS[case]
   x, w = _normal(0, x_shape), _normal(1, w_shape)
-  assert ops.fast_path()
+  fast = ops.fast_convolutions(fn)
   with jax.default_matmul_precision("highest"):
-    y, pullback = jax.vjp(fn, x, w)
+    y, pullback = jax.vjp(fast, x, w)
 
   def second(y):
     return jax.grad(lambda y: sum(jnp.sum(g**2) for g in pullback(y)))(y)
@@ -425,16 +597,5 @@ def test_derivatives_traced_later_keep_the_forward_precision(name):
   assert _lowered_precisions(pullback, y) == {"HIGHEST"}
   assert _lowered_precisions(second, y) == {"HIGHEST"}
   # Without a scope, as before: the backend's default.
-  _, plain = jax.vjp(fn, x, w)
+  _, plain = jax.vjp(fast, x, w)
   assert _lowered_precisions(plain, y) == {"DEFAULT"}
-
-
-def test_conv_transpose_module_dtypes_under_x64():
-  module = ops.ConvTranspose(4)
-  with jax.enable_x64(True):
-    for dtype in (jnp.float32, jnp.float64):
-      x = jnp.ones((1, 3, 3, 2), dtype)
-      variables = module.init(jax.random.key(0), x)
-      kinds = {a.dtype for a in jax.tree.leaves(variables)}
-      assert kinds == {jnp.dtype(jnp.float32)}  # As nn.Conv's param_dtype.
-      assert module.apply(variables, x).dtype == dtype

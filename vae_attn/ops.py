@@ -1,19 +1,23 @@
 """Exact convolution forms that XLA:CPU runs fast, and the transform that
-substitutes them.
+substitutes them for the convolutions of any JAX function.
 
 XLA:CPU's stock kernels are slow for the input gradient of a strided
 convolution (an ``lhs_dilation`` convolution, which is also what a transposed
-convolution is) and for convolutions with tiny outputs. This module holds
-exact reformulations of both, with derivatives of every order:
+convolution is) and for convolutions with tiny outputs. Models use stock
+layers (``nn.Conv``, ``nn.ConvTranspose``, ``nnx.Conv``, ...), and
+:func:`fast_convolutions` replaces their convolutions, on XLA:CPU only, by
+exact reformulations with derivatives of every order:
 
 - :func:`strided_conv`: the stock strided convolution whose input gradient is
   a stride-1 convolution followed by depth-to-space; convolution, input
   gradient and kernel gradient are three ``custom_vjp`` maps whose
-  derivatives are each other.
-- :func:`small_conv`: a convolution of at most a few output positions as one
+  derivatives are each other, so second derivatives (L_AD) stay on them.
+- :func:`small_conv`: a convolution of at most 16 output positions as one
   matmul of gathered windows.
-- :func:`conv_of_constant`, :func:`flatten_dense_of_constant`: the linear
-  layers of a per-channel constant image, used by the attention transform.
+
+:func:`interpret` is the equation-by-equation evaluator it is built on.
+:func:`conv_of_constant` and :func:`flatten_dense_of_constant` are the linear
+layers of a per-channel constant image, used by the attention transform.
 
 Precision: every op takes a ``precision`` (as ``lax.conv_general_dilated``
 does). ``None`` means the ambient ``jax_default_matmul_precision``, read once,
@@ -22,21 +26,22 @@ of the op and of its custom derivatives: derivatives traced later, outside
 the caller's precision scope (the backward pass of ``jax.grad``), keep the
 precision of the forward pass.
 
-This module imports nothing from :mod:`vae_attn.models`.
+This module imports nothing from :mod:`vae_attn.models`. Timings of the
+forms are in ``bench/README.md``.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.extend import core as jex_core
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 # At most this many output positions: a convolution is one matmul of patches.
@@ -59,6 +64,147 @@ def _resolve_precision(precision=None):
 def fast_path() -> bool:
   """Whether the XLA:CPU reformulations are used (default backend is CPU)."""
   return jax.default_backend() == "cpu"
+
+
+# --- An equation-by-equation interpreter of traced functions. ---
+
+# Call primitives evaluated inline, and primitives whose sub-jaxprs are
+# rewritten and bound again (control flow, rematerialisation, nested jit).
+_INLINE = frozenset({"closed_call", "core_call"})
+_REWRITE = frozenset(
+  {"jit", "pjit", "remat2", "checkpoint", "scan", "while", "cond"}
+)
+
+
+def _eval_jaxpr(jaxpr, args, rule):
+  """The outputs of ``jaxpr`` at ``args``, each equation through ``rule``."""
+  env = {}
+
+  def read(atom):
+    return atom.val if isinstance(atom, jex_core.Literal) else env[atom]
+
+  # Since jax 0.12 a Jaxpr carries the values of its constvars.
+  for var, value in zip(jaxpr.constvars, jaxpr.consts, strict=True):
+    env[var] = value
+  for var, value in zip(jaxpr.invars, args, strict=True):
+    env[var] = value
+  for eqn in jaxpr.eqns:
+    invals = [read(var) for var in eqn.invars]
+    with eqn.ctx.manager:
+      outvals = rule(eqn, invals)
+      if outvals is None:
+        outvals = _bind(eqn, invals, rule)
+    if not eqn.primitive.multiple_results:
+      outvals = [outvals]
+    for var, value in zip(eqn.outvars, outvals, strict=True):
+      if not isinstance(var, jex_core.DropVar):
+        env[var] = value
+  return [read(var) for var in jaxpr.outvars]
+
+
+def _rewrite_jaxpr(jaxpr, rule):
+  """``jaxpr`` traced again through ``rule`` (same inputs and outputs)."""
+  avals = [
+    jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype, weak_type=v.aval.weak_type)
+    for v in jaxpr.invars
+  ]
+  return jax.make_jaxpr(lambda *args: _eval_jaxpr(jaxpr, args, rule))(*avals)
+
+
+def _bind(eqn, invals, rule):
+  """``eqn`` applied to ``invals``, its sub-jaxprs interpreted by ``rule``."""
+  name, params = eqn.primitive.name, eqn.params
+  if name in _INLINE:
+    (sub,) = jex_core.jaxprs_in_params(params)
+    return _eval_jaxpr(sub, invals, rule)
+  if name in _REWRITE:
+    params = {
+      key: (
+        tuple(_rewrite_jaxpr(j, rule) for j in value)
+        if isinstance(value, tuple)
+        and value
+        and all(isinstance(j, jex_core.Jaxpr) for j in value)
+        else _rewrite_jaxpr(value, rule)
+        if isinstance(value, jex_core.Jaxpr)
+        else value
+      )
+      for key, value in params.items()
+    }
+  return eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(params))
+
+
+def _is_array(leaf) -> bool:
+  return isinstance(leaf, (jax.Array, np.ndarray, np.generic))
+
+
+def interpret(fn: Callable, rule: Callable) -> Callable:
+  """Creates a function that evaluates ``fn`` equation by equation.
+
+  The returned function traces ``fn`` to a jaxpr (``jax.make_jaxpr``) and
+  evaluates it one equation at a time: ``rule(eqn, invals)`` may return the
+  equation's outputs computed another way, or ``None`` to bind the
+  equation's primitive as it is. Sub-jaxprs are interpreted too: those of
+  ``jax.jit``, ``closed_call``, ``jax.checkpoint`` (remat), ``lax.scan``,
+  ``lax.while_loop`` and ``lax.cond``; the bodies of ``custom_jvp`` and
+  ``custom_vjp`` functions are bound as they are, with their own
+  derivatives. Since every result is built from ordinary JAX operations on
+  the caller's values, the function works under ``jax.jit``, ``jax.vmap``,
+  ``jax.grad`` and higher-order ``jax.grad``, as ``fn`` does.
+
+  Arguments: the array leaves (``jax.Array``, NumPy arrays and scalars) of
+  ``args`` and ``kwargs`` are traced; every other leaf (Python numbers,
+  strings, ``None``, callables) is passed to ``fn`` unchanged, as a static
+  value. ``fn`` must be pure: side effects on Python objects happen once, at
+  tracing, with tracers.
+
+  Args:
+    fn: the function to interpret; it returns a pytree of arrays.
+    rule: ``rule(eqn, invals) -> outvals | None``, where ``eqn`` is a
+      ``jax.extend.core.JaxprEqn`` (``eqn.primitive``, ``eqn.params``,
+      ``eqn.outvars[i].aval``) and ``invals`` its input values; ``outvals``
+      is what ``eqn.primitive.bind(*invals, **eqn.params)`` would return (a
+      list if ``eqn.primitive.multiple_results``, else one array), with the
+      same shapes and dtypes.
+
+  Returns:
+    A function with the same arguments and outputs as ``fn``.
+
+  Raises:
+    TypeError: if ``fn`` or ``rule`` is not callable.
+
+  Example: a rule that doubles every value named with ``checkpoint_name``.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from jax.ad_checkpoint import checkpoint_name
+    >>> from vae_attn import ops
+    >>> def double_named(eqn, invals):
+    ...   return 2 * invals[0] if eqn.primitive.name == "name" else None
+    >>> fn = lambda x: checkpoint_name(x + 1, "a") * 3
+    >>> ops.interpret(fn, double_named)(jnp.ones(2))
+    Array([12., 12.], dtype=float32)
+  """
+  for value, what in ((fn, "fn"), (rule, "rule")):
+    if not callable(value):
+      raise TypeError(f"interpret: {what} must be callable, got {value!r}.")
+
+  @functools.wraps(fn)
+  def interpreted(*args, **kwargs):
+    leaves, treedef = jax.tree.flatten((args, kwargs))
+    traced = [i for i, leaf in enumerate(leaves) if _is_array(leaf)]
+
+    def flat_fn(*values):
+      full = list(leaves)
+      for i, value in zip(traced, values, strict=True):
+        full[i] = value
+      args, kwargs = jax.tree.unflatten(treedef, full)
+      return fn(*args, **kwargs)
+
+    values = [leaves[i] for i in traced]
+    jaxpr, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*values)
+    outs = _eval_jaxpr(jaxpr, values, rule)
+    return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
+
+  return interpreted
 
 
 # --- Strided convolutions with fast exact derivatives. ---
@@ -342,98 +488,70 @@ def small_conv(
   return y.reshape(len(x), h, w, kernel.shape[-1])
 
 
-def conv_general_dilated(
-  lhs,
-  rhs,
-  window_strides,
-  padding,
-  lhs_dilation=None,
-  rhs_dilation=None,
-  dimension_numbers=None,
-  feature_group_count=1,
-  batch_group_count=1,
-  precision=None,
-  preferred_element_type=None,
-):
-  """``lax.conv_general_dilated``, on XLA:CPU via exact reformulations.
+def _conv_rule(eqn, invals):
+  """The fast exact form of a 2-D NHWC convolution equation, or ``None``.
 
-  A drop-in for ``nn.Conv(conv_general_dilated=...)``. When the default
-  backend is CPU, 2-D NHWC convolutions take an exact fast path: strided
-  ones whose kernel size the stride divides :func:`strided_conv`, others
-  with at most 16 output positions :func:`small_conv`. Everything else, and
-  every other backend, is the stock ``lax`` convolution. ``precision=None``
-  is resolved to the ambient default when traced (module docstring) and
-  carried by every path and derivative.
+  Forward convolutions (``lhs_dilation`` 1): a stride that divides the
+  kernel, :func:`strided_conv`; at most 16 output positions,
+  :func:`small_conv`. Transposed convolutions (``lhs_dilation`` s, stride
+  1: ``nn.ConvTranspose``, ``lax.conv_transpose`` and the input gradient
+  that JAX derives for a strided convolution): at most 16 output positions,
+  :func:`small_conv` of the dilated input; otherwise the input gradient of
+  the strided convolution with the flipped kernel, by depth-to-space, with
+  the same fast derivatives. The kernel may have any layout (JAX's own
+  input gradients use a transposed one); input and output must be NHWC.
   """
-  precision = _resolve_precision(precision)
-  stock = functools.partial(
-    lax.conv_general_dilated,
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation=lhs_dilation,
-    rhs_dilation=rhs_dilation,
-    dimension_numbers=dimension_numbers,
-    feature_group_count=feature_group_count,
-    batch_group_count=batch_group_count,
-    precision=precision,
-    preferred_element_type=preferred_element_type,
-  )
-  if not fast_path() or lhs.ndim != 4 or lhs.dtype != rhs.dtype:
-    return stock()
-  strides = tuple(window_strides)
-  dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-  dilations = tuple(lhs_dilation or ()) + tuple(rhs_dilation or ())
+  if eqn.primitive is not lax.conv_general_dilated_p:
+    return None
+  lhs, rhs = invals
+  p = eqn.params
+  dims = p["dimension_numbers"]
   if (
-    len(set(strides)) != 1
-    or dims != lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
-    or any(d != 1 for d in dilations)
-    or feature_group_count != 1
-    or batch_group_count != 1
-    or preferred_element_type is not None
+    lhs.ndim != 4
+    or lhs.dtype != rhs.dtype
+    or p["feature_group_count"] != 1
+    or p["batch_group_count"] != 1
+    or p["preferred_element_type"] not in (None, lhs.dtype)
+    or p.get("out_sharding") is not None
+    or tuple(p["rhs_dilation"]) != (1, 1)
+    or tuple(dims.lhs_spec) != (0, 3, 1, 2)
+    or tuple(dims.out_spec) != (0, 3, 1, 2)
   ):
-    return stock()
-  if isinstance(padding, str):
-    padding = lax.padtype_to_pads(
-      lhs.shape[1:3], rhs.shape[:2], strides, padding
-    )
-  geo = _geometry(lhs.shape[1:3], rhs.shape[:2], strides[0], padding, precision)
-  if geo is not None:
-    return _conv(lhs, rhs, geo)
-  out_hw = [
-    (n + sum(p) - k) // strides[0] + 1
-    for n, p, k in zip(lhs.shape[1:3], padding, rhs.shape[:2], strict=True)
-  ]
-  if min(min(p) for p in padding) >= 0 and math.prod(out_hw) <= _SMALL_OUTPUT:
-    return small_conv(
-      lhs, rhs, strides=strides, padding=padding, precision=precision
-    )
-  return stock()
-
-
-def conv_transpose(
-  x: jax.Array, kernel: jax.Array, *, stride: int, padding: int, precision=None
-) -> jax.Array:
-  """``torch.nn.ConvTranspose2d`` semantics on NHWC with an HWIO kernel.
-
-  Output size ``(in - 1) * stride - 2 * padding + kernel``. The kernel is used
-  as a forward-conv kernel of the dilated input (no flip), which is the same
-  family of functions; only the parameter layout differs from PyTorch.
-  On XLA:CPU it is computed, exactly, as the input gradient of the strided
-  convolution with the flipped kernel (see :func:`strided_conv`), or, for an
-  output of at most 16 positions, as :func:`small_conv` of the dilated input.
-  """
-  precision = _resolve_precision(precision)
-  k = kernel.shape[0]
-  pad = k - 1 - padding
-  out_hw = [(n - 1) * stride - 2 * padding + k for n in x.shape[1:3]]
+    return None
+  out_dim, in_dim, h_dim, w_dim = dims.rhs_spec
+  kernel = rhs
+  if (h_dim, w_dim, in_dim, out_dim) != (0, 1, 2, 3):
+    kernel = jnp.transpose(rhs, (h_dim, w_dim, in_dim, out_dim))
+  strides, dilation = tuple(p["window_strides"]), tuple(p["lhs_dilation"])
+  padding, precision = tuple(p["padding"]), p["precision"]
+  out_hw = eqn.outvars[0].aval.shape[1:3]
   small = math.prod(out_hw) <= _SMALL_OUTPUT
-  if fast_path() and x.ndim == 4 and pad >= 0 and small:
+  if dilation == (1, 1):
+    geo = None
+    if strides[0] == strides[1]:
+      geo = _geometry(
+        lhs.shape[1:3], kernel.shape[:2], strides[0], padding, precision
+      )
+    if geo is not None:
+      return _conv(lhs, kernel, geo)
+    if small and min(min(pair) for pair in padding) >= 0:
+      return small_conv(
+        lhs, kernel, strides=strides, padding=padding, precision=precision
+      )
+    return None
+  if strides != (1, 1):
+    return None
+  if small:
+    (top, bottom), (left, right) = padding
     dilated = lax.pad(
-      x,
-      jnp.zeros((), x.dtype),
-      ((0, 0, 0), (pad, pad, stride - 1), (pad, pad, stride - 1), (0, 0, 0)),
+      lhs,
+      jnp.zeros((), lhs.dtype),
+      (
+        (0, 0, 0),
+        (top, bottom, dilation[0] - 1),
+        (left, right, dilation[1] - 1),
+        (0, 0, 0),
+      ),
     )
     return small_conv(
       dilated,
@@ -442,62 +560,80 @@ def conv_transpose(
       padding=((0, 0),) * 2,
       precision=precision,
     )
-  if fast_path() and x.ndim == 4 and padding <= k - 1:
-    pads = ((padding, padding), (padding, padding))
-    geo = _geometry(out_hw, kernel.shape[:2], stride, pads, precision)
-    if geo is not None:
-      return _conv_t(x, kernel[::-1, ::-1].transpose(0, 1, 3, 2), geo)
-  return lax.conv_general_dilated(
-    x,
-    kernel,
-    window_strides=(1, 1),
-    padding=((pad, pad), (pad, pad)),
-    lhs_dilation=(stride, stride),
-    dimension_numbers=NHWC,
-    precision=precision,
+  kernel_hw = kernel.shape[:2]
+  if dilation[0] != dilation[1] or any(
+    min(pair) < 0 or max(pair) > k - 1
+    for pair, k in zip(padding, kernel_hw, strict=True)
+  ):
+    return None
+  # The strided convolution whose input gradient this is.
+  forward = tuple(
+    (k - 1 - lo, k - 1 - hi)
+    for (lo, hi), k in zip(padding, kernel_hw, strict=True)
   )
+  geo = _geometry(out_hw, kernel_hw, dilation[0], forward, precision)
+  if geo is None:
+    return None
+  return _conv_t(lhs, kernel[::-1, ::-1].transpose(0, 1, 3, 2), geo)
 
 
-class ConvTranspose(nn.Module):
-  """Transposed convolution with PyTorch ``(kernel, stride, padding)`` sizes.
+def fast_convolutions(fn: Callable) -> Callable:
+  """Creates a function that evaluates ``fn`` with fast exact convolutions.
 
-  Dtypes follow ``flax.linen.Conv``: parameters are created in
-  ``param_dtype`` (float32), and input, kernel and bias are promoted to
-  ``dtype`` (``None``: their common type, e.g. float64 for float64 inputs
-  under ``jax_enable_x64``) before the convolution.
+  On XLA:CPU (the default backend is CPU) every 2-D NHWC convolution that
+  ``fn`` traces, ``lax.conv_general_dilated`` and what ``nn.Conv``,
+  ``nn.ConvTranspose``, ``nnx.Conv``, ``nnx.ConvTranspose`` and
+  ``lax.conv_transpose`` lower to, is replaced by an exact fast form:
+  strided convolutions whose stride divides the kernel by
+  :func:`strided_conv` (its input gradient by depth-to-space), transposed
+  convolutions by the same depth-to-space form, and convolutions with at
+  most 16 output positions by :func:`small_conv`. Other convolutions, and
+  every equation of ``fn`` on other backends, are bound as they are. Values
+  are those of the stock convolutions up to float rounding (the same sums,
+  in another order), and so are derivatives of every order. Built on
+  :func:`interpret`, whose rules about arguments it shares: array leaves
+  are traced, other leaves (Python numbers, strings, modules) are static.
+
+  Apply it to the function that is differentiated or vmapped, inside
+  ``jax.grad`` and ``jax.vmap``, so that the derivatives are the fast ones
+  (applied outside, convolutions that JAX's batching rules have grouped stay
+  stock). A trainer wraps its loss (or the model's apply function); the
+  result is jitted as usual::
+
+    loss_fn = ops.fast_convolutions(loss_fn)  # (params, batch) -> loss
+    grads = jax.grad(loss_fn)(params, batch)
+
+  Args:
+    fn: a pure function of pytrees of arrays (and static leaves) that
+      returns a pytree of arrays; stateful objects (an ``nnx.Module``)
+      enter as their split state, as for ``jax.jit``.
+
+  Returns:
+    A function with the same arguments and outputs as ``fn``. Under
+    ``jax.jit`` the substitution happens once, at tracing.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jax import lax
+    >>> from vae_attn import ops
+    >>> def conv(x, w):
+    ...   return lax.conv_general_dilated(
+    ...     x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=ops.NHWC)
+    >>> x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((4, 4, 3, 5))
+    >>> fast = ops.fast_convolutions(conv)
+    >>> grad = jax.jit(jax.grad(lambda x: fast(x, w).sum()))
+    >>> bool(jnp.allclose(grad(x), jax.grad(lambda x: conv(x, w).sum())(x)))
+    True
   """
+  interpreted = interpret(fn, _conv_rule)
 
-  features: int
-  kernel: int = 4
-  stride: int = 2
-  padding: int = 1
-  use_bias: bool = True
-  dtype: jnp.dtype | None = None
-  param_dtype: jnp.dtype = jnp.float32
-  precision: object = None
+  @functools.wraps(fn)
+  def fast_fn(*args, **kwargs):
+    if not fast_path():
+      return fn(*args, **kwargs)
+    return interpreted(*args, **kwargs)
 
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param(
-      "kernel",
-      nn.initializers.lecun_normal(),
-      (self.kernel, self.kernel, x.shape[-1], self.features),
-      self.param_dtype,
-    )
-    bias = None
-    if self.use_bias:
-      bias = self.param(
-        "bias", nn.initializers.zeros, (self.features,), self.param_dtype
-      )
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = conv_transpose(
-      x,
-      kernel,
-      stride=self.stride,
-      padding=self.padding,
-      precision=self.precision,
-    )
-    return y if bias is None else y + bias
+  return fast_fn
 
 
 # --- Linear layers of a per-channel constant image, not formed. ---

@@ -20,8 +20,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vae_attn import ops
-
 
 @dataclasses.dataclass(frozen=True)
 class ConvSpec:
@@ -34,7 +32,7 @@ class ConvSpec:
 
 
 def conv(spec: ConvSpec, *, use_bias: bool = True, name: str | None = None):
-  """A 2D convolution with PyTorch padding semantics (exact CPU fast path)."""
+  """A 2D convolution with PyTorch padding semantics."""
   p = spec.padding
   return nn.Conv(
     spec.features,
@@ -42,7 +40,6 @@ def conv(spec: ConvSpec, *, use_bias: bool = True, name: str | None = None):
     strides=(spec.stride, spec.stride),
     padding=((p, p), (p, p)),
     use_bias=use_bias,
-    conv_general_dilated=ops.conv_general_dilated,
     name=name,
   )
 
@@ -52,13 +49,18 @@ def conv_transpose(
 ):
   """A transposed conv matching ``torch.nn.ConvTranspose2d(k, s, p)`` sizes.
 
-  The output size is ``(in - 1) * stride - 2 * pad + kernel``.
+  The output size is ``(in - 1) * stride - 2 * pad + kernel``: the stride-1
+  convolution of the input dilated by the stride and padded by
+  ``kernel - 1 - pad``, with the ``[k, k, in, out]`` kernel used unflipped
+  (the same family of functions as PyTorch's; only the parameter layout
+  differs).
   """
-  return ops.ConvTranspose(
+  k, p = spec.kernel, spec.kernel - 1 - spec.padding
+  return nn.ConvTranspose(
     spec.features,
-    kernel=spec.kernel,
-    stride=spec.stride,
-    padding=spec.padding,
+    (k, k),
+    strides=(spec.stride, spec.stride),
+    padding=((p, p), (p, p)),
     use_bias=use_bias,
     name=name,
   )
