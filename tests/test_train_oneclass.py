@@ -9,14 +9,14 @@ import jax
 import numpy as np
 import pytest
 
-from train import flags, loop, oneclass
+from train import command, oneclass
 from vae_attn import anomaly
 from vae_attn.data import DataError
 from workflow import runs
 
 
 def _parse(argv):
-  config, _, _ = flags.parse_flags(
+  (config,), _ = command.parse_flags(
     argv,
     oneclass.Config,
     oneclass.PRESETS,
@@ -54,13 +54,43 @@ def test_dataset_flag_picks_the_papers_setup():
   assert _parse(["--preset=mvtec_screw"]).category == "screw"
 
 
-def test_a_category_where_the_data_set_has_none_is_refused(capsys):
-  # It was ignored for digits, yet recorded in config.json.
+@pytest.mark.parametrize(
+  ("argv", "words"),
+  [
+    # --category was ignored for digits, yet recorded in config.json.
+    (["--preset=smoke", "--category=nope"], ["--category", "digits"]),
+    # These ended in a raw flax ScopeParamShapeError after loading the data.
+    (["--dataset=textures", "--model=mnist"], ["--model=mnist", "resnet18"]),
+    (["--preset=smoke", "--dataset=textures"], ["--model=mnist", "textures"]),
+    (["--dataset=mnist", "--model=ped1"], ["--model=ped1", "--model=mnist"]),
+    (["--datset=mnist"], ["--datset", "--dataset"]),
+  ],
+)
+def test_contradictory_choices_are_refused_before_building(argv, words, capsys):
   with pytest.raises(SystemExit) as e:
-    _parse(["--preset=smoke", "--category=nope"])
+    _parse(argv)
   assert e.value.code == 2
   err = capsys.readouterr().err
-  assert "--dataset=digits has none: drop --category." in err
+  assert err.count("\n") == 1 and all(w in err for w in words), err
+  # From Python too: a config is checked when it is built.
+  with pytest.raises(ValueError, match="--model=mnist"):
+    dataclasses.replace(oneclass.PRESETS["textures"], model="mnist")
+
+
+def test_a_factorvae_workdir_is_refused_in_one_line(tmp_path, capsys):
+  # It was a 1,137-character line listing 28 fields.
+  (tmp_path / "config.json").write_text('{"loss": "ad"}')
+  (tmp_path / "spec.json").write_text('{"trainer": "factorvae"}')
+  (tmp_path / "ckpt" / "4").mkdir(parents=True)
+  argv = ["--preset=smoke", f"--workdir={tmp_path}"]
+  assert oneclass.main(argv) == 2
+  err = [
+    line
+    for line in capsys.readouterr().err.splitlines()
+    if line.startswith("error: ")
+  ]
+  assert len(err) == 1 and len(err[0]) < 250, err
+  assert all(w in err[0] for w in ("train.factorvae", "--workdir")), err
 
 
 def test_missing_data_is_a_clear_error(tmp_path):
@@ -82,20 +112,18 @@ def test_missing_data_is_a_clear_error(tmp_path):
 
 def test_mnist_vae_trains_resumes_and_saves_latent_stats(tmp_path, capsys):
   config = oneclass.PRESETS["smoke"]
-  trainer = oneclass.make_trainer(config)
-  step_fn = trainer.train_step
-
-  @chex.assert_max_traces(n=1)
-  def counted(state, batch, key, hparams):
-    return step_fn(state, batch, key, hparams)
-
-  trainer = dataclasses.replace(trainer, train_step=counted)
   half = dataclasses.replace(config, num_steps=2)
-  loop.train_and_evaluate(half, tmp_path / "a", trainer)
-  resumed = loop.train_and_evaluate(config, tmp_path / "a", trainer)
+  oneclass.train_and_evaluate(half, tmp_path / "a", report=False)
+  # From Python, the run ends with its report, as from the command line.
+  resumed = oneclass.train_and_evaluate(config, tmp_path / "a")
   assert int(resumed.step) == 4
+  report = tmp_path / "a" / "report"
+  for name in ("loss_curves.png", "attention.png", "traversals.png"):
+    assert (report / name).stat().st_size > 5_000, name
+  assert runs.read_spec(tmp_path / "a").input_shape == (28, 28, 1)
   # The command line trains the same run in one go.
   assert oneclass.main(["--preset=smoke", f"--workdir={tmp_path / 'b'}"]) == 0
+  assert (tmp_path / "b" / "report" / "report.md").is_file()
   # Digits have no pixel masks: the next step it names must work on them.
   next_line = capsys.readouterr().out.strip().splitlines()[-1]
   assert next_line.startswith("Next: python -m eval.explain --workdir=")
@@ -133,7 +161,9 @@ def test_default_textures_resnet_trains_with_batchnorm(tmp_path):
     checkpoint_every=2,
     eval_num_examples=0,
   )
-  state = oneclass.train_and_evaluate(config, str(tmp_path / "run"))
+  state = oneclass.train_and_evaluate(
+    config, str(tmp_path / "run"), report=False
+  )
   assert int(state.step) == 2 and state.batch_stats
   chex.assert_tree_all_finite(state.params)
   _, restored = runs.restore(tmp_path / "run", items=("state", "latent_stats"))

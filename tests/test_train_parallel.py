@@ -8,6 +8,7 @@ as a script in a subprocess with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 import subprocess
@@ -55,7 +56,7 @@ def _main(workdir: pathlib.Path) -> None:
   import pytest
   from jax.sharding import NamedSharding
 
-  from train import distributed, factorvae, loop
+  from train import distributed, factorvae
   from workflow import writers
 
   assert len(jax.devices()) == 8, jax.devices()
@@ -66,14 +67,11 @@ def _main(workdir: pathlib.Path) -> None:
     checkpoint_every=3,
     score=False,
   )
-  trainer = factorvae.make_trainer(config)
-  one = loop.train_and_evaluate(
-    config,
-    workdir / "one",
-    trainer,
-    mesh=distributed.make_mesh(jax.devices()[:1]),
+  train = functools.partial(factorvae.train_and_evaluate, report=False)
+  one = train(
+    config, workdir / "one", mesh=distributed.make_mesh(jax.devices()[:1])
   )
-  eight = loop.train_and_evaluate(config, workdir / "eight", trainer)
+  eight = train(config, workdir / "eight")
 
   leaf = jax.tree.leaves(eight.params)[0]
   assert isinstance(leaf.sharding, NamedSharding)
@@ -108,7 +106,7 @@ def _main(workdir: pathlib.Path) -> None:
 
   odd = dataclasses.replace(config, batch_size=4)
   with pytest.raises(ValueError, match="multiple of 8"):
-    loop.train_and_evaluate(odd, workdir / "odd", factorvae.make_trainer(odd))
+    train(odd, workdir / "odd")
   print("8-device run matches the 1-device run")
 
 
