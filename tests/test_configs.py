@@ -6,13 +6,13 @@ import importlib
 
 import pytest
 
-from train import flags as train_flags
+from train import command
 from workflow import configs
 
 # Entry point -> the config dataclasses its command line is made of.
 ENTRY_POINTS = {
-  "train.factorvae": ("Config", train_flags.Launch),
-  "train.oneclass": ("Config", train_flags.Launch),
+  "train.factorvae": ("Config", command.Launch),
+  "train.oneclass": ("Config", command.Launch),
   "eval.explain": ("Config", configs.Debug),
   "eval.localization": ("Config", configs.Debug),
   "eval.disentanglement": ("Config", configs.Debug),
@@ -68,38 +68,39 @@ def test_grid_fields_parse_comma_lists_as_tuples():
 
 
 @pytest.mark.parametrize(
-  ("argv", "message"),
+  ("argv", "words"),
   [
-    (["--steps=1.5"], "expected a whole number, got '1.5'"),
-    (["--mode=c"], "invalid choice: 'c'"),
-    (["--loss=x,z"], "'z' is not one of ('x', 'y')"),
-    (["--seeds=1,1"], "'1,1' repeats a value"),
-    (["--steps=-1"], "--steps must be >= 0."),
-    (["--bogus"], "unrecognized arguments: --bogus"),
-    (["--size=0"], "--size must be >= 1, got 0."),
-    (["--rate=0"], "--rate must be > 0, got 0.0."),
-    (["--rate=nan"], "--rate must be a finite number, got nan."),
-    (["--weight=1,-2"], "--weight must be >= 0, got -2.0."),
-    (["--beta=1"], "--beta must be < 1, got 1.0."),
-    (["--cap=4294967296"], "--cap must be <= 4294967295, got 4294967296."),
+    (["--steps=1.5"], ["whole number", "1.5"]),
+    (["--mode=c"], ["--mode", "'c'"]),
+    (["--loss=x,z"], ["--loss", "'z'", "'x', 'y'"]),
+    (["--seeds=1,1"], ["1,1", "repeats"]),
+    (["--steps=-1"], ["--steps", ">= 0"]),
+    (["--bogus"], ["--bogus"]),
+    (["--siz=2"], ["--siz", "--size"]),  # No prefixes: the flag is named.
+    (["--mod=b"], ["--mod", "--mode"]),
+    (["--size=0"], ["--size", ">= 1", "0"]),
+    (["--rate=0"], ["--rate", "> 0", "0.0"]),
+    (["--rate=nan"], ["--rate", "finite", "nan"]),
+    (["--weight=1,-2"], ["--weight", ">= 0", "-2.0"]),
+    (["--beta=1"], ["--beta", "< 1", "1.0"]),
+    (["--cap=4294967296"], ["--cap", "<= 4294967295", "4294967296"]),
   ],
 )
-def test_a_bad_flag_is_one_line_with_status_2(argv, message, capsys):
+def test_a_bad_flag_is_one_line_with_status_2(argv, words, capsys):
   with pytest.raises(SystemExit) as e:
     _parse(argv)
   assert e.value.code == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and err.startswith("error: ")
-  assert message in err and err.rstrip().endswith("(see toy --help)")
+  assert all(w in err for w in words), err
+  assert err.rstrip().endswith("(see toy --help)")
 
 
 def test_choices_are_checked_for_configs_built_in_python():
   configs.check_values(Toy(optional_mode=None))
-  with pytest.raises(
-    ValueError, match=r"^--mode='c' is not one of \('a', 'b'\)"
-  ):
+  with pytest.raises(ValueError, match=r"--mode.*'c'"):
     configs.check_values(Toy(mode="c"))
-  with pytest.raises(ValueError, match=r"^--rate must be > 0, got -1"):
+  with pytest.raises(ValueError, match=r"--rate.*> 0"):
     configs.check_values(Toy(rate=-1.0))
 
 
