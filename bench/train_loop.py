@@ -33,26 +33,26 @@ import tempfile
 import time
 
 import jax
-import numpy as np
 
 from train import factorvae, loop
-from workflow import writers
+from workflow import grid, writers
 
 
 def _bare(config, steps: int, repeats: int) -> float:
   """Median steps/s of the jitted step on one device-resident batch."""
-  trainer = factorvae.make_trainer(config)
-  state = jax.jit(trainer.create_train_state)(jax.random.key(0))
-  data = trainer.device_data
-  batch = jax.jit(data.sample, static_argnums=2)(
-    data.arrays, jax.random.key(1), config.batch_size
+  state = jax.jit(factorvae.create_train_state, static_argnums=1)(
+    jax.random.key(0), config
   )
-  hparams = jax.tree.map(np.float32, factorvae.hparams(config))
+  arrays, sample_fn = factorvae.device_data(config)
+  batch = jax.jit(sample_fn, static_argnums=2)(
+    arrays, jax.random.key(1), config.batch_size
+  )
+  hparams = loop.weights(config)
   key = jax.random.key(2)
 
   def step(state, batch, key, hparams):
     with jax.default_matmul_precision(config.precision):
-      return trainer.train_step(state, batch, key, hparams)
+      return factorvae.train_step(state, batch, key, hparams, config)
 
   step = jax.jit(step, donate_argnums=0)
   state, metrics = step(state, batch, key, hparams)
@@ -71,9 +71,9 @@ def _loop(configs, workdir: str) -> float:
   """Median logged steps/s over the log intervals after the first."""
   configs = configs if isinstance(configs, list) else [configs]
   factorvae.train_and_evaluate(
-    configs if len(configs) > 1 else configs[0], workdir
+    configs if len(configs) > 1 else configs[0], workdir, report=False
   )
-  dirs = loop.member_dirs(pathlib.Path(workdir).absolute(), configs)
+  dirs = grid.member_dirs(pathlib.Path(workdir).absolute(), configs)
   rows = writers.read_scalars(dirs[0])
   rates = [r["train/steps_per_sec"] for r in rows if "train/loss" in r]
   return statistics.median(rates[1:])

@@ -5,7 +5,9 @@ each, gloo collectives, a free port), as a cluster user launches the
 trainers, and a third process with 2 CPU devices as the reference; all
 three run ``python -m train.oneclass --preset=smoke`` (data on the device,
 eval hook on process 0, latent statistics saved by all). Every process has
-a bounded timeout and is killed if the job stalls.
+a bounded timeout and is killed if the job stalls. The timeout is a stall
+guard, not a speed bound: on a 2-core machine under a load of 8-10 a job
+that takes 24 s alone took over 240 s.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from eval import restore
 from workflow import runs, writers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TIMEOUT = 240
+TIMEOUT = 900
 
 
 def _free_port() -> int:
@@ -93,7 +95,8 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path):
     got["state"]["params"], want["state"]["params"], atol=1e-5
   )
   chex.assert_trees_all_close(got["latent_stats"], want["latent_stats"])
-  assert runs.step_items(two, 2) == [
+  items = (two / "ckpt" / "2").iterdir()
+  assert sorted(p.name for p in items if p.is_dir()) == [
     "config",
     "latent_stats",
     "spec",
@@ -119,6 +122,10 @@ def test_sigterm_on_one_process_saves_one_step_on_all(tmp_path):
     "--num-steps=100000",
     "--steps-per-call=1",
     "--eval-num-examples=0",
+    # Only the interrupt saves (and no periodic log): the work after the
+    # signal is one call and one save whatever the machine's load.
+    "--checkpoint-every=100000",
+    "--log-every=100000",
   ]
   procs = [_launch([*argv, f"--process-id={i}"], _env(1)) for i in range(2)]
   try:
