@@ -23,7 +23,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator, Mapping
 
-import grain.python as grain
+import grain
 import numpy as np
 
 from vae_attn.data import base
