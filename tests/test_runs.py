@@ -33,6 +33,7 @@ class ToyConfig(loop.LoopConfig):
   log_every: int = 1
   checkpoint_every: int = 3
   steps_per_call: int = 1
+  pad: int = 0  # Size of an extra random parameter the loss ignores.
 
 
 def train_toy(config: ToyConfig, workdir, **kwargs):
@@ -42,8 +43,9 @@ def train_toy(config: ToyConfig, workdir, **kwargs):
   data = {"x": x, "y": x @ np.arange(1, 5, dtype=np.float32)[:, None]}
 
   def create(key, config):
-    del config
     params = {"w": jax.random.normal(key, (4, 1))}
+    if config.pad:
+      params["pad"] = jax.random.normal(key, (config.pad,))
     return loop.TrainState.create(apply_fn=None, params=params, tx=tx)
 
   def sample(arrays, key, num):

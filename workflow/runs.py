@@ -44,7 +44,7 @@ import shutil
 import subprocess
 import sys
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -411,7 +411,8 @@ def checkpoint_manager(
     workdir: the run directory.
     max_to_keep: the newest steps kept (older ones are deleted by orbax after
       a newer one is saved).
-    read_only: for evaluation: never creates or deletes anything.
+    read_only: for evaluation: never creates or deletes anything (else
+      the temporary folders of failed saves are removed).
   """
   # Readers open the manager without orbax's read_only option (which logs
   # "Given directory is read only" on every open): a manager that is never
@@ -419,6 +420,9 @@ def checkpoint_manager(
   options = ocp.CheckpointManagerOptions(
     preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
     create=not read_only,
+    # A trainer (the only writer: lock) removes the temporary folders of
+    # saves that failed, which a full disk needs back.
+    cleanup_tmp_directories=not read_only,
   )
   with quiet_orbax():
     return ocp.CheckpointManager(ckpt_dir(workdir), options=options)
@@ -501,7 +505,7 @@ def save(
     if free < needed + (1 << 20):
       raise CheckpointWriteError(
         errno.ENOSPC,
-        f"The disk is full ({where} needs {needed / 2**20:.1f} MB, "
+        f"The disk is full ({where} needs up to {needed / 2**20:.1f} MB, "
         f"{free / 2**20:.1f} MB are free). Free some space and run the same "
         f"command again: {_resumes_from(mngr)}",
       )
@@ -757,39 +761,56 @@ def restore(
   trainer = mngr is not None
   with contextlib.ExitStack() as stack, quiet_orbax():
     if not trainer:
-      mngr = stack.enter_context(checkpoint_manager(workdir, read_only=True))
-    skipped, vanished = [], []
+      open_reader = lambda: checkpoint_manager(workdir, read_only=True)
+      mngr = stack.enter_context(_retry_deleted(open_reader))
+    reasons = {}  # Step -> why it was skipped.
     while True:
-      tried = {s for s, _ in skipped} | set(vanished)
       steps = [step] if step is not None else _steps(path)
-      steps = [s for s in steps if s not in tried]
+      steps = [s for s in steps if s not in reasons]
       if not steps:
         break
-      if steps[-1] not in mngr.all_steps():
-        mngr.reload()  # Saved after the manager listed the folder.
       s = steps[-1]
+      if s not in mngr.all_steps():
+        _retry_deleted(mngr.reload)  # Saved after the manager listed it.
       reason, restored = _try_restore(
         mngr, s, items, optional_items, targets, sharding
       )
       if reason is None:
-        _report_skipped(workdir, skipped, s, trainer)
-        if trainer and skipped:
-          mngr.reload()
+        _report_skipped(workdir, _present(path, reasons), s, trainer)
+        if trainer and reasons:
+          _retry_deleted(mngr.reload)
         return s, restored
-      if not (path / str(s)).is_dir():
-        vanished.append(s)  # Deleted by a trainer while it was read.
-      else:
-        skipped.append((s, reason))
+      reasons[s] = reason
+  skipped = _present(path, reasons)
   if not skipped:
     raise FileNotFoundError(
-      f"No checkpoints in {path}: steps {sorted(vanished)} were deleted while "
-      "they were read (a trainer is saving there); run the command again."
+      f"No checkpoints in {path}: each step was deleted while it was read (a "
+      "trainer is saving there with a small --max-to-keep); run the command "
+      "again."
     )
   detail = "; ".join(f"step {s}: {why}" for s, why in skipped)
   raise CheckpointError(
     f"No usable checkpoint in {path} ({detail}). The files were left as they "
     "are; train into a new --workdir, or restore a backup of that folder."
   )
+
+
+def _retry_deleted(fn: Callable[[], Any], tries: int = 10) -> Any:
+  """``fn()``, again while it fails on a step folder that a trainer deleted
+  between orbax's listing and its reading of it."""
+  for attempt in range(tries):
+    try:
+      return fn()
+    except FileNotFoundError:
+      if attempt == tries - 1:
+        raise
+  return None
+
+
+def _present(path: pathlib.Path, reasons: Mapping[int, str]) -> list:
+  """The skipped steps still there: one that is gone was deleted by a
+  trainer while it was read, which is no damage."""
+  return [(s, why) for s, why in reasons.items() if (path / str(s)).is_dir()]
 
 
 def _report_skipped(workdir, skipped, restored_step, trainer) -> None:
