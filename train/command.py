@@ -180,21 +180,34 @@ def setup_logging() -> None:
 
 
 def write_reports(
-  workdir: str | pathlib.Path, configs: Sequence[Any], images
+  workdir: str | pathlib.Path,
+  configs: Sequence[Any],
+  states: Any,
+  images,
+  report_args: Callable[[Any, Any], dict],
 ) -> list[pathlib.Path]:
-  """Writes every run's ``report/`` (process 0); returns the report paths.
+  """Writes every run's ``report/`` (process 0; ``train.report.write``).
 
   Args:
     workdir: the run folder (of the grid, for several configs).
     configs: the run's config, or the grid's.
+    states: the final state (a list of them for a grid).
     images: ``float32 [N, H, W, C]`` inputs whose attention maps are drawn.
+    report_args: ``fn(config, state) -> {"model", "variables", "layer"}``.
+
+  Returns:
+    The paths of the ``report.md`` files.
   """
   if not distributed.is_main_process():
     return []
   from train import report  # Deferred: matplotlib and the figures.
 
+  states = states if isinstance(states, list) else [states]
   dirs = grid.member_dirs(pathlib.Path(workdir).absolute(), configs)
-  return [report.write(d, images) for d in dirs]
+  return [
+    report.write(d, images, step=int(s.step), **report_args(c, s))
+    for d, c, s in zip(dirs, configs, states, strict=True)
+  ]
 
 
 def summary(

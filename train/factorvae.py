@@ -44,7 +44,7 @@ import optax
 
 from train import command, loop
 from train import data as device_data_lib
-from vae_attn import losses, models
+from vae_attn import losses, models, ops
 from vae_attn.attention import value_and_attention
 from vae_attn.data import dsprites
 from workflow import configs, runs
@@ -288,10 +288,15 @@ def train_step(
       loss = loss + weights["lambda_ad"] * terms["ad"]
     return loss, (terms, z)
 
+  # On XLA:CPU, exact fast forms of the convolutions and their derivatives
+  # (vae_attn.ops; a no-op on other backends).
+  vae_loss = ops.fast_convolutions(vae_loss)
   (loss, (metrics, z)), vae_grads = jax.value_and_grad(vae_loss, has_aux=True)(
     state.params["vae"]
   )
-  mu2, logvar2 = encode_fn({"params": state.params["vae"]}, x2)
+  mu2, logvar2 = ops.fast_convolutions(encode_fn)(
+    {"params": state.params["vae"]}, x2
+  )
   z2 = models.reparameterize(k_eps2, mu2, logvar2)
   z_perm = losses.permute_dims(k_perm, jax.lax.stop_gradient(z2))
   z_real = jax.lax.stop_gradient(z)
@@ -435,7 +440,17 @@ def train_and_evaluate(
     images = dsprites.procedural().sample_observations(
       4, np.random.RandomState(0)
     )
-    command.write_reports(workdir, configs_, np.asarray(images, np.float32))
+    command.write_reports(
+      workdir,
+      configs_,
+      states,
+      np.asarray(images, np.float32),
+      lambda c, s: {
+        "model": make_model(c),
+        "variables": {"params": s.params["vae"]},
+        "layer": c.layer,
+      },
+    )
   return states
 
 

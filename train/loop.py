@@ -663,7 +663,8 @@ def _train(cfgs, dirs, specs, mngrs, stack, *, mesh, is_main, **fns):
   else:
     _log.info("Resuming from step %d.", start_step)
   for mngr, d, c in zip(mngrs, dirs, cfgs, strict=True):
-    _warn_deletions(mngr, d, c.max_to_keep)
+    if is_main:
+      _warn_deletions(mngr, d, c.max_to_keep)
   # Rows logged after the restored step (0 without a checkpoint) came from a
   # run that stopped: they are cut before logging again.
   member_writers = [

@@ -32,7 +32,7 @@ import sklearn.metrics
 
 from train import command, loop
 from train import data as device_data
-from vae_attn import anomaly, losses, models
+from vae_attn import anomaly, losses, models, ops
 from vae_attn.data import (
   base,
   custom_folder,
@@ -294,6 +294,9 @@ def train_step(state, batch, key, weights, config) -> tuple:
     kl = losses.gaussian_kl(mu, logvar).mean()
     return recon + kl, (recon, kl, updates.get("batch_stats", {}))
 
+  # On XLA:CPU, exact fast forms of the convolutions and their derivatives
+  # (vae_attn.ops; a no-op on other backends).
+  loss_fn = ops.fast_convolutions(loss_fn)
   (loss, (recon, kl, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
     state.params
   )
@@ -425,7 +428,17 @@ def train_and_evaluate(
   if report:
     idx = np.linspace(0, len(test) - 1, 4).round().astype(np.int64)
     images = np.stack([np.asarray(test[int(i)]["image"]) for i in idx])
-    command.write_reports(workdir, configs_, images.astype(np.float32))
+    command.write_reports(
+      workdir,
+      configs_,
+      states,
+      images.astype(np.float32),
+      lambda c, s: {
+        "model": model,
+        "variables": _variables(s),
+        "layer": models.DEFAULT_LAYERS[c.model],
+      },
+    )
   return states
 
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
-from eval import figures, restore
+from eval import figures
 from vae_attn import attention, losses
 from workflow import writers
 
@@ -63,8 +64,19 @@ def loss_curves(rows: list[dict], path: pathlib.Path) -> pathlib.Path:
   return path
 
 
-def _attention_figure(run, x: np.ndarray, path: pathlib.Path, k: int) -> None:
-  maps_fn = jax.jit(attention.attention(run.encode_fn, run.default_layer))
+class _Run(NamedTuple):
+  """What ``eval.figures.traversal_figure`` reads of a run."""
+
+  model: Any
+  variables: dict
+  input_shape: tuple[int, ...]
+
+  def encode_fn(self, variables, x):
+    return self.model.apply(variables, x, method=self.model.encode)
+
+
+def _attention_figure(run, layer, x: np.ndarray, path: pathlib.Path, k: int):
+  maps_fn = jax.jit(attention.attention(run.encode_fn, layer))
   maps = jax.device_get(maps_fn(run.variables, jnp.asarray(x)))
   per_latent = np.asarray(maps.per_latent)
   response = per_latent.reshape(*per_latent.shape[:2], -1).sum(-1)
@@ -77,14 +89,21 @@ def _attention_figure(run, x: np.ndarray, path: pathlib.Path, k: int) -> None:
     np.asarray(attention.upsample(jnp.asarray(maps.mean), size)),
     np.asarray(attention.upsample(jnp.asarray(shown), size)),
     top,
-    title=f"attention at {run.default_layer}: mean (eq. 4) and the {k} "
+    title=f"attention at {layer}: mean (eq. 4) and the {k} "
     "most responsive latents",
     scale="image",
   )
 
 
 def write(
-  run_dir: str | os.PathLike, images: np.ndarray, *, num_latents: int = 6
+  run_dir: str | os.PathLike,
+  images: np.ndarray,
+  *,
+  model,
+  variables: dict,
+  layer: str,
+  step: int,
+  num_latents: int = 6,
 ) -> pathlib.Path:
   """Writes ``<run_dir>/report/`` for a finished run.
 
@@ -92,6 +111,10 @@ def write(
     run_dir: a finished ``train.factorvae`` or ``train.oneclass`` run folder.
     images: ``float32 [N, H, W, C]`` in [0, 1], the model's input shape:
       the images of the attention figure (the first one is traversed).
+    model: the trained VAE (``vae_attn.models``).
+    variables: its final variables (``{"params": ...}``).
+    layer: the attention layer (``encoder/conv1``).
+    step: the final step.
     num_latents: latents shown per image (those of largest map mass).
 
   Returns:
@@ -100,23 +123,32 @@ def write(
   run_dir = pathlib.Path(run_dir)
   out = run_dir / REPORT_DIR
   out.mkdir(exist_ok=True)
-  run = restore.load_run(run_dir)
+  # This process's copy of the replicated arrays: no collective (the other
+  # processes of a multi-process run do not take part in the report).
+  variables = jax.tree.map(
+    lambda a: (
+      np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array) else a
+    ),
+    variables,
+  )
+  run = _Run(model, variables, tuple(images.shape[1:]))
   rows = writers.read_scalars(run_dir)
   _log.info("Report: loss curves, attention maps, traversals -> %s", out)
   loss_curves(rows, out / "loss_curves.png")
   x = np.asarray(images, np.float32)
-  _attention_figure(
-    run, x, out / "attention.png", min(num_latents, run.latent_dim)
-  )
   mu_logvar = jax.jit(run.encode_fn)(run.variables, jnp.asarray(x))
   mu, logvar = (np.asarray(a) for a in mu_logvar)
+  latent_dim = mu.shape[-1]
+  _attention_figure(
+    run, layer, x, out / "attention.png", min(num_latents, latent_dim)
+  )
   kl = np.asarray(losses.gaussian_kl_per_dim(mu, logvar)).mean(axis=0)
   figures.traversal_figure(
     run,
     x[:1],
     kl,
     str(out / "traversals.png"),
-    num_latents=min(8, run.latent_dim),
+    num_latents=min(8, latent_dim),
     limit=2.5,
     steps=9,
     title="latent traversals (rows: latents by mean KL of the images)",
@@ -133,7 +165,7 @@ def write(
     [
       f"# {run_dir.name}: training report",
       "",
-      f"Step {run.step}; model {run.name}, layer {run.default_layer}.",
+      f"Step {step}; attention layer {layer}.",
       "",
       "Last logged values:",
       "",
