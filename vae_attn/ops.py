@@ -74,6 +74,7 @@ _INLINE = frozenset({"closed_call", "core_call"})
 _REWRITE = frozenset(
   {"jit", "pjit", "remat2", "checkpoint", "scan", "while", "cond"}
 )
+_JAXPRS = (jex_core.Jaxpr, jex_core.ClosedJaxpr)
 
 
 def _eval_jaxpr(jaxpr, args, rule):
@@ -83,8 +84,11 @@ def _eval_jaxpr(jaxpr, args, rule):
   def read(atom):
     return atom.val if isinstance(atom, jex_core.Literal) else env[atom]
 
-  # Since jax 0.12 a Jaxpr carries the values of its constvars.
-  for var, value in zip(jaxpr.constvars, jaxpr.consts, strict=True):
+  # A ClosedJaxpr (jax < 0.12) or a Jaxpr (which carries its consts since
+  # jax 0.12; its .jaxpr is itself); an open Jaxpr of jax < 0.12 has none.
+  consts = getattr(jaxpr, "consts", ())
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  for var, value in zip(jaxpr.constvars, consts, strict=True):
     env[var] = value
   for var, value in zip(jaxpr.invars, args, strict=True):
     env[var] = value
@@ -106,30 +110,31 @@ def _rewrite_jaxpr(jaxpr, rule):
   """``jaxpr`` traced again through ``rule`` (same inputs and outputs)."""
   avals = [
     jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype, weak_type=v.aval.weak_type)
-    for v in jaxpr.invars
+    for v in getattr(jaxpr, "jaxpr", jaxpr).invars
   ]
-  return jax.make_jaxpr(lambda *args: _eval_jaxpr(jaxpr, args, rule))(*avals)
+  new = jax.make_jaxpr(lambda *args: _eval_jaxpr(jaxpr, args, rule))(*avals)
+  if isinstance(jaxpr, type(new)):
+    return new
+  return jaxpr if new.consts else new.jaxpr  # An open Jaxpr (jax < 0.12).
+
+
+def _rewrite_param(value, rule):
+  """A jaxpr parameter (or a tuple of them, cond's branches) rewritten."""
+  if isinstance(value, _JAXPRS):
+    return _rewrite_jaxpr(value, rule)
+  if isinstance(value, tuple) and value:
+    if all(isinstance(j, _JAXPRS) for j in value):
+      return tuple(_rewrite_jaxpr(j, rule) for j in value)
+  return value
 
 
 def _bind(eqn, invals, rule):
   """``eqn`` applied to ``invals``, its sub-jaxprs interpreted by ``rule``."""
   name, params = eqn.primitive.name, eqn.params
   if name in _INLINE:
-    (sub,) = jex_core.jaxprs_in_params(params)
-    return _eval_jaxpr(sub, invals, rule)
+    return _eval_jaxpr(params["call_jaxpr"], invals, rule)
   if name in _REWRITE:
-    params = {
-      key: (
-        tuple(_rewrite_jaxpr(j, rule) for j in value)
-        if isinstance(value, tuple)
-        and value
-        and all(isinstance(j, jex_core.Jaxpr) for j in value)
-        else _rewrite_jaxpr(value, rule)
-        if isinstance(value, jex_core.Jaxpr)
-        else value
-      )
-      for key, value in params.items()
-    }
+    params = {k: _rewrite_param(v, rule) for k, v in params.items()}
   return eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(params))
 
 
