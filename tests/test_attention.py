@@ -386,13 +386,16 @@ class _Encoder(nn.Module):
     return GaussianHead(3, (8,), name="head")(x)
 
 
-def test_remat_around_the_target_is_refused_clearly():
+def test_remat_around_the_target_gives_the_same_maps():
+  # nn.remat traces the block into a jax.checkpoint call, which is inlined.
   x = jax.random.uniform(jax.random.key(0), (2, 12, 12, 1))
-  model = _Encoder(remat=("conv1",))
-  variables = jax.jit(model.init)(jax.random.key(1), x)
-  fn = attention.attention(model.apply, "conv1")
-  with pytest.raises(ValueError, match=r"'conv1' runs inside.*nn\.remat"):
-    fn(variables, x)
+  plain = _Encoder()
+  variables = jax.jit(plain.init)(jax.random.key(1), x)
+  want = attention.attention(plain.apply, "conv1")(variables, x)
+  lifted = _Encoder(remat=("conv1",))
+  got = jax.jit(attention.attention(lifted.apply, "conv1"))(variables, x)
+  chex.assert_trees_all_close(got, want, atol=1e-6)
+  assert np.abs(want.per_latent).max() > 1e-3
 
 
 def test_remat_elsewhere_gives_the_same_maps():
@@ -436,19 +439,8 @@ def test_resnet_layer_paths_are_blocks_not_their_layers():
   assert len(paths) == 1 + 4 * 2 * 3 + 3  # Stem, blocks and convs, downs.
 
 
-class _OtherHead(nn.Module):
-  """GaussianHead's function without its protocol attribute."""
-
-  @nn.compact
-  def __call__(self, x):
-    x = nn.relu(nn.Dense(8, name="fc1")(x.reshape(x.shape[0], -1)))
-    return nn.Dense(3, name="mu")(x), nn.Dense(3, name="logvar")(x)
-
-
-class _BrokenHead(_OtherHead):
-  """Declares the protocol but pools before its first Dense."""
-
-  flattens_input_into_dense = True
+class _PoolingHead(nn.Module):
+  """Pools before its first Dense (no flatten to fold the offset into)."""
 
   @nn.compact
   def __call__(self, x):
@@ -464,20 +456,24 @@ class _Encoder2(nn.Module):
     return self.head(ConvBlock(ConvSpec(4), name="conv1")(x))
 
 
-def test_heads_are_asked_through_the_protocol_attribute():
+def test_heads_that_fold_or_not_match_the_hand_split_reference():
+  # The flatten -> Dense head takes the offset folded in closed form; the
+  # pooling head takes it as it is. Both equal jax.grad of the split model.
   x = jax.random.uniform(jax.random.key(0), (2, 12, 12, 1))
-  folded = _Encoder2(GaussianHead(3, (8,)))
-  variables = jax.jit(folded.init)(jax.random.key(1), x)
-  want = attention.attention(folded.apply, "conv1")(variables, x)
-  # The same function without the attribute: differentiated, not folded.
-  other = _Encoder2(_OtherHead())
-  got = attention.attention(other.apply, "conv1")(variables, x)
-  chex.assert_trees_all_close(got, want, atol=1e-6)
-  assert np.abs(want.per_latent).max() > 1e-3
-  broken = _Encoder2(_BrokenHead())
-  broken_vars = jax.jit(broken.init)(jax.random.key(1), x)
-  with pytest.raises(ValueError, match="flattens_input_into_dense"):
-    attention.attention(broken.apply, "conv1")(broken_vars, x)
+  for head in (GaussianHead(3, (8,)), _PoolingHead()):
+    model = _Encoder2(head)
+    variables = jax.jit(model.init)(jax.random.key(1), x)
+    p = variables["params"]
+    a = ConvBlock(ConvSpec(4)).apply({"params": p["conv1"]}, x)
+
+    def mu_fn(a_b, p=p, head=head):
+      return head.apply({"params": p["head"]}, a_b[None])[0][0]
+
+    g = jax.vmap(jax.jacrev(mu_fn))(a)
+    want = jax.nn.relu(jnp.einsum("bhwn,bkn->bkhw", a, g.mean((2, 3))))
+    got = attention.attention(model.apply, "conv1")(variables, x)
+    np.testing.assert_allclose(got.per_latent, want, atol=1e-6)
+    assert np.abs(want).max() > 1e-3
 
 
 def test_resolve_layers_gives_full_paths_or_lists_the_valid_ones(mnist):

@@ -1,98 +1,104 @@
-"""Per-latent gradient attention of a VAE encoder, as a JAX transform.
+"""Per-latent gradient attention of any JAX encoder, as a JAX transform.
 
 ``attention(encode_fn, layer)`` creates a function that evaluates, for every
-latent element ``z_i`` of the code, the Grad-CAM map of ``z_i`` at the conv
-layer ``layer`` (paper eq. 3-4, docs/paper.md#per-latent-attention):
+latent element ``z_i`` of the code, the Grad-CAM map of ``z_i`` at the
+feature map ``A`` (``[B, h, w, n]``) named ``layer`` (paper eq. 3-4,
+docs/paper.md#per-latent-attention):
 
     g_i  = d z_i / d A                        (h x w x n)
     a_ik = mean over the h x w positions of g_i[..., k]
     M_i  = ReLU(sum_k a_ik A[..., k])         (h x w)
     M    = (1 / D) sum_i M_i
 
-All ``D`` gradients come from ONE forward pass: the activation ``A`` is
-perturbed with a zero offset through ``flax.linen.intercept_methods`` (no
-hooks, no stored tensors, no model edits), ``jax.vjp`` linearises the encoder
-once, and ``jax.vmap`` maps the pullback over the ``D`` one-hot cotangents.
-Because Grad-CAM only needs the spatial mean of each gradient, the offset is
-one value per channel, broadcast over ``h x w``; its gradient is exactly the
-spatial sum of ``g_i``. The result composes with ``jax.jit``, ``jax.vmap`` and
-``jax.grad`` (second order, for the L_AD loss of eq. 6).
+``layer`` names a value inside the encoder: a Flax Linen module path
+(``"encoder/conv2"``; a unique suffix such as ``"conv2"`` works), an NNX
+submodule's attribute path written the same way (``encode_fn(model, x)``
+takes the ``nnx.Module`` first), or, in any JAX function (plain JAX,
+Equinox, Haiku, a function activation), a value named with JAX's
+``jax.ad_checkpoint.checkpoint_name(a, "name")``.
 
-Precision. The transform traces the encoder, its pullback and the maps
-under ``jax.default_matmul_precision(precision)`` (default ``"highest"``:
-full float32 on every backend), and the convolutions of
-:mod:`vae_attn.models.ops` store that precision in their custom derivatives,
-so every dot and convolution of the program, second-order derivatives
-included, carries it. Measured (issue 11, one NVIDIA H200, jax 0.11.2):
-with JAX's default precision (TF32 matmuls and convolutions on GPU;
-bfloat16 passes on TPU) the maps of the same parameters and images differed
-from the CPU maps by up to 8 % (max abs difference / max abs map) at
-FactorVAE ``encoder/conv1`` and 6 % at Ped1 ``encoder/conv2`` and ResNet-18
-``encoder/stage2_block1/conv1``; with ``"highest"``, by about 1e-6.
-XLA:CPU computes float32 dots and convolutions in float32 at any precision
-setting, so on CPU the option changes neither the maps nor the speed.
+One mechanism serves all three. The encoder is traced to a jaxpr in which
+every Linen module output (``flax.linen.intercept_methods``) and every NNX
+submodule output is named with ``checkpoint_name`` (NNX: on a merged copy
+whose submodules' classes are swapped for subclasses that name their
+output; the user's model and classes are untouched). The jaxpr is evaluated
+equation by equation with a zero offset added at each target; one
+``jax.vjp`` linearises that forward pass and ``jax.vmap`` maps the pullback
+over the one-hot cotangents of the ``D`` latents. Grad-CAM needs only the
+spatial mean of each gradient, so the offset is one value per channel: its
+gradient is the spatial sum of ``g_i``. Where it feeds a convolution
+(NHWC/HWIO) or a flatten and a dense layer, it is folded in closed form
+(``conv(A + delta) = conv(A) + conv_of_constant(delta)``, exact by
+linearity, cheaper to differentiate). On XLA:CPU the whole computation goes
+through :func:`vae_attn.ops.fast_convolutions`, so stock ``nn.Conv``,
+``nnx.Conv`` and ``lax`` convolutions get the exact fast CPU forms. A target
+inside ``jax.jit``, ``jax.checkpoint`` (``nn.remat``) or a custom-derivative
+function is reached by inlining that call (differentiating its body as
+written); targets inside loops (``lax.scan``, ``nn.scan``) are not reachable.
+The result composes with ``jax.jit``, ``jax.vmap`` and ``jax.grad`` (second
+order, for the L_AD loss of eq. 6).
 
-Float32 against float64. The float32 maps of every paper layer agree with a
-float64 evaluation (``jax.enable_x64``, float64 parameters and images) to
-about 1e-6 (max abs difference / max abs map; ``tests/test_precision.py``),
-except where a ReLU's pre-activation lies within float32 rounding of zero:
-there float32 and float64 differentiate different linear pieces of the
-network, and every map whose gradient flows through that unit changes. Any
-float32 evaluation, in any framework, meets such units on some inputs.
-Measured on the ResNet-18 VAE at 256x256 (random weights, BatchNorm
-statistics of the image batch, scikit-image's brick texture, XLA:CPU): one
-unit of ``stage2_block1``'s output ReLU had pre-activation 3.0e-6 in float32
-and -1.6e-6 in float64 (activations up to 8.2), and the maps at
-``stage1_block1/conv1`` and ``stage2_block1/conv1`` moved by 1.2e-2 and
-7.1e-3; float64 run with the float32 ReLU masks agreed with float32 to 2e-6
-at every stage. The spatial mean of the gradients is not where precision
-goes (summing the float32 gradients in float64 leaves the gradient means
-1.04e-2 from float64 either way), nor are the rewrites of
-:mod:`vae_attn.models.ops` (none runs at that size), and XLA:CPU's float32
-convolutions are as accurate as OpenBLAS's sgemm.
+After the activation. The paper's ``A`` is a conv layer's output after its
+activation. When the target flows into a chain of elementwise operations
+whose other operands do not depend on the images (a bias, BatchNorm in
+evaluation mode) and that contains a nonlinearity (relu, leaky_relu, elu,
+silu, gelu, softplus, tanh, sigmoid...), and only the chain's result is
+used further, the map is taken at that result. So the ``nn.Conv`` of
+``nn.relu(nn.Conv(...)(x))``, or of conv -> BatchNorm -> relu, gives the
+stage's post-activation map, as the paper defines it, not a pre-activation
+map that differs by tens of percent; targeting the BatchNorm gives the
+same map. A value that also feeds something beside the chain, or whose
+chain is affine (conv -> BatchNorm -> residual add), is taken as named, as
+is every target with ``after_activation=False``.
 
-Modules may tell the transform about their structure through one class
-attribute, ``flattens_input_into_dense = True``: the module's ``__call__``
-flattens its input row-major to ``[B, -1]`` and passes that array, unchanged,
-to its first ``nn.Dense`` (as :class:`vae_attn.models.GaussianHead` does).
-A per-channel offset of that input is then folded into the Dense layer in
-closed form (exact by linearity, and cheaper to differentiate).
+The official code's map (liuem607/expVAE ``code/gradcam.py``): one map per
+image of ``d sum(mu) / dA`` over the batch, the gradient divided by one root
+mean square over the batch (``+ 1e-5``), pooled into weights of the conv
+output before its ReLU, the signed map upsampled, then its absolute value.
+These options compute it exactly (``tests/test_attention_models.py``)::
+
+  fn = attention(encode, conv_layer, sum_latents=True,
+                 gradient_scale="batch_rms", positive=None,
+                 after_activation=False)
+  official = jnp.abs(upsample(fn(variables, x).mean, x.shape[1:3]))
+
+Precision: the encoder, its pullback and the maps are traced under
+``jax.default_matmul_precision(precision)`` (default ``"highest"``, full
+float32 on every backend; docs/attention.md has the measurements).
 
 References:
   Liu et al., "Towards Visually Explaining Variational Autoencoders", CVPR
   2020, https://arxiv.org/abs/1911.07389 (eq. 3-5).
   Selvaraju et al., "Grad-CAM", ICCV 2017, https://arxiv.org/abs/1610.02391.
+  Official code: https://github.com/liuem607/expVAE (code/gradcam.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import flax.errors
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import nnx
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
+from jax.extend import core as jcore
 
-# The parts live in private modules (argument checks, layer resolution, the
-# offsets at the target layers, post-processing, precision); the public
-# names among them are re-exported here.
-from vae_attn import _attention_checks as checks
-from vae_attn import _attention_layers as layers_lib
-from vae_attn import _attention_offsets as offsets_lib
-from vae_attn._attention_checks import CODES as CODES
-from vae_attn._attention_checks import GRADIENT_SCALES as GRADIENT_SCALES
-from vae_attn._attention_checks import POSITIVES as POSITIVES
-from vae_attn._attention_layers import EncodeFn as EncodeFn
-from vae_attn._attention_layers import layer_paths as layer_paths
-from vae_attn._attention_layers import resolve_layers as resolve_layers
-from vae_attn._attention_post import normalize as normalize
-from vae_attn._attention_post import upsample as upsample
-from vae_attn._attention_precision import PRECISIONS as PRECISIONS
-from vae_attn._attention_precision import Precision as Precision
-from vae_attn._attention_precision import matmul_precision as matmul_precision
-from vae_attn.models import ops
+from vae_attn import ops
+
+EncodeFn = Callable[..., tuple[jax.Array, jax.Array]]
+Precision = str | lax.Precision | None
+
+CODES = ("mu", "sample", "difference")
+POSITIVES = ("relu", "abs")  # And None: signed maps.
+GRADIENT_SCALES = (None, "rms", "batch_rms")
+PRECISIONS = ("highest", "high", "default")
 
 _CPU_CHUNK_ROWS = 256  # Rows (latents x examples) per pullback chunk on CPU.
 
@@ -101,12 +107,61 @@ class AttentionMaps(NamedTuple):
   """Attention maps of one layer.
 
   Attributes:
-    per_latent: ``[B, D, h, w]``, the map ``M_i`` of every latent element.
+    per_latent: ``[B, D, h, w]``, the map ``M_i`` of every latent element
+      (``[B, K, h, w]`` with ``latents``, ``[B, 1, h, w]`` with
+      ``sum_latents``).
     mean: ``[B, h, w]``, their mean over ``D`` (eq. 4).
   """
 
   per_latent: jax.Array
   mean: jax.Array
+
+
+# Precision.
+# ----------------------------------------------------------------------------
+
+
+def _precision_name(precision: Precision) -> str | None:
+  if precision is None:
+    return None
+  if isinstance(precision, lax.Precision):
+    return precision.name.lower()
+  if isinstance(precision, str) and precision.lower() in PRECISIONS:
+    return precision.lower()
+  raise ValueError(
+    f"Unknown precision {precision!r}; choose one of {PRECISIONS}, a "
+    "jax.lax.Precision, or None (the caller's jax_default_matmul_precision)."
+  )
+
+
+def matmul_precision(precision: Precision = "highest"):
+  """A context manager: JAX code traced inside uses ``precision``.
+
+  ``jax.default_matmul_precision`` under this module's names: every dot and
+  convolution traced inside the block without its own precision gets it
+  (read at tracing: wrap the code that traces). Nothing global changes.
+
+  Args:
+    precision: ``"highest"`` (full float32 on every backend), ``"high"``,
+      ``"default"`` (the backend's fastest: TF32 on recent NVIDIA GPUs,
+      bfloat16 passes on TPU), a ``jax.lax.Precision``, or ``None`` (a
+      no-op).
+
+  Raises:
+    ValueError: an unknown precision.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from vae_attn import attention
+    >>> with attention.matmul_precision("highest"):
+    ...   text = jax.jit(jnp.dot).lower(jnp.ones(3), jnp.ones(3)).as_text()
+    >>> "HIGHEST" in text
+    True
+  """
+  name = _precision_name(precision)
+  if name is None:
+    return contextlib.nullcontext()
+  return jax.default_matmul_precision(name)
 
 
 # Codes.
@@ -135,30 +190,644 @@ def difference_code(
   return (stats.mean - mu) + jnp.sqrt(stats.var + jnp.exp(logvar)) * eps
 
 
-def _code_fn(code: str, *, key, stats) -> Callable[..., jax.Array]:
-  """``(mu, logvar) -> z``, the code that is differentiated."""
+def _code(code: str, mu, logvar, key, stats) -> jax.Array:
+  if code == "mu":
+    return mu
+  eps = jax.random.normal(key, mu.shape, mu.dtype)
+  if code == "sample":
+    return mu + jnp.exp(0.5 * logvar) * eps
+  return difference_code(mu, logvar, stats, eps)
 
-  def code_fn(mu, logvar):
-    if code == "mu":
-      return mu
-    eps = jax.random.normal(key, mu.shape, mu.dtype)
-    if code == "sample":
-      return mu + jnp.exp(0.5 * logvar) * eps
-    return difference_code(mu, logvar, stats, eps)
 
-  return code_fn
+# Tracing the encoder with its layers named.
+# ----------------------------------------------------------------------------
+
+
+def _name_linen_output(next_fun, args, kwargs, context):
+  """``nn.intercept_methods`` interceptor: names each module's output."""
+  out = next_fun(*args, **kwargs)
+  path = "/".join(context.module.path)
+  if context.method_name == "__call__" and path and isinstance(out, jax.Array):
+    return checkpoint_name(out, path)
+  return out
+
+
+def _name_nnx_outputs(model: nnx.Module) -> None:
+  """Names each submodule's output on ``model``, a merged copy: its
+  submodules get subclasses whose ``__call__`` names the output."""
+  for path, node in list(nnx.iter_graph(model)):
+    if path and isinstance(node, nnx.Module):
+      cls, name = type(node), "/".join(map(str, path))
+
+      def call(self, *args, _cls=cls, _name=name, **kwargs):
+        out = _cls.__call__(self, *args, **kwargs)
+        return (
+          checkpoint_name(out, _name) if isinstance(out, jax.Array) else out
+        )
+
+      node.__class__ = type(cls.__name__, (cls,), {"__call__": call})
+
+
+class _Traced(NamedTuple):
+  """The encoder as a jaxpr of flat inputs, and how to call it."""
+
+  jaxpr: jcore.Jaxpr  # With its consts.
+  inputs: list  # The dynamic leaves of (first, x, args, kwargs).
+  is_data: list[bool]  # Whether each input depends on the images.
+  out_tree: Any
+
+
+def _is_array(leaf) -> bool:
+  return isinstance(leaf, (jax.Array, np.ndarray, np.generic)) or isinstance(
+    leaf, jax.ShapeDtypeStruct
+  )
+
+
+def _trace(encode_fn, first, x, args, kwargs) -> _Traced:
+  """Traces ``encode_fn(first, x, *args, **kwargs)`` with its layers named."""
+  if isinstance(first, nnx.Module):
+    graphdef, first = nnx.split(first)
+
+    def call(state, *rest, **kw):
+      model = nnx.merge(graphdef, state)
+      _name_nnx_outputs(model)
+      return encode_fn(model, *rest, **kw)
+  else:
+    call = encode_fn
+  leaves, tree = jax.tree.flatten((first, x, args, kwargs))
+  dynamic = [i for i, leaf in enumerate(leaves) if _is_array(leaf)]
+  num_first = len(jax.tree.leaves(first))
+  out_tree = []
+
+  def flat_fn(*values):
+    full = list(leaves)
+    for i, v in zip(dynamic, values, strict=True):
+      full[i] = v
+    f, xx, a, kw = jax.tree.unflatten(tree, full)
+    with nn.intercept_methods(_name_linen_output):
+      out = call(f, xx, *a, **kw)
+    flat, treedef = jax.tree.flatten(out)
+    out_tree.append(treedef)
+    return flat
+
+  inputs = [leaves[i] for i in dynamic]
+  closed = jax.make_jaxpr(flat_fn)(*inputs)
+  is_data = [i >= num_first for i in dynamic]
+  return _Traced(closed.jaxpr, inputs, is_data, out_tree[0])
+
+
+# Where the named values are.
+# ----------------------------------------------------------------------------
+
+# Call primitives whose body a target may sit in: it is inlined.
+_CALLS = {
+  "jit", "pjit", "closed_call", "core_call", "remat2", "checkpoint",
+  "custom_jvp_call", "custom_vjp_call",
+}  # fmt: skip
+_ELEMENTWISE = {
+  "abs", "add", "add_any", "and", "atan2", "cbrt", "clamp", "copy",
+  "convert_element_type", "copy_p", "cos", "div", "eq", "erf", "erfc", "exp",
+  "exp2", "expm1",
+  "ge", "gt", "integer_pow", "is_finite", "le", "log", "log1p", "logistic",
+  "lt", "max", "min", "mul", "name", "ne", "neg", "not", "or", "pow",
+  "reduce_precision", "rsqrt", "select_n", "sign", "sin", "sqrt", "square",
+  "sub", "tanh",
+}  # fmt: skip
+_AFFINE = {"add", "add_any", "sub", "neg", "mul", "div", "name", "copy"}
+_AFFINE |= {"convert_element_type", "copy_p"}
+
+
+def _body(eqn):
+  """The jaxpr of a call equation (``jit``, ``remat``...), else ``None``.
+  Since jax 0.12 a ``Jaxpr`` carries the values of its constvars."""
+  if eqn.primitive.name not in _CALLS:
+    return None
+  body = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+  return body if isinstance(body, jcore.Jaxpr) else body.jaxpr
+
+
+class _Scope(NamedTuple):
+  jaxpr: jcore.Jaxpr
+  data: frozenset  # Variables that depend on the images.
+
+
+class _Site(NamedTuple):
+  """A named value: where it is, and its shape."""
+
+  scope: tuple[int, ...]  # Equation indices from the top jaxpr down.
+  index: int  # Of the equation that names it.
+  aval: Any
+
+
+def _scan(jaxpr, is_data, path, scopes, sites) -> None:
+  """Fills ``scopes`` (path -> _Scope) and ``sites`` (name -> [_Site])."""
+  data = {v for v, d in zip(jaxpr.invars, is_data, strict=True) if d}
+  for i, eqn in enumerate(jaxpr.eqns):
+    ins = [isinstance(v, jcore.Var) and v in data for v in eqn.invars]
+    if any(ins):
+      data.update(eqn.outvars)
+    body = _body(eqn)
+    if body is not None and len(body.invars) == len(ins):
+      _scan(body, ins, (*path, i), scopes, sites)
+    if eqn.primitive.name == "name":
+      site = _Site(path, i, eqn.outvars[0].aval)
+      sites.setdefault(eqn.params["name"], []).append(site)
+  scopes[path] = _Scope(jaxpr, frozenset(data))
+
+
+def _sites(traced: _Traced):
+  scopes, sites = {}, {}
+  _scan(traced.jaxpr, traced.is_data, (), scopes, sites)
+  return scopes, sites
+
+
+def _feature_maps(sites) -> dict[str, tuple[int, ...]]:
+  """Named ``[B, h, w, n]`` values called once: a layer inside a block that
+  is one itself and that names nothing inside (``conv2/conv``) is left out;
+  ordered by call (a block before its layers)."""
+  maps = {
+    name: tuple(s[0].aval.shape)
+    for name, s in sites.items()
+    if len(s) == 1 and s[0].aval.ndim == 4
+  }
+
+  def order(name):
+    inner = [n for n in sites if n == name or n.startswith(name + "/")]
+    first = min((*sites[n][0].scope, sites[n][0].index) for n in inner)
+    return first, name.count("/")
+
+  def leaf_in_block(name):
+    leaf = not any(n.startswith(name + "/") for n in sites)
+    return leaf and name.rpartition("/")[0] in maps
+
+  return {n: maps[n] for n in sorted(maps, key=order) if not leaf_in_block(n)}
+
+
+def _resolve(layers: Sequence[str], sites) -> dict[str, str]:
+  """Maps each requested layer to its full name (exact or unique suffix)."""
+  targets = _feature_maps(sites)
+  resolved = {}
+  for layer in layers:
+    if layer in sites:
+      resolved[layer] = layer
+      continue
+    matches = [p for p in targets if p.endswith("/" + layer)]
+    matches = matches or [p for p in sites if p.endswith("/" + layer)]
+    if len(matches) == 1:
+      resolved[layer] = matches[0]
+      continue
+    if not sites:
+      raise ValueError(
+        f"Layer {layer!r}: encode_fn names no value. The transform needs a "
+        "Flax Linen module called by encode_fn, an nnx.Module as its first "
+        "argument, or a value named inside it with "
+        'jax.ad_checkpoint.checkpoint_name(a, "name").'
+      )
+    listing = "\n  ".join(f"{p}  {s}" for p, s in targets.items())
+    what = "is ambiguous" if matches else "is not a conv layer of this encoder"
+    raise ValueError(
+      f"Layer {layer!r} {what}. Valid layer paths (output shape):\n  {listing}"
+    )
+  for layer, name in resolved.items():
+    found = sites[name]
+    if len(found) > 1:
+      raise ValueError(
+        f"Layer {name!r} is called {len(found)} times per forward pass; its "
+        "attention is ambiguous. Pick a layer called once."
+      )
+    if found[0].aval.ndim != 4:
+      raise ValueError(
+        f"Layer {layer!r} has output shape {found[0].aval.shape}; attention "
+        "needs a feature map [B, h, w, n]."
+      )
+  return resolved
+
+
+def _elementwise(eqn, shape, inside) -> bool:
+  """Whether ``eqn`` maps its ``inside`` inputs elementwise to ``shape``."""
+  if any(tuple(v.aval.shape) != shape for v in eqn.outvars):
+    return False
+  body = _body(eqn)
+  if body is None:
+    return eqn.primitive.name in _ELEMENTWISE
+  region = {v for v, i in zip(body.invars, inside, strict=True) if i}
+  for e in body.eqns:
+    ins = [isinstance(v, jcore.Var) and v in region for v in e.invars]
+    if any(ins):  # Equations of constants only (broadcasts) do not count.
+      if not _elementwise(e, shape, ins):
+        return False
+      region.update(e.outvars)
+  return True
+
+
+def _nonlinear(eqn, region) -> bool:
+  body = _body(eqn)
+  if body is not None:
+    return any(_nonlinear(e, set(body.invars)) for e in body.eqns)
+  inside = sum(isinstance(v, jcore.Var) and v in region for v in eqn.invars)
+  if eqn.primitive.name in ("mul", "div"):
+    return inside > 1
+  return eqn.primitive.name not in _AFFINE | {"broadcast_in_dim", "iota"}
+
+
+def _after_activation(scope: _Scope, index: int) -> int:
+  """The equation whose output is the map's ``A`` (module docstring)."""
+  eqns = scope.jaxpr.eqns
+  var = eqns[index].outvars[0]
+  shape = tuple(var.aval.shape)
+  region, members, nonlinear = {var}, [], False
+  for j in range(index + 1, len(eqns)):
+    eqn = eqns[j]
+    ins = [isinstance(v, jcore.Var) and v in region for v in eqn.invars]
+    if not any(ins):
+      continue
+    others = [
+      v
+      for v, i in zip(eqn.invars, ins, strict=True)
+      if isinstance(v, jcore.Var) and not i
+    ]
+    if not _elementwise(eqn, shape, ins) or any(
+      v in scope.data for v in others
+    ):
+      break
+    region.update(eqn.outvars)
+    members.append(j)
+    nonlinear |= _nonlinear(eqn, region)
+  if not nonlinear:
+    return index
+  inside = set(members)
+  used = {
+    v
+    for j, e in enumerate(eqns)
+    if j > index and j not in inside
+    for v in e.invars
+    if isinstance(v, jcore.Var) and v in region
+  }
+  used |= {v for v in scope.jaxpr.outvars if isinstance(v, jcore.Var)} & region
+  if len(used) != 1:
+    return index
+  (exit_var,) = used
+  if exit_var.aval.dtype != var.aval.dtype:
+    return index
+  return next(j for j in members if exit_var in eqns[j].outvars)
+
+
+# The encoder with offsets: an equation-by-equation interpreter.
+# ----------------------------------------------------------------------------
+
+
+def _bind(eqn, invals):
+  params = eqn.primitive.get_bind_params(eqn.params)
+  with eqn.ctx.manager:
+    out = eqn.primitive.bind(*invals, **params)
+  return out if eqn.primitive.multiple_results else [out]
+
+
+def _foldable(p) -> bool:
+  dims = p["dimension_numbers"]
+  return (
+    tuple(dims.lhs_spec) == (0, 3, 1, 2)
+    and tuple(dims.rhs_spec) == (3, 2, 0, 1)
+    and tuple(dims.out_spec) == (0, 3, 1, 2)
+    and p["feature_group_count"] == 1
+    and p["batch_group_count"] == 1
+    and all(d == 1 for d in p["lhs_dilation"])
+    and p["preferred_element_type"] is None
+  )
+
+
+class _Offset(NamedTuple):
+  """A value that is ``clean + delta``, delta constant over ``h x w``."""
+
+  clean: jax.Array  # [B, h, w, n], or [B, h * w * n] once flattened.
+  delta: jax.Array  # [B, n].
+  hw: tuple[int, int]
+
+
+def _apply(eqn, invals, offsets):
+  """The equation's outputs, folding a per-channel offset where it can."""
+  v0 = eqn.invars[0] if eqn.invars else None
+  off = offsets.get(v0) if isinstance(v0, jcore.Var) else None
+  if off is None:
+    return _bind(eqn, invals), None
+  name = eqn.primitive.name
+  conv = eqn.params if name == "conv_general_dilated" else None
+  if conv is not None and off.clean.ndim == 4 and _foldable(conv):
+    out = _bind(eqn, [off.clean, *invals[1:]])[0]
+    extra = ops.conv_of_constant(
+      off.delta,
+      invals[1],
+      off.hw,
+      strides=conv["window_strides"],
+      padding=conv["padding"],
+      kernel_dilation=conv["rhs_dilation"],
+      precision=conv["precision"],
+    )
+    return [out + extra.astype(out.dtype)], None
+  if name == "name":
+    return invals, off
+  if name == "reshape" and off.clean.ndim == 4:
+    b = off.clean.shape[0]
+    if tuple(eqn.params["new_sizes"]) == (b, off.clean[0].size) and (
+      eqn.params["dimensions"] is None
+    ):
+      flat = off.clean.reshape(b, -1)
+      return _bind(eqn, invals), _Offset(flat, off.delta, off.hw)
+  if name == "dot_general" and off.clean.ndim == 2 and invals[1].ndim == 2:
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    if tuple(lc) == (1,) and tuple(rc) == (0,) and not lb and not rb:
+      out = _bind(eqn, [off.clean, invals[1]])[0]
+      extra = ops.flatten_dense_of_constant(
+        off.delta, invals[1], off.hw, precision=eqn.params["precision"]
+      )
+      return [out + extra.astype(out.dtype)], None
+  return _bind(eqn, invals), None
+
+
+def _evaluate(jaxpr, args, targets, deltas, folded, path=()):
+  """Evaluates ``jaxpr`` with ``deltas[name]`` added at each target.
+
+  Args:
+    targets: ``(scope path, equation index) -> [names]``, where each offset
+      is added (to the equation's output).
+    deltas: name -> offset ``[B, 1, 1, n]`` (folded) or ``[B, h, w, n]``.
+    folded: whether per-channel offsets are folded.
+
+  Returns:
+    ``(outputs, captured)``, ``captured`` the dict name -> ``A``.
+  """
+  env, offsets, captured = {}, {}, {}
+  inline = {
+    t[0][len(path)]
+    for t in targets
+    if len(t[0]) > len(path) and t[0][: len(path)] == path
+  }
+
+  def read(v):
+    return v.val if isinstance(v, jcore.Literal) else env[v]
+
+  for v, value in zip(jaxpr.constvars, jaxpr.consts, strict=True):
+    env[v] = value
+  for v, value in zip(jaxpr.invars, args, strict=True):
+    env[v] = value
+  for i, eqn in enumerate(jaxpr.eqns):
+    invals = [read(v) for v in eqn.invars]
+    off = None
+    if i in inline:
+      path_i = (*path, i)
+      outs, inner = _evaluate(
+        _body(eqn), invals, targets, deltas, folded, path_i
+      )
+      captured.update(inner)
+    else:
+      outs, off = _apply(eqn, invals, offsets)
+    for v, value in zip(eqn.outvars, outs, strict=True):
+      env[v] = value
+    if off is not None:
+      offsets[eqn.outvars[0]] = off
+    for name in targets.get((path, i), ()):
+      var = eqn.outvars[0]
+      clean = env[var]
+      captured[name] = clean
+      env[var] = clean + deltas[name]
+      if folded:
+        prev = offsets.get(var)
+        delta = deltas[name][:, 0, 0, :]
+        if prev is not None:
+          clean, delta = prev.clean, prev.delta + delta
+        offsets[var] = _Offset(clean, delta, tuple(clean.shape[1:3]))
+  return [read(v) for v in jaxpr.outvars], captured
+
+
+# Checks of the transform's options and of one call's arguments.
+# ----------------------------------------------------------------------------
+
+
+def _check_layer(layer) -> tuple[str, ...]:
+  layers = (layer,) if isinstance(layer, str) else layer
+  if isinstance(layers, Sequence) and layers:
+    layers = tuple(layers)
+    if all(isinstance(name, str) and name for name in layers):
+      return layers
+  raise TypeError(
+    f"layer must be a layer path such as 'encoder/conv2' (a unique suffix "
+    f"such as 'conv2' works too) or a list of them, got {layer!r}. "
+    "attention.layer_paths(encode_fn, variables, x) lists the layers."
+  )
+
+
+def _check_options(encode_fn, layer, options) -> tuple[str, ...]:
+  if not callable(encode_fn):
+    raise TypeError(f"encode_fn must be callable, got {encode_fn!r}.")
+  layers = _check_layer(layer)
+  choices = {
+    "code": CODES,
+    "positive": (*POSITIVES, None),
+    "gradient_scale": GRADIENT_SCALES,
+    "sum_latents": (False, True),
+    "after_activation": (True, False),
+  }
+  for name, allowed in choices.items():
+    if options[name] not in allowed:
+      raise ValueError(
+        f"Unknown {name} {options[name]!r}; choose one of {allowed}."
+      )
+  chunk_size = options["chunk_size"]
+  if chunk_size is not None and (
+    not isinstance(chunk_size, int) or chunk_size < 1
+  ):
+    raise ValueError(f"chunk_size must be a positive int, got {chunk_size}.")
+  _precision_name(options["precision"])
+  return layers
+
+
+def _check_images(x) -> None:
+  if not hasattr(x, "ndim") or x.ndim != 4:
+    shape = getattr(x, "shape", type(x).__name__)
+    raise ValueError(
+      f"attention expects a batch of NHWC images [B, H, W, C], got {shape}; "
+      "add a batch axis with x[None] for a single image."
+    )
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(
+      f"attention needs floating-point images (it differentiates the "
+      f"encoder), got dtype {x.dtype}; convert them first, e.g. "
+      "x.astype(jnp.float32) / 255 for 8-bit images in [0, 255]."
+    )
+  if x.shape[0] == 0:
+    raise ValueError(
+      f"attention got an empty batch (x of shape {tuple(x.shape)}); pass "
+      "at least one image."
+    )
+
+
+def _check_code_args(code, key, stats, latents, sum_latents) -> None:
+  if code != "mu" and key is None:
+    raise ValueError(f'code="{code}" samples noise: pass key=...')
+  if code == "difference" and stats is None:
+    raise ValueError(
+      'code="difference" needs the latent statistics of the normal data: '
+      "pass stats=vae_attn.anomaly.latent_statistics(...)."
+    )
+  if code != "difference" and stats is not None:
+    raise ValueError(
+      f'stats= is used only by code="difference" (eq. 5), and this '
+      f'transform differentiates code="{code}"; drop stats= or build the '
+      'transform with code="difference".'
+    )
+  if sum_latents and latents is not None:
+    raise ValueError(
+      "latents= selects per-latent maps, and this transform differentiates "
+      "the sum of all latents (sum_latents=True); drop one of them."
+    )
+
+
+class _Stats(NamedTuple):
+  mean: jax.Array
+  var: jax.Array
+
+
+def _check_stats(stats, d: int) -> _Stats:
+  """``LatentStats`` or its dict, checked; a traced negative variance
+  becomes NaN, so every map it touches is NaN, never plausible and wrong."""
+  if isinstance(stats, Mapping):
+    if not {"mean", "var"} <= set(stats):
+      raise TypeError(
+        "stats as a dict needs the entries 'mean' and 'var' (as "
+        f"LatentStats._asdict() saves them), got keys {sorted(stats)}."
+      )
+    mean, var = stats["mean"], stats["var"]
+  elif hasattr(stats, "mean") and not callable(stats.mean):
+    mean, var = stats.mean, stats.var
+  else:
+    raise TypeError(
+      "stats must be vae_attn.anomaly.LatentStats (attributes mean and var, "
+      "[D] each) or a dict with 'mean' and 'var' entries, got "
+      f"{type(stats).__name__}."
+    )
+  mean, var = jnp.asarray(mean), jnp.asarray(var)
+  for name, value in (("mean", mean), ("var", var)):
+    if value.shape != (d,):
+      raise ValueError(
+        f"stats.{name} has shape {value.shape}, but the encoder's code has "
+        f"D={d} elements: pass the statistics of this model "
+        "(vae_attn.anomaly.latent_statistics with its encoder)."
+      )
+  if isinstance(mean, jax.core.Tracer) or isinstance(var, jax.core.Tracer):
+    return _Stats(mean, jnp.where(var >= 0, var, jnp.nan))
+  mean_np, var_np = np.asarray(mean), np.asarray(var)
+  if not (np.isfinite(mean_np).all() and np.isfinite(var_np).all()):
+    raise ValueError(
+      "stats holds NaN or infinite values; recompute them with "
+      "vae_attn.anomaly.latent_statistics on finite normal data."
+    )
+  if (var_np < 0).any():
+    raise ValueError(
+      f"stats.var must be non-negative (a variance), got minimum "
+      f"{var_np.min():.3g}; recompute it with "
+      "vae_attn.anomaly.latent_statistics."
+    )
+  return _Stats(mean, var)
+
+
+def _check_latents(latents, b: int, d: int) -> jax.Array:
+  """Integer indices ``[B, K]``; concrete ones must lie in ``[0, D)``
+  (traced ones cannot be inspected: their maps are NaN, see
+  :func:`_cotangents`)."""
+  if isinstance(latents, (list, tuple)):
+    try:
+      latents = np.asarray(latents)
+    except ValueError as e:
+      raise ValueError(
+        f"latents must be integer indices [B, K], got a ragged list: {e}"
+      ) from e
+  dtype = getattr(latents, "dtype", None)
+  if dtype is None or not jnp.issubdtype(dtype, jnp.integer):
+    raise TypeError(
+      f"latents must be integer indices [B, K] in [0, D), got "
+      f"{dtype or type(latents).__name__}; e.g. jnp.array([[0, 3], [1, 2]])."
+    )
+  if latents.ndim != 2 or latents.shape[0] != b or latents.shape[1] == 0:
+    raise ValueError(
+      f"latents must be integer indices [B, K] with B={b} and K >= 1, got "
+      f"shape {latents.shape}."
+    )
+  if not isinstance(latents, jax.core.Tracer):
+    values = np.asarray(latents)
+    bad = values[(values < 0) | (values >= d)]
+    if bad.size:
+      raise ValueError(
+        f"latents must lie in [0, {d}) (the code has D={d} elements), got "
+        f"{sorted(set(bad.tolist()))[:8]}."
+      )
+  return jnp.asarray(latents)
+
+
+def _traced(encode_fn, first, x, args, kwargs) -> _Traced:
+  """:func:`_trace`, its failures explained by their cause."""
+  try:
+    return _trace(encode_fn, first, x, args, kwargs)
+  except flax.errors.ModifyScopeVariableError as e:
+    raise ValueError(
+      "encode_fn updates a variable collection, as BatchNorm in training "
+      "mode does (batch statistics also make the examples depend on each "
+      "other). Call the encoder in evaluation mode, e.g. "
+      "functools.partial(model.apply, method=model.encode, train=False) "
+      "or use_running_average=True; for NNX, model.eval(). Original "
+      f"error: {e}"
+    ) from e
+  except flax.errors.ScopeParamShapeError as e:
+    raise ValueError(
+      f"encode_fn failed on an input of shape {tuple(x.shape)}; the model "
+      f"expects the NHWC shape it was built for. Original error: {e}"
+    ) from e
+  except flax.errors.FlaxError as e:
+    if isinstance(first, Mapping) and "params" not in first:
+      raise ValueError(
+        "encode_fn found no parameters: pass the whole variables dict "
+        "({'params': ..., 'batch_stats': ...}), not variables['params']. "
+        f"Original error: {e}"
+      ) from e
+    raise
+  except TypeError as e:
+    if "shape" not in str(e):
+      raise
+    raise ValueError(
+      f"encode_fn failed on an input of shape {tuple(x.shape)}; the model "
+      f"expects the NHWC shape it was built for. Original error: {e}"
+    ) from e
+
+
+def _code_shape(traced: _Traced) -> tuple[int, int]:
+  avals = [v.aval for v in traced.jaxpr.outvars]
+  avals = jax.tree.unflatten(traced.out_tree, avals)
+  if (
+    isinstance(avals, (tuple, list))
+    and len(avals) == 2
+    and all(getattr(o, "ndim", 0) == 2 for o in avals)
+  ):
+    return tuple(avals[0].shape)
+  raise TypeError(
+    "encode_fn must return the posterior (mu, logvar), each [B, D], e.g. "
+    "functools.partial(model.apply, method=model.encode); got "
+    f"{jax.tree.map(lambda o: o.shape, avals)}."
+  )
 
 
 # Grad-CAM from the pullback.
 # ----------------------------------------------------------------------------
 
 
-def _cotangents(latents, b: int, d: int, dtype) -> jax.Array:
-  """``[K, B, D]`` one-hot rows: row ``k`` of example ``b`` selects latent
-  ``k`` (all latents) or ``latents[b, k]``."""
+def _cotangents(latents, b, d, dtype, sum_latents) -> jax.Array:
+  """``[K, B, D]`` rows: row ``k`` of example ``b`` is one-hot on latent
+  ``k`` (all latents), on ``latents[b, k]`` (NaN outside ``[0, D)``), or
+  all ones (``sum_latents``)."""
+  if sum_latents:
+    return jnp.ones((1, b, d), dtype)
   if latents is None:
     return jnp.broadcast_to(jnp.eye(d, dtype=dtype)[:, None, :], (d, b, d))
-  return jax.nn.one_hot(latents.T, d, dtype=dtype)
+  valid = ((latents >= 0) & (latents < d)).T[..., None]
+  return jnp.where(valid, jax.nn.one_hot(latents.T, d, dtype=dtype), jnp.nan)
 
 
 def _pull_all(pullback, cts, chunk_size):
@@ -178,65 +847,22 @@ def _pull_all(pullback, cts, chunk_size):
   return jax.tree.map(lambda g: g.reshape(-1, *g.shape[2:])[:k], grads)
 
 
-def _maps(g, a, rectify, gradient_scale, valid) -> AttentionMaps:
+def _maps(g, a, positive, gradient_scale) -> AttentionMaps:
   """Eq. 3-4 from gradients ``g [K, B, h|1, w|1, n]`` and ``a [B, h, w, n]``."""
   h, w = a.shape[1:3]
-  if gradient_scale == "rms":
-    rms = jnp.sqrt(jnp.mean(g**2, axis=(2, 3, 4), keepdims=True))
-    g = g / (rms + 1e-5)
+  if gradient_scale is not None:
+    axes = (2, 3, 4) if gradient_scale == "rms" else (1, 2, 3, 4)
+    g = g / (jnp.sqrt(jnp.mean(g**2, axis=axes, keepdims=True)) + 1e-5)
   alpha = g.sum(axis=(2, 3)) / (h * w)  # [K, B, n]
-  per_latent = rectify(jnp.einsum("bhwn,kbn->bkhw", a, alpha))
-  if valid is not None:
-    per_latent = jnp.where(valid[:, :, None, None], per_latent, jnp.nan)
+  per_latent = jnp.einsum("bhwn,kbn->bkhw", a, alpha)
+  if positive is not None:
+    per_latent = (
+      jax.nn.relu(per_latent) if positive == "relu" else abs(per_latent)
+    )
   k = per_latent.shape[1]
   # The mean over K as a matmul (XLA:CPU reductions are slow).
   ones = jnp.full((k,), 1.0 / k, per_latent.dtype)
   return AttentionMaps(per_latent, jnp.einsum("bkhw,k->bhw", per_latent, ones))
-
-
-# One call of the transform.
-# ----------------------------------------------------------------------------
-
-
-class _Call(NamedTuple):
-  """One call's checked arguments and what the encoder's abstract pass shows."""
-
-  traced: layers_lib.Traced
-  paths: dict[str, str]  # Requested layer name -> full path.
-  stats: checks.Stats | None
-  latents: jax.Array | None  # [B, K] latent indices, or None for all D.
-  valid: jax.Array | None  # [B, K], which traced latents lie in [0, D).
-  num_examples: int  # B.
-  code_size: int  # D.
-
-
-def _trace(encode_fn, variables, x, args, kwargs) -> layers_lib.Traced:
-  """:func:`layers_lib.trace`; an encoder that fails names the input shape."""
-  try:
-    return layers_lib.trace(encode_fn, variables, x, *args, **kwargs)
-  except (TypeError, ValueError, flax.errors.FlaxError) as e:
-    raise ValueError(
-      f"encode_fn failed on an input of shape {tuple(x.shape)}; the "
-      "model expects the NHWC shape it was built for. Original error: "
-      f"{e}"
-    ) from e
-
-
-def _check_call(
-  encode_fn, layers, code, variables, x, args, kwargs, *, key, stats, latents
-) -> _Call:
-  """Checks one call's arguments against an abstract pass of the encoder."""
-  checks.check_images(x)
-  checks.check_code_args(code, key, stats)
-  traced = _trace(encode_fn, variables, x, args, kwargs)
-  b, d = checks.code_shape(traced.output)
-  if stats is not None:
-    stats = checks.check_stats(stats, d)
-  valid = None
-  if latents is not None:
-    latents, valid = checks.check_latents(latents, b, d)
-  paths = layers_lib.resolve(layers, traced)
-  return _Call(traced, paths, stats, latents, valid, b, d)
 
 
 # The transform.
@@ -248,132 +874,133 @@ def value_and_attention(
   layer: str | Sequence[str],
   *,
   code: str = "mu",
-  positive: str = "relu",
+  positive: str | None = "relu",
   gradient_scale: str | None = None,
+  sum_latents: bool = False,
+  after_activation: bool = True,
   chunk_size: int | None = None,
   precision: Precision = "highest",
 ) -> Callable[..., tuple[tuple[jax.Array, jax.Array], Any]]:
   """Creates a function that evaluates the posterior and its attention maps.
 
   The twin of :func:`attention` (as ``jax.value_and_grad`` is of
-  ``jax.grad``): the returned function gives ``((mu, logvar), maps)`` from a
-  single encoder pass, so a loss such as L_AD does not run the encoder twice.
+  ``jax.grad``): ``((mu, logvar), maps)`` from one encoder pass, so a loss
+  such as L_AD does not run the encoder twice.
 
   Args:
-    encode_fn: ``encode_fn(variables, x, *args, **kwargs) -> (mu, logvar)``,
-      e.g. ``functools.partial(model.apply, method=model.encode)``. Examples
-      must be independent (BatchNorm in eval mode). The target layer must
-      not run inside a transform that the encoder applies itself (a lifted
-      ``nn.remat``, ``nn.scan``...): that raises a ``ValueError``.
-    layer: a layer path such as ``"encoder/conv2"`` (a unique suffix like
-      ``"conv2"`` works too), or a sequence of them for several layers at
-      once (the conv1/conv2/conv3 ablation). :func:`layer_paths` lists them.
-    code: what is differentiated: ``"mu"`` (posterior mean), ``"sample"``
-      (``mu + sigma * eps``, needs ``key``) or ``"difference"`` (the normal
-      difference distribution of eq. 5, needs ``key`` and ``stats``).
-    positive: ``"relu"`` (Grad-CAM, default) or ``"abs"`` (official code).
-    gradient_scale: ``None`` (default) or ``"rms"``: divide each gradient
-      ``g_i`` by its root mean square before pooling, as the official code
-      does. ``"rms"`` needs the full ``h x w x n`` gradient and is slower.
-    chunk_size: if set, the pullback is mapped over chunks of this many
-      latents with ``lax.map`` (bounds memory; a vmap inside each chunk).
-      If ``None``, it is vmapped over all latents, except on XLA:CPU, where
-      chunks of about 256 rows (``256 // B`` latents) are faster. The maps
-      are the same either way.
-    precision: the matmul precision of every dot and convolution of the
-      encoder pass, the pullback and the maps (also of their derivatives):
-      ``"highest"`` (default; full float32 on every backend), ``"high"``,
-      ``"default"`` (the backend's fastest: TF32 on GPU, bfloat16 passes on
-      TPU; up to 8 % different maps, module docstring), a
-      ``jax.lax.Precision``, or ``None`` (the caller's
-      ``jax_default_matmul_precision``). See :func:`matmul_precision`.
+    encode_fn: ``(first, x, *args, **kwargs) -> (mu, logvar)``, each
+      ``[B, D]``; ``first`` is Linen ``variables`` (e.g.
+      ``functools.partial(model.apply, method=model.encode)``), an
+      ``nnx.Module`` (e.g. ``lambda model, x: model.encode(x)``) or the
+      parameters of any JAX function. Examples must be independent
+      (BatchNorm in evaluation mode).
+    layer: a Linen module path (``"encoder/conv2"``), an NNX submodule path
+      written the same way, or a ``checkpoint_name`` (a unique suffix such
+      as ``"conv2"`` works); or a sequence of them (one pass for all).
+      :func:`layer_paths` lists them.
+    code: what is differentiated: ``"mu"``, ``"sample"`` (``mu + sigma *
+      eps``, needs ``key``) or ``"difference"`` (eq. 5, needs ``key`` and
+      ``stats``).
+    positive: ``"relu"`` (Grad-CAM), ``"abs"``, or ``None`` (signed maps).
+    gradient_scale: ``None``; ``"rms"``: divide each gradient ``g_i`` of
+      each example by its root mean square (``+ 1e-5``) before pooling;
+      ``"batch_rms"``: by one root mean square over the batch (official
+      code; an example's maps then depend on the batch). Both are slower.
+    sum_latents: differentiate ``sum_i z_i``: one map per image
+      (``per_latent [B, 1, h, w]``), as the official code.
+    after_activation: take the map after an activation that the target
+      flows into (module docstring); ``False``: at the named value.
+    chunk_size: map the pullback over chunks of this many latents with
+      ``lax.map`` (bounds memory); ``None``: one vmap, or chunks of about
+      256 rows on XLA:CPU (faster there). The maps are the same.
+    precision: of every dot and convolution, derivatives included:
+      ``"highest"``, ``"high"``, ``"default"``, a ``jax.lax.Precision`` or
+      ``None`` (the caller's); see :func:`matmul_precision`.
 
   Returns:
-    A function ``(variables, x, *args, key=None, stats=None, latents=None,
-    **kwargs) -> ((mu, logvar), maps)``:
-
-    - ``x``: floating-point images ``[B, H, W, C]``, ``B >= 1``;
-    - ``key``: a PRNG key, for ``code="sample"`` and ``"difference"``;
-    - ``stats``: for ``code="difference"`` only, the normal data's
-      :class:`vae_attn.anomaly.LatentStats` or the dict of its ``mean`` and
-      ``var`` (``[D]`` each) as checkpoints store it;
-    - ``latents``: integer indices ``[B, K]`` in ``[0, D)`` (an array or a
-      nested list) to compute only those maps of each example (``per_latent
-      [B, K, h, w]``, ``mean`` over the ``K``); the pullback is then mapped
-      over ``K`` instead of ``D`` cotangents, e.g. ``K = 2`` for the random
-      pair of L_AD;
-    - ``maps``: an :class:`AttentionMaps` (``per_latent [B, D, h, w]``,
-      ``mean [B, h, w]``, in the activations' dtype) for a single layer, or
-      a dict from each requested layer to its :class:`AttentionMaps`.
-
-    The returned function raises ``ValueError`` or ``TypeError`` for: a
-    layer it cannot resolve (the message lists the valid ones), images that
-    are not ``[B, H, W, C]`` floating point or an empty batch, a missing
-    ``key`` or ``stats``, ``stats`` with a code other than
-    ``"difference"``, ``stats`` of another ``D`` or with NaN or a negative
-    variance, and ``latents`` that are not integers ``[B, K]`` in
-    ``[0, D)``. Under ``jax.jit`` traced ``latents`` and ``stats`` cannot be
-    inspected: an index outside ``[0, D)`` and a negative variance give NaN
-    maps (never a plausible but wrong map), as out-of-range gathers give
-    NaN in ``jnp.take``.
+    A function ``(first, x, *args, key=None, stats=None, latents=None,
+    **kwargs) -> ((mu, logvar), maps)`` taking floating-point images ``x``
+    ``[B, H, W, C]``; ``key`` for sampled codes; ``stats``
+    (:class:`vae_attn.anomaly.LatentStats` or its dict, ``mean`` and
+    ``var`` ``[D]``) for ``code="difference"``; ``latents``, integer indices
+    ``[B, K]`` in ``[0, D)``, to compute only those maps (``K`` cotangents
+    instead of ``D``; under ``jax.jit`` an index outside gives NaN maps).
+    ``maps`` is an :class:`AttentionMaps` (``per_latent [B, D, h, w]``,
+    ``mean [B, h, w]``) or, for a sequence of layers, a dict of them. It
+    raises ``ValueError`` or ``TypeError`` naming the cause and the fix for
+    an unknown layer (listing the valid ones), a layer called twice, an
+    encoder that names nothing, BatchNorm in training mode,
+    ``variables["params"]`` for ``variables``, images of the wrong shape or
+    dtype or an empty batch, a missing ``key`` or ``stats``, ``stats`` with
+    another code, of another ``D``, non-finite or with a negative variance,
+    and ``latents`` that are not integers ``[B, K]`` in ``[0, D)``.
 
   Raises:
     TypeError: ``encode_fn`` is not callable; ``layer`` is not a path or a
       sequence of paths.
-    ValueError: an unknown ``code``, ``positive``, ``gradient_scale`` or
-      ``precision``, or ``chunk_size < 1``.
+    ValueError: an unknown option value, or ``chunk_size < 1``.
   """
-  single = isinstance(layer, str)
-  layers = checks.check_options(
-    encode_fn, layer, code, positive, gradient_scale, chunk_size, precision
+  options = dict(
+    code=code,
+    positive=positive,
+    gradient_scale=gradient_scale,
+    sum_latents=sum_latents,
+    after_activation=after_activation,
+    chunk_size=chunk_size,
+    precision=precision,
   )
-  rectify = jax.nn.relu if positive == "relu" else jnp.abs
+  layers = _check_options(encode_fn, layer, options)
+  per_element = gradient_scale is not None
 
   @functools.wraps(encode_fn)
   def value_and_attention_fn(
-    variables, x, *args, key=None, stats=None, latents=None, **kwargs
+    first, x, *args, key=None, stats=None, latents=None, **kwargs
   ):
+    _check_images(x)
+    _check_code_args(code, key, stats, latents, sum_latents)
     with matmul_precision(precision):
-      call = _check_call(
-        encode_fn,
-        layers,
-        code,
-        variables,
-        x,
-        args,
-        kwargs,
-        key=key,
-        stats=stats,
-        latents=latents,
-      )
-      perturbed_code = offsets_lib.perturbed_code_fn(
-        encode_fn,
-        variables,
-        x,
-        args,
-        kwargs,
-        code_fn=_code_fn(code, key=key, stats=call.stats),
-        offsets_folded=not gradient_scale,
-      )
-      deltas = offsets_lib.zero_offsets(
-        call.traced.outputs,
-        call.paths.values(),
-        per_element=gradient_scale is not None,
-      )
+      traced = _traced(encode_fn, first, x, args, kwargs)
+      b, d = _code_shape(traced)
+      stats = None if stats is None else _check_stats(stats, d)
+      if latents is not None:
+        latents = _check_latents(latents, b, d)
+      scopes, sites = _sites(traced)
+      paths = _resolve(layers, sites)
+      targets, deltas = {}, {}
+      for name in dict.fromkeys(paths.values()):
+        site = sites[name][0]
+        index = site.index
+        if after_activation:
+          index = _after_activation(scopes[site.scope], index)
+        targets.setdefault((site.scope, index), []).append(name)
+        bb, h, w, n = site.aval.shape
+        shape = (bb, h, w, n) if per_element else (bb, 1, 1, n)
+        deltas[name] = jnp.zeros(shape, site.aval.dtype)
+
+      def perturbed_code(deltas):
+        outs, acts = _evaluate(
+          traced.jaxpr,
+          traced.inputs,
+          targets,
+          deltas,
+          not per_element,
+        )
+        mu, logvar = jax.tree.unflatten(traced.out_tree, outs)
+        z = _code(code, mu, logvar, key, stats)
+        return z, (mu, logvar, acts)
+
       z, pullback, (mu, logvar, acts) = jax.vjp(
-        perturbed_code, deltas, has_aux=True
+        ops.fast_convolutions(perturbed_code), deltas, has_aux=True
       )
-      # Cotangent row k is one-hot on a latent for every example: examples
-      # are independent, so its pullback holds d z_bi / d A_b for each b.
-      cts = _cotangents(
-        call.latents, call.num_examples, call.code_size, z.dtype
-      )
+      # Row k of the cotangents selects one latent of every example:
+      # examples are independent, so its pullback holds each d z_bk / d A_b.
+      cts = _cotangents(latents, b, d, z.dtype, sum_latents)
       grads = _pull_all(pullback, cts, chunk_size)
       maps = {
-        name: _maps(grads[p], acts[p], rectify, gradient_scale, call.valid)
-        for name, p in call.paths.items()
+        layer: _maps(grads[name], acts[name], positive, gradient_scale)
+        for layer, name in paths.items()
       }
-    return (mu, logvar), (maps[layers[0]] if single else maps)
+    return (mu, logvar), (maps[layers[0]] if isinstance(layer, str) else maps)
 
   return value_and_attention_fn
 
@@ -383,32 +1010,24 @@ def attention(
   layer: str | Sequence[str],
   *,
   code: str = "mu",
-  positive: str = "relu",
+  positive: str | None = "relu",
   gradient_scale: str | None = None,
+  sum_latents: bool = False,
+  after_activation: bool = True,
   chunk_size: int | None = None,
   precision: Precision = "highest",
 ) -> Callable[..., Any]:
   """Creates a function that evaluates per-latent Grad-CAM maps at ``layer``.
 
-  For each latent element ``z_i`` of the chosen code, the map is
-  ``M_i = ReLU(sum_k a_ik A_k)`` with ``a_ik`` the spatial mean of
-  ``d z_i / d A_k`` (eq. 3), and ``M`` their mean (eq. 4). All ``D`` maps come
-  from one forward pass and one vectorised pullback, computed at
-  ``precision`` (default ``"highest"``: full float32 on every backend).
-
-  Args: see :func:`value_and_attention`.
+  For each latent element ``z_i`` of the chosen code, ``M_i = ReLU(sum_k
+  a_ik A_k)`` with ``a_ik`` the spatial mean of ``d z_i / d A_k`` (eq. 3),
+  and ``M`` their mean (eq. 4); all from one forward pass and one vmapped
+  pullback. Args, errors: :func:`value_and_attention`.
 
   Returns:
-    A function ``(variables, x, *args, key=None, stats=None, latents=None,
-    **kwargs) -> maps`` with the arguments of ``encode_fn`` (plus ``key`` for
-    sampled codes, ``stats`` for ``code="difference"`` and optionally
-    ``latents`` ``[B, K]`` to compute only those maps); ``maps`` is an
-    :class:`AttentionMaps` with ``per_latent`` ``[B, D, h, w]`` and ``mean``
-    ``[B, h, w]``, or a dict of them when ``layer`` is a sequence. Its
-    errors are those listed in :func:`value_and_attention`.
-
-  Raises:
-    TypeError, ValueError: bad options, as in :func:`value_and_attention`.
+    A function ``(first, x, *args, key=None, stats=None, latents=None,
+    **kwargs) -> maps``, an :class:`AttentionMaps` (``per_latent [B, D, h,
+    w]``, ``mean [B, h, w]``), or a dict of them for several layers.
 
   Example:
     >>> import functools, jax, jax.numpy as jnp
@@ -427,6 +1046,8 @@ def attention(
     code=code,
     positive=positive,
     gradient_scale=gradient_scale,
+    sum_latents=sum_latents,
+    after_activation=after_activation,
     chunk_size=chunk_size,
     precision=precision,
   )
@@ -436,3 +1057,135 @@ def attention(
     return fn(*args, **kwargs)[1]
 
   return attention_fn
+
+
+def layer_paths(encode_fn: EncodeFn, first, x, *args, **kwargs):
+  """The layers of ``encode_fn`` that the attention transform can target.
+
+  A target is a named value (a Linen module's or NNX submodule's output, or
+  a ``checkpoint_name``) that is a feature map ``[B, h, w, n]`` computed
+  once per pass, e.g. each ``ConvBlock`` of the paper's models. A bare
+  layer inside such a block (``encoder/conv1/conv``) is not listed, as the
+  block's output is the attention layer; :func:`attention` still accepts
+  its path.
+
+  Args:
+    encode_fn: ``(first, x, *args, **kwargs) -> (mu, logvar)``.
+    first: Linen variables, an ``nnx.Module`` or parameters (arrays or
+      ``jax.ShapeDtypeStruct``).
+    x: images ``[B, H, W, C]`` of the model's input shape.
+    *args: further arguments of ``encode_fn``.
+    **kwargs: further keyword arguments of ``encode_fn``.
+
+  Returns:
+    A dict from layer path (e.g. ``"encoder/conv2"``) to the shape of its
+    output ``(B, h, w, n)``, in call order.
+  """
+  return _feature_maps(_sites(_traced(encode_fn, first, x, args, kwargs))[1])
+
+
+def resolve_layers(
+  encode_fn: EncodeFn, first, x, layers: str | Sequence[str]
+) -> dict[str, str]:
+  """The full path of each requested layer, as the attention transform finds it.
+
+  A layer is named by its full path (``"encoder/conv2"``) or by a unique
+  suffix (``"conv2"``); a suffix matches the targets of :func:`layer_paths`
+  first, then any named value.
+
+  Args:
+    encode_fn: ``(first, x) -> (mu, logvar)``.
+    first: as in :func:`layer_paths`.
+    x: images ``[B, H, W, C]`` of the model's input shape.
+    layers: one layer name or a sequence of them.
+
+  Returns:
+    A dict from each requested name to its full path, in request order.
+
+  Raises:
+    TypeError: ``layers`` is not a name or a sequence of names.
+    ValueError: a name matches no layer or several (the message lists the
+      valid paths with their output shapes).
+  """
+  names = _check_layer(layers)
+  return _resolve(names, _sites(_traced(encode_fn, first, x, (), {}))[1])
+
+
+# Post-processing, composed by the caller (as optax composes transforms).
+# ----------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def _interpolation_matrix(out_size: int, in_size: int):
+  """``[out, in]`` matrix of bilinear (half-pixel) 1-D resizing, a NumPy
+  constant computed eagerly even inside ``jit`` (no tracer is cached)."""
+  with jax.ensure_compile_time_eval():
+    eye = jnp.eye(in_size, dtype=jnp.float32)
+    matrix = jax.image.resize(
+      eye, (out_size, in_size), "linear", antialias=False
+    )
+  return np.asarray(matrix)
+
+
+def upsample(
+  maps: jax.Array, size: int | tuple[int, int], *, precision="highest"
+) -> jax.Array:
+  """Bilinearly resizes maps ``[..., h, w]`` to ``[..., H, W]``.
+
+  Equals ``jax.image.resize(maps, (..., H, W), "bilinear")`` (half-pixel
+  centres, as ``F.interpolate(align_corners=False)``), computed as two small
+  interpolation matrices, which is faster on CPU.
+
+  Args:
+    maps: ``[..., h, w]``, e.g. ``AttentionMaps.per_latent`` or ``.mean``.
+    size: ``H`` (square) or ``(H, W)``, positive, usually the image size.
+    precision: of the two matmuls, as in :func:`value_and_attention`.
+
+  Returns:
+    ``[..., H, W]`` maps.
+
+  Raises:
+    ValueError: ``size`` is not positive, or ``maps`` has fewer than 2 axes
+      or an empty spatial axis.
+  """
+  pair = (size, size) if isinstance(size, (int, np.integer)) else size
+  try:
+    out_h, out_w = pair
+  except (TypeError, ValueError):
+    out_h = out_w = None
+  if not all(
+    isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+    for v in (out_h, out_w)
+  ):
+    raise ValueError(
+      f"size must be a positive int H or a pair (H, W) of positive ints, "
+      f"got {size!r}; e.g. x.shape[1:3] for the image size."
+    )
+  if getattr(maps, "ndim", 0) < 2 or 0 in maps.shape[-2:]:
+    raise ValueError(
+      f"upsample expects maps [..., h, w] with h, w >= 1, got shape "
+      f"{getattr(maps, 'shape', type(maps).__name__)}."
+    )
+  rh = _interpolation_matrix(int(out_h), maps.shape[-2]).astype(maps.dtype)
+  rw = _interpolation_matrix(int(out_w), maps.shape[-1]).astype(maps.dtype)
+  with matmul_precision(precision):
+    return jnp.einsum("Hh,...hw,Ww->...HW", rh, maps, rw)
+
+
+def normalize(maps: jax.Array) -> jax.Array:
+  """Min-max normalises each map ``[..., h, w]`` to ``[0, 1]`` for display.
+
+  Args:
+    maps: ``[..., h, w]`` floating-point maps.
+
+  Returns:
+    ``[..., h, w]`` in the dtype of ``maps``; a constant map gives 0
+    everywhere, in every dtype (float16 included).
+  """
+  lo = maps.min(axis=(-2, -1), keepdims=True)
+  hi = maps.max(axis=(-2, -1), keepdims=True)
+  span = hi - lo
+  flat = span <= 0
+  return jnp.where(flat, 0, (maps - lo) / jnp.where(flat, 1, span)).astype(
+    maps.dtype
+  )
