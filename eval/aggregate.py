@@ -335,7 +335,7 @@ def _cell(s: Summary | None) -> str:
   return f"{s.mean:.3f} ± {s.std:.3f} (n={s.n})"
 
 
-def _comparison_cells(c: Comparison) -> list[str]:
+def comparison_cells(c: Comparison) -> list[str]:
   if c.reason:
     return [f"{c.difference:+.3f}", f"n/a ({c.reason})"]
   return [
@@ -360,7 +360,7 @@ def table(
     if len(names) == 2:
       a, b = groups[names[0]].get(key), groups[names[1]].get(key)
       if a is not None and b is not None and a.n and b.n:
-        cells += _comparison_cells(compare(a, b))
+        cells += comparison_cells(compare(a, b))
       else:
         cells += ["-", "-"]
     lines.append("| " + " | ".join(cells) + " |")

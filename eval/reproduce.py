@@ -42,7 +42,7 @@ from eval.metrics import dci as dci_lib
 from eval.metrics import disentanglement as suite
 from eval.metrics import factor_vae, mig
 from vae_attn.data import dsprites
-from workflow import configs
+from workflow import configs, runs
 
 _log = logging.getLogger("eval.reproduce")
 
@@ -93,15 +93,35 @@ def train_command(config: Config) -> list[str]:
 
 
 def _member_dirs(config: Config) -> dict[str, list[pathlib.Path]]:
+  """The grid's member runs per arm, found by their configs (the folder
+  names are the trainer's business), in seed order.
+
+  Raises:
+    FileNotFoundError: an arm has fewer runs than ``config.seeds``.
+  """
   root = pathlib.Path(config.workdir, "runs")
-  return {
-    loss: [root / f"{loss}_seed{s}" for s in range(config.seeds)]
-    for loss in ARMS
-  }
+  found: dict[str, list[tuple[int, pathlib.Path]]] = {loss: [] for loss in ARMS}
+  if root.is_dir():
+    for path in sorted(root.glob(f"*/{runs.CONFIG_NAME}")):
+      member = json.loads(path.read_text())
+      if member.get("loss") in found and member.get("seed") in range(
+        config.seeds
+      ):
+        found[member["loss"]].append((member["seed"], path.parent))
+  for loss, members in found.items():
+    if len(members) < config.seeds:
+      raise FileNotFoundError(
+        f"{root} holds {len(members)} trained {loss} runs, not "
+        f"{config.seeds}; run without --skip-training to train them."
+      )
+  return {loss: [d for _, d in sorted(m)] for loss, m in found.items()}
 
 
-def score_member(run_dir: pathlib.Path, config: Config) -> dict:
-  """The Table 3 metrics of one trained member."""
+def score_member(
+  run_dir: pathlib.Path, config: Config, where: str = ""
+) -> dict:
+  """The Table 3 metrics of one trained member (a progress line for each
+  metric, prefixed with ``where``)."""
   run = restore.load_run(run_dir)
   # The metrics need the ground-truth factor interface: the npz has it, and
   # the procedural source draws the tfds images (docs/data.md).
@@ -123,6 +143,7 @@ def score_member(run_dir: pathlib.Path, config: Config) -> dict:
 
   scores, sizes = {}, {}
   for convention in factor_vae.FACTOR_VAE_CONVENTIONS:
+    cli.stage(f"{where}FactorVAE metric ({convention} convention)")
     kwargs = dict(QUICK_FACTOR_VAE) if config.quick else {}
     values = factor_vae.compute_factor_vae(
       data,
@@ -145,6 +166,7 @@ def score_member(run_dir: pathlib.Path, config: Config) -> dict:
     }
   if config.metrics == "all":
     mig_train = 1000 if config.quick else 10_000
+    cli.stage(f"{where}MIG")
     scores["mig"] = float(
       mig.compute_mig(data, mu, random_state, num_train=mig_train)[
         "discrete_mig"
@@ -153,6 +175,7 @@ def score_member(run_dir: pathlib.Path, config: Config) -> dict:
     sizes["mig"] = {"num_train": mig_train}
     dci = dict(num_train=300, num_test=150) if config.quick else {}
     importance = "random_forest" if config.quick else "gbt"
+    cli.stage(f"{where}DCI ({importance})")
     for name, value in dci_lib.compute_dci(
       data, mu, random_state, importance=importance, **dci
     ).items():
@@ -189,9 +212,9 @@ def write_report(path: str, results: dict) -> None:
     row = results["summary"].get(key)
     if row is None:
       continue
-    p = row["welch_p"]
     cells = [_cell(aggregate.Summary(**row[a])) for a in ARMS]
-    p_text = "n/a" if p is None or math.isnan(p) else f"{p:.3g}"
+    comparison = aggregate.Comparison(**row["comparison"])
+    p_text = aggregate.comparison_cells(comparison)[1]
     lines.append(f"| {name} | " + " | ".join(cells) + f" | {p_text} |")
   paper = " / ".join(f"{ARMS[a][1]:.2f}" for a in ARMS)
   lines += [
@@ -203,8 +226,12 @@ def write_report(path: str, results: dict) -> None:
     "## How it was measured",
     "",
     f"- Training: `{meta['train_command']}` ({meta['train_seconds']:.0f} s).",
-    f"- Scoring: this command, {meta['score_seconds']:.0f} s; sample sizes "
-    "per metric in results.json (`sizes`).",
+    f"- Scoring: this command, {meta['score_seconds']:.0f} s, metric seed "
+    f"{meta['metric_seed']}.",
+    *(
+      f"- Sample sizes, {name}: {_sizes(sizes)}."
+      for name, sizes in _first_sizes(results).items()
+    ),
     f"- Date: {meta['date']}.",
     "",
     "| run | step | " + " | ".join(METRICS.values()) + " |",
@@ -216,8 +243,34 @@ def write_report(path: str, results: dict) -> None:
       for k in METRICS
     ]
     lines.append(f"| {name} | {member['step']} | " + " | ".join(values) + " |")
+  lines += cli.software_lines(results["software"])
   with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n")
+    f.write("\n".join(lines))
+
+
+def _first_sizes(results: dict) -> dict:
+  """The sample sizes of each metric (every member is scored alike)."""
+  members = list(results["members"].values())
+  return members[0]["sizes"] if members else {}
+
+
+def _sizes(sizes: dict) -> str:
+  return ", ".join(
+    f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in sizes.items()
+  )
+
+
+def _train(command: list[str]) -> int:
+  """Runs the trainer, passing its output through except its closing
+  ``Done.`` block and ``Next:`` lines (this command does what they say)."""
+  with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as proc:
+    done = False
+    for line in proc.stdout:
+      done = done or line.rstrip("\n") == "Done."
+      if not done and not line.startswith("Next:"):
+        sys.stdout.write(line)
+        sys.stdout.flush()
+  return proc.returncode
 
 
 def table3(config: Config) -> dict:
@@ -229,7 +282,7 @@ def table3(config: Config) -> dict:
   start = time.perf_counter()
   if not config.skip_training:
     _log.info("Training: %s", shlex.join(command))
-    status = subprocess.run(command, check=False).returncode
+    status = _train(command)
     if status != 0:
       raise RuntimeError(
         f"Training exited with status {status}; rerun the same command to "
@@ -245,8 +298,8 @@ def table3(config: Config) -> dict:
     per_arm[loss] = []
     for run_dir in run_dirs:
       k += 1
-      _log.info("Scoring run %d of %d: %s", k, total, run_dir.name)
-      member = score_member(run_dir, config)
+      where = f"scoring run {k} of {total} ({run_dir.name}): "
+      member = score_member(run_dir, config, where)
       members[run_dir.name] = member
       per_arm[loss].append(member["scores"])
   summaries = {
@@ -258,7 +311,9 @@ def table3(config: Config) -> dict:
       continue
     a, b = summaries["ad"][key], summaries["tc"][key]
     summary[key] = {loss: summaries[loss][key]._asdict() for loss in ARMS}
-    summary[key]["welch_p"] = aggregate.welch_p(a, b)
+    comparison = aggregate.compare(a, b)
+    summary[key]["welch_p"] = comparison.p
+    summary[key]["comparison"] = comparison._asdict()
   devices = jax.devices()
   results = {
     "meta": {
@@ -275,16 +330,33 @@ def table3(config: Config) -> dict:
       "train_command": shlex.join(["python", *command[1:]]),
       "train_seconds": train_seconds,
       "score_seconds": time.perf_counter() - start,
+      "metric_seed": config.metric_seed,
       "date": datetime.datetime.now(datetime.UTC).isoformat(),
       "paper": {loss: value for loss, (_, value) in ARMS.items()},
     },
     "summary": summary,
     "members": members,
+    "software": runs.software(),
   }
   with open(os.path.join(config.workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2, default=float)
   write_report(os.path.join(config.workdir, "report.md"), results)
   return {**results, "out": config.workdir}
+
+
+def _run(config: Config) -> int:
+  """Re-measures the table; prints the headline and where the report is."""
+  results = table3(config)
+  steps = sorted({m["step"] for m in results["members"].values()})
+  key = "factor_vae/paper/eval_accuracy"
+  row = results["summary"].get(key, {})
+  print(f"Scored at step {', '.join(map(str, steps))} (this run's scores):")
+  for loss in ARMS:
+    if loss in row:
+      print(f"  {ARMS[loss][0]}: {_cell(aggregate.Summary(**row[loss]))}")
+  print(f"Report: {os.path.join(config.workdir, 'report.md')}")
+  print(f"Numbers: {os.path.join(config.workdir, 'results.json')}")
+  return 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -349,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   logging.basicConfig(
     level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
   )
-  return cli.run_report(table3, config, debug=debug)
+  return cli.run_main(_run, config, debug=debug)
 
 
 if __name__ == "__main__":

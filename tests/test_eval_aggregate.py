@@ -154,7 +154,7 @@ def _summary(values):
 def test_welch_p_is_not_applicable_where_undefined(a, b, reason):
   c = aggregate.compare(_summary(a), _summary(b))
   assert np.isnan(c.p) and np.isnan(c.ci_low) and c.reason == reason
-  assert aggregate._comparison_cells(c)[1] == f"n/a ({reason})"
+  assert aggregate.comparison_cells(c)[1] == f"n/a ({reason})"
 
 
 def test_welch_p_and_interval_match_scipy():

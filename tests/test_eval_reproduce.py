@@ -37,9 +37,29 @@ def test_table3_smoke_trains_one_grid_scores_and_reports(tmp_path, capsys):
   report = (tmp_path / "report.md").read_text()
   assert "| paper, Table 3 (FactorVAE metric) | 0.82 | 0.93 |" in report
   assert "2 training steps per run (the paper: 300,000)" in report
-  assert report in capsys.readouterr().out
-  # A second call resumes the finished grid and scores it again.
-  assert reproduce.main([*argv, "--skip-training"]) == 0
+  # Sample sizes and the software are in the report itself.
+  assert "Sample sizes, factor_vae/paper: num_per_vote=20" in report
+  assert "## Software" in report and "scikit-learn" in report
+  assert results["software"]["jax"]
+  got = capsys.readouterr()
+  # Where the report is, not the report; not the trainer's Done/Next block.
+  assert f"Report: {tmp_path / 'report.md'}" in got.out
+  assert "| paper, Table 3" not in got.out
+  assert "Done." not in got.out and "Next:" not in got.out
+  assert "Scored at step 2 (this run's scores)" in got.out
+  # A progress line per run and metric while scoring.
+  for k, name in enumerate(["tc_seed0", "tc_seed1", "ad_seed0", "ad_seed1"]):
+    line = f"scoring run {k + 1} of 4 ({name}): FactorVAE metric (paper"
+    assert line in got.err, line
+  # Resumed to 3 steps without the trainer's scores (--no-score): the
+  # summary is this step's, measured now.
+  assert reproduce.main([*argv[:1], "--steps=3", *argv[2:]]) == 0
+  out = capsys.readouterr().out
+  assert "Scored at step 3" in out and "step 2" not in out
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert {m["step"] for m in results["members"].values()} == {3}
+  # Scoring only: the finished grid again.
+  assert reproduce.main([*argv, "--skip-training", "--steps=3"]) == 0
 
 
 def test_table3_needs_two_seeds(capsys):
