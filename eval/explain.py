@@ -70,30 +70,22 @@ def maps_fn(
 
   Every array is an argument of ``fn`` (nothing large is captured), so
   ``jax.jit(fn)`` compiles the parameters and images as inputs instead of
-  constant-folding them. Sampled codes average ``num_samples`` draws
-  (``"difference"``: ``vae_attn.anomaly.difference_attention``, eq. 5).
+  constant-folding them. Sampled codes (``"sample"``, ``"difference"``:
+  eq. 5) average ``num_samples`` draws (``vae_attn.anomaly.mean_over_draws``).
   """
   encode_fn = run.encode_fn
-  if code == "difference":
+  if code == "mu":
+    fn = attention_lib.attention(encode_fn, layer, **attention_kwargs)
+    return lambda variables, x, stats, key: fn(variables, x)
 
-    def difference(variables, x, stats, key):
-      return anomaly.difference_attention(
-        encode_fn, layer, variables, x, stats, key,
-        num_samples=num_samples, **attention_kwargs,
-      )  # fmt: skip
+  def sampled(variables, x, stats, key):
+    return anomaly.mean_over_draws(
+      encode_fn, layer, variables, x, key,
+      code=code, stats=stats if code == "difference" else None,
+      num_samples=num_samples, **attention_kwargs,
+    )  # fmt: skip
 
-    return difference
-  fn = attention_lib.attention(encode_fn, layer, code=code, **attention_kwargs)
-
-  def attend(variables, x, stats, key):
-    del stats  # Only the difference code uses them.
-    if code == "mu":
-      return fn(variables, x)
-    keys = jax.random.split(key, num_samples)
-    draws = jax.lax.map(lambda k: fn(variables, x, key=k), keys)
-    return jax.tree.map(lambda m: m.mean(axis=0), draws)
-
-  return attend
+  return sampled
 
 
 def explain(

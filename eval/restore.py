@@ -12,6 +12,7 @@ arguments, input shape, data source and folder, layer): nothing is inferred.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -23,14 +24,6 @@ import numpy as np
 
 from vae_attn import anomaly, models
 from workflow import runs
-
-# Input shape [H, W, C] of each architecture (the ResNet's size varies).
-INPUT_SHAPES = {
-  "mnist": (28, 28, 1),
-  "ped1": (100, 100, 1),
-  "resnet18": (256, 256, 3),
-  "factorvae": (64, 64, 1),
-}
 
 
 class Run(NamedTuple):
@@ -167,6 +160,16 @@ def _compiled_init(name: str, kwargs: tuple):
   return jax.jit(models.make_model(name, **dict(kwargs)).init)
 
 
+def input_shape_of(model: nn.Module, latent_dim: int) -> tuple[int, int, int]:
+  """``(H, W, C)`` a VAE takes: the shape its decoder produces (traced with
+  ``jax.eval_shape``, nothing is computed)."""
+  z = jnp.zeros((1, latent_dim), jnp.float32)
+  out = jax.eval_shape(
+    lambda: model.init_with_output(jax.random.key(0), z, method=model.decode)
+  )[0]
+  return tuple(int(d) for d in out.shape[1:])
+
+
 def init_model(
   name: str,
   *,
@@ -179,29 +182,33 @@ def init_model(
   Args:
     name: a key of ``vae_attn.models.MODELS``.
     latent_dim: ``D``.
-    image_size: input side of the ``resnet18`` model (multiple of 64;
-      default 256); the other models have a fixed input size.
+    image_size: input side of a model whose size is an argument
+      (``resnet18``: a multiple of 64, default 256); the others have a
+      fixed input size.
     seed: parameter seed.
 
   Returns:
-    A :class:`Run` with step 0 and no config.
+    A :class:`Run` with step 0 and no config; its input shape is the one
+    the model's decoder produces.
+
+  Raises:
+    ValueError: an unknown model, or ``image_size`` for a fixed-size one.
   """
   if name not in models.MODELS:
     raise ValueError(
       f"Unknown model {name!r}; choose one of {sorted(models.MODELS)}."
     )
   kwargs = {"latent_dim": latent_dim}
-  input_shape = INPUT_SHAPES[name]
-  if name == "resnet18":
-    side = image_size or 256
-    kwargs["image_size"] = side
-    input_shape = (side, side, 3)
-  elif image_size not in (None, input_shape[0]):
+  sized = "image_size" in inspect.signature(models.MODELS[name]).parameters
+  if sized and image_size is not None:
+    kwargs["image_size"] = image_size
+  model = models.make_model(name, **kwargs)
+  input_shape = input_shape_of(model, latent_dim)
+  if not sized and image_size not in (None, input_shape[0]):
     raise ValueError(
       f"The {name} VAE takes {input_shape[0]}x{input_shape[1]} inputs; "
-      f"image_size={image_size} applies to resnet18 only."
+      f"image_size={image_size} applies to models of variable size only."
     )
-  model = models.make_model(name, **kwargs)
   key_params, key_eps = jax.random.split(jax.random.key(seed))
   x = jnp.zeros((1, *input_shape), jnp.float32)
   init_fn = _compiled_init(name, tuple(sorted(kwargs.items())))

@@ -41,27 +41,25 @@ def test_latent_statistics_of_an_encoder():
     anomaly.latent_statistics(encode, variables, [])
 
 
-def test_anomaly_maps_average_the_difference_code_draws():
+@pytest.mark.parametrize("code", ["difference", "sample"])
+def test_mean_over_draws_averages_the_code_draws(code):
   model = models.mnist_vae(latent_dim=4)
   x = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
   variables = jax.jit(model.init)(jax.random.key(1), x, jax.random.key(2))
   encode = functools.partial(model.apply, method=model.encode)
   stats = anomaly.LatentStats(jnp.zeros(4), jnp.ones(4), jnp.asarray(1.0))
   key = jax.random.key(3)
-  mean, std = anomaly.anomaly_maps(
-    encode, "conv2", variables, x, stats, key, num_samples=3
+  extra = {"stats": stats} if code == "difference" else {}
+  got = anomaly.mean_over_draws(
+    encode, "conv2", variables, x, key, code=code, num_samples=3, **extra
   )
-  chex.assert_shape([mean, std], (2, 7, 7))
-  fn = attention.attention(encode, "conv2", code="difference")
+  chex.assert_shape(got.mean, (2, 7, 7))
+  fn = attention.attention(encode, "conv2", code=code)
   draws = jnp.stack(
-    [
-      fn(variables, x, key=k, stats=stats).mean
-      for k in jax.random.split(key, 3)
-    ]
+    [fn(variables, x, key=k, **extra).mean for k in jax.random.split(key, 3)]
   )
-  np.testing.assert_allclose(mean, draws.mean(0), atol=1e-6)
-  np.testing.assert_allclose(std, draws.std(0), atol=1e-6)
-  assert jnp.all(std >= 0) and jnp.any(std > 0)
+  np.testing.assert_allclose(got.mean, draws.mean(0), atol=1e-6)
+  assert jnp.any(draws.std(0) > 0)  # The draws differ: a real average.
 
 
 def test_residual_map():
@@ -72,7 +70,7 @@ def test_residual_map():
     anomaly.residual_map(x, x_hat[:, :1])
 
 
-def test_anomaly_maps_take_the_checkpoint_dict_and_check_the_stats():
+def test_difference_attention_takes_the_checkpoint_dict_and_checks_stats():
   model = models.mnist_vae(latent_dim=4)
   x = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
   variables = jax.jit(model.init)(jax.random.key(1), x, jax.random.key(2))
@@ -81,16 +79,16 @@ def test_anomaly_maps_take_the_checkpoint_dict_and_check_the_stats():
     jnp.linspace(-1, 1, 4), jnp.linspace(0.5, 2, 4), jnp.asarray(5.0)
   )
   key = jax.random.key(3)
-  want = anomaly.anomaly_maps(encode, "conv2", variables, x, stats, key)
-  got = anomaly.anomaly_maps(
+  want = anomaly.difference_attention(encode, "conv2", variables, x, stats, key)
+  got = anomaly.difference_attention(
     encode, "conv2", variables, x, stats._asdict(), key
   )
   chex.assert_trees_all_close(got, want, atol=0)
   bad = stats._replace(var=stats.var.at[0].set(-1.0))
   with pytest.raises(ValueError, match="non-negative"):
-    anomaly.anomaly_maps(encode, "conv2", variables, x, bad, key)
+    anomaly.difference_attention(encode, "conv2", variables, x, bad, key)
   with pytest.raises(ValueError, match=r"shape \(3,\).*D=4"):
-    anomaly.anomaly_maps(
+    anomaly.difference_attention(
       encode, "conv2", variables, x, stats._replace(mean=jnp.zeros(3)), key
     )
 
@@ -121,11 +119,11 @@ def test_difference_attention_several_layers_averages_each_draw():
       np.testing.assert_allclose(
         getattr(got[layer], field), expected, atol=1e-6
       )
-  # anomaly_maps' mean is the same average at one layer.
-  mean, _ = anomaly.anomaly_maps(
+  # One layer alone gives the same average.
+  one = anomaly.difference_attention(
     encode, "conv2", variables, x, stats, key, num_samples=3
   )
-  np.testing.assert_allclose(mean, got["conv2"].mean, atol=1e-6)
+  np.testing.assert_allclose(one.mean, got["conv2"].mean, atol=1e-6)
   with pytest.raises(ValueError, match="num_samples"):
     anomaly.difference_attention(
       encode, "conv2", variables, x, stats, key, num_samples=0

@@ -32,10 +32,10 @@ from vae_attn.attention import difference_code
 __all__ = [
   "LatentStats",
   "StatsAccumulator",
-  "anomaly_maps",
   "difference_attention",
   "difference_code",
   "latent_statistics",
+  "mean_over_draws",
   "residual_map",
 ]
 
@@ -125,20 +125,53 @@ def latent_statistics(
   return acc.result()
 
 
-def _difference_draws(
-  encode_fn, layer, variables, x, stats, key, num_samples, attention_kwargs
-):
-  """The maps of ``num_samples`` draws of the difference code, stacked on a
-  leading axis ``[S, ...]`` (one compiled loop, not a Python one)."""
+def mean_over_draws(
+  encode_fn: Callable[..., tuple[jax.Array, jax.Array]],
+  layer: str | Sequence[str],
+  variables,
+  x: jax.Array,
+  key: jax.Array,
+  *,
+  code: str,
+  stats: LatentStats | None = None,
+  num_samples: int = 8,
+  **attention_kwargs,
+) -> attention_lib.AttentionMaps | dict[str, attention_lib.AttentionMaps]:
+  """Attention maps of a sampled code, averaged over ``num_samples`` draws.
+
+  Each draw of ``eps`` gives the code (``"sample"``: ``z = mu + sigma *
+  eps``; ``"difference"``: the eq. 5 code of :func:`difference_code`) and
+  its per-latent maps (eq. 3) and mean map (eq. 4) at every requested
+  layer, from one encoder pass per draw; both are averaged over the draws,
+  in one compiled loop (``jax.lax.map``), not a Python one.
+
+  Args:
+    encode_fn: ``(variables, x) -> (mu, logvar)``.
+    layer: a conv layer path or unique suffix, or a sequence of them.
+    variables: model variables.
+    x: images, floating point ``[B, H, W, C]``.
+    key: PRNG key of the draws.
+    code: ``"sample"`` or ``"difference"``.
+    stats: normal-data statistics (``"difference"`` only).
+    num_samples: number of draws, ``>= 1``.
+    **attention_kwargs: passed to :func:`vae_attn.attention.attention`.
+
+  Returns:
+    As :func:`difference_attention`.
+
+  Raises:
+    TypeError, ValueError: ``num_samples`` is not a positive int, or as
+      :func:`vae_attn.attention.value_and_attention`.
+  """
   if isinstance(num_samples, bool) or not isinstance(num_samples, int):
     raise TypeError(f"num_samples must be an int, got {num_samples!r}.")
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
-  fn = attention_lib.attention(
-    encode_fn, layer, code="difference", **attention_kwargs
-  )
+  fn = attention_lib.attention(encode_fn, layer, code=code, **attention_kwargs)
+  extra = {} if stats is None else {"stats": stats}
   keys = jax.random.split(key, num_samples)
-  return jax.lax.map(lambda k: fn(variables, x, key=k, stats=stats), keys)
+  draws = jax.lax.map(lambda k: fn(variables, x, key=k, **extra), keys)
+  return jax.tree.map(lambda m: m.mean(axis=0), draws)
 
 
 def difference_attention(
@@ -189,52 +222,17 @@ def difference_attention(
   References:
     Liu et al., CVPR 2020, section 3.3, eq. 5 (docs/paper.md).
   """
-  draws = _difference_draws(
-    encode_fn, layer, variables, x, stats, key, num_samples, attention_kwargs
+  return mean_over_draws(
+    encode_fn,
+    layer,
+    variables,
+    x,
+    key,
+    code="difference",
+    stats=stats,
+    num_samples=num_samples,
+    **attention_kwargs,
   )
-  return jax.tree.map(lambda m: m.mean(axis=0), draws)
-
-
-def anomaly_maps(
-  encode_fn: Callable[..., tuple[jax.Array, jax.Array]],
-  layer: str,
-  variables,
-  x: jax.Array,
-  stats: LatentStats,
-  key: jax.Array,
-  *,
-  num_samples: int = 8,
-  **attention_kwargs,
-) -> tuple[jax.Array, jax.Array]:
-  """Anomaly attention maps of eq. 5 at one layer: mean and spread of draws.
-
-  The mean map ``M`` (eq. 4) of the difference code is computed for each
-  draw of ``eps`` (as in :func:`difference_attention`); this returns its
-  mean over the draws and its standard deviation, a measure of how much
-  the map depends on the draw.
-
-  Args:
-    encode_fn: ``(variables, x) -> (mu, logvar)``.
-    layer: the conv layer path, e.g. ``"encoder/conv2"``.
-    variables: model variables.
-    x: test images ``[B, H, W, C]``.
-    stats: normal-data statistics from :func:`latent_statistics`.
-    key: PRNG key for the draws.
-    num_samples: number of ``eps`` draws.
-    **attention_kwargs: passed to :func:`vae_attn.attention.attention`
-      (``positive``, ``gradient_scale``, ``chunk_size``).
-
-  Returns:
-    ``(mean, std)``, each ``[B, h, w]``: the mean map and its spread over
-    the draws. Upsample with :func:`vae_attn.attention.upsample`.
-
-  Raises:
-    TypeError, ValueError: as :func:`difference_attention`.
-  """
-  draws = _difference_draws(
-    encode_fn, layer, variables, x, stats, key, num_samples, attention_kwargs
-  )
-  return draws.mean.mean(axis=0), draws.mean.std(axis=0)
 
 
 def residual_map(x: jax.Array, x_hat: jax.Array) -> jax.Array:

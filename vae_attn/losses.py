@@ -51,27 +51,6 @@ def bernoulli_nll(logits: jax.Array, x: jax.Array) -> jax.Array:
   return _sum_but_batch(optax.sigmoid_binary_cross_entropy(logits, x))
 
 
-def bernoulli_nll_probs(
-  probs: jax.Array, x: jax.Array, eps: float = 1e-7
-) -> jax.Array:
-  """Binary cross-entropy from probabilities (``F.binary_cross_entropy``).
-
-  Probabilities are clipped to ``[eps, 1 - eps]``; prefer
-  :func:`bernoulli_nll` with logits.
-
-  Args:
-    probs: decoder probabilities ``[B, ...]``.
-    x: targets in ``[0, 1]``, same shape.
-    eps: clipping for the logarithms.
-
-  Returns:
-    ``[B]`` negative log-likelihoods in nats.
-  """
-  _check_same_shape(probs, x, "probs and x")
-  p = jnp.clip(probs, eps, 1.0 - eps)
-  return _sum_but_batch(-(x * jnp.log(p) + (1.0 - x) * jnp.log1p(-p)))
-
-
 def gaussian_kl_per_dim(mu: jax.Array, logvar: jax.Array) -> jax.Array:
   """KL( N(mu_i, exp(logvar_i)) || N(0, 1) ) of each latent element.
 
@@ -103,23 +82,6 @@ def gaussian_kl(mu: jax.Array, logvar: jax.Array) -> jax.Array:
     ``[B]`` KL divergences in nats.
   """
   return _sum_but_batch(gaussian_kl_per_dim(mu, logvar))
-
-
-def beta_vae(
-  logits: jax.Array,
-  x: jax.Array,
-  mu: jax.Array,
-  logvar: jax.Array,
-  beta: float = 1.0,
-) -> jax.Array:
-  """The (negative) beta-VAE objective ``recon + beta * KL`` per example.
-
-  ``beta = 1`` is the negative ELBO of a Bernoulli VAE.
-
-  Returns:
-    ``[B]`` losses.
-  """
-  return bernoulli_nll(logits, x) + beta * gaussian_kl(mu, logvar)
 
 
 def permute_dims(key: jax.Array, z: jax.Array) -> jax.Array:
