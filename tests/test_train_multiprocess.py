@@ -95,13 +95,8 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path):
     got["state"]["params"], want["state"]["params"], atol=1e-5
   )
   chex.assert_trees_all_close(got["latent_stats"], want["latent_stats"])
-  items = (two / "ckpt" / "2").iterdir()
-  assert sorted(p.name for p in items if p.is_dir()) == [
-    "config",
-    "latent_stats",
-    "spec",
-    "state",
-  ]
+  items = {p.name for p in (two / "ckpt" / "2").iterdir() if p.is_dir()}
+  assert items >= {"config", "latent_stats", "spec", "state"}, items
   # The log is written once (process 0), each logged step once.
   rows = writers.read_scalars(two)
   assert [r["step"] for r in rows if "train/loss" in r] == [2]

@@ -298,6 +298,12 @@ def _catch_signals() -> Iterator[_InterruptFlag]:
   previous = {
     s: signal.signal(s, flag.handler) for s in (signal.SIGINT, signal.SIGTERM)
   }
+  for s in previous:
+    # SA_RESTART: a signal that lands on a thread blocked in a system call
+    # (gloo's collectives of a multi-process run) restarts the call instead
+    # of failing it with EINTR, which left both processes waiting in
+    # process_allgather.
+    signal.siginterrupt(s, False)
   try:
     yield flag
   finally:

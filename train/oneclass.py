@@ -304,8 +304,12 @@ def train_step(state, batch, key, weights, config) -> tuple:
   return state, {"loss": loss, "recon": recon, "kl": kl}
 
 
-def _evaluate(state, config, *, model, test) -> dict:
-  """Test-split negative ELBO and its image AUROC as an anomaly score."""
+def _evaluate(state, config, *, elbo_fn, test) -> dict:
+  """Test-split negative ELBO and its image AUROC as an anomaly score.
+
+  ``elbo_fn(variables, x) -> (recon, kl)``, each ``[B]`` (jitted
+  :func:`_elbo`).
+  """
   # Evenly spaced, so that sorted test sets still mix normal and anomalous.
   num = min(config.eval_num_examples, len(test))
   idx = np.linspace(0, len(test) - 1, num).round().astype(np.int64)
@@ -313,7 +317,7 @@ def _evaluate(state, config, *, model, test) -> dict:
     batch = test.get_batch(idx)
   else:
     batch = base.stack_records([test[int(i)] for i in idx])
-  recon, kl = _elbo(_variables(state), batch["image"], model=model)
+  recon, kl = elbo_fn(_variables(state), batch["image"])
   score = np.asarray(recon + kl)
   out = {"loss": score.mean(), "recon": recon.mean(), "kl": kl.mean()}
   labels = batch.get("anomalous", batch.get("label"))
@@ -322,7 +326,6 @@ def _evaluate(state, config, *, model, test) -> dict:
   return out
 
 
-@functools.partial(jax.jit, static_argnames="model")
 def _elbo(variables, x, *, model):
   mu, logvar = model.apply(variables, x, method=model.encode)
   logits = model.apply(variables, mu, method=model.decode)
@@ -408,7 +411,8 @@ def train_and_evaluate(
   test = load_data(head, "test")
   evaluate = None
   if head.eval_num_examples:
-    evaluate = functools.partial(_evaluate, model=model, test=test)
+    elbo_fn = jax.jit(functools.partial(_elbo, model=model))
+    evaluate = functools.partial(_evaluate, elbo_fn=elbo_fn, test=test)
   states = loop.train_and_evaluate(
     config,
     workdir,
