@@ -98,54 +98,17 @@ def test_flatten_dense_of_constant_equals_dense_of_broadcast():
 
 
 # (input hw, kernel, stride, padding): odd sizes, uneven padding, stride 3.
-# The models' k4 s2 p1 is covered by the vmap, transposed and model tests.
 STRIDED = [((7, 9), 6, 3, ((0, 2), (2, 1)))]
 
 
-@pytest.mark.parametrize("hw, k, stride, padding", STRIDED)
-def test_strided_conv_equals_lax(hw, k, stride, padding):
-  x, w = _normal(0, (2, *hw, 3)), _normal(1, (k, k, 3, 4))
-
-  def ref(x, w):
-    return lax.conv_general_dilated(
-      x, w, (stride, stride), padding, dimension_numbers=NHWC
-    )
-
-  fast = functools.partial(ops.strided_conv, stride=stride, padding=padding)
-  _assert_same_function(fast, ref, x, w)
-
-
-# (input hw, kernel hw, strides, padding): ResNet-18's last stage at 64x64
-# (2x2, 3x3 SAME), its stride-2 entry, a 1x1, odd and uneven geometries.
-SMALL = [
-  ((2, 2), (3, 3), (1, 1), ((1, 1), (1, 1))),
-  ((4, 3), (3, 3), (2, 2), ((1, 1), (0, 1))),
-  ((3, 3), (1, 1), (2, 2), ((0, 0), (0, 0))),
-  ((1, 5), (2, 3), (1, 2), ((1, 0), (2, 1))),
-]
-
-
-@pytest.mark.parametrize("hw, kernel, strides, padding", SMALL)
-def test_small_conv_equals_lax(hw, kernel, strides, padding):
-  x, w = _normal(0, (2, *hw, 3)), _normal(1, (*kernel, 3, 4))
-
-  def ref(x, w):
-    return lax.conv_general_dilated(
-      x, w, strides, padding, dimension_numbers=NHWC
-    )
-
-  fast = functools.partial(ops.small_conv, strides=strides, padding=padding)
-  _assert_same_function(fast, ref, x, w)
-
-
-def test_strided_conv_under_vmap_and_of_its_own_gradient():
+def test_strided_form_under_vmap_and_of_its_own_gradient():
   x, w = _normal(0, (3, 2, 8, 8, 3)), _normal(1, (4, 4, 3, 4))
   pads = ((1, 1), (1, 1))
 
   def ref(x, w):
     return lax.conv_general_dilated(x, w, (2, 2), pads, dimension_numbers=NHWC)
 
-  fast = functools.partial(ops.strided_conv, stride=2, padding=pads)
+  fast = ops.fast_convolutions(ref)
 
   def input_grad(conv):
     # A function of the input gradient, batched: the attention's pattern.
@@ -172,7 +135,7 @@ def test_batched_kernel_gradient_equals_lax_per_element(hw, k, stride, padding):
     )
 
   g = _normal(2, (3, *conv(x[0], w).shape))
-  fast = functools.partial(ops.strided_conv, stride=stride, padding=padding)
+  fast = ops.fast_convolutions(conv)
 
   def kernel_grad(conv, x, g):
     return jax.vjp(lambda w: conv(x, w), w)[1](g)[0]
@@ -381,8 +344,42 @@ def _input_gradient(x_shape, strides, padding):
   return fn
 
 
-# (case, input shape, kernel shape, function, the form the transform picks).
+# (case, input shape, kernel shape, function, the form the transform picks):
+# the models' k4 s2 p1, odd sizes, uneven padding, stride 3; ResNet-18's
+# last stage at 64x64 (2x2, 3x3 SAME), its stride-2 entry, a 1x1, odd and
+# uneven tiny geometries; transposed convs of both kinds; JAX's own input
+# gradient (a transposed kernel layout); what stays stock.
 FORMS = {
+  "strided 3": (
+    (2, 7, 9, 3),
+    (6, 6, 3, 4),
+    _conv_fn((3, 3), ((0, 2), (2, 1))),
+    "_conv",
+  ),
+  "small 2x2": (
+    (2, 2, 2, 3),
+    (3, 3, 3, 4),
+    _conv_fn((1, 1), "SAME"),
+    "dot_general",
+  ),
+  "small stride 2": (
+    (2, 4, 3, 3),
+    (3, 3, 3, 4),
+    _conv_fn((2, 2), ((1, 1), (0, 1))),
+    "dot_general",
+  ),
+  "small 1x1": (
+    (2, 3, 3, 3),
+    (1, 1, 3, 4),
+    _conv_fn((2, 2), "VALID"),
+    "dot_general",
+  ),
+  "small odd": (
+    (2, 1, 5, 3),
+    (2, 3, 3, 4),
+    _conv_fn((1, 2), ((1, 0), (2, 1))),
+    "dot_general",
+  ),
   "strided": (
     (2, 7, 8, 3),
     (4, 4, 3, 5),
@@ -394,12 +391,6 @@ FORMS = {
     (4, 4, 5, 3),
     _conv_fn((2, 2), "SAME", rhs="HWOI"),
     "_conv",
-  ),
-  "small": (
-    (2, 2, 2, 3),
-    (3, 3, 3, 4),
-    _conv_fn((1, 1), "SAME"),
-    "dot_general",
   ),
   "transposed": (
     (2, 4, 5, 3),
@@ -580,7 +571,7 @@ def _lowered_precisions(fn, *args) -> set[str]:
 
 
 @pytest.mark.parametrize(
-  "case", ["strided", "small", "transposed", "transposed small"]
+  "case", ["strided", "small 2x2", "transposed", "transposed small"]
 )
 def test_derivatives_traced_later_keep_the_forward_precision(case):
   """A pullback called after the precision scope has closed (as jax.grad's

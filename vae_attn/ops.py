@@ -8,23 +8,27 @@ layers (``nn.Conv``, ``nn.ConvTranspose``, ``nnx.Conv``, ...), and
 :func:`fast_convolutions` replaces their convolutions, on XLA:CPU only, by
 exact reformulations with derivatives of every order:
 
-- :func:`strided_conv`: the stock strided convolution whose input gradient is
-  a stride-1 convolution followed by depth-to-space; convolution, input
-  gradient and kernel gradient are three ``custom_vjp`` maps whose
-  derivatives are each other, so second derivatives (L_AD) stay on them.
-- :func:`small_conv`: a convolution of at most 16 output positions as one
-  matmul of gathered windows.
+- a strided convolution whose stride divides the kernel is the stock
+  convolution with custom derivatives: its input gradient is a stride-1
+  convolution followed by depth-to-space; convolution, input gradient and
+  kernel gradient are three ``custom_vjp`` maps whose derivatives are each
+  other, so second derivatives (L_AD) stay on them. A transposed
+  convolution is the input gradient of such a convolution.
+- a convolution of at most 16 output positions is one matmul of gathered
+  windows.
 
 :func:`interpret` is the equation-by-equation evaluator it is built on.
 :func:`conv_of_constant` and :func:`flatten_dense_of_constant` are the linear
 layers of a per-channel constant image, used by the attention transform.
 
-Precision: every op takes a ``precision`` (as ``lax.conv_general_dilated``
-does). ``None`` means the ambient ``jax_default_matmul_precision``, read once,
-when the op is traced, and carried explicitly by every convolution and matmul
-of the op and of its custom derivatives: derivatives traced later, outside
-the caller's precision scope (the backward pass of ``jax.grad``), keep the
-precision of the forward pass.
+Precision: each fast form carries the precision of the convolution it
+replaces (JAX resolves ``None`` to the ambient ``jax_default_matmul_precision``
+when the convolution is traced) explicitly, in every convolution and matmul of
+the form and of its custom derivatives: derivatives traced later, outside the
+caller's precision scope (the backward pass of ``jax.grad``), keep the
+precision of the forward pass. The ``precision=None`` of
+:func:`conv_of_constant` and :func:`flatten_dense_of_constant` is the ambient
+default, read when they are traced.
 
 This module imports nothing from :mod:`vae_attn.models`. Timings of the
 forms are in ``bench/README.md``.
@@ -411,46 +415,10 @@ def _geometry(
   )
 
 
-def strided_conv(
-  x: jax.Array, kernel: jax.Array, *, stride: int, padding, precision=None
-) -> jax.Array:
-  """``lax.conv_general_dilated`` (NHWC, HWIO) with fast exact derivatives.
-
-  The value is the stock convolution. Its input gradient is a stride-1
-  convolution followed by depth-to-space, its kernel gradient the stock one;
-  each has custom derivatives that stay on these three kernels, so first
-  and second derivatives avoid the slow XLA:CPU kernels of the transposed
-  strided convolution.
-
-  Args:
-    x: ``[B, H, W, n]``.
-    kernel: ``[kh, kw, n, o]``, ``kh`` and ``kw`` multiples of ``stride``.
-    stride: the stride of both spatial axes, at least 2.
-    padding: ``((top, bottom), (left, right))``, non-negative.
-    precision: as in ``lax.conv_general_dilated``; ``None`` reads the
-      ambient default when traced (module docstring). The derivatives keep it.
-
-  Returns:
-    ``[B, h, w, o]``.
-
-  Raises:
-    ValueError: if the stride does not divide the kernel size or a padding
-      is negative.
-  """
-  geo = _geometry(x.shape[1:3], kernel.shape[:2], stride, padding, precision)
-  if geo is None:
-    raise ValueError(
-      "strided_conv needs a stride >= 2 that divides the kernel size "
-      f"{kernel.shape[:2]} and explicit padding, got stride {stride} and "
-      f"padding {padding}."
-    )
-  return _conv(x, kernel, geo)
-
-
 # --- Convolutions with tiny outputs as one matmul. ---
 
 
-def small_conv(
+def _small_conv(
   x: jax.Array,
   kernel: jax.Array,
   *,
@@ -497,14 +465,15 @@ def _conv_rule(eqn, invals):
   """The fast exact form of a 2-D NHWC convolution equation, or ``None``.
 
   Forward convolutions (``lhs_dilation`` 1): a stride that divides the
-  kernel, :func:`strided_conv`; at most 16 output positions,
-  :func:`small_conv`. Transposed convolutions (``lhs_dilation`` s, stride
-  1: ``nn.ConvTranspose``, ``lax.conv_transpose`` and the input gradient
-  that JAX derives for a strided convolution): at most 16 output positions,
-  :func:`small_conv` of the dilated input; otherwise the input gradient of
-  the strided convolution with the flipped kernel, by depth-to-space, with
-  the same fast derivatives. The kernel may have any layout (JAX's own
-  input gradients use a transposed one); input and output must be NHWC.
+  kernel, the strided convolution with custom derivatives; at most 16
+  output positions, :func:`_small_conv`. Transposed convolutions
+  (``lhs_dilation`` s, stride 1: ``nn.ConvTranspose``,
+  ``lax.conv_transpose`` and the input gradient that JAX derives for a
+  strided convolution): at most 16 output positions, :func:`_small_conv`
+  of the dilated input; otherwise the input gradient of the strided
+  convolution with the flipped kernel, by depth-to-space, with the same
+  fast derivatives. The kernel may have any layout (JAX's own input
+  gradients use a transposed one); input and output must be NHWC.
   """
   if eqn.primitive is not lax.conv_general_dilated_p:
     return None
@@ -540,7 +509,7 @@ def _conv_rule(eqn, invals):
     if geo is not None:
       return _conv(lhs, kernel, geo)
     if small and min(min(pair) for pair in padding) >= 0:
-      return small_conv(
+      return _small_conv(
         lhs, kernel, strides=strides, padding=padding, precision=precision
       )
     return None
@@ -558,7 +527,7 @@ def _conv_rule(eqn, invals):
         (0, 0, 0),
       ),
     )
-    return small_conv(
+    return _small_conv(
       dilated,
       kernel,
       strides=(1, 1),
@@ -590,9 +559,11 @@ def fast_convolutions(fn: Callable) -> Callable:
   ``nn.ConvTranspose``, ``nnx.Conv``, ``nnx.ConvTranspose`` and
   ``lax.conv_transpose`` lower to, is replaced by an exact fast form:
   strided convolutions whose stride divides the kernel by
-  :func:`strided_conv` (its input gradient by depth-to-space), transposed
+  the stock convolution with custom derivatives (its input gradient by
+  depth-to-space: a stride-1 convolution and a reshape), transposed
   convolutions by the same depth-to-space form, and convolutions with at
-  most 16 output positions by :func:`small_conv`. Other convolutions, and
+  most 16 output positions by one matmul of gathered windows. Other
+  convolutions, and
   every equation of ``fn`` on other backends, are bound as they are. Values
   are those of the stock convolutions up to float rounding (the same sums,
   in another order), and so are derivatives of every order. Built on
