@@ -25,8 +25,9 @@ program, each member in its own run directory under --workdir:
   python -m train.factorvae --loss=tc,ad --seeds=0,1,2   # Table 3 with seeds
 
 The loss choice is a setting of one objective,
-recon + beta * KL + gamma * TC + lambda * L_AD (tc: lambda = 0; beta:
-gamma = lambda = 0), so members of every loss share one step.
+recon + beta * KL + gamma * TC + lambda * L_AD (tc: no L_AD; beta: gamma = 0,
+no L_AD). Members of one loss share one compiled step (seeds and weights are
+traced); each loss has its own, so a tc member never computes L_AD.
 """
 
 from __future__ import annotations
