@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import gc
 import importlib.metadata
 import json
 import logging
@@ -43,6 +44,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import traceback
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -364,14 +366,17 @@ def _errno_of(error: BaseException | None) -> int | None:
 
 @contextlib.contextmanager
 def quiet_orbax() -> Iterator[None]:
-  """Silences orbax's own logging and its asyncio teardown tracebacks.
+  """Silences orbax's own logging and the tracebacks of its abandoned tasks.
 
-  A failed orbax read or write logs each background thread's traceback and
-  lets tensorstore callbacks print "Event loop is closed" tracebacks (hundreds
-  of lines for one full disk or damaged file); every such failure reaches
-  our caller as an exception, which becomes one line. With ``--debug`` or
-  ``VAE_ATTN_DEBUG=1`` (:func:`workflow.errors.debug_requested`) nothing is
-  silenced.
+  A failed orbax read or write logs each background thread's traceback, and
+  its abandoned coroutines and tensorstore callbacks print "Exception
+  ignored" / "Event loop is closed" tracebacks when they are collected
+  (hundreds of lines for one full disk or damaged file). Every such failure
+  reaches our caller as an exception, which becomes one line. Inside this
+  context (which collects garbage when an error leaves it, so that nothing
+  is printed later) they are dropped; other unraisable errors are not. With
+  ``--debug`` or ``VAE_ATTN_DEBUG=1`` (:func:`workflow.errors.
+  debug_requested`) nothing is silenced.
   """
   if errors.debug_requested():
     yield
@@ -379,14 +384,24 @@ def quiet_orbax() -> Iterator[None]:
   absl = logging.getLogger("absl")  # orbax logs through absl.logging.
   level, hook = absl.level, sys.unraisablehook
 
-  def drop_closed_loop(unraisable):
-    if "Event loop is closed" not in str(unraisable.exc_value):
+  def drop_orbax(unraisable):
+    files = [
+      frame.f_code.co_filename
+      for frame, _ in traceback.walk_tb(unraisable.exc_traceback)
+    ]
+    from_orbax = any(f"{os.sep}orbax{os.sep}" in f for f in files)
+    if not from_orbax and "Event loop is closed" not in str(
+      unraisable.exc_value
+    ):
       hook(unraisable)
 
   absl.setLevel(logging.CRITICAL + 1)
-  sys.unraisablehook = drop_closed_loop
+  sys.unraisablehook = drop_orbax
   try:
     yield
+  except BaseException:
+    gc.collect()  # Abandoned coroutines report now, not after we left.
+    raise
   finally:
     absl.setLevel(level)
     sys.unraisablehook = hook
@@ -654,6 +669,7 @@ def _try_restore(mngr, step, items, optional_items, targets, sharding):
     restored = mngr.restore(step, args=ocp.args.Composite(**args))
   except Exception as e:  # noqa: BLE001 (any unreadable step is skipped)
     _log.debug("Step %d is unreadable.", step, exc_info=True)
+    gc.collect()  # Orbax's abandoned reads report inside quiet_orbax.
     return f"unreadable ({_short(e)})", None
   out = {name: restored[name] for name in wanted}
   saved = restored[CHECKSUMS] if checked else {}
@@ -801,7 +817,7 @@ def _retry_deleted(fn: Callable[[], Any], tries: int = 10) -> Any:
   for attempt in range(tries):
     try:
       return fn()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # Orbax raises both.
       if attempt == tries - 1:
         raise
   return None
