@@ -59,10 +59,13 @@ class MetricWriter:
     enabled: ``False`` makes every method a no-op (non-zero processes).
     name: shown in each log line, ``[name step]`` (a grid member's folder;
       ``""``: ``[step]``).
-    resume_step: the step a resumed run restarts from: rows of later steps
-      (logged after that checkpoint, before a crash) are removed from
+    resume_step: the step a run starts from: rows of later steps (logged
+      after that checkpoint, before a crash) are removed from
       ``metrics.jsonl`` and purged from TensorBoard, so after any crash and
-      resume every logged step appears exactly once.
+      resume every logged step appears exactly once. A trainer passes it on
+      every start: the restored step, or ``0`` without a checkpoint (a run
+      killed before its first checkpoint leaves rows too). ``None`` keeps
+      every row (a writer that appends to a finished run).
 
   Every ``write_scalars`` line is flushed to disk at once, so a killed run
   loses no row it logged.
