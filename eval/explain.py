@@ -11,16 +11,19 @@ trained VAE is restored (eval.restore.load_run). Without --images a few
 test images of the run's own data are shown (its spec.json: dSprites,
 digits or MNIST, the textured-defect set, MVTec-AD...; defective images
 first); a random model gets procedural dSprites (FactorVAE), offline digits
-(MNIST VAE) or textured-defect images (ResNet, Ped1). Images are resized to
-the model's input.
+(MNIST VAE) or textured-defect images (ResNet, Ped1). Images are resized and
+converted (grey or RGB) to the model's input; the figures say so for each
+file that was.
 
 Writes to --out (default <workdir>/explain, or runs/explain/<model>_random
 without --workdir): attention_grid.png (per image: the image, the mean map
-of eq. 4 and the first --k per-latent maps of eq. 3, or the k strongest with
---order=response; colour bars in map units, all-zero maps hatched with a 0
-badge, --scale=image for one scale per image), mean_overlay.png (each image
-with its mean map), maps.npz (the raw maps at layer resolution) and
-explain.json.
+of eq. 4 and the first --k per-latent maps of eq. 3, "z3" of "8 of 32
+latents", or the k strongest with --order=response; one colour scale for the
+figure, stated under it, --scale=image or map for one per image or per map;
+all-zero maps hatched with a 0 badge; file names on the rows),
+mean_overlay.png (each image with its mean map), maps.npz (the raw maps at
+layer resolution) and explain.json. docs/evaluation.md explains why normal
+images can look "hot" when each map is scaled on its own.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import PIL.Image
 
 from eval import cli, demo_data, figures, restore
 from vae_attn import anomaly, models
@@ -45,17 +49,37 @@ from workflow import configs
 demo_images = demo_data.demo_images
 
 
-def read_images(paths: Sequence[str], input_shape) -> np.ndarray:
-  """Reads image files resized to ``input_shape`` as float ``[N, H, W, C]``."""
+def read_images(
+  paths: Sequence[str], input_shape
+) -> tuple[np.ndarray, list[str]]:
+  """Reads image files at the model's input shape.
+
+  Returns:
+    ``(x, notes)``: float ``[N, H, W, C]`` in ``[0, 1]``, and one note per
+    file that was resized or converted (``"a.png: 300x200 RGB, shown as
+    64x64 grey"``), for the figures.
+
+  Raises:
+    FileNotFoundError: a path is not a file.
+  """
   h, w, c = input_shape
-  out = []
+  out, notes = [], []
   for path in paths:
     if not os.path.isfile(path):
       raise FileNotFoundError(
         f"--images: {path} is not a file; pass paths of PNG or JPEG images."
       )
     out.append(images_lib.read_image(path, channels=c, size=(h, w)))
-  return np.stack(out).astype(np.float32) / 255.0
+    with PIL.Image.open(path) as im:
+      grey = im.mode in ("1", "L", "LA", "I", "I;16", "F")
+    height, width = images_lib.image_size_of(path)
+    if (height, width) != (h, w) or grey != (c == 1):
+      notes.append(
+        f"{os.path.basename(path)}: {width}x{height} "
+        f"{'grey' if grey else 'RGB'}, shown as {w}x{h} "
+        f"{'grey' if c == 1 else 'RGB'} (the model's input)"
+      )
+  return np.stack(out).astype(np.float32) / 255.0, notes
 
 
 def maps_fn(
@@ -163,7 +187,9 @@ def attention_figure(
   k: int = 8,
   order: str = "index",
   title: str = "",
-  scale: str = "map",
+  scale: str = "figure",
+  names: Sequence[str] | None = None,
+  notes: Sequence[str] = (),
 ) -> str:
   """Writes the Fig. 1-style grid: image, mean map, ``k`` per-latent maps.
 
@@ -171,13 +197,14 @@ def attention_figure(
     path: the PNG to write.
     x: the explained images ``[N, H, W, C]``.
     maps: their maps at layer resolution (from :func:`explain`).
-    k: per-latent maps shown per image.
+    k: per-latent maps shown per image (0: the mean map only).
     order: ``"index"`` (latents ``0..k-1``) or ``"response"`` (the ``k``
       strongest of each image).
     title: the figure title.
-    scale: ``"map"`` (each map on its own colour scale) or ``"image"`` (one
-      scale for the per-latent maps of an image); see
-      ``eval.figures.attention_grid``.
+    scale: ``"figure"``, ``"image"`` or ``"map"``
+      (``eval.figures.attention_grid``).
+    names: a label per image (file names).
+    notes: footer lines (inputs that were resized or converted).
 
   Returns:
     The path written.
@@ -188,21 +215,17 @@ def attention_figure(
   ids = pick_latents(np.asarray(maps.per_latent), k, order)
   shown = np.take_along_axis(per_latent, ids[:, :, None, None], axis=1)
   return figures.attention_grid(
-    path, x, mean, shown, ids, title=title, scale=scale
+    path,
+    x,
+    mean,
+    shown,
+    ids,
+    title=title,
+    scale=scale,
+    num_latents=per_latent.shape[1],
+    row_labels=names,
+    notes=notes,
   )
-
-
-def overlay_figure(
-  path: str | os.PathLike,
-  x: np.ndarray,
-  maps: attention_lib.AttentionMaps,
-  *,
-  names: Sequence[str] | None = None,
-  title: str = "",
-) -> str:
-  """Writes each image with its mean map (eq. 4) overlaid; returns the path."""
-  mean = np.asarray(attention_lib.upsample(maps.mean, x.shape[1:3]))
-  return figures.mean_overlays(path, x, mean, names=names, title=title)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,9 +282,9 @@ class Config:
     ("index", "response"),
   )
   scale: str = configs.field(
-    "map",
-    "colour scale of the per-latent maps: one per map, or one shared by the "
-    "maps of an image",
+    "figure",
+    "colour scale of the maps: one for the whole figure (near-zero maps "
+    "look cold), one per image, or one per map (each map's own range)",
     figures.SCALES,
   )
   seed: int = configs.field(
@@ -300,16 +323,17 @@ def _load(config: Config):
       seed=config.seed,
     )
   if config.images is not None:
-    x = read_images(config.images, run.input_shape)
-    return run, x, [os.path.basename(p) for p in config.images], "files"
+    x, notes = read_images(config.images, run.input_shape)
+    names = [os.path.basename(p) for p in config.images]
+    return run, x, names, "files", notes
   x, names, data = demo_data.demo_images(run, config.num_images, config.seed)
   cli.stage(f"{len(x)} test images of {data}")
-  return run, x, names, data
+  return run, x, [str(n) for n in names], data, []
 
 
 def _run(config: Config) -> int:
   start = time.perf_counter()
-  run, x, names, source = _load(config)
+  run, x, names, source, notes = _load(config)
   k = min(8, run.latent_dim) if config.k is None else config.k
   if k > run.latent_dim:
     raise ValueError(
@@ -346,9 +370,18 @@ def _run(config: Config) -> int:
     order=config.order,
     title=what,
     scale=config.scale,
+    names=names,
+    notes=notes,
   )
-  means = overlay_figure(
-    os.path.join(out, "mean_overlay.png"), x, maps, names=names, title=what
+  means = attention_figure(
+    os.path.join(out, "mean_overlay.png"),
+    x,
+    maps,
+    k=0,
+    title=what,
+    scale=config.scale,
+    names=names,
+    notes=notes,
   )
   np.savez_compressed(
     os.path.join(out, "maps.npz"),
@@ -368,6 +401,7 @@ def _run(config: Config) -> int:
     "scale": config.scale,
     "images": names,
     "images_from": source,
+    "input_notes": notes,
     "all_zero_maps_per_image": zero.sum(axis=1).tolist(),
     "elapsed_time": time.perf_counter() - start,
   }

@@ -1,11 +1,12 @@
-"""Plotting only: attention overlays, grids, ROC curves and traversals.
+"""Figures: attention maps, overlays, ROC curves, traversals, scalar curves.
 
-Every function takes NumPy arrays (images NHWC in ``[0, 1]``, maps
-``[..., H, W]`` already at image size), writes one PNG with matplotlib's Agg
-backend and returns its path. Nothing here computes a metric or runs a
-model; the drivers (``eval.explain``, ``eval.localization``,
-``eval.disentanglement``) do. How one map is drawn (scale, overlay, colour
-bar, the mark of an all-zero map) lives in ``eval.heatmaps``.
+The drawing functions take NumPy arrays (images NHWC in ``[0, 1]``, maps
+``[..., H, W]`` already at image size), write one PNG with matplotlib's Agg
+backend and return its path. ``attention_grid`` is the one way every tool
+(``eval.explain``, ``eval.disentanglement``, ``train``'s run report) draws
+attention maps: overlays on the image, one stated colour scale, a label on
+every row and column, legible text at the saved size. ``top_latent_figure``
+and ``traversal_figure`` run the model first (maps, decodes), then draw.
 """
 
 from __future__ import annotations
@@ -21,159 +22,325 @@ matplotlib.use("Agg")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import matplotlib.cm  # noqa: E402
+import matplotlib.colors  # noqa: E402
+import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import mpl_toolkits.axes_grid1 as mpl_axes_grid  # noqa: E402
 import numpy as np  # noqa: E402
 
-from eval import heatmaps  # noqa: E402
-from eval.heatmaps import CMAP, is_zero, overlay, to_unit_range  # noqa: E402
 from vae_attn import attention as attention_lib  # noqa: E402
 from vae_attn import losses  # noqa: E402
 
 _CELL = 1.6  # Inches per image cell.
-SCALES = ("map", "image")  # Per-map colour scales, or one per image.
+# One colour scale per figure, per image (row) or per map.
+SCALES = ("figure", "image", "map")
+_FONT = 8  # Points: 11 pixels at the saved 100 dpi.
 __all__ = [
   "SCALES",
   "attention_grid",
   "is_zero",
   "layer_ablation",
   "localization_overlays",
-  "mean_overlays",
   "overlay",
   "roc_curves",
+  "scalar_curves",
   "to_unit_range",
   "top_latent_figure",
-  "top_latent_maps",
   "traversal_figure",
   "traversals",
 ]
 
 
-def _grid(num_rows: int, num_cols: int, title: str | None):
+# Drawing one map: colour map, scale, colour bar, the all-zero mark.
+
+CMAP = "jet"
+
+
+def rgb(image: np.ndarray) -> np.ndarray:
+  """``[H, W]``, ``[H, W, 1]`` or ``[H, W, 3]`` -> ``[H, W, 3]`` in [0, 1]."""
+  image = np.asarray(image, np.float32)
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.ndim != 3 or image.shape[-1] not in (1, 3):
+    raise ValueError(
+      f"An image must be [H, W], [H, W, 1] or [H, W, 3], got {image.shape}."
+    )
+  if image.shape[-1] == 1:
+    image = np.repeat(image, 3, axis=-1)
+  return np.clip(image, 0.0, 1.0)
+
+
+def to_unit_range(maps: np.ndarray, scale: float | None = None) -> np.ndarray:
+  """Scales maps to ``[0, 1]`` for display (plotting only).
+
+  Unlike ``vae_attn.attention.normalize`` (min-max per map, for any use),
+  this can divide by a common ``scale`` so that maps stay comparable.
+
+  Args:
+    maps: ``[..., H, W]`` non-negative maps.
+    scale: divide by this value and clip (a common scale keeps the maps of
+      several images comparable); ``None`` min-max normalises each map (a
+      constant map gives 0).
+
+  Returns:
+    float32 maps of the same shape in ``[0, 1]``.
+  """
+  maps = np.asarray(maps, np.float32)
+  if scale is not None:
+    return np.clip(maps / max(float(scale), 1e-12), 0.0, 1.0)
+  lo = maps.min(axis=(-2, -1), keepdims=True)
+  hi = maps.max(axis=(-2, -1), keepdims=True)
+  return (maps - lo) / np.maximum(hi - lo, 1e-12)
+
+
+def is_zero(maps: np.ndarray) -> np.ndarray:
+  """bool ``[...]``: which maps ``[..., H, W]`` are exactly zero everywhere."""
+  return ~np.asarray(maps).reshape(*np.shape(maps)[:-2], -1).any(axis=-1)
+
+
+def colorbar(
+  fig, ax, vmax: float, *, vmin: float = 0.0, visible: bool = True
+) -> None:
+  """A thin colour bar right of ``ax`` for the jet scale ``[vmin, vmax]``.
+
+  With ``visible=False`` the same space is left empty, so that every cell
+  of a grid keeps the same size.
+  """
+  cax = mpl_axes_grid.make_axes_locatable(ax).append_axes(
+    "right", size="6%", pad=0.03
+  )
+  if not visible:
+    cax.axis("off")
+    return
+  mappable = matplotlib.cm.ScalarMappable(
+    matplotlib.colors.Normalize(vmin, max(vmax, vmin + 1e-12)), CMAP
+  )
+  bar = fig.colorbar(mappable, cax=cax)
+  ticks = [vmin, vmax] if vmax > vmin else [vmin]  # A zero map: "0" only.
+  bar.set_ticks(ticks)
+  bar.ax.set_yticklabels([f"{t:.2g}" for t in ticks], fontsize=_FONT)
+
+
+def mark_zero(ax) -> None:
+  """Hatches an all-zero map and puts a "0" badge on it."""
+  ax.add_patch(
+    matplotlib.patches.Rectangle(
+      (0, 0),
+      1,
+      1,
+      transform=ax.transAxes,
+      fill=False,
+      hatch="///",
+      edgecolor="white",
+      linewidth=0,
+    )
+  )
+  ax.text(
+    0.5,
+    0.5,
+    "0",
+    transform=ax.transAxes,
+    ha="center",
+    va="center",
+    fontsize=12,
+    fontweight="bold",
+    color="black",
+    bbox={"boxstyle": "circle", "facecolor": "white", "alpha": 0.9},
+  )
+
+
+def show_map(fig, ax, image, m, *, vmax: float | None, bar: bool) -> None:
+  """Overlays map ``m`` ``[H, W]`` on ``image`` scaled by ``vmax`` (``None``:
+  its own maximum), with a colour bar and the all-zero mark."""
+  top = float(np.max(m)) if vmax is None else float(vmax)
+  ax.imshow(overlay(image, to_unit_range(m, max(top, 1e-12))))
+  colorbar(fig, ax, top, visible=bar)
+  if is_zero(m):
+    mark_zero(ax)
+
+
+def overlay(
+  image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5
+) -> np.ndarray:
+  """Blends a ``[0, 1]`` heat map (jet colour map) over an image.
+
+  Args:
+    image: ``[H, W]`` or ``[H, W, C]`` in ``[0, 1]``.
+    heat: ``[H, W]`` in ``[0, 1]``, at the image's size.
+    alpha: weight of the heat map.
+
+  Returns:
+    ``[H, W, 3]`` RGB in ``[0, 1]``.
+  """
+  base = rgb(image)
+  heat = np.asarray(heat, np.float32)
+  if heat.shape != base.shape[:2]:
+    raise ValueError(
+      f"The map {heat.shape} must have the image's size {base.shape[:2]}; "
+      "upsample it with vae_attn.attention.upsample first."
+    )
+  colour = plt.get_cmap(CMAP)(np.clip(heat, 0.0, 1.0))[..., :3]
+  return (1.0 - alpha) * base + alpha * colour
+
+
+# Figures.
+
+
+def _grid(
+  num_rows: int,
+  num_cols: int,
+  title: str | None,
+  *,
+  footer: Sequence[str] = (),
+):
+  """A grid of image cells without ticks, with a title and footer lines."""
+  inches = max(_CELL * num_cols, 5.0)  # Room for the labels and notes.
+  width = int(inches * 11)  # Characters that fit.
+  text = "\n".join(textwrap.fill(line, width) for line in footer)
+  lines = text.count("\n") + 1 if footer else 0
+  title = textwrap.fill(title, width) if title else None
+  title_lines = title.count("\n") + 1 if title else 0
+  height = _CELL * num_rows + 0.25 * title_lines + 0.16 * lines
   fig, axes = plt.subplots(
-    num_rows,
-    num_cols,
-    figsize=(_CELL * num_cols, _CELL * num_rows + (0.4 if title else 0.0)),
-    squeeze=False,
+    num_rows, num_cols, figsize=(inches, height), squeeze=False
   )
   for ax in axes.ravel():
     ax.set_xticks([])
     ax.set_yticks([])
   if title:
-    width = max(20, int(_CELL * num_cols * 12))  # Characters that fit.
-    fig.suptitle(textwrap.fill(title, width), fontsize=9)
+    fig.suptitle(title, fontsize=9)
+  if footer:
+    fig.text(0.01, 0.005, text, fontsize=_FONT, va="bottom", ha="left")
+    fig._footer_lines = lines
   return fig, axes
 
 
 def _save(fig, path: str | os.PathLike) -> str:
   path = os.fspath(path)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  top = 1.0
+  top, bottom = 1.0, 0.0
   if fig._suptitle is not None:  # Keep the title clear of the axes titles.
     lines = fig._suptitle.get_text().count("\n") + 1
     top = 1.0 - (0.1 + 0.2 * lines) / fig.get_figheight()
-  fig.tight_layout(rect=(0.0, 0.0, 1.0, top))
+  footer = getattr(fig, "_footer_lines", 0)
+  if footer:  # And the footer clear of the bottom row.
+    bottom = (0.05 + 0.16 * footer) / fig.get_figheight()
+  fig.tight_layout(rect=(0.0, bottom, 1.0, top))
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
 
 
+def _scale_note(scale: str, tops: Sequence[float], what: str) -> str:
+  if scale == "figure":
+    return f"{what}: one colour scale, 0 to {max(tops, default=0):.3g}"
+  if scale == "image":
+    return f"{what}: one colour scale per row (0 to the row's maximum)"
+  return (
+    f"{what}: each map on its own scale (0 to its maximum); compare colours "
+    "within a map, values by its colour bar"
+  )
+
+
 def attention_grid(
   path: str | os.PathLike,
   images: np.ndarray,
-  mean_maps: np.ndarray,
+  mean_maps: np.ndarray | None,
   per_latent: np.ndarray,
   latent_ids: np.ndarray,
   *,
   title: str | None = None,
-  scale: str = "map",
+  scale: str = "figure",
+  num_latents: int | None = None,
+  row_labels: Sequence[str] | None = None,
+  notes: Sequence[str] = (),
 ) -> str:
-  """Fig. 1-style grid: image, mean-map overlay, then per-latent overlays.
+  """Attention maps of a few images, the one way every tool draws them.
 
-  Every map has a colour bar in its own units (``0`` to the top of its
-  scale), and a map that is exactly zero everywhere is hatched with a "0"
-  badge, so that it is not mistaken for a weak one.
+  One row per image: the image, its mean map (eq. 4; omitted when
+  ``mean_maps`` is None) and ``K`` per-latent maps (eq. 3), each overlaid on
+  the image and titled with its latent (``z3``). The figure states its
+  colour scale in a footer line: by default the per-latent maps of the whole
+  figure share one scale (and the mean maps another), so a near-zero map
+  looks cold beside a strong one; a map that is exactly zero everywhere is
+  hatched with a "0" badge. Text is at least 8 points (11 pixels at the
+  saved 100 dpi).
 
   Args:
     path: output PNG.
     images: ``[N, H, W, C]`` in ``[0, 1]``.
-    mean_maps: ``[N, H, W]`` mean attention maps (eq. 4).
+    mean_maps: ``[N, H, W]`` mean attention maps, or None.
     per_latent: ``[N, K, H, W]`` maps of the ``K`` latents shown per image.
-    latent_ids: ``[N, K]`` the latent index of each shown map.
+    latent_ids: ``[N, K]`` (or ``[K]``) the latent index of each shown map.
     title: optional figure title.
-    scale: ``"map"`` (each map from 0 to its own maximum, a colour bar each)
-      or ``"image"`` (the per-latent maps of an image share one scale, from
-      0 to their largest value, with one colour bar at the row's end; the
-      mean map keeps its own).
+    scale: ``"figure"`` (one scale for all per-latent maps, one for all
+      mean maps), ``"image"`` (one per row) or ``"map"`` (each its own).
+    num_latents: ``D``, the model's latent count: the header says "K of D
+      latents".
+    row_labels: a label per row (file names), on the image's left.
+    notes: more footer lines (e.g. that an input was resized).
 
   Returns:
     ``path``.
+
+  Raises:
+    ValueError: an unknown ``scale`` or mismatched image counts.
   """
   if scale not in SCALES:
     raise ValueError(f"Unknown scale {scale!r}; choose one of {SCALES}.")
   images = np.asarray(images)
+  per_latent = np.asarray(per_latent, np.float32)
   n, k = per_latent.shape[:2]
-  if mean_maps.shape[0] != n or images.shape[0] != n:
+  ids = np.broadcast_to(np.asarray(latent_ids), (n, k))
+  if images.shape[0] != n or (mean_maps is not None and len(mean_maps) != n):
     raise ValueError(
-      f"images {images.shape}, mean_maps {mean_maps.shape} and per_latent "
+      f"images {images.shape}, mean_maps "
+      f"{None if mean_maps is None else mean_maps.shape} and per_latent "
       f"{per_latent.shape} must have the same number of images."
     )
-  fig, axes = _grid(n, k + 2, title)
+  first = 1 if mean_maps is None else 2
+  shown = f"{k} of {num_latents} latents" if num_latents else f"{k} latents"
+  footer = []
+  if k:
+    top_all = float(per_latent.max())
+    footer.append(_scale_note(scale, [top_all], f"per-latent maps ({shown})"))
+  if mean_maps is not None:
+    footer.append(_scale_note(scale, [float(np.max(mean_maps))], "mean maps"))
+  footer += list(notes)
+  fig, axes = _grid(n, k + first, title, footer=footer)
+
+  def top(maps, i):
+    if scale == "figure":
+      return float(np.max(maps))
+    return float(np.max(maps[i])) if scale == "image" else None
+
   for i in range(n):
-    axes[i, 0].imshow(heatmaps.rgb(images[i]))
-    heatmaps.show_map(
-      fig, axes[i, 1], images[i], mean_maps[i], vmax=None, bar=True
-    )
-    row_max = float(per_latent[i].max()) if scale == "image" else None
-    for j in range(k):
-      heatmaps.show_map(
+    axes[i, 0].imshow(rgb(images[i]))
+    if row_labels is not None:
+      axes[i, 0].set_ylabel(row_labels[i], fontsize=_FONT)
+    if mean_maps is not None:
+      show_map(
         fig,
-        axes[i, j + 2],
+        axes[i, 1],
+        images[i],
+        mean_maps[i],
+        vmax=top(mean_maps, i),
+        bar=True,
+      )
+    for j in range(k):
+      show_map(
+        fig,
+        axes[i, j + first],
         images[i],
         per_latent[i, j],
-        vmax=row_max,
+        vmax=top(per_latent, i),
         bar=scale == "map" or j == k - 1,
       )
-      if i == 0 or latent_ids.ndim == 2:
-        axes[i, j + 2].set_title(f"z{int(latent_ids[i, j])}", fontsize=8)
-  axes[0, 0].set_title("image", fontsize=8)
-  axes[0, 1].set_title("mean map", fontsize=8)
-  return _save(fig, path)
-
-
-def mean_overlays(
-  path: str | os.PathLike,
-  images: np.ndarray,
-  mean_maps: np.ndarray,
-  *,
-  names: Sequence[str] | None = None,
-  title: str | None = None,
-) -> str:
-  """Each image (top row) above its mean attention map overlay (bottom).
-
-  Each map is scaled from 0 to its own maximum, shown by its colour bar; an
-  all-zero map is hatched with a "0" badge.
-
-  Args:
-    path: output PNG.
-    images: ``[N, H, W, C]`` in ``[0, 1]``.
-    mean_maps: ``[N, H, W]`` maps.
-    names: optional caption of each column.
-    title: optional figure title.
-
-  Returns:
-    ``path``.
-  """
-  n = len(images)
-  fig, axes = _grid(2, n, title)
-  for i in range(n):
-    axes[0, i].imshow(heatmaps.rgb(images[i]))
-    heatmaps.show_map(
-      fig, axes[1, i], images[i], mean_maps[i], vmax=None, bar=True
-    )
-    if names is not None:
-      axes[0, i].set_title(names[i], fontsize=8)
-  axes[0, 0].set_ylabel("image", fontsize=8)
-  axes[1, 0].set_ylabel("mean map", fontsize=8)
+      axes[i, j + first].set_title(f"z{int(ids[i, j])}", fontsize=_FONT)
+  axes[0, 0].set_title("image", fontsize=_FONT)
+  if mean_maps is not None:
+    axes[0, 1].set_title("mean map", fontsize=_FONT)
   return _save(fig, path)
 
 
@@ -209,16 +376,65 @@ def localization_overlays(
   n = len(images)
   fig, axes = _grid(n, 2 + len(maps), title)
   for i in range(n):
-    axes[i, 0].imshow(heatmaps.rgb(images[i]))
+    axes[i, 0].imshow(rgb(images[i]))
     axes[i, 1].imshow(np.asarray(masks[i]), cmap="gray", vmin=0, vmax=1)
     for j, (name, m) in enumerate(maps.items()):
-      heatmaps.show_map(
+      show_map(
         fig, axes[i, j + 2], images[i], m[i], vmax=scales[name], bar=i == n - 1
       )
     if row_titles is not None:
       axes[i, 0].set_ylabel(row_titles[i], fontsize=8)
   for j, name in enumerate(["image", "ground truth", *maps]):
-    axes[0, j].set_title(name, fontsize=7)
+    axes[0, j].set_title(name, fontsize=_FONT)
+  return _save(fig, path)
+
+
+def scalar_curves(
+  path: str | os.PathLike, rows: Sequence[Mapping[str, float]]
+) -> str:
+  """One panel per logged scalar against the step (a training log).
+
+  A scalar logged at two steps or more is a line (with dots below 20
+  points); one logged once is a single marker labelled with its value and
+  step, so that a lone dot is not mistaken for an empty panel. Rates
+  (``*per_sec*``) are left out.
+
+  Args:
+    path: output PNG.
+    rows: the log, dicts with ``step`` and scalars (``workflow.writers``).
+
+  Returns:
+    ``path``.
+  """
+  names = sorted(
+    {k for r in rows for k in r if k != "step" and "per_sec" not in k}
+  )
+  cols = min(4, max(1, len(names)))
+  num_rows = max(1, -(-len(names) // cols))
+  fig, axes = plt.subplots(
+    num_rows, cols, figsize=(3.2 * cols, 2.4 * num_rows), squeeze=False
+  )
+  for ax, name in zip(axes.ravel(), names, strict=False):
+    points = [(r["step"], r[name]) for r in rows if name in r]
+    steps, values = zip(*points, strict=True)
+    if len(points) == 1:
+      ax.plot(steps, values, "o", markersize=7)
+      ax.annotate(
+        f"{values[0]:.4g} at step {steps[0]} (logged once)",
+        (steps[0], values[0]),
+        xytext=(0, 10),
+        textcoords="offset points",
+        ha="center",
+        fontsize=_FONT,
+      )
+      ax.set_xticks(steps)
+    else:
+      ax.plot(steps, values, marker="." if len(points) < 20 else None)
+    ax.set_title(name, fontsize=9)
+    ax.set_xlabel("step", fontsize=_FONT)
+    ax.tick_params(labelsize=_FONT)
+  for ax in axes.ravel()[len(names) :]:
+    ax.axis("off")
   return _save(fig, path)
 
 
@@ -250,47 +466,9 @@ def roc_curves(
   ax.set_ylim(0, 1)
   ax.set_xlabel("false positive rate (normal pixels)")
   ax.set_ylabel("true positive rate (anomalous pixels)")
-  ax.legend(loc="lower right", fontsize=7)
+  ax.legend(loc="lower right", fontsize=_FONT)
   if title:
     ax.set_title(title, fontsize=10)
-  return _save(fig, path)
-
-
-def top_latent_maps(
-  path: str | os.PathLike,
-  images: np.ndarray,
-  maps: np.ndarray,
-  latent_ids: np.ndarray,
-  *,
-  title: str | None = None,
-) -> str:
-  """Fig. 8-style: each input with the maps of its strongest latents.
-
-  Args:
-    path: output PNG.
-    images: ``[N, H, W, C]`` in ``[0, 1]``.
-    maps: ``[N, K, H, W]`` maps of the ``K`` highest-responding latents,
-      each shown from 0 to its own maximum with a colour bar (an all-zero
-      map is hatched with a "0" badge).
-    latent_ids: ``[N, K]`` their indices.
-    title: optional figure title.
-
-  Returns:
-    ``path``.
-  """
-  n, k = maps.shape[:2]
-  fig, axes = _grid(n, k + 1, title)
-  for i in range(n):
-    axes[i, 0].imshow(heatmaps.rgb(images[i]))
-    for j in range(k):
-      m = np.asarray(maps[i, j], np.float32)
-      top = float(m.max())
-      axes[i, j + 1].imshow(m, cmap=CMAP, vmin=0, vmax=max(top, 1e-12))
-      heatmaps.colorbar(fig, axes[i, j + 1], top)
-      if is_zero(m):
-        heatmaps.mark_zero(axes[i, j + 1])
-      axes[i, j + 1].set_title(f"z{int(latent_ids[i, j])}", fontsize=8)
-  axes[0, 0].set_title("input", fontsize=8)
   return _save(fig, path)
 
 
@@ -326,7 +504,7 @@ def traversals(
   fig, axes = _grid(r, s + offset, title)
   for i in range(r):
     for j in range(s):
-      axes[i, j + offset].imshow(heatmaps.rgb(decoded[i, j]))
+      axes[i, j + offset].imshow(rgb(decoded[i, j]))
     label = f"z{int(latent_ids[i])}"
     if row_labels is not None:
       label += f"\n{row_labels[i]}"
@@ -336,7 +514,7 @@ def traversals(
   if offset:
     for i in range(r):
       if i < len(reference):
-        axes[i, 0].imshow(heatmaps.rgb(reference[i]))
+        axes[i, 0].imshow(rgb(reference[i]))
         if i < len(reference_labels):
           axes[i, 0].set_xlabel(reference_labels[i], fontsize=8)
       else:
@@ -408,7 +586,9 @@ def top_latent_figure(
   overlap = losses.attention_disentanglement(
     jnp.asarray(per_latent), jax.random.key(0), mode="top2"
   )
-  top_latent_maps(path, x, shown, top, title=title)
+  attention_grid(
+    path, x, None, shown, top, title=title, num_latents=d, scale="figure"
+  )
   return {
     "layer": layer,
     "top_latents": top.tolist(),

@@ -195,7 +195,27 @@ def test_maps_fn_takes_parameters_and_images_as_arguments(code):
   assert max(sizes, default=0) < 1000, sizes
 
 
-def test_figures_mark_all_zero_maps_and_share_a_scale(tmp_path):
+def _texts(monkeypatch, draw):
+  """The texts (string, font size in points) of the figure ``draw`` saves."""
+  import matplotlib.pyplot as plt
+  import matplotlib.text
+
+  from eval import figures
+
+  saved = []
+  monkeypatch.setattr(figures.plt, "close", saved.append)
+  draw()
+  (fig,) = saved
+  texts = [
+    (t.get_text(), t.get_fontsize())
+    for t in fig.findobj(matplotlib.text.Text)
+    if t.get_text().strip() and t.get_visible()
+  ]
+  plt.close(fig)
+  return texts
+
+
+def test_figures_mark_all_zero_maps_and_share_a_scale(tmp_path, monkeypatch):
   from eval import figures
 
   x = np.full((1, 8, 8, 1), 0.5, np.float32)
@@ -203,18 +223,83 @@ def test_figures_mark_all_zero_maps_and_share_a_scale(tmp_path):
   per_latent[0, 0] = 1.0
   per_latent[0, 1] = 0.01  # Weak, but not zero.
   np.testing.assert_array_equal(figures.is_zero(per_latent), [[0, 0, 1]])
+  notes = {
+    "figure": "one colour scale, 0 to 1",
+    "image": "one colour scale per row",
+    "map": "each map on its own scale",
+  }
+  assert set(figures.SCALES) == set(notes)
   for scale in figures.SCALES:
-    path = figures.attention_grid(
-      tmp_path / f"{scale}.png",
-      x,
-      per_latent.mean(1),
-      per_latent,
-      np.arange(3)[None],
-      scale=scale,
-    )
-    assert (tmp_path / f"{scale}.png").stat().st_size > 0, path
+
+    def draw(scale=scale):
+      figures.attention_grid(
+        tmp_path / f"{scale}.png",
+        x,
+        per_latent.mean(1),
+        per_latent,
+        np.arange(3)[None],
+        scale=scale,
+        num_latents=32,
+        row_labels=["a.png"],
+        notes=["a.png: 300x200 RGB, shown as 8x8 grey"],
+      )
+
+    texts = _texts(monkeypatch, draw)
+    strings = " | ".join(t for t, _ in texts)
+    # The scale stated, every row and column labelled, the resize noted.
+    for words in (
+      notes[scale],
+      "per-latent maps (3 of 32 latents)",
+      "a.png",
+      "z0",
+      "z2",
+      "mean map",
+      "shown as 8x8 grey",
+    ):
+      assert words in strings, (words, strings)
+    # Legible at the saved size: 8 points are 11 pixels at 100 dpi (the
+    # colour-bar ticks were 5 points, about 7 pixels).
+    assert min(size for _, size in texts) >= 8, texts
+    assert (tmp_path / f"{scale}.png").stat().st_size > 0
   with pytest.raises(ValueError, match="scale"):
     figures.attention_grid(
       tmp_path / "x.png", x, per_latent[:, 0], per_latent, np.zeros((1, 3)),
       scale="global",
     )  # fmt: skip
+
+
+def test_a_scalar_logged_once_is_a_labelled_marker(tmp_path, monkeypatch):
+  from eval import figures
+
+  rows = [
+    {"step": 2, "train/loss": 3.0, "eval/score": 0.8125},
+    {"step": 4, "train/loss": 2.0},
+  ]
+  texts = _texts(
+    monkeypatch, lambda: figures.scalar_curves(tmp_path / "c.png", rows)
+  )
+  strings = [t for t, _ in texts]
+  assert "0.8125 at step 2 (logged once)" in strings
+  assert not any("train/loss" in t and "once" in t for t in strings)
+
+
+def test_user_images_are_named_and_their_resizing_noted(tmp_path):
+  import PIL.Image
+
+  rgb = tmp_path / "photo.png"
+  PIL.Image.fromarray(np.zeros((200, 300, 3), np.uint8)).save(rgb)
+  grey = tmp_path / "grey.png"
+  PIL.Image.fromarray(np.zeros((64, 64), np.uint8)).save(grey)
+  x, notes = explain.read_images([str(rgb), str(grey)], (64, 64, 1))
+  assert x.shape == (2, 64, 64, 1)
+  assert notes == [
+    "photo.png: 300x200 RGB, shown as 64x64 grey (the model's input)"
+  ]
+  out = tmp_path / "out"
+  rc = explain.main(
+    ["--latent-dim=4", "--images", str(rgb), str(grey), f"--out={out}"]
+  )
+  assert rc == 0
+  meta = json.loads((out / "explain.json").read_text())
+  assert meta["images"] == ["photo.png", "grey.png"]
+  assert meta["input_notes"] == notes and meta["scale"] == "figure"
