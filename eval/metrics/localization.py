@@ -546,7 +546,7 @@ def pixel_scores(
   (scores outside it go to the end bins). Per batch, ``update`` adds
   positive/negative pixel counts and per-region overlap mass per bin and
   keeps each image's max and mean score; ``compute`` returns the metrics of
-  ``eval.metrics.localization_report`` plus error bounds against the exact
+  ``localization_report`` plus error bounds against the exact
   values:
 
   * ``pixel_auroc``: binning changes the order only of positive/negative
@@ -584,7 +584,7 @@ def pixel_scores(
   Raises:
     ValueError: for an empty ``score_range``, ``num_bins < 1`` or a bad
       ``max_fpr``; ``update`` and ``compute`` raise as
-      ``eval.metrics.localization_report``.
+      ``localization_report``.
 
   Examples:
     >>> acc = pixel_scores(score_range=(0.0, 1.0), num_bins=1024)
