@@ -360,6 +360,10 @@ def _case(name):
   if name == "batchnorm in training mode":
     m = TrainingBatchNorm()
     return attention.attention(m.apply, "bn"), (m.init(KEY, X), X)
+  if name == "nnx batchnorm in training mode":
+    model = NNXEncoder(nnx.Rngs(0))
+    model.train()
+    return attention.attention(_nnx_encode, "conv1"), (model, X)
   if name == "variables['params'] alone":
     return attention.attention(linen.apply, "conv1"), (variables["params"], X)
   if name == "another input shape":
@@ -388,6 +392,7 @@ def _case(name):
 
 ERRORS = [
   ("batchnorm in training mode", ValueError, ["BatchNorm", "evaluation mode"]),
+  ("nnx batchnorm in training mode", ValueError, ["BatchNorm", "eval()"]),
   ("variables['params'] alone", ValueError, ["variables['params']"]),
   ("another input shape", ValueError, ["NHWC", "(2, 12, 12, 1)"]),
   ("no named value", ValueError, ["names no value", "checkpoint_name"]),

@@ -18,38 +18,31 @@ Equinox, Haiku, a function activation), a value named with JAX's
 ``jax.ad_checkpoint.checkpoint_name(a, "name")``.
 
 One mechanism serves all three. The encoder is traced to a jaxpr in which
-every Linen module output (``flax.linen.intercept_methods``) and every NNX
-submodule output is named with ``checkpoint_name`` (NNX: on a merged copy
-whose submodules' classes are swapped for subclasses that name their
-output; the user's model and classes are untouched). The jaxpr is evaluated
-equation by equation with a zero offset added at each target; one
-``jax.vjp`` linearises that forward pass and ``jax.vmap`` maps the pullback
-over the one-hot cotangents of the ``D`` latents. Grad-CAM needs only the
-spatial mean of each gradient, so the offset is one value per channel: its
-gradient is the spatial sum of ``g_i``. Where it feeds a convolution
-(NHWC/HWIO) or a flatten and a dense layer, it is folded in closed form
-(``conv(A + delta) = conv(A) + conv_of_constant(delta)``, exact by
-linearity, cheaper to differentiate). On XLA:CPU the whole computation goes
-through :func:`vae_attn.ops.fast_convolutions`, so stock ``nn.Conv``,
-``nnx.Conv`` and ``lax`` convolutions get the exact fast CPU forms. A target
-inside ``jax.jit``, ``jax.checkpoint`` (``nn.remat``) or a custom-derivative
-function is reached by inlining that call (differentiating its body as
-written); targets inside loops (``lax.scan``, ``nn.scan``) are not reachable.
-The result composes with ``jax.jit``, ``jax.vmap`` and ``jax.grad`` (second
-order, for the L_AD loss of eq. 6).
+every Linen module output (``flax.linen.intercept_methods``) and NNX
+submodule output (on a merged copy whose submodules' classes are swapped
+for subclasses that name their output) is named with ``checkpoint_name``.
+The jaxpr is evaluated equation by equation with a zero offset added at
+each target; one ``jax.vjp`` linearises that forward pass and ``jax.vmap``
+maps the pullback over the one-hot cotangents of the ``D`` latents. Grad-CAM
+needs only the spatial mean of each gradient, so the offset is one value
+per channel; where it feeds a convolution or a flatten and a dense layer it
+is folded in closed form (``conv(A + delta) = conv(A) +
+conv_of_constant(delta)``, exact, cheaper to differentiate). On XLA:CPU it
+all runs through :func:`vae_attn.ops.fast_convolutions`. A target inside
+``jax.jit``, ``jax.checkpoint`` (``nn.remat``) or a custom-derivative
+function is reached by inlining that call; targets inside loops
+(``lax.scan``) are not. It composes with ``jax.jit``, ``jax.vmap`` and
+``jax.grad`` (second order, for the L_AD loss of eq. 6).
 
-After the activation. The paper's ``A`` is a conv layer's output after its
-activation. When the target flows into a chain of elementwise operations
-whose other operands do not depend on the images (a bias, BatchNorm in
-evaluation mode) and that contains a nonlinearity (relu, leaky_relu, elu,
-silu, gelu, softplus, tanh, sigmoid...), and only the chain's result is
-used further, the map is taken at that result. So the ``nn.Conv`` of
-``nn.relu(nn.Conv(...)(x))``, or of conv -> BatchNorm -> relu, gives the
-stage's post-activation map, as the paper defines it, not a pre-activation
-map that differs by tens of percent; targeting the BatchNorm gives the
-same map. A value that also feeds something beside the chain, or whose
-chain is affine (conv -> BatchNorm -> residual add), is taken as named, as
-is every target with ``after_activation=False``.
+After the activation (docs/attention.md). When the target flows into a
+chain of elementwise operations whose other operands do not depend on the
+images (a bias, BatchNorm in evaluation mode) and that holds a nonlinearity
+(relu, leaky_relu, elu, silu, gelu, softplus, tanh, sigmoid...), and only
+the chain's result is used further, the map is taken at that result, the
+paper's post-activation ``A``: the ``nn.Conv`` of
+``nn.relu(nn.Conv(...)(x))`` or of conv -> BatchNorm -> relu gives the
+stage's map, not a pre-activation map that differs by tens of percent.
+Other targets, and all with ``after_activation=False``, are taken as named.
 
 The official code's map (liuem607/expVAE ``code/gradcam.py``): one map per
 image of ``d sum(mu) / dA`` over the batch, the gradient divided by one root
@@ -62,9 +55,7 @@ These options compute it exactly (``tests/test_attention_models.py``)::
                  after_activation=False)
   official = jnp.abs(upsample(fn(variables, x).mean, x.shape[1:3]))
 
-Precision: the encoder, its pullback and the maps are traced under
-``jax.default_matmul_precision(precision)`` (default ``"highest"``, full
-float32 on every backend; docs/attention.md has the measurements).
+Precision: ``"highest"`` (full float32) by default; see docs/attention.md.
 
 References:
   Liu et al., "Towards Visually Explaining Variational Autoencoders", CVPR
@@ -75,6 +66,7 @@ References:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 from collections.abc import Callable, Mapping, Sequence
@@ -104,20 +96,15 @@ _CPU_CHUNK_ROWS = 256  # Rows (latents x examples) per pullback chunk on CPU.
 
 
 class AttentionMaps(NamedTuple):
-  """Attention maps of one layer.
-
-  Attributes:
-    per_latent: ``[B, D, h, w]``, the map ``M_i`` of every latent element
-      (``[B, K, h, w]`` with ``latents``, ``[B, 1, h, w]`` with
-      ``sum_latents``).
-    mean: ``[B, h, w]``, their mean over ``D`` (eq. 4).
-  """
+  """Attention maps of one layer: ``per_latent`` ``[B, D, h, w]``, the map
+  ``M_i`` of every latent element (``[B, K, h, w]`` with ``latents``, ``[B,
+  1, h, w]`` with ``sum_latents``), and ``mean`` ``[B, h, w]`` (eq. 4)."""
 
   per_latent: jax.Array
   mean: jax.Array
 
 
-# Precision.
+# Precision and codes.
 # ----------------------------------------------------------------------------
 
 
@@ -141,14 +128,10 @@ def matmul_precision(precision: Precision = "highest"):
   convolution traced inside the block without its own precision gets it
   (read at tracing: wrap the code that traces). Nothing global changes.
 
-  Args:
-    precision: ``"highest"`` (full float32 on every backend), ``"high"``,
-      ``"default"`` (the backend's fastest: TF32 on recent NVIDIA GPUs,
-      bfloat16 passes on TPU), a ``jax.lax.Precision``, or ``None`` (a
-      no-op).
-
-  Raises:
-    ValueError: an unknown precision.
+  ``precision``: ``"highest"`` (full float32 on every backend), ``"high"``,
+  ``"default"`` (the backend's fastest: TF32 on recent NVIDIA GPUs,
+  bfloat16 passes on TPU), a ``jax.lax.Precision``, or ``None`` (a no-op);
+  another value raises ``ValueError``.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -164,28 +147,15 @@ def matmul_precision(precision: Precision = "highest"):
   return jax.default_matmul_precision(name)
 
 
-# Codes.
-# ----------------------------------------------------------------------------
-
-
 def difference_code(
   mu: jax.Array, logvar: jax.Array, stats: Any, eps: jax.Array
 ) -> jax.Array:
   """A reparameterised sample of the normal difference distribution (eq. 5).
 
-  ``u = (mu^x - mu^y) + sqrt(var^x + exp(logvar^y)) * eps``, a differentiable
-  function of the test image's posterior ``(mu^y, logvar^y)``.
-
-  Args:
-    mu: test posterior means ``[B, D]``.
-    logvar: test posterior log-variances ``[B, D]``.
-    stats: latent population statistics of the normal data with attributes
-      ``mean`` and ``var`` (``[D]`` each), e.g. :class:`vae_attn.anomaly.
-      LatentStats`.
-    eps: standard normal noise ``[B, D]``.
-
-  Returns:
-    ``[B, D]`` samples ``u``.
+  ``u = (mu^x - mu^y) + sqrt(var^x + exp(logvar^y)) * eps``, differentiable
+  in the test image's posterior: ``mu``, ``logvar``, ``eps`` ``[B, D]``;
+  ``stats`` has the normal data's ``mean`` and ``var`` ``[D]`` (e.g.
+  :class:`vae_attn.anomaly.LatentStats`). Returns ``u`` ``[B, D]``.
   """
   return (stats.mean - mu) + jnp.sqrt(stats.var + jnp.exp(logvar)) * eps
 
@@ -231,16 +201,13 @@ def _name_nnx_outputs(model: nnx.Module) -> None:
 class _Traced(NamedTuple):
   """The encoder as a jaxpr of flat inputs, and how to call it."""
 
-  jaxpr: jcore.Jaxpr  # With its consts.
+  jaxpr: jcore.ClosedJaxpr
   inputs: list  # The dynamic leaves of (first, x, args, kwargs).
   is_data: list[bool]  # Whether each input depends on the images.
   out_tree: Any
 
 
-def _is_array(leaf) -> bool:
-  return isinstance(leaf, (jax.Array, np.ndarray, np.generic)) or isinstance(
-    leaf, jax.ShapeDtypeStruct
-  )
+_ARRAYS = (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct)
 
 
 def _trace(encode_fn, first, x, args, kwargs) -> _Traced:
@@ -251,11 +218,16 @@ def _trace(encode_fn, first, x, args, kwargs) -> _Traced:
     def call(state, *rest, **kw):
       model = nnx.merge(graphdef, state)
       _name_nnx_outputs(model)
-      return encode_fn(model, *rest, **kw)
+      before = jax.tree.leaves(nnx.state(model))
+      out = encode_fn(model, *rest, **kw)
+      after = jax.tree.leaves(nnx.state(model))
+      if any(a is not b for a, b in zip(before, after, strict=True)):
+        raise ValueError(_TRAINING_MODE)
+      return out
   else:
     call = encode_fn
   leaves, tree = jax.tree.flatten((first, x, args, kwargs))
-  dynamic = [i for i, leaf in enumerate(leaves) if _is_array(leaf)]
+  dynamic = [i for i, leaf in enumerate(leaves) if isinstance(leaf, _ARRAYS)]
   num_first = len(jax.tree.leaves(first))
   out_tree = []
 
@@ -273,7 +245,7 @@ def _trace(encode_fn, first, x, args, kwargs) -> _Traced:
   inputs = [leaves[i] for i in dynamic]
   closed = jax.make_jaxpr(flat_fn)(*inputs)
   is_data = [i >= num_first for i in dynamic]
-  return _Traced(closed.jaxpr, inputs, is_data, out_tree[0])
+  return _Traced(closed, inputs, is_data, out_tree[0])
 
 
 # Where the named values are.
@@ -285,25 +257,29 @@ _CALLS = {
   "custom_jvp_call", "custom_vjp_call",
 }  # fmt: skip
 _ELEMENTWISE = {
-  "abs", "add", "add_any", "and", "atan2", "cbrt", "clamp", "copy",
-  "convert_element_type", "copy_p", "cos", "div", "eq", "erf", "erfc", "exp",
-  "exp2", "expm1",
-  "ge", "gt", "integer_pow", "is_finite", "le", "log", "log1p", "logistic",
-  "lt", "max", "min", "mul", "name", "ne", "neg", "not", "or", "pow",
-  "reduce_precision", "rsqrt", "select_n", "sign", "sin", "sqrt", "square",
-  "sub", "tanh",
+  "abs", "add", "add_any", "and", "atan2", "cbrt", "clamp", "copy", "cos",
+  "convert_element_type", "copy_p", "div", "eq", "erf", "erfc", "exp", "exp2",
+  "expm1", "ge", "gt", "integer_pow", "is_finite", "le", "log", "log1p",
+  "logistic", "lt", "max", "min", "mul", "name", "ne", "neg", "not", "or",
+  "pow", "reduce_precision", "rsqrt", "select_n", "sign", "sin", "sqrt",
+  "square", "sub", "tanh",
 }  # fmt: skip
 _AFFINE = {"add", "add_any", "sub", "neg", "mul", "div", "name", "copy"}
-_AFFINE |= {"convert_element_type", "copy_p"}
+_AFFINE |= {"convert_element_type", "copy_p", "broadcast_in_dim", "iota"}
 
 
-def _body(eqn):
-  """The jaxpr of a call equation (``jit``, ``remat``...), else ``None``.
-  Since jax 0.12 a ``Jaxpr`` carries the values of its constvars."""
+def _body(eqn, closed=False):
+  """The ``Jaxpr`` of a call equation (``jit``, ``remat``...), else ``None``;
+  ``closed``: as the equation holds it (a ``ClosedJaxpr`` or a ``Jaxpr``)."""
   if eqn.primitive.name not in _CALLS:
     return None
   body = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
-  return body if isinstance(body, jcore.Jaxpr) else body.jaxpr
+  return body if closed else _open(body)
+
+
+def _open(jaxpr) -> jcore.Jaxpr:
+  """The ``Jaxpr`` of a ``ClosedJaxpr`` (or of a ``Jaxpr``: itself)."""
+  return getattr(jaxpr, "jaxpr", jaxpr)
 
 
 class _Scope(NamedTuple):
@@ -311,9 +287,7 @@ class _Scope(NamedTuple):
   data: frozenset  # Variables that depend on the images.
 
 
-class _Site(NamedTuple):
-  """A named value: where it is, and its shape."""
-
+class _Site(NamedTuple):  # A named value: where it is, and its shape.
   scope: tuple[int, ...]  # Equation indices from the top jaxpr down.
   index: int  # Of the equation that names it.
   aval: Any
@@ -335,9 +309,9 @@ def _scan(jaxpr, is_data, path, scopes, sites) -> None:
   scopes[path] = _Scope(jaxpr, frozenset(data))
 
 
-def _sites(traced: _Traced):
+def _sites(traced: _Traced):  # (scopes, sites) of the whole encoder.
   scopes, sites = {}, {}
-  _scan(traced.jaxpr, traced.is_data, (), scopes, sites)
+  _scan(traced.jaxpr.jaxpr, traced.is_data, (), scopes, sites)
   return scopes, sites
 
 
@@ -427,7 +401,7 @@ def _nonlinear(eqn, region) -> bool:
   inside = sum(isinstance(v, jcore.Var) and v in region for v in eqn.invars)
   if eqn.primitive.name in ("mul", "div"):
     return inside > 1
-  return eqn.primitive.name not in _AFFINE | {"broadcast_in_dim", "iota"}
+  return eqn.primitive.name not in _AFFINE
 
 
 def _after_activation(scope: _Scope, index: int) -> int:
@@ -483,17 +457,13 @@ def _bind(eqn, invals):
   return out if eqn.primitive.multiple_results else [out]
 
 
-def _foldable(p) -> bool:
+def _foldable(p) -> bool:  # An NHWC/HWIO convolution of the whole input.
   dims = p["dimension_numbers"]
-  return (
-    tuple(dims.lhs_spec) == (0, 3, 1, 2)
-    and tuple(dims.rhs_spec) == (3, 2, 0, 1)
-    and tuple(dims.out_spec) == (0, 3, 1, 2)
-    and p["feature_group_count"] == 1
-    and p["batch_group_count"] == 1
-    and all(d == 1 for d in p["lhs_dilation"])
-    and p["preferred_element_type"] is None
-  )
+  specs = tuple(map(tuple, (dims.lhs_spec, dims.rhs_spec, dims.out_spec)))
+  nhwc = specs == ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+  groups = (p["feature_group_count"], p["batch_group_count"]) == (1, 1)
+  plain = set(p["lhs_dilation"]) == {1} and not p["preferred_element_type"]
+  return nhwc and groups and plain
 
 
 class _Offset(NamedTuple):
@@ -545,17 +515,10 @@ def _apply(eqn, invals, offsets):
 
 
 def _evaluate(jaxpr, args, targets, deltas, folded, path=()):
-  """Evaluates ``jaxpr`` with ``deltas[name]`` added at each target.
-
-  Args:
-    targets: ``(scope path, equation index) -> [names]``, where each offset
-      is added (to the equation's output).
-    deltas: name -> offset ``[B, 1, 1, n]`` (folded) or ``[B, h, w, n]``.
-    folded: whether per-channel offsets are folded.
-
-  Returns:
-    ``(outputs, captured)``, ``captured`` the dict name -> ``A``.
-  """
+  """``(outputs, captured)`` of ``jaxpr`` with ``deltas[name]`` (``[B, 1, 1,
+  n]`` if ``folded``, else ``[B, h, w, n]``) added to the output of each
+  equation ``targets`` lists (``(scope path, index) -> [names]``);
+  ``captured`` maps each name to its ``A``."""
   env, offsets, captured = {}, {}, {}
   inline = {
     t[0][len(path)]
@@ -566,7 +529,9 @@ def _evaluate(jaxpr, args, targets, deltas, folded, path=()):
   def read(v):
     return v.val if isinstance(v, jcore.Literal) else env[v]
 
-  for v, value in zip(jaxpr.constvars, jaxpr.consts, strict=True):
+  # A ClosedJaxpr, or a Jaxpr: it carries its consts since jax 0.12.
+  consts, jaxpr = getattr(jaxpr, "consts", ()), _open(jaxpr)
+  for v, value in zip(jaxpr.constvars, consts, strict=True):
     env[v] = value
   for v, value in zip(jaxpr.invars, args, strict=True):
     env[v] = value
@@ -576,7 +541,7 @@ def _evaluate(jaxpr, args, targets, deltas, folded, path=()):
     if i in inline:
       path_i = (*path, i)
       outs, inner = _evaluate(
-        _body(eqn), invals, targets, deltas, folded, path_i
+        _body(eqn, closed=True), invals, targets, deltas, folded, path_i
       )
       captured.update(inner)
     else:
@@ -616,37 +581,28 @@ def _check_layer(layer) -> tuple[str, ...]:
   )
 
 
-def _check_options(encode_fn, layer, options) -> tuple[str, ...]:
+def _check_options(encode_fn, layer, chunk_size, precision, **options):
+  """The requested layers, once the transform's options are checked."""
   if not callable(encode_fn):
     raise TypeError(f"encode_fn must be callable, got {encode_fn!r}.")
-  layers = _check_layer(layer)
-  choices = {
-    "code": CODES,
-    "positive": (*POSITIVES, None),
-    "gradient_scale": GRADIENT_SCALES,
-    "sum_latents": (False, True),
-    "after_activation": (True, False),
-  }
-  for name, allowed in choices.items():
+  choices = dict(code=CODES, positive=(*POSITIVES, None))
+  choices.update(gradient_scale=GRADIENT_SCALES, sum_latents=(False, True))
+  for name, allowed in {**choices, "after_activation": (True, False)}.items():
     if options[name] not in allowed:
       raise ValueError(
         f"Unknown {name} {options[name]!r}; choose one of {allowed}."
       )
-  chunk_size = options["chunk_size"]
-  if chunk_size is not None and (
-    not isinstance(chunk_size, int) or chunk_size < 1
-  ):
+  if chunk_size is not None and (type(chunk_size) is not int or chunk_size < 1):
     raise ValueError(f"chunk_size must be a positive int, got {chunk_size}.")
-  _precision_name(options["precision"])
-  return layers
+  _precision_name(precision)
+  return _check_layer(layer)
 
 
 def _check_images(x) -> None:
-  if not hasattr(x, "ndim") or x.ndim != 4:
-    shape = getattr(x, "shape", type(x).__name__)
+  if getattr(x, "ndim", None) != 4:
     raise ValueError(
-      f"attention expects a batch of NHWC images [B, H, W, C], got {shape}; "
-      "add a batch axis with x[None] for a single image."
+      "attention expects a batch of NHWC images [B, H, W, C], got "
+      f"{getattr(x, 'shape', x)}; add a batch axis with x[None]."
     )
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise TypeError(
@@ -682,9 +638,7 @@ def _check_code_args(code, key, stats, latents, sum_latents) -> None:
     )
 
 
-class _Stats(NamedTuple):
-  mean: jax.Array
-  var: jax.Array
+_Stats = collections.namedtuple("_Stats", "mean var")  # Checked, [D] each.
 
 
 def _check_stats(stats, d: int) -> _Stats:
@@ -734,13 +688,11 @@ def _check_latents(latents, b: int, d: int) -> jax.Array:
   """Integer indices ``[B, K]``; concrete ones must lie in ``[0, D)``
   (traced ones cannot be inspected: their maps are NaN, see
   :func:`_cotangents`)."""
-  if isinstance(latents, (list, tuple)):
-    try:
+  try:
+    if isinstance(latents, (list, tuple)):
       latents = np.asarray(latents)
-    except ValueError as e:
-      raise ValueError(
-        f"latents must be integer indices [B, K], got a ragged list: {e}"
-      ) from e
+  except ValueError as e:
+    raise ValueError(f"latents must be integers [B, K], not ragged: {e}") from e
   dtype = getattr(latents, "dtype", None)
   if dtype is None or not jnp.issubdtype(dtype, jnp.integer):
     raise TypeError(
@@ -763,20 +715,24 @@ def _check_latents(latents, b: int, d: int) -> jax.Array:
   return jnp.asarray(latents)
 
 
+_TRAINING_MODE = (
+  "encode_fn updates the model's variables, as BatchNorm in training mode "
+  "does (whose batch statistics also make the examples depend on each "
+  "other). Call the encoder in evaluation mode, e.g. "
+  "functools.partial(model.apply, method=model.encode, train=False) or "
+  "use_running_average=True; for NNX, model.eval()."
+)
+
+
 def _traced(encode_fn, first, x, args, kwargs) -> _Traced:
   """:func:`_trace`, its failures explained by their cause."""
   try:
     return _trace(encode_fn, first, x, args, kwargs)
   except flax.errors.ModifyScopeVariableError as e:
-    raise ValueError(
-      "encode_fn updates a variable collection, as BatchNorm in training "
-      "mode does (batch statistics also make the examples depend on each "
-      "other). Call the encoder in evaluation mode, e.g. "
-      "functools.partial(model.apply, method=model.encode, train=False) "
-      "or use_running_average=True; for NNX, model.eval(). Original "
-      f"error: {e}"
-    ) from e
-  except flax.errors.ScopeParamShapeError as e:
+    raise ValueError(f"{_TRAINING_MODE} Original error: {e}") from e
+  except (flax.errors.ScopeParamShapeError, TypeError) as e:
+    if isinstance(e, TypeError) and "shape" not in str(e):
+      raise
     raise ValueError(
       f"encode_fn failed on an input of shape {tuple(x.shape)}; the model "
       f"expects the NHWC shape it was built for. Original error: {e}"
@@ -789,23 +745,11 @@ def _traced(encode_fn, first, x, args, kwargs) -> _Traced:
         f"Original error: {e}"
       ) from e
     raise
-  except TypeError as e:
-    if "shape" not in str(e):
-      raise
-    raise ValueError(
-      f"encode_fn failed on an input of shape {tuple(x.shape)}; the model "
-      f"expects the NHWC shape it was built for. Original error: {e}"
-    ) from e
 
 
 def _code_shape(traced: _Traced) -> tuple[int, int]:
-  avals = [v.aval for v in traced.jaxpr.outvars]
-  avals = jax.tree.unflatten(traced.out_tree, avals)
-  if (
-    isinstance(avals, (tuple, list))
-    and len(avals) == 2
-    and all(getattr(o, "ndim", 0) == 2 for o in avals)
-  ):
+  avals = jax.tree.unflatten(traced.out_tree, traced.jaxpr.out_avals)
+  if isinstance(avals, (tuple, list)) and [a.ndim for a in avals] == [2, 2]:
     return tuple(avals[0].shape)
   raise TypeError(
     "encode_fn must return the posterior (mu, logvar), each [B, D], e.g. "
@@ -926,30 +870,17 @@ def value_and_attention(
     ``[B, K]`` in ``[0, D)``, to compute only those maps (``K`` cotangents
     instead of ``D``; under ``jax.jit`` an index outside gives NaN maps).
     ``maps`` is an :class:`AttentionMaps` (``per_latent [B, D, h, w]``,
-    ``mean [B, h, w]``) or, for a sequence of layers, a dict of them. It
-    raises ``ValueError`` or ``TypeError`` naming the cause and the fix for
-    an unknown layer (listing the valid ones), a layer called twice, an
-    encoder that names nothing, BatchNorm in training mode,
-    ``variables["params"]`` for ``variables``, images of the wrong shape or
-    dtype or an empty batch, a missing ``key`` or ``stats``, ``stats`` with
-    another code, of another ``D``, non-finite or with a negative variance,
-    and ``latents`` that are not integers ``[B, K]`` in ``[0, D)``.
+    ``mean [B, h, w]``) or, for a sequence of layers, a dict of them. Bad
+    arguments (an unknown layer, BatchNorm in training mode,
+    ``variables["params"]``, images of another shape, missing ``key`` or
+    ``stats``...) raise ``ValueError`` or ``TypeError`` naming the fix.
 
   Raises:
     TypeError: ``encode_fn`` is not callable; ``layer`` is not a path or a
       sequence of paths.
     ValueError: an unknown option value, or ``chunk_size < 1``.
   """
-  options = dict(
-    code=code,
-    positive=positive,
-    gradient_scale=gradient_scale,
-    sum_latents=sum_latents,
-    after_activation=after_activation,
-    chunk_size=chunk_size,
-    precision=precision,
-  )
-  layers = _check_options(encode_fn, layer, options)
+  layers = _check_options(**locals())
   per_element = gradient_scale is not None
 
   @functools.wraps(encode_fn)
@@ -1040,17 +971,7 @@ def attention(
     >>> maps.per_latent.shape, maps.mean.shape
     ((2, 4, 7, 7), (2, 7, 7))
   """
-  fn = value_and_attention(
-    encode_fn,
-    layer,
-    code=code,
-    positive=positive,
-    gradient_scale=gradient_scale,
-    sum_latents=sum_latents,
-    after_activation=after_activation,
-    chunk_size=chunk_size,
-    precision=precision,
-  )
+  fn = value_and_attention(**locals())  # The same arguments.
 
   @functools.wraps(encode_fn)
   def attention_fn(*args, **kwargs):
@@ -1062,20 +983,12 @@ def attention(
 def layer_paths(encode_fn: EncodeFn, first, x, *args, **kwargs):
   """The layers of ``encode_fn`` that the attention transform can target.
 
-  A target is a named value (a Linen module's or NNX submodule's output, or
-  a ``checkpoint_name``) that is a feature map ``[B, h, w, n]`` computed
-  once per pass, e.g. each ``ConvBlock`` of the paper's models. A bare
-  layer inside such a block (``encoder/conv1/conv``) is not listed, as the
-  block's output is the attention layer; :func:`attention` still accepts
-  its path.
-
-  Args:
-    encode_fn: ``(first, x, *args, **kwargs) -> (mu, logvar)``.
-    first: Linen variables, an ``nnx.Module`` or parameters (arrays or
-      ``jax.ShapeDtypeStruct``).
-    x: images ``[B, H, W, C]`` of the model's input shape.
-    *args: further arguments of ``encode_fn``.
-    **kwargs: further keyword arguments of ``encode_fn``.
+  Named values (Linen module and NNX submodule outputs, ``checkpoint_name``
+  values) that are feature maps ``[B, h, w, n]`` computed once per pass,
+  e.g. each ``ConvBlock`` of the paper's models; a bare layer inside such a
+  block (``encoder/conv1/conv``) is not listed, though :func:`attention`
+  accepts it. Arguments as the returned function of :func:`attention` takes
+  them (``first`` may hold ``jax.ShapeDtypeStruct``).
 
   Returns:
     A dict from layer path (e.g. ``"encoder/conv2"``) to the shape of its
@@ -1087,25 +1000,17 @@ def layer_paths(encode_fn: EncodeFn, first, x, *args, **kwargs):
 def resolve_layers(
   encode_fn: EncodeFn, first, x, layers: str | Sequence[str]
 ) -> dict[str, str]:
-  """The full path of each requested layer, as the attention transform finds it.
+  """The full path of each requested layer (a name, or a sequence of them).
 
-  A layer is named by its full path (``"encoder/conv2"``) or by a unique
-  suffix (``"conv2"``); a suffix matches the targets of :func:`layer_paths`
-  first, then any named value.
-
-  Args:
-    encode_fn: ``(first, x) -> (mu, logvar)``.
-    first: as in :func:`layer_paths`.
-    x: images ``[B, H, W, C]`` of the model's input shape.
-    layers: one layer name or a sequence of them.
+  A full path (``"encoder/conv2"``) or a unique suffix (``"conv2"``), which
+  matches the targets of :func:`layer_paths` first, then any named value.
 
   Returns:
     A dict from each requested name to its full path, in request order.
 
   Raises:
     TypeError: ``layers`` is not a name or a sequence of names.
-    ValueError: a name matches no layer or several (the message lists the
-      valid paths with their output shapes).
+    ValueError: a name matches no layer or several (listing the valid ones).
   """
   names = _check_layer(layers)
   return _resolve(names, _sites(_traced(encode_fn, first, x, (), {}))[1])
@@ -1133,16 +1038,9 @@ def upsample(
   """Bilinearly resizes maps ``[..., h, w]`` to ``[..., H, W]``.
 
   Equals ``jax.image.resize(maps, (..., H, W), "bilinear")`` (half-pixel
-  centres, as ``F.interpolate(align_corners=False)``), computed as two small
-  interpolation matrices, which is faster on CPU.
-
-  Args:
-    maps: ``[..., h, w]``, e.g. ``AttentionMaps.per_latent`` or ``.mean``.
-    size: ``H`` (square) or ``(H, W)``, positive, usually the image size.
-    precision: of the two matmuls, as in :func:`value_and_attention`.
-
-  Returns:
-    ``[..., H, W]`` maps.
+  centres, as ``F.interpolate(align_corners=False)``), as two small
+  interpolation matrices (faster on CPU); ``size`` is ``H`` (square) or
+  ``(H, W)``; ``precision`` of the two matmuls as in :func:`attention`.
 
   Raises:
     ValueError: ``size`` is not positive, or ``maps`` has fewer than 2 axes
@@ -1173,15 +1071,8 @@ def upsample(
 
 
 def normalize(maps: jax.Array) -> jax.Array:
-  """Min-max normalises each map ``[..., h, w]`` to ``[0, 1]`` for display.
-
-  Args:
-    maps: ``[..., h, w]`` floating-point maps.
-
-  Returns:
-    ``[..., h, w]`` in the dtype of ``maps``; a constant map gives 0
-    everywhere, in every dtype (float16 included).
-  """
+  """Min-max normalises each map ``[..., h, w]`` to ``[0, 1]`` for display,
+  in the dtype of ``maps``; a constant map gives 0 (float16 included)."""
   lo = maps.min(axis=(-2, -1), keepdims=True)
   hi = maps.max(axis=(-2, -1), keepdims=True)
   span = hi - lo
