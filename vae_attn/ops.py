@@ -52,19 +52,6 @@ NHWC = ("NHWC", "HWIO", "NHWC")
 _SMALL_OUTPUT = 16
 
 
-def _resolve_precision(precision=None):
-  """``precision``, or the ambient default matmul precision if ``None``.
-
-  Read when a function is traced, so that the result can be passed
-  explicitly to every ``lax`` op (and stored in the static arguments of
-  custom derivatives, which may be traced later, outside the caller's
-  ``jax.default_matmul_precision`` scope). Hashable.
-  """
-  if precision is not None:
-    return tuple(precision) if isinstance(precision, list) else precision
-  return jax.config.jax_default_matmul_precision
-
-
 def fast_path() -> bool:
   """Whether the XLA:CPU reformulations are used (default backend is CPU)."""
   return jax.default_backend() == "cpu"
@@ -410,9 +397,7 @@ def _geometry(
   pads = tuple(tuple(int(p) for p in pair) for pair in padding)
   if len(pads) != 2 or any(len(p) != 2 or min(p) < 0 for p in pads):
     return None
-  return _Strided(
-    tuple(in_hw), (kh, kw), stride, pads, _resolve_precision(precision)
-  )
+  return _Strided(tuple(in_hw), (kh, kw), stride, pads, precision)
 
 
 # --- Convolutions with tiny outputs as one matmul. ---
@@ -456,7 +441,7 @@ def _small_conv(
   y = jnp.matmul(
     jnp.stack(windows, axis=1),
     kernel.reshape(-1, kernel.shape[-1]),
-    precision=_resolve_precision(precision),
+    precision=precision,
   )
   return y.reshape(len(x), h, w, kernel.shape[-1])
 
@@ -557,18 +542,16 @@ def fast_convolutions(fn: Callable) -> Callable:
   On XLA:CPU (the default backend is CPU) every 2-D NHWC convolution that
   ``fn`` traces, ``lax.conv_general_dilated`` and what ``nn.Conv``,
   ``nn.ConvTranspose``, ``nnx.Conv``, ``nnx.ConvTranspose`` and
-  ``lax.conv_transpose`` lower to, is replaced by an exact fast form:
-  strided convolutions whose stride divides the kernel by
-  the stock convolution with custom derivatives (its input gradient by
-  depth-to-space: a stride-1 convolution and a reshape), transposed
-  convolutions by the same depth-to-space form, and convolutions with at
-  most 16 output positions by one matmul of gathered windows. Other
-  convolutions, and
+  ``lax.conv_transpose`` lower to, is replaced by an exact fast form: a
+  strided convolution whose stride divides the kernel by the stock
+  convolution with custom derivatives (its input gradient by depth-to-space:
+  a stride-1 convolution and a reshape), a transposed convolution by the
+  same depth-to-space form, and a convolution with at most 16 output
+  positions by one matmul of gathered windows. Other convolutions, and
   every equation of ``fn`` on other backends, are bound as they are. Values
-  are those of the stock convolutions up to float rounding (the same sums,
-  in another order), and so are derivatives of every order. Built on
-  :func:`interpret`, whose rules about arguments it shares: array leaves
-  are traced, other leaves (Python numbers, strings, modules) are static.
+  and derivatives of every order are those of the stock convolutions up to
+  float rounding (the same sums, in another order). Built on
+  :func:`interpret`, whose rules about arguments it shares.
 
   Apply it to the function that is differentiated or vmapped, inside
   ``jax.grad`` and ``jax.vmap``, so that the derivatives are the fast ones
@@ -662,7 +645,6 @@ def conv_of_constant(
   Returns:
     ``[B, h, w, o]``, the convolution's output.
   """
-  precision = _resolve_precision(precision)
   kh, kw = kernel.shape[:2]
   rows, cols = (
     jnp.asarray(_valid_taps(size, k, s, p, d), kernel.dtype)
@@ -701,7 +683,6 @@ def flatten_dense_of_constant(
   Returns:
     ``[B, J]``.
   """
-  precision = _resolve_precision(precision)
   h, w = input_hw
   # The spatial sum as a matmul: XLA:CPU reduces a leading axis far slower.
   positions = jnp.ones((h * w,), kernel.dtype)
