@@ -44,6 +44,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 import traceback
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -283,6 +284,8 @@ def lock(workdir: str | os.PathLike) -> Iterator[None]:
 
   The lock is an advisory ``fcntl.flock``: the kernel releases it when the
   process ends, however it ends (so a killed run never leaves a stale lock).
+  While it is held orbax is quiet (:func:`quiet_orbax`): an asynchronous
+  save that fails in orbax's thread reaches the trainer as one error.
 
   Raises:
     WorkdirLockedError: another process holds it; the message names it.
@@ -315,7 +318,8 @@ def lock(workdir: str | os.PathLike) -> Iterator[None]:
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
     handle.flush()
-    yield
+    with quiet_orbax():  # A save failing in orbax's thread, at any time.
+      yield
   finally:
     handle.close()  # Releases the lock.
 
@@ -364,6 +368,22 @@ def _errno_of(error: BaseException | None) -> int | None:
   return None
 
 
+def _drop_orbax(unraisable) -> None:
+  """Passes on the unraisable errors that do not come from orbax."""
+  files = [
+    frame.f_code.co_filename
+    for frame, _ in traceback.walk_tb(unraisable.exc_traceback)
+  ]
+  closed_loop = "Event loop is closed" in str(unraisable.exc_value)
+  if not closed_loop and not any(f"{os.sep}orbax{os.sep}" in f for f in files):
+    _quiet["hook"](unraisable)
+
+
+# The process-wide hooks quiet_orbax installs: set by the first of nested or
+# concurrent (a trainer thread and a reader) contexts, restored by the last.
+_quiet = {"depth": 0, "hook": None, "lock": threading.Lock()}
+
+
 @contextlib.contextmanager
 def quiet_orbax() -> Iterator[None]:
   """Silences orbax's own logging and the tracebacks of its abandoned tasks.
@@ -374,37 +394,36 @@ def quiet_orbax() -> Iterator[None]:
   (hundreds of lines for one full disk or damaged file). Every such failure
   reaches our caller as an exception, which becomes one line. Inside this
   context (which collects garbage when an error leaves it, so that nothing
-  is printed later) they are dropped; other unraisable errors are not. With
-  ``--debug`` or ``VAE_ATTN_DEBUG=1`` (:func:`workflow.errors.
-  debug_requested`) nothing is silenced.
+  is printed later) orbax's log records and those tracebacks are dropped;
+  other records and unraisable errors are not. :func:`restore`,
+  :func:`save` and :func:`lock` (a whole training run) use it. With
+  ``VAE_ATTN_DEBUG=1`` (:func:`workflow.errors.debug_requested`) nothing is
+  silenced.
   """
   if errors.debug_requested():
     yield
     return
   absl = logging.getLogger("absl")  # orbax logs through absl.logging.
-  level, hook = absl.level, sys.unraisablehook
-
-  def drop_orbax(unraisable):
-    files = [
-      frame.f_code.co_filename
-      for frame, _ in traceback.walk_tb(unraisable.exc_traceback)
-    ]
-    from_orbax = any(f"{os.sep}orbax{os.sep}" in f for f in files)
-    if not from_orbax and "Event loop is closed" not in str(
-      unraisable.exc_value
-    ):
-      hook(unraisable)
-
-  absl.setLevel(logging.CRITICAL + 1)
-  sys.unraisablehook = drop_orbax
+  with _quiet["lock"]:
+    if _quiet["depth"] == 0:
+      _quiet["hook"], sys.unraisablehook = sys.unraisablehook, _drop_orbax
+      absl.addFilter(_not_orbax)
+    _quiet["depth"] += 1
   try:
     yield
   except BaseException:
     gc.collect()  # Abandoned coroutines report now, not after we left.
     raise
   finally:
-    absl.setLevel(level)
-    sys.unraisablehook = hook
+    with _quiet["lock"]:
+      _quiet["depth"] -= 1
+      if _quiet["depth"] == 0:
+        sys.unraisablehook = _quiet["hook"]
+        absl.removeFilter(_not_orbax)
+
+
+def _not_orbax(record: logging.LogRecord) -> bool:
+  return f"{os.sep}orbax{os.sep}" not in record.pathname
 
 
 _log = logging.getLogger(__name__)
