@@ -410,6 +410,9 @@ def test_errors_name_the_cause(name, error, words):
   fn, args = _case(name)
   with pytest.raises(error) as info:
     fn(*args)
+  if name in ("no named value", "nnx merged inside encode_fn"):
+    with pytest.raises(error, match="names no value"):  # Not an empty dict.
+      attention.layer_paths(fn.__wrapped__, *args)
   for word in words:
     assert word in str(info.value), (word, str(info.value))
   assert "NHWC" not in str(info.value) or name == "another input shape"

@@ -312,6 +312,12 @@ def _scan(jaxpr, is_data, path, scopes, sites) -> None:
 def _sites(traced: _Traced):  # (scopes, sites) of the whole encoder.
   scopes, sites = {}, {}
   _scan(traced.jaxpr.jaxpr, traced.is_data, (), scopes, sites)
+  if not sites:
+    raise ValueError(
+      "encode_fn names no value. The transform needs a Flax Linen module "
+      "called by encode_fn, an nnx.Module as its first argument (not merged "
+      'inside it), or a value named with checkpoint_name(a, "name").'
+    )
   return scopes, sites
 
 
@@ -350,13 +356,6 @@ def _resolve(layers: Sequence[str], sites) -> dict[str, str]:
     if len(matches) == 1:
       resolved[layer] = matches[0]
       continue
-    if not sites:
-      raise ValueError(
-        f"Layer {layer!r}: encode_fn names no value. The transform needs a "
-        "Flax Linen module called by encode_fn, an nnx.Module as its first "
-        "argument, or a value named inside it with "
-        'jax.ad_checkpoint.checkpoint_name(a, "name").'
-      )
     listing = "\n  ".join(f"{p}  {s}" for p, s in targets.items())
     what = "is ambiguous" if matches else "is not a conv layer of this encoder"
     raise ValueError(
