@@ -34,8 +34,8 @@ import sys
 import tempfile
 import time
 
-from eval import cli
 from eval import disentanglement as driver
+from eval import inference
 
 
 def _smoke_run(folder: str) -> str:
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
       flags.append("--quick")
     if not args.workdir:
-      cli.use_all_cpu_cores()  # As the entry point would.
+      inference.use_all_cpu_cores()  # As the entry point would.
       _smoke_run(os.path.join(tmp, "run"))
     cpu_start = _cpu_seconds()
     start = time.perf_counter()

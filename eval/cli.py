@@ -21,10 +21,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import jax
 import tqdm
 
-from eval import inference
 from vae_attn import attention
 from workflow import configs, errors, runs
 
@@ -285,24 +283,3 @@ def save_results(
   with open(path, "a") as f:
     f.write("\n".join(software_lines(results["software"])))
   return {**results, "out": out}
-
-
-def use_all_cpu_cores() -> None:
-  """Two JAX CPU devices per core, unless JAX is already running.
-
-  XLA runs the paper's convolutions on one core per CPU device, so an
-  evaluation that deals micro-batches over devices (``inference.batched``)
-  needs several devices to use every core. Nothing changes when the user
-  chose a device count (``JAX_NUM_CPU_DEVICES`` or ``XLA_FLAGS``) or when
-  JAX has already started in this process (e.g. ``main`` called from Python
-  after other JAX work): the existing devices are used as they are.
-  """
-  # JAX_NUM_CPU_DEVICES is read into the config when jax is imported.
-  if jax.config.jax_num_cpu_devices != -1 or (
-    "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-  ):
-    return
-  try:
-    inference.use_cpu_devices()
-  except RuntimeError:  # JAX has started: keep its devices.
-    pass

@@ -807,7 +807,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   )
   _setup_logging()
   if config.cpu_devices is None:
-    cli.use_all_cpu_cores()
+    inference.use_all_cpu_cores()
   elif config.cpu_devices > 0:
     inference.use_cpu_devices(config.cpu_devices)
   return cli.run_main(_run, config, debug=debug)

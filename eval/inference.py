@@ -103,3 +103,24 @@ def batched(
     )
 
   return apply
+
+
+def use_all_cpu_cores() -> None:
+  """Two JAX CPU devices per core, unless JAX is already running.
+
+  XLA runs the paper's convolutions on one core per CPU device, so an
+  evaluation that deals micro-batches over devices (:func:`batched`)
+  needs several devices to use every core. Nothing changes when the user
+  chose a device count (``JAX_NUM_CPU_DEVICES`` or ``XLA_FLAGS``) or when
+  JAX has already started in this process (e.g. ``main`` called from Python
+  after other JAX work): the existing devices are used as they are.
+  """
+  # JAX_NUM_CPU_DEVICES is read into the config when jax is imported.
+  if jax.config.jax_num_cpu_devices != -1 or (
+    "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+  ):
+    return
+  try:
+    use_cpu_devices()
+  except RuntimeError:  # JAX has started: keep its devices.
+    pass

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import re
 import warnings
@@ -103,26 +104,65 @@ def test_quick_writes_to_its_own_folder(workdir):
   assert not full.exists()
 
 
-def test_unwritable_out_names_out_before_restoring(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def oneclass_workdir(tmp_path_factory):
+  """A one-class run (MNIST VAE on textures): no ground-truth factors."""
+  from workflow import runs
+
+  run = restore.init_model("mnist", latent_dim=4)
+  path = tmp_path_factory.mktemp("oneclass") / "run"
+  spec = runs.RunSpec(
+    trainer="oneclass",
+    model="mnist",
+    model_kwargs={"latent_dim": 4},
+    input_shape=run.input_shape,
+    data="textures",
+  )
+  path.mkdir()
+  runs.write_json(path / runs.SPEC_NAME, spec.to_dict())
+  state = {"step": np.int32(1), "params": run.variables["params"]}
+  with runs.checkpoint_manager(path) as mngr:
+    runs.save(mngr, 1, state=state, config={}, spec=spec, wait=True)
+  return str(path)
+
+
+# (argv, exit status, key words of the one error line); {w}: the FactorVAE
+# run, {o}: a one-class run, {t}: an empty folder, {f}: a file.
+@pytest.mark.parametrize(
+  "argv, status, words",
+  [
+    (["--workdir={t}", "--out={f}"], 2, ["cannot write", "--out="]),
+    (["--workdir={t}/nope"], 2, ["does not exist", "--workdir="]),
+    (["--workdir={w}", "--data=npz"], 2, ["--data-dir"]),
+    (
+      ["--workdir={w}", "--data=tfds", "--data-dir={t}"],
+      2,
+      ["tfds build dsprites"],
+    ),
+    # A run it does not apply to names the evaluators that do.
+    (
+      ["--workdir={o}"],
+      2,
+      ["train.oneclass run", "does not apply", "eval.localization --workdir="],
+    ),
+  ],
+)
+def test_errors_are_one_line_with_the_fix(
+  workdir, oneclass_workdir, tmp_path, capsys, argv, status, words
+):
   afile = tmp_path / "afile"
   afile.write_text("x")
-  # Checked before the run is restored (this one has no checkpoints).
-  rc = disentanglement.main([f"--workdir={tmp_path}", f"--out={afile}"])
-  assert rc == 2
-  assert capsys.readouterr().err == (
-    f"error: cannot write the results to {afile} ({afile} is a file, not a "
-    "folder); pass --out=<a writable folder>\n"
-  )
-
-
-def test_a_missing_workdir_is_refused_not_made(tmp_path, capsys):
-  rc = disentanglement.main([f"--workdir={tmp_path}/nope", "--quick"])
-  assert rc == 2
-  assert capsys.readouterr().err == (
-    f"error: the run folder {tmp_path}/nope does not exist; pass "
-    "--workdir=<a training run folder>\n"
-  )
+  names = dict(w=workdir, o=oneclass_workdir, t=tmp_path, f=afile)
+  argv = [a.format(**names) for a in argv]
+  assert disentanglement.main([*argv, "--quick", *QUICK_FIGURES]) == status
+  err = [
+    line for line in capsys.readouterr().err.splitlines() if line[:1] != "["
+  ]
+  assert len(err) == 1 and err[0].startswith("error: "), err
+  for word in words:
+    assert word in err[0], (word, err[0])
   assert not (tmp_path / "nope").exists()  # Its default --out is inside.
+  assert not os.path.exists(os.path.join(oneclass_workdir, "eval"))
 
 
 def test_a_grid_folder_scores_every_member(workdir, tmp_path, capsys):
@@ -163,21 +203,6 @@ def test_grid_errors(workdir, tmp_path, capsys, argv, status, words):
   assert len(err) == 1 and err[0].startswith("error: "), err
   for word in words:
     assert word in err[0], (word, err[0])
-
-
-def test_data_without_factors_is_refused(workdir, capsys):
-  rc = disentanglement.main([f"--workdir={workdir}", "--data=npz"])
-  assert rc == 2
-  assert "--data-dir" in capsys.readouterr().err
-
-
-def test_tfds_is_a_data_choice(workdir, tmp_path, capsys):
-  rc = disentanglement.main(
-    [f"--workdir={workdir}", "--data=tfds", f"--data-dir={tmp_path}"]
-  )
-  assert rc == 2  # Not prepared there: one line saying how to prepare it.
-  last = capsys.readouterr().err.splitlines()[-1]
-  assert last.startswith("error: ") and "tfds build dsprites" in last
 
 
 def _shuffled_source(num_values, seed=0):

@@ -67,15 +67,15 @@ def test_bad_arguments_raise():
     inference.use_cpu_devices(2)
 
 
-def test_cli_splits_a_fresh_process_over_all_cores():
+def test_use_all_cpu_cores_splits_a_fresh_process_over_all_cores():
   script = textwrap.dedent(
     """
     import os
     import jax
     import numpy as np
-    from eval import cli, inference
+    from eval import inference
 
-    cli.use_all_cpu_cores()
+    inference.use_all_cpu_cores()
     assert jax.device_count() == 2 * os.cpu_count(), jax.devices()
     w = np.arange(6, dtype=np.float32).reshape(3, 2)
     x = np.random.default_rng(0).random((37, 3), np.float32)
