@@ -25,7 +25,7 @@ steps from the newest down and takes the first that is complete (every item
 folder present), readable, equal to its checksums and finite, with one
 warning line per step it skipped. Nothing here ever deletes a checkpoint (a
 resuming trainer moves a damaged step aside); orbax's own log lines and
-tracebacks appear only with ``--debug`` (:func:`quiet_orbax`).
+tracebacks appear only with ``VAE_ATTN_DEBUG=1`` (:func:`quiet_orbax`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
-import gc
 import importlib.metadata
 import json
 import logging
@@ -44,7 +43,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import threading
 import traceback
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -284,8 +282,6 @@ def lock(workdir: str | os.PathLike) -> Iterator[None]:
 
   The lock is an advisory ``fcntl.flock``: the kernel releases it when the
   process ends, however it ends (so a killed run never leaves a stale lock).
-  While it is held orbax is quiet (:func:`quiet_orbax`): an asynchronous
-  save that fails in orbax's thread reaches the trainer as one error.
 
   Raises:
     WorkdirLockedError: another process holds it; the message names it.
@@ -318,8 +314,7 @@ def lock(workdir: str | os.PathLike) -> Iterator[None]:
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
     handle.flush()
-    with quiet_orbax():  # A save failing in orbax's thread, at any time.
-      yield
+    yield
   finally:
     handle.close()  # Releases the lock.
 
@@ -368,62 +363,45 @@ def _errno_of(error: BaseException | None) -> int | None:
   return None
 
 
-def _drop_orbax(unraisable) -> None:
-  """Passes on the unraisable errors that do not come from orbax."""
-  files = [
-    frame.f_code.co_filename
-    for frame, _ in traceback.walk_tb(unraisable.exc_traceback)
-  ]
-  closed_loop = "Event loop is closed" in str(unraisable.exc_value)
-  if not closed_loop and not any(f"{os.sep}orbax{os.sep}" in f for f in files):
-    _quiet["hook"](unraisable)
-
-
-# The process-wide hooks quiet_orbax installs: set by the first of nested or
-# concurrent (a trainer thread and a reader) contexts, restored by the last.
-_quiet = {"depth": 0, "hook": None, "lock": threading.Lock()}
-
-
-@contextlib.contextmanager
-def quiet_orbax() -> Iterator[None]:
-  """Silences orbax's own logging and the tracebacks of its abandoned tasks.
+def quiet_orbax() -> None:
+  """Silences orbax's own log records and the tracebacks of its abandoned
+  tasks for the rest of the process (once; later calls do nothing).
 
   A failed orbax read or write logs each background thread's traceback, and
   its abandoned coroutines and tensorstore callbacks print "Exception
-  ignored" / "Event loop is closed" tracebacks when they are collected
-  (hundreds of lines for one full disk or damaged file). Every such failure
-  reaches our caller as an exception, which becomes one line. Inside this
-  context (which collects garbage when an error leaves it, so that nothing
-  is printed later) orbax's log records and those tracebacks are dropped;
-  other records and unraisable errors are not. :func:`restore`,
-  :func:`save` and :func:`lock` (a whole training run) use it. With
-  ``VAE_ATTN_DEBUG=1`` (:func:`workflow.errors.debug_requested`) nothing is
-  silenced.
+  ignored" / "Event loop is closed" tracebacks whenever they are collected,
+  up to the interpreter's exit (hundreds of lines for one full disk or
+  damaged file). Every such failure reaches our caller as an exception,
+  which becomes one line. So a filter on the ``absl`` logger (orbax logs
+  through ``absl.logging``) drops the records logged from orbax's files, and
+  the unraisable-error hook drops the errors raised in them; other records
+  and errors pass. :func:`checkpoint_manager` calls it. With
+  ``VAE_ATTN_DEBUG=1`` (:func:`workflow.errors.debug_requested`) it does
+  nothing.
   """
-  if errors.debug_requested():
-    yield
+  absl = logging.getLogger("absl")
+  if errors.debug_requested() or _not_orbax in absl.filters:
     return
-  absl = logging.getLogger("absl")  # orbax logs through absl.logging.
-  with _quiet["lock"]:
-    if _quiet["depth"] == 0:
-      _quiet["hook"], sys.unraisablehook = sys.unraisablehook, _drop_orbax
-      absl.addFilter(_not_orbax)
-    _quiet["depth"] += 1
-  try:
-    yield
-  except BaseException:
-    gc.collect()  # Abandoned coroutines report now, not after we left.
-    raise
-  finally:
-    with _quiet["lock"]:
-      _quiet["depth"] -= 1
-      if _quiet["depth"] == 0:
-        sys.unraisablehook = _quiet["hook"]
-        absl.removeFilter(_not_orbax)
+  absl.addFilter(_not_orbax)
+  previous = sys.unraisablehook
+
+  def drop_orbax(unraisable):
+    files = [
+      frame.f_code.co_filename
+      for frame, _ in traceback.walk_tb(unraisable.exc_traceback)
+    ]
+    closed_loop = "Event loop is closed" in str(unraisable.exc_value)
+    if not closed_loop and not any(_ORBAX in f for f in files):
+      previous(unraisable)
+
+  sys.unraisablehook = drop_orbax
+
+
+_ORBAX = f"{os.sep}orbax{os.sep}"
 
 
 def _not_orbax(record: logging.LogRecord) -> bool:
-  return f"{os.sep}orbax{os.sep}" not in record.pathname
+  return _ORBAX not in record.pathname
 
 
 _log = logging.getLogger(__name__)
@@ -458,8 +436,8 @@ def checkpoint_manager(
     # saves that failed, which a full disk needs back.
     cleanup_tmp_directories=not read_only,
   )
-  with quiet_orbax():
-    return ocp.CheckpointManager(ckpt_dir(workdir), options=options)
+  quiet_orbax()
+  return ocp.CheckpointManager(ckpt_dir(workdir), options=options)
 
 
 def _host(leaf: Any) -> np.ndarray | None:
@@ -552,10 +530,9 @@ def save(
   if sums:
     items[CHECKSUMS] = ocp.args.JsonSave(sums)
   try:
-    with quiet_orbax():
-      mngr.save(step, args=ocp.args.Composite(**items), force=True)
-      if wait:
-        mngr.wait_until_finished()
+    mngr.save(step, args=ocp.args.Composite(**items), force=True)
+    if wait:
+      mngr.wait_until_finished()
   except Exception as e:  # noqa: BLE001 (re-raised, clearer when it is I/O)
     raise write_error(e, where) from e
 
@@ -577,8 +554,7 @@ def _free_bytes(path: os.PathLike) -> int:
 def wait(mngr: ocp.CheckpointManager) -> None:
   """Waits for pending saves; a failed write becomes one clear error."""
   try:
-    with quiet_orbax():
-      mngr.wait_until_finished()
+    mngr.wait_until_finished()
   except Exception as e:  # noqa: BLE001 (re-raised, clearer when it is I/O)
     raise write_error(e, f"saving to {mngr.directory}") from e
 
@@ -688,7 +664,6 @@ def _try_restore(mngr, step, items, optional_items, targets, sharding):
     restored = mngr.restore(step, args=ocp.args.Composite(**args))
   except Exception as e:  # noqa: BLE001 (any unreadable step is skipped)
     _log.debug("Step %d is unreadable.", step, exc_info=True)
-    gc.collect()  # Orbax's abandoned reads report inside quiet_orbax.
     return f"unreadable ({_short(e)})", None
   out = {name: restored[name] for name in wanted}
   saved = restored[CHECKSUMS] if checked else {}
@@ -794,7 +769,7 @@ def restore(
     )
   targets = dict(targets or {})
   trainer = mngr is not None
-  with contextlib.ExitStack() as stack, quiet_orbax():
+  with contextlib.ExitStack() as stack:
     if not trainer:
       open_reader = lambda: checkpoint_manager(workdir, read_only=True)
       mngr = stack.enter_context(_retry_deleted(open_reader))
