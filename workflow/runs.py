@@ -165,7 +165,7 @@ def write_json(path: pathlib.Path, values: Mapping[str, Any]) -> None:
     tmp.write_text(json.dumps(values, indent=2) + "\n")
     os.replace(tmp, path)
   except OSError as e:
-    raise write_error(e, f"writing {path}") from e
+    raise _write_error(e, f"writing {path}") from e
 
 
 # The distributions whose versions can change a result (scikit-learn: MIG).
@@ -298,7 +298,7 @@ def lock(workdir: str | os.PathLike) -> Iterator[None]:
       "--workdir=<a folder>.",
     ) from e
   except OSError as e:
-    raise write_error(e, f"creating {workdir}") from e
+    raise _write_error(e, f"creating {workdir}") from e
   try:
     try:
       fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -319,7 +319,7 @@ def lock(workdir: str | os.PathLike) -> Iterator[None]:
     handle.close()  # Releases the lock.
 
 
-def write_error(error: BaseException, what: str) -> Exception:
+def _write_error(error: BaseException, what: str) -> Exception:
   """One clear error for a failed write, or ``error`` if it is not one.
 
   The cause chain is searched for an ``OSError`` number and, since orbax
@@ -534,7 +534,7 @@ def save(
     if wait:
       mngr.wait_until_finished()
   except Exception as e:  # noqa: BLE001 (re-raised, clearer when it is I/O)
-    raise write_error(e, where) from e
+    raise _write_error(e, where) from e
 
 
 def _resumes_from(mngr: ocp.CheckpointManager) -> str:
@@ -556,7 +556,7 @@ def wait(mngr: ocp.CheckpointManager) -> None:
   try:
     mngr.wait_until_finished()
   except Exception as e:  # noqa: BLE001 (re-raised, clearer when it is I/O)
-    raise write_error(e, f"saving to {mngr.directory}") from e
+    raise _write_error(e, f"saving to {mngr.directory}") from e
 
 
 def step_items(workdir: str | os.PathLike, step: int) -> list[str]:
