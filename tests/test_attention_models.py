@@ -136,6 +136,20 @@ def test_nnx_second_order_gradient_equals_linen(twins):
   assert np.abs(want["mu"]["kernel"]).max() > 0
 
 
+def test_nnx_value_and_attention_with_latents_equals_linen(twins):
+  linen, variables, model = twins
+  latents = jnp.array([[2, 0], [1, 1]])
+  (mu, logvar), want = attention.value_and_attention(linen.apply, "conv2")(
+    variables, X, latents=latents
+  )
+  fn = attention.value_and_attention(_nnx_encode, "conv2")
+  (nnx_mu, nnx_logvar), got = jax.jit(fn)(model, X, latents=latents)
+  chex.assert_shape(got.per_latent, (2, 2, 4, 4))
+  _close(got.per_latent, want.per_latent)
+  _close(nnx_mu, mu)
+  _close(nnx_logvar, logvar)
+
+
 def test_nnx_layer_paths_and_suffixes(twins):
   _, _, model = twins
   paths = attention.layer_paths(_nnx_encode, model, X)
