@@ -578,10 +578,10 @@ def evaluate(config: Config, workdir: str | None = None, cache=None) -> dict:
   # folder, so a missing one is refused before it is made.
   out = cli.make_out_dir(config.out) if config.out else None
   runs.check_run_dir(workdir)
-  out = out or cli.make_out_dir(default_out(workdir, config.quick))
   _LOG.info("restoring %s", workdir)
   run = restore.load_run(workdir, step=config.step)
-  check_applies(run.spec, workdir)
+  check_applies(run.spec, workdir)  # Before anything is written into it.
+  out = out or cli.make_out_dir(default_out(workdir, config.quick))
   cache = {} if cache is None else cache
   source = (config.data or run.spec.data, config.data_dir or run.spec.data_dir)
   if source not in cache:
