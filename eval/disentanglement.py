@@ -437,18 +437,24 @@ def score(
   dci_importance: str = FULL_DCI_IMPORTANCE,
   n_jobs: int = 1,
   progress: bool | None = False,
+  tabulated: tuple[Any, Any] | None = None,
 ) -> Scored:
   """``suite.evaluate_suite`` of the posterior means (and KL for pruning).
 
   ``mu_and_kl`` is a :func:`representation_function`. The metrics' warnings
   become ``Scored.notes`` (each once); other warnings pass through.
+  ``tabulated``: the ``(data, lookup)`` of a code table made already
+  (``suite.tabulate_all``, shared by the runs of a grid), used instead of
+  ``data`` and ``mu_and_kl``.
   """
   d = latent_dim
   random_state = np.random.RandomState(seed)
   timings = {}
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    if tabulate:
+    if tabulated is not None:
+      data, mu_and_kl = tabulated
+    elif tabulate:
       start = time.perf_counter()
       data, mu_and_kl = suite.tabulate(
         data, mu_and_kl, random_state, progress=progress
@@ -563,10 +569,16 @@ def run_dirs(workdirs: Sequence[str]) -> list[str]:
   return list(dict.fromkeys(found))
 
 
-def evaluate(config: Config, workdir: str | None = None, cache=None) -> dict:
+def evaluate(
+  config: Config,
+  workdir: str | None = None,
+  cache=None,
+  tabulated: tuple[Any, Any] | None = None,
+) -> dict:
   """Scores one run (``workdir``, default ``config.workdir[0]``); returns
   the results dict. ``cache`` (a dict) shares the loaded ground-truth data
-  between the runs of one command."""
+  between the runs of one command, ``tabulated`` a code table made for
+  several runs at once (see :func:`score`)."""
   start = time.perf_counter()
   workdir = workdir or config.workdir[0]
   config = dataclasses.replace(config, workdir=(workdir,))
@@ -598,6 +610,7 @@ def evaluate(config: Config, workdir: str | None = None, cache=None) -> dict:
     dci_importance=importance,
     n_jobs=config.jobs,
     progress=None,  # Bars on a terminal only.
+    tabulated=tabulated,
   )
   figures_start = time.perf_counter()
   figs, kl = make_figures(config, run, data, mu_and_kl, out)
@@ -650,12 +663,48 @@ def evaluate_runs(config: Config) -> list[dict]:
       "--out (each run writes to <run>/eval/disentanglement)."
     )
   cache: dict = {}
+  shared = _shared_tables(config, dirs, cache) if len(dirs) > 1 else {}
   results = []
   for i, workdir in enumerate(dirs):
     if len(dirs) > 1:
       _LOG.info("run %d/%d: %s", i + 1, len(dirs), workdir)
-    results.append(evaluate(config, workdir, cache))
+    results.append(evaluate(config, workdir, cache, shared.get(workdir)))
   return results
+
+
+def _shared_tables(config: Config, dirs: Sequence[str], cache: dict) -> dict:
+  """With the code table on (the full evaluation): one rendering pass of
+  the ground-truth data, encoded by every run that reads the same data
+  (``suite.tabulate_all``); ``{workdir: (data, lookup)}``."""
+  if not ((not config.quick) if config.tabulate is None else config.tabulate):
+    return {}
+  by_source: dict = {}
+  for workdir in dirs:
+    run = restore.load_run(workdir, step=config.step)
+    check_applies(run.spec, workdir)
+    source = (
+      config.data or run.spec.data,
+      config.data_dir or run.spec.data_dir,
+    )
+    if source not in cache:
+      cache[source] = load_data(config, run)
+    by_source.setdefault(source, []).append((workdir, run))
+  shared = {}
+  for source, members in by_source.items():
+    data, _ = cache[source]
+    _LOG.info("encoding the %s data once for %d runs", source[0], len(members))
+    start = time.perf_counter()
+    table, lookups = suite.tabulate_all(
+      data,
+      [representation_function(run) for _, run in members],
+      np.random.RandomState(config.seed),
+      progress=None,
+    )
+    seconds = time.perf_counter() - start
+    for (workdir, _), lookup in zip(members, lookups, strict=True):
+      shared[workdir] = (table, lookup)
+    _LOG.info("encoded for %d runs in %.1f s", len(members), seconds)
+  return shared
 
 
 def _run(config: Config) -> int:

@@ -184,6 +184,25 @@ def test_a_grid_folder_scores_every_member(workdir, tmp_path, capsys):
     assert any(str(report) in line for line in lines), name
 
 
+def test_a_grid_shares_one_encoding_pass(workdir, tmp_path, monkeypatch):
+  # With the code table on, the members' encoders share one rendering pass
+  # of the ground-truth data (here a spy that keeps the data as it is).
+  calls = []
+
+  def spy(data, functions, random_state, **kwargs):
+    calls.append(len(functions))
+    return data, list(functions)
+
+  monkeypatch.setattr(disentanglement.suite, "tabulate_all", spy)
+  grid = tmp_path / "grid"
+  grid.mkdir()
+  for name in ("tc_seed0", "tc_seed1"):
+    (grid / name).symlink_to(workdir)
+  argv = ["--workdir", str(grid), "--quick", "--tabulate", *QUICK_FIGURES]
+  assert disentanglement.main(argv) == 0
+  assert calls == [2]
+
+
 @pytest.mark.parametrize(
   "argv, status, words",
   [

@@ -211,6 +211,32 @@ def test_tabulate_gives_the_same_scores():
   assert sum(calls) == 6720  # The metric itself only looked codes up.
 
 
+def test_tabulate_all_renders_once_for_several_models():
+  renders = []
+
+  class Counted(testing.IdentityData):
+    def sample_observations_from_factors(self, factors, random_state):
+      renders.append(len(factors))
+      return super().sample_observations_from_factors(factors, random_state)
+
+  data = Counted()
+  table, (first, second) = disentanglement.tabulate_all(
+    data, [IDENTITY, MIXED], _rs(), batch_size=1000
+  )
+  assert sum(renders) == 6720  # Each image rendered once, for both models.
+  _, alone = disentanglement.tabulate(DATA, MIXED, _rs(), batch_size=1000)
+  index = np.arange(0, 6720, 97)[:, None]
+  np.testing.assert_array_equal(second(index), alone(index))
+  np.testing.assert_array_equal(
+    first(index), IDENTITY(DATA.sample_observations_from_factors(
+      np.stack(np.unravel_index(index[:, 0], DATA.factors_num_values), 1),
+      _rs(),
+    ))
+  )  # fmt: skip
+  with pytest.raises(ValueError, match="at least one"):
+    disentanglement.tabulate_all(DATA, [], _rs())
+
+
 def test_beta_vae_known_answers():
   def score(rep):
     return beta_vae.compute_beta_vae(DATA, rep, _rs(), **SMALL_BETA_VAE)[

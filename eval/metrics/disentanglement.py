@@ -35,7 +35,7 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -364,12 +364,8 @@ def tabulate(
   for ``(ground_truth_data, representation_function)`` in every metric here:
   its observations are the flat factor indices ``[N, 1]`` (int64, row-major
   over ``factors_num_values``) and its representation function indexes the
-  code table ``[prod(factors_num_values), D]``.
-
-  Cost: one encoder pass over the data set. For the paper's FactorVAE
-  encoder (14.5 MFLOP per image) on 2 CPU cores, dealt over 4 CPU devices by
-  ``eval.inference.batched``, that took 55 s for dSprites on a quiet machine
-  (13,400 images/s; ``bench/factorvae_metric.py``).
+  code table ``[prod(factors_num_values), D]``. Its cost is one encoder pass
+  over the data set (measured in docs/evaluation.md).
 
   Args:
     ground_truth_data: data with the ground-truth interface.
@@ -386,9 +382,38 @@ def tabulate(
     ValueError: for malformed inputs or more than 2**26 combinations (the
       code table would not fit comfortably in memory).
   """
+  data, (lookup,) = tabulate_all(
+    ground_truth_data,
+    [representation_function],
+    random_state,
+    batch_size=batch_size,
+    progress=progress,
+  )
+  return data, lookup
+
+
+def tabulate_all(
+  ground_truth_data: Any,
+  representation_functions: Sequence[sampling.RepresentationFn],
+  random_state: sampling.RandomState,
+  *,
+  batch_size: int = sampling.DEFAULT_BATCH_SIZE,
+  progress: bool | None = False,
+) -> tuple[Any, list[sampling.RepresentationFn]]:
+  """:func:`tabulate` for several models at once: every image is rendered
+  once and encoded by each function (the runs of a grid share one pass).
+
+  Returns:
+    ``(tabulated_data, [lookup_function per representation function])``.
+
+  Raises:
+    ValueError: as :func:`tabulate`, or no function.
+  """
   sampling.check_ground_truth_data(ground_truth_data)
   sampling.check_random_state(random_state)
   sampling.check_positive(batch_size=batch_size)
+  if not representation_functions:
+    raise ValueError("tabulate_all needs at least one representation function.")
   sizes = tuple(int(v) for v in ground_truth_data.factors_num_values)
   total = math.prod(sizes)
   if total > 2**26:
@@ -400,7 +425,13 @@ def tabulate(
   factors = np.stack(
     np.unravel_index(np.arange(total, dtype=np.int32), sizes), axis=1
   ).astype(np.int32)
-  _LOG.info("encoding all %d factor combinations once", total)
+  num = len(representation_functions)
+  _LOG.info(
+    "encoding all %d factor combinations once (%d model%s)",
+    total,
+    num,
+    "" if num == 1 else "s",
+  )
   start = time.perf_counter()
   with tqdm.tqdm(
     total=total,
@@ -410,15 +441,13 @@ def tabulate(
     disable=_disable(progress),
   ) as bar:
 
-    @functools.wraps(representation_function)
     def counted(observations: np.ndarray) -> np.ndarray:
-      codes = representation_function(observations)
-      bar.update(len(observations))
-      return codes
+      bar.update(len(observations))  # Once per rendered chunk.
+      return np.zeros((len(observations), 0), np.float32)
 
-    (table,) = sampling.represent(
+    *tables, _ = sampling.represent(
       ground_truth_data,
-      [counted],
+      [*representation_functions, counted],
       factors,
       random_state,
       batch_size,
@@ -433,12 +462,15 @@ def tabulate(
     total / max(seconds, 1e-9),
   )
 
-  def lookup(observations: np.ndarray) -> np.ndarray:
-    return table[np.asarray(observations)[:, 0]]
+  def lookup_fn(table: np.ndarray) -> sampling.RepresentationFn:
+    def lookup(observations: np.ndarray) -> np.ndarray:
+      return table[np.asarray(observations)[:, 0]]
+
+    return lookup
 
   data = _TabulatedData(
     base=ground_truth_data,
     num_factors=len(sizes),
     factors_num_values=sizes,
   )
-  return data, lookup
+  return data, [lookup_fn(t) for t in tables]
