@@ -298,12 +298,6 @@ def _catch_signals() -> Iterator[_InterruptFlag]:
   previous = {
     s: signal.signal(s, flag.handler) for s in (signal.SIGINT, signal.SIGTERM)
   }
-  for s in previous:
-    # SA_RESTART: a signal that lands on a thread blocked in a system call
-    # (gloo's collectives of a multi-process run) restarts the call instead
-    # of failing it with EINTR, which left both processes waiting in
-    # process_allgather.
-    signal.siginterrupt(s, False)
   try:
     yield flag
   finally:
@@ -801,6 +795,12 @@ def _train(cfgs, dirs, specs, mngrs, stack, *, mesh, is_main, **fns):
       count, step = count + length, end
       progress.update(length)
       is_last = step == head.num_steps
+      if jax.process_count() > 1:
+        # The call's collectives end before the allgather below starts: XLA
+        # may run two independent programs in either order, and two
+        # processes that ran them in different orders waited for each other
+        # forever (the SIGTERM test, under load).
+        jax.block_until_ready(unit_states)
       stop = distributed.any_process(interrupt.signum is not None)
       do_log = step % head.log_every == 0 or is_last
       do_save = step % head.checkpoint_every == 0 or is_last or stop
