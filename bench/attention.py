@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vae_attn import attention, models
+from vae_attn import attention, models, ops
 
 D = 32
 CASES = (
@@ -61,9 +61,9 @@ def _activation_grad_fn(encode, layer: str, shape):
   """
 
   def fn(variables, x, ct):
-    captured = {}
-
     def code(delta):
+      captured = {}
+
       def perturb(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
         if (
@@ -76,11 +76,11 @@ def _activation_grad_fn(encode, layer: str, shape):
 
       with nn.intercept_methods(perturb):
         mu, _ = encode(variables, x)
-      return jnp.sum(mu * ct)
+      return jnp.sum(mu * ct), captured["a"]
 
     delta = jnp.zeros(shape, x.dtype)
-    g = jax.grad(code)(delta)
-    a = jax.lax.stop_gradient(captured["a"])
+    # With the XLA:CPU rewrites, as the transform has them.
+    g, a = jax.grad(ops.fast_convolutions(code), has_aux=True)(delta)
     b, h, w, n = g.shape
     # The spatial mean as a matmul (XLA:CPU reductions are slow).
     weights = jnp.full((h * w,), 1.0 / (h * w))

@@ -135,7 +135,7 @@ def main(argv=None) -> int:
   )
   parser.add_argument("--batch-size", type=int, default=64)
   parser.add_argument("--mvtec-size", type=int, default=256)
-  parser.add_argument("--steps", type=int, default=2, help="steps per round")
+  parser.add_argument("--steps", type=int, default=1, help="steps per round")
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--json", default="", help="also write results here")
   args = parser.parse_args(argv)
