@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -101,22 +100,13 @@ class GaussianHead(nn.Module):
 
   The paper's ``Linear 2D`` output split into ``mu`` and ``logvar`` is written
   as two ``Dense(D)`` layers named ``mu`` and ``logvar`` (the same function).
-
-  It declares ``flattens_input_into_dense = True``, the protocol of
-  :mod:`vae_attn.attention`: ``__call__`` flattens its input row-major to
-  ``[B, -1]`` and passes that array, unchanged, to its first ``nn.Dense``,
-  so a per-channel offset of the input is folded into that layer in closed
-  form.
   """
-
-  flattens_input_into_dense: ClassVar[bool] = True
 
   latent_dim: int
   hidden: Sequence[int] = (1024,)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    # The flatten feeds the first Dense directly (flattens_input_into_dense).
     x = x.reshape(x.shape[0], -1)
     for i, width in enumerate(self.hidden):
       x = nn.relu(nn.Dense(width, name=f"fc{i + 1}")(x))
