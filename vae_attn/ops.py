@@ -564,12 +564,17 @@ def fast_convolutions(fn: Callable) -> Callable:
 
   Args:
     fn: a pure function of pytrees of arrays (and static leaves) that
-      returns a pytree of arrays; stateful objects (an ``nnx.Module``)
-      enter as their split state, as for ``jax.jit``.
+      returns a pytree of arrays. An ``nnx.Module`` argument is a pytree;
+      state that ``fn`` changes in it (BatchNorm statistics in training
+      mode, ``nnx.Rngs`` counters) is not written back, as with ``jax.jit``:
+      return it.
 
   Returns:
     A function with the same arguments and outputs as ``fn``. Under
     ``jax.jit`` the substitution happens once, at tracing.
+
+  Raises:
+    TypeError: if ``fn`` is not callable.
 
   Example:
     >>> import jax, jax.numpy as jnp
