@@ -66,6 +66,7 @@ _REWRITE = frozenset(
   {"jit", "pjit", "remat2", "checkpoint", "scan", "while", "cond"}
 )
 _JAXPRS = (jex_core.Jaxpr, jex_core.ClosedJaxpr)
+_ARRAYS = (jax.Array, np.ndarray, np.generic)  # The traced leaves.
 
 
 def _eval_jaxpr(jaxpr, args, rule):
@@ -129,10 +130,6 @@ def _bind(eqn, invals, rule):
   return eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(params))
 
 
-def _is_array(leaf) -> bool:
-  return isinstance(leaf, (jax.Array, np.ndarray, np.generic))
-
-
 def interpret(fn: Callable, rule: Callable) -> Callable:
   """Creates a function that evaluates ``fn`` equation by equation.
 
@@ -186,7 +183,7 @@ def interpret(fn: Callable, rule: Callable) -> Callable:
   @functools.wraps(fn)
   def interpreted(*args, **kwargs):
     leaves, treedef = jax.tree.flatten((args, kwargs))
-    traced = [i for i, leaf in enumerate(leaves) if _is_array(leaf)]
+    traced = [i for i, leaf in enumerate(leaves) if isinstance(leaf, _ARRAYS)]
 
     def flat_fn(*values):
       full = list(leaves)
@@ -207,8 +204,7 @@ def interpret(fn: Callable, rule: Callable) -> Callable:
 
 
 class _Strided(NamedTuple):
-  """Geometry and precision of a 2-D strided NHWC/HWIO convolution (hashable,
-  static)."""
+  """Geometry and precision of a strided NHWC/HWIO convolution (static)."""
 
   in_hw: tuple[int, int]
   kernel_hw: tuple[int, int]
