@@ -450,7 +450,7 @@ def map_fits(
     warnings.warn(
       f"{what}: {len(notes)} estimator fit(s) stopped at their iteration "
       "limit (sklearn's ConvergenceWarning); the scores use them as they "
-      f"are. First: {notes[0]}",
+      f"are. For example: {min(notes)}",
       convergence,
       stacklevel=2,
     )
