@@ -7,8 +7,9 @@ three run ``python -m train.oneclass --preset=smoke`` (data on the device,
 eval hook on process 0, latent statistics saved by all). Every process has
 a bounded timeout and is killed if the job stalls. The timeout is a stall
 guard, not a speed bound (the SIGTERM test takes about 60 s at load 7 on 2
-cores; its former 240 s timeouts under load were a deadlock of the loop's
-collectives, fixed in train.loop).
+cores). Known: a SIGTERM that lands while the first call runs sometimes
+leaves both processes waiting in that call's collectives (seen 3 times in
+10 runs, at loads 0.4 to 7); the cause is not found yet.
 """
 
 from __future__ import annotations

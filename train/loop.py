@@ -795,12 +795,6 @@ def _train(cfgs, dirs, specs, mngrs, stack, *, mesh, is_main, **fns):
       count, step = count + length, end
       progress.update(length)
       is_last = step == head.num_steps
-      if jax.process_count() > 1:
-        # The call's collectives end before the allgather below starts: XLA
-        # may run two independent programs in either order, and two
-        # processes that ran them in different orders waited for each other
-        # forever (the SIGTERM test, under load).
-        jax.block_until_ready(unit_states)
       stop = distributed.any_process(interrupt.signum is not None)
       do_log = step % head.log_every == 0 or is_last
       do_save = step % head.checkpoint_every == 0 or is_last or stop
