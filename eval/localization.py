@@ -54,8 +54,7 @@ from eval import cli, figures, restore
 from eval.metrics import localization as pixel_metrics
 from vae_attn import anomaly
 from vae_attn import attention as attention_lib
-from vae_attn import data as data_lib
-from vae_attn.data import image_mask, images, pipeline, textures
+from vae_attn.data import datasets, image_mask, images, pipeline, textures
 from workflow import configs, runs
 
 # Test data. Which data set a run is evaluated on comes from the flags, else
@@ -64,7 +63,7 @@ from workflow import configs, runs
 # as the loaders give them) or at their original size (original_mask), for
 # the two protocols.
 
-DATASETS = data_lib.WITH_MASKS
+DATASETS = datasets.WITH_MASKS
 
 
 class DataOptions(NamedTuple):
@@ -113,7 +112,7 @@ def load_splits(
   options: DataOptions, image_size: tuple[int, int]
 ) -> tuple[Any, Any, str | None]:
   """``(test_source, train_source, category)`` of a data set with masks,
-  through the one data-set table (``vae_attn.data.load``).
+  through the one data-set table (``vae_attn.data.datasets.load``).
 
   Raises:
     vae_attn.data.DataError: a data set that reads files has no
@@ -124,7 +123,7 @@ def load_splits(
   if dataset == "textures":  # The offline set's default category, named.
     category = category or textures.CATEGORIES[0]
   load = functools.partial(
-    data_lib.load,
+    datasets.load,
     dataset,
     data_dir=root,
     category=category,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vae_attn import data
-from vae_attn.data import dsprites
+from vae_attn.data import dsprites, pipeline
 
 # 160 real dSprites frames with their factor classes (see data/README.md).
 REAL_FRAMES = (
@@ -223,7 +223,9 @@ def test_ground_truth_interface_with_both_random_states(ds):
 
 
 def test_pipeline_uses_the_vectorised_batch(ds):
-  batch = next(data.batches(ds, 64, seed=0, process_index=0, process_count=1))
+  batch = next(
+    pipeline.batches(ds, 64, seed=0, process_index=0, process_count=1)
+  )
   assert batch["image"].shape == (64, 64, 64, 1)
   assert batch["factors"].shape == (64, 5)
   for i in (0, 63):

@@ -5,7 +5,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from vae_attn import data
-from vae_attn.data import dsprites, mnist
+from vae_attn.data import dsprites, mnist, pipeline
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_one_class_test_keeps_all_labels(mock_mnist):
   src = mnist.load("test", normal_digit=3)
   assert len(src) == 60
   batch = next(
-    data.batches(
+    pipeline.batches(
       src, 60, seed=0, shuffle=False, process_index=0, process_count=1
     )
   )

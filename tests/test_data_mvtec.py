@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from vae_attn import data
-from vae_attn.data import images, mvtec
+from vae_attn.data import images, mvtec, pipeline
 
 
 def _labels(source):
@@ -79,7 +79,7 @@ def test_test_split_pairs_masks_by_stem(tmp_path):
   np.testing.assert_allclose(src[2]["image"], 101 / 255)
   assert src[2]["has_mask"] == 1
   batch = next(
-    data.batches(
+    pipeline.batches(
       src, 4, seed=0, shuffle=False, process_index=0, process_count=1
     )
   )
@@ -288,7 +288,7 @@ def test_augmentation_is_seeded_fresh_per_epoch_and_aligned(tmp_path):
   kw = dict(shuffle=False, process_index=0, process_count=1, num_threads=0)
 
   def views(seed, n=4):
-    it = data.batches(src, 1, seed=seed, **kw)
+    it = pipeline.batches(src, 1, seed=seed, **kw)
     return [next(it)["image"][0] for _ in range(n)]
 
   a, b, c = views(0), views(0), views(1)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from vae_attn import data
-from vae_attn.data import ped1
+from vae_attn.data import ped1, pipeline
 
 H, W = 12, 18
 
@@ -95,7 +95,7 @@ def test_all_clips_with_zero_masks(tmp_path):
   assert [int(src[i]["has_mask"]) for i in range(6)] == [0, 0, 0, 1, 1, 1]
   assert src[1]["mask"].sum() == 0 and src[4]["mask"].sum() > 0
   batch = next(
-    data.batches(
+    pipeline.batches(
       src, 6, seed=0, shuffle=False, process_index=0, process_count=1
     )
   )

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from vae_attn import data
-from vae_attn.data import base
+from vae_attn.data import base, pipeline
 
 
 def _source(n=10):
@@ -36,7 +36,7 @@ def _kw(**kw):
 
 def test_one_epoch_in_order_drops_remainder():
   out = list(
-    data.batches(_source(), 4, seed=0, shuffle=False, num_epochs=1, **_kw())
+    pipeline.batches(_source(), 4, seed=0, shuffle=False, num_epochs=1, **_kw())
   )
   assert [b["x"].tolist() for b in out] == [[0, 1, 2, 3], [4, 5, 6, 7]]
   assert out[0]["name"].dtype == object
@@ -45,7 +45,7 @@ def test_one_epoch_in_order_drops_remainder():
 
 def test_keep_remainder_and_num_batches():
   out = list(
-    data.batches(
+    pipeline.batches(
       _source(),
       4,
       seed=0,
@@ -58,11 +58,11 @@ def test_keep_remainder_and_num_batches():
   assert [b["x"].tolist() for b in out] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
   # 3 epochs of 10 records: 7 whole batches of 4, the remainder dropped.
   kw = _kw(shuffle=False, num_epochs=3, num_threads=0)
-  assert len(list(data.batches(_source(), 4, seed=0, **kw))) == 7
+  assert len(list(pipeline.batches(_source(), 4, seed=0, **kw))) == 7
 
 
 def test_shuffled_epochs_are_permutations_and_reshuffled():
-  it = data.batches(_source(), 5, seed=3, num_epochs=2, **_kw())
+  it = pipeline.batches(_source(), 5, seed=3, num_epochs=2, **_kw())
   batches = [b["x"].tolist() for b in it]
   assert len(batches) == 4
   epoch1, epoch2 = batches[0] + batches[1], batches[2] + batches[3]
@@ -72,9 +72,9 @@ def test_shuffled_epochs_are_permutations_and_reshuffled():
 
 
 def test_same_seed_same_batches_other_seed_differs():
-  a = _take(data.batches(_source(), 3, seed=1, **_kw()), 5)
-  b = _take(data.batches(_source(), 3, seed=1, **_kw()), 5)
-  c = _take(data.batches(_source(), 3, seed=2, **_kw()), 5)
+  a = _take(pipeline.batches(_source(), 3, seed=1, **_kw()), 5)
+  b = _take(pipeline.batches(_source(), 3, seed=1, **_kw()), 5)
+  c = _take(pipeline.batches(_source(), 3, seed=2, **_kw()), 5)
   assert [x["x"].tolist() for x in a] == [x["x"].tolist() for x in b]
   assert [x["x"].tolist() for x in a] != [x["x"].tolist() for x in c]
 
@@ -82,10 +82,10 @@ def test_same_seed_same_batches_other_seed_differs():
 @pytest.mark.parametrize("num_threads", [0, 2])
 def test_resume_from_start_step_matches_uninterrupted(num_threads):
   full = _take(
-    data.batches(_source(), 3, seed=7, num_threads=num_threads, **_kw()), 12
+    pipeline.batches(_source(), 3, seed=7, num_threads=num_threads, **_kw()), 12
   )
   resumed = _take(
-    data.batches(
+    pipeline.batches(
       _source(), 3, seed=7, start_step=8, num_threads=num_threads, **_kw()
     ),
     4,
@@ -96,10 +96,10 @@ def test_resume_from_start_step_matches_uninterrupted(num_threads):
 
 
 def test_processes_get_disjoint_slices_of_the_global_batch():
-  single = _take(data.batches(_source(12), 4, seed=5, **_kw()), 3)
+  single = _take(pipeline.batches(_source(12), 4, seed=5, **_kw()), 3)
   shards = [
     _take(
-      data.batches(
+      pipeline.batches(
         _source(12), 2, seed=5, process_index=p, process_count=2, num_threads=0
       ),
       3,
@@ -115,7 +115,7 @@ def test_processes_get_disjoint_slices_of_the_global_batch():
 def test_remainder_split_between_processes():
   shards = [
     list(
-      data.batches(
+      pipeline.batches(
         _source(10),
         3,
         seed=0,
@@ -142,9 +142,9 @@ class _Augmented(_NoBatchSource):
 
 def test_augment_is_seeded_by_position():
   kw = _kw(num_epochs=2, shuffle=False)
-  a = list(data.batches(_Augmented(4), 2, seed=1, **kw))
-  b = list(data.batches(_Augmented(4), 2, seed=1, **kw))
-  c = list(data.batches(_Augmented(4), 2, seed=2, **kw))
+  a = list(pipeline.batches(_Augmented(4), 2, seed=1, **kw))
+  b = list(pipeline.batches(_Augmented(4), 2, seed=1, **kw))
+  c = list(pipeline.batches(_Augmented(4), 2, seed=2, **kw))
   np.testing.assert_array_equal(a[0]["noise"], b[0]["noise"])
   assert not np.allclose(a[0]["noise"], c[0]["noise"])
   # Same record in the next epoch gets a different augmentation.
@@ -152,32 +152,32 @@ def test_augment_is_seeded_by_position():
   assert not np.allclose(a[0]["noise"], a[2]["noise"])
   assert a[0]["img"].shape == (2, 2, 2, 1)
   # Resuming reproduces the augmentations too.
-  r = list(data.batches(_Augmented(4), 2, seed=1, start_step=2, **kw))
+  r = list(pipeline.batches(_Augmented(4), 2, seed=1, start_step=2, **kw))
   np.testing.assert_array_equal(r[0]["noise"], a[2]["noise"])
 
 
 def test_augment_applies_to_get_batch_sources():
   source = _source()
   source.augment = lambda record, rng: {**record, "x": -record["x"]}
-  out = next(data.batches(source, 4, seed=0, shuffle=False, **_kw()))
+  out = next(pipeline.batches(source, 4, seed=0, shuffle=False, **_kw()))
   assert out["x"].tolist() == [0, -1, -2, -3]
   assert out["name"].tolist() == ["r0", "r1", "r2", "r3"]
 
 
 def test_default_process_is_jax_process():
-  out = next(data.batches(_source(), 10, seed=0, shuffle=False))
+  out = next(pipeline.batches(_source(), 10, seed=0, shuffle=False))
   assert out["x"].tolist() == list(range(10))
 
 
 def test_errors():
   with pytest.raises(data.DataError, match="empty"):
-    data.batches(base.ArraySource({"x": np.zeros(0)}), 2, seed=0, **_kw())
+    pipeline.batches(base.ArraySource({"x": np.zeros(0)}), 2, seed=0, **_kw())
   with pytest.raises(data.DataError, match="fewer than one global batch"):
-    data.batches(_source(3), 4, seed=0, num_epochs=1, **_kw())
+    pipeline.batches(_source(3), 4, seed=0, num_epochs=1, **_kw())
   with pytest.raises(ValueError, match="batch_size"):
-    data.batches(_source(), 0, seed=0, **_kw())
+    pipeline.batches(_source(), 0, seed=0, **_kw())
   with pytest.raises(ValueError, match="process_index"):
-    data.batches(_source(), 2, seed=0, process_index=2, process_count=2)
+    pipeline.batches(_source(), 2, seed=0, process_index=2, process_count=2)
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])

@@ -33,16 +33,7 @@ import sklearn.metrics
 from train import command, loop
 from train import data as device_data
 from vae_attn import anomaly, losses, models, ops
-from vae_attn.data import (
-  base,
-  custom_folder,
-  digits,
-  mnist,
-  mvtec,
-  pipeline,
-  textures,
-)
-from vae_attn.data import ped1 as ped1_data
+from vae_attn.data import base, datasets, mvtec, pipeline
 from workflow import configs, runs
 
 # Each data set and the architecture its images fit (vae_attn.models).
@@ -172,65 +163,21 @@ PRESETS = {
 }
 
 
-def _need_dir(config: Config) -> str:
-  if not config.data_dir:
-    raise ValueError(f"--dataset={config.dataset} needs --data-dir=<root>.")
-  return config.data_dir
-
-
-def _mvtec_layout(config: Config, split: str, augment: bool, root: str):
-  return mvtec.load(
-    root,
-    config.category or textures.CATEGORIES[0],
+def load_data(config: Config, split: str, *, augment: bool = False):
+  """The source of ``split`` ("train": normal images only), through the one
+  data-set table (``vae_attn.data.datasets.load``)."""
+  return datasets.load(
+    config.dataset,
     split,
+    data_dir=config.data_dir,
+    category=config.category,
     image_size=config.image_size,
+    normal_digit=config.normal_digit,
+    mask_dir=config.mask_dir,
     augment=augment,
     seed=config.seed,
     allow_empty_masks=config.allow_empty_masks,
   )
-
-
-def _mvtec(config: Config, split: str, augment: bool):
-  root = _need_dir(config)
-  if not config.category:
-    found = ", ".join(mvtec.find_categories(root))
-    raise ValueError(
-      f"--dataset=mvtec needs --category=<name>; categories in {root}: "
-      f"{found or 'none (expected <root>/<category>/train/good/)'}."
-    )
-  return _mvtec_layout(config, split, augment, root)
-
-
-# Data set name -> fn(config, split, augment) -> source.
-_LOADERS = {
-  "textures": lambda c, split, augment: _mvtec_layout(
-    c, split, augment, textures.ensure_dataset(c.data_dir or None)
-  ),
-  "mvtec": _mvtec,
-  "folder": lambda c, split, augment: custom_folder.load(
-    _need_dir(c),
-    split,
-    image_size=c.image_size,
-    mask_dir=c.mask_dir or None,
-    augment=augment,
-    seed=c.seed,
-    allow_empty_masks=c.allow_empty_masks,
-  ),
-  "mnist": lambda c, split, augment: mnist.load(
-    split, normal_digit=c.normal_digit, data_dir=c.data_dir or None
-  ),
-  "digits": lambda c, split, augment: digits.load(
-    split, normal_digit=c.normal_digit
-  ),
-  "ped1": lambda c, split, augment: ped1_data.load(
-    _need_dir(c), split, image_size=c.image_size
-  ),
-}
-
-
-def load_data(config: Config, split: str, *, augment: bool = False):
-  """The source of ``split`` ("train": normal images only)."""
-  return _LOADERS[config.dataset](config, split, augment)
 
 
 def make_model(config: Config) -> models.VAE:

@@ -1,12 +1,14 @@
 """Data sources and the batching pipeline (see docs/data.md).
 
 Every loader returns a *source*: a random-access sequence of
-``dict[str, np.ndarray]`` records (images float32 in [0, 1], HWC), read in
-seeded, resumable, per-process batches by `batches`. Missing or malformed
-data raises `DataError`, whose message names the file and the fix.
+``dict[str, np.ndarray]`` records (images float32 in [0, 1], HWC), read
+in seeded, resumable, per-process batches by `pipeline.batches`. Missing or
+malformed data raises `DataError`, whose message names the file and the
+fix.
 
-`load(name, split, ...)` picks a one-class data set by name (the one table,
-`datasets.DATASETS`: textures, mvtec, folder, mnist, digits, ped1).
+`datasets.load(name, split, ...)` picks a one-class data set by name (the
+one table, `datasets.DATASETS`: textures, mvtec, folder, mnist, digits,
+ped1).
 
 Loaders: `mnist.load`, `dsprites.load_npz`, `dsprites.load_tfds`,
 `mvtec.load`, `ped1.load`, `custom_folder.load` (your own images);
@@ -16,20 +18,9 @@ MVTec-AD layout of real textures with synthetic defects) and `digits.load`
 (an MNIST stand-in).
 """
 
-from vae_attn.data import (
-  custom_folder,
-  datasets,
-  digits,
-  dsprites,
-  image_mask,
-  images,
-  mnist,
-  mvtec,
-  ped1,
-  pipeline,
-  textures,
-  tfds_source,
-)
+# Only the shared types: each loader is imported by name where it is used
+# (``from vae_attn.data import dsprites``), so using one loader does not
+# import every other.
 from vae_attn.data.base import (
   ArraySource,
   DataError,
@@ -38,30 +29,12 @@ from vae_attn.data.base import (
   Source,
   stack_records,
 )
-from vae_attn.data.datasets import DATASETS, WITH_MASKS, load
-from vae_attn.data.pipeline import batches
 
 __all__ = [
-  "DATASETS",
-  "WITH_MASKS",
   "ArraySource",
   "DataError",
   "MappedSource",
   "Record",
   "Source",
-  "batches",
-  "custom_folder",
-  "datasets",
-  "digits",
-  "dsprites",
-  "image_mask",
-  "images",
-  "load",
-  "mnist",
-  "mvtec",
-  "ped1",
-  "pipeline",
   "stack_records",
-  "textures",
-  "tfds_source",
 ]
