@@ -489,9 +489,21 @@ def test_resolve_layers_gives_full_paths_or_lists_the_valid_ones(mnist):
   assert attention.resolve_layers(encode, variables, x, "conv1") == {
     "conv1": "encoder/conv1"
   }
+  # An ambiguous name lists its matches; an unknown one the close names.
   with pytest.raises(
-    ValueError, match=r"(?s)'conv' is ambiguous.*encoder/conv2"
+    ValueError,
+    match=r"(?s)'conv' matches 2 layers; did you mean "
+    r"'encoder/conv1/conv', 'encoder/conv2/conv'\..*"
+    r"encoder/conv2  \(2, 7, 7, 128\)",
   ):
     attention.resolve_layers(encode, variables, x, "conv")
-  with pytest.raises(ValueError, match="'conv9' is not a conv layer"):
+  with pytest.raises(
+    ValueError,
+    match=r"'conv9' is not a layer; did you mean 'encoder/conv1', "
+    r"'encoder/conv2'\.",
+  ):
     attention.resolve_layers(encode, variables, x, ["conv9"])
+  with pytest.raises(
+    ValueError, match=r"'cnov2' is not a layer; did you mean .*'encoder/conv2'"
+  ):
+    attention.resolve_layers(encode, variables, x, ["cnov2"])

@@ -17,22 +17,14 @@ takes the ``nnx.Module`` first), or, in any JAX function (plain JAX,
 Equinox, Haiku, a function activation), a value named with JAX's
 ``jax.ad_checkpoint.checkpoint_name(a, "name")``.
 
-One mechanism serves all three. The encoder is traced to a jaxpr in which
-every Linen module output (``flax.linen.intercept_methods``) and NNX
-submodule output (on a merged copy whose submodules' classes are swapped
-for subclasses that name their output) is named with ``checkpoint_name``.
-The jaxpr is evaluated equation by equation with a zero offset added at
-each target; one ``jax.vjp`` linearises that forward pass and ``jax.vmap``
-maps the pullback over the one-hot cotangents of the ``D`` latents. Grad-CAM
-needs only the spatial mean of each gradient, so the offset is one value
-per channel; where it feeds a convolution or a flatten and a dense layer it
-is folded in closed form (``conv(A + delta) = conv(A) +
-conv_of_constant(delta)``, exact, cheaper to differentiate). On XLA:CPU it
-all runs through :func:`vae_attn.ops.fast_convolutions`. A target inside
-``jax.jit``, ``jax.checkpoint`` (``nn.remat``) or a custom-derivative
-function is reached by inlining that call; targets inside loops
-(``lax.scan``) are not. It composes with ``jax.jit``, ``jax.vmap`` and
-``jax.grad`` (second order, for the L_AD loss of eq. 6).
+Feature maps are NHWC: a channels-first model (Equinox, code ported from
+PyTorch) names a transposed view, ``jnp.moveaxis(a, -3, -1)``, else its W
+axis is taken for channels. One mechanism serves all three forms (named
+values in a jaxpr, a zero offset at each, one ``jax.vjp``, the pullback
+vmapped over the ``D`` latents; docs/attention.md#mechanism). An image with
+a NaN or infinite pixel gives NaN maps for that example only (the loaders
+and command lines refuse such images). It composes with ``jax.jit``,
+``jax.vmap`` and ``jax.grad`` (second order, for the L_AD loss of eq. 6).
 
 After the activation (docs/attention.md). When the target flows into a
 chain of elementwise operations whose other operands do not depend on the
@@ -68,6 +60,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import difflib
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -356,10 +349,15 @@ def _resolve(layers: Sequence[str], sites) -> dict[str, str]:
     if len(matches) == 1:
       resolved[layer] = matches[0]
       continue
+    close = difflib.get_close_matches  # On the path or its last name.
+    near = matches or [
+      q for q in targets if close(layer, [q, q.split("/")[-1]])
+    ]
+    what = f"matches {len(matches)} layers" if matches else "is not a layer"
     listing = "\n  ".join(f"{p}  {s}" for p, s in targets.items())
-    what = "is ambiguous" if matches else "is not a conv layer of this encoder"
     raise ValueError(
-      f"Layer {layer!r} {what}. Valid layer paths (output shape):\n  {listing}"
+      f"Layer {layer!r} {what}{'; did you mean ' if near else ''}"
+      f"{', '.join(map(repr, near))}. Layer paths (output shape):\n  {listing}"
     )
   for layer, name in resolved.items():
     found = sites[name]
@@ -715,9 +713,9 @@ def _check_latents(latents, b: int, d: int) -> jax.Array:
 
 
 _TRAINING_MODE = (
-  "encode_fn updates the model's variables, as BatchNorm in training mode "
-  "does (whose batch statistics also make the examples depend on each "
-  "other). Call the encoder in evaluation mode, e.g. "
+  "encode_fn updates the model's variables, as BatchNorm (whose batch "
+  "statistics make the examples depend on each other) or Dropout does in "
+  "training mode. Call the encoder in evaluation mode, e.g. "
   "functools.partial(model.apply, method=model.encode, train=False) or "
   "use_running_average=True; for NNX, model.eval()."
 )
