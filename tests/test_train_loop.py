@@ -256,6 +256,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     train_toy(config, tmp_path, poison_at=4)
   message = str(info.value)
   assert "at step 6" in message and "last good checkpoint is step 4" in message
+  # A deterministic rerun meets the same loss: no advice to rerun.
+  assert "new --workdir" in message and "resumes" not in message
   assert _steps(tmp_path) == [2, 4]
   _, restored = runs.restore(tmp_path)
   chex.assert_tree_all_finite(restored["state"]["params"])

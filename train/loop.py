@@ -744,16 +744,17 @@ def _train(cfgs, dirs, specs, mngrs, stack, *, mesh, is_main, **fns):
       return
     last = mngrs[0].latest_step()
     where = (
-      f"the last good checkpoint is step {last} (kept intact; rerunning "
-      "resumes from it)"
+      f"the last good checkpoint is step {last} (kept)"
       if last is not None
       else "no checkpoint was saved yet"
     )
     member = "" if len(dirs) == 1 else f" of {bad}"
+    # Training is deterministic: the same command would meet the same loss.
     raise NonFiniteLossError(
       f"Non-finite loss{member} at step {step} (or in the steps since the "
-      f"last log): training stopped; {where}. "
-      "Lower the learning rate or check the data for NaNs."
+      f"last log): training stopped; {where}. The same command would repeat "
+      "this: lower the learning rate or check the data for NaNs, and train "
+      "in a new --workdir."
     )
 
   on_device = device_data is not None
