@@ -6,10 +6,10 @@ trainers, and a third process with 2 CPU devices as the reference; all
 three run ``python -m train.oneclass --preset=smoke`` (data on the device,
 eval hook on process 0, latent statistics saved by all). Every process has
 a bounded timeout and is killed if the job stalls. The timeout is a stall
-guard, not a speed bound (the SIGTERM test takes about 60 s at load 7 on 2
-cores). Known: a SIGTERM that lands while the first call runs sometimes
-leaves both processes waiting in that call's collectives (seen 3 times in
-10 runs, at loads 0.4 to 7); the cause is not found yet.
+guard, not a speed bound (the SIGTERM test takes 25-35 s on 2 cores at load
+2-4). A SIGTERM that reached one of the runtime's threads used to leave both
+processes waiting in gloo's all-reduce (3 runs in 10); the trainers now take
+signals in the main thread only (``distributed.signals_to_main_thread``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from eval import restore
 from workflow import runs, writers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TIMEOUT = 600
+TIMEOUT = 300
 
 
 def _free_port() -> int:

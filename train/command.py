@@ -282,12 +282,13 @@ def main(
   setup_logging()
   workdir = pathlib.Path(launch.workdir or default_workdir(configs))
   try:
-    distributed.initialize_distributed(
-      launch.coordinator_address, launch.num_processes, launch.process_id
-    )
-    _log.info("workdir: %s", workdir.absolute())
-    config = configs if len(configs) > 1 else configs[0]
-    train_fn(config, str(workdir), overwrite=launch.overwrite)
+    with distributed.signals_to_main_thread():
+      distributed.initialize_distributed(
+        launch.coordinator_address, launch.num_processes, launch.process_id
+      )
+      _log.info("workdir: %s", workdir.absolute())
+      config = configs if len(configs) > 1 else configs[0]
+      train_fn(config, str(workdir), overwrite=launch.overwrite)
   except loop.TrainingInterrupted as e:
     _log.warning("%s", e)
     return 128 + e.signum
