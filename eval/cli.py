@@ -108,7 +108,8 @@ def run_main(
 ) -> int:
   """Runs ``main_fn(config)``; a user error becomes one line and status 2."""
   try:
-    return main_fn(config)
+    with errors.debug_mode(debug):
+      return main_fn(config)
   except errors.USER_ERRORS as e:
     return report_user_error(e, config, debug)
 

@@ -11,6 +11,7 @@ import dataclasses
 import errno
 import json
 import logging
+import os
 import shutil
 
 import chex
@@ -297,3 +298,18 @@ def test_every_run_folder_records_its_software(trained):
   assert saved.keys() == runs.software().keys()
   assert saved["jax"] == runs.software()["jax"]
   assert json.loads((trained[0] / runs.CONFIG_NAME).read_text())["num_steps"]
+
+
+def test_debug_flag_reaches_code_far_from_the_command_line(monkeypatch):
+  # --debug sets VAE_ATTN_DEBUG while the entry point runs (orbax's own log
+  # lines are shown then), and leaves the environment as it found it.
+  monkeypatch.delenv(errors.DEBUG_ENV, raising=False)
+  with errors.debug_mode(True):
+    assert errors.debug_requested()
+  assert errors.DEBUG_ENV not in os.environ
+  with errors.debug_mode(False):
+    assert not errors.debug_requested()
+  monkeypatch.setenv(errors.DEBUG_ENV, "1")
+  with errors.debug_mode(True):
+    pass
+  assert os.environ[errors.DEBUG_ENV] == "1"

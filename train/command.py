@@ -28,7 +28,7 @@ from typing import Any
 
 from train import distributed, loop
 from workflow import configs as configs_lib
-from workflow import grid, runs, writers
+from workflow import errors, grid, runs, writers
 from workflow.errors import USER_ERRORS, debug_requested, error_line
 
 _log = logging.getLogger("train")
@@ -282,7 +282,7 @@ def main(
   setup_logging()
   workdir = pathlib.Path(launch.workdir or default_workdir(configs))
   try:
-    with distributed.signals_to_main_thread():
+    with distributed.signals_to_main_thread(), errors.debug_mode(debug):
       distributed.initialize_distributed(
         launch.coordinator_address, launch.num_processes, launch.process_id
       )

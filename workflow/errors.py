@@ -10,8 +10,10 @@ too. Nothing here prints or exits: the entry points do, once, visibly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 
 DEBUG_ENV = "VAE_ATTN_DEBUG"
 
@@ -29,6 +31,21 @@ def debug_requested(flag: bool = False) -> bool:
   """``flag`` (``--debug``) or ``VAE_ATTN_DEBUG`` set to anything but
   ``""``/``"0"``."""
   return bool(flag) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+@contextlib.contextmanager
+def debug_mode(flag: bool) -> Iterator[None]:
+  """Sets ``VAE_ATTN_DEBUG=1`` while an entry point runs with ``--debug``, so
+  that code far from the command line sees it (orbax's own log lines and
+  tracebacks, hidden by ``workflow.runs`` otherwise); restored on exit."""
+  if not flag or os.environ.get(DEBUG_ENV):
+    yield
+    return
+  os.environ[DEBUG_ENV] = "1"
+  try:
+    yield
+  finally:
+    os.environ.pop(DEBUG_ENV, None)
 
 
 def error_line(error: BaseException) -> str:
