@@ -15,8 +15,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import threading
-import time
 
 import chex
 import jax
@@ -376,35 +374,3 @@ def test_metric_writer_log_lines_name_a_grid_member(tmp_path, caplog):
 if __name__ == "__main__":
   _workdir, _kill_at, _every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
   train_toy(ToyConfig(checkpoint_every=_every), _workdir, kill_at=_kill_at)
-
-
-def test_signals_reach_only_the_main_threads_handler():
-  # Inside the context every thread started from the main thread blocks the
-  # signal (a runtime thread in a gloo read is never interrupted: a SIGTERM
-  # there hung both processes of a two-process run), and the main thread's
-  # Python handler still runs, relayed by the helper thread.
-  seen, masks = [], []
-
-  def handler(signum, frame):
-    del frame
-    seen.append((signum, threading.current_thread() is threading.main_thread()))
-
-  def worker():
-    masks.append(signal.pthread_sigmask(signal.SIG_BLOCK, []))
-
-  previous = signal.signal(signal.SIGUSR1, handler)
-  try:
-    with distributed.signals_to_main_thread((signal.SIGUSR1,)):
-      thread = threading.Thread(target=worker)
-      thread.start()
-      thread.join()
-      os.kill(os.getpid(), signal.SIGUSR1)
-      for _ in range(100):  # The relay polls every 0.1 s.
-        if seen:
-          break
-        time.sleep(0.05)
-    assert signal.SIGUSR1 not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
-  finally:
-    signal.signal(signal.SIGUSR1, previous)
-  assert signal.SIGUSR1 in masks[0]
-  assert seen == [(signal.SIGUSR1, True)]

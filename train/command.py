@@ -282,7 +282,7 @@ def main(
   setup_logging()
   workdir = pathlib.Path(launch.workdir or default_workdir(configs))
   try:
-    with distributed.signals_to_main_thread(), errors.debug_mode(debug):
+    with errors.debug_mode(debug):
       distributed.initialize_distributed(
         launch.coordinator_address, launch.num_processes, launch.process_id
       )

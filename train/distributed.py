@@ -9,13 +9,9 @@ process's devices are only addressable by that process).
 
 from __future__ import annotations
 
-import _thread
-import contextlib
 import logging
 import os
-import signal
-import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -35,55 +31,6 @@ def _cluster_detected(env: Mapping[str, str]) -> bool:
     or "," in env.get("TPU_WORKER_HOSTNAMES", "")
     or int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1
   )
-
-
-@contextlib.contextmanager
-def signals_to_main_thread(
-  signums: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
-) -> Iterator[None]:
-  """Delivers ``signums`` to the main thread's Python handlers only.
-
-  A process-directed signal goes to any thread that does not block it. When
-  it lands in one of the runtime's threads it interrupts the system call
-  that thread is in: a SIGTERM sent to one process of a two-process CPU run
-  during a step left both processes waiting in gloo's all-reduce for ever
-  (``gloo::allreduce`` -> ``UnboundBuffer::waitRecv`` in both; about 1 run
-  in 3, ``tests/test_train_multiprocess.py``). Inside this context the
-  signals are blocked in the main thread and so in every thread started
-  from it (threads inherit the mask); one helper thread takes them
-  (``signal.sigtimedwait``) and hands each to the main thread's Python
-  handler (``_thread.interrupt_main``), or, where Python leaves the signal
-  at its default action, re-raises it at itself with that action. Set by
-  entry points, before ``jax.distributed.initialize``; a no-op outside the
-  main thread. The mask and the thread are restored and stopped on exit.
-  """
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
-  sigs = set(signums)
-  previous = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-  stop = threading.Event()
-
-  def relay():
-    while not stop.is_set():
-      info = signal.sigtimedwait(sigs, 0.1)
-      if info is None:
-        continue
-      handler = signal.getsignal(info.si_signo)
-      if callable(handler):
-        _thread.interrupt_main(info.si_signo)
-      elif handler != signal.SIG_IGN:  # The default action, in this thread.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {info.si_signo})
-        signal.pthread_kill(threading.get_ident(), info.si_signo)
-
-  thread = threading.Thread(target=relay, name="signal-relay", daemon=True)
-  thread.start()
-  try:
-    yield
-  finally:
-    stop.set()
-    thread.join()
-    signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def initialize_distributed(
