@@ -7,11 +7,11 @@ three run ``python -m train.oneclass --preset=smoke`` (data on the device,
 eval hook on process 0, latent statistics saved by all). Every process has
 a bounded timeout and is killed if the job stalls. The timeout is a stall
 guard, not a speed bound (the SIGTERM test takes 25-35 s on 2 cores at load
-2-4). Known: a SIGTERM that lands while the first call is compiled or run
-can leave both processes waiting in that call's gloo all-reduce (gdb:
-``gloo::allreduce`` -> ``UnboundBuffer::waitRecv`` in both, at step 1;
-about 1 run in 3; taking signals in the main thread only did not change
-it); the cause is not found, so the test signals after a step has run.
+2-4). Both processes used to wait for ever at step 1 in about 1 run in 3
+(gdb: ``gloo::allreduce`` -> ``UnboundBuffer::waitRecv`` in both, with or
+without a signal): XLA:CPU started the stop flag's all-gather beside the
+step's all-reduce, in another order on each process; the loop now waits for
+the step before the all-gather when there are several processes.
 """
 
 from __future__ import annotations
@@ -132,9 +132,7 @@ def test_sigterm_on_one_process_saves_one_step_on_all(tmp_path):
     for line in procs[1].stdout:  # Signal handlers are set by then.
       if "Compiling the train step" in line:
         break
-    # Signal once a step has run on both processes (process 0 has logged
-    # it): a SIGTERM during the first call can leave both processes waiting
-    # in that call's all-reduce (README, "Several hosts").
+    # Signal once a step has run on both processes (process 0 has logged it).
     log = tmp_path / "metrics.jsonl"
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline and not (

@@ -796,6 +796,13 @@ def _train(cfgs, dirs, specs, mngrs, stack, *, mesh, is_main, **fns):
       count, step = count + length, end
       progress.update(length)
       is_last = step == head.num_steps
+      if jax.process_count() > 1:
+        # The flag's all-gather below must not start beside this call's
+        # collectives: XLA:CPU may start an executable whose inputs are ready
+        # while another runs, and two processes that order two gloo
+        # collectives differently wait for each other for ever (both were
+        # seen in gloo::allreduce at step 1, about 1 run in 3).
+        jax.block_until_ready(unit_states)
       stop = distributed.any_process(interrupt.signum is not None)
       do_log = step % head.log_every == 0 or is_last
       do_save = step % head.checkpoint_every == 0 or is_last or stop
