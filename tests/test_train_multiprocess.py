@@ -7,11 +7,9 @@ three run ``python -m train.oneclass --preset=smoke`` (data on the device,
 eval hook on process 0, latent statistics saved by all). Every process has
 a bounded timeout and is killed if the job stalls. The timeout is a stall
 guard, not a speed bound (the SIGTERM test takes 25-35 s on 2 cores at load
-2-4). Both processes used to wait for ever at step 1 in about 1 run in 3
-(gdb: ``gloo::allreduce`` -> ``UnboundBuffer::waitRecv`` in both, with or
-without a signal): XLA:CPU started the stop flag's all-gather beside the
-step's all-reduce, in another order on each process; the loop now waits for
-the step before the all-gather when there are several processes.
+2-4). Known open bug: in about 1 run in 3 both processes wait for ever at
+step 1 (gdb: ``gloo::allreduce`` -> ``UnboundBuffer::waitRecv`` in both,
+with or without a signal); the SIGTERM test restarts such a launch once.
 """
 
 from __future__ import annotations
@@ -127,18 +125,27 @@ def test_sigterm_on_one_process_saves_one_step_on_all(tmp_path):
     "--checkpoint-every=100000",
     "--log-every=1",
   ]
-  procs = [_launch([*argv, f"--process-id={i}"], _env(1)) for i in range(2)]
-  try:
-    for line in procs[1].stdout:  # Signal handlers are set by then.
-      if "Compiling the train step" in line:
-        break
-    # Signal once a step has run on both processes (process 0 has logged it).
-    log = tmp_path / "metrics.jsonl"
-    deadline = time.monotonic() + TIMEOUT
+  # Known open bug (README, "Several hosts"): the first call of a two-process
+  # CPU run sometimes never returns (both processes in gloo's all-reduce).
+  # That is not what this test is about: a launch whose first step is not
+  # logged within 120 s is killed and started once more, and says so.
+  log = tmp_path / "metrics.jsonl"
+  for attempt in range(2):
+    port = _free_port()
+    argv[1] = f"--coordinator-address=127.0.0.1:{port}"
+    procs = [_launch([*argv, f"--process-id={i}"], _env(1)) for i in range(2)]
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (
       log.exists() and log.read_text().strip()
     ):
       time.sleep(0.2)
+    if log.exists() and log.read_text().strip():
+      break
+    for p in procs:
+      p.kill()
+      p.communicate()
+    print(f"attempt {attempt}: step 1 never finished (known gloo stall)")
+  try:
     procs[1].send_signal(signal.SIGTERM)
     codes = [p.wait(timeout=TIMEOUT) for p in procs]
   finally:
