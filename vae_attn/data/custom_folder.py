@@ -8,17 +8,11 @@ Layout (folder names configurable)::
   <root>/masks/<defect_type>/<stem>.png or <stem>_mask.png   (optional)
 
 ``train`` may instead hold a ``good/`` sub-folder (the MVTec-AD layout). The
-mask folder is ``mask_dir``; by default ``masks/`` or, in the MVTec-AD
-layout, ``ground_truth/``, whichever exists. The pairing and error rules are
-those of `vae_attn.data.mvtec`: when the mask folder exists, every defect
-image needs exactly one mask with its stem (with or without ``_mask``) and
-its size, every mask needs an image, a defect image's mask must mark an
-anomalous pixel (a non-zero value) unless ``allow_empty_masks``, and masks
-under ``<mask folder>/good/`` are refused when they mark anomalous pixels
-(ignored with a warning when all zero). Without a mask folder the defect
-images get ``"has_mask" = 0`` and an all-zero mask, with a warning, so
-image-level metrics work and pixel metrics must skip them. Images are always
-RGB (grey files are promoted) and resized to ``image_size``.
+mask folder is ``mask_dir``; by default ``masks/`` or ``ground_truth/``,
+whichever exists. When it exists, the pairing and error rules are MVTec-AD's
+(`vae_attn.data.image_mask`), a mask's stem with or without ``_mask``.
+Without one, defect images get ``"has_mask" = 0`` and an all-zero mask,
+with a warning. Images are always RGB.
 """
 
 from __future__ import annotations
@@ -74,11 +68,7 @@ def _entries(
   mask_dir: str | None = None,
   normal_name: str = image_mask.NORMAL,
 ) -> list[image_mask.Entry]:
-  """Walks and checks the custom layout (see the module docstring).
-
-  Raises:
-    DataError: a folder, image or mask is missing or inconsistent.
-  """
+  """The `image_mask.Entry` list of one split, checked."""
   root = os.fspath(root)
   layout = _layout(train_dir, test_dir, mask_dir, normal_name)
   if split not in SPLITS:
@@ -100,46 +90,24 @@ def _entries(
   test = image_mask.require_dir(
     os.path.join(root, test_dir), "Test folder", layout
   )
-  types = image_mask.subfolders(test)
-  if not types:
-    raise base.DataError(
-      f"No sub-folders in {test}: put test images in {test}/{normal_name}/ "
-      f"and {test}/<defect_type>/. Expected layout:\n{layout}"
-    )
-  types.sort(key=lambda t: (t != normal_name, t))
-  masks_root = _mask_root(root, mask_dir)
-  has_masks = masks_root is not None
-  if has_masks:
-    image_mask.check_orphan_mask_folders(masks_root, types, test)
-    image_mask.check_normal_masks(masks_root, normal_name)
-  elif types != [normal_name]:
+  mask_root = _mask_root(root, mask_dir)
+  if mask_root is None and image_mask.subfolders(test) not in (
+    [],
+    [normal_name],
+  ):
     warnings.warn(
       f"No mask folder ({' or '.join(MASK_DIRS)}) in {root}: the defect "
       "images get has_mask=0 and no pixel metrics. Pass mask_dir= "
       "(--mask-dir=) if the masks are elsewhere.",
       stacklevel=2,
     )
-  out = []
-  for defect_type in types:
-    files = image_mask.require_images(os.path.join(test, defect_type), layout)
-    if defect_type == normal_name:
-      out += [image_mask.Entry(f, None, 0, defect_type) for f in files]
-    elif not has_masks:
-      out += [
-        image_mask.Entry(f, None, 1, defect_type, has_mask=False) for f in files
-      ]
-    else:
-      masks = image_mask.pair_masks(
-        files,
-        os.path.join(masks_root, defect_type),
-        suffixes=("", "_mask"),
-        layout=layout,
-      )
-      out += [
-        image_mask.Entry(f, m, 1, defect_type)
-        for f, m in zip(files, masks, strict=True)
-      ]
-  return out
+  return image_mask.test_entries(
+    test,
+    mask_root,
+    normal_name=normal_name,
+    suffixes=("", "_mask"),
+    layout=layout,
+  )
 
 
 def load(
@@ -157,10 +125,8 @@ def load(
 ) -> image_mask.ImageMaskSource:
   """Loads a custom anomaly data set laid out as in the module docstring.
 
-  Records are those of `vae_attn.data.mvtec.load`: ``"image"`` float32
-  ``[S, S, 3]``, ``"mask"`` float32 ``[S, S, 1]``, ``"label"``,
-  ``"has_mask"`` (0 for defect images when there is no mask folder),
-  ``"defect_type"`` and ``"path"``.
+  Records are those of `vae_attn.data.mvtec.load`, ``"has_mask"`` 0 for
+  defect images when there is no mask folder.
 
   Args:
     root: the data set folder.
@@ -172,11 +138,9 @@ def load(
       ``masks/`` or ``ground_truth/``, whichever exists (both: an error;
       neither: no masks, with a warning).
     normal_name: the name of the normal test folder.
-    augment: attach the MVTec-AD augmentation as ``source.augment`` (see
-      `vae_attn.data.mvtec.load`).
+    augment: attach the MVTec-AD augmentation (see `mvtec.load`).
     seed: folded into the augmentation's random stream.
-    allow_empty_masks: keep defect images whose mask has no anomalous pixel;
-      refused by default.
+    allow_empty_masks: keep defect images whose mask has no anomalous pixel.
 
   Raises:
     DataError: the layout is missing or inconsistent, an image or mask is

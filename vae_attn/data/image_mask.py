@@ -1,17 +1,16 @@
-"""The image-and-mask source behind the MVTec-AD, UCSD Ped1 and folder loaders.
+"""Image-and-mask data sets: walking a folder layout, pairing, the source.
 
-A loader walks its folder layout into a list of `Entry` (image file, mask
-file or none, label, defect type) with `pair_masks`, which enforces the
-pairing rules and raises `DataError` for every inconsistency, and wraps the
-list in an `ImageMaskSource`, which decodes and resizes files on first access
-and keeps the resized uint8 arrays in memory.
+A loader walks its layout into a list of `Entry` (image file, mask file or
+none, label, defect type), checked by the rules below, and wraps the list in
+an `ImageMaskSource`, which decodes and resizes the files on first access
+and keeps the resized uint8 arrays in memory. Every inconsistency raises
+`DataError` naming the file and the fix.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import threading
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -71,6 +70,55 @@ def subfolders(folder: str) -> list[str]:
   )
 
 
+def test_entries(
+  test_dir: str,
+  mask_root: str | None,
+  *,
+  normal_name: str,
+  suffixes: Sequence[str],
+  layout: str,
+) -> list[Entry]:
+  """The test split of an MVTec-AD-like layout, normal folder first.
+
+  ``<test_dir>/<normal_name>/`` holds normal images (all-zero masks); each
+  other sub-folder a defect type, whose images are paired with the masks in
+  ``<mask_root>/<defect_type>/`` (`pair_masks`). With ``mask_root`` None
+  the defect images get ``has_mask=False``.
+
+  Raises:
+    DataError: no sub-folders, an empty folder, or a mask rule broken
+      (`pair_masks`, `check_orphan_mask_folders`, `check_normal_masks`).
+  """
+  types = sorted(subfolders(test_dir), key=lambda t: (t != normal_name, t))
+  if not types:
+    raise base.DataError(
+      f"No defect-type folders in {test_dir}: put test images in "
+      f"{test_dir}/{normal_name}/ and {test_dir}/<defect_type>/. Expected "
+      f"layout:\n{layout}"
+    )
+  if mask_root is not None:
+    check_orphan_mask_folders(mask_root, types, test_dir)
+    check_normal_masks(mask_root, normal_name)
+  out = []
+  for defect_type in types:
+    files = require_images(os.path.join(test_dir, defect_type), layout)
+    if defect_type == normal_name:
+      out += [Entry(f, None, 0, defect_type) for f in files]
+    elif mask_root is None:
+      out += [Entry(f, None, 1, defect_type, has_mask=False) for f in files]
+    else:
+      masks = pair_masks(
+        files,
+        os.path.join(mask_root, defect_type),
+        suffixes=suffixes,
+        layout=layout,
+      )
+      out += [
+        Entry(f, m, 1, defect_type) for f, m in zip(files, masks, strict=True)
+      ]
+  return out
+
+
 def pair_masks(
   image_files: Sequence[str],
   mask_folder: str,
@@ -78,14 +126,9 @@ def pair_masks(
   suffixes: Sequence[str] = ("_mask",),
   layout: str,
 ) -> list[str]:
-  """Pairs each image with the mask of the same stem (plus a suffix).
+  """The mask of each image: ``<mask_folder>/<stem><suffix>.<any ext>``.
 
-  The mask of ``<stem>.<ext>`` is ``<mask_folder>/<stem><suffix>.<ext2>`` for
-  one of ``suffixes`` (e.g. ``"_mask"`` in MVTec-AD, ``""`` for equal
-  names) and any image extension.
-
-  Returns:
-    The mask file of each image, in order.
+  ``suffixes``: ``("_mask",)`` in MVTec-AD, ``("",)`` for equal stems.
 
   Raises:
     DataError: the mask folder is missing, an image has no mask, a mask has
@@ -148,11 +191,10 @@ def check_orphan_mask_folders(
 
 
 def check_normal_masks(mask_root: str, normal_name: str = NORMAL) -> None:
-  """Checks masks stored for the normal test images, which need none.
+  """Refuses masks under ``<mask_root>/<normal_name>/`` that mark pixels.
 
-  Normal images always get all-zero masks. A mask under
-  ``<mask_root>/<normal_name>/`` that marks anomalous pixels contradicts
-  that and is refused; all-zero ones are ignored with a warning.
+  Normal images get all-zero masks; all-zero mask files there are ignored
+  with a warning.
 
   Raises:
     DataError: a mask in the normal folder marks anomalous pixels.
@@ -179,13 +221,7 @@ def check_normal_masks(mask_root: str, normal_name: str = NORMAL) -> None:
 
 
 def _check_masks_not_empty(entries: Sequence[Entry]) -> None:
-  """Refuses defect images (label 1) whose mask has no anomalous pixel.
-
-  Reads every such mask at full size with `images.read_mask`.
-
-  Raises:
-    DataError: naming the first empty mask and its image.
-  """
+  """Refuses defect images (label 1) whose mask has no anomalous pixel."""
   for entry in entries:
     if entry.label != 1 or entry.mask is None:
       continue
@@ -199,11 +235,10 @@ def _check_masks_not_empty(entries: Sequence[Entry]) -> None:
 
 
 def check_mask_files(entries: Sequence[Entry]) -> None:
-  """Checks every mask file against its image (header reads only).
+  """Checks each mask's size against its image's (header reads only).
 
   Warns once, naming the first file and the count, when masks are stored
-  lossily (JPEG): their compression noise around a defect is read as
-  anomalous pixels (e.g. 175 pixels for a drawn square of 100).
+  lossily (JPEG): compression noise counts as anomalous pixels.
 
   Raises:
     DataError: a mask's size differs from its image's.
@@ -238,15 +273,8 @@ class ImageMaskSource:
   ``[H, W, 1]`` in {0, 1}; ``"label"`` int32 (0 normal, 1 anomalous);
   ``"has_mask"`` int32 (1 when the mask is ground truth, 0 when unknown and
   therefore zero); ``"defect_type"`` and ``"path"`` 0-d str arrays; plus the
-  entries' extra int32 fields.
-
-  Decoded, resized uint8 arrays are kept in memory after first access.
-
-  When built with an ``augment`` function the source carries it as
-  ``source.augment``; `vae_attn.data.pipeline.batches` applies it to every
-  record it reads, with a generator seeded by the pipeline seed and the
-  record's stream position (so every epoch sees new, reproducible views).
-  ``source[i]`` itself is never augmented.
+  entries' extra int32 fields. ``augment`` is carried as ``source.augment``
+  for `vae_attn.data.pipeline.batches`; ``source[i]`` is never augmented.
 
   Args:
     entries: the records, in order.
@@ -274,7 +302,6 @@ class ImageMaskSource:
     self.name = name
     self.augment = augment
     self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    self._lock = threading.Lock()
 
   @property
   def entries(self) -> list[Entry]:
@@ -295,8 +322,7 @@ class ImageMaskSource:
       mask = np.zeros((*self.image_size, 1), np.uint8)
     else:
       mask = images.read_mask(entry.mask, size=self.image_size)
-    with self._lock:
-      self._cache[index] = (image, mask)
+    self._cache[index] = (image, mask)  # A race only decodes twice.
     return image, mask
 
   def __getitem__(self, index: int) -> base.Record:
@@ -315,21 +341,6 @@ class ImageMaskSource:
       record[key] = np.int32(value)
     return record
 
-  def __repr__(self) -> str:
-    return f"ImageMaskSource({self.name!r}, len={len(self)})"
-
-
-def _seeded_augment(
-  fn: Callable[..., base.Record], seed: int, **kwargs
-) -> Callable[[base.Record, np.random.Generator], base.Record]:
-  """Wraps ``fn(record, rng, **kwargs)`` so that ``seed`` enters its rng."""
-
-  def augment(record: base.Record, rng: np.random.Generator) -> base.Record:
-    key = rng.integers(0, 2**63 - 1)
-    return fn(record, np.random.default_rng([seed, int(key)]), **kwargs)
-
-  return augment
-
 
 def image_mask_source(
   found: Sequence[Entry],
@@ -340,14 +351,11 @@ def image_mask_source(
   seed: int,
   allow_empty_masks: bool = False,
 ) -> ImageMaskSource:
-  """Checks the images and masks of ``found``; returns their source.
+  """Checks the images and masks of ``found``; returns their RGB source.
 
-  The shared tail of the MVTec-AD and custom-folder loaders: every image
-  must be readable, every mask the size of its image (lossy masks are
-  warned about) and, unless
-  ``allow_empty_masks``, every defect image's mask must mark at least one
-  anomalous pixel; ``augment`` adds the paper's seeded rotation and
-  mirroring (applied by the pipeline).
+  Every image must be readable, every mask its image's size and, unless
+  ``allow_empty_masks``, mark an anomalous pixel. ``augment`` attaches
+  `images.rotate_and_mirror`, with ``seed`` in its random stream.
 
   Raises:
     DataError: as `check_mask_files` and `_check_masks_not_empty`.
@@ -357,12 +365,15 @@ def image_mask_source(
   check_mask_files(found)
   if not allow_empty_masks:
     _check_masks_not_empty(found)
+
+  def seeded_augment(record, rng: np.random.Generator) -> base.Record:
+    key = int(rng.integers(0, 2**63 - 1))
+    return images.rotate_and_mirror(record, np.random.default_rng([seed, key]))
+
   return ImageMaskSource(
     found,
     image_size=image_size,
     channels=3,
     name=name,
-    augment=_seeded_augment(images.rotate_and_mirror, seed)
-    if augment
-    else None,
+    augment=seeded_augment if augment else None,
   )

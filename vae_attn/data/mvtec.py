@@ -7,16 +7,11 @@ Layout (as the data set unpacks)::
   <root>/<category>/test/<defect_type>/NNN.png
   <root>/<category>/ground_truth/<defect_type>/NNN_mask.png
 
-Masks are paired with images by file stem (``NNN`` -> ``NNN_mask``);
-``good`` images get all-zero masks (a mask under ``ground_truth/good/`` that
-marks anomalous pixels is refused; all-zero ones are ignored with a
-warning). Images are resized bilinearly and masks with nearest neighbours
-to ``image_size``; grayscale categories (grid, screw, zipper) are promoted
-to 3 channels. A mask pixel is anomalous when its value is not zero, the
-rule of the MVTec-AD evaluation, in every image mode (see
-`vae_attn.data.images`); a defect image whose mask has no anomalous pixel is
-refused unless ``allow_empty_masks``. The offline textured-defect set of
-`vae_attn.data.textures` uses this layout too.
+Masks are paired with images by file stem (``NNN`` -> ``NNN_mask``) and
+``good`` images get all-zero masks, by the rules of
+`vae_attn.data.image_mask`; pixels are read by those of
+`vae_attn.data.images`. Grey categories (grid, screw, zipper) are promoted
+to RGB. The offline set of `vae_attn.data.textures` uses this layout too.
 """
 
 from __future__ import annotations
@@ -89,15 +84,7 @@ def find_categories(root: str | os.PathLike) -> list[str]:
 
 
 def _entries(root: str | os.PathLike, category: str, split: str) -> list:
-  """Walks and checks the layout of one category and split.
-
-  Returns:
-    A list of `vae_attn.data.image_mask.Entry`, test images sorted by defect
-    type (``good`` first) then by name.
-
-  Raises:
-    DataError: a folder, image or mask is missing or inconsistent.
-  """
+  """The `image_mask.Entry` list of one category and split, checked."""
   root = os.fspath(root)
   if split not in SPLITS:
     raise base.DataError(
@@ -125,31 +112,13 @@ def _entries(root: str | os.PathLike, category: str, split: str) -> list:
   test_dir = image_mask.require_dir(
     os.path.join(cat_dir, "test"), "MVTec-AD test folder", LAYOUT
   )
-  types = image_mask.subfolders(test_dir)
-  if not types:
-    raise base.DataError(
-      f"No defect-type folders in {test_dir}. Expected layout:\n{LAYOUT}"
-    )
-  types.sort(key=lambda t: (t != image_mask.NORMAL, t))
-  gt_dir = os.path.join(cat_dir, "ground_truth")
-  image_mask.check_orphan_mask_folders(gt_dir, types, test_dir)
-  image_mask.check_normal_masks(gt_dir)
-  out = []
-  for defect_type in types:
-    files = image_mask.require_images(
-      os.path.join(test_dir, defect_type), LAYOUT
-    )
-    if defect_type == image_mask.NORMAL:
-      out += [image_mask.Entry(f, None, 0, defect_type) for f in files]
-      continue
-    masks = image_mask.pair_masks(
-      files, os.path.join(gt_dir, defect_type), layout=LAYOUT
-    )
-    out += [
-      image_mask.Entry(f, m, 1, defect_type)
-      for f, m in zip(files, masks, strict=True)
-    ]
-  return out
+  return image_mask.test_entries(
+    test_dir,
+    os.path.join(cat_dir, "ground_truth"),
+    normal_name=image_mask.NORMAL,
+    suffixes=("_mask",),
+    layout=LAYOUT,
+  )
 
 
 def load(
@@ -164,26 +133,19 @@ def load(
 ) -> image_mask.ImageMaskSource:
   """Loads one MVTec-AD category (or the offline textured-defect set).
 
-  Records: ``"image"`` float32 ``[S, S, 3]`` in [0, 1], ``"mask"`` float32
-  ``[S, S, 1]`` in {0, 1}, ``"label"`` int32 (0 good, 1 defect),
-  ``"has_mask"`` int32 (always 1 here), ``"defect_type"`` and ``"path"``
-  (0-d str arrays).
+  Records: those of `image_mask.ImageMaskSource`, ``"image"`` ``[S, S, 3]``
+  and ``"has_mask"`` always 1.
 
   Args:
     root: the folder holding the category folders.
     category: e.g. "bottle" (see `CATEGORIES`), or a textures category.
     split: "train" (good images only) or "test" (good and defects).
     image_size: output size, an int or ``(height, width)``; paper: 256.
-    augment: attach the paper's augmentation (rotation uniform in [-30, 30]
-      degrees, then a left-right mirror with probability 1/2) as
-      ``source.augment``; `vae_attn.data.pipeline.batches` applies it, fresh
-      for every epoch. ``source[i]`` is never augmented.
+    augment: attach the paper's augmentation (`images.rotate_and_mirror`)
+      as ``source.augment``, which `vae_attn.data.pipeline.batches` applies.
     seed: folded into the augmentation's random stream.
     allow_empty_masks: keep defect images whose mask has no anomalous pixel
       (label 1 with an all-zero mask); refused by default.
-
-  Returns:
-    An `vae_attn.data.image_mask.ImageMaskSource`.
 
   Raises:
     DataError: the layout is missing or inconsistent, an image or mask is
