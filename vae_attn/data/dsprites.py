@@ -2,37 +2,28 @@
 
 The sources are the procedural renderer (the offline default, no file), the
 original npz and tfds. All three give records ``{"image": float32 [64, 64, 1]
-in {0, 1}, "factors": int32 [5]}`` where ``factors`` are the classes of
-(shape, scale, orientation, posX, posY): dSprites' ``latents_classes``
-without its constant color column. Record ``i`` of the procedural and npz
-sources is image ``i`` of the original file: the factor grid 3 x 6 x 40 x 32
-x 32 in row-major order, posY fastest.
+in {0, 1}, "factors": int32 [5]}``, ``factors`` the classes of (shape,
+scale, orientation, posX, posY). Record ``i`` of the procedural and npz
+sources is image ``i`` of the original file (the grid 3 x 6 x 40 x 32 x 32,
+row-major, posY fastest); both implement disentanglement_lib's ground-truth
+interface (``num_factors``, ``factors_num_values``, ``observation_shape``,
+``sample_factors``, ``sample_observations_from_factors``, ``sample``).
 
-The procedural and npz sources also implement the ground-truth-data interface
-of disentanglement_lib (``num_factors``, ``factors_num_values``,
-``observation_shape``, ``sample_factors``, ``sample_observations_from_factors``,
-``sample``) that the disentanglement metrics consume.
+`render`'s geometry, fitted to real frames by ``bench/dsprites_fidelity.py``
+(fidelity in docs/data.md), in pixel-centre coordinates (pixel ``(row,
+col)`` is the point ``x = col``, ``y = row``):
 
-`render` draws the images; its geometry was fitted to real frames of the
-data set (``bench/dsprites_fidelity.py``; the fit and its fidelity are in
-docs/data.md). In pixel-centre coordinates (pixel ``(row, col)`` is the
-point ``x = col``, ``y = row``):
-
-- posX and posY move the sprite's centre right and down from (15.5, 15.5) by
-  32/31 px per class (centre ``15.5 + 32 * pos`` for the position value
-  ``pos`` in [0, 1]); orientation turns the sprite counter-clockwise on
-  screen about that centre by its value, ``2 pi * class / 39``; scale (0.5 to
-  1) multiplies every length below, given at scale 1.
+- posX and posY move the centre right and down from (15.5, 15.5) by 32/31
+  px per class; orientation turns the sprite counter-clockwise on screen by
+  ``2 pi * class / 39``; scale (0.5 to 1) multiplies the lengths below.
 - Square: side 19.2 px. Ellipse: semi-axes 12.77 px (horizontal at
   orientation 0) and 7.21 px. Heart, tip down: the curve ``x = 16 sin^3 t``,
   ``y = 13 cos t - 5 cos 2t - 2 cos 3t - cos 4t`` scaled by 0.6 px in x and
   0.66 px in y, its origin 1.45 px above the centre.
 - A pixel is on when its centre lies in the shape.
 
-References:
-  Matthey et al., dSprites: https://github.com/deepmind/dsprites-dataset;
-  disentanglement_lib's ground-truth data:
-  https://github.com/google-research/disentanglement_lib/blob/master/disentanglement_lib/data/ground_truth/dsprites.py
+References: https://github.com/deepmind/dsprites-dataset;
+https://github.com/google-research/disentanglement_lib/blob/master/disentanglement_lib/data/ground_truth/dsprites.py
 """
 
 from __future__ import annotations
@@ -199,18 +190,11 @@ def render(
 ) -> jax.Array:
   """Draws the dSprites images of factor classes, in ``jax.numpy``.
 
-  The one definition of the shapes (geometry in the module docstring): pure,
-  jittable with static shapes, no Python loop over images, so a jitted train
-  step can draw its batch on the device from randomly drawn classes.
-  `ProceduralDSprites` renders through it (jitted on the CPU). The whole 64 x
-  64 canvas is evaluated: per pixel one rotation, the three shape tests and
-  a select.
-
-  Coordinates are exact (see ``_POSITION_UNIT``), so the square test gives
-  the same pixels on every backend; the ellipse and heart tests round like
-  any float32 expression, so two backends can disagree only on pixel centres
-  within about 1e-6 px of those outlines. cos and sin are rounded to
-  multiples of 1/2048, which moves outlines by at most 0.005 px.
+  The one definition of the shapes (geometry in the module docstring): pure
+  and jittable with static shapes, so a train step can draw its batch on
+  the device; `ProceduralDSprites` renders through it. Coordinates are exact
+  (``_POSITION_UNIT``), so backends can disagree only on pixel centres
+  within about 1e-6 px of the ellipse and heart outlines.
 
   Args:
     factor_classes: int ``[N, 5]`` classes of (shape, scale, orientation,
@@ -289,7 +273,8 @@ def _integers(random_state, high: int, size) -> np.ndarray:
 class _GroundTruth(abc.ABC):
   """disentanglement_lib's ground-truth-data interface over a factor grid.
 
-  Subclasses set ``_num_values`` and implement ``get_batch(indices)``.
+  Subclasses set ``name`` and ``_num_values`` and implement ``__len__`` and
+  ``get_batch(indices)``.
   """
 
   _num_values: tuple[int, ...]
@@ -338,16 +323,19 @@ class _GroundTruth(abc.ABC):
     return self.sample(num, random_state)[1]
 
   @abc.abstractmethod
+  def __len__(self) -> int: ...
+
+  @abc.abstractmethod
   def get_batch(self, indices) -> base.Record:
     """The records at ``indices`` ``[N]``, stacked."""
 
+  def __getitem__(self, index: int) -> base.Record:
+    index = base.check_index(index, len(self), self.name)
+    return {k: v[0] for k, v in self.get_batch(np.array([index])).items()}
+
 
 class ProceduralDSprites(_GroundTruth):
-  """All 737,280 dSprites images, rendered on demand (no file needed).
-
-  Images are drawn by `render`, the shape definition a device step uses too
-  (jitted on the CPU, 1,024 images per call), so both give the same pixels.
-  They match the real data set up to a few outline pixels (docs/data.md).
+  """All 737,280 dSprites images, rendered on demand by `render`.
 
   Example:
 
@@ -361,11 +349,6 @@ class ProceduralDSprites(_GroundTruth):
 
   def __len__(self) -> int:
     return NUM_IMAGES
-
-  def __getitem__(self, index: int) -> base.Record:
-    index = base.check_index(index, NUM_IMAGES, self.name)
-    batch = self.get_batch(np.array([index]))
-    return {k: v[0] for k, v in batch.items()}
 
   def get_batch(self, indices) -> base.Record:
     """Renders the images at ``indices`` ``[N]``.
@@ -382,8 +365,8 @@ class ProceduralDSprites(_GroundTruth):
   def render(self, factors, dtype=np.float32) -> np.ndarray:
     """Renders factor classes ``[N, 5]`` into images ``[N, 64, 64, 1]``.
 
-    `render` jitted on the CPU, in calls of at most 1,024 images drawn as
-    uint8 (padded to a power of two, so at most 11 programs are compiled).
+    `render` jitted on the CPU, in calls of at most ``_CHUNK`` images padded
+    to a power of two (at most 11 compiled programs).
 
     Args:
       factors: int classes of (shape, scale, orientation, posX, posY).
@@ -406,9 +389,6 @@ class ProceduralDSprites(_GroundTruth):
       drawn = _render_jit(jax.device_put(padded, device), dtype=np.uint8)
       images[start : start + len(chunk)] = np.asarray(drawn)[: len(chunk)]
     return images
-
-  def __repr__(self) -> str:
-    return f"ProceduralDSprites(len={NUM_IMAGES})"
 
 
 def procedural() -> ProceduralDSprites:
@@ -494,13 +474,6 @@ class NpzDSprites(_GroundTruth):
   def __len__(self) -> int:
     return len(self._imgs)
 
-  def __getitem__(self, index: int) -> base.Record:
-    index = base.check_index(index, len(self), self.name)
-    return {
-      "image": (self._imgs[index, :, :, None] > 0).astype(np.float32),
-      "factors": self._factors[index],
-    }
-
   def get_batch(self, indices) -> base.Record:
     """The images and factors at ``indices`` ``[N]``, stacked."""
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -509,16 +482,11 @@ class NpzDSprites(_GroundTruth):
       "factors": self._factors[indices],
     }
 
-  def __repr__(self) -> str:
-    return f"NpzDSprites({self.name!r}, len={len(self)})"
-
 
 def load_npz(path: str | os.PathLike) -> NpzDSprites:
-  """Loads the original ``dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz``.
+  """Loads the original `NPZ_FILENAME` (``imgs`` and ``latents_classes``).
 
-  The file's ``metadata`` entry is a pickled object; it is never read
-  (``allow_pickle=False``), only ``imgs`` and ``latents_classes`` are. The
-  images must hold only 0 and 1 (see `NpzDSprites`).
+  Read with ``allow_pickle=False``: the pickled ``metadata`` is never read.
 
   Args:
     path: the npz file (get it from github.com/deepmind/dsprites-dataset).
@@ -527,11 +495,8 @@ def load_npz(path: str | os.PathLike) -> NpzDSprites:
     A source with the ground-truth-data interface.
 
   Raises:
-    DataError: the file is missing or a folder, not an npz (zip) archive,
-      truncated or damaged, holds ``imgs`` or ``latents_classes`` as pickled
-      objects (never unpickled), or is not dSprites (arrays, shapes, factor
-      grid, non-binary or NaN images); only a damaged file is told to be
-      re-downloaded.
+    DataError: the file is missing or a folder, not a zip archive, damaged,
+      holds pickled arrays, or is not dSprites (as `NpzDSprites`).
   """
   path = os.fspath(path)
   if os.path.isdir(path):

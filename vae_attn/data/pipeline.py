@@ -21,7 +21,7 @@ Example:
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import grain
 import numpy as np
@@ -56,25 +56,17 @@ def batches(
 ) -> Iterator[base.Record]:
   """Yields stacked numpy batches of ``source`` records.
 
-  Global step ``s`` covers stream positions
-  ``[s * G, (s + 1) * G)`` with ``G = batch_size * process_count``; process
-  ``p`` takes positions ``[s * G + p * batch_size, s * G + (p + 1) *
-  batch_size)``, so the processes of a multi-host run read disjoint slices of
-  every global batch. Position ``q`` holds record ``order[q]`` where ``order``
-  is ``grain.MapDataset.range(len(source)).shuffle(seed).repeat(num_epochs)``
-  (no shuffle: ``q % len(source)``).
-
-  String fields (``"path"``, ``"defect_type"``) are kept as 1-D object arrays
-  of python str; drop them before handing a batch to jax.
+  Global step ``s`` covers stream positions ``[s * G, (s + 1) * G)``, ``G =
+  batch_size * process_count``; process ``p`` takes the ``p``-th
+  ``batch_size`` of them. Position ``q`` holds record ``order[q]`` (no
+  shuffle: ``q % len(source)``). String fields come as 1-D object arrays of
+  str; drop them before handing a batch to jax.
 
   Args:
-    source: a random-access source (``len`` and ``__getitem__``). When it has
-      ``get_batch(indices)``, batches are read with one vectorised call. When
-      it has a non-None ``augment`` attribute (``fn(record, rng) ->
-      record``, e.g. ``mvtec.load(..., augment=True)``), every record read is
-      passed through it, with ``rng`` a ``np.random.Generator`` that is a
-      pure function of ``(seed, position)``: reproducible, resumable and
-      fresh in every epoch.
+    source: a random-access source. Its ``get_batch(indices)``, if any,
+      reads a batch in one call; its ``augment(record, rng)``, if not None,
+      is applied to every record read, ``rng`` seeded by ``(seed,
+      position)``: reproducible, resumable and fresh in every epoch.
     batch_size: records per batch on this process.
     seed: the seed of the order and of the augmentation.
     shuffle: shuffle the records (reshuffled every epoch).
@@ -145,11 +137,13 @@ def batches(
       positions = np.arange(lo, lo + batch_size)
     return _read(source, order, positions, seed)
 
-  return _run(make_batch, start_step, stop, num_threads)
-
-
-# The steps of `batches`.
-# ----------------------------------------------------------------------------
+  # Steps whose batch is None (an empty share of a remainder) are skipped.
+  steps = grain.MapDataset.range(start_step, max(start_step, stop))
+  options = grain.ReadOptions(
+    num_threads=num_threads,
+    prefetch_buffer_size=_PREFETCH if num_threads else 0,
+  )
+  return iter(steps.map(make_batch).to_iter_dataset(options))
 
 
 def _check_processes(
@@ -190,22 +184,10 @@ def _read(
     records = [source[int(i)] for i in indices]
   if augment is not None:
     records = [
-      augment(r, _augment_rng(seed, int(q)))
+      augment(r, np.random.default_rng([seed, _AUGMENT_SALT, int(q)]))
       for r, q in zip(records, positions, strict=True)
     ]
   return base.stack_records(records)
-
-
-def _augment_rng(seed: int, position: int) -> np.random.Generator:
-  """The generator handed to a source's ``augment`` for one record.
-
-  Args:
-    seed: the pipeline seed.
-    position: the record's position in the (repeated, shuffled) stream, i.e.
-      ``step * batch_size * process_count + offset``; it differs between
-      epochs, so augmentations differ between epochs.
-  """
-  return np.random.default_rng([seed, _AUGMENT_SALT, position])
 
 
 def _strings_to_objects(batch: Mapping[str, np.ndarray]) -> base.Record:
@@ -221,45 +203,14 @@ def _strings_to_objects(batch: Mapping[str, np.ndarray]) -> base.Record:
 
 def _unstack_batch(batch: Mapping[str, np.ndarray]) -> list[base.Record]:
   """Splits a stacked batch back into records (the inverse of stacking)."""
-  sizes = {len(v) for v in batch.values()}
-  if len(sizes) != 1:
-    raise base.DataError(
-      f"Batch fields have different lengths: {sorted(sizes)}."
-    )
-  (size,) = sizes
+  size = len(next(iter(batch.values())))
   return [{k: v[i] for k, v in batch.items()} for i in range(size)]
-
-
-def _run(
-  make_batch: Callable[[int], base.Record | None],
-  start_step: int,
-  stop: int,
-  num_threads: int,
-) -> Iterator[base.Record]:
-  """The non-empty batches of steps ``[start_step, stop)``, in order."""
-  if num_threads <= 0:
-    return (
-      b
-      for b in (make_batch(s) for s in range(start_step, stop))
-      if b is not None
-    )
-  steps = grain.MapDataset.range(start_step, max(start_step, stop))
-  return iter(
-    steps.map(make_batch).to_iter_dataset(
-      grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=_PREFETCH)
-    )
-  )
 
 
 def single_pass(
   source: base.Source, batch_size: int, *, num_threads: int = 2
 ) -> Iterator[dict[str, np.ndarray]]:
-  """One ordered pass over all of ``source`` in this process (evaluation).
-
-  ``batches`` without shuffling, for one epoch, keeping the last partial
-  batch and ignoring the multi-host split: every record exactly once, in
-  index order.
-  """
+  """Every record of ``source`` once, in index order, in this process."""
   return batches(
     source,
     batch_size,
