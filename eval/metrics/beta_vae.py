@@ -20,23 +20,20 @@ from eval.metrics import sampling
 
 __all__ = ["compute_beta_vae"]
 
-# L-BFGS iterations of the logistic regression. sklearn's default (100)
-# stopped short on the codes of a trained FactorVAE (ConvergenceWarning);
-# the objective is strictly convex, so more iterations only bring the fit
-# to the optimum that disentanglement_lib's classifier aims at.
-_MAX_ITER = 5000
-
 
 def _fit_classifier(
   features: np.ndarray, labels: np.ndarray, seed: int
 ) -> sklearn.linear_model.LogisticRegression:
+  # sklearn's default 100 L-BFGS iterations stopped short on a trained
+  # FactorVAE's codes; the objective is strictly convex, so more iterations
+  # only reach the optimum disentanglement_lib's classifier aims at.
   model = sklearn.linear_model.LogisticRegression(
-    random_state=seed, max_iter=_MAX_ITER
+    random_state=seed, max_iter=5000
   )
   return model.fit(features, labels)
 
 
-def _beta_vae_points(
+def _points(
   ground_truth_data: Any,
   representation_function: sampling.RepresentationFn,
   random_state: sampling.RandomState,
@@ -44,7 +41,8 @@ def _beta_vae_points(
   num_per_point: int,
   batch_size: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Features ``mean |z(x1) - z(x2)|`` over pairs sharing one factor."""
+  """Features ``mean |z(x1) - z(x2)|`` over pairs sharing one factor, and
+  that factor's index (the labels)."""
   num_factors = ground_truth_data.num_factors
   labels = sampling.integers(random_state, num_factors, num_points)
   shape = (num_points, num_per_point, num_factors)
@@ -57,21 +55,20 @@ def _beta_vae_points(
   points = np.arange(num_points)
   factors2[points, :, labels] = factors1[points, :, labels]
   pairs = np.stack([factors1, factors2], axis=2)  # [P, L, 2, F]
-  # Whole points per representation call, about batch_size images each.
-  points_per_call = max(1, batch_size // (2 * num_per_point))
-  features = []
-  for start in range(0, num_points, points_per_call):
-    group = pairs[start : start + points_per_call]
-    (codes,) = sampling.represent(
-      ground_truth_data,
-      [representation_function],
-      group.reshape(-1, num_factors),
-      random_state,
-      group.shape[0] * 2 * num_per_point,
-    )
-    codes = codes.reshape(group.shape[0], num_per_point, 2, -1)
-    features.append(np.abs(codes[:, :, 0] - codes[:, :, 1]).mean(axis=1))
-  return np.concatenate(features, axis=0), labels
+
+  def feature(codes: np.ndarray) -> np.ndarray:
+    codes = codes.reshape(codes.shape[0], num_per_point, 2, -1)
+    return np.abs(codes[:, :, 0] - codes[:, :, 1]).mean(axis=1)
+
+  features = sampling.represent_groups(
+    ground_truth_data,
+    representation_function,
+    pairs.reshape(num_points, 2 * num_per_point, num_factors),
+    random_state,
+    batch_size,
+    feature,
+  )
+  return features, labels
 
 
 def compute_beta_vae(
@@ -88,11 +85,11 @@ def compute_beta_vae(
 
   A training point fixes one random factor ``k`` across ``num_per_point``
   pairs of images; its feature is ``mean |z(x1) - z(x2)|`` over the pairs
-  and its label ``k``. A logistic regression (sklearn's, with
-  disentanglement_lib's settings: defaults but for the iteration cap, which
-  lets L-BFGS converge) is fit on ``num_train`` points and scored on
-  ``num_eval`` fresh points. Single-valued factors are dropped with a
-  warning (``sampling.drop_constant_factors``).
+  and its label ``k``. A logistic regression (disentanglement_lib's: sklearn's
+  defaults but for the iteration cap, which lets L-BFGS converge) is fit on
+  ``num_train`` points and scored on ``num_eval`` fresh points.
+  Single-valued factors are dropped with a warning
+  (``sampling.drop_constant_factors``).
 
   Args:
     ground_truth_data: data with the ground-truth interface.
@@ -117,11 +114,6 @@ def compute_beta_vae(
   Raises:
     ValueError: when all training points fix the same factor, no factor
       has two values, or for malformed inputs.
-
-  References:
-    Higgins et al., "beta-VAE: Learning Basic Visual Concepts with a
-    Constrained Variational Framework", ICLR 2017, section 3.
-    disentanglement_lib: evaluation/metrics/beta_vae.py.
   """
   data = sampling.check_inputs(
     ground_truth_data,
@@ -132,7 +124,7 @@ def compute_beta_vae(
     batch_size=batch_size,
   )
   args = (num_per_point, batch_size)
-  train_x, train_y = _beta_vae_points(
+  train_x, train_y = _points(
     data, representation_function, random_state, num_train, *args
   )
   if np.unique(train_y).size < 2:
@@ -146,7 +138,7 @@ def compute_beta_vae(
     1,
     what="BetaVAE: logistic regression",
   )
-  eval_x, eval_y = _beta_vae_points(
+  eval_x, eval_y = _points(
     data, representation_function, random_state, num_eval, *args
   )
   return {

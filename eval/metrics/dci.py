@@ -58,38 +58,6 @@ def _fit_factor(
   )
 
 
-def _importance(
-  codes_train: np.ndarray,
-  factors_train: np.ndarray,
-  codes_test: np.ndarray,
-  factors_test: np.ndarray,
-  importance: str,
-  seed: int,
-  n_jobs: int,
-) -> tuple[np.ndarray, float, float]:
-  """Importance matrix ``[D, F]`` and mean train/test factor accuracies."""
-  fits = sampling.map_fits(
-    _fit_factor,
-    (
-      (
-        codes_train,
-        factors_train[:, j],
-        codes_test,
-        factors_test[:, j],
-        importance,
-        seed,
-      )
-      for j in range(factors_train.shape[1])
-    ),
-    n_jobs,
-    what=f"DCI: {importance} fits",
-  )
-  matrix = np.stack([fit[0] for fit in fits], axis=1)
-  train_acc = float(np.mean([fit[1] for fit in fits]))
-  test_acc = float(np.mean([fit[2] for fit in fits]))
-  return matrix, train_acc, test_acc
-
-
 def _dci_scores(importance: np.ndarray) -> tuple[float, float]:
   """Disentanglement and completeness of an importance matrix ``[D, F]``."""
   num_codes, num_factors = importance.shape
@@ -131,25 +99,17 @@ def compute_dci(
   Single-valued factors are dropped with a warning
   (``sampling.drop_constant_factors``).
 
-  The importance models (``IMPORTANCE_MODELS``):
+  The importance models (``IMPORTANCE_MODELS``; timings and a comparison
+  in bench/README.md):
 
   * ``"gbt"``: sklearn's ``GradientBoostingClassifier`` with its defaults,
-    as disentanglement_lib: its numbers. It fits one depth-3 tree per class
-    and boosting round, one after the other, so its cost grows with the
-    number of factor values (dSprites: 3 + 6 + 40 + 32 + 32). On the codes
-    of a FactorVAE trained for 500 steps (D = 32) it took 82 s of CPU time
-    at 1,000 training points and 966 s at the default 10,000; ``n_jobs=2``
-    halves the wall time at best (the 40-valued factor alone is a third).
+    as disentanglement_lib: its numbers. One depth-3 tree per class and
+    round, so its cost grows with the number of factor values (dSprites:
+    3 + 6 + 40 + 32 + 32): about 16 minutes of CPU time at 10,000 points.
   * ``"random_forest"``: sklearn's ``RandomForestClassifier``, 50 trees,
     every feature considered at each split (so that irrelevant dimensions
-    get no importance), ``min_samples_leaf=2``; impurity-based importances
-    like ``"gbt"``'s, but its own numbers. On the same codes: 5 s of CPU
-    time at 1,000 points and 96 s at 10,000; disentanglement /
-    completeness 0.067 / 0.038 (``"gbt"``: 0.068 / 0.040) at 1,000 points
-    and 0.063 / 0.036 (``"gbt"``: 0.138 / 0.079) at 10,000, where the
-    boosted trees fit the training points less closely (training accuracy
-    0.79 against 1.00) and leave less importance on uninformative
-    dimensions.
+    get no importance), ``min_samples_leaf=2``: impurity-based importances
+    like ``"gbt"``'s, about ten times faster, but its own numbers.
 
   Args:
     ground_truth_data: data with the ground-truth interface.
@@ -179,11 +139,6 @@ def compute_dci(
     ValueError: for an unknown importance model, a factor of several values
       that takes a single value in the training sample, no factor with two
       values, or malformed inputs.
-
-  References:
-    Eastwood & Williams, "A Framework for the Quantitative Evaluation of
-    Disentangled Representations", ICLR 2018, section 2.
-    disentanglement_lib: evaluation/metrics/dci.py.
   """
   if importance not in IMPORTANCE_MODELS:
     raise ValueError(
@@ -200,8 +155,8 @@ def compute_dci(
       batch_size=batch_size,
     )
   )
-  sampling.check_factors_vary(
-    data, factors_train, "DCI training points (num_train)"
+  sampling.check_sample(
+    data, codes_train, factors_train, "DCI", "training points"
   )
   _LOG.info(
     "DCI: fitting %d %s classifiers to %d points on %d thread(s)",
@@ -210,19 +165,28 @@ def compute_dci(
     num_train,
     n_jobs,
   )
-  matrix, train_acc, test_acc = _importance(
-    codes_train,
-    factors_train,
-    codes_test,
-    factors_test,
-    importance,
-    sampling.seed_from(random_state),
+  seed = sampling.seed_from(random_state)
+  fits = sampling.map_fits(
+    _fit_factor,
+    (
+      (
+        codes_train,
+        factors_train[:, j],
+        codes_test,
+        factors_test[:, j],
+        importance,
+        seed,
+      )
+      for j in range(factors_train.shape[1])
+    ),
     n_jobs,
+    what=f"DCI: {importance} fits",
   )
-  disentanglement, completeness = _dci_scores(matrix)
+  importances, train_accuracies, test_accuracies = zip(*fits, strict=True)
+  disentanglement, completeness = _dci_scores(np.stack(importances, axis=1))
   return {
     "disentanglement": disentanglement,
     "completeness": completeness,
-    "informativeness_train": train_acc,
-    "informativeness_test": test_acc,
+    "informativeness_train": float(np.mean(train_accuracies)),
+    "informativeness_test": float(np.mean(test_accuracies)),
   }

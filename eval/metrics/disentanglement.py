@@ -1,25 +1,18 @@
 """The disentanglement metrics as one suite, and the shared code table.
 
-One module per metric, each with google-research/disentanglement_lib's
-signature ``compute_<name>(ground_truth_data, representation_function,
-random_state, **hparams) -> dict[str, float]`` (the contract is in
-``eval.metrics.sampling``): ``factor_vae``, ``beta_vae``, ``mig``, ``dci``
-and ``sap``. This module runs them together:
-
-* ``evaluate_suite`` yields each metric's scores with its sample sizes and
-  wall time, logging a stage line per metric (``metric k/6: ...``) and, on
-  request, a progress bar of the images it encodes; ``compute_all`` returns
-  the scores as one flat dict.
+* ``evaluate_suite`` runs every metric (``factor_vae`` in two conventions,
+  ``beta_vae``, ``mig``, ``dci``, ``sap``: disentanglement_lib's signature,
+  contract in ``eval.metrics.sampling``), yielding each one's scores with
+  its sample sizes and wall time; ``compute_all`` returns the scores as one
+  flat dict.
 * ``tabulate``: for a finite data set whose observations are a deterministic
-  function of the factors (dSprites), it encodes every factor combination
-  once and returns an equivalent (data, representation) pair whose metric
-  calls are table look-ups. The suite at its published sizes draws about 3
-  million images (the FactorVAE metric 970,000, the BetaVAE metric
-  1,920,000); the table costs one pass over dSprites' 737,280 and is then
-  shared by every metric.
+  function of the factors (dSprites), encodes every factor combination once
+  and returns an equivalent (data, representation) pair whose metric calls
+  are table look-ups: one pass over dSprites' 737,280 images instead of the
+  suite's 3 million draws at its published sizes.
 
 Logging goes to ``logging.getLogger(__name__)``; the entry point configures
-handlers and levels, this module does not.
+it.
 
 References:
   Locatello et al., "Challenging Common Assumptions in the Unsupervised
@@ -54,13 +47,12 @@ __all__ = [
 _LOG = logging.getLogger(__name__)
 
 # Sample sizes of ``quick=True`` (tests and CPU smoke runs).
+_QUICK_FACTOR_VAE = dict(
+  num_per_vote=20, num_train=200, num_eval=100, num_variance_estimate=1000
+)
 _QUICK_SIZES = {
-  "factor_vae/disentanglement_lib": dict(
-    num_per_vote=20, num_train=200, num_eval=100, num_variance_estimate=1000
-  ),
-  "factor_vae/paper": dict(
-    num_per_vote=20, num_train=200, num_eval=100, num_variance_estimate=1000
-  ),
+  "factor_vae/disentanglement_lib": _QUICK_FACTOR_VAE,
+  "factor_vae/paper": _QUICK_FACTOR_VAE,
   "beta_vae": dict(num_per_point=20, num_train=200, num_eval=100),
   "mig": dict(num_train=1000),
   "dci": dict(num_train=300, num_test=150),
@@ -87,19 +79,15 @@ def _defaults(fn: Callable[..., Any], *names: str) -> dict[str, int]:
 def suite_sample_sizes(quick: bool = False) -> dict[str, dict[str, int]]:
   """The sample sizes of each metric of the suite, by metric name.
 
-  With ``quick=False`` every metric uses its published sizes: the FactorVAE
-  conventions' (``FACTOR_VAE_CONVENTIONS``) and the defaults of
-  ``compute_beta_vae``, ``compute_mig``, ``compute_dci`` and
-  ``compute_sap`` (disentanglement_lib's gin configs). With ``quick=True``:
-  FactorVAE 20 images per vote, 200 train / 100 eval votes, 1,000 images
-  for the variances (both conventions); BetaVAE 20 pairs per point, 200
-  train / 100 eval points; MIG 1,000 points; DCI 300 train / 150 test
-  points; SAP 500 train / 250 test points.
+  ``quick=False``: the published ones (``FACTOR_VAE_CONVENTIONS`` and the
+  defaults of the ``compute_*`` functions, disentanglement_lib's gin
+  configs); ``quick=True``: FactorVAE L = 20, 200 / 100 votes and 1,000
+  variance images; BetaVAE 20 pairs, 200 / 100 points; MIG 1,000; DCI 300
+  / 150 and SAP 500 / 250 points.
 
   Returns:
-    ``{metric name: {argument: size}}``; the names are those of
-    ``MetricResult.name`` and the arguments those of the ``compute_*``
-    functions.
+    ``{metric name: {argument: size}}``, keyed as ``MetricResult.name`` and
+    the ``compute_*`` arguments.
 
   Examples:
     >>> sizes = suite_sample_sizes()
@@ -213,8 +201,8 @@ def evaluate_suite(
   The order (and so the draws from ``random_state``): FactorVAE in the
   disentanglement_lib then the paper convention, BetaVAE, MIG, DCI, SAP.
   Each metric logs ``metric k/6: <title> (<sizes>)`` before it starts and
-  its time when it ends (logger ``eval.metrics.disentanglement``, level
-  INFO). Single-valued factors are dropped once, with one warning.
+  its time when it ends (level INFO). Single-valued factors are dropped
+  once, with one warning.
 
   Args:
     ground_truth_data: data with the ground-truth interface.
@@ -223,9 +211,7 @@ def evaluate_suite(
     kl_function: observations -> per-dimension KL ``[N, D]`` for the paper
       convention's pruning; without it the paper convention prunes nothing.
     quick: the small sample sizes of ``suite_sample_sizes(quick=True)``.
-    dci_importance: DCI's importance model (``dci.IMPORTANCE_MODELS``):
-      ``"gbt"`` gives disentanglement_lib's numbers, ``"random_forest"`` is
-      many times faster at the published sizes.
+    dci_importance: DCI's importance model (``dci.IMPORTANCE_MODELS``).
     n_jobs: threads for the per-factor fits of DCI and SAP.
     batch_size: observations per representation call.
     progress: show a tqdm bar of the images each metric encodes (``None``:
@@ -285,7 +271,8 @@ def compute_all(
   random_state: sampling.RandomState,
   **options: Any,
 ) -> dict[str, float]:
-  """Every disentanglement metric, with flat keys for a results file.
+  """Every disentanglement metric (:func:`evaluate_suite`, whose keyword
+  ``options`` it takes), with flat keys for a results file.
 
   Keys: ``factor_vae/disentanglement_lib/{train,eval}_accuracy``,
   ``factor_vae/disentanglement_lib/num_active_dims``, the same under
@@ -293,23 +280,8 @@ def compute_all(
   ``dci/disentanglement``, ``dci/completeness``,
   ``dci/informativeness_{train,test}`` and ``sap``.
 
-  Args:
-    ground_truth_data: data with the ground-truth interface.
-    representation_function: observations -> codes ``[N, D]``.
-    random_state: ``np.random.RandomState`` or ``np.random.Generator``;
-      the metrics consume it in the order of the keys above.
-    **options: the keyword arguments of ``evaluate_suite`` (``kl_function``,
-      ``quick``, ``dci_importance``, ``n_jobs``, ``batch_size``,
-      ``progress``).
-
-  Returns:
-    The flat dict of scores.
-
   Raises:
-    ValueError: as ``evaluate_suite``.
-
-  References:
-    See each ``compute_*``.
+    ValueError: as :func:`evaluate_suite`.
   """
   results = evaluate_suite(
     ground_truth_data, representation_function, random_state, **options
@@ -317,9 +289,7 @@ def compute_all(
   return {key: value for r in results for key, value in r.scores.items()}
 
 
-# ----------------------------------------------------------------------------
 # The code table.
-# ----------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -358,29 +328,8 @@ def tabulate(
 ) -> tuple[Any, sampling.RepresentationFn]:
   """Encodes every factor combination once; metrics then look codes up.
 
-  Valid when each factor combination has one observation and
-  ``sample_observations_from_factors`` is deterministic (dSprites: 737,280
-  images, one per combination). The returned pair is a drop-in replacement
-  for ``(ground_truth_data, representation_function)`` in every metric here:
-  its observations are the flat factor indices ``[N, 1]`` (int64, row-major
-  over ``factors_num_values``) and its representation function indexes the
-  code table ``[prod(factors_num_values), D]``. Its cost is one encoder pass
-  over the data set (measured in docs/evaluation.md).
-
-  Args:
-    ground_truth_data: data with the ground-truth interface.
-    representation_function: observations -> codes ``[N, D]``.
-    random_state: passed to ``sample_observations_from_factors``.
-    batch_size: observations per representation call.
-    progress: show a tqdm bar of the images encoded (``None``: on when
-      stderr is a terminal).
-
-  Returns:
-    ``(tabulated_data, lookup_function)``.
-
-  Raises:
-    ValueError: for malformed inputs or more than 2**26 combinations (the
-      code table would not fit comfortably in memory).
+  :func:`tabulate_all` of one function: returns ``(tabulated_data,
+  lookup_function)``.
   """
   data, (lookup,) = tabulate_all(
     ground_truth_data,
@@ -400,18 +349,35 @@ def tabulate_all(
   batch_size: int = sampling.DEFAULT_BATCH_SIZE,
   progress: bool | None = False,
 ) -> tuple[Any, list[sampling.RepresentationFn]]:
-  """:func:`tabulate` for several models at once: every image is rendered
-  once and encoded by each function (the runs of a grid share one pass).
+  """Renders every factor combination once and encodes it with each function.
+
+  Valid when each factor combination has one observation and
+  ``sample_observations_from_factors`` is deterministic (dSprites: 737,280
+  images, one per combination). Each returned pair ``(tabulated_data,
+  lookup)`` replaces ``(ground_truth_data, representation_function)`` in
+  every metric here: its observations are the flat factor indices ``[N,
+  1]`` (int64, row-major over ``factors_num_values``) and the lookup indexes
+  the code table ``[prod(factors_num_values), D]`` (the function's dtype).
+  The runs of a grid share one rendering pass this way.
+
+  Args:
+    ground_truth_data: data with the ground-truth interface.
+    representation_functions: observations -> codes ``[N, D]``, each.
+    random_state: passed to ``sample_observations_from_factors``.
+    batch_size: observations per representation call.
+    progress: show a tqdm bar of the images encoded (``None``: on when
+      stderr is a terminal).
 
   Returns:
     ``(tabulated_data, [lookup_function per representation function])``.
 
   Raises:
-    ValueError: as :func:`tabulate`, or no function.
+    ValueError: for malformed inputs, no function, or more than 2**26
+      combinations (the code table would not fit comfortably in memory).
   """
-  sampling.check_ground_truth_data(ground_truth_data)
-  sampling.check_random_state(random_state)
-  sampling.check_positive(batch_size=batch_size)
+  sampling.check_interface(
+    ground_truth_data, random_state, batch_size=batch_size
+  )
   if not representation_functions:
     raise ValueError("tabulate_all needs at least one representation function.")
   sizes = tuple(int(v) for v in ground_truth_data.factors_num_values)

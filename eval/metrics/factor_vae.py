@@ -171,7 +171,7 @@ def _global_variances(
   return global_variances, active & (global_variances > 0)
 
 
-def _factor_vae_votes(
+def _votes(
   ground_truth_data: Any,
   representation_function: sampling.RepresentationFn,
   random_state: sampling.RandomState,
@@ -182,33 +182,32 @@ def _factor_vae_votes(
   batch_size: int,
 ) -> np.ndarray:
   """Vote matrix ``[num_factors, D]``: (fixed factor, argmin dimension)."""
-  factor_index, factors = sampling.factors_sharing_one(
-    ground_truth_data, num_votes, num_per_vote, random_state
-  )
+  num_factors = ground_truth_data.num_factors
+  factor_index = sampling.integers(random_state, num_factors, num_votes)
+  factors = sampling.sample_factors(
+    ground_truth_data, num_votes * num_per_vote, random_state
+  ).reshape(num_votes, num_per_vote, num_factors)
+  # Within vote v, factor factor_index[v] takes the value of its first image.
+  votes = np.arange(num_votes)
+  factors[votes, :, factor_index] = factors[votes, 0, factor_index][:, None]
   active_index = np.flatnonzero(active)
-  # Whole votes per representation call, about batch_size images each.
-  votes_per_call = max(1, batch_size // num_per_vote)
-  argmins = np.empty(num_votes, np.int64)
-  for start in range(0, num_votes, votes_per_call):
-    group = factors[start : start + votes_per_call]
-    (codes,) = sampling.represent(
-      ground_truth_data,
-      [representation_function],
-      group.reshape(-1, group.shape[-1]),
-      random_state,
-      group.shape[0] * num_per_vote,
-    )
-    codes = codes.reshape(group.shape[0], num_per_vote, -1)[..., active]
-    local_variances = np.var(codes, axis=1, ddof=1)
+
+  def argmin(codes: np.ndarray) -> np.ndarray:
+    local_variances = np.var(codes[..., active], axis=1, ddof=1)
     ratio = local_variances / global_variances[active]
-    argmins[start : start + group.shape[0]] = active_index[
-      np.argmin(ratio, axis=1)
-    ]
-  votes = np.zeros(
-    (ground_truth_data.num_factors, global_variances.shape[0]), np.int64
+    return active_index[np.argmin(ratio, axis=1)]
+
+  argmins = sampling.represent_groups(
+    ground_truth_data,
+    representation_function,
+    factors,
+    random_state,
+    batch_size,
+    argmin,
   )
-  np.add.at(votes, (factor_index, argmins), 1)
-  return votes
+  matrix = np.zeros((num_factors, global_variances.shape[0]), np.int64)
+  np.add.at(matrix, (factor_index, argmins), 1)
+  return matrix
 
 
 def compute_factor_vae(
@@ -236,30 +235,18 @@ def compute_factor_vae(
   3. The classifier maps each dimension to the factor it received most
      training votes for; the score is its accuracy on fresh evaluation votes.
 
-  Conventions (``FACTOR_VAE_CONVENTIONS``; keyword arguments override them):
-
-  * ``"disentanglement_lib"``: 64 images per vote, 10,000 train and 5,000
-    eval votes, 10,000 images for the variances, dimensions with global std
-    below 0.05 pruned.
-  * ``"paper"`` (the paper-reproduction convention, after Kim & Mnih's
-    protocol, which the AD-FactorVAE paper's dSprites scores follow): 100
-    images per vote, 800 train and 800 eval votes, 10,000 images for the
-    variances, and dimensions collapsed to the prior pruned: pass
-    ``kl_function(observations) -> [N, D]`` (per-dimension
-    ``KL(q(z_d|x) || N(0, 1))``, evaluated on the variance-estimate images;
-    dimensions with mean KL below ``prune_threshold`` = 0.05 nats are
-    dropped) or the ``active_dims`` directly. With neither, no dimension is
-    pruned.
-
-  In both conventions ``active_dims`` (a boolean mask or indices) overrides
-  the pruning rule, and dimensions of zero global variance are always dropped
-  (their ratio is undefined). With no active dimension both accuracies are 0,
-  as in disentanglement_lib. Single-valued factors are dropped with a
-  warning (``sampling.drop_constant_factors``).
+  The sizes and pruning rule come from ``FACTOR_VAE_CONVENTIONS[convention]``
+  (the keyword arguments override them). ``"paper"`` (the protocol the
+  AD-FactorVAE paper's dSprites scores follow) prunes dimensions collapsed
+  to the prior: pass ``kl_function`` (evaluated on the variance-estimate
+  images) or ``active_dims``; with neither, nothing is pruned.
+  ``active_dims`` overrides either rule; dimensions of zero global variance
+  are always dropped. With no active dimension both accuracies are 0, as in
+  disentanglement_lib. Single-valued factors are dropped with a warning
+  (``sampling.drop_constant_factors``).
 
   Args:
-    ground_truth_data: data with the ground-truth interface
-      (``eval.metrics.sampling``).
+    ground_truth_data: data with the ground-truth interface.
     representation_function: observations ``[N, H, W, C]`` -> codes
       ``[N, D]``.
     random_state: ``np.random.RandomState`` or ``np.random.Generator``.
@@ -271,10 +258,10 @@ def compute_factor_vae(
     prune_threshold: std threshold (``"std"`` pruning) or KL threshold in
       nats (``"kl"`` pruning).
     active_dims: bool ``[D]`` or int indices of the dimensions to keep.
-    kl_function: observations -> per-dimension KL ``[N, D]``; paper
-      convention only.
-    batch_size: observations per representation call (whole votes per call:
-      ``max(1, batch_size // num_per_vote)`` votes).
+    kl_function: observations -> per-dimension ``KL(q(z_d|x) || N(0, 1))``
+      ``[N, D]``; paper convention only.
+    batch_size: observations per representation call (whole votes:
+      ``max(1, batch_size // num_per_vote)`` votes per call).
 
   Returns:
     Dict with ``train_accuracy``, ``eval_accuracy`` and ``num_active_dims``.
@@ -291,10 +278,6 @@ def compute_factor_vae(
     ValueError: for an unknown convention, a ``kl_function`` outside the
       paper convention, bad ``active_dims``, no factor with two values, or
       malformed inputs.
-
-  References:
-    Kim & Mnih, "Disentangling by Factorising", ICML 2018, section 4.
-    disentanglement_lib: evaluation/metrics/factor_vae.py.
   """
   config = _convention(
     convention,
@@ -321,7 +304,7 @@ def compute_factor_vae(
     return {"train_accuracy": 0.0, "eval_accuracy": 0.0, "num_active_dims": 0.0}
 
   def votes(num_votes: int) -> np.ndarray:
-    return _factor_vae_votes(
+    return _votes(
       data,
       representation_function,
       random_state,

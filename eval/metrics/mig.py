@@ -84,11 +84,6 @@ def compute_mig(
     ValueError: for ``D < 2``, a factor of several values that takes a
       single value in the sample, no factor with two values, or malformed
       inputs.
-
-  References:
-    Chen et al., "Isolating Sources of Disentanglement in Variational
-    Autoencoders", NeurIPS 2018, section 4.1.
-    disentanglement_lib: evaluation/metrics/mig.py.
   """
   data = sampling.check_inputs(
     ground_truth_data,
@@ -100,11 +95,7 @@ def compute_mig(
   codes, factors = sampling.sample_codes(
     data, representation_function, num_train, random_state, batch_size
   )
-  if codes.shape[1] < 2:
-    raise ValueError(
-      f"MIG needs at least 2 code dimensions, got {codes.shape[1]}."
-    )
-  sampling.check_factors_vary(data, factors, "MIG samples (num_train)")
+  sampling.check_sample(data, codes, factors, "MIG", "samples", min_codes=2)
   mutual_info = _discrete_mutual_info(
     _histogram_discretize(codes, num_bins), factors
   )

@@ -1,28 +1,22 @@
 """What the disentanglement metrics share: checks, sampling and fitting.
 
-Every metric module (``factor_vae``, ``beta_vae``, ``mig``, ``dci``,
-``sap``) sees only a ground-truth data object, a representation function
-and a random state, with google-research/disentanglement_lib's contract:
+Every metric (``factor_vae``, ``beta_vae``, ``mig``, ``dci``, ``sap``) sees
+a ground-truth data object, a representation function and a random state,
+with google-research/disentanglement_lib's contract:
 
 * ``ground_truth_data`` has ``num_factors``, ``factors_num_values`` (list of
   ints), ``sample_factors(num, random_state) -> int [num, num_factors]`` and
   ``sample_observations_from_factors(factors, random_state) -> [num, H, W,
   C]``; optionally ``factor_names`` (used in messages).
 * ``representation_function(observations) -> [num, D]`` is a NumPy function
-  (e.g. a jitted encoder returning the posterior mean). It is always called
-  on chunks of at most ``batch_size`` observations, so a jitted encoder sees
-  few, big batches.
+  (e.g. a jitted encoder's posterior mean), always called on chunks of at
+  most ``batch_size`` observations.
 * ``random_state`` is a ``np.random.RandomState`` (a ``np.random.Generator``
   is accepted too). Nothing is seeded globally.
 
-Unlike disentanglement_lib, which draws one mini-batch per vote in a Python
-loop, the samplers here draw the factors of all votes in one call and batch
-the observations; the votes have the same distribution but not the same
-random stream, so scores equal disentanglement_lib's in distribution, not
-bit for bit.
-
-The helpers here (argument checks, sampling, the parallel estimator fits of
-``map_fits``) are shared by the metric modules.
+The samplers draw the factors of all votes in one call and batch the
+observations, where disentanglement_lib draws one mini-batch per vote: the
+scores equal disentanglement_lib's in distribution, not bit for bit.
 
 References:
   disentanglement_lib: evaluation/metrics/utils.py,
@@ -47,41 +41,19 @@ RepresentationFn = Callable[[np.ndarray], np.ndarray]
 
 DEFAULT_BATCH_SIZE = 4096
 
+_INTERFACE = (
+  "num_factors",
+  "factors_num_values",
+  "sample_factors",
+  "sample_observations_from_factors",
+)
+
 
 class ConstantFactorWarning(UserWarning):
   """A single-valued factor was dropped from a disentanglement metric."""
 
 
-# ----------------------------------------------------------------------------
 # Checks.
-# ----------------------------------------------------------------------------
-
-
-def check_random_state(random_state: Any) -> None:
-  """Raises ValueError unless ``random_state`` is a NumPy random state."""
-  if not isinstance(random_state, np.random.RandomState | np.random.Generator):
-    raise ValueError(
-      "random_state must be a np.random.RandomState or np.random.Generator, "
-      f"got {type(random_state).__name__}; pass e.g. "
-      "np.random.RandomState(0)."
-    )
-
-
-def check_ground_truth_data(ground_truth_data: Any) -> None:
-  """Raises ValueError when the ground-truth interface is incomplete."""
-  required = (
-    "num_factors",
-    "factors_num_values",
-    "sample_factors",
-    "sample_observations_from_factors",
-  )
-  missing = [name for name in required if not hasattr(ground_truth_data, name)]
-  if missing:
-    raise ValueError(
-      f"ground_truth_data lacks {missing}; it must provide num_factors, "
-      "factors_num_values, sample_factors(num, random_state) and "
-      "sample_observations_from_factors(factors, random_state)."
-    )
 
 
 def check_positive(minimum: int = 1, **counts: int) -> None:
@@ -91,26 +63,43 @@ def check_positive(minimum: int = 1, **counts: int) -> None:
       raise ValueError(f"{name} must be an integer >= {minimum}, got {value}.")
 
 
+def check_interface(
+  ground_truth_data: Any, random_state: Any, **counts: int
+) -> None:
+  """Raises ValueError for an incomplete ground-truth interface, a random
+  state that is not NumPy's, or a count below 1."""
+  missing = [
+    name for name in _INTERFACE if not hasattr(ground_truth_data, name)
+  ]
+  if missing:
+    raise ValueError(
+      f"ground_truth_data lacks {missing}; it must provide num_factors, "
+      "factors_num_values, sample_factors(num, random_state) and "
+      "sample_observations_from_factors(factors, random_state)."
+    )
+  if not isinstance(random_state, np.random.RandomState | np.random.Generator):
+    raise ValueError(
+      "random_state must be a np.random.RandomState or np.random.Generator, "
+      f"got {type(random_state).__name__}; pass e.g. "
+      "np.random.RandomState(0)."
+    )
+  check_positive(**counts)
+
+
 def check_inputs(
   ground_truth_data: Any, random_state: Any, **counts: int
 ) -> Any:
-  """The checks every metric starts with; returns the data to use.
-
-  Checks the interface, the random state and that every count is >= 1, and
-  drops single-valued factors (:func:`drop_constant_factors`).
+  """The checks every metric starts with (:func:`check_interface`); returns
+  the data without its single-valued factors (:func:`drop_constant_factors`).
   """
-  check_ground_truth_data(ground_truth_data)
-  check_random_state(random_state)
-  check_positive(**counts)
+  check_interface(ground_truth_data, random_state, **counts)
   return drop_constant_factors(ground_truth_data)
 
 
 def factor_label(ground_truth_data: Any, index: int) -> str:
-  """``"factor 2 ('orientation')"``, or ``"factor 2"`` without names.
-
-  The index is the one of the data as the user gave it, also for a view
-  without its single-valued factors.
-  """
+  """``"factor 2 ('orientation')"``, or ``"factor 2"`` without names; the
+  index is the one of the data as the user gave it, also in a view without
+  its single-valued factors."""
   if isinstance(ground_truth_data, _WithoutFactors):
     return factor_label(ground_truth_data.base, ground_truth_data.keep[index])
   names = getattr(ground_truth_data, "factor_names", None)
@@ -119,19 +108,45 @@ def factor_label(ground_truth_data: Any, index: int) -> str:
   return f"factor {index}"
 
 
-# ----------------------------------------------------------------------------
+def check_sample(
+  ground_truth_data: Any,
+  codes: np.ndarray,
+  factors: np.ndarray,
+  metric: str,
+  sample: str,
+  min_codes: int = 1,
+) -> None:
+  """Raises ValueError for fewer than ``min_codes`` code dimensions, or
+  naming a factor that takes one value in ``factors`` (the sample is too
+  small, or the data's ``sample_factors`` never varies it).
+
+  ``metric`` and ``sample`` name them in the message, e.g. ``"MIG"`` and
+  ``"samples"``.
+  """
+  if codes.shape[1] < min_codes:
+    raise ValueError(
+      f"{metric} needs at least {min_codes} code dimensions, got "
+      f"{codes.shape[1]}."
+    )
+  flat = np.flatnonzero(np.ptp(factors, axis=0) == 0)
+  if flat.size:
+    labels = ", ".join(factor_label(ground_truth_data, int(i)) for i in flat)
+    raise ValueError(
+      f"{labels} takes one value in all {factors.shape[0]} {metric} {sample} "
+      "(num_train). Increase the sample size, or, if the factor is constant "
+      "by design, declare it with factors_num_values 1 so that the metrics "
+      "drop it."
+    )
+
+
 # Constant factors.
-# ----------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class _WithoutFactors:
-  """A view of ground-truth data without some (single-valued) factors.
-
-  Sampling draws the base data's full factors and drops the columns; the
-  observations of reduced factors are rendered with value 0 (the only class
-  of a single-valued factor) in the dropped columns.
-  """
+  """A view of ground-truth data without some (single-valued) factors:
+  sampling drops their columns, rendering sets them to 0 (their only
+  class)."""
 
   base: Any
   keep: tuple[int, ...]
@@ -166,24 +181,21 @@ class _WithoutFactors:
 def drop_constant_factors(ground_truth_data: Any) -> Any:
   """Drops factors with a single value, with a warning that names them.
 
-  A factor that takes one value carries no information: the FactorVAE and
-  BetaVAE votes that fix it are noise, its entropy (MIG's normaliser) is 0
-  and a classifier of it has one class. disentanglement_lib's dSprites
-  leaves out its constant colour factor in the same way.
-
-  Args:
-    ground_truth_data: data with the ground-truth interface.
+  A single-valued factor carries no information: the votes that fix it are
+  noise, its entropy (MIG's normaliser) is 0 and a classifier of it has one
+  class. disentanglement_lib's dSprites leaves out its constant colour
+  factor in the same way.
 
   Returns:
-    ``ground_truth_data`` itself when every factor has at least 2 values,
-    else a view without the single-valued factors (their observations are
-    rendered with the factor at its only class, 0).
+    ``ground_truth_data`` itself when every factor has two values or more,
+    else a view without the single-valued factors.
 
   Warns:
     ConstantFactorWarning: naming the dropped factors.
 
   Raises:
-    ValueError: when no factor has two values or more.
+    ValueError: when no factor has two values or more, or
+      ``factors_num_values`` does not have ``num_factors`` entries.
   """
   sizes = [int(v) for v in ground_truth_data.factors_num_values]
   if len(sizes) != ground_truth_data.num_factors:
@@ -210,28 +222,7 @@ def drop_constant_factors(ground_truth_data: Any) -> Any:
   return _WithoutFactors(ground_truth_data, keep)
 
 
-def check_factors_vary(
-  ground_truth_data: Any, factors: np.ndarray, what: str
-) -> None:
-  """Raises ValueError naming a factor that takes one value in ``factors``.
-
-  ``factors_num_values`` says the factor has several values (single-valued
-  ones are dropped before sampling), so either the sample is too small or
-  the data's ``sample_factors`` never varies it.
-  """
-  flat = np.flatnonzero(np.ptp(factors, axis=0) == 0)
-  if flat.size:
-    labels = ", ".join(factor_label(ground_truth_data, int(i)) for i in flat)
-    raise ValueError(
-      f"{labels} takes one value in all {factors.shape[0]} {what}. Increase "
-      "the sample size, or, if the factor is constant by design, declare it "
-      "with factors_num_values 1 so that the metrics drop it."
-    )
-
-
-# ----------------------------------------------------------------------------
 # Sampling.
-# ----------------------------------------------------------------------------
 
 
 def integers(random_state: RandomState, high: int, size: int) -> np.ndarray:
@@ -270,12 +261,10 @@ def represent(
 ) -> list[np.ndarray]:
   """Maps factors to observations to ``[N, D_k]`` outputs of each function.
 
-  Observations are rendered and consumed ``batch_size`` at a time, so at most
-  two chunks of images are alive at once: a worker thread renders chunk
-  ``k + 1`` while the functions run on chunk ``k``. Chunks are rendered in
-  order, one at a time, so ``random_state`` gives the same draws as a serial
-  loop. Outputs are cast to ``dtype`` (``None`` keeps the function's own
-  dtype).
+  Observations are rendered ``batch_size`` at a time on a worker thread,
+  one chunk ahead of the functions and in order, so ``random_state`` gives
+  the draws of a serial loop. Outputs are cast to ``dtype`` (``None``: the
+  function's own).
   """
 
   def render(start: int) -> np.ndarray:
@@ -333,14 +322,12 @@ def sample_train_test_codes(
   n_jobs: int | None,
   batch_size: int,
 ) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-  """Checks the inputs, then draws a training and a test sample of codes.
-
-  The preamble of DCI and SAP (disentanglement_lib draws the two samples in
-  this order from one random state).
+  """:func:`check_inputs`, then a training and a test sample of codes (in
+  disentanglement_lib's order, from one random state): the preamble of DCI
+  and SAP.
 
   Returns:
-    ``(data, codes_train, factors_train, codes_test, factors_test)``, with
-    ``data`` the checked ground-truth data of :func:`check_inputs`.
+    ``(data, codes_train, factors_train, codes_test, factors_test)``.
   """
   data = check_inputs(
     ground_truth_data,
@@ -360,31 +347,35 @@ def sample_train_test_codes(
   return data, codes_train, factors_train, codes_test, factors_test
 
 
-def factors_sharing_one(
+def represent_groups(
   ground_truth_data: Any,
-  num_groups: int,
-  group_size: int,
+  representation_function: RepresentationFn,
+  factors: np.ndarray,
   random_state: RandomState,
-) -> tuple[np.ndarray, np.ndarray]:
-  """Groups of factors that share the value of one random factor.
+  batch_size: int,
+  reduce: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+  """``reduce(codes [g, M, D])`` over the groups of ``factors [G, M, F]``
+  (the votes or points of FactorVAE and BetaVAE), whole groups of about
+  ``batch_size`` observations per representation call; concatenated along
+  the groups."""
+  group_size = factors.shape[1]
+  groups_per_call = max(1, batch_size // group_size)
+  reduced = []
+  for start in range(0, factors.shape[0], groups_per_call):
+    group = factors[start : start + groups_per_call]
+    (codes,) = represent(
+      ground_truth_data,
+      [representation_function],
+      group.reshape(-1, group.shape[-1]),
+      random_state,
+      group.shape[0] * group_size,
+    )
+    reduced.append(reduce(codes.reshape(group.shape[0], group_size, -1)))
+  return np.concatenate(reduced, axis=0)
 
-  Returns:
-    ``(factor_index [G], factors [G, group_size, F])``; within group ``g``
-    factor ``factor_index[g]`` takes the value of the group's first member.
-  """
-  num_factors = ground_truth_data.num_factors
-  factor_index = integers(random_state, num_factors, num_groups)
-  factors = sample_factors(
-    ground_truth_data, num_groups * group_size, random_state
-  ).reshape(num_groups, group_size, num_factors)
-  groups = np.arange(num_groups)
-  factors[groups, :, factor_index] = factors[groups, 0, factor_index][:, None]
-  return factor_index, factors
 
-
-# ----------------------------------------------------------------------------
 # Fits.
-# ----------------------------------------------------------------------------
 
 
 def map_fits(
@@ -394,28 +385,15 @@ def map_fits(
   *,
   what: str,
 ) -> list[Any]:
-  """``[fn(*item) for item in items]``, over ``n_jobs`` threads.
+  """``[fn(*item) for item in items]`` over ``n_jobs`` threads, for the
+  independent estimator fits of a metric (one per factor).
 
-  For the independent estimator fits of a metric (one per factor). sklearn
-  fits trees and linear SVMs in compiled code that releases the GIL, so
-  threads use the cores without the start-up, import and copying cost of
-  worker processes. BLAS and OpenMP pools are limited to one thread during
-  the fits, so the jobs, not the estimators, use the cores: their threads
-  spin while they wait, and on a loaded 2-core machine a logistic
-  regression of the BetaVAE metric took 33.7 s with sklearn's default 2
-  threads and 0.4 s with 1, a 40-class HistGradientBoostingClassifier 139 s
-  of CPU time and 7 s. Results come back in the order of ``items`` and do
-  not depend on ``n_jobs``.
-
-  sklearn's ``ConvergenceWarning`` s of all calls (one per estimator that
-  stopped at its iteration limit) are summed up in one
-  ``ConvergenceWarning`` that names ``what``; other warnings pass through.
-
-  Args:
-    fn: the fit, e.g. one factor's classifier.
-    items: the argument tuples.
-    n_jobs: threads; 1 runs the calls one after the other.
-    what: names the fits in the warning, e.g. ``"SAP: LinearSVC fits"``.
+  sklearn fits in compiled code that releases the GIL, so threads use the
+  cores; BLAS and OpenMP pools are limited to one thread meanwhile, so that
+  the jobs, not spinning estimator pools, use them (timings:
+  bench/README.md). The results do not depend on ``n_jobs``. sklearn's
+  ``ConvergenceWarning`` s are summed up in one ``ConvergenceWarning`` that
+  names ``what`` (e.g. ``"SAP: LinearSVC fits"``); other warnings pass.
 
   Returns:
     The values of ``fn``, in the order of ``items``.
@@ -426,8 +404,7 @@ def map_fits(
   check_positive(n_jobs=n_jobs)
   items = list(items)
   convergence = sklearn.exceptions.ConvergenceWarning
-  # Both context managers change process-wide state, for every thread;
-  # they are entered and left here, on the calling thread.
+  # Both change process-wide state; entered and left on the calling thread.
   with (
     threadpoolctl.threadpool_limits(limits=1),
     warnings.catch_warnings(record=True) as caught,

@@ -50,29 +50,6 @@ def _svm_column(
   return column
 
 
-def _sap_matrix(
-  codes: np.ndarray,
-  factors: np.ndarray,
-  codes_test: np.ndarray,
-  factors_test: np.ndarray,
-  continuous_factors: bool,
-  n_jobs: int,
-) -> np.ndarray:
-  """Score matrix ``[D, F]``: R^2 (continuous) or 1-D SVM accuracy."""
-  if continuous_factors:
-    return _r2_matrix(codes, factors)
-  columns = sampling.map_fits(
-    _svm_column,
-    (
-      (codes, factors[:, j], codes_test, factors_test[:, j])
-      for j in range(factors.shape[1])
-    ),
-    n_jobs,
-    what="SAP: 1-D LinearSVC fits",
-  )
-  return np.stack(columns, axis=1)
-
-
 def compute_sap(
   ground_truth_data: Any,
   representation_function: sampling.RepresentationFn,
@@ -121,11 +98,6 @@ def compute_sap(
     ValueError: for ``D < 2``, a factor of several values that takes a
       single value in the training sample, no factor with two values, or
       malformed inputs.
-
-  References:
-    Kumar et al., "Variational Inference of Disentangled Latent Concepts
-    from Unlabeled Observations", ICLR 2018, section 3.
-    disentanglement_lib: evaluation/metrics/sap_score.py.
   """
   data, codes, factors, codes_test, factors_test = (
     sampling.sample_train_test_codes(
@@ -138,13 +110,21 @@ def compute_sap(
       batch_size=batch_size,
     )
   )
-  if codes.shape[1] < 2:
-    raise ValueError(
-      f"SAP needs at least 2 code dimensions, got {codes.shape[1]}."
-    )
-  sampling.check_factors_vary(data, factors, "SAP training points (num_train)")
-  matrix = _sap_matrix(
-    codes, factors, codes_test, factors_test, continuous_factors, n_jobs
+  sampling.check_sample(
+    data, codes, factors, "SAP", "training points", min_codes=2
   )
+  if continuous_factors:
+    matrix = _r2_matrix(codes, factors)
+  else:
+    columns = sampling.map_fits(
+      _svm_column,
+      (
+        (codes, factors[:, j], codes_test, factors_test[:, j])
+        for j in range(factors.shape[1])
+      ),
+      n_jobs,
+      what="SAP: 1-D LinearSVC fits",
+    )
+    matrix = np.stack(columns, axis=1)
   top = np.sort(matrix, axis=0)
   return {"sap_score": float(np.mean(top[-1] - top[-2]))}
