@@ -1,34 +1,28 @@
 """Image and mask files: reading, resizing, binarising, augmenting.
 
-Every failure raises `DataError` (a ValueError) with one line naming the file,
-the problem and the fix. The reading rules, the same for every loader:
+Every failure raises `DataError` naming the file, the problem and the fix.
+The reading rules, the same for every loader (docs/data.md):
 
-- Orientation: an EXIF orientation tag (camera JPEGs) is applied with
-  ``PIL.ImageOps.exif_transpose``, so images and masks are read upright, and
-  `image_size_of` reports the upright size.
-- Bit depth: 16-bit grey files (Pillow modes ``I;16*``, and ``I`` with values
-  in [0, 65535]) are scaled by the format's range, ``v * 255 / 65535``, on
-  the grey and the RGB path alike. 32-bit float images (mode ``F``) and
-  32-bit integer ones with values outside [0, 65535] are refused: no format
-  range says what their values mean.
-- Size: an image above Pillow's decompression-bomb limit
-  (``PIL.Image.MAX_IMAGE_PIXELS`` pixels) is refused with its pixel count.
-- Masks (`read_mask`): a pixel is anomalous when its value is not zero,
-  the convention of the MVTec-AD evaluation, in every mode Pillow opens.
-  Grey modes (``1``, ``L``, ``I;16``, ``I``, ``F``): value != 0, so grey
-  1-127 counts. Colour modes (``RGB``, ``P`` through its palette, ``CMYK``,
-  ...): any channel of the colour != 0, so pure red or blue counts. With an
-  alpha channel (``RGBA``, ``LA``, ``PA``, ``P`` with a transparent index) a
-  fully transparent pixel is background: the mask is read as drawn over
-  black.
+- Orientation: an EXIF orientation tag is applied
+  (``PIL.ImageOps.exif_transpose``); `image_size_of` reports the upright
+  size.
+- Bit depth: 16-bit grey (Pillow modes ``I;16*``, and ``I`` with values in
+  [0, 65535]) is scaled by ``v * 255 / 65535``. 32-bit float (``F``) and
+  32-bit integers outside [0, 65535] are refused: no range defines them.
+- Size: images above ``PIL.Image.MAX_IMAGE_PIXELS`` pixels are refused.
+- Masks (`read_mask`): a pixel is anomalous when its value is not zero (the
+  MVTec-AD evaluation's rule): grey values != 0; colours (``RGB``, ``P``
+  through its palette, ...) with any channel != 0; with an alpha channel a
+  fully transparent pixel is background (read as drawn over black).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
@@ -107,23 +101,30 @@ def _orientation(im: Image.Image) -> int:
   return int(im.getexif().get(ExifTags.Base.Orientation, 1))
 
 
-def _header(path: str) -> tuple[tuple[int, int], bool]:
-  """The upright ``(height, width)`` and whether the pixels are lossy."""
+@contextlib.contextmanager
+def _opened(path: str) -> Iterator[Image.Image]:
+  """``Image.open(path)``, its errors raised as one-line `DataError`."""
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", UserWarning)  # e.g. corrupt EXIF.
       warnings.simplefilter("error", Image.DecompressionBombWarning)
       with Image.open(path) as im:
-        width, height = im.size
-        if _orientation(im) in _TRANSPOSED:
-          width, height = height, width
-        lossy = im.format in _LOSSY_FORMATS or (
-          im.info.get("compression") in _LOSSY_TIFF
-        )
+        yield im
   except _BOMBS as e:
     raise _too_large(path, e) from e
   except _DECODE_ERRORS as e:
     raise _unreadable(path, e) from e
+
+
+def _header(path: str) -> tuple[tuple[int, int], bool]:
+  """The upright ``(height, width)`` and whether the pixels are lossy."""
+  with _opened(path) as im:
+    width, height = im.size
+    if _orientation(im) in _TRANSPOSED:
+      width, height = height, width
+    lossy = im.format in _LOSSY_FORMATS or (
+      im.info.get("compression") in _LOSSY_TIFF
+    )
   return (height, width), lossy
 
 
@@ -138,11 +139,7 @@ def image_size_of(path: str) -> tuple[int, int]:
 
 
 def is_lossy(path: str) -> bool:
-  """Whether an image file stores its pixels lossily (reads the header only).
-
-  JPEG files, and TIFF files with JPEG compression, are lossy: their values
-  carry compression noise, which the mask rule (every non-zero value is
-  anomalous) would count as defect pixels.
+  """Whether a file stores its pixels lossily: JPEG, or JPEG-in-TIFF.
 
   Raises:
     DataError: as `image_size_of`.
@@ -151,30 +148,10 @@ def is_lossy(path: str) -> bool:
 
 
 def _open_upright(path: str) -> Image.Image:
-  """Decodes an image file upright (EXIF orientation applied), in its mode.
-
-  Args:
-    path: the image file.
-
-  Returns:
-    A loaded ``PIL.Image.Image`` in the file's own mode (e.g. ``P``,
-    ``I;16``, ``RGBA``).
-
-  Raises:
-    DataError: the file cannot be decoded or is above Pillow's
-      decompression-bomb limit.
-  """
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore", UserWarning)  # e.g. corrupt EXIF.
-      warnings.simplefilter("error", Image.DecompressionBombWarning)
-      with Image.open(path) as im:
-        im.load()
-        return ImageOps.exif_transpose(im)
-  except _BOMBS as e:
-    raise _too_large(path, e) from e
-  except _DECODE_ERRORS as e:
-    raise _unreadable(path, e) from e
+  """Decodes an image file upright (EXIF applied), in its own mode."""
+  with _opened(path) as im:
+    im.load()
+    return ImageOps.exif_transpose(im)
 
 
 def _eight_bit(im: Image.Image, path: str) -> Image.Image:
@@ -204,13 +181,9 @@ def read_image(
 ) -> np.ndarray:
   """Reads an image as uint8 ``[H, W, channels]``, resized bilinearly.
 
-  See the module docstring for orientation, bit depth and size rules.
-
   Args:
-    path: the image file. Grayscale is promoted to 3 channels and colour
-      reduced to 1 (ITU-R 601 luma) as ``channels`` asks; 16-bit grey is
-      scaled by 255 / 65535 on both paths.
-    channels: 1 or 3.
+    path: the image file (read by the module's rules).
+    channels: 1 (colour reduced to ITU-R 601 luma) or 3 (grey promoted).
     size: output ``(height, width)`` or one int for a square; None keeps it.
 
   Raises:
@@ -225,7 +198,7 @@ def read_image(
   except ValueError as e:
     raise _unreadable(path, e) from e
   if size is not None:
-    height, width = _pair(size)
+    height, width = check_image_size(size)
     if im.size != (width, height):
       im = im.resize((width, height), Image.Resampling.BILINEAR)
   arr = np.asarray(im, dtype=np.uint8)
@@ -233,15 +206,7 @@ def read_image(
 
 
 def _binarize_mask(arr: np.ndarray) -> np.ndarray:
-  """The mask rule on values: uint8 {0, 1}, 1 where a value is not zero.
-
-  Args:
-    arr: ``[H, W]`` mask values, or ``[H, W, C]`` colours (a pixel is
-      anomalous when any of its channels is not zero).
-
-  Returns:
-    uint8 ``[H, W]`` in {0, 1}.
-  """
+  """uint8 ``[H, W]``: 1 where a value (``[H, W]``) or any channel is not 0."""
   arr = np.asarray(arr)
   out = arr != 0
   if arr.ndim == 3:
@@ -250,19 +215,7 @@ def _binarize_mask(arr: np.ndarray) -> np.ndarray:
 
 
 def _mask_from_image(im: Image.Image, path: str) -> np.ndarray:
-  """The anomalous pixels of a mask image, by the module's mask rule.
-
-  Args:
-    im: the mask, in any mode Pillow opens.
-    path: the file, for messages.
-
-  Returns:
-    uint8 ``[H, W]`` in {0, 1}.
-
-  Raises:
-    DataError: a float mask holds NaN or infinite values, or the mode has
-      no RGB conversion.
-  """
+  """The anomalous pixels (uint8 ``[H, W]`` in {0, 1}) of a mask image."""
   if im.mode in ("P", "PA"):  # Palette colours, with any transparent index.
     im = im.convert("RGBA")
   if im.mode in _GREY_MODES:
@@ -288,15 +241,12 @@ def read_mask(
 ) -> np.ndarray:
   """Reads a mask as uint8 ``[H, W, 1]`` in {0, 1}, resized (nearest).
 
-  A pixel is anomalous when its value is not zero, in every mode (see the
-  module docstring).
-
   Raises:
-    DataError: the file cannot be decoded.
+    DataError: the file cannot be decoded or holds NaN.
   """
   arr = _mask_from_image(_open_upright(path), path)
   if size is not None:
-    height, width = _pair(size)
+    height, width = check_image_size(size)
     if arr.shape != (height, width):
       im = Image.fromarray(arr).resize(
         (width, height), Image.Resampling.NEAREST
@@ -305,25 +255,25 @@ def read_mask(
   return arr[..., None]
 
 
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-  if isinstance(size, (int, np.integer)):
-    size = (int(size), int(size))
-  height, width = (int(s) for s in size)
-  if height < 1 or width < 1:
-    raise ValueError(f"image_size must be positive, got {size}.")
-  return height, width
-
-
 def check_image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
-  """Validates a loader's ``image_size`` argument: ``(height, width)``."""
-  if isinstance(image_size, bool):
-    raise ValueError(f"image_size must be an int or (h, w), got {image_size}.")
+  """Validates an ``image_size`` argument: one int or ``(height, width)``.
+
+  Raises:
+    ValueError: not an int or a pair of ints, or not positive.
+  """
+  if isinstance(image_size, (int, np.integer)) and not isinstance(
+    image_size, bool
+  ):
+    image_size = (image_size, image_size)
   try:
-    return _pair(image_size)
-  except TypeError as e:
+    height, width = (int(s) for s in image_size)
+  except (TypeError, ValueError) as e:
     raise ValueError(
       f"image_size must be an int or (h, w), got {image_size!r}."
     ) from e
+  if height < 1 or width < 1:
+    raise ValueError(f"image_size must be positive, got {image_size}.")
+  return height, width
 
 
 def rotate_and_mirror(
@@ -335,20 +285,11 @@ def rotate_and_mirror(
 ) -> base.Record:
   """The paper's MVTec-AD augmentation: random rotation and mirroring.
 
-  Rotates ``"image"`` (bilinear) and ``"mask"`` (nearest) by the same angle,
-  uniform in ``[-max_degrees, max_degrees]``, about the centre. Corners that
-  rotate in from outside the frame get the median border colour (image) and
-  0 (mask). Then mirrors both left-right with probability 1/2.
-
-  Args:
-    record: a record with float32 ``"image"`` ``[H, W, C]`` and optionally
-      ``"mask"`` ``[H, W, 1]``.
-    rng: the random generator (the pipeline passes a seeded one).
-    max_degrees: the largest rotation in degrees.
-    mirror: flip left-right with probability 1/2.
-
-  Returns:
-    A new record; other fields are copied unchanged.
+  Rotates ``"image"`` ``[H, W, C]`` (bilinear) and ``"mask"`` ``[H, W, 1]``
+  (nearest, optional) by one angle uniform in ``[-max_degrees,
+  max_degrees]`` about the centre; corners rotated in get the median border
+  colour and mask 0. Then, if ``mirror``, flips both left-right with
+  probability 1/2. Returns a new record; other fields are unchanged.
   """
   angle = float(rng.uniform(-max_degrees, max_degrees))
   flip = bool(mirror and rng.random() < 0.5)
