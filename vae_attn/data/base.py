@@ -35,15 +35,7 @@ class Source(Protocol):
 
 
 def check_index(index: Any, length: int, name: str) -> int:
-  """Validates a record index, allowing negative indices like a list.
-
-  Args:
-    index: the requested index.
-    length: the length of the source.
-    name: the source name, for the error message.
-
-  Returns:
-    The index as a non-negative python int.
+  """``index`` as a python int in ``[0, length)``; negative counts back.
 
   Raises:
     IndexError: the index is out of range.
@@ -64,14 +56,8 @@ def check_index(index: Any, length: int, name: str) -> int:
 def stack_records(records: Sequence[Mapping[str, Any]]) -> Record:
   """Stacks records with identical keys into one batch.
 
-  Numeric fields become arrays with a leading batch axis. String fields
-  become 1-D ``np.ndarray`` of dtype ``object`` (one python str per record).
-
-  Args:
-    records: a non-empty sequence of records with the same keys.
-
-  Returns:
-    The batch, a dict of arrays whose first axis has ``len(records)`` entries.
+  Numeric fields gain a leading batch axis; string fields become 1-D object
+  arrays of python str.
 
   Raises:
     DataError: the records are empty or have different keys or shapes.
@@ -150,9 +136,6 @@ class ArraySource:
     indices = np.asarray(indices, dtype=np.int64)
     return {k: v[indices] for k, v in self._fields.items()}
 
-  def __repr__(self) -> str:
-    return f"ArraySource({self.name!r}, len={self._length})"
-
 
 class MappedSource:
   """A source whose records are ``fn(parent[i])``, computed on access.
@@ -174,6 +157,3 @@ class MappedSource:
   def __getitem__(self, index: int) -> Record:
     index = check_index(index, len(self), self.name)
     return self._fn(self._parent[index])
-
-  def __repr__(self) -> str:
-    return f"MappedSource({self.name!r}, len={len(self)})"

@@ -77,22 +77,43 @@ def load(
       no category (the message lists those found), or the loader's own
       errors (missing or malformed files).
   """
-  loader = _LOADERS.get(name)
-  if loader is None:
-    raise ValueError(
-      f"Unknown data set {name!r}; choose one of {', '.join(DATASETS)}."
+  data_dir = os.fspath(data_dir) if data_dir else None
+  checks = dict(augment=augment, seed=seed, allow_empty_masks=allow_empty_masks)
+  if name == "textures":  # Written once into data_dir (the cache) if needed.
+    category = category or textures.CATEGORIES[0]
+    root = data_dir
+    if not (root and os.path.isdir(os.path.join(root, category))):
+      root = textures.ensure_dataset(root)
+    size = _size(image_size, 128)
+    return mvtec.load(root, category, split, image_size=size, **checks)
+  if name == "mvtec":
+    root = _need_dir(name, data_dir)
+    if not category:
+      found = ", ".join(mvtec.find_categories(root))
+      raise base.DataError(
+        "MVTec-AD needs a category: pass category=<name> "
+        f"(--category=<name>); categories in {root}: "
+        f"{found or 'none (expected <root>/<category>/train/good/)'}."
+      )
+    size = _size(image_size, 256)
+    return mvtec.load(root, category, split, image_size=size, **checks)
+  if name == "folder":
+    return custom_folder.load(
+      _need_dir(name, data_dir),
+      split,
+      image_size=_size(image_size, 256),
+      mask_dir=mask_dir or None,
+      **checks,
     )
-  return loader(
-    name,
-    split,
-    data_dir=os.fspath(data_dir) if data_dir else None,
-    category=category or None,
-    image_size=image_size,
-    normal_digit=normal_digit,
-    mask_dir=mask_dir or None,
-    augment=augment,
-    seed=seed,
-    allow_empty_masks=allow_empty_masks,
+  if name == "ped1":
+    size = _size(image_size, 100)
+    return ped1.load(_need_dir(name, data_dir), split, image_size=size)
+  if name == "mnist":
+    return mnist.load(split, normal_digit=normal_digit, data_dir=data_dir)
+  if name == "digits":
+    return digits.load(split, normal_digit=normal_digit)
+  raise ValueError(
+    f"Unknown data set {name!r}; choose one of {', '.join(DATASETS)}."
   )
 
 
@@ -107,67 +128,3 @@ def _need_dir(name: str, data_dir: str | None) -> str:
 
 def _size(image_size, default: int):
   return default if image_size is None else image_size
-
-
-def _textures(name, split, *, data_dir, category, image_size, **options):
-  """The offline set: written once into ``data_dir`` (the cache) if needed."""
-  del name, options["normal_digit"], options["mask_dir"]
-  category = category or textures.CATEGORIES[0]
-  root = data_dir
-  if not (root and os.path.isdir(os.path.join(root, category))):
-    root = textures.ensure_dataset(root)
-  return mvtec.load(
-    root, category, split, image_size=_size(image_size, 128), **options
-  )
-
-
-def _mvtec(name, split, *, data_dir, category, image_size, **options):
-  del options["normal_digit"], options["mask_dir"]
-  root = _need_dir(name, data_dir)
-  if not category:
-    found = ", ".join(mvtec.find_categories(root))
-    raise base.DataError(
-      "MVTec-AD needs a category: pass category=<name> (--category=<name>); "
-      f"categories in {root}: "
-      f"{found or 'none (expected <root>/<category>/train/good/)'}."
-    )
-  return mvtec.load(
-    root, category, split, image_size=_size(image_size, 256), **options
-  )
-
-
-def _folder(name, split, *, data_dir, image_size, **options):
-  del options["category"], options["normal_digit"]
-  return custom_folder.load(
-    _need_dir(name, data_dir),
-    split,
-    image_size=_size(image_size, 256),
-    **options,
-  )
-
-
-def _ped1(name, split, *, data_dir, image_size, **unused):
-  del unused
-  return ped1.load(
-    _need_dir(name, data_dir), split, image_size=_size(image_size, 100)
-  )
-
-
-def _mnist(name, split, *, data_dir, normal_digit, **unused):
-  del name, unused
-  return mnist.load(split, normal_digit=normal_digit, data_dir=data_dir)
-
-
-def _digits(name, split, *, normal_digit, **unused):
-  del name, unused
-  return digits.load(split, normal_digit=normal_digit)
-
-
-_LOADERS = {
-  "textures": _textures,
-  "mvtec": _mvtec,
-  "folder": _folder,
-  "mnist": _mnist,
-  "digits": _digits,
-  "ped1": _ped1,
-}

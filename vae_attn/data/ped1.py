@@ -7,20 +7,15 @@ Layout (as ``UCSD_Anomaly_Dataset.v1p2`` unpacks)::
   UCSDped1/Test/Test003_gt/001.bmp ...            (pixel masks, some clips)
   UCSDped1/Test/UCSDped1.m                        (frame-level annotation)
 
-``root`` is ``UCSDped1`` itself or the folder that contains it. Frames are
-158 x 238 grey; they are resized bilinearly to ``image_size`` (paper: 100 x
-100) and masks with nearest neighbours; a mask pixel is anomalous when its
-value is not zero, in every image mode (`vae_attn.data.images`). A frame's
-mask is the ``.bmp`` of the same stem in ``TestNNN_gt``.
+``root`` is ``UCSDped1`` itself or the folder that contains it. Frames (158
+x 238 grey) and masks are read by the rules of `vae_attn.data.images`; a
+frame's mask is the ``.bmp`` of its stem in ``TestNNN_gt``.
 
-Pixel metrics need pixel masks, which exist for a subset of the test clips.
-By default (``masked_only=True``) the test split holds only those clips, and
-a frame's label is 1 when its mask is not empty. With
-``masked_only=False`` all 36 test clips enter; clips without ``_gt`` folders
-get all-zero masks with ``"has_mask" = 0`` (one public reproduction scored
-pixel metrics over all clips with such zero masks, which counts every
-anomalous pixel of those clips as normal), and their frame labels come from
-the ``gt_frame`` ranges of ``Test/UCSDped1.m`` (`parse_frame_labels`).
+By default (``masked_only=True``) the test split holds only the clips with
+pixel masks, a frame's label 1 when its mask is not empty. With
+``masked_only=False`` all 36 test clips enter; clips without masks get
+all-zero ones with ``"has_mask" = 0`` and frame labels from
+``Test/UCSDped1.m`` (`parse_frame_labels`). docs/data.md compares the two.
 """
 
 from __future__ import annotations
@@ -80,17 +75,10 @@ def _matlab_range(part: str) -> range:
 def parse_frame_labels(path: str) -> dict[int, set[int]]:
   """Reads ``UCSDped1.m``: clip number -> its anomalous frame numbers.
 
-  The file, as the data set ships it, holds after ``TestVideoFile = {};``
-  one line per test clip, in clip order::
-
-    TestVideoFile{end+1}.gt_frame = [60:152];
-    TestVideoFile{end+1}.gt_frame = [5:90, 140:200];
-
-  Line ``k`` of that form gives the anomalous frames of clip ``k``
-  (``TestKKK``, from 1); a range ``a:b`` includes both ends and a line may
-  hold several ranges or single frames, separated by commas or spaces.
-  MATLAB comments (``%`` to the end of a line) and other lines are skipped.
-  Frame numbers start at 1, as in the frame file names.
+  The ``k``-th line ``TestVideoFile{end+1}.gt_frame = [5:90, 140:200];``
+  gives the frames of clip ``k`` (``TestKKK``): MATLAB ranges ``a:b`` (both
+  ends, from 1) or single frames, separated by commas or spaces. Comments
+  (``%``) and other lines are skipped.
 
   Returns:
     ``{clip: {frame, ...}}`` for clips 1..K, K the number of such lines.
@@ -152,11 +140,7 @@ def _frame_number(path: str) -> int:
 def _entries(
   root: str | os.PathLike, split: str, *, masked_only: bool = True
 ) -> list[image_mask.Entry]:
-  """Walks and checks the layout; one entry per frame.
-
-  Raises:
-    DataError: a folder, frame or mask is missing or inconsistent.
-  """
+  """The `image_mask.Entry` of every frame of the split, checked."""
   split_dir, prefix, clips = _split_clips(root, split)
   if split == "train":
     return _train_entries(split_dir, clips)
@@ -301,10 +285,9 @@ def _labelled_clip_entries(
 class Ped1Source(image_mask.ImageMaskSource):
   """UCSD Ped1 frames; a masked frame's label is 1 iff its mask is not empty.
 
-  Records: ``"image"`` float32 ``[S, S, 1]``, ``"mask"`` float32
-  ``[S, S, 1]``, ``"label"`` int32, ``"has_mask"`` int32, ``"clip"`` and
-  ``"frame"`` int32 (``"frame"`` for test only), ``"defect_type"`` ("good"
-  or "anomaly") and ``"path"``. Frames are checked when first read.
+  Records: those of `image_mask.ImageMaskSource`, ``"image"`` ``[S, S, 1]``,
+  plus ``"clip"`` and (test) ``"frame"``; ``"defect_type"`` is "good" or
+  "anomaly". Frames are checked when first read.
   """
 
   def __getitem__(self, index: int) -> base.Record:
@@ -331,8 +314,8 @@ def load(
     root: ``UCSDped1`` or the folder that contains it.
     split: "train" (all 34 clips, normal) or "test".
     image_size: output size, an int or ``(height, width)``; paper: 100.
-    masked_only: test on the clips with pixel masks only (default), or on
-      every clip, with zero masks (``"has_mask" = 0``) where none exist.
+    masked_only: test on the clips with pixel masks only, or on every clip
+      (see the module docstring).
 
   Raises:
     DataError: the layout is missing or inconsistent, a frame or mask is

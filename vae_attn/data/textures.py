@@ -1,29 +1,19 @@
 """A small textured-defect data set in the MVTec-AD layout, made offline.
 
-The offline default of the localization work: crops of the real textures
-that ship inside scikit-image (``brick``, ``grass``, ``gravel``: 512 x 512
-grey photographs) with synthetic defects painted in, written in the exact
-MVTec-AD layout so `vae_attn.data.mvtec.load` reads it::
+Crops of the real grey textures that ship inside scikit-image (``brick``,
+``grass``, ``gravel``, 512 x 512) with synthetic defects painted in
+(`DEFECT_TYPES`: a scratch, a stain, a hole, a CutPaste cut), written in the
+MVTec-AD layout for `vae_attn.data.mvtec.load`::
 
   <out>/<category>/train/good/NNN.png
   <out>/<category>/test/good/NNN.png
   <out>/<category>/test/<defect>/NNN.png
   <out>/<category>/ground_truth/<defect>/NNN_mask.png
 
-Training and test crops come from disjoint halves of each photograph (top
-half for training, bottom half for testing). The defects (`DEFECT_TYPES`):
-
-- ``scratch``: a thin curved stroke, much brighter or darker than the
-  surface;
-- ``stain``: an irregular blob whose intensity is shifted and flattened;
-- ``hole``: an irregular dark blob with a faint rim;
-- ``cut``: a rectangle cut from elsewhere in the photograph, turned by 90
-  degrees and re-exposed, pasted in (the CutPaste defect).
-
-Everything is a deterministic function of the seed and the arguments. It is
-a smoke-test-sized stand-in for MVTec-AD: real textures, but synthetic
-defects, grey images, and tens of images per category; numbers measured on
-it are not comparable with the paper's MVTec-AD results.
+Training crops come from the top half of each photograph, test crops from
+the bottom half; everything is a deterministic function of the seed and
+the arguments. A smoke-test-sized stand-in: its numbers are not comparable
+with the paper's MVTec-AD results (docs/data.md).
 
 Write it with ``python -m vae_attn.data.textures --out DIR`` or call
 `ensure_dataset` (what the trainers do when no dataset path is given).
@@ -43,6 +33,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from vae_attn.data import base
 
@@ -115,6 +106,7 @@ def _blob(rng, size: int, min_r: float, max_r: float) -> np.ndarray:
 
 
 def _scratch(image, rng, texture):
+  """A thin curved stroke, much brighter or darker than the surface."""
   del texture
   size = image.shape[0]
   rows, cols = _grid(size)
@@ -132,6 +124,7 @@ def _scratch(image, rng, texture):
 
 
 def _stain(image, rng, texture):
+  """An irregular blob whose intensity is shifted and flattened."""
   del texture
   mask = _blob(rng, image.shape[0], 0.08, 0.2)
   out = image.copy()
@@ -142,21 +135,18 @@ def _stain(image, rng, texture):
 
 
 def _hole(image, rng, texture):
+  """An irregular dark blob with a faint rim."""
   del texture
   mask = _blob(rng, image.shape[0], 0.06, 0.16)
   out = image.copy()
   rows, cols = np.nonzero(mask)
   out[mask] = 0.04 + rng.normal(0, 0.015, size=rows.size)
-  inner = np.zeros_like(mask)
-  inner[1:-1, 1:-1] = (
-    mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
-  )
-  rim = mask & ~inner
-  out[rim] = 0.3
+  out[mask & ~ndimage.binary_erosion(mask)] = 0.3  # The rim.
   return out, mask
 
 
 def _cut(image, rng, texture):
+  """A rectangle from elsewhere in the texture, turned 90 degrees, pasted."""
   size = image.shape[0]
   height = int(rng.uniform(0.15, 0.3) * size)
   width = int(rng.uniform(0.15, 0.3) * size)
@@ -283,9 +273,8 @@ def ensure_dataset(
 ) -> str:
   """Writes the textured-defect set once and returns its root.
 
-  The set is written into a temporary folder next to its final place and
-  renamed into place when complete, so a killed write never leaves a half
-  data set; concurrent callers all get the same complete folder.
+  Written into a temporary folder and renamed into place when complete, so
+  a killed write never leaves a half data set.
 
   Args:
     root: the parent folder; default `cache_dir`.
