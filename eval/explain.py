@@ -46,7 +46,7 @@ from vae_attn import attention as attention_lib
 from vae_attn.data import images as images_lib
 from workflow import configs
 
-demo_images = demo_data.demo_images
+attention_figure = figures.attention_figure  # The notebooks' name.
 
 
 def read_images(
@@ -167,65 +167,6 @@ def explain(
   )
   maps = jax.jit(fn)(run.variables, x, run.latent_stats, jax.random.key(seed))
   return jax.device_get(maps), path
-
-
-def pick_latents(per_latent: np.ndarray, k: int, order: str) -> np.ndarray:
-  """Indices ``[N, k]`` of the shown latents: the first ``k`` or the top."""
-  n, d = per_latent.shape[:2]
-  k = min(k, d)
-  if order == "index":
-    return np.broadcast_to(np.arange(k), (n, k))
-  response = per_latent.reshape(n, d, -1).sum(-1)
-  return np.argsort(-response, axis=1, kind="stable")[:, :k]
-
-
-def attention_figure(
-  path: str | os.PathLike,
-  x: np.ndarray,
-  maps: attention_lib.AttentionMaps,
-  *,
-  k: int = 8,
-  order: str = "index",
-  title: str = "",
-  scale: str = "figure",
-  names: Sequence[str] | None = None,
-  notes: Sequence[str] = (),
-) -> str:
-  """Writes the Fig. 1-style grid: image, mean map, ``k`` per-latent maps.
-
-  Args:
-    path: the PNG to write.
-    x: the explained images ``[N, H, W, C]``.
-    maps: their maps at layer resolution (from :func:`explain`).
-    k: per-latent maps shown per image (0: the mean map only).
-    order: ``"index"`` (latents ``0..k-1``) or ``"response"`` (the ``k``
-      strongest of each image).
-    title: the figure title.
-    scale: ``"figure"``, ``"image"`` or ``"map"``
-      (``eval.figures.attention_grid``).
-    names: a label per image (file names).
-    notes: footer lines (inputs that were resized or converted).
-
-  Returns:
-    The path written.
-  """
-  size = x.shape[1:3]
-  per_latent = np.asarray(attention_lib.upsample(maps.per_latent, size))
-  mean = np.asarray(attention_lib.upsample(maps.mean, size))
-  ids = pick_latents(np.asarray(maps.per_latent), k, order)
-  shown = np.take_along_axis(per_latent, ids[:, :, None, None], axis=1)
-  return figures.attention_grid(
-    path,
-    x,
-    mean,
-    shown,
-    ids,
-    title=title,
-    scale=scale,
-    num_latents=per_latent.shape[1],
-    row_labels=names,
-    notes=notes,
-  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,7 +303,7 @@ def _run(config: Config) -> int:
   what = f"{run.name}, {layer}, code={config.code}"
   what += f", step {run.step}" if run.workdir else ", random init"
   cli.stage(f"writing figures to {out}")
-  grid = attention_figure(
+  grid = figures.attention_figure(
     os.path.join(out, "attention_grid.png"),
     x,
     maps,
@@ -373,7 +314,7 @@ def _run(config: Config) -> int:
     names=names,
     notes=notes,
   )
-  means = attention_figure(
+  means = figures.attention_figure(
     os.path.join(out, "mean_overlay.png"),
     x,
     maps,

@@ -1,12 +1,13 @@
 """Figures: attention maps, overlays, ROC curves, traversals, scalar curves.
 
 The drawing functions take NumPy arrays (images NHWC in ``[0, 1]``, maps
-``[..., H, W]`` already at image size), write one PNG with matplotlib's Agg
-backend and return its path. ``attention_grid`` is the one way every tool
+``[..., H, W]`` at image size unless said otherwise), write one PNG with
+matplotlib's Agg backend and return its path. ``attention_grid`` (through
+``attention_figure`` from a model's maps) is the one way every tool
 (``eval.explain``, ``eval.disentanglement``, ``train``'s run report) draws
 attention maps: overlays on the image, one stated colour scale, a label on
-every row and column, legible text at the saved size. ``top_latent_figure``
-and ``traversal_figure`` run the model first (maps, decodes), then draw.
+every row and column, text of at least 8 points at the saved 100 dpi.
+``top_latent_figure`` and ``traversal_figure`` run the model first.
 """
 
 from __future__ import annotations
@@ -36,25 +37,10 @@ _CELL = 1.6  # Inches per image cell.
 # One colour scale per figure, per image (row) or per map.
 SCALES = ("figure", "image", "map")
 _FONT = 8  # Points: 11 pixels at the saved 100 dpi.
-__all__ = [
-  "SCALES",
-  "attention_grid",
-  "is_zero",
-  "layer_ablation",
-  "localization_overlays",
-  "overlay",
-  "roc_curves",
-  "scalar_curves",
-  "to_unit_range",
-  "top_latent_figure",
-  "traversal_figure",
-  "traversals",
-]
+CMAP = "jet"
 
 
 # Drawing one map: colour map, scale, colour bar, the all-zero mark.
-
-CMAP = "jet"
 
 
 def rgb(image: np.ndarray) -> np.ndarray:
@@ -69,29 +55,6 @@ def rgb(image: np.ndarray) -> np.ndarray:
   if image.shape[-1] == 1:
     image = np.repeat(image, 3, axis=-1)
   return np.clip(image, 0.0, 1.0)
-
-
-def to_unit_range(maps: np.ndarray, scale: float | None = None) -> np.ndarray:
-  """Scales maps to ``[0, 1]`` for display (plotting only).
-
-  Unlike ``vae_attn.attention.normalize`` (min-max per map, for any use),
-  this can divide by a common ``scale`` so that maps stay comparable.
-
-  Args:
-    maps: ``[..., H, W]`` non-negative maps.
-    scale: divide by this value and clip (a common scale keeps the maps of
-      several images comparable); ``None`` min-max normalises each map (a
-      constant map gives 0).
-
-  Returns:
-    float32 maps of the same shape in ``[0, 1]``.
-  """
-  maps = np.asarray(maps, np.float32)
-  if scale is not None:
-    return np.clip(maps / max(float(scale), 1e-12), 0.0, 1.0)
-  lo = maps.min(axis=(-2, -1), keepdims=True)
-  hi = maps.max(axis=(-2, -1), keepdims=True)
-  return (maps - lo) / np.maximum(hi - lo, 1e-12)
 
 
 def is_zero(maps: np.ndarray) -> np.ndarray:
@@ -154,7 +117,8 @@ def show_map(fig, ax, image, m, *, vmax: float | None, bar: bool) -> None:
   """Overlays map ``m`` ``[H, W]`` on ``image`` scaled by ``vmax`` (``None``:
   its own maximum), with a colour bar and the all-zero mark."""
   top = float(np.max(m)) if vmax is None else float(vmax)
-  ax.imshow(overlay(image, to_unit_range(m, max(top, 1e-12))))
+  heat = np.asarray(m, np.float32) / max(top, 1e-12)
+  ax.imshow(overlay(image, np.clip(heat, 0.0, 1.0)))
   colorbar(fig, ax, top, visible=bar)
   if is_zero(m):
     mark_zero(ax)
@@ -472,56 +436,6 @@ def roc_curves(
   return _save(fig, path)
 
 
-def traversals(
-  path: str | os.PathLike,
-  decoded: np.ndarray,
-  latent_ids: Sequence[int],
-  values: np.ndarray,
-  *,
-  reference: Sequence[np.ndarray] = (),
-  reference_labels: Sequence[str] = (),
-  row_labels: Sequence[str] | None = None,
-  title: str | None = None,
-) -> str:
-  """Latent traversals: one row per latent, one column per value.
-
-  Args:
-    path: output PNG.
-    decoded: ``[R, S, H, W, C]`` decoded images in ``[0, 1]``.
-    latent_ids: ``[R]`` the latent traversed in each row.
-    values: ``[S]`` the values it takes.
-    reference: images shown in a first column, one per row from the top
-      (e.g. the input and its reconstruction).
-    reference_labels: their captions.
-    row_labels: optional extra text per row (e.g. its KL).
-    title: optional figure title.
-
-  Returns:
-    ``path``.
-  """
-  r, s = decoded.shape[:2]
-  offset = 1 if len(reference) else 0
-  fig, axes = _grid(r, s + offset, title)
-  for i in range(r):
-    for j in range(s):
-      axes[i, j + offset].imshow(rgb(decoded[i, j]))
-    label = f"z{int(latent_ids[i])}"
-    if row_labels is not None:
-      label += f"\n{row_labels[i]}"
-    axes[i, offset].set_ylabel(label, fontsize=8)
-  for j in range(s):
-    axes[0, j + offset].set_title(f"{float(values[j]):+.1f}", fontsize=8)
-  if offset:
-    for i in range(r):
-      if i < len(reference):
-        axes[i, 0].imshow(rgb(reference[i]))
-        if i < len(reference_labels):
-          axes[i, 0].set_xlabel(reference_labels[i], fontsize=8)
-      else:
-        axes[i, 0].axis("off")
-  return _save(fig, path)
-
-
 def layer_ablation(
   path: str | os.PathLike,
   aurocs: Mapping[str, float],
@@ -563,35 +477,85 @@ def layer_ablation(
 # Figures that run the model first (maps, decodes), then draw.
 
 
-def top_latent_figure(
-  run: Any,
-  x: np.ndarray,
-  layer: str,
-  path: str,
-  title: str,
-) -> dict:
-  """Fig. 8: the maps of each input's two highest-responding latents.
+def pick_latents(per_latent: np.ndarray, k: int, order: str) -> np.ndarray:
+  """Indices ``[N, k]`` of the latents shown: ``"index"``, the first ``k``;
+  ``"response"``, the ``k`` of largest map mass per image (the rule of
+  ``L_AD``'s ``top2`` pair mode)."""
+  n, d = per_latent.shape[:2]
+  k = min(k, d)
+  if order == "index":
+    return np.broadcast_to(np.arange(k), (n, k))
+  response = per_latent.reshape(n, d, -1).sum(-1)
+  return np.argsort(-response, axis=1, kind="stable")[:, :k]
 
-  "Highest-responding" is the total mass of a latent's map, the rule of
-  ``L_AD``'s ``top2`` pair mode.
+
+def attention_figure(
+  path: str | os.PathLike,
+  x: np.ndarray,
+  maps: attention_lib.AttentionMaps,
+  *,
+  k: int = 8,
+  order: str = "index",
+  mean: bool = True,
+  title: str = "",
+  scale: str = "figure",
+  names: Sequence[str] | None = None,
+  notes: Sequence[str] = (),
+) -> str:
+  """:func:`attention_grid` of a model's maps of images ``x`` [N, H, W, C].
+
+  Args:
+    path: the PNG to write.
+    x: the explained images.
+    maps: their maps at layer resolution (``vae_attn.attention``),
+      upsampled here to the images' size.
+    k: per-latent maps shown per image (0: none), picked by ``order``
+      (:func:`pick_latents`).
+    order: ``"index"`` or ``"response"``.
+    mean: also show the mean map (eq. 4).
+    title, scale, notes: as :func:`attention_grid`.
+    names: a label per image (file names).
+
+  Returns:
+    The path written.
   """
+  size = x.shape[1:3]
+  per_latent = np.asarray(maps.per_latent)
+  ids = pick_latents(per_latent, k, order)
+  shown = np.take_along_axis(per_latent, ids[:, :, None, None], axis=1)
+  return attention_grid(
+    path,
+    x,
+    np.asarray(attention_lib.upsample(maps.mean, size)) if mean else None,
+    np.asarray(attention_lib.upsample(jnp.asarray(shown), size)),
+    ids,
+    title=title,
+    scale=scale,
+    num_latents=per_latent.shape[1],
+    row_labels=names,
+    notes=notes,
+  )
+
+
+# Figures that run the model first (maps, decodes), then draw.
+
+
+def top_latent_figure(
+  run: Any, x: np.ndarray, layer: str, path: str, title: str
+) -> dict:
+  """Fig. 8: the maps of each input's two highest-responding latents, and
+  their ``L_AD`` overlap (``top2`` pair mode)."""
   fn = attention_lib.attention(run.encode_fn, layer)
   maps = jax.device_get(jax.jit(fn)(run.variables, jnp.asarray(x)))
-  per_latent = np.asarray(maps.per_latent)
-  n, d = per_latent.shape[:2]
-  response = per_latent.reshape(n, d, -1).sum(-1)
-  top = np.argsort(-response, axis=1, kind="stable")[:, :2]
-  shown = np.take_along_axis(per_latent, top[:, :, None, None], axis=1)
-  shown = np.asarray(attention_lib.upsample(jnp.asarray(shown), x.shape[1:3]))
-  overlap = losses.attention_disentanglement(
-    jnp.asarray(per_latent), jax.random.key(0), mode="top2"
+  attention_figure(
+    path, x, maps, k=2, order="response", mean=False, title=title
   )
-  attention_grid(
-    path, x, None, shown, top, title=title, num_latents=d, scale="figure"
+  overlap = losses.attention_disentanglement(
+    jnp.asarray(maps.per_latent), jax.random.key(0), mode="top2"
   )
   return {
     "layer": layer,
-    "top_latents": top.tolist(),
+    "top_latents": pick_latents(maps.per_latent, 2, "response").tolist(),
     "top2_overlap_l_ad": [float(v) for v in np.asarray(overlap)],
   }
 
@@ -607,10 +571,12 @@ def traversal_figure(
   steps: int,
   title: str,
 ) -> dict:
-  """Decodes ``mu(x)`` with one latent swept over ``[-limit, limit]``.
+  """Latent traversals: ``mu(x)`` decoded with one latent swept over
+  ``[-limit, limit]`` in ``steps`` values (columns), a row per latent.
 
-  The rows are the ``num_latents`` latents of largest mean KL (the
-  informative ones first); ``x`` is one image ``[1, H, W, C]``.
+  The rows are the ``num_latents`` latents of largest mean ``kl`` ``[D]``
+  (the informative ones first), labelled with it; ``x`` is one image
+  ``[1, H, W, C]``, shown with its reconstruction in the first column.
   """
   mu, _ = jax.jit(run.encode_fn)(run.variables, jnp.asarray(x))
   order = np.argsort(-kl, kind="stable")[:num_latents]
@@ -630,15 +596,19 @@ def traversal_figure(
     decode(run.variables, jnp.concatenate([z.reshape(-1, z.shape[-1]), mu]))
   )
   decoded = images[:-1].reshape(len(order), steps, *run.input_shape)
-  recon = images[-1:]
-  traversals(
-    path,
-    decoded,
-    order,
-    values,
-    reference=[x[0], np.asarray(recon)[0]],
-    reference_labels=["input", "reconstruction"],
-    row_labels=[f"KL {kl[i]:.2f}" for i in order],
-    title=title,
-  )
+  references = [("input", x[0]), ("reconstruction", images[-1])]
+  fig, axes = _grid(len(order), steps + 1, title)
+  for i, latent in enumerate(order):
+    for j in range(steps):
+      axes[i, j + 1].imshow(rgb(decoded[i, j]))
+    axes[i, 1].set_ylabel(f"z{int(latent)}\nKL {kl[latent]:.2f}", fontsize=8)
+    if i < len(references):
+      caption, image = references[i]
+      axes[i, 0].imshow(rgb(image))
+      axes[i, 0].set_xlabel(caption, fontsize=8)
+    else:
+      axes[i, 0].axis("off")
+  for j, value in enumerate(values):
+    axes[0, j + 1].set_title(f"{float(value):+.1f}", fontsize=8)
+  _save(fig, path)
   return {"latents": order.tolist(), "values": values.tolist()}

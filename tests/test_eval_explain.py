@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval import explain, restore
+from eval import demo_data, explain, figures, restore
 from workflow import runs
 
 
@@ -89,10 +89,10 @@ def test_pick_latents():
   per_latent[0, 1] = 1.0
   per_latent[1, 3] = 5.0
   np.testing.assert_array_equal(
-    explain.pick_latents(per_latent, 2, "index"), [[0, 1], [0, 1]]
+    figures.pick_latents(per_latent, 2, "index"), [[0, 1], [0, 1]]
   )
   np.testing.assert_array_equal(
-    explain.pick_latents(per_latent, 2, "response"), [[2, 1], [3, 0]]
+    figures.pick_latents(per_latent, 2, "response"), [[2, 1], [3, 0]]
   )
 
 
@@ -119,7 +119,7 @@ def test_difference_code_averages_eq5_draws_and_needs_statistics(capsys):
   from vae_attn import anomaly, attention
 
   run = restore.init_model("factorvae", latent_dim=4, seed=0)
-  x, _, data = explain.demo_images(run, 2, seed=0)
+  x, _, data = demo_data.demo_images(run, 2, seed=0)
   assert data == "procedural"
   rc = explain.main(["--latent-dim=4", "--num-images=2", "--code=difference"])
   assert rc == 2

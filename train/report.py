@@ -21,47 +21,15 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
 
 from eval import figures
 from vae_attn import attention, losses
 from workflow import writers
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 (after the backend is chosen)
-
 _log = logging.getLogger(__name__)
 
 REPORT_DIR = "report"
-
-
-def loss_curves(rows: list[dict], path: pathlib.Path) -> pathlib.Path:
-  """One panel per logged scalar (``train/*``, ``eval/*``) against the step.
-
-  Rates (``steps_per_sec``, ``examples_per_sec``) are left out.
-  """
-  names = sorted(
-    {k for r in rows for k in r if k != "step" and "per_sec" not in k}
-  )
-  cols = min(4, max(1, len(names)))
-  rows_n = max(1, -(-len(names) // cols))
-  fig, axes = plt.subplots(
-    rows_n, cols, figsize=(3.2 * cols, 2.4 * rows_n), squeeze=False
-  )
-  for ax, name in zip(axes.ravel(), names, strict=False):
-    points = [(r["step"], r[name]) for r in rows if name in r]
-    steps, values = zip(*points, strict=True)
-    ax.plot(steps, values, marker="." if len(points) < 20 else None)
-    ax.set_title(name, fontsize=9)
-    ax.set_xlabel("step", fontsize=8)
-    ax.tick_params(labelsize=7)
-  for ax in axes.ravel()[len(names) :]:
-    ax.axis("off")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
 
 
 class _Run(NamedTuple):
@@ -73,26 +41,6 @@ class _Run(NamedTuple):
 
   def encode_fn(self, variables, x):
     return self.model.apply(variables, x, method=self.model.encode)
-
-
-def _attention_figure(run, layer, x: np.ndarray, path: pathlib.Path, k: int):
-  maps_fn = jax.jit(attention.attention(run.encode_fn, layer))
-  maps = jax.device_get(maps_fn(run.variables, jnp.asarray(x)))
-  per_latent = np.asarray(maps.per_latent)
-  response = per_latent.reshape(*per_latent.shape[:2], -1).sum(-1)
-  top = np.argsort(-response, axis=1, kind="stable")[:, :k]
-  shown = np.take_along_axis(per_latent, top[:, :, None, None], axis=1)
-  size = x.shape[1:3]
-  figures.attention_grid(
-    path,
-    x,
-    np.asarray(attention.upsample(jnp.asarray(maps.mean), size)),
-    np.asarray(attention.upsample(jnp.asarray(shown), size)),
-    top,
-    title=f"attention at {layer}: mean (eq. 4) and the {k} "
-    "most responsive latents",
-    scale="image",
-  )
 
 
 def write(
@@ -134,13 +82,22 @@ def write(
   run = _Run(model, variables, tuple(images.shape[1:]))
   rows = writers.read_scalars(run_dir)
   _log.info("Report: loss curves, attention maps, traversals -> %s", out)
-  loss_curves(rows, out / "loss_curves.png")
+  figures.scalar_curves(out / "loss_curves.png", rows)
   x = np.asarray(images, np.float32)
   mu_logvar = jax.jit(run.encode_fn)(run.variables, jnp.asarray(x))
   mu, logvar = (np.asarray(a) for a in mu_logvar)
   latent_dim = mu.shape[-1]
-  _attention_figure(
-    run, layer, x, out / "attention.png", min(num_latents, latent_dim)
+  k = min(num_latents, latent_dim)
+  maps = jax.jit(attention.attention(run.encode_fn, layer))(run.variables, x)
+  figures.attention_figure(
+    out / "attention.png",
+    x,
+    jax.device_get(maps),
+    k=k,
+    order="response",
+    scale="image",
+    title=f"attention at {layer}: mean (eq. 4) and the {k} most responsive "
+    "latents",
   )
   kl = np.asarray(losses.gaussian_kl_per_dim(mu, logvar)).mean(axis=0)
   figures.traversal_figure(
