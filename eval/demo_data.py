@@ -40,16 +40,14 @@ def _pick_defects_first(source, num: int) -> tuple[np.ndarray, list]:
   """Defective test images first, one of each defect type in turn, then
   normal ones."""
   records = [source[i] for i in range(len(source))]
-  queues: dict[str, list[int]] = {}
-  for i, r in enumerate(records):
-    kind = str(r.get("defect_type", "")) if int(r["label"]) else ""
-    queues.setdefault(kind, []).append(i)
-  normal = queues.pop("", [])
-  picked: list[int] = []
-  while len(picked) < num and any(queues.values()):
-    for queue in queues.values():
-      if queue and len(picked) < num:
-        picked.append(queue.pop(0))
+  # Anomalous images without a defect type count as normal ones.
+  kinds = [
+    str(r.get("defect_type", "")) if int(r["label"]) else "" for r in records
+  ]
+  defective = [i for i, kind in enumerate(kinds) if kind]
+  normal = [i for i, kind in enumerate(kinds) if not kind]
+  types = [kinds[i] for i in defective]
+  picked = [defective[i] for i in data_lib.in_turn(types, num)]
   picked += normal[: num - len(picked)]
   x = np.stack([records[i]["image"] for i in picked])
   names = [str(records[i].get("defect_type", "")) or "image" for i in picked]

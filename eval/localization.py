@@ -35,6 +35,7 @@ ground truth, maps on the image) and with --ablation, ablation.png.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import functools
@@ -57,27 +58,17 @@ from vae_attn import attention as attention_lib
 from vae_attn.data import datasets, image_mask, images, pipeline, textures
 from workflow import configs, runs
 
-# Test data. Which data set a run is evaluated on comes from the flags, else
-# from its run spec (data source, folder and category), else the offline
-# textured-defect set. Masks come at the model's input size (nearest resize,
-# as the loaders give them) or at their original size (original_mask), for
-# the two protocols.
+# Test data: from the flags, else the run spec, else the offline set.
 
 DATASETS = datasets.WITH_MASKS
 
 
 class DataOptions(NamedTuple):
-  """The test data of an evaluation.
+  """The test data of an evaluation."""
 
-  Attributes:
-    dataset: one of :data:`DATASETS`.
-    data_dir: its folder (``None``: the offline set's cache).
-    category: the MVTec-AD or textures category, or ``None``.
-  """
-
-  dataset: str
-  data_dir: str | None
-  category: str | None
+  dataset: str  # One of DATASETS.
+  data_dir: str | None  # None: the offline set's cache.
+  category: str | None  # The MVTec-AD or textures category.
 
 
 def data_options(
@@ -173,28 +164,8 @@ def to_channels(x: np.ndarray, channels: int) -> np.ndarray:
   return np.repeat(x, channels, axis=-1)
 
 
-def original_mask(entry: image_mask.Entry) -> np.ndarray:
-  """The ground truth of one test image at its original size.
-
-  Args:
-    entry: an image-and-mask record (``source.entries[i]``).
-
-  Returns:
-    bool ``[H, W]`` at the size of the mask file (which is its image's
-    size); all False for an image without a mask file (a normal image).
-
-  Raises:
-    vae_attn.data.DataError: the file cannot be read.
-  """
-  if entry.mask is None:
-    return np.zeros(images.image_size_of(entry.image), bool)
-  return images.read_mask(entry.mask)[..., 0] > 0
-
-
-# Maps. A method is named attention_<code>/<layer> (layer without its
-# encoder/ prefix) or residual. Attention maps stay at their layer's
-# resolution [N, h, w] and the residual at the model's input size [N, H, W];
-# scoring upsamples both to the resolution of the chosen protocol.
+# Maps of the methods attention_<code>/<layer> (no encoder/ prefix), at
+# layer resolution, and residual, at the model's input size.
 
 CODES = ("mu", "difference")
 
@@ -365,21 +336,12 @@ def latent_stats(
   return stats, f"computed from the training split ({int(stats.count)} images)"
 
 
-# Scores under one of two protocols.
-#
-# "original" (default; the MVTec-AD protocol): each map is upsampled
-# (bilinear) to the original size of its image's mask, read from the mask
-# file, and the pixels are pooled at that size through the streaming
-# eval.metrics.localization.pixel_scores (65,536 bins over the maps' range;
-# the report gives the error bound of each figure). Small defect regions count
-# as drawn.
-#
-# "model": maps are upsampled to the model's input size and compared with the
-# masks the loader resized there (nearest neighbour, which can delete small
-# regions), exactly (eval.metrics.localization.localization_report).
-#
-# Pixel metrics pool the images whose mask is ground truth (has_mask); image
-# AUROC (max or mean of each map at model size) uses every test image.
+# Scores under one of two protocols: "original" (the MVTec-AD protocol:
+# maps upsampled bilinearly to each mask file's size, binned metrics with
+# error bounds) or "model" (masks resized to the model's input size by
+# nearest neighbour, which can delete small regions; exact metrics). Pixel
+# metrics pool the images with a mask (has_mask); image AUROC (each map's max
+# or mean at model size) ranks every test image.
 
 RESOLUTIONS = ("original", "model")
 NUM_BINS = 1 << 16
@@ -417,29 +379,30 @@ def _image_aurocs(m: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 
 def _model_size(m, data) -> tuple[dict[str, float], tuple]:
-  """Exact metrics against the masks at model size."""
+  """Exact pixel metrics against the masks at model size."""
   has_mask = data["has_mask"]
   masked, masks = m[has_mask], data["mask"][has_mask]
-  mask_labels = data["label"][has_mask]
-  if mask_labels.all() or not mask_labels.any():
-    # Pixel metrics only; image AUROC needs both classes.
-    report = {
-      "pixel_auroc": pixel_metrics.pixel_auroc(masked, masks),
-      "aupro": pixel_metrics.aupro(masked, masks),
-    }
-    iou, threshold = pixel_metrics.best_iou(masked, masks)
-    report.update(best_iou=iou, best_iou_threshold=threshold)
-  else:
-    report = pixel_metrics.localization_report(masked, masks, mask_labels)
   fpr, tpr, _ = pixel_metrics.roc_curve(masked, masks)
-  return report, (fpr, tpr)
+  return pixel_metrics.pixel_report(masked, masks), (fpr, tpr)
 
 
 def original_masks(
-  entries: Sequence[Any], has_mask: np.ndarray
+  entries: Sequence[image_mask.Entry], has_mask: np.ndarray
 ) -> dict[int, np.ndarray]:
-  """Index -> bool ``[H, W]`` mask at original size, for masked images."""
-  return {i: original_mask(entries[i]) for i in np.flatnonzero(has_mask)}
+  """Index -> bool ``[H, W]`` ground truth at the size of its image, for
+  the images with ``has_mask`` (all False without a mask file).
+
+  Raises:
+    vae_attn.data.DataError: a file cannot be read.
+  """
+  masks = {}
+  for i in np.flatnonzero(has_mask):
+    entry = entries[i]
+    if entry.mask is None:
+      masks[i] = np.zeros(images.image_size_of(entry.image), bool)
+    else:
+      masks[i] = images.read_mask(entry.mask)[..., 0] > 0
+  return masks
 
 
 def _original_size(
@@ -536,12 +499,8 @@ def describe(
   )
 
 
-# Report and figures (paper Table 2, Fig. 6). report.md holds one row per
-# method in the Table 2 format (plus AUPRO and image AUROC), the paper's
-# numbers for reference, the layer ablation table and a line naming the
-# evaluation protocol; roc.png, overlays.png and ablation.png are the figures.
-
-# The paper's numbers (docs/paper.md#results), for the reference rows.
+# Report (paper Table 2) and figures (Fig. 6). The paper's numbers
+# (docs/paper.md#results), for the reference rows:
 PAPER_MVTEC = {
   "carpet": (0.78, 0.10),
   "grid": (0.73, 0.02),
@@ -570,28 +529,28 @@ COLUMNS = (
 )
 
 
+def _code_and_layer(method: str) -> tuple[str | None, str | None]:
+  if method == "residual":
+    return None, None
+  kind, layer = method.split("/", 1)
+  return kind.removeprefix("attention_"), layer
+
+
 def label(method: str, multiline: bool = False) -> str:
   """Display name of a method (two lines for figure column titles)."""
-  if method == "residual":
+  code, layer = _code_and_layer(method)
+  if code is None:
     return (
       "reconstruction\nresidual" if multiline else "reconstruction residual"
     )
-  kind, layer = method.split("/", 1)
-  code = kind.removeprefix("attention_")
-  sep = "\n" if multiline else " @ "
-  return f"attention ({code}){sep}{layer}"
+  return f"attention ({code})" + ("\n" if multiline else " @ ") + layer
 
 
 def row(method: str, values: Mapping[str, float]) -> dict:
   """A ``results.json`` row: method, code, layer and the metrics."""
-  if method == "residual":
-    out = {"method": "residual", "code": None, "layer": None}
-  else:
-    kind, layer = method.split("/", 1)
-    code = kind.removeprefix("attention_")
-    out = {"method": "attention", "code": code, "layer": layer}
-  out.update(values)
-  return out
+  code, layer = _code_and_layer(method)
+  kind = "residual" if code is None else "attention"
+  return {"method": kind, "code": code, "layer": layer, **values}
 
 
 def _fmt(value: float | None) -> str:
@@ -699,21 +658,25 @@ def write_report(path: str, results: Mapping[str, Any]) -> str:
   return path
 
 
+def in_turn(groups: Sequence[str], num: int) -> list[int]:
+  """Indices of at most ``num`` items: the first of each group, then the
+  second of each group, and so on (groups in order of appearance)."""
+  first_seen: dict[str, int] = {}
+  counts: collections.Counter = collections.Counter()
+  keys = []
+  for i, group in enumerate(groups):
+    keys.append((counts[group], first_seen.setdefault(group, i), i))
+    counts[group] += 1
+  return [i for *_, i in sorted(keys)[:num]]
+
+
 def pick_overlay_images(data: Mapping[str, np.ndarray], num: int) -> list[int]:
   """Anomalous images of each defect type in turn, then one normal image."""
-  labels, types = data["label"], data["defect_type"]
-  by_type: dict[str, list[int]] = {}
-  for i in np.flatnonzero(labels & data["has_mask"]):
-    by_type.setdefault(str(types[i]), []).append(int(i))
-  picked: list[int] = []
-  while len(picked) < num - 1 and any(by_type.values()):
-    for queue in by_type.values():
-      if queue and len(picked) < num - 1:
-        picked.append(queue.pop(0))
-  normal = np.flatnonzero(~labels)
-  if len(normal):
-    picked.append(int(normal[0]))
-  return picked
+  labels = data["label"]
+  anomalous = np.flatnonzero(labels & data["has_mask"])
+  types = [str(t) for t in data["defect_type"][anomalous]]
+  picked = [int(anomalous[i]) for i in in_turn(types, num - 1)]
+  return picked + [int(i) for i in np.flatnonzero(~labels)[:1]]
 
 
 def write_figures(
