@@ -1,29 +1,17 @@
 """The one table of one-class data sets: a name and a split to a source.
 
-The one-class trainer (``train.oneclass``) and the localization evaluators
-(``eval.localization``, ``eval.explain``) choose their data by name; this is
-the only place that maps a name to a loader::
+The one-class trainer and the localization evaluators choose their data by
+name through `load`, the only place that maps a name to a loader::
 
-  source = vae_attn.data.load("mvtec", "test", data_dir=root,
-                              category="bottle", image_size=256)
+  source = datasets.load("mvtec", "test", data_dir=root, category="bottle")
 
-Each call takes the options a caller holds (a config, or the options a run
-recorded) and passes each loader the ones it uses (default image sizes in
-parentheses); options a data set does not use are ignored, so one set of
-options serves every name:
+Every call takes the same options (a config, or those a run recorded); each
+loader gets the ones it uses and the others are ignored:
 
-- ``textures``: `mvtec.load` over `textures.ensure_dataset`; data_dir (the
-  folder the set is written in, or the written set), category (default
-  ``textures.CATEGORIES[0]``), image_size (128), augment, seed,
-  allow_empty_masks.
-- ``mvtec``: `mvtec.load`; data_dir, category, image_size (256), augment,
-  seed, allow_empty_masks.
-- ``folder``: `custom_folder.load`; data_dir, mask_dir, image_size (256),
-  augment, seed, allow_empty_masks.
-- ``ped1``: `ped1.load`; data_dir, image_size (100).
-- ``mnist``: `mnist.load`; data_dir (the tfds data directory),
-  normal_digit. 28 x 28.
-- ``digits``: `digits.load`; normal_digit. 28 x 28.
+- textures, mvtec: data_dir, category, image_size (128, 256), augment, seed,
+  allow_empty_masks; folder: the same with mask_dir instead of category
+  (256); ped1: data_dir, image_size (100);
+- mnist: data_dir (tfds'), normal_digit; digits: normal_digit (28 x 28).
 """
 
 from __future__ import annotations
@@ -65,8 +53,10 @@ def load(
     name: one of `DATASETS`.
     split: "train" (normal images only) or "test".
     data_dir, category, image_size, normal_digit, mask_dir, augment, seed,
-      allow_empty_masks: the loaders' options (see the module docstring for
-      which data set uses which); ``None`` or ``""`` means not given.
+      allow_empty_masks: the loaders' options; ``None`` or ``""`` means not
+      given. ``textures`` writes its set into ``data_dir`` (default: the
+      cache) unless ``data_dir`` holds it; its category defaults to
+      ``textures.CATEGORIES[0]``.
 
   Returns:
     The loader's source (records in docs/data.md).

@@ -1,11 +1,9 @@
 """Offline handwritten digits: scikit-learn's bundled 8x8 digits at 28x28.
 
-The stand-in for MNIST where MNIST is not prepared (CI, a laptop offline):
-the 1,797 UCI handwritten digits that ship inside scikit-learn
-(``sklearn.datasets.load_digits``, no download), bilinearly upsampled from
-8x8 to 28x28 and scaled to [0, 1]. They are real handwriting, but coarse: a
-model trained on them is a smoke test of the MNIST pipeline, not a
-reproduction of the paper's MNIST figures (use ``mnist.load`` for those).
+The stand-in for MNIST where MNIST is not prepared: the 1,797 UCI digits
+that ship inside scikit-learn (``sklearn.datasets.load_digits``), bilinearly
+upsampled from 8x8 to 28x28 and scaled to [0, 1]. Real handwriting, but
+coarse: a smoke test of the MNIST pipeline, not the paper's MNIST figures.
 
 A deterministic split: the first 80% of each digit's images (in the file's
 order) are ``"train"``, the rest ``"test"``. Records match ``mnist.load``:
@@ -19,7 +17,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from vae_attn.data import base
+from vae_attn.data import base, mnist
 
 TRAIN_FRACTION = 0.8
 SPLITS = ("train", "test")
@@ -51,8 +49,7 @@ def load(split: str, *, normal_digit: int | None = None) -> base.ArraySource:
 
   if split not in SPLITS:
     raise ValueError(f"Unknown split {split!r}; choose one of {SPLITS}.")
-  if normal_digit is not None and normal_digit not in range(10):
-    raise ValueError(f"normal_digit must be in 0..9, got {normal_digit!r}.")
+  mnist.check_normal_digit(normal_digit)
   raw = datasets.load_digits()
   labels = raw.target.astype(np.int32)
   in_train = np.zeros(len(labels), bool)

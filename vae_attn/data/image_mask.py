@@ -86,8 +86,8 @@ def test_entries(
   the defect images get ``has_mask=False``.
 
   Raises:
-    DataError: no sub-folders, an empty folder, or a mask rule broken
-      (`pair_masks`, `check_orphan_mask_folders`, `check_normal_masks`).
+    DataError: no sub-folders, an empty folder, a mask folder of no test
+      folder, a normal image's mask marking pixels, or as `pair_masks`.
   """
   types = sorted(subfolders(test_dir), key=lambda t: (t != normal_name, t))
   if not types:
@@ -97,8 +97,7 @@ def test_entries(
       f"layout:\n{layout}"
     )
   if mask_root is not None:
-    check_orphan_mask_folders(mask_root, types, test_dir)
-    check_normal_masks(mask_root, normal_name)
+    _check_mask_root(mask_root, types, test_dir, normal_name)
   out = []
   for defect_type in types:
     files = require_images(os.path.join(test_dir, defect_type), layout)
@@ -174,35 +173,26 @@ def pair_masks(
   return paired
 
 
-def check_orphan_mask_folders(
-  mask_root: str, defect_types: Sequence[str], image_root: str
+def _check_mask_root(
+  mask_root: str, types: Sequence[str], test_dir: str, normal_name: str
 ) -> None:
-  """Raises if ``mask_root`` has a folder for a type with no test images."""
+  """Refuses mask folders of no test folder, and masks of normal images.
+
+  All-zero masks under ``<mask_root>/<normal_name>/`` are ignored with a
+  warning (normal images get all-zero masks anyway).
+  """
   if not os.path.isdir(mask_root):
     return
   for name in subfolders(mask_root):
     masks = images.list_images(os.path.join(mask_root, name))
-    if name not in defect_types and masks:
+    if name not in types and masks:
       raise base.DataError(
         f"Mask {masks[0]} has no image: there is no test folder "
-        f"{os.path.join(image_root, name)}. Add the images or remove the "
+        f"{os.path.join(test_dir, name)}. Add the images or remove the "
         "masks."
       )
-
-
-def check_normal_masks(mask_root: str, normal_name: str = NORMAL) -> None:
-  """Refuses masks under ``<mask_root>/<normal_name>/`` that mark pixels.
-
-  Normal images get all-zero masks; all-zero mask files there are ignored
-  with a warning.
-
-  Raises:
-    DataError: a mask in the normal folder marks anomalous pixels.
-  """
   folder = os.path.join(mask_root, normal_name)
-  if not os.path.isdir(folder):
-    return
-  masks = images.list_images(folder)
+  masks = images.list_images(folder) if os.path.isdir(folder) else []
   for mask in masks:
     if images.read_mask(mask).any():
       raise base.DataError(
@@ -216,7 +206,7 @@ def check_normal_masks(mask_root: str, normal_name: str = NORMAL) -> None:
       f"Ignoring {len(masks)} all-zero mask(s) in {folder}: normal images "
       "get all-zero masks anyway. Move the folder out of "
       f"{mask_root} to silence this.",
-      stacklevel=2,
+      stacklevel=3,
     )
 
 

@@ -281,18 +281,17 @@ def rotate_and_mirror(
   rng: np.random.Generator,
   *,
   max_degrees: float = 30.0,
-  mirror: bool = True,
 ) -> base.Record:
   """The paper's MVTec-AD augmentation: random rotation and mirroring.
 
   Rotates ``"image"`` ``[H, W, C]`` (bilinear) and ``"mask"`` ``[H, W, 1]``
   (nearest, optional) by one angle uniform in ``[-max_degrees,
   max_degrees]`` about the centre; corners rotated in get the median border
-  colour and mask 0. Then, if ``mirror``, flips both left-right with
-  probability 1/2. Returns a new record; other fields are unchanged.
+  colour and mask 0; then flips both left-right with probability 1/2.
+  Returns a new record; other fields are unchanged.
   """
   angle = float(rng.uniform(-max_degrees, max_degrees))
-  flip = bool(mirror and rng.random() < 0.5)
+  flip = bool(rng.random() < 0.5)
   out = dict(record)
   image = np.asarray(record["image"], dtype=np.float32)
   channels = [

@@ -22,18 +22,25 @@ NUM_CLASSES = 10
 
 def _read_all(source) -> tuple[np.ndarray, np.ndarray]:
   """Reads every example of a tfds data source into uint8 / int32 arrays."""
-  num = len(source)
-  images = np.empty((num, 28, 28, 1), np.uint8)
-  labels = np.empty((num,), np.int32)
-  chunk = 4096
-  get_many = getattr(source, "__getitems__", None)
-  for start in range(0, num, chunk):
-    keys = list(range(start, min(start + chunk, num)))
-    examples = get_many(keys) if get_many else [source[k] for k in keys]
-    for k, example in zip(keys, examples, strict=True):
-      images[k] = np.asarray(example["image"]).reshape(28, 28, 1)
-      labels[k] = int(example["label"])
+  images = np.empty((len(source), 28, 28, 1), np.uint8)
+  labels = np.empty((len(source),), np.int32)
+  for k in range(len(source)):
+    example = source[k]
+    images[k] = np.asarray(example["image"]).reshape(28, 28, 1)
+    labels[k] = int(example["label"])
   return images, labels
+
+
+def check_normal_digit(normal_digit) -> None:
+  """Raises ValueError unless ``normal_digit`` is None or an int in 0..9."""
+  if normal_digit is not None and (
+    isinstance(normal_digit, bool)
+    or not isinstance(normal_digit, (int, np.integer))
+    or not 0 <= normal_digit < NUM_CLASSES
+  ):
+    raise ValueError(
+      f"normal_digit must be an int in 0..9, got {normal_digit!r}."
+    )
 
 
 def load(
@@ -49,9 +56,8 @@ def load(
     normal_digit: the one normal class. Training splits (``"train..."``)
       keep only this digit; test splits keep every digit and add
       ``"anomalous"``. None: plain MNIST.
-    data_dir: the tfds data directory (default: ``$TFDS_DATA_DIR`` or
-      ``~/tensorflow_datasets``); it must hold MNIST prepared in the
-      array_record format.
+    data_dir: the tfds data directory (default: tfds'), holding MNIST
+      prepared in the array_record format.
 
   Returns:
     An in-memory source (with ``get_batch``).
@@ -60,14 +66,7 @@ def load(
     DataError: MNIST is not prepared there, or the split is empty.
     ValueError: ``normal_digit`` is not in 0..9.
   """
-  if normal_digit is not None and (
-    isinstance(normal_digit, bool)
-    or not isinstance(normal_digit, (int, np.integer))
-    or not 0 <= normal_digit < NUM_CLASSES
-  ):
-    raise ValueError(
-      f"normal_digit must be an int in 0..9, got {normal_digit!r}."
-    )
+  check_normal_digit(normal_digit)
   source = tfds_source.open_source("mnist", split, data_dir, lambda x: x)
   images, labels = _read_all(source)
   fields = {"image": images, "label": labels}
