@@ -179,7 +179,7 @@ def _read(
     batch = _strings_to_objects(get_batch(indices))
     if augment is None:
       return batch
-    records = _unstack_batch(batch)
+    records = [{k: v[i] for k, v in batch.items()} for i in range(len(indices))]
   else:
     records = [source[int(i)] for i in indices]
   if augment is not None:
@@ -199,12 +199,6 @@ def _strings_to_objects(batch: Mapping[str, np.ndarray]) -> base.Record:
       value = np.array([str(v) for v in value.reshape(-1)], dtype=object)
     out[key] = value
   return out
-
-
-def _unstack_batch(batch: Mapping[str, np.ndarray]) -> list[base.Record]:
-  """Splits a stacked batch back into records (the inverse of stacking)."""
-  size = len(next(iter(batch.values())))
-  return [{k: v[i] for k, v in batch.items()} for i in range(size)]
 
 
 def single_pass(
