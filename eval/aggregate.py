@@ -12,14 +12,12 @@ Make the runs first, one workdir per seed, and evaluate each, e.g.
     python -m eval.disentanglement --workdir=runs/ad_seed$s
   done
 
-Each argument is a training workdir, an evaluation folder or a
-results.json. A workdir contributes every eval/*/results.json under it.
-Metric keys are prefixed with the evaluation that wrote them
-("localization/", "disentanglement/"), read from the results file itself, so
-the same metric matches across runs whatever folder (--out) it was written
-to. The metrics read are the flat "metrics" (localization) or "scores"
-(disentanglement) dict; values that are not scores (thresholds, error
-bounds, counts such as best_iou_threshold or num_active_dims) are left out.
+Each argument is a training workdir (every eval/*/results.json under it),
+an evaluation folder or a results.json. Metric keys are prefixed with the
+evaluation that wrote them ("localization/", "disentanglement/"), so the
+same metric matches across runs whatever --out it was written to; values
+that are not scores (thresholds, error bounds, counts such as
+num_active_dims) are left out.
 
 The runs of a group must differ in nothing but the seed (and run control
 such as log_every); with --vs the two groups may differ only in the arms'
@@ -29,14 +27,12 @@ must match: otherwise the command refuses (exit status 2) and names the
 fields, or with --allow-mixed compares anyway under a loud line.
 
 Prints a markdown table: per metric the mean, sample standard deviation
-(ddof=1) and number of runs n of each group, and with --vs the difference
-of the means with its 95% confidence interval (Welch) and the two-sided
-p-value of Welch's t-test, or "n/a" with the reason where the test is not
-defined (fewer than two runs in a group, or no spread in either group).
-Under the table: what ± is, each group's runs, steps, batch size and
-metric sample sizes, and the software that ran the aggregation. A metric
-with n = 1 has no spread and is flagged. --out writes the report to a
-file, --json the numbers.
+(ddof=1) and n of each group, and with --vs the difference of the means
+with its 95% confidence interval and the two-sided p-value of Welch's
+t-test, or "n/a" with the reason where the test is not defined (fewer than
+two runs in a group, or no spread in either group). Under the table: each
+group's runs, steps, batch size and sample sizes, and the software. --out
+writes the report to a file, --json the numbers.
 """
 
 from __future__ import annotations
@@ -283,16 +279,13 @@ class Comparison(NamedTuple):
 
 
 def compare(a: Summary, b: Summary) -> Comparison:
-  """Welch's t-test and the 95% interval of ``mean_A - mean_B``.
+  """Welch's t-test (``scipy.stats.ttest_ind``) and the 95% interval of
+  ``mean_A - mean_B``.
 
   Undefined (``p`` and the interval ``nan``, with the reason) when a group
   has fewer than two runs or neither group has any spread (sample standard
   deviations below 1e-6: float noise, where the test would print p = 0 for
   two different constants and p = 1 for two equal ones).
-
-  References:
-    Welch, "The generalization of Student's problem when several different
-    population variances are involved", Biometrika 1947.
   """
   difference = a.mean - b.mean
   if a.n < 2 or b.n < 2:
@@ -301,19 +294,13 @@ def compare(a: Summary, b: Summary) -> Comparison:
     return Comparison(
       difference, math.nan, math.nan, math.nan, "no spread in either group"
     )
-  va, vb = a.std**2 / a.n, b.std**2 / b.n
-  se = math.sqrt(va + vb)
-  df = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))
-  t = difference / se
-  p = float(2 * scipy.stats.t.sf(abs(t), df))
-  half = float(scipy.stats.t.ppf(0.975, df)) * se
-  return Comparison(difference, difference - half, difference + half, p, "")
-
-
-def welch_p(a: Summary, b: Summary) -> float:
-  """Two-sided p-value of Welch's t-test (``nan`` where not defined, see
-  :func:`compare`)."""
-  return compare(a, b).p
+  test = scipy.stats.ttest_ind(
+    [v for v in a.values if math.isfinite(v)],
+    [v for v in b.values if math.isfinite(v)],
+    equal_var=False,
+  )
+  low, high = test.confidence_interval(0.95)
+  return Comparison(difference, float(low), float(high), float(test.pvalue), "")
 
 
 def config_differences(
@@ -455,8 +442,9 @@ def _mixed(groups_read) -> list[str]:
   return problems
 
 
-def _read_groups(config) -> tuple[dict[str, dict[str, Summary]], list[str]]:
-  """Summaries of each group and the notes about its runs.
+def _read_groups(config) -> tuple[dict, list[str], list[str]]:
+  """``(groups, mixed, notes)``: the summaries of each group, the loud line
+  of ``--allow-mixed`` (if the runs are mixed) and the notes on the runs.
 
   Raises:
     ValueError: the runs differ in more than the seed (within a group) or
@@ -476,19 +464,17 @@ def _read_groups(config) -> tuple[dict[str, dict[str, Summary]], list[str]]:
       f"Not comparable: {'; '.join(problems)}. Score runs of equal length, "
       "batch size and sample sizes, or pass --allow-mixed to compare anyway."
     )
-  notes = [
-    "**MIXED RUNS (--allow-mixed): "
-    + "; ".join(problems)
-    + ". The numbers below are not a like-for-like comparison.**"
-    for _ in problems[:1]
+  mixed = [
+    f"**MIXED RUNS (--allow-mixed): {'; '.join(problems)}. The numbers "
+    "below are not a like-for-like comparison.**"
   ]
-  groups = {}
+  groups, notes = {}, []
   for name, read in groups_read.items():
     groups[name] = summarize([m for m, _, _ in read])
     notes += _group_lines(
       name, groups_paths[name], [c for _, c, _ in read], [s for *_, s in read]
     )
-  return groups, notes
+  return groups, mixed if problems else [], notes
 
 
 def _select(keys: list[str], patterns: Sequence[str] | None) -> list[str]:
@@ -513,11 +499,9 @@ def _run(config: Config) -> int:
     cli.make_out_file(config.out, flag="--out")
   if config.json:
     cli.make_out_file(config.json, flag="--json")
-  groups, notes = _read_groups(config)
+  groups, mixed, notes = _read_groups(config)
   keys = list(dict.fromkeys(k for g in groups.values() for k in g))
   keys = _select(keys, config.keys)
-  mixed = [n for n in notes if n.startswith("**MIXED")]
-  notes = [n for n in notes if not n.startswith("**MIXED")]
   lines = table(groups, keys)
   notes.insert(
     0,

@@ -5,35 +5,28 @@ r"""Disentanglement of a FactorVAE / AD-FactorVAE / beta-VAE (paper Table 3).
   python -m eval.disentanglement --workdir=runs/ad --data=npz \
       --data-dir=dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz
 
-Restores the VAE of --workdir (eval.restore.load_run) and scores its
-posterior means on dSprites with every disentanglement metric of
-eval.metrics (evaluate_suite): the FactorVAE metric in two conventions (the
-"disentanglement_lib" one and the "paper" one of Kim & Mnih, whose
-collapsed-dimension pruning uses the per-dimension KL to the prior), the
-beta-VAE metric, MIG, DCI and SAP. The driver owns the I/O (as in
-disentanglement_lib's evaluate.py): it builds the representation and KL
-functions, runs the metrics, adds timings and writes the results.
+Restores the VAE of --workdir (a run, or a grid folder: every member run)
+and scores its posterior means on dSprites with every disentanglement metric
+of eval.metrics: the FactorVAE metric in the "disentanglement_lib" and the
+"paper" convention (Kim & Mnih's, pruning collapsed dimensions by their KL
+to the prior), the beta-VAE metric, MIG, DCI and SAP.
 
 Every metric runs at its published sample sizes unless --quick (small
 sizes for CPU smoke runs, not comparable with the paper). The full
 evaluation encodes all 737,280 dSprites images once and shares the codes
 between the metrics (--no-tabulate: every metric encodes its own draws,
-about 3 million images); DCI uses the random-forest importance, which
-takes about a minute where disentanglement_lib's gradient boosting takes
-tens (--dci-importance=gbt gives disentanglement_lib's numbers). See
-python -m bench.disentanglement_report for the time of each stage.
-
-Data default to the run's (its spec's data and data_dir): the procedural
-dSprites renderer needs no file; --data=tfds reads the prepared tfds
-dSprites and finds each factor combination's record once.
+about 3 million images); DCI uses the random-forest importance, about a
+minute where disentanglement_lib's gradient boosting takes tens
+(--dci-importance=gbt gives disentanglement_lib's numbers). Data default to
+the run's; the procedural dSprites renderer needs no file.
 
 Writes into --out (default <workdir>/eval/disentanglement, or
 <workdir>/eval/disentanglement_quick with --quick): results.json (flat
-"scores", the sample sizes of each metric, the conventions, timings),
-report.md, attention.png (Fig. 8 style: inputs and the attention maps of
-their two highest-responding latents) and traversals.png (decoded latent
-traversals of the most informative latents, by KL). Progress goes to
-stderr: one line per stage, and bars on a terminal.
+"scores", each metric's sample sizes, the conventions, timings), report.md,
+attention.png (Fig. 8 style: inputs and the attention maps of their two
+highest-responding latents) and traversals.png (latent traversals of the
+most informative latents, by KL). Progress goes to stderr: one line per
+stage, and bars on a terminal.
 """
 
 from __future__ import annotations
@@ -65,14 +58,12 @@ from workflow import configs, runs
 
 # DCI importance of the full evaluation: minutes, not hours (eval.metrics.dci).
 FULL_DCI_IMPORTANCE = "random_forest"
+DATA = ("procedural", "npz", "tfds")
 
 _LOG = logging.getLogger("eval.disentanglement")  # Also as __main__.
 
 
 # Ground-truth data: the dSprites factors of the run (flags, else its spec).
-
-
-DATA = ("procedural", "npz", "tfds")
 
 
 class TfdsGroundTruth:
@@ -133,7 +124,7 @@ class TfdsGroundTruth:
   def sample_observations_from_factors(
     self, factors: np.ndarray, random_state
   ) -> np.ndarray:
-    """The images of ``factors`` ``[N, 5]``: float32 ``[N, 64, 64, 1]``."""
+    """The float32 images ``[N, H, W, C]`` of ``factors`` ``[N, F]``."""
     del random_state  # One image per combination.
     index = dsprites.factors_to_index(factors, self._num_values)
     images = [self._source[int(i)]["image"] for i in self._position[index]]
@@ -167,8 +158,20 @@ def load_data(config: Any, run: restore.Run):
   return dsprites.procedural(), kind
 
 
-# The report: scores with their sample sizes, notes, timings.
+def _load_once(config: Any, run: restore.Run, cache: dict) -> tuple:
+  """``(source, (data, kind))``: :func:`load_data`, once per source."""
+  source = (config.data or run.spec.data, config.data_dir or run.spec.data_dir)
+  if source not in cache:
+    cache[source] = load_data(config, run)
+  return source, cache[source]
 
+
+def _tabulates(config: Any) -> bool:
+  """``--tabulate``; by default on for the full evaluation."""
+  return (not config.quick) if config.tabulate is None else config.tabulate
+
+
+# The report: scores with their sample sizes, notes, timings.
 
 # The paper's FactorVAE-metric numbers (Table 3; docs/paper.md#results).
 PAPER = {
@@ -177,7 +180,7 @@ PAPER = {
   "beta-VAE beta=1/4/6/16": "0.69 / 0.73 / 0.70 / 0.68",
 }
 
-# Display order and description of the scores of ``metrics.compute_all``.
+# Display order and description of the scores (``suite.evaluate_suite``).
 SCORES = (
   ("factor_vae/paper/eval_accuracy", "FactorVAE metric, paper convention"),
   (
@@ -293,20 +296,6 @@ def _training_log_note(results: Mapping[str, Any]) -> list[str]:
   ]
 
 
-def _notes(results: Mapping[str, Any]) -> list[str]:
-  notes = results.get("notes") or []
-  if not notes:
-    return []
-  return ["", "## Notes", ""] + [f"- {note}" for note in notes]
-
-
-def _timings(results: Mapping[str, Any]) -> str:
-  parts = [
-    f"{name} {seconds:.1f} s" for name, seconds in results["timings"].items()
-  ]
-  return f"Elapsed: {results['elapsed_time']:.1f} s ({'; '.join(parts)})."
-
-
 def write_report(path: str, results: Mapping[str, Any]) -> str:
   """Writes ``report.md`` for ``results``; returns ``path``."""
   meta = results["meta"]
@@ -348,7 +337,8 @@ def write_report(path: str, results: Mapping[str, Any]) -> str:
     + "; ".join(f"{k}: {v}" for k, v in PAPER.items())
     + ". A single run is not a result: train several seeds and run "
     "`python -m eval.aggregate` for the mean and spread.",
-    *_notes(results),
+    *(["", "## Notes", ""] if results.get("notes") else []),
+    *(f"- {note}" for note in results.get("notes") or []),
     "",
     "## Figures",
     "",
@@ -359,7 +349,9 @@ def write_report(path: str, results: Mapping[str, Any]) -> str:
     "reconstruction) decoded with a single latent swept over the values in "
     "the column titles, rows ordered by the latent's mean KL.",
     "",
-    _timings(results),
+    f"Elapsed: {results['elapsed_time']:.1f} s ("
+    + "; ".join(f"{k} {v:.1f} s" for k, v in results["timings"].items())
+    + ").",
     "",
   ]
   with open(path, "w") as f:
@@ -410,7 +402,7 @@ class Scored:
   """The scores of :func:`score` and how they were measured.
 
   Attributes:
-    scores: flat scores (``eval.metrics.disentanglement.compute_all``'s keys).
+    scores: flat scores (``suite.evaluate_suite``'s keys).
     sample_sizes: ``{metric: {argument: size}}``.
     timings: seconds per stage (``encode all images``, each metric).
     notes: warnings of the metrics (dropped factors, estimators that stopped
@@ -585,7 +577,7 @@ def evaluate(
   importance = config.dci_importance or (
     "random_forest" if config.quick else FULL_DCI_IMPORTANCE
   )
-  tabulate = (not config.quick) if config.tabulate is None else config.tabulate
+  tabulate = _tabulates(config)
   # Fails now, not after the metrics; the default --out is inside the run
   # folder, so a missing one is refused before it is made.
   out = cli.make_out_dir(config.out) if config.out else None
@@ -594,11 +586,7 @@ def evaluate(
   run = restore.load_run(workdir, step=config.step)
   check_applies(run.spec, workdir)  # Before anything is written into it.
   out = out or cli.make_out_dir(default_out(workdir, config.quick))
-  cache = {} if cache is None else cache
-  source = (config.data or run.spec.data, config.data_dir or run.spec.data_dir)
-  if source not in cache:
-    cache[source] = load_data(config, run)
-  data, kind = cache[source]
+  _, (data, kind) = _load_once(config, run, {} if cache is None else cache)
   mu_and_kl = representation_function(run)  # Compiled once, used twice.
   scored = score(
     mu_and_kl,
@@ -676,18 +664,13 @@ def _shared_tables(config: Config, dirs: Sequence[str], cache: dict) -> dict:
   """With the code table on (the full evaluation): one rendering pass of
   the ground-truth data, encoded by every run that reads the same data
   (``suite.tabulate_all``); ``{workdir: (data, lookup)}``."""
-  if not ((not config.quick) if config.tabulate is None else config.tabulate):
+  if not _tabulates(config):
     return {}
   by_source: dict = {}
   for workdir in dirs:
     run = restore.load_run(workdir, step=config.step)
     check_applies(run.spec, workdir)
-    source = (
-      config.data or run.spec.data,
-      config.data_dir or run.spec.data_dir,
-    )
-    if source not in cache:
-      cache[source] = load_data(config, run)
+    source, _ = _load_once(config, run, cache)
     by_source.setdefault(source, []).append((workdir, run))
   shared = {}
   for source, members in by_source.items():

@@ -35,6 +35,12 @@ def _rs(seed=0):
   return np.random.RandomState(seed)
 
 
+def _flat_scores(data, rep, **options):
+  """Every metric of the suite, as the flat ``scores`` of a results file."""
+  results = disentanglement.evaluate_suite(data, rep, _rs(), **options)
+  return {key: value for r in results for key, value in r.scores.items()}
+
+
 @pytest.mark.parametrize("convention", ["disentanglement_lib", "paper"])
 def test_factor_vae_known_answers(convention):
   def score(rep):
@@ -302,7 +308,7 @@ def test_sap_known_answers():
 
 
 def test_compute_all_quick_keys():
-  results = disentanglement.compute_all(DATA, IDENTITY, _rs(), quick=True)
+  results = _flat_scores(DATA, IDENTITY, quick=True)
   expected = {
     f"factor_vae/{c}/{k}"
     for c in ("disentanglement_lib", "paper")
@@ -448,9 +454,7 @@ def test_single_valued_factor_discrete_sap_and_names():
 
 def test_compute_all_warns_once_for_a_single_valued_factor():
   with pytest.warns(sampling.ConstantFactorWarning) as record:
-    scores = disentanglement.compute_all(
-      WITH_CONSTANT, IDENTITY, _rs(), quick=True
-    )
+    scores = _flat_scores(WITH_CONSTANT, IDENTITY, quick=True)
   constant = [
     w for w in record if issubclass(w.category, sampling.ConstantFactorWarning)
   ]
@@ -595,9 +599,7 @@ def test_evaluate_suite_logs_each_stage_and_names_its_sizes(caplog, capsys):
   assert all(r.sample_sizes == quick[r.name] for r in results)
   assert all(r.seconds >= 0 for r in results)
   assert {k: v for r in results for k, v in r.scores.items()} == (
-    disentanglement.compute_all(
-      DATA, IDENTITY, _rs(), quick=True, dci_importance="random_forest"
-    )
+    _flat_scores(DATA, IDENTITY, quick=True, dci_importance="random_forest")
   )
   lines = [r.getMessage() for r in caplog.records]
   assert lines[0] == (

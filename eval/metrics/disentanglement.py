@@ -3,8 +3,7 @@
 * ``evaluate_suite`` runs every metric (``factor_vae`` in two conventions,
   ``beta_vae``, ``mig``, ``dci``, ``sap``: disentanglement_lib's signature,
   contract in ``eval.metrics.sampling``), yielding each one's scores with
-  its sample sizes and wall time; ``compute_all`` returns the scores as one
-  flat dict.
+  its sample sizes and wall time.
 * ``tabulate``: for a finite data set whose observations are a deterministic
   function of the factors (dSprites), encodes every factor combination once
   and returns an equivalent (data, representation) pair whose metric calls
@@ -38,7 +37,6 @@ from eval.metrics import beta_vae, dci, factor_vae, mig, sampling, sap
 
 __all__ = [
   "MetricResult",
-  "compute_all",
   "evaluate_suite",
   "suite_sample_sizes",
   "tabulate",
@@ -140,7 +138,11 @@ class MetricResult:
     name: e.g. ``"factor_vae/paper"``, ``"dci"``.
     title: what a reader calls it, e.g. ``"FactorVAE score, paper
       convention"``.
-    scores: flat scores, keyed as in ``compute_all``.
+    scores: flat scores, keyed for a results file:
+      ``factor_vae/{disentanglement_lib,paper}/{train_accuracy,
+      eval_accuracy,num_active_dims}``, ``beta_vae/{train,eval}_accuracy``,
+      ``mig``, ``dci/{disentanglement,completeness}``,
+      ``dci/informativeness_{train,test}`` or ``sap``.
     sample_sizes: the sizes it ran at, keyed by ``compute_*`` argument.
     seconds: its wall time.
   """
@@ -263,30 +265,6 @@ def evaluate_suite(
       "metric %d/%d: %s done in %.1f s", k, len(all_sizes), title, seconds
     )
     yield MetricResult(name, title, scores, dict(sizes), seconds)
-
-
-def compute_all(
-  ground_truth_data: Any,
-  representation_function: sampling.RepresentationFn,
-  random_state: sampling.RandomState,
-  **options: Any,
-) -> dict[str, float]:
-  """Every disentanglement metric (:func:`evaluate_suite`, whose keyword
-  ``options`` it takes), with flat keys for a results file.
-
-  Keys: ``factor_vae/disentanglement_lib/{train,eval}_accuracy``,
-  ``factor_vae/disentanglement_lib/num_active_dims``, the same under
-  ``factor_vae/paper/``, ``beta_vae/{train,eval}_accuracy``, ``mig``,
-  ``dci/disentanglement``, ``dci/completeness``,
-  ``dci/informativeness_{train,test}`` and ``sap``.
-
-  Raises:
-    ValueError: as :func:`evaluate_suite`.
-  """
-  results = evaluate_suite(
-    ground_truth_data, representation_function, random_state, **options
-  )
-  return {key: value for r in results for key, value in r.scores.items()}
 
 
 # The code table.
