@@ -59,57 +59,6 @@ def _mask_root(root: str, mask_dir: str | None) -> str | None:
   return os.path.join(root, found[0]) if found else None
 
 
-def _entries(
-  root: str | os.PathLike,
-  split: str,
-  *,
-  train_dir: str = "train",
-  test_dir: str = "test",
-  mask_dir: str | None = None,
-  normal_name: str = image_mask.NORMAL,
-) -> list[image_mask.Entry]:
-  """The `image_mask.Entry` list of one split, checked."""
-  root = os.fspath(root)
-  layout = _layout(train_dir, test_dir, mask_dir, normal_name)
-  if split not in SPLITS:
-    raise base.DataError(
-      f"Folder split must be one of {SPLITS}, got {split!r}."
-    )
-  image_mask.require_dir(root, "Data set root", layout)
-  if split == "train":
-    train = image_mask.require_dir(
-      os.path.join(root, train_dir), "Training folder", layout
-    )
-    nested = os.path.join(train, normal_name)
-    if os.path.isdir(nested) and not images.list_images(train):
-      train = nested
-    return [
-      image_mask.Entry(f, None, 0, normal_name)
-      for f in image_mask.require_images(train, layout)
-    ]
-  test = image_mask.require_dir(
-    os.path.join(root, test_dir), "Test folder", layout
-  )
-  mask_root = _mask_root(root, mask_dir)
-  if mask_root is None and image_mask.subfolders(test) not in (
-    [],
-    [normal_name],
-  ):
-    warnings.warn(
-      f"No mask folder ({' or '.join(MASK_DIRS)}) in {root}: the defect "
-      "images get has_mask=0 and no pixel metrics. Pass mask_dir= "
-      "(--mask-dir=) if the masks are elsewhere.",
-      stacklevel=2,
-    )
-  return image_mask.test_entries(
-    test,
-    mask_root,
-    normal_name=normal_name,
-    suffixes=("", "_mask"),
-    layout=layout,
-  )
-
-
 def load(
   root: str | os.PathLike,
   split: str,
@@ -143,20 +92,48 @@ def load(
     allow_empty_masks: keep defect images whose mask has no anomalous pixel.
 
   Raises:
-    DataError: the layout is missing or inconsistent, an image or mask is
-      unreadable, a mask's size differs from its image's, a defect image's
-      mask is empty (unless ``allow_empty_masks``), or a mask of the normal
-      folder marks anomalous pixels.
+    DataError: the layout is missing, or a file breaks a rule of the module
+      docstring or of `vae_attn.data.image_mask`.
   """
   size = images.check_image_size(image_size)
-  found = _entries(
-    root,
-    split,
-    train_dir=train_dir,
-    test_dir=test_dir,
-    mask_dir=mask_dir,
-    normal_name=normal_name,
-  )
+  root = os.fspath(root)
+  layout = _layout(train_dir, test_dir, mask_dir, normal_name)
+  if split not in SPLITS:
+    raise base.DataError(
+      f"Folder split must be one of {SPLITS}, got {split!r}."
+    )
+  image_mask.require_dir(root, "Data set root", layout)
+  if split == "train":
+    train = image_mask.require_dir(
+      os.path.join(root, train_dir), "Training folder", layout
+    )
+    nested = os.path.join(train, normal_name)
+    if os.path.isdir(nested) and not images.list_images(train):
+      train = nested
+    found = [
+      image_mask.Entry(f, None, 0, normal_name)
+      for f in image_mask.require_images(train, layout)
+    ]
+  else:
+    test = image_mask.require_dir(
+      os.path.join(root, test_dir), "Test folder", layout
+    )
+    mask_root = _mask_root(root, mask_dir)
+    types = image_mask.subfolders(test)
+    if mask_root is None and types not in ([], [normal_name]):
+      warnings.warn(
+        f"No mask folder ({' or '.join(MASK_DIRS)}) in {root}: the defect "
+        "images get has_mask=0 and no pixel metrics. Pass mask_dir= "
+        "(--mask-dir=) if the masks are elsewhere.",
+        stacklevel=2,
+      )
+    found = image_mask.test_entries(
+      test,
+      mask_root,
+      normal_name=normal_name,
+      suffixes=("", "_mask"),
+      layout=layout,
+    )
   return image_mask.image_mask_source(
     found,
     image_size=size,

@@ -83,44 +83,6 @@ def find_categories(root: str | os.PathLike) -> list[str]:
   ]
 
 
-def _entries(root: str | os.PathLike, category: str, split: str) -> list:
-  """The `image_mask.Entry` list of one category and split, checked."""
-  root = os.fspath(root)
-  if split not in SPLITS:
-    raise base.DataError(
-      f"MVTec-AD split must be one of {SPLITS}, got {split!r}."
-    )
-  _require_root(root)
-  cat_dir = os.path.join(root, category)
-  if not os.path.isdir(cat_dir):
-    found = image_mask.subfolders(root)
-    raise base.DataError(
-      f"MVTec-AD category {category!r} not found in {root} (found: "
-      f"{found or 'no folders'}; MVTec-AD has {', '.join(CATEGORIES)}). "
-      f"Expected layout:\n{LAYOUT}"
-    )
-  if split == "train":
-    train_dir = image_mask.require_dir(
-      os.path.join(cat_dir, "train", image_mask.NORMAL),
-      "MVTec-AD training folder",
-      LAYOUT,
-    )
-    return [
-      image_mask.Entry(f, None, 0, image_mask.NORMAL)
-      for f in image_mask.require_images(train_dir, LAYOUT)
-    ]
-  test_dir = image_mask.require_dir(
-    os.path.join(cat_dir, "test"), "MVTec-AD test folder", LAYOUT
-  )
-  return image_mask.test_entries(
-    test_dir,
-    os.path.join(cat_dir, "ground_truth"),
-    normal_name=image_mask.NORMAL,
-    suffixes=("_mask",),
-    layout=LAYOUT,
-  )
-
-
 def load(
   root: str | os.PathLike,
   category: str,
@@ -148,13 +110,45 @@ def load(
       (label 1 with an all-zero mask); refused by default.
 
   Raises:
-    DataError: the layout is missing or inconsistent, an image or mask is
-      unreadable, a mask's size differs from its image's, a defect image's
-      mask is empty (unless ``allow_empty_masks``), or a mask under
-      ``ground_truth/good/`` marks anomalous pixels.
+    DataError: the layout is missing, or a file breaks a rule of
+      `vae_attn.data.image_mask` (the message names it and the fix).
   """
   size = images.check_image_size(image_size)
-  found = _entries(root, category, split)
+  root = os.fspath(root)
+  if split not in SPLITS:
+    raise base.DataError(
+      f"MVTec-AD split must be one of {SPLITS}, got {split!r}."
+    )
+  _require_root(root)
+  cat_dir = os.path.join(root, category)
+  if not os.path.isdir(cat_dir):
+    folders = image_mask.subfolders(root)
+    raise base.DataError(
+      f"MVTec-AD category {category!r} not found in {root} (found: "
+      f"{folders or 'no folders'}; MVTec-AD has {', '.join(CATEGORIES)}). "
+      f"Expected layout:\n{LAYOUT}"
+    )
+  if split == "train":
+    train_dir = image_mask.require_dir(
+      os.path.join(cat_dir, "train", image_mask.NORMAL),
+      "MVTec-AD training folder",
+      LAYOUT,
+    )
+    found = [
+      image_mask.Entry(f, None, 0, image_mask.NORMAL)
+      for f in image_mask.require_images(train_dir, LAYOUT)
+    ]
+  else:
+    test_dir = image_mask.require_dir(
+      os.path.join(cat_dir, "test"), "MVTec-AD test folder", LAYOUT
+    )
+    found = image_mask.test_entries(
+      test_dir,
+      os.path.join(cat_dir, "ground_truth"),
+      normal_name=image_mask.NORMAL,
+      suffixes=("_mask",),
+      layout=LAYOUT,
+    )
   return image_mask.image_mask_source(
     found,
     image_size=size,

@@ -279,14 +279,14 @@ def ensure_dataset(
   Returns:
     The data set root, ready for ``mvtec.load(root, "brick", "train")``.
   """
-  params = {
-    "version": VERSION,
+  options = {
     "seed": seed,
     "categories": list(categories),
     "image_size": image_size,
     "num_train": num_train,
     "num_test": num_test,
   }
+  params = {"version": VERSION, **options}
   digest = hashlib.sha256(
     json.dumps(params, sort_keys=True).encode()
   ).hexdigest()[:10]
@@ -303,14 +303,7 @@ def ensure_dataset(
       "$VAE_ATTN_CACHE to a writable folder."
     ) from e
   try:
-    write_dataset(
-      tmp,
-      seed=seed,
-      categories=categories,
-      image_size=image_size,
-      num_train=num_train,
-      num_test=num_test,
-    )
+    write_dataset(tmp, **options)
     with open(os.path.join(tmp, _MANIFEST), "w") as f:
       json.dump(params, f, indent=2)
     try:
