@@ -192,15 +192,13 @@ def _split_clips(
 
 def _train_entries(split_dir: str, clips: list[str]) -> list[image_mask.Entry]:
   """Every frame of the training clips, all normal."""
-  out = []
-  for clip in clips:
-    for f in image_mask.require_images(os.path.join(split_dir, clip), LAYOUT):
-      out.append(
-        image_mask.Entry(
-          f, None, 0, image_mask.NORMAL, extra=(("clip", int(clip[5:])),)
-        )
-      )
-  return out
+  return [
+    image_mask.Entry(
+      f, None, 0, image_mask.NORMAL, extra=(("clip", int(clip[5:])),)
+    )
+    for clip in clips
+    for f in image_mask.require_images(os.path.join(split_dir, clip), LAYOUT)
+  ]
 
 
 def _mask_folders(split_dir: str, prefix: str, clips: list[str]) -> set[str]:
@@ -274,7 +272,7 @@ def _labelled_clip_entries(
       f,
       None,
       int(n in anomalous),
-      "anomaly",
+      "anomaly" if n in anomalous else image_mask.NORMAL,
       has_mask=False,
       extra=(("clip", clip_id), ("frame", n)),
     )
@@ -292,12 +290,10 @@ class Ped1Source(image_mask.ImageMaskSource):
 
   def __getitem__(self, index: int) -> base.Record:
     record = super().__getitem__(index)
-    if int(record["label"]) == -1:
+    if int(record["label"]) == -1:  # A masked frame: labelled by its mask.
       anomalous = bool(record["mask"].any())
       record["label"] = np.int32(anomalous)
       record["defect_type"] = np.array("anomaly" if anomalous else "good")
-    elif self._entries[index].defect_type == "anomaly" and not record["label"]:
-      record["defect_type"] = np.array("good")
     return record
 
 
@@ -324,9 +320,4 @@ def load(
   size = images.check_image_size(image_size)
   found = _entries(root, split, masked_only=masked_only)
   image_mask.check_mask_files(found)
-  return Ped1Source(
-    found,
-    image_size=size,
-    channels=1,
-    name=f"ped1/{split}",
-  )
+  return Ped1Source(found, image_size=size, channels=1, name=f"ped1/{split}")
