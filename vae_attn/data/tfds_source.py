@@ -39,16 +39,13 @@ def open_source(
   data_dir: str | os.PathLike | None,
   record_fn: Callable[[dict[str, Any]], base.Record],
 ) -> base.MappedSource:
-  """Opens ``name``/``split`` and maps each example through ``record_fn``.
+  """Opens ``name``/``split`` (a tfds split string, e.g. "test[:10%]").
 
   Args:
     name: the tfds name, e.g. "mnist".
-    split: a tfds split string, e.g. "train" or "test[:10%]".
+    split: a tfds split string.
     data_dir: the tfds data directory; None for tfds' default.
     record_fn: converts a tfds example (a dict of numpy values) to a record.
-
-  Returns:
-    A source of the converted records.
 
   Raises:
     DataError: the data set is not prepared there, or the split is unknown.
