@@ -307,7 +307,7 @@ def test_sap_known_answers():
   assert score(testing.MixedRepresentation((2, 2, 2, 2)), binary) < 0.1
 
 
-def test_compute_all_quick_keys():
+def test_suite_quick_keys():
   results = _flat_scores(DATA, IDENTITY, quick=True)
   expected = {
     f"factor_vae/{c}/{k}"
@@ -452,7 +452,7 @@ def test_single_valued_factor_discrete_sap_and_names():
     mig.compute_mig(Named((3, 1, 4, 5)), IDENTITY, _rs(), num_train=500)
 
 
-def test_compute_all_warns_once_for_a_single_valued_factor():
+def test_suite_warns_once_for_a_single_valued_factor():
   with pytest.warns(sampling.ConstantFactorWarning) as record:
     scores = _flat_scores(WITH_CONSTANT, IDENTITY, quick=True)
   constant = [

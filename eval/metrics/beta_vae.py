@@ -1,7 +1,6 @@
 """The BetaVAE disentanglement metric of Higgins et al. (2017).
 
-The data, representation-function and random-state contract is
-disentanglement_lib's (``eval.metrics.sampling``).
+Inputs, checks and sampling: ``eval.metrics.sampling``.
 
 References:
   Higgins et al., "beta-VAE: Learning Basic Visual Concepts with a
@@ -88,17 +87,13 @@ def compute_beta_vae(
   and its label ``k``. A logistic regression (disentanglement_lib's: sklearn's
   defaults but for the iteration cap, which lets L-BFGS converge) is fit on
   ``num_train`` points and scored on ``num_eval`` fresh points.
-  Single-valued factors are dropped with a warning
-  (``sampling.drop_constant_factors``).
 
   Args:
-    ground_truth_data: data with the ground-truth interface.
-    representation_function: observations -> codes ``[N, D]``.
-    random_state: ``np.random.RandomState`` or ``np.random.Generator``.
+    ground_truth_data, representation_function, random_state, batch_size:
+      as in ``eval.metrics.sampling``.
     num_per_point: pairs per point (64 in disentanglement_lib).
     num_train: training points.
     num_eval: evaluation points.
-    batch_size: observations per representation call.
 
   Returns:
     Dict with ``train_accuracy`` and ``eval_accuracy``.

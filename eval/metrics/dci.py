@@ -1,7 +1,6 @@
 """Disentanglement, completeness and informativeness (DCI).
 
-The data, representation-function and random-state contract is
-disentanglement_lib's (``eval.metrics.sampling``).
+Inputs, checks and sampling: ``eval.metrics.sampling``.
 
 References:
   Eastwood & Williams, "A Framework for the Quantitative Evaluation of
@@ -96,8 +95,6 @@ def compute_dci(
   H_F(R_d.))`` with ``rho_d`` the share of dimension ``d`` in the total
   importance; completeness is the same with the roles of codes and factors
   swapped; informativeness is the mean classification accuracy.
-  Single-valued factors are dropped with a warning
-  (``sampling.drop_constant_factors``).
 
   The importance models (``IMPORTANCE_MODELS``; timings and a comparison
   in bench/README.md):
@@ -112,15 +109,13 @@ def compute_dci(
     like ``"gbt"``'s, about ten times faster, but its own numbers.
 
   Args:
-    ground_truth_data: data with the ground-truth interface.
-    representation_function: observations -> codes ``[N, D]``.
-    random_state: ``np.random.RandomState`` or ``np.random.Generator``.
+    ground_truth_data, representation_function, random_state, batch_size:
+      as in ``eval.metrics.sampling``.
     num_train: training points.
     num_test: test points.
     importance: the importance model, one of ``IMPORTANCE_MODELS``.
     n_jobs: threads for the per-factor fits (the scores do not depend on
       it).
-    batch_size: observations per representation call.
 
   Returns:
     Dict with ``disentanglement``, ``completeness``,

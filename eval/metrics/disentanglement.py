@@ -207,15 +207,13 @@ def evaluate_suite(
   once, with one warning.
 
   Args:
-    ground_truth_data: data with the ground-truth interface.
-    representation_function: observations -> codes ``[N, D]``.
-    random_state: ``np.random.RandomState`` or ``np.random.Generator``.
+    ground_truth_data, representation_function, random_state, batch_size:
+      as in ``eval.metrics.sampling``.
     kl_function: observations -> per-dimension KL ``[N, D]`` for the paper
       convention's pruning; without it the paper convention prunes nothing.
     quick: the small sample sizes of ``suite_sample_sizes(quick=True)``.
     dci_importance: DCI's importance model (``dci.IMPORTANCE_MODELS``).
     n_jobs: threads for the per-factor fits of DCI and SAP.
-    batch_size: observations per representation call.
     progress: show a tqdm bar of the images each metric encodes (``None``:
       on when stderr is a terminal).
 
@@ -339,10 +337,9 @@ def tabulate_all(
   The runs of a grid share one rendering pass this way.
 
   Args:
-    ground_truth_data: data with the ground-truth interface.
+    ground_truth_data, random_state, batch_size: as in
+      ``eval.metrics.sampling``.
     representation_functions: observations -> codes ``[N, D]``, each.
-    random_state: passed to ``sample_observations_from_factors``.
-    batch_size: observations per representation call.
     progress: show a tqdm bar of the images encoded (``None``: on when
       stderr is a terminal).
 

@@ -1,7 +1,6 @@
 """The FactorVAE disentanglement metric (Kim & Mnih, 2018).
 
-The data, representation-function and random-state contract is
-disentanglement_lib's (``eval.metrics.sampling``).
+Inputs, checks and sampling: ``eval.metrics.sampling``.
 
 References:
   Kim & Mnih, "Disentangling by Factorising", ICML 2018, section 4.
@@ -242,14 +241,11 @@ def compute_factor_vae(
   images) or ``active_dims``; with neither, nothing is pruned.
   ``active_dims`` overrides either rule; dimensions of zero global variance
   are always dropped. With no active dimension both accuracies are 0, as in
-  disentanglement_lib. Single-valued factors are dropped with a warning
-  (``sampling.drop_constant_factors``).
+  disentanglement_lib.
 
   Args:
-    ground_truth_data: data with the ground-truth interface.
-    representation_function: observations ``[N, H, W, C]`` -> codes
-      ``[N, D]``.
-    random_state: ``np.random.RandomState`` or ``np.random.Generator``.
+    ground_truth_data, representation_function, random_state, batch_size:
+      as in ``eval.metrics.sampling``.
     convention: ``"disentanglement_lib"`` or ``"paper"``.
     num_per_vote: images per vote, ``L``.
     num_train: training votes.
@@ -260,8 +256,6 @@ def compute_factor_vae(
     active_dims: bool ``[D]`` or int indices of the dimensions to keep.
     kl_function: observations -> per-dimension ``KL(q(z_d|x) || N(0, 1))``
       ``[N, D]``; paper convention only.
-    batch_size: observations per representation call (whole votes:
-      ``max(1, batch_size // num_per_vote)`` votes per call).
 
   Returns:
     Dict with ``train_accuracy``, ``eval_accuracy`` and ``num_active_dims``.

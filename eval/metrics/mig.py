@@ -1,7 +1,6 @@
 """The Mutual Information Gap (MIG) of Chen et al. (2018).
 
-The data, representation-function and random-state contract is
-disentanglement_lib's (``eval.metrics.sampling``).
+Inputs, checks and sampling: ``eval.metrics.sampling``.
 
 References:
   Chen et al., "Isolating Sources of Disentanglement in Variational
@@ -57,17 +56,13 @@ def compute_mig(
   ``MIG = mean_k (I(z_a; v_k) - I(z_b; v_k)) / H(v_k)`` where ``z_a`` and
   ``z_b`` are the two code dimensions most informative about factor
   ``v_k``, with each code dimension discretised into ``num_bins`` equal-width
-  bins (disentanglement_lib's histogram discretizer). Single-valued factors
-  (``H(v_k) = 0``) are dropped with a warning
-  (``sampling.drop_constant_factors``).
+  bins (disentanglement_lib's histogram discretizer).
 
   Args:
-    ground_truth_data: data with the ground-truth interface.
-    representation_function: observations -> codes ``[N, D]``, ``D >= 2``.
-    random_state: ``np.random.RandomState`` or ``np.random.Generator``.
+    ground_truth_data, representation_function, random_state, batch_size:
+      as in ``eval.metrics.sampling`` (``D >= 2`` codes).
     num_train: sampled points.
     num_bins: histogram bins per code dimension.
-    batch_size: observations per representation call.
 
   Returns:
     Dict with ``discrete_mig``.

@@ -13,6 +13,11 @@ with google-research/disentanglement_lib's contract:
   most ``batch_size`` observations.
 * ``random_state`` is a ``np.random.RandomState`` (a ``np.random.Generator``
   is accepted too). Nothing is seeded globally.
+* ``batch_size``: observations per representation call (FactorVAE and
+  BetaVAE: whole votes or points per call, :func:`represent_groups`).
+
+Every metric first drops single-valued factors, with one
+``ConstantFactorWarning`` (:func:`drop_constant_factors`).
 
 The samplers draw the factors of all votes in one call and batch the
 observations, where disentanglement_lib draws one mini-batch per vote: the

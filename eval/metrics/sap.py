@@ -1,7 +1,6 @@
 """Separated Attribute Predictability (SAP) of Kumar et al. (2018).
 
-The data, representation-function and random-state contract is
-disentanglement_lib's (``eval.metrics.sampling``).
+Inputs, checks and sampling: ``eval.metrics.sampling``.
 
 References:
   Kumar et al., "Variational Inference of Disentangled Latent Concepts from
@@ -68,19 +67,15 @@ def compute_sap(
   balanced classes) predicting factor ``k`` from code dimension ``d`` alone;
   for continuous factors the squared correlation. SAP is the mean over
   factors of the gap between the two highest scores of the factor's column.
-  Single-valued factors are dropped with a warning
-  (``sampling.drop_constant_factors``).
 
   Args:
-    ground_truth_data: data with the ground-truth interface.
-    representation_function: observations -> codes ``[N, D]``, ``D >= 2``.
-    random_state: ``np.random.RandomState`` or ``np.random.Generator``.
+    ground_truth_data, representation_function, random_state, batch_size:
+      as in ``eval.metrics.sampling`` (``D >= 2`` codes).
     num_train: training points.
     num_test: test points (discrete factors only; drawn either way).
     continuous_factors: treat factors as continuous (R^2 scores).
     n_jobs: threads for the per-factor SVM fits (the scores do not
       depend on it).
-    batch_size: observations per representation call.
 
   Returns:
     Dict with ``sap_score``.
