@@ -89,44 +89,28 @@ def _write_hint(error: BaseException, config: Any) -> str:
   )
 
 
-def report_user_error(
-  error: BaseException, config: Any, debug: bool = False
-) -> int:
-  """Prints ``error`` as one line (or re-raises it under ``--debug``).
-
-  Returns:
-    The exit status, 2.
-  """
-  if errors.debug_requested(debug):
-    raise error
-  print(errors.error_line(error) + _write_hint(error, config), file=sys.stderr)
-  return 2
-
-
 def run_main(
   main_fn: Callable[[Any], int], config: Any, *, debug: bool = False
 ) -> int:
-  """Runs ``main_fn(config)``; a user error becomes one line and status 2."""
+  """Runs ``main_fn(config)``; a user error (``workflow.errors``) becomes
+  one line ``error: ...`` on stderr and exit status 2, or its traceback
+  with ``debug`` (``--debug``) or ``VAE_ATTN_DEBUG=1``."""
   try:
     with errors.debug_mode(debug):
       return main_fn(config)
   except errors.USER_ERRORS as e:
-    return report_user_error(e, config, debug)
+    if errors.debug_requested(debug):
+      raise
+    hint = _write_hint(e, config)
+    print(errors.error_line(e) + hint, file=sys.stderr)
+    return 2
 
 
 def run_report(
   evaluate: Callable[[Any], dict], config: Any, *, debug: bool = False
 ) -> int:
-  """Runs ``evaluate(config)`` and prints the ``report.md`` it wrote.
-
-  A missing run, bad option, data problem, unusable checkpoint or a folder
-  that cannot be written prints ``error: ...`` (the message says what to
-  fix) and returns exit status 2 instead of a traceback; ``debug``
-  (``--debug``) or ``VAE_ATTN_DEBUG=1`` shows the traceback.
-
-  Returns:
-    The process exit status.
-  """
+  """Runs ``evaluate(config)`` and prints the ``report.md`` it wrote;
+  errors as :func:`run_main`. Returns the exit status."""
 
   def evaluate_and_print(config: Any) -> int:
     results = evaluate(config)

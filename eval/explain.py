@@ -58,17 +58,10 @@ def read_images(
     ``(x, notes)``: float ``[N, H, W, C]`` in ``[0, 1]``, and one note per
     file that was resized or converted (``"a.png: 300x200 RGB, shown as
     64x64 grey"``), for the figures.
-
-  Raises:
-    FileNotFoundError: a path is not a file.
   """
   h, w, c = input_shape
   out, notes = [], []
   for path in paths:
-    if not os.path.isfile(path):
-      raise FileNotFoundError(
-        f"--images: {path} is not a file; pass paths of PNG or JPEG images."
-      )
     out.append(images_lib.read_image(path, channels=c, size=(h, w)))
     with PIL.Image.open(path) as im:
       grey = im.mode in ("1", "L", "LA", "I", "I;16", "F")
@@ -303,27 +296,20 @@ def _run(config: Config) -> int:
   what = f"{run.name}, {layer}, code={config.code}"
   what += f", step {run.step}" if run.workdir else ", random init"
   cli.stage(f"writing figures to {out}")
-  grid = figures.attention_figure(
-    os.path.join(out, "attention_grid.png"),
-    x,
-    maps,
-    k=k,
-    order=config.order,
-    title=what,
-    scale=config.scale,
-    names=names,
-    notes=notes,
-  )
-  means = figures.attention_figure(
-    os.path.join(out, "mean_overlay.png"),
-    x,
-    maps,
-    k=0,
-    title=what,
-    scale=config.scale,
-    names=names,
-    notes=notes,
-  )
+  written = [
+    figures.attention_figure(
+      os.path.join(out, name),
+      x,
+      maps,
+      k=k_shown,
+      order=config.order,
+      title=what,
+      scale=config.scale,
+      names=names,
+      notes=notes,
+    )
+    for name, k_shown in (("attention_grid.png", k), ("mean_overlay.png", 0))
+  ]
   np.savez_compressed(
     os.path.join(out, "maps.npz"),
     per_latent=np.asarray(maps.per_latent),
@@ -348,7 +334,7 @@ def _run(config: Config) -> int:
   }
   with open(os.path.join(out, "explain.json"), "w") as f:
     json.dump(meta, f, indent=2)
-  cli.stage(f"wrote {grid} and {means}")
+  cli.stage(f"wrote {written[0]} and {written[1]}")
   return 0
 
 

@@ -62,10 +62,8 @@ def is_zero(maps: np.ndarray) -> np.ndarray:
   return ~np.asarray(maps).reshape(*np.shape(maps)[:-2], -1).any(axis=-1)
 
 
-def colorbar(
-  fig, ax, vmax: float, *, vmin: float = 0.0, visible: bool = True
-) -> None:
-  """A thin colour bar right of ``ax`` for the jet scale ``[vmin, vmax]``.
+def colorbar(fig, ax, vmax: float, *, visible: bool = True) -> None:
+  """A thin colour bar right of ``ax`` for the jet scale ``[0, vmax]``.
 
   With ``visible=False`` the same space is left empty, so that every cell
   of a grid keeps the same size.
@@ -77,10 +75,10 @@ def colorbar(
     cax.axis("off")
     return
   mappable = matplotlib.cm.ScalarMappable(
-    matplotlib.colors.Normalize(vmin, max(vmax, vmin + 1e-12)), CMAP
+    matplotlib.colors.Normalize(0.0, max(vmax, 1e-12)), CMAP
   )
   bar = fig.colorbar(mappable, cax=cax)
-  ticks = [vmin, vmax] if vmax > vmin else [vmin]  # A zero map: "0" only.
+  ticks = [0.0, vmax] if vmax > 0 else [0.0]  # A zero map: "0" only.
   bar.set_ticks(ticks)
   bar.ax.set_yticklabels([f"{t:.2g}" for t in ticks], fontsize=_FONT)
 
@@ -114,38 +112,21 @@ def mark_zero(ax) -> None:
 
 
 def show_map(fig, ax, image, m, *, vmax: float | None, bar: bool) -> None:
-  """Overlays map ``m`` ``[H, W]`` on ``image`` scaled by ``vmax`` (``None``:
-  its own maximum), with a colour bar and the all-zero mark."""
+  """Blends map ``m`` ``[H, W]`` (jet, scaled to ``[0, vmax]``; ``None``:
+  its own maximum) half and half over ``image`` ``[H, W(, C)]``, with a
+  colour bar and the all-zero mark."""
+  base, m = rgb(image), np.asarray(m, np.float32)
+  if m.shape != base.shape[:2]:
+    raise ValueError(
+      f"The map {m.shape} must have the image's size {base.shape[:2]}; "
+      "upsample it with vae_attn.attention.upsample first."
+    )
   top = float(np.max(m)) if vmax is None else float(vmax)
-  heat = np.asarray(m, np.float32) / max(top, 1e-12)
-  ax.imshow(overlay(image, np.clip(heat, 0.0, 1.0)))
+  heat = np.clip(m / max(top, 1e-12), 0.0, 1.0)
+  ax.imshow(0.5 * base + 0.5 * plt.get_cmap(CMAP)(heat)[..., :3])
   colorbar(fig, ax, top, visible=bar)
   if is_zero(m):
     mark_zero(ax)
-
-
-def overlay(
-  image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5
-) -> np.ndarray:
-  """Blends a ``[0, 1]`` heat map (jet colour map) over an image.
-
-  Args:
-    image: ``[H, W]`` or ``[H, W, C]`` in ``[0, 1]``.
-    heat: ``[H, W]`` in ``[0, 1]``, at the image's size.
-    alpha: weight of the heat map.
-
-  Returns:
-    ``[H, W, 3]`` RGB in ``[0, 1]``.
-  """
-  base = rgb(image)
-  heat = np.asarray(heat, np.float32)
-  if heat.shape != base.shape[:2]:
-    raise ValueError(
-      f"The map {heat.shape} must have the image's size {base.shape[:2]}; "
-      "upsample it with vae_attn.attention.upsample first."
-    )
-  colour = plt.get_cmap(CMAP)(np.clip(heat, 0.0, 1.0))[..., :3]
-  return (1.0 - alpha) * base + alpha * colour
 
 
 # Figures.
@@ -456,15 +437,7 @@ def layer_ablation(
   labels = list(aurocs)
   values = [aurocs[k] for k in labels]
   bars = ax.bar(range(len(labels)), values, color="tab:blue")
-  for bar, value in zip(bars, values, strict=True):
-    ax.text(
-      bar.get_x() + bar.get_width() / 2,
-      value,
-      f"{value:.3f}",
-      ha="center",
-      va="bottom",
-      fontsize=8,
-    )
+  ax.bar_label(bars, fmt="%.3f", fontsize=8)
   ax.set_xticks(range(len(labels)))
   ax.set_xticklabels(labels, fontsize=8)
   ax.set_ylim(0, 1.05)

@@ -7,14 +7,11 @@ one zero-padded, so one program is compiled), deals them round-robin over
 the local devices, dispatches every micro-batch before reading any result,
 and returns NumPy.
 
-On a CPU host, XLA runs these convolutions on one core per device: with the
-default single CPU device the FactorVAE encoder uses about one of two cores.
+On a CPU host XLA runs these convolutions on one core per device, so
 ``use_cpu_devices`` splits the host into several CPU devices (two per core by
-default) before JAX starts, and ``batched`` then keeps every core busy. On a
-2-core machine that took the FactorVAE encoder from 7,854 images/s on one
-device to 14,775 on four (``python -m bench.factorvae_metric``). On an
-accelerator host nothing changes: the devices are the accelerators. Each
-device compiles ``fn`` once, on its first micro-batch.
+default) before JAX starts, and ``batched`` keeps every core busy
+(measurements: bench/README.md, ``python -m bench.factorvae_metric``). On an
+accelerator host the devices are the accelerators.
 """
 
 from __future__ import annotations

@@ -67,12 +67,6 @@ class Run(NamedTuple):
       return self.spec.layer
     return models.DEFAULT_LAYERS[self.name]
 
-  def reconstruct(self, x: jax.Array) -> jax.Array:
-    """Decodes the posterior means: ``sigmoid(decode(mu(x)))``, NHWC."""
-    mu, _ = self.encode_fn(self.variables, x)
-    logits = self.model.apply(self.variables, mu, method=self.model.decode)
-    return jax.nn.sigmoid(logits)
-
 
 def _vae_variables(state: Mapping[str, Any]) -> dict:
   params = state["params"]
@@ -155,19 +149,8 @@ def load_run(workdir: str | os.PathLike, *, step: int | None = None) -> Run:
 
 @functools.lru_cache(maxsize=8)
 def _compiled_init(name: str, kwargs: tuple):
-  """``jax.jit(model.init)``, compiled once per architecture (much cheaper
-  than running the initialisers op by op)."""
+  """``jax.jit(model.init)``, compiled once per architecture."""
   return jax.jit(models.make_model(name, **dict(kwargs)).init)
-
-
-def input_shape_of(model: nn.Module, latent_dim: int) -> tuple[int, int, int]:
-  """``(H, W, C)`` a VAE takes: the shape its decoder produces (traced with
-  ``jax.eval_shape``, nothing is computed)."""
-  z = jnp.zeros((1, latent_dim), jnp.float32)
-  out = jax.eval_shape(
-    lambda: model.init_with_output(jax.random.key(0), z, method=model.decode)
-  )[0]
-  return tuple(int(d) for d in out.shape[1:])
 
 
 def init_model(
@@ -203,7 +186,12 @@ def init_model(
   if sized and image_size is not None:
     kwargs["image_size"] = image_size
   model = models.make_model(name, **kwargs)
-  input_shape = input_shape_of(model, latent_dim)
+  # (H, W, C): the shape the decoder produces (traced, nothing computed).
+  z = jnp.zeros((1, latent_dim), jnp.float32)
+  decoded, _ = jax.eval_shape(
+    lambda: model.init_with_output(jax.random.key(0), z, method=model.decode)
+  )
+  input_shape = tuple(int(d) for d in decoded.shape[1:])
   if not sized and image_size not in (None, input_shape[0]):
     raise ValueError(
       f"The {name} VAE takes {input_shape[0]}x{input_shape[1]} inputs; "
