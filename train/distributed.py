@@ -82,6 +82,12 @@ def initialize_distributed(
     )
   if "cpu" in str(jax.config.jax_platforms or "cpu").split(","):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # A step that process 0 loaded from JAX's persistent compilation cache
+    # never finished its first gloo all-reduce (jax 0.12.1: both processes
+    # waited in gloo::allreduce for ever); compiled in every process, it does.
+    if jax.config.jax_enable_compilation_cache:
+      _log.info("Multi-process CPU run: JAX's compilation cache is off.")
+      jax.config.update("jax_enable_compilation_cache", False)
   jax.distributed.initialize(
     address, num_processes=num_processes, process_id=process_id
   )
