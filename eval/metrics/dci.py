@@ -139,19 +139,18 @@ def compute_dci(
     raise ValueError(
       f"importance must be one of {IMPORTANCE_MODELS}, got {importance!r}."
     )
-  data, codes_train, factors_train, codes_test, factors_test = (
+  codes_train, factors_train, codes_test, factors_test = (
     sampling.sample_train_test_codes(
       ground_truth_data,
       representation_function,
       random_state,
+      metric="DCI",
+      min_codes=1,
       num_train=num_train,
       num_test=num_test,
       n_jobs=n_jobs,
       batch_size=batch_size,
     )
-  )
-  sampling.check_sample(
-    data, codes_train, factors_train, "DCI", "training points"
   )
   _LOG.info(
     "DCI: fitting %d %s classifiers to %d points on %d thread(s)",

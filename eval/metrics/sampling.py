@@ -322,17 +322,19 @@ def sample_train_test_codes(
   representation_function: RepresentationFn,
   random_state: RandomState,
   *,
+  metric: str,
+  min_codes: int,
   num_train: int,
   num_test: int,
   n_jobs: int | None,
   batch_size: int,
-) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-  """:func:`check_inputs`, then a training and a test sample of codes (in
-  disentanglement_lib's order, from one random state): the preamble of DCI
-  and SAP.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """The preamble of DCI and SAP: :func:`check_inputs`, a training and a
+  test sample of codes (in disentanglement_lib's order, from one random
+  state), and :func:`check_sample` of the training sample.
 
   Returns:
-    ``(data, codes_train, factors_train, codes_test, factors_test)``.
+    ``(codes_train, factors_train, codes_test, factors_test)``.
   """
   data = check_inputs(
     ground_truth_data,
@@ -349,7 +351,10 @@ def sample_train_test_codes(
   codes_test, factors_test = sample_codes(
     *args, num_test, random_state, batch_size
   )
-  return data, codes_train, factors_train, codes_test, factors_test
+  check_sample(
+    data, codes_train, factors_train, metric, "training points", min_codes
+  )
+  return codes_train, factors_train, codes_test, factors_test
 
 
 def represent_groups(

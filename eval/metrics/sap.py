@@ -94,19 +94,16 @@ def compute_sap(
       single value in the training sample, no factor with two values, or
       malformed inputs.
   """
-  data, codes, factors, codes_test, factors_test = (
-    sampling.sample_train_test_codes(
-      ground_truth_data,
-      representation_function,
-      random_state,
-      num_train=num_train,
-      num_test=num_test,
-      n_jobs=n_jobs,
-      batch_size=batch_size,
-    )
-  )
-  sampling.check_sample(
-    data, codes, factors, "SAP", "training points", min_codes=2
+  codes, factors, codes_test, factors_test = sampling.sample_train_test_codes(
+    ground_truth_data,
+    representation_function,
+    random_state,
+    metric="SAP",
+    min_codes=2,
+    num_train=num_train,
+    num_test=num_test,
+    n_jobs=n_jobs,
+    batch_size=batch_size,
   )
   if continuous_factors:
     matrix = _r2_matrix(codes, factors)
