@@ -23,7 +23,6 @@ from collections.abc import Sequence
 
 from vae_attn.data import base, image_mask, images
 
-SPLITS = ("train", "test")
 MASK_DIRS = ("masks", "ground_truth")  # Looked for when mask_dir is None.
 
 
@@ -98,10 +97,7 @@ def load(
   size = images.check_image_size(image_size)
   root = os.fspath(root)
   layout = _layout(train_dir, test_dir, mask_dir, normal_name)
-  if split not in SPLITS:
-    raise base.DataError(
-      f"Folder split must be one of {SPLITS}, got {split!r}."
-    )
+  image_mask.check_split(split, "Folder")
   image_mask.require_dir(root, "Data set root", layout)
   if split == "train":
     train = image_mask.require_dir(

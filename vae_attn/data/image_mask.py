@@ -19,6 +19,7 @@ import numpy as np
 from vae_attn.data import base, images
 
 NORMAL = "good"
+SPLITS = ("train", "test")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,14 @@ class Entry:
   defect_type: str
   has_mask: bool = True
   extra: tuple[tuple[str, int], ...] = ()
+
+
+def check_split(split: str, data_set: str) -> None:
+  """Raises `DataError` unless ``split`` is one of `SPLITS`."""
+  if split not in SPLITS:
+    raise base.DataError(
+      f"{data_set} split must be one of {SPLITS}, got {split!r}."
+    )
 
 
 def require_dir(path: str, what: str, layout: str) -> str:

@@ -38,7 +38,6 @@ CATEGORIES = (
   "wood",
   "zipper",
 )
-SPLITS = ("train", "test")
 
 LAYOUT = """\
   <root>/<category>/train/good/*.png
@@ -79,7 +78,10 @@ def find_categories(root: str | os.PathLike) -> list[str]:
   return [
     name
     for name in image_mask.subfolders(root)
-    if any(os.path.isdir(os.path.join(root, name, split)) for split in SPLITS)
+    if any(
+      os.path.isdir(os.path.join(root, name, split))
+      for split in image_mask.SPLITS
+    )
   ]
 
 
@@ -115,10 +117,7 @@ def load(
   """
   size = images.check_image_size(image_size)
   root = os.fspath(root)
-  if split not in SPLITS:
-    raise base.DataError(
-      f"MVTec-AD split must be one of {SPLITS}, got {split!r}."
-    )
+  image_mask.check_split(split, "MVTec-AD")
   _require_root(root)
   cat_dir = os.path.join(root, category)
   if not os.path.isdir(cat_dir):

@@ -28,7 +28,6 @@ import numpy as np
 
 from vae_attn.data import base, image_mask, images
 
-SPLITS = ("train", "test")
 LAYOUT = """\
   <root>/UCSDped1/Train/TrainNNN/*.tif
   <root>/UCSDped1/Test/TestNNN/*.tif
@@ -173,8 +172,7 @@ def _split_clips(
   root: str | os.PathLike, split: str
 ) -> tuple[str, str, list[str]]:
   """The split's folder, its clip prefix and its clip folders (non-empty)."""
-  if split not in SPLITS:
-    raise base.DataError(f"Ped1 split must be one of {SPLITS}, got {split!r}.")
+  image_mask.check_split(split, "Ped1")
   base_dir = _find_root(root)
   split_dir = image_mask.require_dir(
     os.path.join(base_dir, split.capitalize()),
