@@ -177,9 +177,9 @@ def _save(fig, path: str | os.PathLike) -> str:
   return path
 
 
-def _scale_note(scale: str, tops: Sequence[float], what: str) -> str:
+def _scale_note(scale: str, top: float, what: str) -> str:
   if scale == "figure":
-    return f"{what}: one colour scale, 0 to {max(tops, default=0):.3g}"
+    return f"{what}: one colour scale, 0 to {top:.3g}"
   if scale == "image":
     return f"{what}: one colour scale per row (0 to the row's maximum)"
   return (
@@ -249,9 +249,9 @@ def attention_grid(
   footer = []
   if k:
     top_all = float(per_latent.max())
-    footer.append(_scale_note(scale, [top_all], f"per-latent maps ({shown})"))
+    footer.append(_scale_note(scale, top_all, f"per-latent maps ({shown})"))
   if mean_maps is not None:
-    footer.append(_scale_note(scale, [float(np.max(mean_maps))], "mean maps"))
+    footer.append(_scale_note(scale, float(np.max(mean_maps)), "mean maps"))
   footer += list(notes)
   fig, axes = _grid(n, k + first, title, footer=footer)
 

@@ -438,14 +438,12 @@ def score(
 
   Args:
     maps: method -> maps ``[N, h, w]`` at any resolution.
-    data: ``mask [N, H, W]`` (bool, model size), ``label [N]`` and
-      ``has_mask [N]``.
-    resolution: ``"model"`` (masks at the model's size ``H x W``) or
-      ``"original"`` (each map upsampled to its mask in ``masks``).
-    masks: for ``"original"``: index -> bool ``[H_i, W_i]`` mask of every
-      image with ``has_mask`` (:func:`original_masks`).
-    on_method: optional ``fn(method, scores)`` called after each method
-      (progress lines).
+    data: ``mask [N, H, W]`` (bool, model size), ``label [N]``, ``has_mask
+      [N]``.
+    resolution: ``"model"`` or ``"original"`` (each map upsampled to its
+      mask in ``masks``, index -> bool ``[H_i, W_i]``: :func:`original_masks`).
+    masks: the original masks, for ``"original"``.
+    on_method: optional ``fn(method, scores)`` called after each method.
 
   Returns:
     ``(scores, curves)``: method -> metric dict (``pixel_auroc``,
