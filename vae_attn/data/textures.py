@@ -38,7 +38,6 @@ from scipy import ndimage
 from vae_attn.data import base
 
 CATEGORIES = ("brick", "grass", "gravel")
-DEFECT_TYPES = ("scratch", "stain", "hole", "cut")
 VERSION = 1
 _MANIFEST = "textures.json"
 
@@ -167,6 +166,7 @@ DEFECTS: dict[str, Callable] = {
   "hole": _hole,
   "cut": _cut,
 }
+DEFECT_TYPES = tuple(DEFECTS)
 
 
 def _save(path: str, image: np.ndarray) -> None:
