@@ -123,7 +123,7 @@ def load(
         "(--mask-dir=) if the masks are elsewhere.",
         stacklevel=2,
       )
-    found = image_mask.test_entries(
+    found = image_mask.walk_test_split(
       test,
       mask_root,
       normal_name=normal_name,

@@ -79,7 +79,7 @@ def subfolders(folder: str) -> list[str]:
   )
 
 
-def test_entries(
+def walk_test_split(
   test_dir: str,
   mask_root: str | None,
   *,

@@ -141,7 +141,7 @@ def load(
     test_dir = image_mask.require_dir(
       os.path.join(cat_dir, "test"), "MVTec-AD test folder", LAYOUT
     )
-    found = image_mask.test_entries(
+    found = image_mask.walk_test_split(
       test_dir,
       os.path.join(cat_dir, "ground_truth"),
       normal_name=image_mask.NORMAL,
