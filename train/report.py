@@ -1,15 +1,12 @@
 """A run's closing report: loss curves, attention maps and traversals.
 
-Written by every trainer at the end of a run (process 0; from the command
-line and from Python) into ``<workdir>/report/``: ``loss_curves.png`` (every
-logged ``train/*`` and ``eval/*`` scalar against the step), ``attention.png``
-(Fig. 8 style: a few of the trainer's images, the overlay of their mean map
-(eq. 4) and the per-latent maps of their most responsive latents, with colour
-bars; all-zero maps are marked),
+Written by every trainer at the end of a run (process 0) into
+``<workdir>/report/``, drawn by ``eval.figures`` as the evaluation draws:
+``loss_curves.png`` (every logged scalar against the step),
+``attention.png`` (Fig. 8 style: a few of the trainer's images, their mean
+map (eq. 4) and the maps of their most responsive latents),
 ``traversals.png`` (the decoded posterior mean with one latent swept at a
-time) and ``report.md`` listing them with the final scores. The figures come
-from ``eval.figures``, the same code the
-evaluation uses; the run is read back through ``eval.restore`` (its spec).
+time) and ``report.md`` listing them with the final scores.
 """
 
 from __future__ import annotations
