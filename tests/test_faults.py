@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import io
 import logging
 import os
 import pathlib
@@ -120,6 +121,24 @@ def test_a_failed_write_inside_orbax_is_one_line(
   assert runs.restore(workdir)[0] == 6
 
 
+def test_a_full_disk_met_by_the_metric_log_names_the_file(tmp_path):
+  class FullFile(io.StringIO):
+    name = str(tmp_path / writers.JSONL_NAME)
+
+    def write(self, text):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  with writers.MetricWriter(tmp_path) as writer:
+    writer._jsonl.close()
+    writer._jsonl = FullFile()
+    with pytest.raises(OSError) as info:
+      writer.write_scalars(1, {"train/loss": 1.0})
+  line = errors.error_line(info.value)
+  assert line.startswith(f"error: The disk is full (writing {FullFile.name})")
+  assert "run the same command again" in line and "\n" not in line
+  assert "delete" not in line.lower()
+
+
 FULL_DISK_SCRIPT = """
 import sys
 from tests.test_runs import ToyConfig, train_toy
@@ -153,7 +172,8 @@ def test_a_real_full_disk_prints_one_line(tmp_path, precheck):
     lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
     assert done.returncode == 2, done.stderr[-3000:]
     assert len(lines) == 1, done.stderr[-3000:]
-    assert lines[0].startswith("error: The disk is full (saving ")
+    # Without the check, orbax or the metric log meets the full disk first.
+    assert lines[0].startswith("error: The disk is full (")
     if precheck:  # 3 MB of arrays (Adam's zeros compress) do not fit 2 MB.
       assert "no checkpoint was saved yet" in lines[0]
     else:  # Orbax failed at step 6; step 3 is intact.

@@ -11,6 +11,7 @@ too. Nothing here prints or exits: the entry points do, once, visibly.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 from collections.abc import Iterator
@@ -50,7 +51,18 @@ def debug_mode(flag: bool) -> Iterator[None]:
 
 def error_line(error: BaseException) -> str:
   """``error: <message>`` on one line (orbax and OS errors can be long),
-  without the ``[Errno N]`` prefix of OS errors."""
+  without the ``[Errno N]`` prefix of OS errors; a full disk met by any
+  write (a log, a report) says so and what to do."""
+  if (
+    isinstance(error, OSError)
+    and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    and error.strerror == os.strerror(error.errno)  # Not one of ours.
+  ):
+    where = f" (writing {error.filename})" if error.filename else ""
+    return (
+      f"error: The disk is full{where}. Free some space and run the same "
+      "command again (a trainer resumes from its last complete checkpoint)."
+    )
   text = " ".join(str(error).split()) or type(error).__name__
   text = re.sub(r"^\[Errno \d+\] ", "", text)
   return f"error: {text}"

@@ -112,8 +112,11 @@ class MetricWriter:
     values = {k: _to_float(k, v) for k, v in scalars.items()}
     record = {"step": int(step)}
     record.update({k: _json_number(v) for k, v in values.items()})
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
+    try:
+      self._jsonl.write(json.dumps(record) + "\n")
+      self._jsonl.flush()
+    except OSError as e:  # A full disk: name the file (errors.error_line).
+      raise OSError(e.errno, e.strerror, self._jsonl.name) from e
     if self._tb is not None:
       for name, value in values.items():
         self._tb.add_scalar(name, value, global_step=int(step))
