@@ -3,6 +3,8 @@
 The one-class trainer and the localization evaluators choose their data by
 name through `load`, the only place that maps a name to a loader::
 
+  from vae_attn.data import datasets
+
   source = datasets.load("mvtec", "test", data_dir=root, category="bottle")
 
 Every call takes the same options (a config, or those a run recorded); each
