@@ -410,9 +410,7 @@ def _original_size(
 ) -> tuple[dict[str, float], tuple]:
   """Binned metrics with each map upsampled to its mask's size."""
   lo, hi = float(native.min()), float(native.max())
-  acc = pixel_metrics.pixel_scores(
-    (lo, hi if hi > lo else lo + 1.0), NUM_BINS, image_auroc=False
-  )
+  acc = pixel_metrics.pixel_scores((lo, hi if hi > lo else lo + 1.0), NUM_BINS)
   state = acc.init()
   by_size: dict[tuple[int, int], list[int]] = {}
   for i, mask in masks.items():

@@ -66,7 +66,8 @@ def _reference_aupro(fpr, pro, max_fpr):
 def test_pixel_auroc_and_roc_curve_match_sklearn(decimals, dtype):
   scores, masks = _random_maps(0, decimals=decimals, dtype=dtype)
   expected = sklearn.metrics.roc_auc_score(masks.ravel(), scores.ravel())
-  assert abs(localization.pixel_auroc(scores, masks) - expected) < 1e-12
+  report = localization.pixel_report(scores, masks)
+  assert abs(report["pixel_auroc"] - expected) < 1e-12
   fpr, tpr, thresholds = localization.roc_curve(scores, masks)
   ref = sklearn.metrics.roc_curve(
     masks.ravel(), scores.ravel(), drop_intermediate=False
@@ -78,18 +79,20 @@ def test_pixel_auroc_and_roc_curve_match_sklearn(decimals, dtype):
 
 def test_pixel_auroc_accepts_01_masks():
   scores, masks = _random_maps(1)
-  assert localization.pixel_auroc(scores, masks.astype(np.uint8)) == (
-    localization.pixel_auroc(scores, masks)
-  )
+  as_01 = localization.pixel_report(scores, masks.astype(np.uint8))
+  as_bool = localization.pixel_report(scores, masks)
+  assert as_01["pixel_auroc"] == as_bool["pixel_auroc"]
 
 
 def test_perfect_and_inverted_maps():
   _, masks = _random_maps(2)
   scores = masks.astype(np.float64)
-  assert localization.pixel_auroc(scores, masks) == 1.0
-  assert localization.pixel_auroc(-scores, masks) == 0.0
-  assert localization.best_iou(scores, masks) == (1.0, 1.0)
-  assert localization.aupro(scores, masks) == pytest.approx(1.0, abs=1e-12)
+  perfect = localization.pixel_report(scores, masks)
+  inverted = localization.pixel_report(-scores, masks)
+  assert perfect["pixel_auroc"] == 1.0
+  assert inverted["pixel_auroc"] == 0.0
+  assert (perfect["best_iou"], perfect["best_iou_threshold"]) == (1.0, 1.0)
+  assert perfect["aupro"] == pytest.approx(1.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("decimals", [None, 2])
@@ -97,9 +100,9 @@ def test_best_iou_matches_brute_force(decimals):
   scores, masks = _random_maps(3, shape=(4, 10, 10), decimals=decimals)
   curve = _brute_force_curve(scores, masks)
   best = np.argmax(curve[:, 2])
-  iou, threshold = localization.best_iou(scores, masks)
-  assert abs(iou - curve[best, 2]) < 1e-12
-  assert threshold == curve[best, 4]
+  report = localization.pixel_report(scores, masks)
+  assert abs(report["best_iou"] - curve[best, 2]) < 1e-12
+  assert report["best_iou_threshold"] == curve[best, 4]
 
 
 @pytest.mark.parametrize("connectivity", [4, 8])
@@ -108,7 +111,9 @@ def test_aupro_matches_brute_force(connectivity, max_fpr):
   scores, masks = _random_maps(4, shape=(4, 10, 10), decimals=2)
   curve = _brute_force_curve(scores, masks, connectivity)
   expected = _reference_aupro(curve[:, 0], curve[:, 3], max_fpr)
-  got = localization.aupro(scores, masks, max_fpr, connectivity=connectivity)
+  got = localization.pixel_report(
+    scores, masks, max_fpr, connectivity=connectivity
+  )["aupro"]
   assert abs(got - expected) < 1e-12
 
 
@@ -123,7 +128,8 @@ def test_aupro_hand_made_per_region_average():
   scores = np.zeros((1, 6, 6))
   scores[0, 0, 0] = 1.0
   scores[0, 3, 3:5] = 1.0
-  assert localization.aupro(scores, masks) == pytest.approx(0.7875, abs=1e-12)
+  aupro = localization.pixel_report(scores, masks)["aupro"]
+  assert aupro == pytest.approx(0.7875, abs=1e-12)
 
 
 def test_aupro_hand_made_with_false_positives():
@@ -136,9 +142,11 @@ def test_aupro_hand_made_with_false_positives():
   scores[0, 3, 3:5] = 0.9
   scores[0, 0, :2] = 0.8
   scores[0, 1, :2] = 0.1
-  assert localization.aupro(scores, masks) == pytest.approx(7 / 12, abs=1e-12)
+  aupro = localization.pixel_report(scores, masks)["aupro"]
+  assert aupro == pytest.approx(7 / 12, abs=1e-12)
   # Over the whole curve: 1/8 * 0 + 7/8 * 1 = 0.875.
-  assert localization.aupro(scores, masks, max_fpr=1.0) == pytest.approx(0.875)
+  whole = localization.pixel_report(scores, masks, max_fpr=1.0)["aupro"]
+  assert whole == pytest.approx(0.875)
 
 
 def test_aupro_connectivity_changes_regions():
@@ -151,12 +159,10 @@ def test_aupro_connectivity_changes_regions():
   scores[0, 3, 3] = 1.0
   # 8: one region of 4 pixels, 1/4 found -> PRO 0.25; 4: regions of 3 and 1,
   # (0 + 1) / 2 = 0.5. AUPRO = p + 0.15 (1 - p).
-  assert localization.aupro(scores, masks, connectivity=8) == pytest.approx(
-    0.25 + 0.15 * 0.75
-  )
-  assert localization.aupro(scores, masks, connectivity=4) == pytest.approx(
-    0.5 + 0.15 * 0.5
-  )
+  eight = localization.pixel_report(scores, masks, connectivity=8)["aupro"]
+  four = localization.pixel_report(scores, masks, connectivity=4)["aupro"]
+  assert eight == pytest.approx(0.25 + 0.15 * 0.75)
+  assert four == pytest.approx(0.5 + 0.15 * 0.5)
 
 
 @pytest.mark.parametrize("statistic", ["max", "mean"])
@@ -169,32 +175,35 @@ def test_image_auroc_matches_sklearn(statistic):
   assert abs(got - expected) < 1e-12
 
 
-def test_localization_report_matches_single_metrics():
+def test_pixel_report_matches_definitions():
   scores, masks = _random_maps(6, decimals=2)
-  labels = masks.reshape(6, -1).any(axis=1)
-  report = localization.localization_report(scores, masks, labels)
-  iou, threshold = localization.best_iou(scores, masks)
+  report = localization.pixel_report(scores, masks)
+  curve = _brute_force_curve(scores, masks)
+  best = np.argmax(curve[:, 2])
+  fpr, tpr, _ = localization.roc_curve(scores, masks)
   expected = {
-    "pixel_auroc": localization.pixel_auroc(scores, masks),
-    "best_iou": iou,
-    "best_iou_threshold": threshold,
-    "aupro": localization.aupro(scores, masks),
-    "image_auroc_max": localization.image_auroc(scores, labels, "max"),
-    "image_auroc_mean": localization.image_auroc(scores, labels, "mean"),
+    "pixel_auroc": np.trapezoid(tpr, fpr),
+    "best_iou": curve[best, 2],
+    "best_iou_threshold": curve[best, 4],
+    "aupro": _reference_aupro(curve[:, 0], curve[:, 3], 0.3),
   }
   assert report.keys() == expected.keys()
   for key, value in expected.items():
     assert abs(report[key] - value) < 1e-12, key
     assert isinstance(report[key], float), key
-  # Default labels: an image is anomalous when its mask has a positive.
-  assert localization.localization_report(scores, masks) == report
+  # The image-level AUROC beside it, as eval.localization.score adds it:
+  # an image is anomalous when its mask has a positive.
+  labels = masks.reshape(6, -1).any(axis=1)
+  for statistic in localization.STATISTICS:
+    image = localization.image_auroc(scores, labels, statistic)
+    assert isinstance(image, float), statistic
 
 
 @pytest.mark.parametrize("num_bins", [256, 4096])
 def test_binned_pixel_scores_within_stated_bounds(num_bins):
   scores, masks = _random_maps(7, shape=(8, 24, 24))
   scores = scores / scores.max()
-  exact = localization.localization_report(scores, masks)
+  exact = localization.pixel_report(scores, masks)
   accumulator = localization.pixel_scores((0.0, 1.0), num_bins)
   state = accumulator.init()
   for start in range(0, 8, 3):  # Uneven batches.
@@ -209,8 +218,8 @@ def test_binned_pixel_scores_within_stated_bounds(num_bins):
   assert auroc_bound < 50 / num_bins
   assert binned["aupro_error_bound"] < 50 / num_bins
   assert exact["best_iou"] - binned["best_iou"] < 50 / num_bins
-  for key in ("image_auroc_max", "image_auroc_mean"):
-    assert abs(binned[key] - exact[key]) < 1e-12
+  bounds = {"pixel_auroc_error_bound", "aupro_error_bound"}
+  assert binned.keys() == exact.keys() | bounds
 
 
 def test_binned_pixel_scores_is_exact_on_bin_aligned_scores():
@@ -231,7 +240,7 @@ def test_pixel_scores_clips_out_of_range_scores_into_end_bins():
   state = accumulator.update(accumulator.init(), scores, masks)
   assert int(state.pos.sum() + state.neg.sum()) == scores.size
   binned = accumulator.compute(state)
-  exact = localization.pixel_auroc(scores, masks)
+  exact = localization.pixel_report(scores, masks)["pixel_auroc"]
   assert abs(binned["pixel_auroc"] - exact) <= binned["pixel_auroc_error_bound"]
 
 
@@ -247,11 +256,7 @@ def test_pixel_scores_clips_out_of_range_scores_into_end_bins():
   ],
 )
 def test_bad_inputs_raise(scores, masks, message):
-  for fn in (
-    localization.pixel_auroc,
-    localization.best_iou,
-    localization.aupro,
-  ):
+  for fn in (localization.roc_curve, localization.pixel_report):
     with pytest.raises(ValueError, match=message):
       fn(scores, masks)
 
@@ -266,9 +271,9 @@ def test_bad_arguments_raise():
   with pytest.raises(ValueError, match="No normal images"):
     localization.image_auroc(scores, np.ones(6, bool))
   with pytest.raises(ValueError, match="max_fpr"):
-    localization.aupro(scores, masks, max_fpr=0.0)
+    localization.pixel_report(scores, masks, max_fpr=0.0)
   with pytest.raises(ValueError, match="connectivity"):
-    localization.aupro(scores, masks, connectivity=6)
+    localization.pixel_report(scores, masks, connectivity=6)
   with pytest.raises(ValueError, match="score_range"):
     localization.pixel_scores((1.0, 1.0))
   accumulator = localization.pixel_scores((0.0, 1.0))
@@ -287,7 +292,7 @@ def test_pixel_scores_pools_images_of_different_sizes():
   small, small_masks = _random_maps(11, shape=(3, 8, 8))
   large, large_masks = _random_maps(12, shape=(3, 12, 12))
   top = max(small.max(), large.max())
-  acc = localization.pixel_scores((0.0, top), 1 << 12, image_auroc=False)
+  acc = localization.pixel_scores((0.0, top), 1 << 12)
   state = acc.update(acc.init(), small, small_masks)
   state = acc.update(state, large, large_masks)
   binned = acc.compute(state)
@@ -296,9 +301,9 @@ def test_pixel_scores_pools_images_of_different_sizes():
   flat_masks = np.r_[small_masks.ravel(), large_masks.ravel()]
   exact = sklearn.metrics.roc_auc_score(flat_masks, flat_scores)
   assert abs(binned["pixel_auroc"] - exact) <= binned["pixel_auroc_error_bound"]
-  iou, _ = localization.best_iou(
+  iou = localization.pixel_report(
     flat_scores[None, None], flat_masks[None, None]
-  )
+  )["best_iou"]
   assert iou - 1e-2 < binned["best_iou"] <= iou + 1e-12
   fpr, tpr, thresholds = acc.curve(state)
   assert fpr[0] == tpr[0] == 0.0 and fpr[-1] == tpr[-1] == 1.0

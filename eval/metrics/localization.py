@@ -7,8 +7,7 @@ anomalous) and binary ground truth ``masks`` of the same shape (bool or
 that of normal pixels). A pixel is flagged at threshold ``t`` when its score
 is ``>= t``. Bad inputs raise ``ValueError`` naming the fix.
 
-* Exact (``roc_curve``, ``pixel_auroc``, ``best_iou``, ``aupro``,
-  ``pixel_report``, ``image_auroc``, ``localization_report``):
+* Exact (``roc_curve``, ``pixel_report``, ``image_auroc``):
   ``sklearn.metrics.roc_curve`` over all pixels.
 * Streaming (``pixel_scores``): per-batch histograms over a known score
   range, ``O(num_bins)`` memory, every binned figure with an error bound;
@@ -186,15 +185,6 @@ def _pixel_metrics(curve: _Curve, max_fpr: float) -> dict[str, float]:
   }
 
 
-def _image_aurocs(labels, image_max, image_mean) -> dict[str, float]:
-  return {
-    "image_auroc_max": float(sklearn.metrics.roc_auc_score(labels, image_max)),
-    "image_auroc_mean": float(
-      sklearn.metrics.roc_auc_score(labels, image_mean)
-    ),
-  }
-
-
 # Exact metrics.
 
 
@@ -214,52 +204,41 @@ def roc_curve(scores, masks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   return curve.fpr, curve.tpr, curve.thresholds
 
 
-def pixel_auroc(scores, masks) -> float:
-  """Pixel-level AUROC pooled over all pixels (Liu et al., section 3.3.1).
-
-  Equal to ``sklearn.metrics.roc_auc_score(masks.ravel(), scores.ravel())``
-  (ties count one half). Raises as :func:`roc_curve`.
-  """
-  fpr, tpr, _ = roc_curve(scores, masks)
-  return float(np.trapezoid(tpr, fpr))
-
-
-def best_iou(scores, masks) -> tuple[float, float]:
-  """``(iou, threshold)``: the best IoU over all ROC thresholds (an oracle).
-
-  At threshold ``t`` the predicted region is ``scores >= t`` and
-  ``IoU = TP / (TP + FP + FN)``, pooled over all pixels. The threshold is
-  chosen on the test ground truth (Liu et al., section 3.3.1, "best IoU"):
-  an upper bound on what any fixed threshold achieves. Raises as
-  :func:`roc_curve`.
-  """
-  return _best_iou(_exact_curve(*_check_pair(scores, masks)))
-
-
-def aupro(scores, masks, max_fpr: float = 0.3, *, connectivity: int = 8):
-  """Normalised area under the per-region-overlap curve up to ``max_fpr``.
-
-  Each connected component ``C`` of the ground truth (``connectivity`` 8, as
-  the MVTec-AD code, or 4) is one region; ``PRO(t) = mean_C |{p in C :
-  score_p >= t}| / |C|``. The PRO-vs-FPR curve from (0, 0), linear between
-  thresholds, is integrated with the trapezoid rule to ``max_fpr`` in
-  ``(0, 1]`` and divided by it, so a perfect map scores 1 (Bergmann et al.,
-  IJCV 2021, section 5.2).
-
-  Raises:
-    ValueError: as :func:`roc_curve`, or a bad ``max_fpr``/``connectivity``.
-  """
-  return pixel_report(scores, masks, max_fpr, connectivity=connectivity)[
-    "aupro"
-  ]
-
-
 def pixel_report(
   scores, masks, max_fpr: float = 0.3, *, connectivity: int = 8
 ) -> dict[str, float]:
-  """``pixel_auroc``, ``best_iou``, ``best_iou_threshold`` and ``aupro``
-  from one curve; equal to the single-metric functions. Raises as
-  :func:`aupro`."""
+  """Pixel AUROC, best IoU and AUPRO from one ROC curve over all pixels.
+
+  * ``pixel_auroc``: the area under :func:`roc_curve` (Liu et al., section
+    3.3.1), equal to ``sklearn.metrics.roc_auc_score(masks.ravel(),
+    scores.ravel())`` (ties count one half).
+  * ``best_iou`` and ``best_iou_threshold``: the best IoU over all ROC
+    thresholds (an oracle) and its threshold. At threshold ``t`` the
+    predicted region is ``scores >= t`` and ``IoU = TP / (TP + FP + FN)``,
+    pooled over all pixels. The threshold is chosen on the test ground
+    truth (Liu et al., section 3.3.1, "best IoU"): an upper bound on what
+    any fixed threshold achieves.
+  * ``aupro``: the normalised area under the per-region-overlap curve up to
+    ``max_fpr``. Each connected component ``C`` of the ground truth
+    (``connectivity`` 8, as the MVTec-AD code, or 4) is one region;
+    ``PRO(t) = mean_C |{p in C : score_p >= t}| / |C|``. The PRO-vs-FPR
+    curve from (0, 0), linear between thresholds, is integrated with the
+    trapezoid rule to ``max_fpr`` in ``(0, 1]`` and divided by it, so a
+    perfect map scores 1 (Bergmann et al., IJCV 2021, section 5.2).
+
+  Returns:
+    ``{"pixel_auroc", "best_iou", "best_iou_threshold", "aupro"}``, floats.
+
+  Raises:
+    ValueError: as :func:`roc_curve`, or a bad ``max_fpr``/``connectivity``.
+
+  Examples:
+    >>> masks = np.zeros((2, 4, 4), bool)
+    >>> masks[1, :2, :2] = True
+    >>> report = pixel_report(masks * 0.9 + 0.05, masks)
+    >>> report["pixel_auroc"], report["best_iou"], report["aupro"]
+    (1.0, 1.0, 1.0)
+  """
   _check_options(max_fpr, connectivity)
   scores, masks = _check_pair(scores, masks)
   return _pixel_metrics(_exact_curve(scores, masks, connectivity), max_fpr)
@@ -285,31 +264,6 @@ def image_auroc(scores, labels, statistic: str = "max") -> float:
   return float(sklearn.metrics.roc_auc_score(labels, reduce(scores, (1, 2))))
 
 
-def localization_report(
-  scores, masks, labels=None, *, max_fpr: float = 0.3, connectivity: int = 8
-) -> dict[str, float]:
-  """:func:`pixel_report` plus ``image_auroc_max`` and ``image_auroc_mean``.
-
-  ``labels`` (binary ``[N]``) default to "the mask has a positive pixel".
-
-  Examples:
-    >>> masks = np.zeros((2, 4, 4), bool)
-    >>> masks[1, :2, :2] = True
-    >>> report = localization_report(masks * 0.9 + 0.05, masks)
-    >>> report["pixel_auroc"], report["best_iou"], report["aupro"]
-    (1.0, 1.0, 1.0)
-  """
-  report = pixel_report(scores, masks, max_fpr, connectivity=connectivity)
-  scores = np.asarray(scores)
-  if labels is None:
-    labels = np.asarray(masks).reshape(len(scores), -1).any(axis=1)
-  labels = _check_labels(labels, len(scores))
-  _check_both_classes(labels.sum(), (~labels).sum(), "images")
-  return report | _image_aurocs(
-    labels, scores.max(axis=(1, 2)), scores.mean(axis=(1, 2))
-  )
-
-
 # Streaming metrics: fixed-bin histograms with error bounds.
 
 
@@ -321,51 +275,38 @@ class PixelScoresState(NamedTuple):
     pro: float64 ``[num_bins]`` sum over regions of the region's fraction
       in each bin.
     num_regions: int64 scalar, connected ground-truth regions so far.
-    image_max, image_mean, image_labels: tuples of ``[B]`` arrays, one per
-      update: each image's max and mean score and its label.
   """
 
   pos: np.ndarray
   neg: np.ndarray
   pro: np.ndarray
   num_regions: np.ndarray
-  image_max: tuple[np.ndarray, ...]
-  image_mean: tuple[np.ndarray, ...]
-  image_labels: tuple[np.ndarray, ...]
 
 
 class PixelScores:
   """Streaming pixel AUROC, best IoU and AUPRO (from :func:`pixel_scores`).
 
-  ``init() -> state``, ``update(state, scores, masks, labels=None) ->
-  state``, ``compute(state) -> dict`` and ``curve(state) -> (fpr, tpr,
+  ``init() -> state``, ``update(state, scores, masks) -> state``,
+  ``compute(state) -> dict`` and ``curve(state) -> (fpr, tpr,
   thresholds)`` are pure: the state is passed in and returned, never
   stored. Each update holds whole images of one size (regions are labelled
-  per image); ``update`` and ``compute`` raise as :func:`localization_report`.
+  per image); ``update`` and ``compute`` raise as :func:`pixel_report`.
   """
 
-  def __init__(self, edges, max_fpr, connectivity, image_auroc):
-    self.edges, self.max_fpr = edges, max_fpr
-    self.connectivity, self.image_auroc = connectivity, image_auroc
+  def __init__(self, edges, max_fpr, connectivity):
+    self.edges = edges
+    self.max_fpr = max_fpr
+    self.connectivity = connectivity
 
   def init(self) -> PixelScoresState:
     num_bins = len(self.edges) - 1
     counts = np.zeros(num_bins, np.int64)
     return PixelScoresState(
-      counts,
-      counts.copy(),
-      np.zeros(num_bins),
-      np.zeros((), np.int64),
-      (),
-      (),
-      (),
+      counts, counts.copy(), np.zeros(num_bins), np.zeros((), np.int64)
     )
 
-  def update(self, state, scores, masks, labels=None) -> PixelScoresState:
+  def update(self, state, scores, masks) -> PixelScoresState:
     scores, masks = _check_pair(scores, masks)
-    if labels is None:
-      labels = masks.reshape(len(masks), -1).any(axis=1)
-    labels = _check_labels(labels, len(scores))
     num_bins, low, high = len(self.edges) - 1, self.edges[0], self.edges[-1]
     scaled = (scores.astype(np.float64) - low) * (num_bins / (high - low))
     bins = np.clip(np.floor(scaled), 0, num_bins - 1).astype(np.int64)
@@ -376,9 +317,6 @@ class PixelScores:
       neg=state.neg + np.bincount(neg, minlength=num_bins),
       pro=state.pro + np.bincount(pos, weights[masks], minlength=num_bins),
       num_regions=state.num_regions + num_regions,
-      image_max=(*state.image_max, scores.max(axis=(1, 2))),
-      image_mean=(*state.image_mean, scores.mean(axis=(1, 2))),
-      image_labels=(*state.image_labels, labels),
     )
 
   def _curve(self, state: PixelScoresState) -> _Curve:
@@ -407,14 +345,6 @@ class PixelScores:
     boxes = boxes[curve.fpr[:-1] < self.max_fpr]
     report["pixel_auroc_error_bound"] = float(0.5 * np.sum(p * n))
     report["aupro_error_bound"] = float(0.5 * boxes.sum() / self.max_fpr)
-    if self.image_auroc:
-      labels = np.concatenate(state.image_labels)
-      _check_both_classes(labels.sum(), (~labels).sum(), "images")
-      report |= _image_aurocs(
-        labels,
-        np.concatenate(state.image_max),
-        np.concatenate(state.image_mean),
-      )
     return report
 
 
@@ -424,9 +354,8 @@ def pixel_scores(
   *,
   max_fpr: float = 0.3,
   connectivity: int = 8,
-  image_auroc: bool = True,
 ) -> PixelScores:
-  """A streaming accumulator of the metrics of :func:`localization_report`.
+  """A streaming accumulator of the metrics of :func:`pixel_report`.
 
   Scores are binned into ``num_bins`` equal bins over ``score_range``
   (outside it: the end bins); ``compute`` adds error bounds against the
@@ -440,14 +369,12 @@ def pixel_scores(
   * ``aupro``: exact at the bin edges; the monotone exact curve stays in the
     box between two edges, so ``|binned - exact| <= aupro_error_bound =
     sum_k dFPR_k dPRO_k / (2 max_fpr)`` over the boxes below ``max_fpr``.
-  * ``image_auroc_max`` / ``_mean`` (unless ``image_auroc=False``): exact.
 
   Args:
     score_range: ``(low, high)``, finite, the range the scores lie in.
     num_bins: bins; ``2**16`` gives bounds of order 1e-5 on smooth scores.
     max_fpr: AUPRO integration limit.
     connectivity: AUPRO region connectivity, 8 or 4.
-    image_auroc: also report the image-level AUROC (both classes needed).
 
   Raises:
     ValueError: an empty ``score_range``, ``num_bins < 1``, a bad
@@ -457,7 +384,6 @@ def pixel_scores(
     >>> acc = pixel_scores(score_range=(0.0, 1.0), num_bins=1024)
     >>> rng = np.random.default_rng(0)
     >>> masks = rng.random((4, 8, 8)) < 0.2
-    >>> masks[0] = False  # One normal image, for the image-level AUROC.
     >>> state = acc.update(acc.init(), 0.5 * rng.random((4, 8, 8)) + 0.5 *
     ...                    masks, masks)
     >>> round(acc.compute(state)["pixel_auroc"], 2)
@@ -472,4 +398,4 @@ def pixel_scores(
     raise ValueError(f"num_bins must be >= 1, got {num_bins}.")
   _check_options(max_fpr, connectivity)
   edges = np.linspace(low, high, num_bins + 1)
-  return PixelScores(edges, max_fpr, connectivity, image_auroc)
+  return PixelScores(edges, max_fpr, connectivity)
