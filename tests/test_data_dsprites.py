@@ -222,6 +222,35 @@ def test_ground_truth_interface_with_both_random_states(ds):
     ds.sample_observations_from_factors(np.zeros((2, 4), int), None)
 
 
+def _shuffled_source(num_values, seed=0):
+  """Records of a tiny factor grid in a random order, like the tfds build."""
+  total = int(np.prod(num_values))
+  factors = np.stack(np.unravel_index(np.arange(total), num_values), axis=1)
+  order = np.random.default_rng(seed).permutation(total)
+  return [
+    {
+      "image": np.full((2, 2, 1), i, np.float32),  # The flat index, as pixels.
+      "factors": factors[i].astype(np.int32),
+    }
+    for i in order
+  ]
+
+
+def test_tfds_source_in_factor_order_finds_each_combination():
+  num_values = (2, 3, 4)
+  ground_truth = dsprites.TfdsDSprites(_shuffled_source(num_values), num_values)
+  assert ground_truth.num_factors == 3
+  assert ground_truth.factors_num_values == [2, 3, 4]
+  factors = ground_truth.sample_factors(50, np.random.RandomState(0))
+  images = ground_truth.sample_observations_from_factors(factors, None)
+  flat = np.ravel_multi_index(factors.T, num_values)
+  np.testing.assert_array_equal(images[:, 0, 0, 0], flat)
+  assert images.dtype == np.float32 and images.shape == (50, 2, 2, 1)
+  assert len(ground_truth) == 24 and ground_truth[5]["image"][0, 0, 0] == 5
+  with pytest.raises(data.DataError, match="1 missing, 0 repeated"):
+    dsprites.TfdsDSprites(_shuffled_source(num_values)[:-1], num_values)
+
+
 def test_pipeline_uses_the_vectorised_batch(ds):
   batch = next(
     pipeline.batches(ds, 64, seed=0, process_index=0, process_count=1)

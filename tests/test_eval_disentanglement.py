@@ -14,7 +14,6 @@ import pytest
 from eval import disentanglement, restore
 from eval.metrics import sampling, testing
 from train import factorvae
-from vae_attn.data import base
 
 
 @pytest.fixture(scope="module")
@@ -222,37 +221,6 @@ def test_grid_errors(workdir, tmp_path, capsys, argv, status, words):
   assert len(err) == 1 and err[0].startswith("error: "), err
   for word in words:
     assert word in err[0], (word, err[0])
-
-
-def _shuffled_source(num_values, seed=0):
-  """Records of a tiny factor grid in a random order, like the tfds build."""
-  total = int(np.prod(num_values))
-  factors = np.stack(np.unravel_index(np.arange(total), num_values), axis=1)
-  order = np.random.default_rng(seed).permutation(total)
-  return [
-    {
-      "image": np.full((2, 2, 1), i, np.float32),  # The flat index, as pixels.
-      "factors": factors[i].astype(np.int32),
-    }
-    for i in order
-  ]
-
-
-def test_tfds_ground_truth_finds_each_combination():
-  num_values = (2, 3, 4)
-  data = disentanglement.TfdsGroundTruth(
-    _shuffled_source(num_values), num_values
-  )
-  assert data.num_factors == 3 and data.factors_num_values == [2, 3, 4]
-  factors = data.sample_factors(50, np.random.RandomState(0))
-  images = data.sample_observations_from_factors(factors, None)
-  flat = np.ravel_multi_index(factors.T, num_values)
-  np.testing.assert_array_equal(images[:, 0, 0, 0], flat)
-  assert images.dtype == np.float32 and images.shape == (50, 2, 2, 1)
-  with pytest.raises(base.DataError, match="1 missing, 0 repeated"):
-    disentanglement.TfdsGroundTruth(
-      _shuffled_source(num_values)[:-1], num_values
-    )
 
 
 def test_representation_function_gives_mu_and_the_kl_per_dimension(workdir):

@@ -4,8 +4,9 @@ The sources are the procedural renderer (the offline default, no file), the
 original npz and tfds. All three give records ``{"image": float32 [64, 64, 1]
 in {0, 1}, "factors": int32 [5]}``, ``factors`` the classes of (shape,
 scale, orientation, posX, posY). Record ``i`` of the procedural and npz
-sources is image ``i`` of the original file (the grid 3 x 6 x 40 x 32 x 32,
-row-major, posY fastest); both implement disentanglement_lib's ground-truth
+sources, and of a tfds source wrapped in `TfdsDSprites`, is image ``i`` of
+the original file (the grid 3 x 6 x 40 x 32 x 32, row-major, posY
+fastest); these three implement disentanglement_lib's ground-truth
 interface (``num_factors``, ``factors_num_values``, ``observation_shape``,
 ``sample_factors``, ``sample_observations_from_factors``, ``sample``).
 
@@ -38,6 +39,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 
 from vae_attn.data import base
 
@@ -549,6 +551,69 @@ def load_npz(path: str | os.PathLike) -> NpzDSprites:
   return NpzDSprites(imgs, classes, path)
 
 
+class TfdsDSprites(_GroundTruth):
+  """dSprites' ground-truth interface over records in any order (tfds').
+
+  The tfds build stores dSprites shuffled; this reads every record's
+  ``factors`` once and maps each factor combination to its record, so that
+  record ``i`` here is image ``i`` of the original file, read by random
+  access.
+
+  Args:
+    source: records ``{"image", "factors"}`` (`load_tfds`).
+    num_values: the factor grid (default dSprites').
+    progress: a tqdm bar while the factors are read (``None``: on when
+      stderr is a terminal).
+
+  Raises:
+    DataError: when a factor combination is missing or repeated.
+  """
+
+  def __init__(
+    self,
+    source: base.Source,
+    num_values: Sequence[int] = FACTORS_NUM_VALUES,
+    progress: bool | None = False,
+  ):
+    self.name = f"{source!r} in factor order"
+    self._source = source
+    self._num_values = tuple(int(n) for n in num_values)
+    records = tqdm.tqdm(
+      range(len(source)),
+      desc="reading factors",
+      disable=None if progress is None else not progress,
+    )
+    factors = np.stack([np.asarray(source[i]["factors"]) for i in records])
+    index = factors_to_index(factors, self._num_values)
+    total = math.prod(self._num_values)
+    counts = np.bincount(index, minlength=total)
+    if len(source) != total or np.any(counts != 1):
+      raise base.DataError(
+        f"{source!r} has {len(source)} records for {total} factor "
+        f"combinations ({int(np.sum(counts == 0))} missing, "
+        f"{int(np.sum(counts > 1))} repeated); prepare the full dSprites "
+        "train split."
+      )
+    self._position = np.empty(total, np.int64)
+    self._position[index] = np.arange(total)
+
+  def __len__(self) -> int:
+    return len(self._position)
+
+  def get_batch(self, indices) -> base.Record:
+    """The records of the original image indices ``indices`` ``[N]``.
+
+    Returns:
+      ``{"image": float32 [N, H, W, C], "factors": int32 [N, F]}``.
+    """
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    records = [self._source[int(i)] for i in self._position[indices]]
+    return {
+      "image": np.stack([r["image"] for r in records]).astype(np.float32),
+      "factors": np.stack([r["factors"] for r in records]).astype(np.int32),
+    }
+
+
 def _read_array(npz, key: str, path: str) -> np.ndarray:
   """``npz[key]``; raises `DataError` if it is a pickled object array."""
   try:
@@ -578,7 +643,7 @@ def load_tfds(
 
   The tfds build stores examples in its own shuffled order, so record ``i``
   is not image ``i`` of the original file; read the factors from each record.
-  For the ground-truth interface use `procedural` or `load_npz`.
+  For the ground-truth interface wrap the source in `TfdsDSprites`.
 
   Args:
     split: a tfds split string (dSprites has only "train").
