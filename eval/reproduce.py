@@ -38,9 +38,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from eval import aggregate, cli, disentanglement, restore
-from eval.metrics import dci as dci_lib
 from eval.metrics import disentanglement as suite
-from eval.metrics import factor_vae, mig
+from eval.metrics import factor_vae
 from vae_attn.data import dsprites
 from workflow import configs, runs
 
@@ -60,10 +59,6 @@ METRICS = {
   "dci/disentanglement": "DCI disentanglement",
 }
 QUICK_NOTE = " QUICK: small metric samples, a pipeline check."
-# Sample sizes of --quick (a pipeline check, not a measurement).
-QUICK_FACTOR_VAE = dict(
-  num_per_vote=20, num_train=200, num_eval=100, num_variance_estimate=1000
-)
 
 
 def train_command(config: Config) -> list[str]:
@@ -117,11 +112,24 @@ def _member_dirs(config: Config) -> dict[str, list[pathlib.Path]]:
   return {loss: [d for _, d in sorted(m)] for loss, m in found.items()}
 
 
+def _stages(metrics: str, dci_importance: str) -> dict[str, str]:
+  """The suite's metrics of the table, each with its progress line."""
+  stages = {
+    f"factor_vae/{convention}": f"FactorVAE metric ({convention} convention)"
+    for convention in factor_vae.FACTOR_VAE_CONVENTIONS
+  }
+  if metrics == "all":
+    stages["mig"] = "MIG"
+    stages["dci"] = f"DCI ({dci_importance})"
+  return stages
+
+
 def score_member(
   run_dir: pathlib.Path, config: Config, where: str = ""
 ) -> dict:
-  """The Table 3 metrics of one trained member (a progress line for each
-  metric, prefixed with ``where``)."""
+  """The Table 3 metrics of one trained member, from the metric suite
+  (``eval.metrics.disentanglement``; a progress line for each metric,
+  prefixed with ``where``)."""
   run = restore.load_run(run_dir)
   # The metrics need the ground-truth factor interface: the npz has it, and
   # the procedural source draws the tfds images (docs/data.md).
@@ -141,46 +149,25 @@ def score_member(
   def kl(x):
     return mu_and_kl(x)[:, d:]
 
+  importance = "random_forest" if config.quick else "gbt"
+  stages = _stages(config.metrics, importance)
+  results = suite.evaluate_suite(
+    data,
+    mu,
+    random_state,
+    kl_function=kl,
+    quick=config.quick,
+    dci_importance=importance,
+    metrics=list(stages),
+  )
   scores, sizes = {}, {}
-  for convention in factor_vae.FACTOR_VAE_CONVENTIONS:
-    cli.stage(f"{where}FactorVAE metric ({convention} convention)")
-    kwargs = dict(QUICK_FACTOR_VAE) if config.quick else {}
-    values = factor_vae.compute_factor_vae(
-      data,
-      mu,
-      random_state,
-      convention=convention,
-      kl_function=kl if convention == "paper" else None,
-      **kwargs,
-    )
-    for name, value in values.items():
-      scores[f"factor_vae/{convention}/{name}"] = float(value)
-    conv = factor_vae.FACTOR_VAE_CONVENTIONS[convention]
-    sizes[f"factor_vae/{convention}"] = {
-      "num_per_vote": kwargs.get("num_per_vote", conv.num_per_vote),
-      "num_train": kwargs.get("num_train", conv.num_train),
-      "num_eval": kwargs.get("num_eval", conv.num_eval),
-      "num_variance_estimate": kwargs.get(
-        "num_variance_estimate", conv.num_variance_estimate
-      ),
-    }
-  if config.metrics == "all":
-    mig_train = 1000 if config.quick else 10_000
-    cli.stage(f"{where}MIG")
-    scores["mig"] = float(
-      mig.compute_mig(data, mu, random_state, num_train=mig_train)[
-        "discrete_mig"
-      ]
-    )
-    sizes["mig"] = {"num_train": mig_train}
-    dci = dict(num_train=300, num_test=150) if config.quick else {}
-    importance = "random_forest" if config.quick else "gbt"
-    cli.stage(f"{where}DCI ({importance})")
-    for name, value in dci_lib.compute_dci(
-      data, mu, random_state, importance=importance, **dci
-    ).items():
-      scores[f"dci/{name}"] = float(value)
-    sizes["dci"] = {**dci, "importance": importance}
+  for stage in stages.values():
+    cli.stage(f"{where}{stage}")
+    result = next(results)  # Runs this metric.
+    scores.update({key: float(value) for key, value in result.scores.items()})
+    sizes[result.name] = result.sample_sizes
+  if "dci" in sizes:
+    sizes["dci"]["importance"] = importance
   return {"scores": scores, "sizes": sizes, "step": run.step, "data": kind}
 
 
@@ -200,10 +187,7 @@ def write_report(path: str, results: dict) -> None:
     f"{meta['steps']:,} training steps per run (the paper: 300,000), seeds "
     f"{meta['seeds']}, batch {meta['batch_size']}, data: {meta['data']}, "
     f"backend: {meta['backend']} ({meta['devices']}), precision "
-    f"{meta['precision']}."
-    + (
-      " QUICK: small metric samples, a pipeline check." if meta["quick"] else ""
-    ),
+    f"{meta['precision']}." + (QUICK_NOTE if meta["quick"] else ""),
     "",
     "| metric | " + " | ".join(ARMS[a][0] for a in ARMS) + " | Welch's p |",
     "|---|---|---|---|",

@@ -615,6 +615,29 @@ def test_evaluate_suite_logs_each_stage_and_names_its_sizes(caplog, capsys):
   assert "sap: images" in err and "/750" in err
 
 
+def test_evaluate_suite_runs_the_metrics_asked_for_in_its_order():
+  # A subset draws from random_state as the full suite would up to each
+  # metric it skips: the FactorVAE scores are the suite's first two.
+  options = dict(quick=True, dci_importance="random_forest")
+  subset = ["factor_vae/paper", "factor_vae/disentanglement_lib", "mig"]
+  results = list(
+    disentanglement.evaluate_suite(
+      DATA, IDENTITY, _rs(), metrics=subset, **options
+    )
+  )
+  assert [r.name for r in results] == [
+    "factor_vae/disentanglement_lib",
+    "factor_vae/paper",
+    "mig",
+  ]
+  everything = _flat_scores(DATA, IDENTITY, **options)
+  for result in results[:2]:
+    for key, value in result.scores.items():
+      assert value == everything[key], key
+  with pytest.raises(ValueError, match="Unknown metrics"):
+    next(disentanglement.evaluate_suite(DATA, IDENTITY, _rs(), metrics=["x"]))
+
+
 def test_tabulate_shows_its_progress(capsys):
   disentanglement.tabulate(
     DATA, IDENTITY, _rs(), batch_size=1000, progress=True

@@ -197,14 +197,16 @@ def evaluate_suite(
   n_jobs: int = 1,
   batch_size: int = sampling.DEFAULT_BATCH_SIZE,
   progress: bool | None = False,
+  metrics: Sequence[str] | None = None,
 ) -> Iterator[MetricResult]:
   """Runs every disentanglement metric, yielding each as it finishes.
 
   The order (and so the draws from ``random_state``): FactorVAE in the
   disentanglement_lib then the paper convention, BetaVAE, MIG, DCI, SAP.
-  Each metric logs ``metric k/6: <title> (<sizes>)`` before it starts and
-  its time when it ends (level INFO). Single-valued factors are dropped
-  once, with one warning.
+  A metric runs when the generator is asked for it. Each metric logs
+  ``metric k/n: <title> (<sizes>)`` before it starts and its time when it
+  ends (level INFO). Single-valued factors are dropped once, with one
+  warning.
 
   Args:
     ground_truth_data, representation_function, random_state, batch_size:
@@ -216,12 +218,14 @@ def evaluate_suite(
     n_jobs: threads for the per-factor fits of DCI and SAP.
     progress: show a tqdm bar of the images each metric encodes (``None``:
       on when stderr is a terminal).
+    metrics: the names (``suite_sample_sizes`` keys) of the metrics to run,
+      still in the order above; ``None``: all six.
 
   Yields:
     One ``MetricResult`` per metric.
 
   Raises:
-    ValueError: as the ``compute_*`` functions.
+    ValueError: an unknown metric name, or as the ``compute_*`` functions.
   """
   data = sampling.check_inputs(
     ground_truth_data, random_state, n_jobs=n_jobs, batch_size=batch_size
@@ -238,6 +242,13 @@ def evaluate_suite(
     "batch_size": batch_size,
   }
   all_sizes = suite_sample_sizes(quick)
+  if metrics is not None:
+    unknown = sorted(set(metrics) - set(all_sizes))
+    if unknown:
+      raise ValueError(
+        f"Unknown metrics {unknown}; choose from {list(all_sizes)}."
+      )
+    all_sizes = {n: sizes for n, sizes in all_sizes.items() if n in metrics}
   for k, (name, sizes) in enumerate(all_sizes.items(), start=1):
     title = _TITLES[name]
     sizes_text = ", ".join(f"{key}={value}" for key, value in sizes.items())
