@@ -128,7 +128,7 @@ def load_run(workdir: str | os.PathLike, *, step: int | None = None) -> Run:
   spec = runs.read_spec(workdir)
   step, restored = runs.restore(
     workdir,
-    items=("state", "config"),
+    items=("state",),
     optional_items=("latent_stats",),
     step=step,
   )
@@ -139,7 +139,7 @@ def load_run(workdir: str | os.PathLike, *, step: int | None = None) -> Run:
     variables=variables,
     input_shape=tuple(spec.input_shape),
     latent_dim=int(spec.model_kwargs.get("latent_dim", 32)),
-    config=dict(restored.get("config") or {}),
+    config=runs.read_config(workdir),
     step=int(step),
     latent_stats=_latent_stats(restored.get("latent_stats")),
     workdir=workdir,

@@ -121,7 +121,7 @@ def oneclass_workdir(tmp_path_factory):
   runs.write_json(path / runs.SPEC_NAME, spec.to_dict())
   state = {"step": np.int32(1), "params": run.variables["params"]}
   with runs.checkpoint_manager(path) as mngr:
-    runs.save(mngr, 1, state=state, config={}, spec=spec, wait=True)
+    runs.save(mngr, 1, state=state, wait=True)
   return str(path)
 
 

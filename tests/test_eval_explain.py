@@ -158,7 +158,7 @@ def _digits_run(workdir, normal_digit):
   runs.write_json(workdir / runs.SPEC_NAME, spec.to_dict())
   state = {"step": np.int32(1), "params": run.variables["params"]}
   with runs.checkpoint_manager(workdir) as mngr:
-    runs.save(mngr, 1, state=state, config={}, spec=spec, wait=True)
+    runs.save(mngr, 1, state=state, wait=True)
   return workdir
 
 

@@ -53,12 +53,10 @@ def _write_checkpoint(workdir, run, *, with_stats, trainer="oneclass"):
     data_kwargs={"category": "brick"} if one_class else {},
   )
   os.makedirs(workdir, exist_ok=True)
-  runs.write_json(workdir / runs.SPEC_NAME, spec.to_dict())
   config = {"dataset": "textures", "category": "brick"}
+  runs.write_run_files(workdir, config, spec)
   with runs.checkpoint_manager(workdir) as mngr:
-    runs.save(
-      mngr, 2, state=state, config=config, spec=spec, extras=extras, wait=True
-    )
+    runs.save(mngr, 2, state=state, extras=extras, wait=True)
   return str(workdir)
 
 

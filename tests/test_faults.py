@@ -114,7 +114,7 @@ def test_a_failed_write_inside_orbax_is_one_line(
   with runs.checkpoint_manager(workdir) as mngr:
     monkeypatch.setattr(mngr, "save", failing_save)
     with pytest.raises(runs.CheckpointWriteError) as info:
-      runs.save(mngr, 9, state={"x": np.zeros(2)}, config={})
+      runs.save(mngr, 9, state={"x": np.zeros(2)})
   line = errors.error_line(info.value)
   assert line.startswith(f"error: {words}") and "\n" not in line
   assert "RESOURCE_EXHAUSTED" not in line
@@ -155,11 +155,11 @@ except errors.USER_ERRORS as e:
 
 @pytest.mark.parametrize("precheck", [True, False])
 def test_a_real_full_disk_prints_one_line(tmp_path, precheck):
-  """A 2 MB tmpfs holds one checkpoint of the padded toy (1 MB of random
-  parameters), not two; root only (mount)."""
+  """A 1.5 MB tmpfs holds one checkpoint of the padded toy (1 MB of random
+  parameters; about 1,035 KB on disk), not two; root only (mount)."""
   disk = tmp_path / "disk"
   disk.mkdir()
-  mount = ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)]
+  mount = ["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(disk)]
   if os.geteuid() != 0 or subprocess.run(mount, check=False).returncode:
     pytest.skip("mounting a small tmpfs needs root")
   mode = "precheck" if precheck else "no-precheck"
@@ -174,7 +174,7 @@ def test_a_real_full_disk_prints_one_line(tmp_path, precheck):
     assert len(lines) == 1, done.stderr[-3000:]
     # Without the check, orbax or the metric log meets the full disk first.
     assert lines[0].startswith("error: The disk is full (")
-    if precheck:  # 3 MB of arrays (Adam's zeros compress) do not fit 2 MB.
+    if precheck:  # 3 MB of arrays (Adam's zeros compress) do not fit.
       assert "no checkpoint was saved yet" in lines[0]
     else:  # Orbax failed at step 6; step 3 is intact.
       assert runs.restore(disk / "run")[0] == 3
@@ -228,7 +228,7 @@ def test_a_writer_resumed_at_step_0_starts_an_empty_log(tmp_path):
 def _save_steps(workdir, values):
   with runs.checkpoint_manager(workdir) as mngr:
     for step, state in values.items():
-      runs.save(mngr, step, state=state, config={"n": step}, wait=True)
+      runs.save(mngr, step, state=state, wait=True)
 
 
 def test_nan_bytes_in_a_data_file_fall_back_to_the_step_before(
@@ -434,13 +434,13 @@ def test_evaluation_racing_a_trainer_reads_the_newest_step(tmp_path, caplog):
   """A trainer saves every step and keeps 2 while a reader restores."""
   state = {"w": jnp.arange(256.0)}
   with runs.checkpoint_manager(tmp_path, max_to_keep=2) as mngr:
-    runs.save(mngr, 0, state=state, config={}, wait=True)
+    runs.save(mngr, 0, state=state, wait=True)
     done = threading.Event()
 
     def trainer():
       try:
         for step in range(1, 121):
-          runs.save(mngr, step, state=state, config={}, wait=True)
+          runs.save(mngr, step, state=state, wait=True)
       finally:
         done.set()
 

@@ -135,7 +135,7 @@ def test_non_finite_step_is_skipped(trained, tmp_path, caplog):
   poisoned["params"] = {"w": jnp.full((4, 1), jnp.nan)}
   shutil.rmtree(workdir / "ckpt" / "6")
   with runs.checkpoint_manager(workdir) as mngr:
-    runs.save(mngr, 6, state=poisoned, config=good["config"], wait=True)
+    runs.save(mngr, 6, state=poisoned, wait=True)
   with caplog.at_level(logging.WARNING):
     step, restored = runs.restore(workdir)
   assert step == 3
@@ -171,6 +171,18 @@ def test_a_missing_or_file_workdir_is_named_so(tmp_path):
   # A folder without checkpoints still says so.
   with pytest.raises(FileNotFoundError, match=r"No checkpoints in .*/ckpt"):
     restore.load_run(tmp_path)
+
+
+def test_the_config_is_stored_once_beside_the_checkpoints(trained, tmp_path):
+  workdir = _copy(trained, tmp_path)
+  # config.json is the one copy; checkpoints hold arrays only.
+  assert runs.read_config(workdir)["num_steps"] == 6
+  items = {p.name for p in (workdir / "ckpt" / "6").iterdir() if p.is_dir()}
+  assert items == {"state", "checksums"}
+  assert runs.read_config(tmp_path / "nothing-here") == {}
+  (workdir / runs.CONFIG_NAME).write_text("{not json")
+  with pytest.raises(ValueError, match="config.json is damaged"):
+    runs.read_config(workdir)
 
 
 def test_a_second_trainer_in_the_same_workdir_is_refused(tmp_path):
@@ -219,7 +231,7 @@ def test_disk_full_is_one_line_and_keeps_the_last_checkpoint(
   with runs.checkpoint_manager(workdir) as mngr:
     monkeypatch.setattr(mngr, "save", full)
     with pytest.raises(runs.CheckpointWriteError) as info:
-      runs.save(mngr, 9, state={"x": np.zeros(2)}, config={})
+      runs.save(mngr, 9, state={"x": np.zeros(2)})
   message = str(info.value)
   assert "disk is full" in message and "\n" not in message
   assert "intact" in message and "delete" not in message.lower()
@@ -232,7 +244,7 @@ def test_read_only_run_directory_is_restored(trained, tmp_path):
     path.chmod(0o555 if path.is_dir() else 0o444)
   try:
     step, restored = runs.restore(workdir)
-    assert step == 6 and restored["config"]["num_steps"] == 6
+    assert step == 6 and runs.read_config(workdir)["num_steps"] == 6
   finally:
     for path in [workdir, *workdir.rglob("*")]:
       path.chmod(0o755 if path.is_dir() else 0o644)

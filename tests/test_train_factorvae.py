@@ -107,7 +107,7 @@ def test_cli_trains_the_baselines(loss, tmp_path):
   np.testing.assert_allclose(r["train/loss"], expected, rtol=1e-5)
   assert "train/ad" not in r  # Runs without L_AD do not log it.
   step, restored = runs.restore(tmp_path)
-  assert step == 2 and restored["config"]["loss"] == loss
+  assert step == 2 and runs.read_config(tmp_path)["loss"] == loss
   assert runs.read_spec(tmp_path).input_shape == (64, 64, 1)
   # The run ends with a report to look at.
   report = tmp_path / "report"

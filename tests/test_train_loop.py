@@ -261,7 +261,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert _steps(tmp_path) == [2, 4]
   _, restored = runs.restore(tmp_path)
   chex.assert_tree_all_finite(restored["state"]["params"])
-  assert restored["config"]["num_steps"] == 10
+  assert runs.read_config(tmp_path)["num_steps"] == 10
 
 
 def test_sigint_saves_and_resumes(tmp_path):

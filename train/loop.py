@@ -716,14 +716,7 @@ def _train(cfgs, dirs, specs, mngrs, stack, *, mesh, is_main, **fns):
           # Host copies: arrays on one local device are not global arrays,
           # which a multi-process save would refuse.
           items = jax.device_get(fns["final_items"](mstates[k], c))
-      runs.save(
-        mngr,
-        step,
-        state=mstates[k],
-        config=configs.to_dict(c),
-        spec=specs[k],
-        extras=items,
-      )
+      runs.save(mngr, step, state=mstates[k], extras=items)
     for w in member_writers:
       w.flush()
 

@@ -6,16 +6,18 @@ A run directory holds::
   spec.json        the run spec: model name and arguments, input shape, data
                    source and folder, attention layer (:class:`RunSpec`)
   software.json    the software that trained it (:func:`software`)
-  ckpt/<step>/     orbax checkpoints; items ``state``, ``config``, ``spec``,
+  ckpt/<step>/     orbax checkpoints of arrays only; items ``state``,
                    ``checksums`` (a CRC-32 of every array) and, in the final
-                   one, extras such as ``latent_stats``
+                   one, extras such as ``latent_stats`` (the config and spec
+                   are stored once, above)
   damaged_checkpoints/<step>/   steps a resumed trainer found damaged (kept)
   metrics.jsonl    one JSON object per logged step (``workflow.writers``)
   tensorboard/     TensorBoard event files
   .lock            held (``fcntl.flock``) while a trainer writes the run
 
 Training writes it through :func:`write_run_files` and :func:`save`;
-evaluation reads it through :func:`restore` and :func:`read_spec` and never
+evaluation reads it through :func:`restore`, :func:`read_spec` and
+:func:`read_config` and never
 guesses (no architecture inferred from parameter shapes). Restoring builds
 its target from the saved array metadata and the *current* devices, so a run
 trained on 8 devices (or by several processes) is evaluated on one.
@@ -59,7 +61,6 @@ CONFIG_NAME = "config.json"
 SPEC_NAME = "spec.json"
 SOFTWARE_NAME = "software.json"
 LOCK_NAME = ".lock"
-JSON_ITEMS = frozenset({"config", "spec"})
 
 
 class ConfigMismatchError(ValueError):
@@ -276,6 +277,21 @@ def read_spec(workdir: str | os.PathLike) -> RunSpec:
     raise ValueError(f"{path} is damaged or not a run spec: {e}") from None
 
 
+def read_config(workdir: str | os.PathLike) -> dict[str, Any]:
+  """The trainer's config of ``workdir`` (``config.json``; ``{}`` if none).
+
+  Raises:
+    ValueError: the file is not JSON.
+  """
+  path = pathlib.Path(workdir) / CONFIG_NAME
+  if not path.is_file():
+    return {}
+  try:
+    return dict(json.loads(path.read_text()))
+  except (json.JSONDecodeError, TypeError, ValueError) as e:
+    raise ValueError(f"{path} is damaged or not a config: {e}") from None
+
+
 @contextlib.contextmanager
 def lock(workdir: str | os.PathLike) -> Iterator[None]:
   """Holds ``workdir/.lock`` so a second trainer is refused at once.
@@ -484,12 +500,10 @@ def save(
   step: int,
   *,
   state: Any,
-  config: Mapping[str, Any],
-  spec: RunSpec | None = None,
   extras: Mapping[str, Any] | None = None,
   wait: bool = False,
 ) -> None:
-  """Saves ``state`` (and the config, spec and extras) as step ``step``.
+  """Saves ``state`` (and extras) as step ``step``.
 
   Every process of a multi-process run must call it (orbax writes each
   process's shards; JSON items are written once). Beside the items, the
@@ -500,8 +514,6 @@ def save(
     mngr: from :func:`checkpoint_manager`.
     step: the step number.
     state: a pytree of arrays.
-    config: the trainer's config dict.
-    spec: the run spec (saved as the item ``spec``).
     extras: more pytrees of arrays, saved as items of their own.
     wait: block until the write is complete.
 
@@ -510,6 +522,10 @@ def save(
       process saves: the free space must hold every array) or the folder is
       read-only; the previous steps are intact.
   """
+  try:  # A failed earlier (asynchronous) save is reported as itself.
+    mngr.wait_until_finished()
+  except Exception as e:  # noqa: BLE001 (re-raised, clearer when it is I/O)
+    raise _write_error(e, f"saving to {mngr.directory}") from e
   arrays = {"state": state, **(extras or {})}
   where = f"saving step {step} to {mngr.directory}"
   if jax.process_count() == 1:  # Every process must agree to skip a save.
@@ -522,9 +538,6 @@ def save(
         f"command again: {_resumes_from(mngr)}",
       )
   items = {name: ocp.args.StandardSave(v) for name, v in arrays.items()}
-  items["config"] = ocp.args.JsonSave(dict(config))
-  if spec is not None:
-    items["spec"] = ocp.args.JsonSave(spec.to_dict())
   sums = {name: _checksums(v) for name, v in arrays.items()}
   sums = {name: s for name, s in sums.items() if s is not None}
   if sums:
@@ -557,17 +570,6 @@ def wait(mngr: ocp.CheckpointManager) -> None:
     mngr.wait_until_finished()
   except Exception as e:  # noqa: BLE001 (re-raised, clearer when it is I/O)
     raise _write_error(e, f"saving to {mngr.directory}") from e
-
-
-def step_items(workdir: str | os.PathLike, step: int) -> list[str]:
-  """The items a trainer saved in step ``step`` (sorted; without ours,
-  ``checksums``)."""
-  step_dir = ckpt_dir(workdir) / str(step)
-  return sorted(
-    p.name
-    for p in step_dir.iterdir()
-    if p.is_dir() and p.name[0] not in "._" and p.name != CHECKSUMS
-  )
 
 
 def _steps(path: pathlib.Path) -> list[int]:
@@ -642,7 +644,7 @@ def _try_restore(mngr, step, items, optional_items, targets, sharding):
     lost = [
       f
       for f in ("_METADATA", "manifest.ocdbt")
-      if name not in JSON_ITEMS and not (step_dir / name / f).is_file()
+      if not (step_dir / name / f).is_file()
     ]
     if lost:  # Checked first: orbax's failed reads leave noisy threads.
       return f"unreadable, {name}/{lost[0]} is missing", None
@@ -654,7 +656,7 @@ def _try_restore(mngr, step, items, optional_items, targets, sharding):
   try:
     args = {}
     for name in wanted + [CHECKSUMS] * checked:
-      if name in JSON_ITEMS or name == CHECKSUMS:
+      if name == CHECKSUMS:
         args[name] = ocp.args.JsonRestore()
         continue
       target = targets.get(name)
@@ -671,8 +673,6 @@ def _try_restore(mngr, step, items, optional_items, targets, sharding):
     if name in saved and _checksums(out[name]) not in (None, saved[name]):
       return f"damaged, the values of {name!r} differ from those saved", None
   for name in wanted:
-    if name in JSON_ITEMS:
-      continue
     bad = [
       jax.tree_util.keystr(path)
       for path, leaf in jax.tree_util.tree_leaves_with_path(out[name])
@@ -703,7 +703,7 @@ def _set_aside(workdir: pathlib.Path, step: int) -> pathlib.Path:
 def restore(
   workdir: str | os.PathLike,
   *,
-  items: Sequence[str] = ("state", "config"),
+  items: Sequence[str] = ("state",),
   optional_items: Sequence[str] = (),
   targets: Mapping[str, Any] | None = None,
   sharding=None,
@@ -726,7 +726,7 @@ def restore(
 
   Args:
     workdir: a run directory.
-    items: items that must be present (``"state"``, ``"config"``...).
+    items: items that must be present (``"state"``...).
     optional_items: items restored when the step has them (extras such as
       ``latent_stats``).
     targets: item -> abstract pytree (shape structs with shardings) to
@@ -739,8 +739,8 @@ def restore(
       one).
 
   Returns:
-    ``(step, {item: value})``: the JSON items as dicts, the others as pytrees
-    of ``jax.Array`` (nested dicts without a target).
+    ``(step, {item: value})``: pytrees of ``jax.Array`` (nested dicts
+    without a target).
 
   Raises:
     FileNotFoundError: ``workdir`` does not exist or has no checkpoint (or
