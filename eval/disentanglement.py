@@ -53,7 +53,7 @@ from eval.metrics import disentanglement as suite
 from eval.metrics import factor_vae, sampling
 from vae_attn import losses
 from vae_attn.data import dsprites
-from workflow import configs, runs
+from workflow import configs, logs, runs
 
 # DCI importance of the full evaluation: minutes, not hours (eval.metrics.dci).
 FULL_DCI_IMPORTANCE = "random_forest"
@@ -738,35 +738,17 @@ class Config(cli.SavedRun):
       object.__setattr__(self, "workdir", (self.workdir,))
 
 
-class _StderrHandler(logging.StreamHandler):
-  """Writes each record to the ``sys.stderr`` of the moment (a notebook or a
-  test may replace it after logging was set up)."""
-
-  def emit(self, record: logging.LogRecord) -> None:
-    self.stream = sys.stderr  # Not setStream: it flushes the old stream.
-    super().emit(record)
-
-
-def _setup_logging() -> None:
-  """Stage lines (INFO) of ``eval.*`` on stderr, with a time stamp.
-
-  Replaces the root handler that absl installs on import (``INFO:name:``
-  prefixes); other loggers stay at WARNING.
-  """
-  handler = _StderrHandler()
-  handler.setFormatter(
-    logging.Formatter("[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
-  )
-  logging.basicConfig(handlers=[handler], force=True)
-  logging.getLogger("eval").setLevel(logging.INFO)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   """The entry point; returns the exit status (2: a user error)."""
   config, debug = cli.parse(
     argv, Config, prog="python -m eval.disentanglement", description=__doc__
   )
-  _setup_logging()
+  # Stage lines (INFO) of eval.* with a time stamp; other loggers at WARNING.
+  logs.setup(
+    "[%(asctime)s] %(message)s",
+    date_format="%H:%M:%S",
+    levels={"eval": logging.INFO},
+  )
   if config.cpu_devices is None:
     inference.use_all_cpu_cores()
   elif config.cpu_devices > 0:

@@ -402,9 +402,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = dataclasses.replace(
       config, workdir=f"{default}{config.seeds}seeds"
     )
-  logging.basicConfig(
-    level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
-  )
   return cli.run_main(_run, config, debug=debug)
 
 

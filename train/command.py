@@ -28,7 +28,7 @@ from typing import Any
 
 from train import distributed, loop
 from workflow import configs as configs_lib
-from workflow import errors, grid, runs, writers
+from workflow import errors, grid, logs, runs, writers
 from workflow.errors import USER_ERRORS, debug_requested, error_line
 
 _log = logging.getLogger("train")
@@ -168,17 +168,6 @@ def parse_flags(
   return grid.expand(config, lists), launch
 
 
-def setup_logging() -> None:
-  """INFO lines with a time stamp; third-party loggers at WARNING."""
-  logging.basicConfig(
-    level=logging.INFO,
-    format="%(asctime)s %(levelname)s %(message)s",
-    force=True,
-  )
-  for noisy in ("absl", "orbax", "jax._src"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def write_reports(
   workdir: str | pathlib.Path,
   configs: Sequence[Any],
@@ -279,7 +268,16 @@ def main(
     preset_field=preset_field,
   )
   debug = debug_requested(launch.debug)
-  setup_logging()
+  # INFO lines with a time stamp; third-party loggers at WARNING.
+  logs.setup(
+    "%(asctime)s %(levelname)s %(message)s",
+    levels={
+      "": logging.INFO,
+      "absl": logging.WARNING,
+      "orbax": logging.WARNING,
+      "jax._src": logging.WARNING,
+    },
+  )
   workdir = pathlib.Path(launch.workdir or default_workdir(configs))
   try:
     with errors.debug_mode(debug):
