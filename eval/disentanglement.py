@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import logging
 import math
@@ -46,6 +47,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 import sklearn.exceptions
+import tqdm
 
 from eval import cli, figures, inference, restore
 from eval.metrics import dci as dci_lib
@@ -83,7 +85,10 @@ def load_data(config: Any, run: restore.Run):
   if kind == "tfds":
     _LOG.info("reading the factors of every tfds dSprites record")
     source = dsprites.load_tfds("train", data_dir=path or None)
-    return dsprites.TfdsDSprites(source, progress=None), kind
+    progress = functools.partial(
+      tqdm.tqdm, desc="reading factors", disable=None
+    )  # A bar when stderr is a terminal.
+    return dsprites.TfdsDSprites(source, progress=progress), kind
   return dsprites.procedural(), kind
 
 

@@ -1,8 +1,12 @@
 """The README's attention sections run as written (issue 20): every Python
 block of "The attention transform" and "Explain your own model"."""
 
+import ast
+import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -25,3 +29,40 @@ def test_readme_blocks_run(title):
   namespace = {}
   for block in blocks:  # Later blocks use the names of earlier ones.
     exec(compile(block, f"README.md ({title})", "exec"), namespace)
+
+
+# What only the trainers and evaluators need (the `workflow` extra; orbax
+# comes with grain too), and their own folders: the library never imports
+# them.
+NOT_THE_LIBRARY = (
+  "simple_parsing",
+  "matplotlib",
+  "tqdm",
+  "tensorboardX",
+  "train",
+  "eval",
+  "workflow",
+)
+
+
+def test_the_library_imports_nothing_of_the_workflow():
+  modules = [
+    ".".join(p.relative_to(README.parent).with_suffix("").parts)
+    for p in sorted((README.parent / "vae_attn").rglob("*.py"))
+  ]
+  modules = [m.removesuffix(".__init__") for m in modules]
+  script = (
+    "import importlib, sys\n"
+    f"for m in {modules!r}: importlib.import_module(m)\n"
+    "print(sorted({m.split('.')[0] for m in sys.modules}))"
+  )
+  done = subprocess.run(
+    [sys.executable, "-c", script],
+    capture_output=True,
+    text=True,
+    check=True,
+    cwd=README.parent,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
+  loaded = set(ast.literal_eval(done.stdout.strip().splitlines()[-1]))
+  assert not loaded & set(NOT_THE_LIBRARY), loaded & set(NOT_THE_LIBRARY)

@@ -34,12 +34,11 @@ import math
 import os
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 
 from vae_attn.data import base
 
@@ -562,8 +561,8 @@ class TfdsDSprites(_GroundTruth):
   Args:
     source: records ``{"image", "factors"}`` (`load_tfds`).
     num_values: the factor grid (default dSprites').
-    progress: a tqdm bar while the factors are read (``None``: on when
-      stderr is a terminal).
+    progress: wraps the iterable of record indices while the factors are
+      read (e.g. ``tqdm.tqdm``; default: none).
 
   Raises:
     DataError: when a factor combination is missing or repeated.
@@ -573,16 +572,14 @@ class TfdsDSprites(_GroundTruth):
     self,
     source: base.Source,
     num_values: Sequence[int] = FACTORS_NUM_VALUES,
-    progress: bool | None = False,
+    progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
   ):
     self.name = f"{source!r} in factor order"
     self._source = source
     self._num_values = tuple(int(n) for n in num_values)
-    records = tqdm.tqdm(
-      range(len(source)),
-      desc="reading factors",
-      disable=None if progress is None else not progress,
-    )
+    records = range(len(source))
+    if progress is not None:
+      records = progress(records)
     factors = np.stack([np.asarray(source[i]["factors"]) for i in records])
     index = factors_to_index(factors, self._num_values)
     total = math.prod(self._num_values)
