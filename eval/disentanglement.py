@@ -49,13 +49,13 @@ import numpy as np
 import sklearn.exceptions
 import tqdm
 
-from eval import cli, figures, inference, restore
+from eval import cli, inference, restore
 from eval.metrics import dci as dci_lib
 from eval.metrics import disentanglement as suite
 from eval.metrics import factor_vae, sampling
 from vae_attn import losses
 from vae_attn.data import dsprites
-from workflow import configs, logs, runs
+from workflow import configs, figures, logs, runs
 
 # DCI importance of the full evaluation: minutes, not hours (eval.metrics.dci).
 FULL_DCI_IMPORTANCE = "random_forest"

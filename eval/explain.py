@@ -40,11 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 import PIL.Image
 
-from eval import cli, demo_data, figures, restore
+from eval import cli, demo_data, restore
 from vae_attn import anomaly, models
 from vae_attn import attention as attention_lib
 from vae_attn.data import images as images_lib
-from workflow import configs
+from workflow import configs, figures
 
 attention_figure = figures.attention_figure  # The notebooks' name.
 

@@ -51,12 +51,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eval import cli, figures, restore
+from eval import cli, restore
 from eval.metrics import localization as pixel_metrics
 from vae_attn import anomaly
 from vae_attn import attention as attention_lib
 from vae_attn.data import datasets, image_mask, images, pipeline, textures
-from workflow import configs, runs
+from workflow import configs, figures, runs
 
 # Test data: from the flags, else the run spec, else the offline set.
 

@@ -2,6 +2,10 @@
 
 import dataclasses
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -9,8 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval import demo_data, explain, figures, restore
-from workflow import runs
+from eval import demo_data, explain, restore
+from workflow import figures, runs
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_no_flags_demo_writes_the_grid_under_runs(tmp_path, monkeypatch):
@@ -197,26 +203,28 @@ def test_maps_fn_takes_parameters_and_images_as_arguments(code):
 
 def _texts(monkeypatch, draw):
   """The texts (string, font size in points) of the figure ``draw`` saves."""
-  import matplotlib.pyplot as plt
+  import matplotlib.figure
   import matplotlib.text
 
-  from eval import figures
-
   saved = []
-  monkeypatch.setattr(figures.plt, "close", saved.append)
+  savefig = matplotlib.figure.Figure.savefig
+
+  def keep(fig, *args, **kwargs):
+    saved.append(fig)
+    return savefig(fig, *args, **kwargs)
+
+  monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
   draw()
   (fig,) = saved
-  texts = [
+  return [
     (t.get_text(), t.get_fontsize())
     for t in fig.findobj(matplotlib.text.Text)
     if t.get_text().strip() and t.get_visible()
   ]
-  plt.close(fig)
-  return texts
 
 
 def test_figures_mark_all_zero_maps_and_share_a_scale(tmp_path, monkeypatch):
-  from eval import figures
+  from workflow import figures
 
   x = np.full((1, 8, 8, 1), 0.5, np.float32)
   per_latent = np.zeros((1, 3, 8, 8), np.float32)
@@ -269,7 +277,7 @@ def test_figures_mark_all_zero_maps_and_share_a_scale(tmp_path, monkeypatch):
 
 
 def test_a_scalar_logged_once_is_a_labelled_marker(tmp_path, monkeypatch):
-  from eval import figures
+  from workflow import figures
 
   rows = [
     {"step": 2, "train/loss": 3.0, "eval/score": 0.8125},
@@ -303,3 +311,27 @@ def test_user_images_are_named_and_their_resizing_noted(tmp_path):
   meta = json.loads((out / "explain.json").read_text())
   assert meta["images"] == ["photo.png", "grey.png"]
   assert meta["input_notes"] == notes and meta["scale"] == "figure"
+
+
+def test_drawing_changes_nothing_process_wide(tmp_path):
+  # No pyplot: the caller's backend (a notebook's inline one) stays as it is.
+  script = (
+    "import sys, numpy as np\n"
+    "from workflow import figures\n"
+    "x = np.zeros((1, 8, 8, 1), np.float32)\n"
+    "maps = np.ones((1, 2, 8, 8), np.float32)\n"
+    f"figures.attention_grid({str(tmp_path / 'a.png')!r}, x, maps.mean(1),"
+    " maps, np.arange(2)[None])\n"
+    "print('matplotlib.pyplot' in sys.modules)\n"
+  )
+  done = subprocess.run(
+    [sys.executable, "-c", script],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    check=False,
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.split() == ["False"]
+  assert (tmp_path / "a.png").is_file()

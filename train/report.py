@@ -1,7 +1,7 @@
 """A run's closing report: loss curves, attention maps and traversals.
 
 Written by every trainer at the end of a run (process 0) into
-``<workdir>/report/``, drawn by ``eval.figures`` as the evaluation draws:
+``<workdir>/report/``, drawn by ``workflow.figures`` as the evaluation draws:
 ``loss_curves.png`` (every logged scalar against the step),
 ``attention.png`` (Fig. 8 style: a few of the trainer's images, their mean
 map (eq. 4) and the maps of their most responsive latents),
@@ -20,9 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eval import figures
 from vae_attn import attention, losses
-from workflow import writers
+from workflow import figures, writers
 
 _log = logging.getLogger(__name__)
 
@@ -30,7 +29,7 @@ REPORT_DIR = "report"
 
 
 class _Run(NamedTuple):
-  """What ``eval.figures.traversal_figure`` reads of a run."""
+  """What ``workflow.figures.traversal_figure`` reads of a run."""
 
   model: Any
   variables: dict

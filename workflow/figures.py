@@ -2,7 +2,8 @@
 
 The drawing functions take NumPy arrays (images NHWC in ``[0, 1]``, maps
 ``[..., H, W]`` at image size unless said otherwise), write one PNG with
-matplotlib's Agg backend and return its path. ``attention_grid`` (through
+matplotlib's object API (no pyplot: nothing process-wide changes, whatever
+backend the caller uses) and return its path. ``attention_grid`` (through
 ``attention_figure`` from a model's maps) is the one way every tool
 (``eval.explain``, ``eval.disentanglement``, ``train``'s run report) draws
 attention maps: overlays on the image, one stated colour scale, a label on
@@ -17,21 +18,18 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import matplotlib
+import matplotlib.cm
+import matplotlib.colors
+import matplotlib.figure
+import matplotlib.patches
+import mpl_toolkits.axes_grid1 as mpl_axes_grid
+import numpy as np
 
-matplotlib.use("Agg")
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import matplotlib.cm  # noqa: E402
-import matplotlib.colors  # noqa: E402
-import matplotlib.patches  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import mpl_toolkits.axes_grid1 as mpl_axes_grid  # noqa: E402
-import numpy as np  # noqa: E402
-
-from vae_attn import attention as attention_lib  # noqa: E402
-from vae_attn import losses  # noqa: E402
+from vae_attn import attention as attention_lib
+from vae_attn import losses
 
 _CELL = 1.6  # Inches per image cell.
 # One colour scale per figure, per image (row) or per map.
@@ -123,7 +121,7 @@ def show_map(fig, ax, image, m, *, vmax: float | None, bar: bool) -> None:
     )
   top = float(np.max(m)) if vmax is None else float(vmax)
   heat = np.clip(m / max(top, 1e-12), 0.0, 1.0)
-  ax.imshow(0.5 * base + 0.5 * plt.get_cmap(CMAP)(heat)[..., :3])
+  ax.imshow(0.5 * base + 0.5 * matplotlib.colormaps[CMAP](heat)[..., :3])
   colorbar(fig, ax, top, visible=bar)
   if is_zero(m):
     mark_zero(ax)
@@ -147,9 +145,8 @@ def _grid(
   title = textwrap.fill(title, width) if title else None
   title_lines = title.count("\n") + 1 if title else 0
   height = _CELL * num_rows + 0.25 * title_lines + 0.16 * lines
-  fig, axes = plt.subplots(
-    num_rows, num_cols, figsize=(inches, height), squeeze=False
-  )
+  fig = matplotlib.figure.Figure(figsize=(inches, height))
+  axes = fig.subplots(num_rows, num_cols, squeeze=False)
   for ax in axes.ravel():
     ax.set_xticks([])
     ax.set_yticks([])
@@ -173,7 +170,6 @@ def _save(fig, path: str | os.PathLike) -> str:
     bottom = (0.05 + 0.16 * footer) / fig.get_figheight()
   fig.tight_layout(rect=(0.0, bottom, 1.0, top))
   fig.savefig(path, dpi=100)
-  plt.close(fig)
   return path
 
 
@@ -356,9 +352,8 @@ def scalar_curves(
   )
   cols = min(4, max(1, len(names)))
   num_rows = max(1, -(-len(names) // cols))
-  fig, axes = plt.subplots(
-    num_rows, cols, figsize=(3.2 * cols, 2.4 * num_rows), squeeze=False
-  )
+  fig = matplotlib.figure.Figure(figsize=(3.2 * cols, 2.4 * num_rows))
+  axes = fig.subplots(num_rows, cols, squeeze=False)
   for ax, name in zip(axes.ravel(), names, strict=False):
     points = [(r["step"], r[name]) for r in rows if name in r]
     steps, values = zip(*points, strict=True)
@@ -401,7 +396,8 @@ def roc_curves(
   Returns:
     ``path``.
   """
-  fig, ax = plt.subplots(figsize=(4.5, 4.5))
+  fig = matplotlib.figure.Figure(figsize=(4.5, 4.5))
+  ax = fig.subplots()
   for label, (fpr, tpr, auc) in curves.items():
     stride = max(1, len(fpr) // max_points)
     idx = np.unique(np.r_[np.arange(0, len(fpr), stride), len(fpr) - 1])
@@ -433,7 +429,8 @@ def layer_ablation(
   Returns:
     ``path``.
   """
-  fig, ax = plt.subplots(figsize=(1.2 * len(aurocs) + 1.5, 3.5))
+  fig = matplotlib.figure.Figure(figsize=(1.2 * len(aurocs) + 1.5, 3.5))
+  ax = fig.subplots()
   labels = list(aurocs)
   values = [aurocs[k] for k in labels]
   bars = ax.bar(range(len(labels)), values, color="tab:blue")
