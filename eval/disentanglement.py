@@ -693,9 +693,7 @@ class Config(cli.SavedRun):
     "the run's)",
     alias="--data-path",
   )
-  seed: int = configs.field(
-    0, "metric random state", minimum=0, maximum=configs.MAX_SEED
-  )
+  seed: int = configs.field(0, "metric random state", interval=configs.SEEDS)
   quick: bool = configs.field(False, "small sample sizes (smoke runs)")
   tabulate: bool | None = configs.field(
     None,
@@ -712,19 +710,21 @@ class Config(cli.SavedRun):
   jobs: int = configs.field(
     os.cpu_count() or 1,
     "threads for the per-factor fits of DCI and SAP (default: one per core)",
-    minimum=1,
+    interval="[1, inf)",
   )
   layer: str | None = configs.field(
     None, "attention layer (default: the run's)"
   )
-  num_images: int = configs.field(6, "Fig. 8 inputs", minimum=1)
+  num_images: int = configs.field(6, "Fig. 8 inputs", interval="[1, inf)")
   num_traversals: int = configs.field(
-    10, "latents in traversals.png, most informative first", minimum=1
+    10, "latents in traversals.png, most informative first", interval="[1, inf)"
   )
   traversal_range: float = configs.field(
-    2.5, "each latent is swept over [-R, R]", above=0
+    2.5, "each latent is swept over [-R, R]", interval="(0, inf)"
   )
-  traversal_steps: int = configs.field(9, "values per traversal row", minimum=2)
+  traversal_steps: int = configs.field(
+    9, "values per traversal row", interval="[2, inf)"
+  )
   out: str | None = configs.field(
     None,
     "output folder (default: <workdir>/eval/disentanglement, with --quick "
@@ -735,7 +735,7 @@ class Config(cli.SavedRun):
     "split the CPU into this many JAX devices to encode on all cores "
     "(default: 2 per core when this command starts JAX itself; 0: JAX's "
     "default of one)",
-    minimum=0,
+    interval="[0, inf)",
   )
 
   def __post_init__(self):

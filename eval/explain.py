@@ -185,7 +185,9 @@ class Config:
   images: list[str] | None = configs.field(
     None, "image files to explain (default: test images of the run's data)"
   )
-  num_images: int = configs.field(4, "test images without --images", minimum=1)
+  num_images: int = configs.field(
+    4, "test images without --images", interval="[1, inf)"
+  )
   layer: str | None = configs.field(
     None, "attention layer, a path or unique suffix (default: the run's)"
   )
@@ -196,7 +198,7 @@ class Config:
     ("mu", "sample", "difference"),
   )
   num_samples: int = configs.field(
-    8, "draws averaged for --code=sample or difference", minimum=1
+    8, "draws averaged for --code=sample or difference", interval="[1, inf)"
   )
   positive: str = cli.positive_field()
   gradient_scale: str = configs.field(
@@ -208,7 +210,7 @@ class Config:
   k: int | None = configs.field(
     None,
     "per-latent maps shown (default: 8, or every latent of a smaller model)",
-    minimum=1,
+    interval="[1, inf)",
   )
   order: str = configs.field(
     "index",
@@ -224,8 +226,7 @@ class Config:
   seed: int = configs.field(
     0,
     "seed of the random model, the demo images and the draws",
-    minimum=0,
-    maximum=configs.MAX_SEED,
+    interval=configs.SEEDS,
   )
   out: str | None = configs.field(
     None,

@@ -752,24 +752,28 @@ class Config(cli.SavedRun):
   codes: tuple[str, ...] = configs.field(
     CODES, "attention codes to score", CODES, nargs="*"
   )
-  num_samples: int = configs.field(8, "eq. 5 draws per image", minimum=1)
+  num_samples: int = configs.field(
+    8, "eq. 5 draws per image", interval="[1, inf)"
+  )
   positive: str = cli.positive_field()
   chunk_size: int | None = configs.field(
     None,
     "latents per pullback chunk, bounds accelerator memory (default: all at "
     "once, or about 256 rows on CPU)",
-    minimum=1,
+    interval="[1, inf)",
   )
-  batch_size: int = configs.field(8, "test images a batch", minimum=1)
+  batch_size: int = configs.field(8, "test images a batch", interval="[1, inf)")
   max_images: int | None = configs.field(
     None,
     "evaluate at most this many test images, evenly spaced, normal and "
     "anomalous (default: all; quick runs)",
-    minimum=2,
+    interval="[2, inf)",
   )
-  num_overlays: int = configs.field(6, "rows of overlays.png", minimum=2)
+  num_overlays: int = configs.field(
+    6, "rows of overlays.png", interval="[2, inf)"
+  )
   seed: int = configs.field(
-    0, "seed of the eq. 5 draws", minimum=0, maximum=configs.MAX_SEED
+    0, "seed of the eq. 5 draws", interval=configs.SEEDS
   )
   resolution: str = configs.field(
     "original",

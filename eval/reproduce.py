@@ -354,11 +354,13 @@ class Config:
     positional=True,
     metavar="TABLE",
   )
-  steps: int = configs.field(300_000, "training steps (paper: 3e5)", minimum=1)
-  seeds: int = configs.field(
-    3, "seeds per arm (a spread needs two)", minimum=2, maximum=1000
+  steps: int = configs.field(
+    300_000, "training steps (paper: 3e5)", interval="[1, inf)"
   )
-  batch_size: int = configs.field(64, "global batch", minimum=1)
+  seeds: int = configs.field(
+    3, "seeds per arm (a spread needs two)", interval="[2, 1000]"
+  )
+  batch_size: int = configs.field(64, "global batch", interval="[1, inf)")
   data: str = configs.field(
     "procedural",
     "dSprites source (procedural: no download)",
@@ -382,7 +384,7 @@ class Config:
     False, "encode all 737,280 images once, then look codes up"
   )
   metric_seed: int = configs.field(
-    0, "seed of the metrics' samples", minimum=0, maximum=configs.MAX_SEED
+    0, "seed of the metrics' samples", interval=configs.SEEDS
   )
   skip_training: bool = configs.field(
     False, "score the runs already in WORKDIR/runs"

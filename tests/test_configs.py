@@ -30,11 +30,13 @@ class Toy:
   names: tuple[str, ...] = configs.field((), "some names")
   seed: int = configs.grid_field(0, "a seed", alias="--seeds")
   loss: str = configs.grid_field("x", "a loss", ("x", "y"))
-  size: int = configs.field(1, "a size", minimum=1)
-  rate: float = configs.field(0.1, "a rate", above=0)
-  beta: float = configs.field(0.9, "a beta", minimum=0, below=1)
-  cap: int = configs.field(3, "a capped count", maximum=configs.MAX_SEED)
-  weight: float = configs.grid_field(1.0, "a weight", minimum=0)
+  size: int = configs.field(1, "a size", interval="[1, inf)")
+  rate: float = configs.field(0.1, "a rate", interval="(0, inf)")
+  beta: float = configs.field(0.9, "a beta", interval="[0, 1)")
+  cap: int = configs.field(
+    3, "a capped count", interval=f"(-inf, {configs.MAX_SEED}]"
+  )
+  weight: float = configs.grid_field(1.0, "a weight", interval="[0, inf)")
 
   def __post_init__(self):
     if self.steps < 0:
@@ -82,7 +84,7 @@ def test_grid_fields_parse_comma_lists_as_tuples():
     (["--rate=0"], ["--rate", "> 0", "0.0"]),
     (["--rate=nan"], ["--rate", "finite", "nan"]),
     (["--weight=1,-2"], ["--weight", ">= 0", "-2.0"]),
-    (["--beta=1"], ["--beta", "< 1", "1.0"]),
+    (["--beta=1"], ["--beta", "in [0, 1)", "1.0"]),
     (["--cap=4294967296"], ["--cap", "<= 4294967295", "4294967296"]),
   ],
 )
@@ -102,6 +104,11 @@ def test_choices_are_checked_for_configs_built_in_python():
     configs.check_values(Toy(mode="c"))
   with pytest.raises(ValueError, match=r"--rate.*> 0"):
     configs.check_values(Toy(rate=-1.0))
+
+
+def test_an_interval_that_does_not_parse_fails_when_the_config_is_defined():
+  with pytest.raises(ValueError, match=r"Not an interval: '1\.\.2'"):
+    configs.field(1, "a count", interval="1..2")
 
 
 def test_a_config_survives_json():

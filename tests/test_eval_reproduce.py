@@ -66,4 +66,4 @@ def test_table3_needs_two_seeds(capsys):
   with pytest.raises(SystemExit) as info:
     reproduce.main(["table3", "--seeds=1"])
   assert info.value.code == 2
-  assert "--seeds must be >= 2" in capsys.readouterr().err
+  assert "--seeds must be in [2, 1000]" in capsys.readouterr().err

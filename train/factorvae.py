@@ -66,7 +66,7 @@ class Config(loop.LoopConfig):
     "score_num_variance",
   }
   num_steps: int = configs.field(
-    300_000, "training steps (paper: 3e5)", minimum=1
+    300_000, "training steps (paper: 3e5)", interval="[1, inf)"
   )
   # Comma lists of these train a grid (--seeds=0,1,2 --loss=tc,ad).
   loss: str = configs.grid_field(
@@ -74,38 +74,40 @@ class Config(loop.LoopConfig):
     "ad: AD-FactorVAE, tc: FactorVAE, beta: beta-VAE",
     ("ad", "tc", "beta"),
   )
-  gamma: float = configs.grid_field(40.0, "weight of the TC term", minimum=0)
+  gamma: float = configs.grid_field(
+    40.0, "weight of the TC term", interval="[0, inf)"
+  )
   lambda_ad: float = configs.grid_field(
-    1.0, "weight of L_AD (--loss=ad)", minimum=0
+    1.0, "weight of L_AD (--loss=ad)", interval="[0, inf)"
   )
   beta: float = configs.grid_field(
-    1.0, "weight of the KL term (--loss=beta)", minimum=0
+    1.0, "weight of the KL term (--loss=beta)", interval="[0, inf)"
   )
   layer: str = configs.field("encoder/conv1", "attention layer of L_AD")
   pair_mode: str = configs.field(
     "random", "L_AD latent pairs", losses.PAIR_MODES
   )
   latent_dim: int = configs.field(
-    32, "D, latent elements (L_AD needs pairs)", minimum=2
+    32, "D, latent elements (L_AD needs pairs)", interval="[2, inf)"
   )
   batch_size: int = configs.field(
-    64, "global batch (the discriminator gets another)", minimum=1
+    64, "global batch (the discriminator gets another)", interval="[1, inf)"
   )
-  vae_lr: float = configs.field(1e-4, "Adam learning rate of the VAE", above=0)
-  vae_b1: float = configs.field(
-    0.9, "Adam beta1 of the VAE", minimum=0, below=1
+  vae_lr: float = configs.field(
+    1e-4, "Adam learning rate of the VAE", interval="(0, inf)"
   )
+  vae_b1: float = configs.field(0.9, "Adam beta1 of the VAE", interval="[0, 1)")
   vae_b2: float = configs.field(
-    0.999, "Adam beta2 of the VAE", minimum=0, below=1
+    0.999, "Adam beta2 of the VAE", interval="[0, 1)"
   )
   disc_lr: float = configs.field(
-    1e-4, "Adam learning rate of the discriminator", above=0
+    1e-4, "Adam learning rate of the discriminator", interval="(0, inf)"
   )
   disc_b1: float = configs.field(
-    0.5, "Adam beta1 of the discriminator", minimum=0, below=1
+    0.5, "Adam beta1 of the discriminator", interval="[0, 1)"
   )
   disc_b2: float = configs.field(
-    0.9, "Adam beta2 of the discriminator", minimum=0, below=1
+    0.9, "Adam beta2 of the discriminator", interval="[0, 1)"
   )
   data: str = configs.field(
     "procedural", "dSprites source", ("procedural", "npz", "tfds")
@@ -122,13 +124,13 @@ class Config(loop.LoopConfig):
     ("paper", "disentanglement_lib"),
   )
   score_num_train: int = configs.field(
-    0, "score: training votes (0: the convention's)", minimum=0
+    0, "score: training votes (0: the convention's)", interval="[0, inf)"
   )
   score_num_eval: int = configs.field(
-    0, "score: evaluation votes (0: the convention's)", minimum=0
+    0, "score: evaluation votes (0: the convention's)", interval="[0, inf)"
   )
   score_num_variance: int = configs.field(
-    0, "score: variance images (0: the convention's)", minimum=0
+    0, "score: variance images (0: the convention's)", interval="[0, inf)"
   )
 
   def __post_init__(self):

@@ -164,24 +164,23 @@ class LoopConfig:
     0,
     "root of all randomness",
     alias="--seeds",
-    minimum=0,
-    maximum=configs.MAX_SEED,
+    interval=configs.SEEDS,
   )
-  num_steps: int = configs.field(1000, "training steps", minimum=1)
+  num_steps: int = configs.field(1000, "training steps", interval="[1, inf)")
   log_every: int = configs.field(
-    100, "log the mean metrics this often", minimum=1
+    100, "log the mean metrics this often", interval="[1, inf)"
   )
   eval_every: int = configs.field(
-    0, "evaluate this often (0: at the end only)", minimum=0
+    0, "evaluate this often (0: at the end only)", interval="[0, inf)"
   )
   checkpoint_every: int = configs.field(
-    1000, "save a checkpoint this often", minimum=1
+    1000, "save a checkpoint this often", interval="[1, inf)"
   )
-  max_to_keep: int = configs.field(3, "checkpoints kept", minimum=1)
+  max_to_keep: int = configs.field(3, "checkpoints kept", interval="[1, inf)")
   steps_per_call: int = configs.field(
     0,
     "steps per compiled call (0: 100 on GPU/TPU with data on device, else 1)",
-    minimum=0,
+    interval="[0, inf)",
   )
   precision: str = configs.field(
     "highest",

@@ -58,9 +58,9 @@ class Config(loop.LoopConfig):
     "eval_num_examples",
     "stats_batch_size",
   }
-  num_steps: int = configs.field(10_000, "training steps", minimum=1)
+  num_steps: int = configs.field(10_000, "training steps", interval="[1, inf)")
   checkpoint_every: int = configs.field(
-    2_000, "save a checkpoint this often", minimum=1
+    2_000, "save a checkpoint this often", interval="[1, inf)"
   )
   dataset: str = configs.field("textures", "data set (its preset)", DATASETS)
   category: str = configs.field(
@@ -82,17 +82,19 @@ class Config(loop.LoopConfig):
   image_size: int = configs.field(
     256, "input side (resnet18, mvtec/folder/textures)"
   )
-  latent_dim: int = configs.field(32, "D, latent elements", minimum=1)
-  batch_size: int = configs.field(8, "global batch", minimum=1)
-  learning_rate: float = configs.field(1e-4, "Adam learning rate", above=0)
+  latent_dim: int = configs.field(32, "D, latent elements", interval="[1, inf)")
+  batch_size: int = configs.field(8, "global batch", interval="[1, inf)")
+  learning_rate: float = configs.field(
+    1e-4, "Adam learning rate", interval="(0, inf)"
+  )
   augment: bool = configs.field(
     True, "rotation in [-30, 30] degrees and mirroring"
   )
   eval_num_examples: int = configs.field(
-    256, "test images for the eval hook (0: off)", minimum=0
+    256, "test images for the eval hook (0: off)", interval="[0, inf)"
   )
   stats_batch_size: int = configs.field(
-    64, "batch of the latent statistics pass (eq. 5)", minimum=1
+    64, "batch of the latent statistics pass (eq. 5)", interval="[1, inf)"
   )
 
   def __post_init__(self):

@@ -23,7 +23,7 @@ import math
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import simple_parsing
 from simple_parsing.helpers import custom_actions
@@ -46,6 +46,7 @@ T = TypeVar("T")
 REQUIRED = dataclasses.MISSING
 # The largest seed: JAX and numpy seeds are unsigned 32-bit integers.
 MAX_SEED = 2**32 - 1
+SEEDS = f"[0, {MAX_SEED}]"  # The interval of a seed field.
 
 
 def count(text: str) -> int:
@@ -70,6 +71,38 @@ def count(text: str) -> int:
 count.__name__ = "int"  # The metavar in --help.
 
 
+class _Interval(NamedTuple):
+  low: float
+  high: float
+  closed_low: bool
+  closed_high: bool
+  words: str  # ">= 1", "> 0", "in [0, 1)"
+
+  def contains(self, value: float) -> bool:
+    above = value >= self.low if self.closed_low else value > self.low
+    below = value <= self.high if self.closed_high else value < self.high
+    return above and below
+
+
+def _interval(text: str) -> _Interval:
+  """``"[1, inf)"`` -> an :class:`_Interval` (a config's definition error
+  raises ``ValueError`` at import)."""
+  match = re.fullmatch(r"([\[(])\s*(\S+)\s*,\s*(\S+)\s*([\])])", text)
+  if match is None:
+    raise ValueError(f"Not an interval: {text!r}; write e.g. '[1, inf)'.")
+  opening, low, high, closing = match.groups()
+  low, high = float(low), float(high)
+  closed_low, closed_high = opening == "[", closing == "]"
+  number = lambda x: int(x) if x.is_integer() else x  # noqa: E731
+  if math.isinf(high):
+    words = f"{'>=' if closed_low else '>'} {number(low)}"
+  elif math.isinf(low):
+    words = f"{'<=' if closed_high else '<'} {number(high)}"
+  else:
+    words = f"in {text}"
+  return _Interval(low, high, closed_low, closed_high, words)
+
+
 def field(
   default: Any,
   help: str,  # noqa: A002 (the argparse name)
@@ -81,10 +114,7 @@ def field(
   nargs: str | None = None,
   metavar: str | None = None,
   switch: bool | None = None,
-  minimum: float | None = None,
-  above: float | None = None,
-  maximum: float | None = None,
-  below: float | None = None,
+  interval: str | None = None,
   metadata: Mapping[str, Any] | None = None,
 ) -> Any:
   """A config field with its ``--help`` text and optional allowed values.
@@ -105,10 +135,9 @@ def field(
     metavar: the value's name in ``--help`` and errors (positionals).
     switch: a ``bool`` or ``bool | None`` field: ``--name``, ``--no-name``
       or ``--name=false`` (default: whether ``default`` is a bool).
-    minimum: the smallest allowed value (counts, sizes).
-    above: a bound the value must exceed (learning rates: 0).
-    maximum: the largest allowed value (seeds: :data:`MAX_SEED`).
-    below: a bound the value must stay under (Adam's betas: 1).
+    interval: the allowed values in interval notation, ``[`` and ``]``
+      inclusive, ``(`` and ``)`` exclusive: ``"[1, inf)"`` (counts),
+      ``"(0, inf)"`` (learning rates), ``"[0, 1)"`` (Adam's betas).
     metadata: more ``dataclasses.field`` metadata (e.g. ``grid``).
   """
   kwargs: dict[str, Any] = {}
@@ -135,10 +164,7 @@ def field(
     help=help,
     metadata={
       "allowed": kwargs.get("choices"),
-      "minimum": minimum,
-      "above": above,
-      "maximum": maximum,
-      "below": below,
+      "interval": None if interval is None else _interval(interval),
       **(metadata or {}),
     },
     **kwargs,
@@ -164,14 +190,13 @@ def grid_field(
   choices: Sequence[Any] | None = None,
   *,
   alias: str | Sequence[str] = (),
-  minimum: float | None = None,
-  maximum: float | None = None,
+  interval: str | None = None,
 ) -> Any:
   """A config field whose flag also takes a comma list (a grid).
 
   The flag's value is a tuple of values (one without a comma), none
   repeated; :func:`check_values` checks each against ``choices`` and
-  ``minimum``.
+  ``interval``.
   ``train.flags.parse_flags`` expands the tuples into one config per
   combination.
   """
@@ -190,8 +215,7 @@ def grid_field(
     f"{help}{allowed} (a comma list trains a grid)",
     alias=alias,
     type=parse,
-    minimum=minimum,
-    maximum=maximum,
+    interval=interval,
     metadata={"grid": True, "allowed": choices},
   )
 
@@ -379,9 +403,8 @@ def parse(
 
 
 def check_values(config: Any) -> None:
-  """Checks every field against its ``choices`` and bounds (``minimum``,
-  ``above``, ``maximum``, ``below``),
-  and that float values are finite (configs built in Python too). ``None``
+  """Checks every field against its ``choices`` and ``interval``, and that
+  float values are finite (configs built in Python too). ``None``
   (an optional field not given) passes; a tuple (a grid) is checked value
   by value.
 
@@ -401,16 +424,9 @@ def check_values(config: Any) -> None:
         )
       if isinstance(v, float) and not math.isfinite(v):
         raise ValueError(f"{flag} must be a finite number, got {v}.")
-      minimum, above = f.metadata.get("minimum"), f.metadata.get("above")
-      if minimum is not None and v < minimum:
-        raise ValueError(f"{flag} must be >= {minimum}, got {v}.")
-      if above is not None and v <= above:
-        raise ValueError(f"{flag} must be > {above}, got {v}.")
-      maximum, below = f.metadata.get("maximum"), f.metadata.get("below")
-      if maximum is not None and v > maximum:
-        raise ValueError(f"{flag} must be <= {maximum}, got {v}.")
-      if below is not None and v >= below:
-        raise ValueError(f"{flag} must be < {below}, got {v}.")
+      interval = f.metadata.get("interval")
+      if interval is not None and not interval.contains(v):
+        raise ValueError(f"{flag} must be {interval.words}, got {v}.")
 
 
 def to_dict(config: Any) -> dict[str, Any]:
