@@ -1,11 +1,10 @@
 """vae_attn: visually explaining VAEs (Liu et al., CVPR 2020) in JAX/Flax.
 
-Public API:
-  ``vae_attn.attention``: the module of the transform: ``attention`` and
+The package holds modules only:
+  ``vae_attn.attention``: the transform, ``attention`` and
   ``value_and_attention`` (per-latent Grad-CAM maps of any JAX encoder,
   paper eq. 3-4), ``AttentionMaps``, ``layer_paths``, ``upsample``,
-  ``normalize``. ``value_and_attention`` and ``AttentionMaps`` are also
-  re-exported here.
+  ``normalize``.
   ``vae_attn.anomaly``: latent statistics and eq. 5 anomaly maps.
   ``vae_attn.losses``: ELBO pieces, FactorVAE TC and L_AD (eq. 6).
   ``vae_attn.models``: the paper's VAEs.
@@ -18,6 +17,5 @@ attention`` loads nothing else; ``from vae_attn import models`` (or
 """
 
 from vae_attn import attention as attention
-from vae_attn.attention import AttentionMaps, value_and_attention
 
-__all__ = ["AttentionMaps", "attention", "value_and_attention"]
+__all__ = ["attention"]
