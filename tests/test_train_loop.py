@@ -25,7 +25,7 @@ import pytest
 
 from train import command, distributed, loop
 from vae_attn.data import base, pipeline
-from workflow import configs, runs, writers
+from workflow import configs, errors, runs, writers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -227,7 +227,7 @@ def test_train_checkpoint_resume_and_no_retrace(tmp_path, caplog):
   assert int(again.step) == 10
 
 
-def test_other_config_in_workdir_is_a_clear_error(tmp_path):
+def test_other_config_in_workdir_is_a_clear_error(tmp_path, caplog):
   config = ToyConfig(num_steps=3)
   train_toy(config, tmp_path)
   other = dataclasses.replace(config, learning_rate=0.01)
@@ -236,11 +236,39 @@ def test_other_config_in_workdir_is_a_clear_error(tmp_path):
   # The old run's config is untouched by the failed attempt.
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["learning_rate"] == 0.1
-  state = train_toy(other, tmp_path, overwrite=True)
+  # --overwrite removes all of the old run, its evaluations and report too
+  # (they would be read as the new run's), and says what it removed.
+  for name in ("eval/disentanglement_quick/results.json", "report/report.md"):
+    (tmp_path / name).parent.mkdir(parents=True)
+    (tmp_path / name).write_text("{}")
+  (tmp_path / "my_notes.txt").write_text("kept")
+  with caplog.at_level(logging.WARNING, logger="train.loop"):
+    state = train_toy(other, tmp_path, overwrite=True)
   assert int(state.step) == 3
   assert json.loads((tmp_path / "config.json").read_text())[
     "learning_rate"
   ] == (0.01)
+  assert not (tmp_path / "eval").exists()
+  assert not (tmp_path / "report").exists()
+  assert (tmp_path / "my_notes.txt").read_text() == "kept"
+  (removed,) = [
+    r.getMessage() for r in caplog.records if "--overwrite" in r.getMessage()
+  ]
+  assert "'eval'" in removed and "'ckpt'" in removed and "'report'" in removed
+
+
+def test_a_damaged_config_or_spec_is_one_line_naming_the_file(tmp_path):
+  train_toy(ToyConfig(num_steps=2), tmp_path)
+  (tmp_path / runs.CONFIG_NAME).write_text("{bad")
+  (tmp_path / runs.SPEC_NAME).write_text("{bad")
+  with pytest.raises(ValueError) as resumed:
+    train_toy(ToyConfig(num_steps=3), tmp_path)
+  with pytest.raises(ValueError) as read:
+    runs.read_spec(tmp_path)
+  for info, name in ((resumed, runs.CONFIG_NAME), (read, runs.SPEC_NAME)):
+    line = errors.error_line(info.value)
+    assert str(tmp_path / name) in line and "repair the JSON" in line
+    assert "\n" not in line and "delete" not in line.lower()
 
 
 def test_other_architecture_in_checkpoint_is_a_clear_error(tmp_path):

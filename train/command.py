@@ -40,7 +40,8 @@ class Launch:
 
   Attributes:
     workdir: the run directory (default: one named after the config).
-    overwrite: delete the workdir's checkpoints and logs first.
+    overwrite: delete the workdir's run first (checkpoints, logs, the
+      evaluations' results and the report).
     debug: show the traceback of a user error.
     coordinator_address: ``host:port`` of process 0 (several processes).
     num_processes: processes in the job.
@@ -53,7 +54,9 @@ class Launch:
     "a folder under runs/ named after the config)",
   )
   overwrite: bool = configs_lib.field(
-    False, "delete the workdir's checkpoints and logs and start afresh"
+    False,
+    "delete the workdir's run (checkpoints, logs, evaluations, report) and "
+    "start afresh",
   )
   debug: bool = configs_lib.field(
     False, "show the full traceback of an error (also: VAE_ATTN_DEBUG=1)"

@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import pathlib
 import shutil
@@ -313,15 +312,14 @@ def _check_config(run_dir: pathlib.Path, config: Any, spec) -> None:
 
   ``config.json`` is the one stored copy of the config (checked here only).
   """
-  saved_spec = run_dir / runs.SPEC_NAME
-  if spec is not None and saved_spec.is_file():
-    trainer = json.loads(saved_spec.read_text()).get("trainer")
+  if spec is not None and (run_dir / runs.SPEC_NAME).is_file():
+    trainer = runs.read_spec(run_dir).trainer
     if trainer and trainer != spec.trainer:
       raise runs.ConfigMismatchError(
         f"{run_dir} holds a train.{trainer} run; train.{spec.trainer} cannot "
         f"resume it. Pass a new --workdir (or use python -m train.{trainer})."
       )
-  saved = json.loads((run_dir / runs.CONFIG_NAME).read_text())
+  saved = runs.read_config(run_dir)
   now = configs.to_dict(config)
   free = getattr(config, "FREE_ON_RESUME", frozenset())
   diff = sorted(
@@ -339,13 +337,26 @@ def _check_config(run_dir: pathlib.Path, config: Any, spec) -> None:
     )
 
 
+# What a run folder holds of one run (``--overwrite`` removes all of it): the
+# evaluators' results (``eval/``) and the report were computed from the old
+# checkpoints and would otherwise be read as the new run's.
+_RUN_DIRS = (runs.CKPT_DIR, runs.DAMAGED_DIR, writers.TENSORBOARD_DIR, "eval")
+_RUN_DIRS += ("report",)
+_RUN_FILES = (runs.CONFIG_NAME, runs.SPEC_NAME, runs.SOFTWARE_NAME)
+_RUN_FILES += (writers.JSONL_NAME,)
+
+
 def _prepare(run_dir: pathlib.Path, config: Any, spec, overwrite: bool):
-  """Deletes an old run (``overwrite``), else checks its config."""
+  """Deletes an old run (``overwrite``, saying what), else checks its
+  config."""
   if overwrite:
-    for name in (runs.CKPT_DIR, writers.TENSORBOARD_DIR):
+    removed = [n for n in _RUN_DIRS + _RUN_FILES if (run_dir / n).exists()]
+    for name in _RUN_DIRS:
       shutil.rmtree(run_dir / name, ignore_errors=True)
-    for name in (runs.CONFIG_NAME, runs.SPEC_NAME, writers.JSONL_NAME):
+    for name in _RUN_FILES:
       (run_dir / name).unlink(missing_ok=True)
+    if removed:
+      _log.warning("--overwrite: removed %s from %s.", removed, run_dir)
   ckpt = run_dir / runs.CKPT_DIR
   has_ckpt = ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
   if has_ckpt and (run_dir / runs.CONFIG_NAME).exists():

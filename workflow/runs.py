@@ -274,7 +274,10 @@ def read_spec(workdir: str | os.PathLike) -> RunSpec:
   try:
     return RunSpec.from_dict(json.loads(path.read_text()))
   except (json.JSONDecodeError, ValueError) as e:
-    raise ValueError(f"{path} is damaged or not a run spec: {e}") from None
+    raise ValueError(
+      f"{path} is damaged or not a run spec ({e}); repair the JSON (plain "
+      "text) or pass another --workdir."
+    ) from None
 
 
 def read_config(workdir: str | os.PathLike) -> dict[str, Any]:
@@ -289,7 +292,10 @@ def read_config(workdir: str | os.PathLike) -> dict[str, Any]:
   try:
     return dict(json.loads(path.read_text()))
   except (json.JSONDecodeError, TypeError, ValueError) as e:
-    raise ValueError(f"{path} is damaged or not a config: {e}") from None
+    raise ValueError(
+      f"{path} is damaged or not a config ({e}); repair the JSON (plain "
+      "text) or pass another --workdir."
+    ) from None
 
 
 @contextlib.contextmanager
