@@ -112,6 +112,19 @@ def find_results(path: str) -> list[str]:
   if os.path.isfile(os.path.join(path, RESULTS)):
     return [os.path.join(path, RESULTS)]
   found = sorted(glob.glob(os.path.join(path, "eval", "*", RESULTS)))
+  members = sorted(glob.glob(os.path.join(path, "*", "config.json")))
+  if not found and members:  # A grid folder: its members are the runs.
+    arms = sorted(
+      {os.path.basename(os.path.dirname(m)).split("_")[0] for m in members}
+    )
+    example = f"{path}/{arms[0]}_*" + (
+      f" --vs {path}/{arms[1]}_*" if len(arms) > 1 else ""
+    )
+    raise FileNotFoundError(
+      f"{path} is a grid folder: pass its member runs, e.g. python -m "
+      f"eval.aggregate {example} (score them first with python -m "
+      f"eval.disentanglement --workdir={path})."
+    )
   if not found:
     raise FileNotFoundError(
       f"No {RESULTS} in {path} (looked at {path}/{RESULTS} and "
@@ -396,8 +409,10 @@ class Config:
     nargs="+",
     metavar="RUN",
   )
-  vs: tuple[str, ...] = configs.field(
-    (), "the runs of a second group to compare with (default: none)"
+  vs: list[str] | None = configs.field(
+    None,
+    "the runs of a second group to compare with (default: none)",
+    nargs="+",
   )
   name: str = configs.field("A", "name of the first group")
   vs_name: str = configs.field("B", "name of the second group")
@@ -455,6 +470,16 @@ def _read_groups(config) -> tuple[dict, list[str], list[str]]:
     if config.vs_name == config.name:
       raise ValueError("--name and --vs-name must differ.")
     groups_paths[config.vs_name] = config.vs
+  seen = {}  # A run counted twice (or in both groups) is no sample.
+  for name, paths in groups_paths.items():
+    for path in paths:
+      for file in map(os.path.realpath, find_results(path)):
+        if file in seen:
+          raise ValueError(
+            f"{file} is given twice (in {seen[file]} and {name}); pass each "
+            "run once, and no run in both groups."
+          )
+        seen[file] = name
   groups_read = {
     name: [read_run(p) for p in paths] for name, paths in groups_paths.items()
   }

@@ -308,5 +308,43 @@ def test_groups_with_no_metric_in_common_are_warned_about(tmp_path, capsys):
   b = [_write(tmp_path / f"b{s}", {"mig": 0.1 + s / 10}, s) for s in (0, 1)]
   assert aggregate.main([*a, "--vs", *b]) == 0
   assert "the two groups share no metric" in capsys.readouterr().out
-  assert aggregate.main([*a, "--vs", *a[:1], a[1]]) == 0
+  c = [_write(tmp_path / f"c{s}", {"fv": 0.6 + s / 10}, s) for s in (0, 1)]
+  assert aggregate.main([*a, "--vs", *c]) == 0
   assert "share no metric" not in capsys.readouterr().out
+
+
+def _two_runs_and_a_grid(tmp_path):
+  runs = [
+    _write(tmp_path / f"ad_seed{s}", {"fv": 0.8 + s / 10}, s) for s in (0, 1)
+  ]
+  grid = tmp_path / "grid"
+  for name in ("ad_seed0", "tc_seed0"):
+    (grid / name).mkdir(parents=True)
+    (grid / name / "config.json").write_text("{}")
+  return runs, str(grid)
+
+
+# (argv from the two runs a, b and a grid folder g, key words of the line)
+MISUSE = [
+  (["{a}", "{b}", "--vs", "{a}"], ["given twice", "in both groups"]),
+  (["{a}", "{a}"], ["given twice", "each run once"]),
+  (["{a}", "{b}", "--vs"], ["--vs", "expected at least one argument"]),
+  (["{g}"], ["grid folder", "{g}/ad_* --vs {g}/tc_*", "eval.disentanglement"]),
+]
+
+
+@pytest.mark.parametrize(("argv", "words"), MISUSE)
+def test_misused_groups_are_one_line_with_status_2(
+  tmp_path, capsys, argv, words
+):
+  (a, b), g = _two_runs_and_a_grid(tmp_path)
+  names = dict(a=a, b=b, g=g)
+  try:  # Flags are parsed by argparse, which exits itself.
+    status = aggregate.main([arg.format(**names) for arg in argv])
+  except SystemExit as e:
+    status = e.code
+  assert status == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: "), err
+  for word in words:
+    assert word.format(**names) in err[0], (word, err[0])
