@@ -216,3 +216,27 @@ def test_the_step_carries_the_configs_precision(precision):
     tuple(sorted({a or b for a, b in re.findall(PRECISION, op)})) for op in ops
   }
   assert names == {(precision.upper(),)}
+
+
+def test_a_grid_trains_no_member_twice_for_a_weight_it_does_not_read(caplog):
+  # tc reads gamma only: --loss=tc,ad --lambda-ad=0.5,1 trains one tc run
+  # per seed (the first lambda), not two equal ones, and says so.
+  base = factorvae.PRESETS["smoke"]
+  assert dataclasses.replace(base, loss="tc").unread_fields() == (
+    "lambda_ad",
+    "beta",
+  )
+  assert dataclasses.replace(base, loss="ad").unread_fields() == ("beta",)
+  lists = {"loss": ["tc", "ad"], "lambda_ad": [0.5, 1.0], "seed": [0, 1]}
+  with caplog.at_level(logging.WARNING, logger="workflow.grid"):
+    members = grid.expand(base, lists)
+  assert [(c.loss, c.lambda_ad, c.seed) for c in members] == [
+    ("tc", 0.5, 0),
+    ("tc", 0.5, 1),
+    ("ad", 0.5, 0),
+    ("ad", 0.5, 1),
+    ("ad", 1.0, 0),
+    ("ad", 1.0, 1),
+  ]
+  dropped = [r.getMessage() for r in caplog.records]
+  assert len(dropped) == 2 and all("lambda_ad" in m for m in dropped)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import sys
 from collections.abc import Sequence
 from typing import ClassVar
@@ -137,6 +138,17 @@ class Config(loop.LoopConfig):
     super().__post_init__()
     if self.data == "npz" and not self.data_dir:
       raise ValueError("--data=npz needs --data-dir=<the dSprites .npz file>.")
+
+  def unread_fields(self) -> tuple[str, ...]:
+    """The loss weights this objective does not read (train_step): ad reads
+    gamma and lambda_ad, tc gamma, beta beta."""
+    read = {"ad": ("gamma", "lambda_ad"), "tc": ("gamma",), "beta": ("beta",)}
+    return tuple(
+      n for n in loop.weight_fields(type(self)) if n not in read[self.loss]
+    )
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
 
 
 PRESETS = {
@@ -395,6 +407,19 @@ def run_spec(config: Config) -> runs.RunSpec:
 # Train and evaluate; the command line.
 
 
+_log = logging.getLogger(__name__)
+
+
+def _warn_unread(config: Config) -> None:
+  """Says when a run is given a loss weight its objective does not read."""
+  unread = [
+    n for n in config.unread_fields() if getattr(config, n) != _DEFAULTS[n]
+  ]
+  if unread:
+    flags = ", ".join(f"--{n.replace('_', '-')}" for n in unread)
+    _log.warning("%s: no effect with --loss=%s.", flags, config.loss)
+
+
 def train_and_evaluate(
   config: Config | Sequence[Config],
   workdir: str,
@@ -417,6 +442,8 @@ def train_and_evaluate(
     The final state (a list of them for a grid).
   """
   configs_ = [config] if isinstance(config, Config) else list(config)
+  if len(configs_) == 1:
+    _warn_unread(configs_[0])
   head = configs_[0]
   source = load_data(head)
   evaluate = None

@@ -195,6 +195,11 @@ class LoopConfig:
   def __post_init__(self):
     configs.check_values(self)
 
+  def unread_fields(self) -> tuple[str, ...]:
+    """Fields this run does not read (a trainer's objective may ignore some
+    weights): ``workflow.grid.expand`` trains no member twice for them."""
+    return ()
+
 
 # --------------------------------------------------------------------------
 # Keys, traced fields, steps per call.

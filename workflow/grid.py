@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+_log = logging.getLogger(__name__)
 
 
 def grid_fields(config_cls: type) -> tuple[str, ...]:
@@ -29,13 +32,28 @@ def expand(base: Any, lists: Mapping[str, Sequence[Any]]) -> list[Any]:
   """Every combination of ``lists`` applied to ``base`` (last field fastest).
 
   Example: ``expand(config, {"loss": ["tc", "ad"], "seed": [0, 1]})`` gives
-  tc/0, tc/1, ad/0, ad/1.
+  tc/0, tc/1, ad/0, ad/1. A combination equal to an earlier one but for
+  fields its run does not read (``config.unread_fields()``: a tc member's
+  ``lambda_ad``) is left out, with a warning: it would train the same run.
   """
   names = list(lists)
-  return [
-    dataclasses.replace(base, **dict(zip(names, combo, strict=True)))
-    for combo in itertools.product(*(lists[n] for n in names))
-  ]
+  members, seen = [], set()
+  for combo in itertools.product(*(lists[n] for n in names)):
+    config = dataclasses.replace(base, **dict(zip(names, combo, strict=True)))
+    unread = getattr(config, "unread_fields", tuple)()
+    key = dataclasses.replace(config, **{n: getattr(base, n) for n in unread})
+    if key in seen:
+      shown = ", ".join(f"{n}={v}" for n, v in zip(names, combo, strict=True))
+      _log.warning(
+        "Not training the member %s: it does not read %s, so it equals an "
+        "earlier member.",
+        shown,
+        ", ".join(n for n in unread if n in names),
+      )
+      continue
+    seen.add(key)
+    members.append(config)
+  return members
 
 
 def member_name(config: Any, varying: Sequence[str]) -> str:
