@@ -430,3 +430,33 @@ def test_errors_name_the_cause(name, error, words):
   for word in words:
     assert word in str(info.value), (word, str(info.value))
   assert "NHWC" not in str(info.value) or name == "another input shape"
+
+
+class _Stage(nnx.Module):
+  def __init__(self, rngs):
+    self.conv = nnx.Conv(1, 4, (3, 3), strides=2, rngs=rngs)
+
+  def __call__(self, x):
+    return nnx.relu(self.conv(x))
+
+
+class _Nested(nnx.Module):
+  def __init__(self, rngs):
+    self.stage = _Stage(rngs)
+    self.mu = nnx.Linear(4 * 4 * 4, 3, rngs=rngs)
+
+  def encode(self, x):
+    h = self.stage(x).reshape(x.shape[0], -1)
+    return self.mu(h), jnp.zeros((x.shape[0], 3))
+
+
+def test_an_nnx_path_may_be_written_with_dots_as_in_python():
+  model = _Nested(nnx.Rngs(0))
+  x = jax.random.uniform(jax.random.key(1), (2, 8, 8, 1))
+
+  def maps(layer):
+    return attention.attention(lambda m, x: m.encode(x), layer)(model, x)
+
+  dotted, slashed = maps("stage.conv"), maps("stage/conv")
+  np.testing.assert_array_equal(dotted.per_latent, slashed.per_latent)
+  assert dotted.per_latent.shape == (2, 3, 4, 4)

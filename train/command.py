@@ -224,7 +224,8 @@ def summary(
     lines.append(f"  checkpoints: {d / runs.CKPT_DIR}")
     lines.append(
       f"  logs:        {d / writers.JSONL_NAME}, "
-      f"{d / writers.TENSORBOARD_DIR} (tensorboard --logdir {d})"
+      f"{d / writers.TENSORBOARD_DIR} (pip install tensorboard; tensorboard "
+      f"--logdir {d})"
     )
     try:
       rows = writers.read_scalars(d)

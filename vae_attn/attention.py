@@ -12,9 +12,9 @@ docs/paper.md#per-latent-attention):
 
 ``layer`` names a value inside the encoder: a Flax Linen module path
 (``"encoder/conv2"``; a unique suffix such as ``"conv2"`` works), an NNX
-submodule's attribute path written the same way (``encode_fn(model, x)``
-takes the ``nnx.Module`` first), or, in any JAX function (plain JAX,
-Equinox, Haiku, a function activation), a value named with JAX's
+submodule's attribute path (``"stage/conv"`` or ``"stage.conv"``;
+``encode_fn(model, x)`` takes the model first), or, in any JAX function
+(plain JAX, Equinox, Haiku, a function activation), a value named with JAX's
 ``jax.ad_checkpoint.checkpoint_name(a, "name")``.
 
 Feature maps are NHWC: a channels-first model (Equinox, code ported from
@@ -341,18 +341,18 @@ def _resolve(layers: Sequence[str], sites) -> dict[str, str]:
   targets = _feature_maps(sites)
   resolved = {}
   for layer in layers:
-    if layer in sites:
-      resolved[layer] = layer
+    # A name as given, else NNX's model.a.b written a/b.
+    path = layer if layer in sites else layer.replace(".", "/")
+    if path in sites:
+      resolved[layer] = path
       continue
-    matches = [p for p in targets if p.endswith("/" + layer)]
-    matches = matches or [p for p in sites if p.endswith("/" + layer)]
+    matches = [p for p in targets if p.endswith("/" + path)]
+    matches = matches or [p for p in sites if p.endswith("/" + path)]
     if len(matches) == 1:
       resolved[layer] = matches[0]
       continue
     close = difflib.get_close_matches  # On the path or its last name.
-    near = matches or [
-      q for q in targets if close(layer, [q, q.split("/")[-1]])
-    ]
+    near = matches or [q for q in targets if close(path, [q, q.split("/")[-1]])]
     what = f"matches {len(matches)} layers" if matches else "is not a layer"
     listing = "\n  ".join(f"{p}  {s}" for p, s in targets.items())
     raise ValueError(
