@@ -93,6 +93,20 @@ def test_a_factorvae_workdir_is_refused_in_one_line(tmp_path, capsys):
   assert all(w in err[0] for w in ("train.factorvae", "--workdir")), err
 
 
+def test_a_damaged_spec_in_the_workdir_is_one_line_naming_it(tmp_path, capsys):
+  (tmp_path / "config.json").write_text('{"loss": "ad"}')
+  (tmp_path / "spec.json").write_text("{bad")
+  (tmp_path / "ckpt" / "4").mkdir(parents=True)
+  assert oneclass.main(["--preset=smoke", f"--workdir={tmp_path}"]) == 2
+  err = [
+    line
+    for line in capsys.readouterr().err.splitlines()
+    if line.startswith("error: ")
+  ]
+  assert len(err) == 1, err
+  assert str(tmp_path / "spec.json") in err[0] and "repair the JSON" in err[0]
+
+
 def test_missing_data_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="--data-dir"):
     oneclass.load_data(_parse(["--dataset=folder"]), "train")

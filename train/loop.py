@@ -318,7 +318,7 @@ def _check_config(run_dir: pathlib.Path, config: Any, spec) -> None:
   ``config.json`` is the one stored copy of the config (checked here only).
   """
   if spec is not None and (run_dir / runs.SPEC_NAME).is_file():
-    trainer = runs.read_spec(run_dir).trainer
+    trainer = runs.read_json(run_dir / runs.SPEC_NAME).get("trainer")
     if trainer and trainer != spec.trainer:
       raise runs.ConfigMismatchError(
         f"{run_dir} holds a train.{trainer} run; train.{spec.trainer} cannot "

@@ -284,17 +284,25 @@ def read_config(workdir: str | os.PathLike) -> dict[str, Any]:
   """The trainer's config of ``workdir`` (``config.json``; ``{}`` if none).
 
   Raises:
-    ValueError: the file is not JSON.
+    ValueError: the file is not a JSON object; the message names it.
   """
-  path = pathlib.Path(workdir) / CONFIG_NAME
+  return read_json(pathlib.Path(workdir) / CONFIG_NAME)
+
+
+def read_json(path: pathlib.Path) -> dict[str, Any]:
+  """A run folder's JSON object at ``path`` (``{}`` if there is none).
+
+  Raises:
+    ValueError: the file is not a JSON object; the message names it.
+  """
   if not path.is_file():
     return {}
   try:
     return dict(json.loads(path.read_text()))
   except (json.JSONDecodeError, TypeError, ValueError) as e:
     raise ValueError(
-      f"{path} is damaged or not a config ({e}); repair the JSON (plain "
-      "text) or pass another --workdir."
+      f"{path} is damaged ({e}); repair the JSON (plain text) or pass "
+      "another --workdir."
     ) from None
 
 
