@@ -345,10 +345,19 @@ def _check_config(run_dir: pathlib.Path, config: Any, spec) -> None:
 # What a run folder holds of one run (``--overwrite`` removes all of it): the
 # evaluators' results (``eval/``) and the report were computed from the old
 # checkpoints and would otherwise be read as the new run's.
-_RUN_DIRS = (runs.CKPT_DIR, runs.DAMAGED_DIR, writers.TENSORBOARD_DIR, "eval")
-_RUN_DIRS += ("report",)
-_RUN_FILES = (runs.CONFIG_NAME, runs.SPEC_NAME, runs.SOFTWARE_NAME)
-_RUN_FILES += (writers.JSONL_NAME,)
+_RUN_DIRS = (
+  runs.CKPT_DIR,
+  runs.DAMAGED_DIR,
+  writers.TENSORBOARD_DIR,
+  "eval",
+  "report",
+)
+_RUN_FILES = (
+  runs.CONFIG_NAME,
+  runs.SPEC_NAME,
+  runs.SOFTWARE_NAME,
+  writers.JSONL_NAME,
+)
 
 
 def _prepare(run_dir: pathlib.Path, config: Any, spec, overwrite: bool):
@@ -846,14 +855,14 @@ def _train(cfgs, dirs, specs, mngrs, stack, *, mesh, is_main, **fns):
           run_evaluation(step, unit_states)
         if stop and not is_last:
           for m in mngrs:
-            runs.wait(m)
+            runs.finish_saves(m)
           raise TrainingInterrupted(
             interrupt.signum or signal.SIGTERM,
             step,
             str(dirs[0] / runs.CKPT_DIR),
           )
   for m in mngrs:
-    runs.wait(m)
+    runs.finish_saves(m)
   final = member_states(unit_states)
   return final[0] if len(final) == 1 else final
 

@@ -271,12 +271,13 @@ def read_spec(workdir: str | os.PathLike) -> RunSpec:
       f"{path} is missing: {workdir} is not a run directory of this version "
       "(python -m train.factorvae or python -m train.oneclass write it)."
     )
+  values = read_json(path)
   try:
-    return RunSpec.from_dict(json.loads(path.read_text()))
-  except (json.JSONDecodeError, ValueError) as e:
+    return RunSpec.from_dict(values)
+  except ValueError as e:
     raise ValueError(
-      f"{path} is damaged or not a run spec ({e}); repair the JSON (plain "
-      "text) or pass another --workdir."
+      f"{path} is not a run spec ({e}); repair the JSON (plain text) or "
+      "pass another --workdir."
     ) from None
 
 
@@ -536,10 +537,7 @@ def save(
       process saves: the free space must hold every array) or the folder is
       read-only; the previous steps are intact.
   """
-  try:  # A failed earlier (asynchronous) save is reported as itself.
-    mngr.wait_until_finished()
-  except Exception as e:  # noqa: BLE001 (re-raised, clearer when it is I/O)
-    raise _write_error(e, f"saving to {mngr.directory}") from e
+  finish_saves(mngr)  # A failed earlier save is reported as itself.
   arrays = {"state": state, **(extras or {})}
   where = f"saving step {step} to {mngr.directory}"
   if jax.process_count() == 1:  # Every process must agree to skip a save.
@@ -578,7 +576,7 @@ def _free_bytes(path: os.PathLike) -> int:
   return shutil.disk_usage(path).free
 
 
-def wait(mngr: ocp.CheckpointManager) -> None:
+def finish_saves(mngr: ocp.CheckpointManager) -> None:
   """Waits for pending saves; a failed write becomes one clear error."""
   try:
     mngr.wait_until_finished()
