@@ -112,8 +112,10 @@ def find_results(path: str) -> list[str]:
   if os.path.isfile(os.path.join(path, RESULTS)):
     return [os.path.join(path, RESULTS)]
   found = sorted(glob.glob(os.path.join(path, "eval", "*", RESULTS)))
-  members = sorted(glob.glob(os.path.join(path, "*", "config.json")))
-  if not found and members:  # A grid folder: its members are the runs.
+  if found:
+    return found
+  members = sorted(glob.glob(os.path.join(path, "*", runs.CONFIG_NAME)))
+  if members:  # A grid folder: its members are the runs.
     arms = sorted(
       {os.path.basename(os.path.dirname(m)).split("_")[0] for m in members}
     )
@@ -125,13 +127,11 @@ def find_results(path: str) -> list[str]:
       f"eval.aggregate {example} (score them first with python -m "
       f"eval.disentanglement --workdir={path})."
     )
-  if not found:
-    raise FileNotFoundError(
-      f"No {RESULTS} in {path} (looked at {path}/{RESULTS} and "
-      f"{path}/eval/*/{RESULTS}); run python -m eval.localization or "
-      "python -m eval.disentanglement on it first."
-    )
-  return found
+  raise FileNotFoundError(
+    f"No {RESULTS} in {path} (looked at {path}/{RESULTS} and "
+    f"{path}/eval/*/{RESULTS}); run python -m eval.localization or "
+    "python -m eval.disentanglement on it first."
+  )
 
 
 def evaluator(results: Mapping[str, Any], file: str) -> str:

@@ -148,9 +148,6 @@ class Config(loop.LoopConfig):
     )
 
 
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
-
-
 PRESETS = {
   "dsprites": Config(log_every=500, checkpoint_every=10_000),
   # The README's CPU run: minutes on 2 cores, small-sample FactorVAE score.
@@ -412,8 +409,9 @@ _log = logging.getLogger(__name__)
 
 def _warn_unread(config: Config) -> None:
   """Says when a run is given a loss weight its objective does not read."""
+  default = {f.name: f.default for f in dataclasses.fields(config)}
   unread = [
-    n for n in config.unread_fields() if getattr(config, n) != _DEFAULTS[n]
+    n for n in config.unread_fields() if getattr(config, n) != default[n]
   ]
   if unread:
     flags = ", ".join(f"--{n.replace('_', '-')}" for n in unread)
