@@ -220,23 +220,28 @@ def test_the_step_carries_the_configs_precision(precision):
 
 def test_a_grid_trains_no_member_twice_for_a_weight_it_does_not_read(caplog):
   # tc reads gamma only: --loss=tc,ad --lambda-ad=0.5,1 trains one tc run
-  # per seed (the first lambda), not two equal ones, and says so.
+  # per seed, its unread lambda_ad recorded at the default (so it compares
+  # with any other tc run), says so, and its Next: lines compare per lambda.
   base = factorvae.PRESETS["smoke"]
-  assert dataclasses.replace(base, loss="tc").unread_fields() == (
-    "lambda_ad",
-    "beta",
-  )
-  assert dataclasses.replace(base, loss="ad").unread_fields() == ("beta",)
+  tc = dataclasses.replace(base, loss="tc", lambda_ad=0.5, beta=4.0)
+  assert (tc.lambda_ad, tc.beta, tc.gamma) == (1.0, 1.0, base.gamma)
   lists = {"loss": ["tc", "ad"], "lambda_ad": [0.5, 1.0], "seed": [0, 1]}
-  with caplog.at_level(logging.WARNING, logger="workflow.grid"):
+  with caplog.at_level(logging.WARNING):
     members = grid.expand(base, lists)
   assert [(c.loss, c.lambda_ad, c.seed) for c in members] == [
-    ("tc", 0.5, 0),
-    ("tc", 0.5, 1),
+    ("tc", 1.0, 0),
+    ("tc", 1.0, 1),
     ("ad", 0.5, 0),
     ("ad", 0.5, 1),
     ("ad", 1.0, 0),
     ("ad", 1.0, 1),
   ]
-  dropped = [r.getMessage() for r in caplog.records]
-  assert len(dropped) == 2 and all("lambda_ad" in m for m in dropped)
+  messages = [r.getMessage() for r in caplog.records]
+  assert sum("Not training the member" in m for m in messages) == 2
+  assert any(
+    "--lambda-ad=0.5 has no effect with --loss=tc" in m for m in messages
+  )
+  assert factorvae.next_commands(members, "W")[1:] == [
+    "python -m eval.aggregate W/ad_lambda_ad0.5_* --vs W/tc_lambda_ad1_*",
+    "python -m eval.aggregate W/ad_lambda_ad1_* --vs W/tc_lambda_ad1_*",
+  ]

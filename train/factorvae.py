@@ -49,7 +49,9 @@ from train import data as device_data_lib
 from vae_attn import losses, models, ops
 from vae_attn.attention import value_and_attention
 from vae_attn.data import dsprites
-from workflow import configs, runs
+from workflow import configs, grid, runs
+
+_log = logging.getLogger(__name__)
 
 INPUT_SHAPE = (64, 64, 1)  # dSprites; written to the run spec for eval.
 
@@ -138,14 +140,26 @@ class Config(loop.LoopConfig):
     super().__post_init__()
     if self.data == "npz" and not self.data_dir:
       raise ValueError("--data=npz needs --data-dir=<the dSprites .npz file>.")
-
-  def unread_fields(self) -> tuple[str, ...]:
-    """The loss weights this objective does not read (train_step): ad reads
-    gamma and lambda_ad, tc gamma, beta beta."""
+    # A weight the objective does not read (train_step: ad reads gamma and
+    # lambda_ad, tc gamma, beta beta) is recorded at its default, so runs
+    # that train alike have equal configs (a grid trains them once, and
+    # eval.aggregate compares them).
+    # (A grid's base holds comma lists; expand builds its members.)
     read = {"ad": ("gamma", "lambda_ad"), "tc": ("gamma",), "beta": ("beta",)}
-    return tuple(
-      n for n in loop.weight_fields(type(self)) if n not in read[self.loss]
-    )
+    if not isinstance(self.loss, str):
+      return
+    for f in dataclasses.fields(self):
+      value = getattr(self, f.name)
+      weight = f.name in loop.weight_fields(Config)
+      if weight and f.name not in read[self.loss] and value != f.default:
+        _log.warning(
+          "--%s=%s has no effect with --loss=%s: recorded as %s.",
+          f.name.replace("_", "-"),
+          value,
+          self.loss,
+          f.default,
+        )
+        object.__setattr__(self, f.name, f.default)
 
 
 PRESETS = {
@@ -404,20 +418,6 @@ def run_spec(config: Config) -> runs.RunSpec:
 # Train and evaluate; the command line.
 
 
-_log = logging.getLogger(__name__)
-
-
-def _warn_unread(config: Config) -> None:
-  """Says when a run is given a loss weight its objective does not read."""
-  default = {f.name: f.default for f in dataclasses.fields(config)}
-  unread = [
-    n for n in config.unread_fields() if getattr(config, n) != default[n]
-  ]
-  if unread:
-    flags = ", ".join(f"--{n.replace('_', '-')}" for n in unread)
-    _log.warning("%s: no effect with --loss=%s.", flags, config.loss)
-
-
 def train_and_evaluate(
   config: Config | Sequence[Config],
   workdir: str,
@@ -440,8 +440,6 @@ def train_and_evaluate(
     The final state (a list of them for a grid).
   """
   configs_ = [config] if isinstance(config, Config) else list(config)
-  if len(configs_) == 1:
-    _warn_unread(configs_[0])
   head = configs_[0]
   source = load_data(head)
   evaluate = None
@@ -508,9 +506,18 @@ def next_commands(configs_: Sequence[Config], workdir: str) -> list[str]:
     return [score]
   first = "ad" if "ad" in arms else arms[0]
   second = next(a for a in arms if a != first)
-  return [
-    score,
-    f"python -m eval.aggregate {workdir}/{first}_* --vs {workdir}/{second}_*",
+  # One comparison per setting of the other grid fields (the seeds vary
+  # inside a group): ad_lambda_ad0.5_* --vs tc_lambda_ad1_*.
+  varying = grid.varying_fields(configs_)
+
+  def group(loss):
+    names = (grid.member_name(c, varying) for c in configs_ if c.loss == loss)
+    return dict.fromkeys(n.rsplit("_seed", 1)[0] + "_*" for n in names)
+
+  return [score] + [
+    f"python -m eval.aggregate {workdir}/{a} --vs {workdir}/{b}"
+    for a in group(first)
+    for b in group(second)
   ]
 
 

@@ -195,11 +195,6 @@ class LoopConfig:
   def __post_init__(self):
     configs.check_values(self)
 
-  def unread_fields(self) -> tuple[str, ...]:
-    """Fields this run does not read (a trainer's objective may ignore some
-    weights): ``workflow.grid.expand`` trains no member twice for them."""
-    return ()
-
 
 # --------------------------------------------------------------------------
 # Keys, traced fields, steps per call.
@@ -375,6 +370,27 @@ def _prepare(run_dir: pathlib.Path, config: Any, spec, overwrite: bool):
   has_ckpt = ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
   if has_ckpt and (run_dir / runs.CONFIG_NAME).exists():
     _check_config(run_dir, config, spec)
+
+
+def _remove_other_members(workdir: pathlib.Path, dirs) -> None:
+  """``--overwrite``: removes the run folders of an earlier grid in
+  ``workdir`` that the new run does not write (their results would be read
+  beside the new ones), saying which."""
+  if not workdir.is_dir():
+    return
+  others = [
+    p
+    for p in sorted(workdir.iterdir())
+    if p not in dirs and (p / runs.CKPT_DIR).is_dir()
+  ]
+  for p in others:
+    shutil.rmtree(p)
+  if others:
+    _log.warning(
+      "--overwrite: removed the earlier members %s from %s.",
+      [p.name for p in others],
+      workdir,
+    )
 
 
 def _warn_deletions(mngr, run_dir: pathlib.Path, max_to_keep: int) -> None:
@@ -574,6 +590,8 @@ def train_and_evaluate(
   specs = [run_spec(c) if run_spec else None for c in cfgs]
   is_main = distributed.is_main_process()
   with contextlib.ExitStack() as stack:
+    if is_main and overwrite:
+      _remove_other_members(pathlib.Path(workdir).absolute(), dirs)
     if is_main:
       for d, c, s in zip(dirs, cfgs, specs, strict=True):
         stack.enter_context(runs.lock(d))

@@ -32,26 +32,22 @@ def expand(base: Any, lists: Mapping[str, Sequence[Any]]) -> list[Any]:
   """Every combination of ``lists`` applied to ``base`` (last field fastest).
 
   Example: ``expand(config, {"loss": ["tc", "ad"], "seed": [0, 1]})`` gives
-  tc/0, tc/1, ad/0, ad/1. A combination equal to an earlier one but for
-  fields its run does not read (``config.unread_fields()``: a tc member's
-  ``lambda_ad``) is left out, with a warning: it would train the same run.
+  tc/0, tc/1, ad/0, ad/1. A combination whose config equals an earlier one
+  (a config may record a value it does not read at its default: a tc
+  member's ``lambda_ad``) is left out, with a warning.
   """
   names = list(lists)
-  members, seen = [], set()
+  members = []
   for combo in itertools.product(*(lists[n] for n in names)):
     config = dataclasses.replace(base, **dict(zip(names, combo, strict=True)))
-    unread = getattr(config, "unread_fields", tuple)()
-    key = dataclasses.replace(config, **{n: getattr(base, n) for n in unread})
-    if key in seen:
+    if config in members:
       shown = ", ".join(f"{n}={v}" for n, v in zip(names, combo, strict=True))
       _log.warning(
-        "Not training the member %s: it does not read %s, so it equals an "
-        "earlier member.",
+        "Not training the member %s: its config equals an earlier member's "
+        "(a weight its objective does not read is recorded at its default).",
         shown,
-        ", ".join(n for n in unread if n in names),
       )
       continue
-    seen.add(key)
     members.append(config)
   return members
 
