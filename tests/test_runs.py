@@ -325,3 +325,20 @@ def test_debug_flag_reaches_code_far_from_the_command_line(monkeypatch):
   with errors.debug_mode(True):
     pass
   assert os.environ[errors.DEBUG_ENV] == "1"
+
+
+def test_overwrite_removes_the_members_of_an_earlier_grid(tmp_path, caplog):
+  # Their scores would otherwise be read beside the new run's.
+  grid = [ToyConfig(num_steps=2, seed=s) for s in (0, 1)]
+  train_toy(grid, tmp_path)
+  assert {p.name for p in tmp_path.iterdir()} >= {"seed0", "seed1"}
+  (tmp_path / "notes").mkdir()  # Not a run: kept.
+  with caplog.at_level(logging.WARNING, logger="train.loop"):
+    train_toy(ToyConfig(num_steps=2, seed=3), tmp_path, overwrite=True)
+  names = {p.name for p in tmp_path.iterdir()}
+  assert "seed0" not in names and "seed1" not in names and "notes" in names
+  assert runs.restore(tmp_path)[0] == 2
+  (line,) = [
+    r.getMessage() for r in caplog.records if "earlier" in r.getMessage()
+  ]
+  assert "'seed0'" in line and "'seed1'" in line
