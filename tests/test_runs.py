@@ -180,9 +180,10 @@ def test_the_config_is_stored_once_beside_the_checkpoints(trained, tmp_path):
   items = {p.name for p in (workdir / "ckpt" / "6").iterdir() if p.is_dir()}
   assert items == {"state", "checksums"}
   assert runs.read_config(tmp_path / "nothing-here") == {}
-  (workdir / runs.CONFIG_NAME).write_text("{not json")
-  with pytest.raises(ValueError, match="config.json is damaged"):
-    runs.read_config(workdir)
+  for damaged in ("{not json", "[]"):
+    (workdir / runs.CONFIG_NAME).write_text(damaged)
+    with pytest.raises(ValueError, match="config.json is damaged"):
+      runs.read_config(workdir)
 
 
 def test_a_second_trainer_in_the_same_workdir_is_refused(tmp_path):

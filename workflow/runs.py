@@ -299,12 +299,16 @@ def read_json(path: pathlib.Path) -> dict[str, Any]:
   if not path.is_file():
     return {}
   try:
-    return dict(json.loads(path.read_text()))
-  except (json.JSONDecodeError, TypeError, ValueError) as e:
+    values = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    values = e
+  if not isinstance(values, dict):
+    what = values if isinstance(values, Exception) else "not a JSON object"
     raise ValueError(
-      f"{path} is damaged ({e}); repair the JSON (plain text) or pass "
+      f"{path} is damaged ({what}); repair the JSON (plain text) or pass "
       "another --workdir."
-    ) from None
+    )
+  return values
 
 
 @contextlib.contextmanager
