@@ -1,27 +1,15 @@
 """dSprites: the factor grid, its renderer, and three sources of its images.
 
 The sources are the procedural renderer (the offline default, no file), the
-original npz and tfds. All three give records ``{"image": float32 [64, 64, 1]
-in {0, 1}, "factors": int32 [5]}``, ``factors`` the classes of (shape,
-scale, orientation, posX, posY). Record ``i`` of the procedural and npz
-sources, and of a tfds source wrapped in `TfdsDSprites`, is image ``i`` of
-the original file (the grid 3 x 6 x 40 x 32 x 32, row-major, posY
-fastest); these three implement disentanglement_lib's ground-truth
-interface (``num_factors``, ``factors_num_values``, ``observation_shape``,
-``sample_factors``, ``sample_observations_from_factors``, ``sample``).
-
-`render`'s geometry, fitted to real frames by ``bench/dsprites_fidelity.py``
-(fidelity in docs/data.md), in pixel-centre coordinates (pixel ``(row,
-col)`` is the point ``x = col``, ``y = row``):
-
-- posX and posY move the centre right and down from (15.5, 15.5) by 32/31
-  px per class; orientation turns the sprite counter-clockwise on screen by
-  ``2 pi * class / 39``; scale (0.5 to 1) multiplies the lengths below.
-- Square: side 19.2 px. Ellipse: semi-axes 12.77 px (horizontal at
-  orientation 0) and 7.21 px. Heart, tip down: the curve ``x = 16 sin^3 t``,
-  ``y = 13 cos t - 5 cos 2t - 2 cos 3t - cos 4t`` scaled by 0.6 px in x and
-  0.66 px in y, its origin 1.45 px above the centre.
-- A pixel is on when its centre lies in the shape.
+original npz and tfds. Records: ``{"image": float32 [64, 64, 1] in {0, 1},
+"factors": int32 [5]}``, the classes of (shape, scale, orientation, posX,
+posY). Record ``i`` of the procedural and npz sources, and of a tfds source
+wrapped in `TfdsDSprites`, is image ``i`` of the original file (the grid 3 x
+6 x 40 x 32 x 32, row-major, posY fastest); these three implement
+disentanglement_lib's ground-truth interface (``num_factors``,
+``factors_num_values``, ``observation_shape``, ``sample_factors``,
+``sample_observations_from_factors``, ``sample``). `render`'s geometry, fitted
+to real frames by ``bench/dsprites_fidelity.py``, is given in docs/data.md.
 
 References: https://github.com/deepmind/dsprites-dataset;
 https://github.com/google-research/disentanglement_lib/blob/master/disentanglement_lib/data/ground_truth/dsprites.py
@@ -29,7 +17,6 @@ https://github.com/google-research/disentanglement_lib/blob/master/disentangleme
 
 from __future__ import annotations
 
-import abc
 import math
 import os
 import zipfile
@@ -52,15 +39,11 @@ SCALE_VALUES = np.linspace(0.5, 1.0, 6)
 ORIENTATION_VALUES = np.linspace(0.0, 2 * np.pi, 40)
 
 NPZ_FILENAME = "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
-# The fix named when a readable file is not dSprites (a damaged download
-# fails its zip checks instead).
 _NOT_ORIGINAL = (
   f"it is not the original {NPZ_FILENAME}; pass that file (--data-dir=<its "
   "path>)"
 )
-# ProceduralDSprites.render: images per jitted call, drawn as uint8 and cast
-# by NumPy (the fastest setting measured; docs/data.md).
-_CHUNK = 1024
+_CHUNK = 1024  # Images per jitted call of ProceduralDSprites.render.
 
 
 # The factor grid.
@@ -75,44 +58,46 @@ def _strides(num_values: Sequence[int]) -> np.ndarray:
   )
 
 
-def _check_factors(factors, num_values: Sequence[int]) -> np.ndarray:
-  """Validates factor classes, returning an int64 ``[N, num_factors]`` array.
+def _check_factors(factors, num_values=FACTORS_NUM_VALUES):
+  """Integer classes ``[N, len(num_values)]``: int64 NumPy, range-checked, or
+  a ``jax.Array`` as given (not range-checked: it may be traced).
 
   Raises:
-    ValueError: the array has the wrong shape or a class is out of range.
+    ValueError: the wrong shape or dtype, or (NumPy) a class out of range.
   """
-  factors = np.asarray(factors)
+  if not isinstance(factors, jax.Array):
+    factors = np.asarray(factors)
   if factors.ndim != 2 or factors.shape[1] != len(num_values):
     raise ValueError(
       f"factors must have shape [N, {len(num_values)}], got {factors.shape}."
     )
-  if factors.dtype.kind not in "iu":
+  if not np.issubdtype(factors.dtype, np.integer):
     raise ValueError(f"factors must be integer classes, got {factors.dtype}.")
+  if isinstance(factors, jax.Array):
+    return factors
   factors = factors.astype(np.int64)
-  high = np.asarray(num_values)
-  bad = (factors < 0) | (factors >= high)
+  bad = (factors < 0) | (factors >= np.asarray(num_values))
   if bad.any():
     row, col = np.argwhere(bad)[0]
     raise ValueError(
       f"factor {col} of row {row} is {factors[row, col]}, outside "
-      f"[0, {high[col]}). factors_num_values is {tuple(num_values)}."
+      f"[0, {num_values[col]}). factors_num_values is {tuple(num_values)}."
     )
   return factors
 
 
 def factors_to_index(factors, num_values=FACTORS_NUM_VALUES) -> np.ndarray:
-  """Maps factor classes ``[N, 5]`` to image indices ``[N]`` (posY fastest).
+  """Factor classes ``[N, 5]`` to image indices ``[N]`` (posY fastest).
 
   Raises:
-    ValueError: ``factors`` is not an integer ``[N, 5]`` array of classes in
-      range.
+    ValueError: as `_check_factors`.
   """
   factors = _check_factors(factors, num_values)
   return factors @ _strides(num_values)
 
 
 def index_to_factors(indices, num_values=FACTORS_NUM_VALUES) -> np.ndarray:
-  """Maps image indices ``[N]`` to factor classes ``[N, 5]`` (int64).
+  """Image indices ``[N]`` to factor classes ``[N, 5]`` (int64).
 
   Raises:
     IndexError: an index is outside ``[0, prod(num_values))``.
@@ -127,8 +112,8 @@ def index_to_factors(indices, num_values=FACTORS_NUM_VALUES) -> np.ndarray:
 # The renderer.
 # ----------------------------------------------------------------------------
 
-# The geometry of the module docstring, fitted to real frames by
-# bench/dsprites_fidelity.py; lengths in pixels at scale 1.
+# The geometry (docs/data.md), in pixel-centre coordinates (pixel (row, col)
+# is the point x = col, y = row); lengths in pixels at scale 1.
 _CENTRE = 15.5  # sprite centre at position class 0 (pixel-centre coordinate)
 _STEP = 32 / 31  # pixels per position class
 _SQUARE_HALF_SIDE = 9.6
@@ -191,40 +176,26 @@ def render(
 ) -> jax.Array:
   """Draws the dSprites images of factor classes, in ``jax.numpy``.
 
-  The one definition of the shapes (geometry in the module docstring): pure
-  and jittable with static shapes, so a train step can draw its batch on
-  the device; `ProceduralDSprites` renders through it. Coordinates are exact
-  (``_POSITION_UNIT``), so backends can disagree only on pixel centres
-  within about 1e-6 px of the ellipse and heart outlines.
+  The one definition of the shapes: pure and jittable with static shapes, so
+  a train step can draw its batch on the device. Coordinates are exact
+  (``_POSITION_UNIT``): backends can disagree only on pixel centres within
+  about 1e-6 px of the ellipse and heart outlines.
 
   Args:
     factor_classes: int ``[N, 5]`` classes of (shape, scale, orientation,
-      posX, posY). NumPy or Python input is range-checked; a ``jax.Array``
-      (e.g. traced inside jit) is not, and out-of-range classes then clamp to
-      the nearest valid one.
+      posX, posY). NumPy or Python input is range-checked; out-of-range
+      classes of a ``jax.Array`` clamp to the nearest valid one.
     dtype: output dtype (static under jit).
 
   Returns:
     ``dtype [N, 64, 64, 1]``: 1 on the sprite, 0 elsewhere.
 
   Raises:
-    ValueError: ``factor_classes`` is not an integer ``[N, 5]`` array, or
-      (NumPy input) a class is out of range.
+    ValueError: as `_check_factors`.
   """
-  if not isinstance(factor_classes, jax.Array):
-    factor_classes = _check_factors(factor_classes, FACTORS_NUM_VALUES)
-    factor_classes = factor_classes.astype(np.int32)
-  classes = jnp.asarray(factor_classes)
-  if classes.ndim != 2 or classes.shape[1] != len(FACTORS_NUM_VALUES):
-    raise ValueError(
-      f"factor_classes must have shape [N, 5], got {classes.shape}."
-    )
-  if not jnp.issubdtype(classes.dtype, jnp.integer):
-    raise ValueError(
-      f"factor_classes must be integer classes, got {classes.dtype}."
-    )
+  classes = jnp.asarray(_check_factors(factor_classes), jnp.int32)
   tables = {k: jnp.asarray(v) for k, v in _TABLES.items()}
-  shape, scale, orientation, pos_x, pos_y = classes.astype(jnp.int32).T
+  shape, scale, orientation, pos_x, pos_y = classes.T
   pixel = _POSITION_UNIT * jnp.arange(IMAGE_SIZE, dtype=jnp.float32)
   x = pixel - tables["centre"][pos_x][:, None]  # [N, 64] per column, right
   y = tables["centre"][pos_y][:, None] - pixel  # [N, 64] per row, up
@@ -271,14 +242,16 @@ def _integers(random_state, high: int, size) -> np.ndarray:
   )
 
 
-class _GroundTruth(abc.ABC):
-  """disentanglement_lib's ground-truth-data interface over a factor grid.
-
-  Subclasses set ``name`` and ``_num_values`` and implement ``__len__`` and
-  ``get_batch(indices)``.
+class _GroundTruth:
+  """disentanglement_lib's ground-truth-data interface over a factor grid:
+  one record per factor combination. Subclasses set ``name`` and
+  ``_num_values`` and implement ``get_batch(indices)``.
   """
 
   _num_values: tuple[int, ...]
+
+  def __len__(self) -> int:
+    return math.prod(self._num_values)
 
   @property
   def num_factors(self) -> int:
@@ -305,12 +278,8 @@ class _GroundTruth(abc.ABC):
   def sample_observations_from_factors(
     self, factors: np.ndarray, random_state
   ) -> np.ndarray:
-    """Images for factor classes ``[N, 5]``: float32 ``[N, 64, 64, 1]``.
-
-    Every factor combination has exactly one image, so ``random_state`` is
-    not used (it is accepted for the interface).
-    """
-    del random_state
+    """Images of factor classes ``[N, 5]``: float32 ``[N, 64, 64, 1]``."""
+    del random_state  # One image per combination: nothing to draw.
     index = factors_to_index(factors, self._num_values)
     return self.get_batch(index)["image"]
 
@@ -322,13 +291,6 @@ class _GroundTruth(abc.ABC):
   def sample_observations(self, num: int, random_state) -> np.ndarray:
     """Samples ``num`` images uniformly: float32 ``[num, 64, 64, 1]``."""
     return self.sample(num, random_state)[1]
-
-  @abc.abstractmethod
-  def __len__(self) -> int: ...
-
-  @abc.abstractmethod
-  def get_batch(self, indices) -> base.Record:
-    """The records at ``indices`` ``[N]``, stacked."""
 
   def __getitem__(self, index: int) -> base.Record:
     index = base.check_index(index, len(self), self.name)
@@ -348,9 +310,6 @@ class ProceduralDSprites(_GroundTruth):
   name = "dsprites_procedural"
   _num_values = FACTORS_NUM_VALUES
 
-  def __len__(self) -> int:
-    return NUM_IMAGES
-
   def get_batch(self, indices) -> base.Record:
     """Renders the images at ``indices`` ``[N]``.
 
@@ -364,20 +323,12 @@ class ProceduralDSprites(_GroundTruth):
     }
 
   def render(self, factors, dtype=np.float32) -> np.ndarray:
-    """Renders factor classes ``[N, 5]`` into images ``[N, 64, 64, 1]``.
+    """`render` of int classes ``[N, 5]`` as NumPy ``dtype [N, 64, 64, 1]``.
 
-    `render` jitted on the CPU, in calls of at most ``_CHUNK`` images padded
-    to a power of two (at most 11 compiled programs).
-
-    Args:
-      factors: int classes of (shape, scale, orientation, posX, posY).
-      dtype: output dtype (e.g. ``np.uint8`` to render the whole set in 3 GB).
-
-    Raises:
-      ValueError: ``factors`` is not an integer ``[N, 5]`` array of classes
-        in range.
+    Jitted on the CPU, ``_CHUNK`` images a call padded to a power of two (at
+    most 11 programs), drawn as uint8. Raises ValueError as `render`.
     """
-    factors = _check_factors(factors, FACTORS_NUM_VALUES).astype(np.int32)
+    factors = _check_factors(factors).astype(np.int32)
     images = np.empty((len(factors), IMAGE_SIZE, IMAGE_SIZE, 1), dtype)
     try:
       device = jax.local_devices(backend="cpu")[0]
@@ -393,7 +344,7 @@ class ProceduralDSprites(_GroundTruth):
 
 
 def procedural() -> ProceduralDSprites:
-  """The procedural dSprites source (see the module docstring)."""
+  """The procedural dSprites source."""
   return ProceduralDSprites()
 
 
@@ -401,79 +352,59 @@ class NpzDSprites(_GroundTruth):
   """The original dSprites npz held in memory (about 3 GB of uint8).
 
   Args:
-    imgs: ``[N, 64, 64]`` of 0 and 1 only (the file's uint8; bool, other
-      integer or float dtypes are accepted when every value is 0 or 1).
-    classes: int ``[N, 6]``, the ``latents_classes`` of the file.
+    imgs: ``[N, 64, 64]`` holding only 0 and 1 (any integer, bool or float
+      dtype).
+    classes: int ``[N, 6]``, the file's ``latents_classes``.
     path: where the arrays came from, for messages.
 
   Raises:
-    DataError: a shape or the factor grid is not dSprites', ``classes`` is
-      not integer, or an image holds a value other than 0 and 1 (e.g. 0.5 or
-      NaN, which reading would otherwise binarise silently).
+    DataError: a shape, dtype or the factor grid and order is not dSprites',
+      or an image holds a value other than 0 and 1 (e.g. 0.5 or NaN).
   """
 
   def __init__(self, imgs: np.ndarray, classes: np.ndarray, path: str):
-    self.name = os.fspath(path)
+    self.name = path = os.fspath(path)
+
+    def fail(problem: str, fix: str = "") -> base.DataError:
+      return base.DataError(f"{path}: {problem}; {_NOT_ORIGINAL}{fix}.")
+
     if imgs.ndim != 3 or imgs.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-      raise base.DataError(
-        f"{path}: 'imgs' has shape {imgs.shape}, expected [N, 64, 64]; "
-        f"{_NOT_ORIGINAL}."
-      )
-    if classes.ndim != 2 or classes.shape != (len(imgs), 6):
-      raise base.DataError(
-        f"{path}: 'latents_classes' has shape {classes.shape}, expected "
-        f"[{len(imgs)}, 6] (color, shape, scale, orientation, posX, posY); "
-        f"{_NOT_ORIGINAL}."
+      raise fail(f"'imgs' has shape {imgs.shape}, expected [N, 64, 64]")
+    if classes.shape != (len(imgs), 6):
+      raise fail(
+        f"'latents_classes' has shape {classes.shape}, expected "
+        f"[{len(imgs)}, 6] (color, shape, scale, orientation, posX, posY)"
       )
     if classes.dtype.kind not in "iu":
-      raise base.DataError(
-        f"{path}: 'latents_classes' has dtype {classes.dtype}, expected "
-        f"integers; {_NOT_ORIGINAL}."
+      raise fail(
+        f"'latents_classes' has dtype {classes.dtype}, expected integers"
       )
-    self._check_binary(imgs, path)
+    if imgs.dtype.kind not in "biuf":
+      raise fail(f"'imgs' has dtype {imgs.dtype}, expected uint8 0/1")
+    if not (imgs.dtype.kind in "bu" and (imgs.size == 0 or imgs.max() <= 1)):
+      for start in range(0, len(imgs), 4096):  # Bounded temporaries.
+        block = imgs[start : start + 4096]
+        bad = (block != 0) & (block != 1)  # NaN is neither.
+        if bad.any():
+          index = start + int(np.argmax(bad.reshape(len(block), -1).any(1)))
+          raise fail(
+            f"image {index} of 'imgs' holds {block[bad][0].item()!r}, but "
+            "dSprites images hold only 0 and 1",
+            ", or save your images binarised, e.g. "
+            "imgs=(imgs > 0.5).astype(np.uint8)",
+          )
     num_values = tuple(int(n) for n in classes.max(axis=0) + 1)
     if num_values[0] != 1 or math.prod(num_values) != len(imgs):
-      raise base.DataError(
-        f"{path}: latents_classes span a grid of {num_values} values, which "
-        f"is not a complete grid of {len(imgs)} images with one color; "
-        f"{_NOT_ORIGINAL}."
+      raise fail(
+        f"latents_classes span a grid of {num_values} values, which is not "
+        f"a complete grid of {len(imgs)} images with one color"
       )
     expected = classes[:, 1:].astype(np.int64) @ _strides(num_values[1:])
     if not np.array_equal(expected, np.arange(len(imgs))):
-      raise base.DataError(
-        f"{path}: images are not in the original factor order (posY "
-        f"fastest); {_NOT_ORIGINAL}."
-      )
+      raise fail("images are not in the original factor order (posY fastest)")
     self._num_values = num_values[1:]
     self._imgs = imgs
     self._factors = classes[:, 1:].astype(np.int32)
-
-  @staticmethod
-  def _check_binary(imgs: np.ndarray, path: str, chunk: int = 4096) -> None:
-    """Raises unless every value of ``imgs`` is 0 or 1 (NaN is neither)."""
-    if imgs.dtype == np.bool_ or (
-      imgs.dtype.kind == "u" and (imgs.size == 0 or imgs.max() <= 1)
-    ):
-      return
-    if imgs.dtype.kind not in "iuf":
-      raise base.DataError(
-        f"{path}: 'imgs' has dtype {imgs.dtype}, expected uint8 0/1; "
-        f"{_NOT_ORIGINAL}."
-      )
-    for start in range(0, len(imgs), chunk):  # Bounded temporaries.
-      block = imgs[start : start + chunk]
-      bad = (block != 0) & (block != 1)
-      if bad.any():
-        index = start + int(np.argmax(bad.reshape(len(block), -1).any(1)))
-        value = block[bad][0].item()
-        raise base.DataError(
-          f"{path}: image {index} of 'imgs' holds {value!r}, but dSprites "
-          f"images hold only 0 and 1; {_NOT_ORIGINAL}, or save your images "
-          "binarised, e.g. imgs=(imgs > 0.5).astype(np.uint8)."
-        )
-
-  def __len__(self) -> int:
-    return len(self._imgs)
 
   def get_batch(self, indices) -> base.Record:
     """The images and factors at ``indices`` ``[N]``, stacked."""
@@ -485,21 +416,15 @@ class NpzDSprites(_GroundTruth):
 
 
 def load_npz(path: str | os.PathLike) -> NpzDSprites:
-  """Loads the original `NPZ_FILENAME` (``imgs`` and ``latents_classes``).
-
-  Read with ``allow_pickle=False``: the pickled ``metadata`` is never read.
-
-  Args:
-    path: the npz file (get it from github.com/deepmind/dsprites-dataset).
-
-  Returns:
-    A source with the ground-truth-data interface.
+  """Loads the original `NPZ_FILENAME` (``imgs`` and ``latents_classes``),
+  with ``allow_pickle=False``: its pickled ``metadata`` is never read.
 
   Raises:
     DataError: the file is missing or a folder, not a zip archive, damaged,
       holds pickled arrays, or is not dSprites (as `NpzDSprites`).
   """
   path = os.fspath(path)
+  fix = f"pass --data-dir=<path of {NPZ_FILENAME}>"
   if os.path.isdir(path):
     inside = os.path.join(path, NPZ_FILENAME)
     if not os.path.isfile(inside):
@@ -514,7 +439,7 @@ def load_npz(path: str | os.PathLike) -> NpzDSprites:
       "(--data-dir=FILE), or use the procedural source, which needs no file "
       "(--data=procedural; vae_attn.data.dsprites.procedural() in code)."
     )
-  fix = f"pass --data-dir=<path of {NPZ_FILENAME}>"
+  damaged = f"Cannot read dSprites npz {path}:"
   try:
     with open(path, "rb") as f:
       head = f.read(6)
@@ -522,9 +447,8 @@ def load_npz(path: str | os.PathLike) -> NpzDSprites:
       kind = "an .npy array" if head == b"\x93NUMPY" else f"the bytes {head!r}"
       if os.path.basename(path) == NPZ_FILENAME:  # A failed download.
         raise base.DataError(
-          f"Cannot read dSprites npz {path}: it is not an npz (zip) archive "
-          f"but starts with {kind} (a damaged download). Re-download "
-          f"{NPZ_FILENAME}."
+          f"{damaged} it is not an npz (zip) archive but starts with {kind} "
+          f"(a damaged download). Re-download {NPZ_FILENAME}."
         )
       raise base.DataError(
         f"{path} is not a dSprites .npz (it is not a zip archive: it starts "
@@ -537,35 +461,41 @@ def load_npz(path: str | os.PathLike) -> NpzDSprites:
           f"{path} is not a dSprites .npz (it lacks the arrays "
           f"{sorted(missing)}; it holds {npz.files}); {fix}."
         )
-      imgs = _read_array(npz, "imgs", path)
-      classes = _read_array(npz, "latents_classes", path)
+      arrays = {}
+      for key in ("imgs", "latents_classes"):
+        try:
+          arrays[key] = npz[key]
+        except ValueError as e:
+          if "allow_pickle" not in str(e):
+            raise
+          raise base.DataError(
+            f"{path}: its array {key!r} holds pickled Python objects, which "
+            "are never loaded (unpickling can run code from the file); "
+            f"{_NOT_ORIGINAL}, or save {key!r} as a numeric array."
+          ) from e
   except base.DataError:
     raise
   except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
     reason = " ".join(str(e).split()) or type(e).__name__
     raise base.DataError(
-      f"Cannot read dSprites npz {path}: {reason} (the file is truncated or "
-      f"damaged). Re-download {NPZ_FILENAME}."
+      f"{damaged} {reason} (the file is truncated or damaged). Re-download "
+      f"{NPZ_FILENAME}."
     ) from e
-  return NpzDSprites(imgs, classes, path)
+  return NpzDSprites(arrays["imgs"], arrays["latents_classes"], path)
 
 
 class TfdsDSprites(_GroundTruth):
-  """dSprites' ground-truth interface over records in any order (tfds').
-
-  The tfds build stores dSprites shuffled; this reads every record's
-  ``factors`` once and maps each factor combination to its record, so that
-  record ``i`` here is image ``i`` of the original file, read by random
-  access.
+  """The records of ``source`` (any order, as tfds stores them) in factor
+  order: record ``i`` is image ``i`` of the original file.
 
   Args:
     source: records ``{"image", "factors"}`` (`load_tfds`).
     num_values: the factor grid (default dSprites').
-    progress: wraps the iterable of record indices while the factors are
-      read (e.g. ``tqdm.tqdm``; default: none).
+    progress: wraps the record indices while every record's factors are read
+      once (e.g. ``tqdm.tqdm``).
 
   Raises:
-    DataError: when a factor combination is missing or repeated.
+    DataError: a factor combination is missing or repeated.
   """
 
   def __init__(
@@ -594,35 +524,14 @@ class TfdsDSprites(_GroundTruth):
     self._position = np.empty(total, np.int64)
     self._position[index] = np.arange(total)
 
-  def __len__(self) -> int:
-    return len(self._position)
-
   def get_batch(self, indices) -> base.Record:
-    """The records of the original image indices ``indices`` ``[N]``.
-
-    Returns:
-      ``{"image": float32 [N, H, W, C], "factors": int32 [N, F]}``.
-    """
+    """The records of original image indices ``[N]``, stacked."""
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
     records = [self._source[int(i)] for i in self._position[indices]]
     return {
       "image": np.stack([r["image"] for r in records]).astype(np.float32),
       "factors": np.stack([r["factors"] for r in records]).astype(np.int32),
     }
-
-
-def _read_array(npz, key: str, path: str) -> np.ndarray:
-  """``npz[key]``; raises `DataError` if it is a pickled object array."""
-  try:
-    return npz[key]
-  except ValueError as e:
-    if "allow_pickle" not in str(e):
-      raise
-    raise base.DataError(
-      f"{path}: its array {key!r} holds pickled Python objects, which are "
-      "never loaded (unpickling can run code from the file); "
-      f"{_NOT_ORIGINAL}, or save {key!r} as a numeric array."
-    ) from e
 
 
 def _tfds_record(example: dict) -> base.Record:
@@ -636,15 +545,8 @@ def _tfds_record(example: dict) -> base.Record:
 def load_tfds(
   split: str = "train", data_dir: str | os.PathLike | None = None
 ) -> base.Source:
-  """dSprites through ``tfds.data_source`` (array_record files, no TF).
-
-  The tfds build stores examples in its own shuffled order, so record ``i``
-  is not image ``i`` of the original file; read the factors from each record.
-  For the ground-truth interface wrap the source in `TfdsDSprites`.
-
-  Args:
-    split: a tfds split string (dSprites has only "train").
-    data_dir: the tfds data directory (default: tfds' own default).
+  """dSprites through ``tfds.data_source`` (array_record files, no TF), in
+  the build's shuffled order (wrap it in `TfdsDSprites` for factor order).
 
   Raises:
     DataError: the data set has not been prepared in ``data_dir``.

@@ -1,19 +1,12 @@
 """The one batching pipeline: seeded, resumable, sharded across processes.
 
-Every trainer and evaluator reads data through `batches`. The record order is
-a grain ``MapDataset`` (``range(n).shuffle(seed).repeat(num_epochs)``), which
-is random-access: the batch at step ``s`` is a pure function of
-``(seed, s)``, so a run resumed at step ``N`` (``start_step=N``) sees exactly
-the batches an uninterrupted run would have seen from step ``N`` on. Each
-epoch is reshuffled; batches run across epoch boundaries.
+The record order is grain's ``MapDataset.range(n).shuffle(seed).repeat()``:
+the batch at step ``s`` is a pure function of ``(seed, s)``, so a run resumed
+at ``start_step=N`` sees the batches an uninterrupted run would have seen.
 
-Example:
-
-  >>> from vae_attn.data import base, pipeline
-  >>> import numpy as np
   >>> src = base.ArraySource({"x": np.arange(10)})
-  >>> it = pipeline.batches(src, 4, seed=0, shuffle=False, num_epochs=1,
-  ...                       process_index=0, process_count=1)
+  >>> it = batches(src, 4, seed=0, shuffle=False, num_epochs=1,
+  ...              process_index=0, process_count=1)
   >>> [b["x"].tolist() for b in it]
   [[0, 1, 2, 3], [4, 5, 6, 7]]
 """
@@ -21,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 
 import grain
 import numpy as np
@@ -54,46 +47,47 @@ def batches(
   process_count: int | None = None,
   num_threads: int = 2,
 ) -> Iterator[base.Record]:
-  """Yields stacked numpy batches of ``source`` records.
+  """Yields this process's stacked numpy batches of ``source`` records.
 
   Global step ``s`` covers stream positions ``[s * G, (s + 1) * G)``, ``G =
   batch_size * process_count``; process ``p`` takes the ``p``-th
-  ``batch_size`` of them. Position ``q`` holds record ``order[q]`` (no
-  shuffle: ``q % len(source)``). String fields come as 1-D object arrays of
-  str; drop them before handing a batch to jax.
+  ``batch_size`` of them. Position ``q`` holds record ``order[q]``. A
+  source's ``augment(record, rng)``, if set, gets ``rng`` seeded by ``(seed,
+  q)``. String fields come as 1-D object arrays of str.
 
   Args:
-    source: a random-access source. Its ``get_batch(indices)``, if any,
-      reads a batch in one call; its ``augment(record, rng)``, if not None,
-      is applied to every record read, ``rng`` seeded by ``(seed,
-      position)``: reproducible, resumable and fresh in every epoch.
+    source: a source (``get_batch`` used when present).
     batch_size: records per batch on this process.
     seed: the seed of the order and of the augmentation.
     shuffle: shuffle the records (reshuffled every epoch).
     num_epochs: passes over the data; ``None`` repeats forever.
-    drop_remainder: with finite epochs, drop the last incomplete global batch.
-      If kept, its records are split as evenly as possible between the
-      processes (a process whose share is empty yields nothing for it).
+    drop_remainder: with finite epochs, drop the last incomplete global
+      batch; if kept, it is split as evenly as possible between processes.
     start_step: the first global step to yield (to resume a run).
-    process_index: this process, default ``jax.process_index()``.
-    process_count: number of processes, default ``jax.process_count()``.
-    num_threads: threads that build batches ahead of time (0: build each
-      batch on demand in the caller's thread). Never changes the output.
-
-  Yields:
-    ``dict[str, np.ndarray]`` with a leading axis of ``batch_size`` (smaller
-    only for a kept remainder).
+    process_index, process_count: default ``jax.process_index()`` and
+      ``jax.process_count()``.
+    num_threads: threads building batches ahead (0: on demand); never
+      changes the output.
 
   Raises:
-    DataError: the source is empty, or with finite epochs and
-      ``drop_remainder`` it holds fewer records than one global batch.
-    TypeError: ``batch_size``, ``num_epochs`` or ``process_count`` is not
-      an int.
-    ValueError: one of them is below 1, ``process_index`` lies outside
-      ``[0, process_count)``, or ``start_step`` is negative.
+    DataError: the source is empty, or holds fewer records than one global
+      batch (finite epochs, ``drop_remainder``).
+    TypeError, ValueError: a count is not a positive int, ``process_index``
+      is outside ``[0, process_count)`` or ``start_step`` is negative.
   """
   batch_size = _check_positive_int(batch_size, "batch_size")
-  process_index, process_count = _check_processes(process_index, process_count)
+  if process_index is None or process_count is None:
+    import jax  # Deferred: only the multi-host default needs jax.
+
+    if process_index is None:
+      process_index = jax.process_index()
+    if process_count is None:
+      process_count = jax.process_count()
+  process_count = _check_positive_int(process_count, "process_count")
+  if not 0 <= process_index < process_count:
+    raise ValueError(
+      f"process_index must be in [0, {process_count}), got {process_index}."
+    )
   if num_epochs is not None:
     num_epochs = _check_positive_int(num_epochs, "num_epochs")
   if start_step < 0:
@@ -146,37 +140,18 @@ def batches(
   return iter(steps.map(make_batch).to_iter_dataset(options))
 
 
-def _check_processes(
-  process_index: int | None, process_count: int | None
-) -> tuple[int, int]:
-  """``(process_index, process_count)``, defaults from jax, checked."""
-  if process_index is None or process_count is None:
-    import jax  # Deferred: only the multi-host default needs jax.
-
-    if process_index is None:
-      process_index = jax.process_index()
-    if process_count is None:
-      process_count = jax.process_count()
-  process_count = _check_positive_int(process_count, "process_count")
-  if not 0 <= process_index < process_count:
-    raise ValueError(
-      f"process_index must be in [0, {process_count}), got {process_index}."
-    )
-  return process_index, process_count
-
-
 def _read(
   source: base.Source,
   order: grain.MapDataset,
   positions: np.ndarray,
   seed: int,
 ) -> base.Record:
-  """The stacked batch of the records at stream ``positions``, augmented."""
+  """The stacked, augmented batch of the records at stream ``positions``."""
   indices = np.array([order[int(q)] for q in positions], dtype=np.int64)
   get_batch = getattr(source, "get_batch", None)
   augment = getattr(source, "augment", None)
   if get_batch is not None:
-    batch = _strings_to_objects(get_batch(indices))
+    batch = base.strings_to_objects(get_batch(indices))
     if augment is None:
       return batch
     records = [{k: v[i] for k, v in batch.items()} for i in range(len(indices))]
@@ -188,17 +163,6 @@ def _read(
       for r, q in zip(records, positions, strict=True)
     ]
   return base.stack_records(records)
-
-
-def _strings_to_objects(batch: Mapping[str, np.ndarray]) -> base.Record:
-  """Returns ``batch`` with str/bytes arrays turned into object arrays."""
-  out = {}
-  for key, value in batch.items():
-    value = np.asarray(value)
-    if value.dtype.kind in "US":
-      value = np.array([str(v) for v in value.reshape(-1)], dtype=object)
-    out[key] = value
-  return out
 
 
 def single_pass(
