@@ -1,17 +1,10 @@
 """Evaluation-time inference: fixed micro-batches dealt over local devices.
 
-A disentanglement metric calls its representation function on up to a
-million images. ``batched`` turns a jitted ``fn(variables, x)`` into such a
-function: it cuts the observations into micro-batches of one size (the last
-one zero-padded, so one program is compiled), deals them round-robin over
-the local devices, dispatches every micro-batch before reading any result,
-and returns NumPy.
-
-On a CPU host XLA runs these convolutions on one core per device, so
-``use_cpu_devices`` splits the host into several CPU devices (two per core by
-default) before JAX starts, and ``batched`` keeps every core busy
-(measurements: bench/README.md, ``python -m bench.factorvae_metric``). On an
-accelerator host the devices are the accelerators.
+A disentanglement metric encodes up to a million images. ``batched`` turns
+``fn(variables, x)`` into a NumPy function of any number of examples, in
+micro-batches of one size dealt round-robin over the local devices. XLA:CPU
+runs these convolutions on one core per device, so ``use_cpu_devices``
+splits the host into several CPU devices first (bench/README.md).
 """
 
 from __future__ import annotations
@@ -27,24 +20,31 @@ import numpy as np
 def use_cpu_devices(count: int | None = None) -> int:
   """Splits the host CPU into ``count`` JAX devices (default 2 per core).
 
-  Must run before the first JAX computation of the process (JAX reads the
-  setting when it starts its backends). Only the CPU backend is affected.
-
-  Args:
-    count: number of CPU devices; ``None`` for twice ``os.cpu_count()``.
-
-  Returns:
-    The count that was set.
+  Must run before JAX starts its backends; returns the count set.
 
   Raises:
-    RuntimeError: when JAX has already started (JAX's own message says so).
-    ValueError: for a count below 1.
+    RuntimeError: JAX has already started (JAX's own message).
+    ValueError: a count below 1.
   """
   count = 2 * (os.cpu_count() or 1) if count is None else int(count)
   if count < 1:
     raise ValueError(f"count must be at least 1, got {count}.")
   jax.config.update("jax_num_cpu_devices", count)
   return count
+
+
+def use_all_cpu_cores() -> None:
+  """:func:`use_cpu_devices` with its default, unless the user chose a
+  device count (``JAX_NUM_CPU_DEVICES``, ``XLA_FLAGS``) or JAX has started
+  (its devices are kept)."""
+  if jax.config.jax_num_cpu_devices != -1 or (
+    "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+  ):
+    return
+  try:
+    use_cpu_devices()
+  except RuntimeError:
+    pass
 
 
 def batched(
@@ -57,20 +57,16 @@ def batched(
   """``fn(variables, x)`` over any number of examples, as NumPy.
 
   Args:
-    fn: a pure function of ``(variables, x [B, ...])`` returning an array
-      or pytree of arrays with leading axis ``B``; it is jitted here.
+    fn: a pure function of ``(variables, x [B, ...])`` returning arrays with
+      leading axis ``B``; jitted here.
     variables: its first argument, copied once to every device.
-    batch_size: examples per call of ``fn`` (per device). Small batches keep
-      activations in cache; 64 is fastest for the paper's encoders on CPU.
-    devices: where to run; default ``jax.local_devices()``.
+    batch_size: examples per call (the last micro-batch is zero-padded, so
+      one program is compiled per input shape and dtype).
+    devices: default ``jax.local_devices()``.
 
   Returns:
-    ``apply(x)``: ``x [N, ...]`` -> the outputs for all ``N`` examples, as
-    NumPy arrays in the structure ``fn`` returns. One program is compiled
-    per input shape ``[batch_size, ...]`` and dtype, whatever ``N`` is.
-
-  Raises:
-    ValueError: for a bad ``batch_size`` or an empty device list.
+    ``apply(x [N, ...])``: the outputs for all ``N`` examples as NumPy, in
+    ``fn``'s structure. Every micro-batch is dispatched before any is read.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
@@ -88,36 +84,11 @@ def batched(
     outputs = []
     for i, start in enumerate(range(0, max(num, 1), batch_size)):
       chunk = x[start : start + batch_size]
-      if chunk.shape[0] < batch_size:  # Pad: one compiled shape only.
-        pad = np.zeros((batch_size - chunk.shape[0], *x.shape[1:]), x.dtype)
-        chunk = np.concatenate([chunk, pad])
+      pad = [(0, batch_size - len(chunk))] + [(0, 0)] * (x.ndim - 1)
       k = i % len(devices)
-      # Asynchronous dispatch: every micro-batch is queued before any wait.
-      outputs.append(jitted(replicas[k], jax.device_put(chunk, devices[k])))
+      chunk = jax.device_put(np.pad(chunk, pad), devices[k])
+      outputs.append(jitted(replicas[k], chunk))
     outputs = jax.device_get(outputs)
-    return jax.tree.map(
-      lambda *parts: np.concatenate(parts, axis=0)[:num], *outputs
-    )
+    return jax.tree.map(lambda *p: np.concatenate(p)[:num], *outputs)
 
   return apply
-
-
-def use_all_cpu_cores() -> None:
-  """Two JAX CPU devices per core, unless JAX is already running.
-
-  XLA runs the paper's convolutions on one core per CPU device, so an
-  evaluation that deals micro-batches over devices (:func:`batched`)
-  needs several devices to use every core. Nothing changes when the user
-  chose a device count (``JAX_NUM_CPU_DEVICES`` or ``XLA_FLAGS``) or when
-  JAX has already started in this process (e.g. ``main`` called from Python
-  after other JAX work): the existing devices are used as they are.
-  """
-  # JAX_NUM_CPU_DEVICES is read into the config when jax is imported.
-  if jax.config.jax_num_cpu_devices != -1 or (
-    "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-  ):
-    return
-  try:
-    use_cpu_devices()
-  except RuntimeError:  # JAX has started: keep its devices.
-    pass

@@ -82,11 +82,10 @@ def compute_beta_vae(
 ) -> dict[str, float]:
   """The BetaVAE metric: accuracy of a linear classifier of the fixed factor.
 
-  A training point fixes one random factor ``k`` across ``num_per_point``
-  pairs of images; its feature is ``mean |z(x1) - z(x2)|`` over the pairs
-  and its label ``k``. A logistic regression (disentanglement_lib's: sklearn's
-  defaults but for the iteration cap, which lets L-BFGS converge) is fit on
-  ``num_train`` points and scored on ``num_eval`` fresh points.
+  A point fixes one random factor ``k`` across ``num_per_point`` pairs of
+  images; its feature is ``mean |z(x1) - z(x2)|`` over the pairs, its label
+  ``k``. A logistic regression (disentanglement_lib's, with iterations to
+  converge) is fit on ``num_train`` points, scored on ``num_eval`` more.
 
   Args:
     ground_truth_data, representation_function, random_state, batch_size:
@@ -107,8 +106,8 @@ def compute_beta_vae(
     {'train_accuracy': 1.0, 'eval_accuracy': 1.0}
 
   Raises:
-    ValueError: when all training points fix the same factor, no factor
-      has two values, or for malformed inputs.
+    ValueError: all training points fix the same factor, or malformed
+      inputs.
   """
   data = sampling.check_inputs(
     ground_truth_data,

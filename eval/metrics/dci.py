@@ -96,17 +96,11 @@ def compute_dci(
   importance; completeness is the same with the roles of codes and factors
   swapped; informativeness is the mean classification accuracy.
 
-  The importance models (``IMPORTANCE_MODELS``; timings and a comparison
-  in bench/README.md):
-
-  * ``"gbt"``: sklearn's ``GradientBoostingClassifier`` with its defaults,
-    as disentanglement_lib: its numbers. One depth-3 tree per class and
-    round, so its cost grows with the number of factor values (dSprites:
-    3 + 6 + 40 + 32 + 32): about 16 minutes of CPU time at 10,000 points.
-  * ``"random_forest"``: sklearn's ``RandomForestClassifier``, 50 trees,
-    every feature considered at each split (so that irrelevant dimensions
-    get no importance), ``min_samples_leaf=2``: impurity-based importances
-    like ``"gbt"``'s, about ten times faster, but its own numbers.
+  Importance models (``IMPORTANCE_MODELS``; timings in bench/README.md):
+  ``"gbt"``, sklearn's ``GradientBoostingClassifier`` with its defaults as
+  in disentanglement_lib (its numbers; slow with many factor values), or
+  ``"random_forest"`` (50 trees, every feature at each split,
+  ``min_samples_leaf=2``): about ten times faster, its own numbers.
 
   Args:
     ground_truth_data, representation_function, random_state, batch_size:
@@ -114,8 +108,7 @@ def compute_dci(
     num_train: training points.
     num_test: test points.
     importance: the importance model, one of ``IMPORTANCE_MODELS``.
-    n_jobs: threads for the per-factor fits (the scores do not depend on
-      it).
+    n_jobs: threads for the per-factor fits (same scores).
 
   Returns:
     Dict with ``disentanglement``, ``completeness``,
@@ -131,9 +124,8 @@ def compute_dci(
     (True, True)
 
   Raises:
-    ValueError: for an unknown importance model, a factor of several values
-      that takes a single value in the training sample, no factor with two
-      values, or malformed inputs.
+    ValueError: an unknown importance model, a factor constant in the
+      training sample, or malformed inputs.
   """
   if importance not in IMPORTANCE_MODELS:
     raise ValueError(
@@ -152,13 +144,8 @@ def compute_dci(
       batch_size=batch_size,
     )
   )
-  _LOG.info(
-    "DCI: fitting %d %s classifiers to %d points on %d thread(s)",
-    factors_train.shape[1],
-    importance,
-    num_train,
-    n_jobs,
-  )
+  num_factors = factors_train.shape[1]
+  _LOG.info("DCI: fitting %d %s classifiers", num_factors, importance)
   seed = sampling.seed_from(random_state)
   fits = sampling.map_fits(
     _fit_factor,

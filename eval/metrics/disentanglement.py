@@ -1,17 +1,13 @@
 """The disentanglement metrics as one suite, and the shared code table.
 
 * ``evaluate_suite`` runs every metric (``factor_vae`` in two conventions,
-  ``beta_vae``, ``mig``, ``dci``, ``sap``: disentanglement_lib's signature,
-  contract in ``eval.metrics.sampling``), yielding each one's scores with
-  its sample sizes and wall time.
-* ``tabulate``: for a finite data set whose observations are a deterministic
-  function of the factors (dSprites), encodes every factor combination once
-  and returns an equivalent (data, representation) pair whose metric calls
-  are table look-ups: one pass over dSprites' 737,280 images instead of the
-  suite's 3 million draws at its published sizes.
-
-Logging goes to ``logging.getLogger(__name__)``; the entry point configures
-it.
+  ``beta_vae``, ``mig``, ``dci``, ``sap``; contract in
+  ``eval.metrics.sampling``), yielding each one's scores, sample sizes and
+  wall time.
+* ``tabulate_all``: for data whose observations are a deterministic function
+  of the factors (dSprites), encodes every factor combination once; the
+  metrics then look codes up (737,280 images instead of the suite's 3
+  million draws).
 
 References:
   Locatello et al., "Challenging Common Assumptions in the Unsupervised
@@ -58,9 +54,8 @@ _QUICK_SIZES = {
 }
 
 _TITLES = {
-  "factor_vae/disentanglement_lib": (
-    "FactorVAE score, disentanglement_lib convention"
-  ),
+  "factor_vae/disentanglement_lib": "FactorVAE score, disentanglement_lib "
+  "convention",
   "factor_vae/paper": "FactorVAE score, paper convention",
   "beta_vae": "BetaVAE score",
   "mig": "MIG",
@@ -75,17 +70,9 @@ def _defaults(fn: Callable[..., Any], *names: str) -> dict[str, int]:
 
 
 def suite_sample_sizes(quick: bool = False) -> dict[str, dict[str, int]]:
-  """The sample sizes of each metric of the suite, by metric name.
-
-  ``quick=False``: the published ones (``FACTOR_VAE_CONVENTIONS`` and the
-  defaults of the ``compute_*`` functions, disentanglement_lib's gin
-  configs); ``quick=True``: FactorVAE L = 20, 200 / 100 votes and 1,000
-  variance images; BetaVAE 20 pairs, 200 / 100 points; MIG 1,000; DCI 300
-  / 150 and SAP 500 / 250 points.
-
-  Returns:
-    ``{metric name: {argument: size}}``, keyed as ``MetricResult.name`` and
-    the ``compute_*`` arguments.
+  """``{metric name: {compute_* argument: size}}`` of the suite: the
+  published sizes (``FACTOR_VAE_CONVENTIONS``, the ``compute_*`` defaults),
+  or with ``quick`` small ones for smoke runs.
 
   Examples:
     >>> sizes = suite_sample_sizes()
@@ -97,14 +84,12 @@ def suite_sample_sizes(quick: bool = False) -> dict[str, dict[str, int]]:
   """
   if quick:
     return {name: dict(sizes) for name, sizes in _QUICK_SIZES.items()}
-  sizes = {}
-  for convention, config in factor_vae.FACTOR_VAE_CONVENTIONS.items():
-    sizes[f"factor_vae/{convention}"] = {
-      "num_per_vote": config.num_per_vote,
-      "num_train": config.num_train,
-      "num_eval": config.num_eval,
-      "num_variance_estimate": config.num_variance_estimate,
+  sizes = {
+    f"factor_vae/{name}": {
+      k: v for k, v in dataclasses.asdict(conv).items() if k.startswith("num_")
     }
+    for name, conv in factor_vae.FACTOR_VAE_CONVENTIONS.items()
+  }
   sizes["beta_vae"] = _defaults(
     beta_vae.compute_beta_vae, "num_per_point", "num_train", "num_eval"
   )
@@ -112,11 +97,6 @@ def suite_sample_sizes(quick: bool = False) -> dict[str, dict[str, int]]:
   sizes["dci"] = _defaults(dci.compute_dci, "num_train", "num_test")
   sizes["sap"] = _defaults(sap.compute_sap, "num_train", "num_test")
   return sizes
-
-
-def _disable(progress: bool | None) -> bool | None:
-  """tqdm's ``disable`` for ``progress`` (``None``: tqdm's terminal test)."""
-  return None if progress is None else not progress
 
 
 def _num_images(name: str, sizes: Mapping[str, int]) -> int:
@@ -132,20 +112,8 @@ def _num_images(name: str, sizes: Mapping[str, int]) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class MetricResult:
-  """One metric of the suite.
-
-  Attributes:
-    name: e.g. ``"factor_vae/paper"``, ``"dci"``.
-    title: what a reader calls it, e.g. ``"FactorVAE score, paper
-      convention"``.
-    scores: flat scores, keyed for a results file:
-      ``factor_vae/{disentanglement_lib,paper}/{train_accuracy,
-      eval_accuracy,num_active_dims}``, ``beta_vae/{train,eval}_accuracy``,
-      ``mig``, ``dci/{disentanglement,completeness}``,
-      ``dci/informativeness_{train,test}`` or ``sap``.
-    sample_sizes: the sizes it ran at, keyed by ``compute_*`` argument.
-    seconds: its wall time.
-  """
+  """One metric of the suite: its name (``"dci"``), title, flat scores
+  (``dci/completeness``...), sample sizes and wall time."""
 
   name: str
   title: str
@@ -201,28 +169,13 @@ def evaluate_suite(
 ) -> Iterator[MetricResult]:
   """Runs every disentanglement metric, yielding each as it finishes.
 
-  The order (and so the draws from ``random_state``): FactorVAE in the
-  disentanglement_lib then the paper convention, BetaVAE, MIG, DCI, SAP.
-  A metric runs when the generator is asked for it. Each metric logs
-  ``metric k/n: <title> (<sizes>)`` before it starts and its time when it
-  ends (level INFO). Single-valued factors are dropped once, with one
-  warning.
-
-  Args:
-    ground_truth_data, representation_function, random_state, batch_size:
-      as in ``eval.metrics.sampling``.
-    kl_function: observations -> per-dimension KL ``[N, D]`` for the paper
-      convention's pruning; without it the paper convention prunes nothing.
-    quick: the small sample sizes of ``suite_sample_sizes(quick=True)``.
-    dci_importance: DCI's importance model (``dci.IMPORTANCE_MODELS``).
-    n_jobs: threads for the per-factor fits of DCI and SAP.
-    progress: show a tqdm bar of the images each metric encodes (``None``:
-      on when stderr is a terminal).
-    metrics: the names (``suite_sample_sizes`` keys) of the metrics to run,
-      still in the order above; ``None``: all six.
-
-  Yields:
-    One ``MetricResult`` per metric.
+  In this order (and so these draws from ``random_state``): FactorVAE in the
+  disentanglement_lib then the paper convention, BetaVAE, MIG, DCI, SAP;
+  ``metrics`` (``suite_sample_sizes`` keys) runs a subset in that order.
+  Each metric logs its start (with its sizes) and end at INFO.
+  ``kl_function`` (observations -> per-dimension KL ``[N, D]``) drives the
+  paper convention's pruning; ``progress`` shows a bar of the images each
+  metric encodes (``None``: on a terminal).
 
   Raises:
     ValueError: an unknown metric name, or as the ``compute_*`` functions.
@@ -259,7 +212,7 @@ def evaluate_suite(
       desc=f"{name}: images",
       unit="img",
       unit_scale=True,
-      disable=_disable(progress),
+      disable=None if progress is None else not progress,
       leave=False,
     ) as bar:
 
@@ -309,22 +262,11 @@ def tabulate(
   ground_truth_data: Any,
   representation_function: sampling.RepresentationFn,
   random_state: sampling.RandomState,
-  *,
-  batch_size: int = sampling.DEFAULT_BATCH_SIZE,
-  progress: bool | None = False,
+  **kwargs,
 ) -> tuple[Any, sampling.RepresentationFn]:
-  """Encodes every factor combination once; metrics then look codes up.
-
-  :func:`tabulate_all` of one function: returns ``(tabulated_data,
-  lookup_function)``.
-  """
-  data, (lookup,) = tabulate_all(
-    ground_truth_data,
-    [representation_function],
-    random_state,
-    batch_size=batch_size,
-    progress=progress,
-  )
+  """:func:`tabulate_all` of one function: ``(data, lookup)``."""
+  fns = [representation_function]
+  data, (lookup,) = tabulate_all(ground_truth_data, fns, random_state, **kwargs)
   return data, lookup
 
 
@@ -338,31 +280,22 @@ def tabulate_all(
 ) -> tuple[Any, list[sampling.RepresentationFn]]:
   """Renders every factor combination once and encodes it with each function.
 
-  Valid when each factor combination has one observation and
-  ``sample_observations_from_factors`` is deterministic (dSprites: 737,280
-  images, one per combination). Each returned pair ``(tabulated_data,
-  lookup)`` replaces ``(ground_truth_data, representation_function)`` in
-  every metric here: its observations are the flat factor indices ``[N,
-  1]`` (int64, row-major over ``factors_num_values``) and the lookup indexes
-  the code table ``[prod(factors_num_values), D]`` (the function's dtype).
-  The runs of a grid share one rendering pass this way.
-
-  Args:
-    ground_truth_data, random_state, batch_size: as in
-      ``eval.metrics.sampling``.
-    representation_functions: observations -> codes ``[N, D]``, each.
-    progress: show a tqdm bar of the images encoded (``None``: on when
-      stderr is a terminal).
+  Valid when each combination has one observation, rendered
+  deterministically (dSprites). Each ``(tabulated_data, lookup)`` replaces
+  ``(ground_truth_data, representation_function)`` in every metric: its
+  observations are the flat factor indices ``[N, 1]`` (row-major over
+  ``factors_num_values``), its lookup indexes the code table (in the
+  function's dtype). ``progress``: a bar (``None``: on a terminal).
 
   Returns:
-    ``(tabulated_data, [lookup_function per representation function])``.
+    ``(tabulated_data, [lookup per representation function])``.
 
   Raises:
-    ValueError: for malformed inputs, no function, or more than 2**26
-      combinations (the code table would not fit comfortably in memory).
+    ValueError: malformed inputs, no function, or more than 2**26
+      combinations.
   """
-  sampling.check_interface(
-    ground_truth_data, random_state, batch_size=batch_size
+  sampling.check_inputs(
+    ground_truth_data, random_state, drop=False, batch_size=batch_size
   )
   if not representation_functions:
     raise ValueError("tabulate_all needs at least one representation function.")
@@ -379,10 +312,7 @@ def tabulate_all(
   ).astype(np.int32)
   num = len(representation_functions)
   _LOG.info(
-    "encoding all %d factor combinations once (%d model%s)",
-    total,
-    num,
-    "" if num == 1 else "s",
+    "encoding all %d factor combinations once (%d model(s))", total, num
   )
   start = time.perf_counter()
   with tqdm.tqdm(
@@ -390,7 +320,7 @@ def tabulate_all(
     desc="encoding",
     unit="img",
     unit_scale=True,
-    disable=_disable(progress),
+    disable=None if progress is None else not progress,
   ) as bar:
 
     def counted(observations: np.ndarray) -> np.ndarray:
@@ -407,22 +337,10 @@ def tabulate_all(
     )
 
   seconds = time.perf_counter() - start
-  _LOG.info(
-    "encoded %d images in %.1f s (%.0f images/s)",
-    total,
-    seconds,
-    total / max(seconds, 1e-9),
-  )
+  _LOG.info("encoded %d images in %.1f s", total, seconds)
+  data = _TabulatedData(ground_truth_data, len(sizes), sizes)
+  return data, [functools.partial(_lookup, t) for t in tables]
 
-  def lookup_fn(table: np.ndarray) -> sampling.RepresentationFn:
-    def lookup(observations: np.ndarray) -> np.ndarray:
-      return table[np.asarray(observations)[:, 0]]
 
-    return lookup
-
-  data = _TabulatedData(
-    base=ground_truth_data,
-    num_factors=len(sizes),
-    factors_num_values=sizes,
-  )
-  return data, [lookup_fn(t) for t in tables]
+def _lookup(table: np.ndarray, observations: np.ndarray) -> np.ndarray:
+  return table[np.asarray(observations)[:, 0]]

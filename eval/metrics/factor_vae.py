@@ -29,15 +29,11 @@ __all__ = [
 class FactorVAEConvention:
   """Sample sizes and pruning rule of one FactorVAE-metric convention.
 
-  Attributes:
-    num_per_vote: images per vote (``L``), all sharing one factor value.
-    num_train: votes that train the majority-vote classifier.
-    num_eval: votes that evaluate it (the reported ``eval_accuracy``).
-    num_variance_estimate: images for the global per-dimension variances.
-    prune: ``"std"`` drops dimensions whose global std is below
-      ``threshold``; ``"kl"`` drops dimensions whose mean KL to the prior is
-      below ``threshold`` nats (needs ``kl_function`` or ``active_dims``).
-    threshold: the pruning threshold.
+  ``L = num_per_vote`` images per vote; ``num_train`` / ``num_eval`` votes
+  train / evaluate the majority-vote classifier; ``num_variance_estimate``
+  images give the global variances. ``prune="std"`` drops dimensions whose
+  global std is below ``threshold``, ``"kl"`` those whose mean KL to the
+  prior is below ``threshold`` nats.
   """
 
   num_per_vote: int
@@ -78,29 +74,20 @@ FACTOR_VAE_CONVENTIONS: Mapping[str, FactorVAEConvention] = (
 
 
 def _active_mask(active_dims: np.ndarray, num_codes: int) -> np.ndarray:
-  active_dims = np.asarray(active_dims)
-  if active_dims.dtype == bool:
-    if active_dims.shape != (num_codes,):
-      raise ValueError(
-        f"A boolean active_dims must have shape ({num_codes},), got "
-        f"{active_dims.shape}."
-      )
-    return active_dims.copy()
-  if active_dims.ndim != 1 or not np.issubdtype(active_dims.dtype, np.integer):
+  """A bool mask ``[D]`` from a mask or from indices, checked."""
+  dims = np.asarray(active_dims)
+  if dims.dtype == bool and dims.shape == (num_codes,):
+    return dims.copy()
+  if dims.ndim != 1 or not np.issubdtype(dims.dtype, np.integer):
     raise ValueError(
-      "active_dims must be a boolean mask [D] or a 1-D array of dimension "
-      f"indices, got dtype {active_dims.dtype} and shape {active_dims.shape}."
+      f"active_dims must be a boolean mask [{num_codes}] or a 1-D array of "
+      f"dimension indices, got dtype {dims.dtype} and shape {dims.shape}."
     )
-  if active_dims.size and (
-    active_dims.min() < 0 or active_dims.max() >= num_codes
-  ):
+  if dims.size and not 0 <= dims.min() <= dims.max() < num_codes:
     raise ValueError(
-      f"active_dims indices must lie in [0, {num_codes}), got "
-      f"{active_dims.tolist()}."
+      f"active_dims indices must lie in [0, {num_codes}), got {dims.tolist()}."
     )
-  mask = np.zeros(num_codes, bool)
-  mask[active_dims] = True
-  return mask
+  return np.isin(np.arange(num_codes), dims)
 
 
 def _convention(
@@ -227,35 +214,20 @@ def compute_factor_vae(
   """The FactorVAE disentanglement metric (majority-vote classifier accuracy).
 
   1. Global variances ``s_d^2`` of each code dimension over
-     ``num_variance_estimate`` random images; prune dimensions (below).
-  2. A vote: pick a factor ``k`` uniformly, draw ``num_per_vote`` images that
-     share the value of factor ``k``, and vote ``(k, argmin_d
-     Var_local(z_d) / s_d^2)`` over the active dimensions.
-  3. The classifier maps each dimension to the factor it received most
-     training votes for; the score is its accuracy on fresh evaluation votes.
+     ``num_variance_estimate`` images; prune dimensions.
+  2. A vote: pick a factor ``k``, draw ``num_per_vote`` images sharing its
+     value, vote ``(k, argmin_d Var_local(z_d) / s_d^2)`` over the active
+     dimensions.
+  3. Each dimension's class is the factor it got most training votes for;
+     the score is the accuracy on fresh evaluation votes.
 
-  The sizes and pruning rule come from ``FACTOR_VAE_CONVENTIONS[convention]``
-  (the keyword arguments override them). ``"paper"`` (the protocol the
-  AD-FactorVAE paper's dSprites scores follow) prunes dimensions collapsed
-  to the prior: pass ``kl_function`` (evaluated on the variance-estimate
-  images) or ``active_dims``; with neither, nothing is pruned.
-  ``active_dims`` overrides either rule; dimensions of zero global variance
-  are always dropped. With no active dimension both accuracies are 0, as in
-  disentanglement_lib.
-
-  Args:
-    ground_truth_data, representation_function, random_state, batch_size:
-      as in ``eval.metrics.sampling``.
-    convention: ``"disentanglement_lib"`` or ``"paper"``.
-    num_per_vote: images per vote, ``L``.
-    num_train: training votes.
-    num_eval: evaluation votes.
-    num_variance_estimate: images for the global variances.
-    prune_threshold: std threshold (``"std"`` pruning) or KL threshold in
-      nats (``"kl"`` pruning).
-    active_dims: bool ``[D]`` or int indices of the dimensions to keep.
-    kl_function: observations -> per-dimension ``KL(q(z_d|x) || N(0, 1))``
-      ``[N, D]``; paper convention only.
+  Sizes and pruning come from ``FACTOR_VAE_CONVENTIONS[convention]``, the
+  keyword arguments override them (``prune_threshold``: std or KL nats).
+  ``"paper"`` prunes dimensions collapsed to the prior by ``kl_function``
+  (observations -> per-dimension KL ``[N, D]``, on the variance images);
+  without it nothing is pruned. ``active_dims`` (bool ``[D]`` or indices)
+  overrides either rule; zero-variance dimensions are always dropped. No
+  active dimension scores 0, as in disentanglement_lib.
 
   Returns:
     Dict with ``train_accuracy``, ``eval_accuracy`` and ``num_active_dims``.
@@ -269,9 +241,8 @@ def compute_factor_vae(
     {'train_accuracy': 1.0, 'eval_accuracy': 1.0, 'num_active_dims': 5.0}
 
   Raises:
-    ValueError: for an unknown convention, a ``kl_function`` outside the
-      paper convention, bad ``active_dims``, no factor with two values, or
-      malformed inputs.
+    ValueError: an unknown convention, a ``kl_function`` outside the paper
+      convention, bad ``active_dims`` or malformed inputs.
   """
   config = _convention(
     convention,

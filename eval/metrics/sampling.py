@@ -1,27 +1,20 @@
 """What the disentanglement metrics share: checks, sampling and fitting.
 
-Every metric (``factor_vae``, ``beta_vae``, ``mig``, ``dci``, ``sap``) sees
-a ground-truth data object, a representation function and a random state,
-with google-research/disentanglement_lib's contract:
+Every metric (``factor_vae``, ``beta_vae``, ``mig``, ``dci``, ``sap``) has
+google-research/disentanglement_lib's contract:
 
-* ``ground_truth_data`` has ``num_factors``, ``factors_num_values`` (list of
-  ints), ``sample_factors(num, random_state) -> int [num, num_factors]`` and
+* ``ground_truth_data``: ``num_factors``, ``factors_num_values``,
+  ``sample_factors(num, random_state) -> int [num, num_factors]`` and
   ``sample_observations_from_factors(factors, random_state) -> [num, H, W,
   C]``; optionally ``factor_names`` (used in messages).
-* ``representation_function(observations) -> [num, D]`` is a NumPy function
-  (e.g. a jitted encoder's posterior mean), always called on chunks of at
-  most ``batch_size`` observations.
-* ``random_state`` is a ``np.random.RandomState`` (a ``np.random.Generator``
-  is accepted too). Nothing is seeded globally.
-* ``batch_size``: observations per representation call (FactorVAE and
-  BetaVAE: whole votes or points per call, :func:`represent_groups`).
+* ``representation_function(observations) -> [num, D]``, a NumPy function
+  called on chunks of at most ``batch_size`` observations.
+* ``random_state``: a ``np.random.RandomState`` (or ``Generator``).
 
-Every metric first drops single-valued factors, with one
-``ConstantFactorWarning`` (:func:`drop_constant_factors`).
-
-The samplers draw the factors of all votes in one call and batch the
-observations, where disentanglement_lib draws one mini-batch per vote: the
-scores equal disentanglement_lib's in distribution, not bit for bit.
+Single-valued factors are dropped first, with one ``ConstantFactorWarning``.
+The factors of all votes are drawn in one call (disentanglement_lib draws
+one mini-batch per vote): the scores equal its in distribution, not bit for
+bit.
 
 References:
   disentanglement_lib: evaluation/metrics/utils.py,
@@ -68,14 +61,16 @@ def check_positive(minimum: int = 1, **counts: int) -> None:
       raise ValueError(f"{name} must be an integer >= {minimum}, got {value}.")
 
 
-def check_interface(
-  ground_truth_data: Any, random_state: Any, **counts: int
-) -> None:
-  """Raises ValueError for an incomplete ground-truth interface, a random
-  state that is not NumPy's, or a count below 1."""
-  missing = [
-    name for name in _INTERFACE if not hasattr(ground_truth_data, name)
-  ]
+def check_inputs(
+  ground_truth_data: Any, random_state: Any, *, drop: bool = True, **counts
+) -> Any:
+  """Checks the interface, the random state and the counts (>= 1); returns
+  the data without its single-valued factors (with ``drop``).
+
+  Raises:
+    ValueError: naming what is missing or wrong.
+  """
+  missing = [n for n in _INTERFACE if not hasattr(ground_truth_data, n)]
   if missing:
     raise ValueError(
       f"ground_truth_data lacks {missing}; it must provide num_factors, "
@@ -89,22 +84,12 @@ def check_interface(
       "np.random.RandomState(0)."
     )
   check_positive(**counts)
-
-
-def check_inputs(
-  ground_truth_data: Any, random_state: Any, **counts: int
-) -> Any:
-  """The checks every metric starts with (:func:`check_interface`); returns
-  the data without its single-valued factors (:func:`drop_constant_factors`).
-  """
-  check_interface(ground_truth_data, random_state, **counts)
-  return drop_constant_factors(ground_truth_data)
+  return drop_constant_factors(ground_truth_data) if drop else None
 
 
 def factor_label(ground_truth_data: Any, index: int) -> str:
-  """``"factor 2 ('orientation')"``, or ``"factor 2"`` without names; the
-  index is the one of the data as the user gave it, also in a view without
-  its single-valued factors."""
+  """``"factor 2 ('orientation')"`` (or ``"factor 2"``), indexed as in the
+  data the user gave, also through a view without single-valued factors."""
   if isinstance(ground_truth_data, _WithoutFactors):
     return factor_label(ground_truth_data.base, ground_truth_data.keep[index])
   names = getattr(ground_truth_data, "factor_names", None)
@@ -122,12 +107,7 @@ def check_sample(
   min_codes: int = 1,
 ) -> None:
   """Raises ValueError for fewer than ``min_codes`` code dimensions, or
-  naming a factor that takes one value in ``factors`` (the sample is too
-  small, or the data's ``sample_factors`` never varies it).
-
-  ``metric`` and ``sample`` name them in the message, e.g. ``"MIG"`` and
-  ``"samples"``.
-  """
+  naming a factor that takes one value in the sample ``factors``."""
   if codes.shape[1] < min_codes:
     raise ValueError(
       f"{metric} needs at least {min_codes} code dimensions, got "
@@ -184,23 +164,13 @@ class _WithoutFactors:
 
 
 def drop_constant_factors(ground_truth_data: Any) -> Any:
-  """Drops factors with a single value, with a warning that names them.
-
-  A single-valued factor carries no information: the votes that fix it are
-  noise, its entropy (MIG's normaliser) is 0 and a classifier of it has one
-  class. disentanglement_lib's dSprites leaves out its constant colour
-  factor in the same way.
-
-  Returns:
-    ``ground_truth_data`` itself when every factor has two values or more,
-    else a view without the single-valued factors.
-
-  Warns:
-    ConstantFactorWarning: naming the dropped factors.
+  """The data, or a view of it without its single-valued factors, with a
+  ``ConstantFactorWarning`` naming them (they carry no information: as
+  disentanglement_lib's dSprites leaves out its colour).
 
   Raises:
-    ValueError: when no factor has two values or more, or
-      ``factors_num_values`` does not have ``num_factors`` entries.
+    ValueError: no factor has two values, or ``factors_num_values`` does
+      not have ``num_factors`` entries.
   """
   sizes = [int(v) for v in ground_truth_data.factors_num_values]
   if len(sizes) != ground_truth_data.num_factors:
@@ -246,14 +216,14 @@ def sample_factors(
   ground_truth_data: Any, num: int, random_state: RandomState
 ) -> np.ndarray:
   """``ground_truth_data.sample_factors``, checked: a writable copy."""
-  factors = np.asarray(ground_truth_data.sample_factors(num, random_state))
+  factors = np.array(ground_truth_data.sample_factors(num, random_state))
   expected = (num, ground_truth_data.num_factors)
   if factors.shape != expected:
     raise ValueError(
       f"sample_factors({num}) returned shape {factors.shape}, expected "
       f"{expected} ([num, num_factors])."
     )
-  return factors.copy()
+  return factors
 
 
 def represent(
@@ -307,12 +277,9 @@ def sample_codes(
 ) -> tuple[np.ndarray, np.ndarray]:
   """Returns ``(codes [num_points, D], factors [num_points, F])``."""
   factors = sample_factors(ground_truth_data, num_points, random_state)
+  fns = [representation_function]
   (codes,) = represent(
-    ground_truth_data,
-    [representation_function],
-    factors,
-    random_state,
-    batch_size,
+    ground_truth_data, fns, factors, random_state, batch_size
   )
   return codes, factors
 
@@ -329,13 +296,8 @@ def sample_train_test_codes(
   n_jobs: int | None,
   batch_size: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-  """The preamble of DCI and SAP: :func:`check_inputs`, a training and a
-  test sample of codes (in disentanglement_lib's order, from one random
-  state), and :func:`check_sample` of the training sample.
-
-  Returns:
-    ``(codes_train, factors_train, codes_test, factors_test)``.
-  """
+  """DCI's and SAP's ``(codes_train, factors_train, codes_test,
+  factors_test)``, drawn in disentanglement_lib's order, checked."""
   data = check_inputs(
     ground_truth_data,
     random_state,
@@ -345,16 +307,10 @@ def sample_train_test_codes(
     batch_size=batch_size,
   )
   args = (data, representation_function)
-  codes_train, factors_train = sample_codes(
-    *args, num_train, random_state, batch_size
-  )
-  codes_test, factors_test = sample_codes(
-    *args, num_test, random_state, batch_size
-  )
-  check_sample(
-    data, codes_train, factors_train, metric, "training points", min_codes
-  )
-  return codes_train, factors_train, codes_test, factors_test
+  train = sample_codes(*args, num_train, random_state, batch_size)
+  test = sample_codes(*args, num_test, random_state, batch_size)
+  check_sample(data, *train, metric, "training points", min_codes)
+  return (*train, *test)
 
 
 def represent_groups(
@@ -395,21 +351,13 @@ def map_fits(
   *,
   what: str,
 ) -> list[Any]:
-  """``[fn(*item) for item in items]`` over ``n_jobs`` threads, for the
-  independent estimator fits of a metric (one per factor).
+  """``[fn(*item) for item in items]`` over ``n_jobs`` threads (the
+  per-factor estimator fits of a metric; results do not depend on
+  ``n_jobs``).
 
-  sklearn fits in compiled code that releases the GIL, so threads use the
-  cores; BLAS and OpenMP pools are limited to one thread meanwhile, so that
-  the jobs, not spinning estimator pools, use them (timings:
-  bench/README.md). The results do not depend on ``n_jobs``. sklearn's
-  ``ConvergenceWarning`` s are summed up in one ``ConvergenceWarning`` that
-  names ``what`` (e.g. ``"SAP: LinearSVC fits"``); other warnings pass.
-
-  Returns:
-    The values of ``fn``, in the order of ``items``.
-
-  Raises:
-    ValueError: for ``n_jobs`` below 1.
+  sklearn fits release the GIL, so threads use the cores; BLAS and OpenMP
+  pools are limited to one thread meanwhile (bench/README.md). sklearn's
+  ``ConvergenceWarning`` s are summed up in one that names ``what``.
   """
   check_positive(n_jobs=n_jobs)
   items = list(items)
