@@ -73,22 +73,19 @@ def load(
 ) -> image_mask.ImageMaskSource:
   """Loads a custom anomaly data set laid out as in the module docstring.
 
-  Records are those of `vae_attn.data.mvtec.load`, ``"has_mask"`` 0 for
-  defect images when there is no mask folder.
+  Records are those of `vae_attn.data.mvtec.load`.
 
   Args:
     root: the data set folder.
     split: "train" or "test".
     image_size: output size, an int or ``(height, width)``.
-    train_dir: the normal training images, relative to ``root``.
-    test_dir: the test folder, relative to ``root``.
+    train_dir, test_dir: the normal training images and the test folder,
+      relative to ``root``.
     mask_dir: the mask folder, relative to ``root``; it must exist. None:
       ``masks/`` or ``ground_truth/``, whichever exists (both: an error;
       neither: no masks, with a warning).
     normal_name: the name of the normal test folder.
-    augment: attach the MVTec-AD augmentation (see `mvtec.load`).
-    seed: folded into the augmentation's random stream.
-    allow_empty_masks: keep defect images whose mask has no anomalous pixel.
+    augment, seed, allow_empty_masks: as `image_mask.ImageMaskSource`.
 
   Raises:
     DataError: the layout is missing, or a file breaks a rule of the module
@@ -130,7 +127,7 @@ def load(
       suffixes=("", "_mask"),
       layout=layout,
     )
-  return image_mask.image_mask_source(
+  return image_mask.ImageMaskSource(
     found,
     image_size=size,
     name=f"folder:{os.path.basename(os.fspath(root))}/{split}",

@@ -1,10 +1,9 @@
 """Image-and-mask data sets: walking a folder layout, pairing, the source.
 
-A loader walks its layout into a list of `Entry` (image file, mask file or
-none, label, defect type), checked by the rules below, and wraps the list in
-an `ImageMaskSource`, which decodes and resizes the files on first access
-and keeps the resized uint8 arrays in memory. Every inconsistency raises
-`DataError` naming the file and the fix.
+A loader walks its layout into a list of `Entry`, and `ImageMaskSource`
+checks the files when it is built (every inconsistency a one-line
+`DataError` naming the file and the fix), then decodes and resizes each
+image and mask on first access and keeps the uint8 arrays in memory.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -30,7 +29,7 @@ class Entry:
     image: the image file.
     mask: the mask file; None for an all-zero mask (normal images) or an
       unknown one (``has_mask=False``).
-    label: 0 normal, 1 anomalous.
+    label: 0 normal, 1 anomalous, -1 anomalous iff the mask marks a pixel.
     defect_type: "good" or the defect folder name.
     has_mask: whether the mask (file or all-zero) is ground truth.
     extra: additional int fields of the record (e.g. a frame number).
@@ -89,10 +88,10 @@ def walk_test_split(
 ) -> list[Entry]:
   """The test split of an MVTec-AD-like layout, normal folder first.
 
-  ``<test_dir>/<normal_name>/`` holds normal images (all-zero masks); each
-  other sub-folder a defect type, whose images are paired with the masks in
-  ``<mask_root>/<defect_type>/`` (`pair_masks`). With ``mask_root`` None
-  the defect images get ``has_mask=False``.
+  ``<test_dir>/<normal_name>/`` holds normal images (all-zero masks), each
+  other sub-folder a defect type, its images paired with the masks in
+  ``<mask_root>/<defect_type>/`` (`pair_masks`; ``mask_root`` None: defect
+  images get ``has_mask=False``).
 
   Raises:
     DataError: no sub-folders, an empty folder, a mask folder of no test
@@ -135,8 +134,6 @@ def pair_masks(
   layout: str,
 ) -> list[str]:
   """The mask of each image: ``<mask_folder>/<stem><suffix>.<any ext>``.
-
-  ``suffixes``: ``("_mask",)`` in MVTec-AD, ``("",)`` for equal stems.
 
   Raises:
     DataError: the mask folder is missing, an image has no mask, a mask has
@@ -185,11 +182,8 @@ def pair_masks(
 def _check_mask_root(
   mask_root: str, types: Sequence[str], test_dir: str, normal_name: str
 ) -> None:
-  """Refuses mask folders of no test folder, and masks of normal images.
-
-  All-zero masks under ``<mask_root>/<normal_name>/`` are ignored with a
-  warning (normal images get all-zero masks anyway).
-  """
+  """Refuses mask folders of no test folder, and masks of normal images
+  that mark pixels (all-zero ones are ignored, with a warning)."""
   if not os.path.isdir(mask_root):
     return
   for name in subfolders(mask_root):
@@ -219,68 +213,32 @@ def _check_mask_root(
     )
 
 
-def _check_masks_not_empty(entries: Sequence[Entry]) -> None:
-  """Refuses defect images (label 1) whose mask has no anomalous pixel."""
-  for entry in entries:
-    if entry.label != 1 or entry.mask is None:
-      continue
-    if not images.read_mask(entry.mask).any():
-      raise base.DataError(
-        f"Mask {entry.mask} of defect image {entry.image} is empty (every "
-        "pixel 0, so none is anomalous). Draw the defect in the mask, move "
-        "the image to the normal folder if it has none, or allow empty "
-        "masks (allow_empty_masks=True; --allow-empty-masks)."
-      )
-
-
-def check_mask_files(entries: Sequence[Entry]) -> None:
-  """Checks each mask's size against its image's (header reads only).
-
-  Warns once, naming the first file and the count, when masks are stored
-  lossily (JPEG): compression noise counts as anomalous pixels.
-
-  Raises:
-    DataError: a mask's size differs from its image's.
-  """
-  lossy = []
-  for entry in entries:
-    if entry.mask is None:
-      continue
-    image_hw = images.image_size_of(entry.image)
-    mask_hw = images.image_size_of(entry.mask)
-    if image_hw != mask_hw:
-      raise base.DataError(
-        f"Mask {entry.mask} is {mask_hw[0]}x{mask_hw[1]} (HxW) but its image "
-        f"{entry.image} is {image_hw[0]}x{image_hw[1]}. Masks must have "
-        "their image's size."
-      )
-    if images.is_lossy(entry.mask):
-      lossy.append(entry.mask)
-  if lossy:
-    warnings.warn(
-      f"{len(lossy)} mask(s) are stored lossily (JPEG), e.g. {lossy[0]}: "
-      "every non-zero value is anomalous, so compression noise around a "
-      "defect counts as defect pixels. Save the masks losslessly (PNG).",
-      stacklevel=2,
-    )
-
-
 class ImageMaskSource:
-  """Images with pixel masks, decoded and resized on first access.
+  """Images with pixel masks, checked when built, decoded on first access.
 
-  Records: ``"image"`` float32 ``[H, W, C]`` in [0, 1]; ``"mask"`` float32
-  ``[H, W, 1]`` in {0, 1}; ``"label"`` int32 (0 normal, 1 anomalous);
-  ``"has_mask"`` int32 (1 when the mask is ground truth, 0 when unknown and
-  therefore zero); ``"defect_type"`` and ``"path"`` 0-d str arrays; plus the
-  entries' extra int32 fields. ``augment`` is carried as ``source.augment``
-  for `vae_attn.data.pipeline.batches`; ``source[i]`` is never augmented.
+  Records: ``"image"`` float32 ``[H, W, channels]`` in [0, 1]; ``"mask"``
+  float32 ``[H, W, 1]`` in {0, 1}; ``"label"`` int32 (0 normal, 1
+  anomalous); ``"has_mask"`` int32 (0: the mask is unknown, all zero);
+  ``"defect_type"`` and ``"path"`` 0-d str arrays; the entries' extra int32
+  fields. ``source.augment`` is the augmentation `pipeline.batches` applies;
+  ``source[i]`` is never augmented.
 
   Args:
     entries: the records, in order.
     image_size: output ``(height, width)``.
-    channels: 1 (grey) or 3 (RGB; grey files are promoted).
     name: a short name for messages.
-    augment: optional ``fn(record, rng) -> record``.
+    channels: 3 (RGB; grey files promoted) or 1 (grey).
+    augment: attach `images.rotate_and_mirror`, ``seed`` in its stream.
+    seed: folded into the augmentation's random stream.
+    allow_empty_masks: keep defect images (label 1) whose mask marks no
+      pixel.
+    check_images: read every image's header now (else only those with a
+      mask; the others fail when first read).
+
+  Raises:
+    DataError: no entries, an unreadable image header, a mask of another
+      size than its image's, or an empty mask. Warns once when masks are
+      stored lossily (JPEG noise counts as anomalous pixels).
   """
 
   def __init__(
@@ -288,18 +246,59 @@ class ImageMaskSource:
     entries: Sequence[Entry],
     *,
     image_size: tuple[int, int],
-    channels: int,
     name: str,
-    augment: Callable[[base.Record, np.random.Generator], base.Record]
-    | None = None,
+    channels: int = 3,
+    augment: bool = False,
+    seed: int = 0,
+    allow_empty_masks: bool = False,
+    check_images: bool = True,
   ):
     if not entries:
       raise base.DataError(f"{name}: no images found.")
+    if check_images:
+      for entry in entries:
+        images.image_size_of(entry.image)
+    lossy = []
+    for entry in entries:
+      if entry.mask is None:
+        continue
+      image_hw = images.image_size_of(entry.image)
+      mask_hw = images.image_size_of(entry.mask)
+      if image_hw != mask_hw:
+        raise base.DataError(
+          f"Mask {entry.mask} is {mask_hw[0]}x{mask_hw[1]} (HxW) but its "
+          f"image {entry.image} is {image_hw[0]}x{image_hw[1]}. Masks must "
+          "have their image's size."
+        )
+      if images.is_lossy(entry.mask):
+        lossy.append(entry.mask)
+    if lossy:
+      warnings.warn(
+        f"{len(lossy)} mask(s) are stored lossily (JPEG), e.g. {lossy[0]}: "
+        "every non-zero value is anomalous, so compression noise around a "
+        "defect counts as defect pixels. Save the masks losslessly (PNG).",
+        stacklevel=3,
+      )
+    for entry in entries:
+      if allow_empty_masks or entry.label != 1 or entry.mask is None:
+        continue
+      if not images.read_mask(entry.mask).any():
+        raise base.DataError(
+          f"Mask {entry.mask} of defect image {entry.image} is empty (every "
+          "pixel 0, so none is anomalous). Draw the defect in the mask, move "
+          "the image to the normal folder if it has none, or allow empty "
+          "masks (allow_empty_masks=True; --allow-empty-masks)."
+        )
     self._entries = list(entries)
-    self.image_size = image_size
-    self.channels = channels
-    self.name = name
-    self.augment = augment
+    self.image_size, self.channels, self.name = image_size, channels, name
+    self.augment = None
+    if augment:
+
+      def seeded_augment(record, rng: np.random.Generator) -> base.Record:
+        rng = np.random.default_rng([seed, int(rng.integers(0, 2**63 - 1))])
+        return images.rotate_and_mirror(record, rng)
+
+      self.augment = seeded_augment
     self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
   @property
@@ -328,51 +327,18 @@ class ImageMaskSource:
     index = base.check_index(index, len(self), self.name)
     entry = self._entries[index]
     image, mask = self._decode(index)
+    label, defect_type = entry.label, entry.defect_type
+    if label == -1:  # Labelled by its mask.
+      label = int(mask.any())
+      defect_type = "anomaly" if label else NORMAL
     record = {
       "image": image.astype(np.float32) / 255.0,
       "mask": mask.astype(np.float32),
-      "label": np.int32(entry.label),
+      "label": np.int32(label),
       "has_mask": np.int32(entry.has_mask),
-      "defect_type": np.array(entry.defect_type),
+      "defect_type": np.array(defect_type),
       "path": np.array(entry.image),
     }
     for key, value in entry.extra:
       record[key] = np.int32(value)
     return record
-
-
-def image_mask_source(
-  found: Sequence[Entry],
-  *,
-  image_size,
-  name: str,
-  augment: bool,
-  seed: int,
-  allow_empty_masks: bool = False,
-) -> ImageMaskSource:
-  """Checks the images and masks of ``found``; returns their RGB source.
-
-  Every image must be readable, every mask its image's size and, unless
-  ``allow_empty_masks``, mark an anomalous pixel. ``augment`` attaches
-  `images.rotate_and_mirror`, with ``seed`` in its random stream.
-
-  Raises:
-    DataError: as `check_mask_files` and `_check_masks_not_empty`.
-  """
-  for entry in found:
-    images.image_size_of(entry.image)
-  check_mask_files(found)
-  if not allow_empty_masks:
-    _check_masks_not_empty(found)
-
-  def seeded_augment(record, rng: np.random.Generator) -> base.Record:
-    key = int(rng.integers(0, 2**63 - 1))
-    return images.rotate_and_mirror(record, np.random.default_rng([seed, key]))
-
-  return ImageMaskSource(
-    found,
-    image_size=image_size,
-    channels=3,
-    name=name,
-    augment=seeded_augment if augment else None,
-  )

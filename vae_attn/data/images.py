@@ -1,19 +1,15 @@
 """Image and mask files: reading, resizing, binarising, augmenting.
 
-Every failure raises `DataError` naming the file, the problem and the fix.
-The reading rules, the same for every loader (docs/data.md):
+The reading rules of every loader (docs/data.md); each failure raises a
+one-line `DataError` naming the file and the fix:
 
-- Orientation: an EXIF orientation tag is applied
-  (``PIL.ImageOps.exif_transpose``); `image_size_of` reports the upright
-  size.
-- Bit depth: 16-bit grey (Pillow modes ``I;16*``, and ``I`` with values in
-  [0, 65535]) is scaled by ``v * 255 / 65535``. 32-bit float (``F``) and
-  32-bit integers outside [0, 65535] are refused: no range defines them.
-- Size: images above ``PIL.Image.MAX_IMAGE_PIXELS`` pixels are refused.
-- Masks (`read_mask`): a pixel is anomalous when its value is not zero (the
-  MVTec-AD evaluation's rule): grey values != 0; colours (``RGB``, ``P``
-  through its palette, ...) with any channel != 0; with an alpha channel a
-  fully transparent pixel is background (read as drawn over black).
+- An EXIF orientation tag is applied (`image_size_of` gives the upright
+  size). 16-bit grey (Pillow ``I;16*``, and ``I`` in [0, 65535]) is scaled by
+  ``v * 255 / 65535``; 32-bit float (``F``) and other 32-bit integers are
+  refused. Images above ``PIL.Image.MAX_IMAGE_PIXELS`` are refused.
+- A mask pixel is anomalous when its value is not zero (MVTec-AD's rule):
+  grey values, any colour channel (``P`` through its palette); with alpha, a
+  fully transparent pixel is background.
 """
 
 from __future__ import annotations
@@ -43,11 +39,7 @@ _LOSSY_TIFF = ("jpeg", "tiff_jpeg")  # TIFF compressions that are lossy.
 
 
 def list_images(folder: str | os.PathLike) -> list[str]:
-  """Image files (by extension) directly in ``folder``, sorted by name.
-
-  Hidden files (``.name``, e.g. macOS ``._001.tif`` resource forks) are
-  skipped.
-  """
+  """Image files (by extension, not hidden) directly in ``folder``, sorted."""
   folder = os.fspath(folder)
   return sorted(
     os.path.join(folder, f)
@@ -64,7 +56,6 @@ def stem(path: str) -> str:
 
 
 def _too_large(path: str, error: Exception) -> base.DataError:
-  """The error for an image above Pillow's decompression-bomb limit."""
   # Pillow's message: "Image size (N pixels) exceeds limit of M pixels, ..."
   found = re.search(r"\((\d+) pixels\)", str(error))
   pixels = f"{int(found[1]):,} pixels" if found else "too many pixels"
@@ -90,17 +81,6 @@ def _unreadable(path: str, error: Exception) -> base.DataError:
   )
 
 
-def _orientation(im: Image.Image) -> int:
-  """The EXIF orientation (1-8) of an opened image, read from its header."""
-  if im.format == "PNG" and not (
-    "exif" in im.info or "Raw profile type exif" in im.info
-  ):
-    # An eXIf chunk after the pixel data would need a full decode; Pillow
-    # and other writers put it before them.
-    return 1
-  return int(im.getexif().get(ExifTags.Base.Orientation, 1))
-
-
 @contextlib.contextmanager
 def _opened(path: str) -> Iterator[Image.Image]:
   """``Image.open(path)``, its errors raised as one-line `DataError`."""
@@ -120,7 +100,13 @@ def _header(path: str) -> tuple[tuple[int, int], bool]:
   """The upright ``(height, width)`` and whether the pixels are lossy."""
   with _opened(path) as im:
     width, height = im.size
-    if _orientation(im) in _TRANSPOSED:
+    # A PNG's eXIf chunk after the pixel data would need a full decode;
+    # Pillow and other writers put it before them.
+    if (
+      im.format != "PNG"
+      or "exif" in im.info
+      or "Raw profile type exif" in im.info
+    ) and int(im.getexif().get(ExifTags.Base.Orientation, 1)) in _TRANSPOSED:
       width, height = height, width
     lossy = im.format in _LOSSY_FORMATS or (
       im.info.get("compression") in _LOSSY_TIFF
@@ -129,17 +115,16 @@ def _header(path: str) -> tuple[tuple[int, int], bool]:
 
 
 def image_size_of(path: str) -> tuple[int, int]:
-  """Reads only the header of an image: its upright ``(height, width)``.
+  """The upright ``(height, width)`` of an image, from its header only.
 
   Raises:
-    DataError: the file is missing, not an image PIL can identify, or above
-      Pillow's decompression-bomb limit.
+    DataError: missing, not an image, or above Pillow's pixel limit.
   """
   return _header(path)[0]
 
 
 def is_lossy(path: str) -> bool:
-  """Whether a file stores its pixels lossily: JPEG, or JPEG-in-TIFF.
+  """Whether a file's pixels are lossy (JPEG, JPEG-in-TIFF); its header only.
 
   Raises:
     DataError: as `image_size_of`.
@@ -183,12 +168,11 @@ def read_image(
 
   Args:
     path: the image file (read by the module's rules).
-    channels: 1 (colour reduced to ITU-R 601 luma) or 3 (grey promoted).
-    size: output ``(height, width)`` or one int for a square; None keeps it.
+    channels: 1 (colour to ITU-R 601 luma) or 3 (grey promoted).
+    size: ``(height, width)`` or an int for a square; None keeps it.
 
   Raises:
-    DataError: the file cannot be decoded, is too large, or has a bit depth
-      without a defined range (32-bit float or integer).
+    DataError: by the module's rules.
   """
   if channels not in (1, 3):
     raise ValueError(f"channels must be 1 or 3, got {channels}.")
@@ -205,35 +189,26 @@ def read_image(
   return arr[..., None] if channels == 1 else arr
 
 
-def _binarize_mask(arr: np.ndarray) -> np.ndarray:
-  """uint8 ``[H, W]``: 1 where a value (``[H, W]``) or any channel is not 0."""
-  arr = np.asarray(arr)
-  out = arr != 0
-  if arr.ndim == 3:
-    out = out.any(axis=-1)
-  return out.astype(np.uint8)
-
-
 def _mask_from_image(im: Image.Image, path: str) -> np.ndarray:
   """The anomalous pixels (uint8 ``[H, W]`` in {0, 1}) of a mask image."""
   if im.mode in ("P", "PA"):  # Palette colours, with any transparent index.
     im = im.convert("RGBA")
-  if im.mode in _GREY_MODES:
-    arr = np.asarray(im)
-    if im.mode == "F" and not np.isfinite(arr).all():
-      raise base.DataError(
-        f"Mask {path} holds NaN or infinite values. Save it with 0 for "
-        "normal and a non-zero value for anomalous pixels."
-      )
-    return _binarize_mask(arr)
-  if im.mode in _ALPHA_MODES:
-    arr = np.asarray(im)
-    drawn = arr[..., -1] != 0  # Fully transparent pixels are background.
-    return (_binarize_mask(arr[..., :-1]) & drawn).astype(np.uint8)
-  try:
-    return _binarize_mask(np.asarray(im.convert("RGB")))
-  except ValueError as e:
-    raise _unreadable(path, e) from e
+  if im.mode not in (*_GREY_MODES, *_ALPHA_MODES):
+    try:
+      im = im.convert("RGB")
+    except ValueError as e:
+      raise _unreadable(path, e) from e
+  arr = np.asarray(im)
+  if im.mode == "F" and not np.isfinite(arr).all():
+    raise base.DataError(
+      f"Mask {path} holds NaN or infinite values. Save it with 0 for "
+      "normal and a non-zero value for anomalous pixels."
+    )
+  drawn = True
+  if im.mode in _ALPHA_MODES:  # Fully transparent pixels are background.
+    arr, drawn = arr[..., :-1], arr[..., -1] != 0
+  out = arr != 0
+  return ((out.any(axis=-1) if arr.ndim == 3 else out) & drawn).astype(np.uint8)
 
 
 def read_mask(
@@ -242,7 +217,7 @@ def read_mask(
   """Reads a mask as uint8 ``[H, W, 1]`` in {0, 1}, resized (nearest).
 
   Raises:
-    DataError: the file cannot be decoded or holds NaN.
+    DataError: by the module's rules, or the mask holds NaN.
   """
   arr = _mask_from_image(_open_upright(path), path)
   if size is not None:
@@ -256,7 +231,7 @@ def read_mask(
 
 
 def check_image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
-  """Validates an ``image_size`` argument: one int or ``(height, width)``.
+  """``(height, width)`` of an ``image_size``, an int or a pair of ints.
 
   Raises:
     ValueError: not an int or a pair of ints, or not positive.
@@ -284,11 +259,10 @@ def rotate_and_mirror(
 ) -> base.Record:
   """The paper's MVTec-AD augmentation: random rotation and mirroring.
 
-  Rotates ``"image"`` ``[H, W, C]`` (bilinear) and ``"mask"`` ``[H, W, 1]``
-  (nearest, optional) by one angle uniform in ``[-max_degrees,
-  max_degrees]`` about the centre; corners rotated in get the median border
-  colour and mask 0; then flips both left-right with probability 1/2.
-  Returns a new record; other fields are unchanged.
+  Rotates ``"image"`` ``[H, W, C]`` (bilinear) and the optional ``"mask"``
+  ``[H, W, 1]`` (nearest) by one angle uniform in ``[-max_degrees,
+  max_degrees]`` (corners rotated in: the median border colour, mask 0),
+  then flips both left-right with probability 1/2; a new record.
   """
   angle = float(rng.uniform(-max_degrees, max_degrees))
   flip = bool(rng.random() < 0.5)

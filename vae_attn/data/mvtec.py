@@ -1,17 +1,9 @@
-"""MVTec-AD (Bergmann et al., CVPR 2019) from its folder layout.
+"""MVTec-AD (Bergmann et al., CVPR 2019) from its folder layout (`LAYOUT`).
 
-Layout (as the data set unpacks)::
-
-  <root>/<category>/train/good/NNN.png
-  <root>/<category>/test/good/NNN.png
-  <root>/<category>/test/<defect_type>/NNN.png
-  <root>/<category>/ground_truth/<defect_type>/NNN_mask.png
-
-Masks are paired with images by file stem (``NNN`` -> ``NNN_mask``) and
-``good`` images get all-zero masks, by the rules of
-`vae_attn.data.image_mask`; pixels are read by those of
-`vae_attn.data.images`. Grey categories (grid, screw, zipper) are promoted
-to RGB. The offline set of `vae_attn.data.textures` uses this layout too.
+Masks pair with images by stem (``NNN`` -> ``NNN_mask``) and ``good`` images
+get all-zero masks (`vae_attn.data.image_mask`); pixels are read by the rules
+of `vae_attn.data.images`, grey categories promoted to RGB. The offline set of
+`vae_attn.data.textures` uses this layout too.
 """
 
 from __future__ import annotations
@@ -21,22 +13,9 @@ from collections.abc import Sequence
 
 from vae_attn.data import base, image_mask, images
 
-CATEGORIES = (
-  "bottle",
-  "cable",
-  "capsule",
-  "carpet",
-  "grid",
-  "hazelnut",
-  "leather",
-  "metal_nut",
-  "pill",
-  "screw",
-  "tile",
-  "toothbrush",
-  "transistor",
-  "wood",
-  "zipper",
+CATEGORIES = tuple(
+  "bottle cable capsule carpet grid hazelnut leather metal_nut pill screw "
+  "tile toothbrush transistor wood zipper".split()
 )
 
 LAYOUT = """\
@@ -50,11 +29,7 @@ and pass the unpacked folder as root, or use the offline set:
 
 
 def _require_root(root: str) -> str:
-  """Returns ``root`` if it is a folder, else raises naming the problem.
-
-  Raises:
-    DataError: ``root`` does not exist or is a file.
-  """
+  """``root`` if it is a folder, else a `DataError` naming the problem."""
   if os.path.isdir(root):
     return root
   problem = "is a file" if os.path.exists(root) else "does not exist"
@@ -66,13 +41,10 @@ def _require_root(root: str) -> str:
 
 
 def find_categories(root: str | os.PathLike) -> list[str]:
-  """The category folders of an MVTec-AD root, sorted.
-
-  A category folder holds ``train/`` or ``test/``.
+  """The category folders (holding ``train/`` or ``test/``) of a root, sorted.
 
   Raises:
-    DataError: ``root`` does not exist or is a file (so a caller that lists
-      the categories for a missing ``--category`` reports the root first).
+    DataError: ``root`` does not exist or is a file.
   """
   root = _require_root(os.fspath(root))
   return [
@@ -97,19 +69,15 @@ def load(
 ) -> image_mask.ImageMaskSource:
   """Loads one MVTec-AD category (or the offline textured-defect set).
 
-  Records: those of `image_mask.ImageMaskSource`, ``"image"`` ``[S, S, 3]``
-  and ``"has_mask"`` always 1.
-
   Args:
     root: the folder holding the category folders.
     category: e.g. "bottle" (see `CATEGORIES`), or a textures category.
     split: "train" (good images only) or "test" (good and defects).
     image_size: output size, an int or ``(height, width)``; paper: 256.
-    augment: attach the paper's augmentation (`images.rotate_and_mirror`)
-      as ``source.augment``, which `vae_attn.data.pipeline.batches` applies.
-    seed: folded into the augmentation's random stream.
-    allow_empty_masks: keep defect images whose mask has no anomalous pixel
-      (label 1 with an all-zero mask); refused by default.
+    augment, seed, allow_empty_masks: as `image_mask.ImageMaskSource`.
+
+  Returns:
+    An `image_mask.ImageMaskSource`, ``"image"`` ``[S, S, 3]``.
 
   Raises:
     DataError: the layout is missing, or a file breaks a rule of
@@ -148,7 +116,7 @@ def load(
       suffixes=("_mask",),
       layout=LAYOUT,
     )
-  return image_mask.image_mask_source(
+  return image_mask.ImageMaskSource(
     found,
     image_size=size,
     name=f"mvtec:{category}/{split}",

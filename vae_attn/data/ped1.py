@@ -1,19 +1,10 @@
-"""UCSD Ped1 (Mahadevan et al., CVPR 2010) from its folder layout.
+"""UCSD Ped1 (Mahadevan et al., CVPR 2010) from its folder layout (`LAYOUT`).
 
-Layout (as ``UCSD_Anomaly_Dataset.v1p2`` unpacks)::
-
-  UCSDped1/Train/Train001/001.tif ... 200.tif     (34 clips, normal)
-  UCSDped1/Test/Test001/001.tif ...               (36 clips)
-  UCSDped1/Test/Test003_gt/001.bmp ...            (pixel masks, some clips)
-  UCSDped1/Test/UCSDped1.m                        (frame-level annotation)
-
-``root`` is ``UCSDped1`` itself or the folder that contains it. Frames (158
-x 238 grey) and masks are read by the rules of `vae_attn.data.images`; a
-frame's mask is the ``.bmp`` of its stem in ``TestNNN_gt``.
-
-By default (``masked_only=True``) the test split holds only the clips with
-pixel masks, a frame's label 1 when its mask is not empty. With
-``masked_only=False`` all 36 test clips enter; clips without masks get
+Frames (158 x 238 grey) and masks are read by the rules of
+`vae_attn.data.images`; a frame's mask is the ``.bmp`` of its stem in
+``TestNNN_gt``. By default (``masked_only=True``) the test split holds only
+the clips with pixel masks, a frame's label 1 when its mask is not empty.
+With ``masked_only=False`` all 36 test clips enter; clips without masks get
 all-zero ones with ``"has_mask" = 0`` and frame labels from
 ``Test/UCSDped1.m`` (`parse_frame_labels`). docs/data.md compares the two.
 """
@@ -23,8 +14,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-
-import numpy as np
 
 from vae_attn.data import base, image_mask, images
 
@@ -122,11 +111,6 @@ def parse_frame_labels(path: str) -> dict[int, set[int]]:
   return labels
 
 
-def _clips(folder: str, prefix: str) -> list[str]:
-  pattern = re.compile(rf"^{prefix}\d+$")
-  return [d for d in image_mask.subfolders(folder) if pattern.match(d)]
-
-
 def _frame_number(path: str) -> int:
   digits = re.findall(r"\d+", images.stem(path))
   if not digits:
@@ -137,13 +121,41 @@ def _frame_number(path: str) -> int:
 
 
 def _entries(
-  root: str | os.PathLike, split: str, *, masked_only: bool = True
+  root: str | os.PathLike, split: str, masked_only: bool
 ) -> list[image_mask.Entry]:
   """The `image_mask.Entry` of every frame of the split, checked."""
-  split_dir, prefix, clips = _split_clips(root, split)
+  image_mask.check_split(split, "Ped1")
+  prefix = split.capitalize()
+  split_dir = image_mask.require_dir(
+    os.path.join(_find_root(root), prefix), f"Ped1 {prefix} folder", LAYOUT
+  )
+  folders = image_mask.subfolders(split_dir)
+  clips = [d for d in folders if re.match(rf"^{prefix}\d+$", d)]
+  if not clips:
+    raise base.DataError(
+      f"No {prefix}NNN clip folders in {split_dir}. Expected layout:\n{LAYOUT}"
+    )
+
+  def frames(clip):
+    return image_mask.require_images(os.path.join(split_dir, clip), LAYOUT)
+
   if split == "train":
-    return _train_entries(split_dir, clips)
-  gt_names = _mask_folders(split_dir, prefix, clips)
+    normal = image_mask.NORMAL
+    return [
+      image_mask.Entry(f, None, 0, normal, extra=(("clip", int(clip[5:])),))
+      for clip in clips
+      for f in frames(clip)
+    ]
+  gt_names = {d[: -len("_gt")] for d in folders if d.endswith("_gt")}
+  orphans = sorted(
+    n for n in gt_names if n not in clips and n.startswith(prefix)
+  )
+  if orphans:
+    raise base.DataError(
+      f"Mask folder {os.path.join(split_dir, orphans[0] + '_gt')} has no "
+      f"clip folder {os.path.join(split_dir, orphans[0])}. Add the frames "
+      "or remove the masks."
+    )
   masked = [c for c in clips if c in gt_names]
   if masked_only and not masked:
     raise base.DataError(
@@ -151,148 +163,58 @@ def _entries(
       "masks. Restore them, or pass masked_only=False to use every clip "
       "with frame labels from UCSDped1.m."
     )
-  frame_labels = None
   labels_file = os.path.join(split_dir, "UCSDped1.m")
+  frame_labels = {}
   if not masked_only and len(masked) < len(clips):
     frame_labels = parse_frame_labels(labels_file)
   out = []
   for clip in masked if masked_only else clips:
-    clip_id = int(clip[len(prefix) :])
-    frames = image_mask.require_images(os.path.join(split_dir, clip), LAYOUT)
-    if clip in gt_names:
-      out += _masked_clip_entries(split_dir, clip, clip_id, frames)
-    else:
-      out += _labelled_clip_entries(
-        split_dir, clip, clip_id, frames, frame_labels, labels_file
+    clip_id, files = int(clip[len(prefix) :]), frames(clip)
+    if clip in gt_names:  # Pixel masks; each frame labelled by its mask.
+      masks = image_mask.pair_masks(
+        files,
+        os.path.join(split_dir, clip + "_gt"),
+        suffixes=("",),
+        layout=LAYOUT,
       )
+      out += [
+        image_mask.Entry(
+          f,
+          m,
+          -1,
+          "anomaly",
+          extra=(("clip", clip_id), ("frame", _frame_number(f))),
+        )
+        for f, m in zip(files, masks, strict=True)
+      ]
+      continue
+    anomalous = frame_labels.get(clip_id)  # Frame labels from UCSDped1.m.
+    if anomalous is None:
+      raise base.DataError(
+        f"{labels_file} has {len(frame_labels)} gt_frame lines, so none "
+        f"for clip {clip_id} ({clip}). Restore the original file or use "
+        "masked_only=True."
+      )
+    numbers = [_frame_number(f) for f in files]
+    if anomalous and max(anomalous) > max(numbers):
+      raise base.DataError(
+        f"{labels_file} marks frame {max(anomalous)} of clip {clip_id} "
+        f"anomalous, but {os.path.join(split_dir, clip)} ends at frame "
+        f"{max(numbers)}. Restore the UCSDped1.m of this data set or the "
+        "missing frames, or use masked_only=True."
+      )
+    out += [
+      image_mask.Entry(
+        f,
+        None,
+        int(n in anomalous),
+        "anomaly" if n in anomalous else image_mask.NORMAL,
+        has_mask=False,
+        extra=(("clip", clip_id), ("frame", n)),
+      )
+      for f, n in zip(files, numbers, strict=True)
+    ]
   return out
-
-
-def _split_clips(
-  root: str | os.PathLike, split: str
-) -> tuple[str, str, list[str]]:
-  """The split's folder, its clip prefix and its clip folders (non-empty)."""
-  image_mask.check_split(split, "Ped1")
-  base_dir = _find_root(root)
-  split_dir = image_mask.require_dir(
-    os.path.join(base_dir, split.capitalize()),
-    f"Ped1 {split.capitalize()} folder",
-    LAYOUT,
-  )
-  prefix = split.capitalize()
-  clips = _clips(split_dir, prefix)
-  if not clips:
-    raise base.DataError(
-      f"No {prefix}NNN clip folders in {split_dir}. Expected layout:\n{LAYOUT}"
-    )
-  return split_dir, prefix, clips
-
-
-def _train_entries(split_dir: str, clips: list[str]) -> list[image_mask.Entry]:
-  """Every frame of the training clips, all normal."""
-  return [
-    image_mask.Entry(
-      f, None, 0, image_mask.NORMAL, extra=(("clip", int(clip[5:])),)
-    )
-    for clip in clips
-    for f in image_mask.require_images(os.path.join(split_dir, clip), LAYOUT)
-  ]
-
-
-def _mask_folders(split_dir: str, prefix: str, clips: list[str]) -> set[str]:
-  """The clips that have a ``_gt`` mask folder; a mask folder needs its clip."""
-  gt_names = {
-    d[: -len("_gt")]
-    for d in image_mask.subfolders(split_dir)
-    if d.endswith("_gt")
-  }
-  orphan_gt = sorted(
-    n for n in gt_names if n not in clips and n.startswith(prefix)
-  )
-  if orphan_gt:
-    raise base.DataError(
-      f"Mask folder {os.path.join(split_dir, orphan_gt[0] + '_gt')} has no "
-      f"clip folder {os.path.join(split_dir, orphan_gt[0])}. Add the frames "
-      "or remove the masks."
-    )
-  return gt_names
-
-
-def _masked_clip_entries(
-  split_dir: str, clip: str, clip_id: int, frames: list[str]
-) -> list[image_mask.Entry]:
-  """A test clip with pixel masks: each frame paired with its mask."""
-  masks = image_mask.pair_masks(
-    frames,
-    os.path.join(split_dir, clip + "_gt"),
-    suffixes=("",),
-    layout=LAYOUT,
-  )
-  # The label is read from the mask itself when the entry is decoded.
-  return [
-    image_mask.Entry(
-      f,
-      m,
-      -1,
-      "anomaly",
-      extra=(("clip", clip_id), ("frame", _frame_number(f))),
-    )
-    for f, m in zip(frames, masks, strict=True)
-  ]
-
-
-def _labelled_clip_entries(
-  split_dir: str,
-  clip: str,
-  clip_id: int,
-  frames: list[str],
-  frame_labels: dict[int, set[int]],
-  labels_file: str,
-) -> list[image_mask.Entry]:
-  """A test clip without masks: frame labels from ``UCSDped1.m``."""
-  anomalous = frame_labels.get(clip_id)
-  if anomalous is None:
-    raise base.DataError(
-      f"{labels_file} has {len(frame_labels)} gt_frame lines, so none "
-      f"for clip {clip_id} ({clip}). Restore the original file or use "
-      "masked_only=True."
-    )
-  numbers = [_frame_number(f) for f in frames]
-  if anomalous and max(anomalous) > max(numbers):
-    raise base.DataError(
-      f"{labels_file} marks frame {max(anomalous)} of clip {clip_id} "
-      f"anomalous, but {os.path.join(split_dir, clip)} ends at frame "
-      f"{max(numbers)}. Restore the UCSDped1.m of this data set or the "
-      "missing frames, or use masked_only=True."
-    )
-  return [
-    image_mask.Entry(
-      f,
-      None,
-      int(n in anomalous),
-      "anomaly" if n in anomalous else image_mask.NORMAL,
-      has_mask=False,
-      extra=(("clip", clip_id), ("frame", n)),
-    )
-    for f, n in zip(frames, numbers, strict=True)
-  ]
-
-
-class Ped1Source(image_mask.ImageMaskSource):
-  """UCSD Ped1 frames; a masked frame's label is 1 iff its mask is not empty.
-
-  Records: those of `image_mask.ImageMaskSource`, ``"image"`` ``[S, S, 1]``,
-  plus ``"clip"`` and (test) ``"frame"``; ``"defect_type"`` is "good" or
-  "anomaly". Frames are checked when first read.
-  """
-
-  def __getitem__(self, index: int) -> base.Record:
-    record = super().__getitem__(index)
-    if int(record["label"]) == -1:  # A masked frame: labelled by its mask.
-      anomalous = bool(record["mask"].any())
-      record["label"] = np.int32(anomalous)
-      record["defect_type"] = np.array("anomaly" if anomalous else "good")
-    return record
 
 
 def load(
@@ -301,8 +223,12 @@ def load(
   *,
   image_size: int | Sequence[int] = 100,
   masked_only: bool = True,
-) -> Ped1Source:
+) -> image_mask.ImageMaskSource:
   """Loads UCSD Ped1 frames (see the module docstring for the two modes).
+
+  Records: those of `image_mask.ImageMaskSource`, ``"image"`` ``[S, S, 1]``,
+  plus ``"clip"`` and (test) ``"frame"``; ``"defect_type"`` "good" or
+  "anomaly". Frames without a mask are checked when first read.
 
   Args:
     root: ``UCSDped1`` or the folder that contains it.
@@ -316,6 +242,10 @@ def load(
       unreadable, or a mask's size differs from its frame's.
   """
   size = images.check_image_size(image_size)
-  found = _entries(root, split, masked_only=masked_only)
-  image_mask.check_mask_files(found)
-  return Ped1Source(found, image_size=size, channels=1, name=f"ped1/{split}")
+  return image_mask.ImageMaskSource(
+    _entries(root, split, masked_only),
+    image_size=size,
+    name=f"ped1/{split}",
+    channels=1,
+    check_images=False,
+  )
