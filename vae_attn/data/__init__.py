@@ -7,9 +7,7 @@ malformed data raises `DataError`, whose message names the file and the fix.
 `datasets.load` picks a one-class data set by name.
 """
 
-# Only the shared types: each loader is imported by name where it is used
-# (``from vae_attn.data import dsprites``), so using one loader does not
-# import every other.
+# Only the shared types: a loader is imported by name where it is used.
 from vae_attn.data.base import (
   ArraySource,
   DataError,

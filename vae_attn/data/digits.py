@@ -1,15 +1,10 @@
 """Offline handwritten digits: scikit-learn's bundled 8x8 digits at 28x28.
 
-The stand-in for MNIST where MNIST is not prepared: the 1,797 UCI digits
-that ship inside scikit-learn (``sklearn.datasets.load_digits``), bilinearly
-upsampled from 8x8 to 28x28 and scaled to [0, 1]. Real handwriting, but
-coarse: a smoke test of the MNIST pipeline, not the paper's MNIST figures.
-
-A deterministic split: the first 80% of each digit's images (in the file's
-order) are ``"train"``, the rest ``"test"``. Records match ``mnist.load``:
-``"image"`` float32 ``[28, 28, 1]``, ``"label"`` int32 and, with
-``normal_digit``, ``"anomalous"`` int32; one-class training splits keep only
-``normal_digit`` and test splits keep every digit.
+The MNIST stand-in where MNIST is not prepared: the 1,797 UCI digits of
+``sklearn.datasets.load_digits``, bilinearly upsampled to 28x28 in [0, 1]; a
+smoke test of the MNIST pipeline, not the paper's figures. The first 80% of
+each digit's images are ``"train"``, the rest ``"test"``; records and the
+one-class rule are `mnist.load`'s.
 """
 
 from __future__ import annotations
@@ -33,14 +28,8 @@ def _upsample(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def load(split: str, *, normal_digit: int | None = None) -> base.ArraySource:
-  """Loads the offline digits split, optionally as a one-class problem.
-
-  Args:
-    split: ``"train"`` or ``"test"``.
-    normal_digit: the one normal class (``None``: all digits).
-
-  Returns:
-    An in-memory source with ``get_batch``.
+  """Loads ``"train"`` or ``"test"``, as a one-class problem with
+  ``normal_digit`` (as `mnist.load`).
 
   Raises:
     ValueError: an unknown split or a digit outside 0..9.

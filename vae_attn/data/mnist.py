@@ -1,12 +1,10 @@
 """MNIST through ``tfds.data_source`` (no TensorFlow), with one-class splits.
 
 The paper trains one VAE per digit on that digit's training images and tests
-on the whole test set, where every other digit is an anomaly. The split is
-read once into memory (60,000 x 28 x 28 bytes), so batches are cheap.
-
-Records: ``"image"`` float32 ``[28, 28, 1]`` in [0, 1], ``"label"`` int32
-(the digit) and, when ``normal_digit`` is given, ``"anomalous"`` int32
-(1 when the digit is not ``normal_digit``).
+on the whole test set, every other digit an anomaly. A split is read once
+into memory (uint8). Records: ``"image"`` float32 ``[28, 28, 1]`` in [0, 1],
+``"label"`` int32 and, with ``normal_digit``, ``"anomalous"`` int32 (1 when
+the digit is not ``normal_digit``).
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ NUM_CLASSES = 10
 
 
 def _read_all(source) -> tuple[np.ndarray, np.ndarray]:
-  """Reads every example of a tfds data source into uint8 / int32 arrays."""
+  """Every example of a tfds source as uint8 images and int32 labels."""
   images = np.empty((len(source), 28, 28, 1), np.uint8)
   labels = np.empty((len(source),), np.int32)
   for k in range(len(source)):
@@ -53,14 +51,10 @@ def load(
 
   Args:
     split: a tfds split string: "train", "test", "train[:90%]", ...
-    normal_digit: the one normal class. Training splits (``"train..."``)
-      keep only this digit; test splits keep every digit and add
-      ``"anomalous"``. None: plain MNIST.
-    data_dir: the tfds data directory (default: tfds'), holding MNIST
-      prepared in the array_record format.
-
-  Returns:
-    An in-memory source (with ``get_batch``).
+    normal_digit: the one normal class (training splits keep only it); None:
+      plain MNIST.
+    data_dir: the tfds data directory holding MNIST as array_record
+      (default: tfds').
 
   Raises:
     DataError: MNIST is not prepared there, or the split is empty.

@@ -1,22 +1,12 @@
 """A small textured-defect data set in the MVTec-AD layout, made offline.
 
-Crops of the real grey textures that ship inside scikit-image (``brick``,
-``grass``, ``gravel``, 512 x 512) with synthetic defects painted in
-(`DEFECT_TYPES`: a scratch, a stain, a hole, a CutPaste cut), written in the
-MVTec-AD layout for `vae_attn.data.mvtec.load`::
-
-  <out>/<category>/train/good/NNN.png
-  <out>/<category>/test/good/NNN.png
-  <out>/<category>/test/<defect>/NNN.png
-  <out>/<category>/ground_truth/<defect>/NNN_mask.png
-
-Training crops come from the top half of each photograph, test crops from
-the bottom half; everything is a deterministic function of the seed and
-the arguments. A smoke-test-sized stand-in: its numbers are not comparable
-with the paper's MVTec-AD results (docs/data.md).
-
-Write it with ``python -m vae_attn.data.textures --out DIR`` or call
-`ensure_dataset` (what the trainers do when no dataset path is given).
+Crops of the grey textures that ship inside scikit-image (`CATEGORIES`, 512
+x 512), training crops from the top half of each photograph and test crops
+from the bottom half with synthetic defects painted in (`DEFECTS`), written
+for `vae_attn.data.mvtec.load`; a deterministic function of the seed and the
+arguments. A smoke-test stand-in, not comparable with the paper's MVTec-AD
+results (docs/data.md). Written by ``python -m vae_attn.data.textures --out
+DIR`` or `ensure_dataset` (the trainers' default).
 """
 
 from __future__ import annotations
@@ -43,10 +33,7 @@ _MANIFEST = "textures.json"
 
 
 def load_texture(category: str) -> np.ndarray:
-  """The grey photograph of ``category`` shipped with scikit-image.
-
-  Returns:
-    float64 ``[512, 512]`` in [0, 1].
+  """The grey photograph of ``category``: float64 ``[512, 512]`` in [0, 1].
 
   Raises:
     DataError: the category is unknown.
@@ -189,21 +176,16 @@ def write_dataset(
   num_test: int = 24,
   defect_types: Sequence[str] = DEFECT_TYPES,
 ) -> str:
-  """Writes the textured-defect data set in the MVTec-AD layout.
+  """Writes the data set into ``out_dir`` (category folders directly inside).
 
   Args:
-    out_dir: the root to write (category folders go directly inside).
+    out_dir: the root to write; returned as a str.
     seed: the seed; the same arguments always write the same files.
     categories: textures to use, from `CATEGORIES`.
-    image_size: crop size in pixels (square, at the photographs' native
-      resolution); at most 256.
+    image_size: square crop size in pixels (native resolution), 16 to 256.
     num_train: good training crops per category.
     num_test: test crops per category: a third good, the rest spread evenly
-      over ``defect_types``.
-    defect_types: defects to paint, from `DEFECT_TYPES`.
-
-  Returns:
-    ``out_dir`` as a str.
+      over ``defect_types`` (from `DEFECT_TYPES`).
 
   Raises:
     DataError: an unknown category or defect, or impossible sizes.
@@ -224,13 +206,11 @@ def write_dataset(
   for category in categories:
     texture = load_texture(category)
     cat_dir = os.path.join(out_dir, category)
-    for i in range(num_train):
-      crop = _crop(texture, _rng(seed, category, 0, i), image_size, 0)
-      _save(os.path.join(cat_dir, "train", "good", f"{i:03d}.png"), crop)
     num_good = max(1, num_test // 3)
-    for i in range(num_good):
-      crop = _crop(texture, _rng(seed, category, 1, i), image_size, 1)
-      _save(os.path.join(cat_dir, "test", "good", f"{i:03d}.png"), crop)
+    for half, split, count in ((0, "train", num_train), (1, "test", num_good)):
+      for i in range(count):  # Good crops: train from the top half.
+        crop = _crop(texture, _rng(seed, category, half, i), image_size, half)
+        _save(os.path.join(cat_dir, split, "good", f"{i:03d}.png"), crop)
     for j in range(num_test - num_good):
       defect = defect_types[j % len(defect_types)]
       k = j // len(defect_types)
@@ -246,11 +226,8 @@ def write_dataset(
 
 
 def cache_dir() -> str:
-  """The project's cache folder.
-
-  ``$VAE_ATTN_CACHE`` if set, else ``$XDG_CACHE_HOME/vae_attn``, else
-  ``~/.cache/vae_attn``.
-  """
+  """``$VAE_ATTN_CACHE``, else ``$XDG_CACHE_HOME/vae_attn``, else
+  ``~/.cache/vae_attn``."""
   if os.environ.get("VAE_ATTN_CACHE"):
     return os.path.expanduser(os.environ["VAE_ATTN_CACHE"])
   xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
@@ -266,26 +243,18 @@ def ensure_dataset(
   num_train: int = 40,
   num_test: int = 24,
 ) -> str:
-  """Writes the textured-defect set once and returns its root.
-
-  Written into a temporary folder and renamed into place when complete, so
-  a killed write never leaves a half data set.
-
-  Args:
-    root: the parent folder; default `cache_dir`.
-    seed, categories, image_size, num_train, num_test: as in
-      `write_dataset`; each combination gets its own folder.
-
-  Returns:
-    The data set root, ready for ``mvtec.load(root, "brick", "train")``.
+  """Writes the data set once under ``root`` (default `cache_dir`), in its
+  own folder per combination of the options (as in `write_dataset`), and
+  returns that folder. A temporary folder renamed into place when complete,
+  so a killed write never leaves a half data set.
   """
-  options = {
-    "seed": seed,
-    "categories": list(categories),
-    "image_size": image_size,
-    "num_train": num_train,
-    "num_test": num_test,
-  }
+  options = dict(
+    seed=seed,
+    categories=list(categories),
+    image_size=image_size,
+    num_train=num_train,
+    num_test=num_test,
+  )
   params = {"version": VERSION, **options}
   digest = hashlib.sha256(
     json.dumps(params, sort_keys=True).encode()
@@ -318,12 +287,8 @@ def ensure_dataset(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """``python -m vae_attn.data.textures --out DIR``: writes the data set.
-
-  Returns:
-    The exit status: 0, or 2 after one ``error:`` line (a bad size or
-    category, a folder that cannot be written).
-  """
+  """``python -m vae_attn.data.textures --out DIR``; returns the exit status,
+  0 or 2 after one ``error:`` line (a bad option, an unwritable folder)."""
   parser = argparse.ArgumentParser(
     prog="python -m vae_attn.data.textures",
     description=__doc__.splitlines()[0],
@@ -348,16 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
       default=default,
       help=f"{what} (default {default})",
     )
-  args = parser.parse_args(argv)
+  args = vars(parser.parse_args(argv))
+  args["categories"] = [c for c in args["categories"].split(",") if c]
   try:
-    out = write_dataset(
-      args.out,
-      seed=args.seed,
-      categories=[c for c in args.categories.split(",") if c],
-      image_size=args.image_size,
-      num_train=args.num_train,
-      num_test=args.num_test,
-    )
+    out = write_dataset(args.pop("out"), **args)
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -14,16 +14,8 @@ from typing import Any
 from vae_attn.data import base
 
 
-def _default_data_dir() -> str:
-  """The directory tfds reads when ``data_dir`` is None."""
-  return os.environ.get(
-    "TFDS_DATA_DIR", os.path.join("~", "tensorflow_datasets")
-  )
-
-
-def _prepare_hint(name: str, data_dir: str | os.PathLike | None) -> str:
-  """How to prepare data set ``name`` for random access."""
-  where = os.fspath(data_dir) if data_dir is not None else _default_data_dir()
+def _prepare_hint(name: str, where: str) -> str:
+  """How to prepare data set ``name`` in ``where`` for random access."""
   return (
     f"Prepare it once on a machine with internet: `tfds build {name} "
     f"--file_format=array_record --data_dir={where}` (random access needs "
@@ -39,13 +31,9 @@ def open_source(
   data_dir: str | os.PathLike | None,
   record_fn: Callable[[dict[str, Any]], base.Record],
 ) -> base.MappedSource:
-  """Opens ``name``/``split`` (a tfds split string, e.g. "test[:10%]").
-
-  Args:
-    name: the tfds name, e.g. "mnist".
-    split: a tfds split string.
-    data_dir: the tfds data directory; None for tfds' default.
-    record_fn: converts a tfds example (a dict of numpy values) to a record.
+  """Opens tfds ``name`` at ``split`` (a split string, e.g. "test[:10%]")
+  in ``data_dir`` (None: tfds' default), each example a record through
+  ``record_fn``.
 
   Raises:
     DataError: the data set is not prepared there, or the split is unknown.
@@ -53,10 +41,14 @@ def open_source(
   import tensorflow_datasets as tfds  # Deferred: a slow import.
 
   data_dir = os.fspath(data_dir) if data_dir is not None else None
+  where = data_dir
+  if where is None:
+    where = os.environ.get(
+      "TFDS_DATA_DIR", os.path.join("~", "tensorflow_datasets")
+    )
   if data_dir is not None and not os.path.isdir(data_dir):
     raise base.DataError(
-      f"tfds data_dir {data_dir} does not exist. "
-      + _prepare_hint(name, data_dir)
+      f"tfds data_dir {data_dir} does not exist. " + _prepare_hint(name, where)
     )
   try:
     source = tfds.data_source(
@@ -69,11 +61,10 @@ def open_source(
     NotImplementedError,
     tfds.core.registered.DatasetNotFoundError,
   ) as e:
-    where = data_dir if data_dir is not None else _default_data_dir()
     raise base.DataError(
       f"tfds data set {name!r} is not prepared for random access under "
       f"{where} ({type(e).__name__}: {str(e).splitlines()[0]}). "
-      + _prepare_hint(name, data_dir)
+      + _prepare_hint(name, where)
     ) from e
   except ValueError as e:
     raise base.DataError(
