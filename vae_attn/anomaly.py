@@ -93,19 +93,16 @@ def latent_statistics(
   variables,
   batches: Iterable[np.ndarray | dict],
 ) -> LatentStats:
-  """Streams a data set through the encoder and returns its statistics.
+  """The :class:`LatentStats` of a data set streamed through the encoder.
 
   Args:
     encode_fn: ``(variables, x) -> (mu, logvar)``.
     variables: the model variables.
-    batches: an iterable of ``[B, H, W, C]`` arrays or of dicts with an
-      ``"image"`` entry (one pass; e.g. a finite ``data.pipeline.batches``).
-
-  Returns:
-    :class:`LatentStats` of all examples seen.
+    batches: one pass of ``[B, H, W, C]`` arrays or of dicts with an
+      ``"image"`` entry (e.g. ``data.pipeline.single_pass``).
 
   Raises:
-    ValueError: if ``batches`` is empty.
+    ValueError: ``batches`` is empty.
   """
 
   @jax.jit
@@ -141,27 +138,35 @@ def mean_over_draws(
 
   Each draw of ``eps`` gives the code (``"sample"``: ``z = mu + sigma *
   eps``; ``"difference"``: the eq. 5 code of :func:`difference_code`) and
-  its per-latent maps (eq. 3) and mean map (eq. 4) at every requested
-  layer, from one encoder pass per draw; both are averaged over the draws,
-  in one compiled loop (``jax.lax.map``), not a Python one.
+  its per-latent maps (eq. 3) and mean map (eq. 4) at every requested layer,
+  from one encoder pass per draw, in one compiled loop (``jax.lax.map``).
+  Every array is an argument, so ``jax.jit`` with ``encode_fn`` and
+  ``layer`` bound compiles the parameters as inputs, not constants.
 
   Args:
     encode_fn: ``(variables, x) -> (mu, logvar)``.
-    layer: a conv layer path or unique suffix, or a sequence of them.
+    layer: a conv layer path such as ``"encoder/conv2"`` (or a unique
+      suffix), or a sequence of them (the layer ablation).
     variables: model variables.
     x: images, floating point ``[B, H, W, C]``.
     key: PRNG key of the draws.
     code: ``"sample"`` or ``"difference"``.
-    stats: normal-data statistics (``"difference"`` only).
+    stats: normal-data statistics (``"difference"`` only) from
+      :func:`latent_statistics`, or the dict of their ``mean`` and ``var``
+      as checkpoints store it.
     num_samples: number of draws, ``>= 1``.
-    **attention_kwargs: passed to :func:`vae_attn.attention.attention`.
+    **attention_kwargs: passed to :func:`vae_attn.attention.attention`
+      (``positive``, ``gradient_scale``, ``chunk_size``, ``precision``).
 
   Returns:
-    As :func:`difference_attention`.
+    An :class:`vae_attn.attention.AttentionMaps` (``per_latent [B, D, h, w]``
+    and ``mean [B, h, w]``, float32, averaged over the draws) for one layer,
+    or a dict from each requested layer name to one.
 
   Raises:
     TypeError, ValueError: ``num_samples`` is not a positive int, or as
-      :func:`vae_attn.attention.value_and_attention`.
+      :func:`vae_attn.attention.value_and_attention` (unknown layer, bad
+      images or statistics).
   """
   if isinstance(num_samples, bool) or not isinstance(num_samples, int):
     raise TypeError(f"num_samples must be an int, got {num_samples!r}.")
@@ -185,39 +190,8 @@ def difference_attention(
   num_samples: int = 8,
   **attention_kwargs,
 ) -> attention_lib.AttentionMaps | dict[str, attention_lib.AttentionMaps]:
-  """Anomaly attention of eq. 5 at one or several layers, averaged over draws.
-
-  For each of ``num_samples`` draws of ``eps`` the difference code ``u``
-  (:func:`difference_code`) gives per-latent maps ``M_i`` (eq. 3) and their
-  mean ``M`` (eq. 4) at every requested layer, all from one encoder pass
-  per draw; both are then averaged over the draws. Every array is an
-  argument (nothing is captured), so ``jax.jit`` of this function with
-  ``encode_fn`` and ``layer`` bound compiles the parameters as inputs, not
-  as constants.
-
-  Args:
-    encode_fn: ``(variables, x) -> (mu, logvar)``.
-    layer: a conv layer path such as ``"encoder/conv2"`` (or a unique
-      suffix), or a sequence of them (the layer ablation).
-    variables: model variables.
-    x: test images, floating point ``[B, H, W, C]``.
-    stats: normal-data statistics from :func:`latent_statistics` (or the
-      dict of their ``mean`` and ``var`` as checkpoints store it).
-    key: PRNG key of the draws.
-    num_samples: number of ``eps`` draws, ``>= 1``.
-    **attention_kwargs: passed to :func:`vae_attn.attention.attention`
-      (``positive``, ``gradient_scale``, ``chunk_size``, ``precision``).
-
-  Returns:
-    An :class:`vae_attn.attention.AttentionMaps` (``per_latent [B, D, h, w]``
-    and ``mean [B, h, w]``, float32, averaged over the draws) for one layer,
-    or a dict from each requested layer name to one. Upsample with
-    :func:`vae_attn.attention.upsample`.
-
-  Raises:
-    TypeError, ValueError: ``num_samples`` is not a positive int, or as
-      :func:`vae_attn.attention.value_and_attention` (unknown layer, bad
-      images or statistics).
+  """Anomaly attention of eq. 5: :func:`mean_over_draws` of the difference
+  code of test images ``x`` from the normal-data ``stats``.
 
   References:
     Liu et al., CVPR 2020, section 3.3, eq. 5 (docs/paper.md).
@@ -245,6 +219,9 @@ def residual_map(x: jax.Array, x_hat: jax.Array) -> jax.Array:
 
   Returns:
     ``[B, H, W]`` residual maps.
+
+  Raises:
+    ValueError: the shapes differ.
   """
   if x.shape != x_hat.shape:
     raise ValueError(

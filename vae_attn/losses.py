@@ -33,6 +33,13 @@ def _sum_but_batch(x: jax.Array) -> jax.Array:
   return x.reshape(x.shape[0], -1).sum(axis=-1)
 
 
+def _random_pair(key: jax.Array, b: int, d: int) -> tuple[jax.Array, jax.Array]:
+  """Two distinct latents ``i, j`` ``[B]`` per example, uniform."""
+  k1, k2 = jax.random.split(key)
+  i = jax.random.randint(k1, (b,), 0, d)
+  return i, (i + jax.random.randint(k2, (b,), 1, d)) % d  # j: of the others.
+
+
 def bernoulli_nll(logits: jax.Array, x: jax.Array) -> jax.Array:
   """Bernoulli negative log-likelihood from logits, summed per example.
 
@@ -55,8 +62,7 @@ def gaussian_kl_per_dim(mu: jax.Array, logvar: jax.Array) -> jax.Array:
   """KL( N(mu_i, exp(logvar_i)) || N(0, 1) ) of each latent element.
 
   ``0.5 * (mu_i^2 + exp(logvar_i) - logvar_i - 1)`` (Kingma & Welling 2014,
-  appendix B). The FactorVAE metric's ``paper`` convention prunes latents
-  whose mean of it is below 0.05 nats.
+  appendix B).
 
   Args:
     mu: posterior means ``[..., D]``.
@@ -71,8 +77,6 @@ def gaussian_kl_per_dim(mu: jax.Array, logvar: jax.Array) -> jax.Array:
 
 def gaussian_kl(mu: jax.Array, logvar: jax.Array) -> jax.Array:
   """KL( N(mu, diag exp(logvar)) || N(0, I) ), summed over latents.
-
-  The sum of :func:`gaussian_kl_per_dim` over all but the batch axis.
 
   Args:
     mu: posterior means ``[B, D]``.
@@ -210,10 +214,7 @@ def attention_disentanglement(
   if mode == "random":
     if key is None:
       raise ValueError('mode="random" needs a PRNG key: pass key=...')
-    k1, k2 = jax.random.split(key)
-    i = jax.random.randint(k1, (b,), 0, d)
-    # A second index uniform over the other D - 1 latents.
-    j = (i + jax.random.randint(k2, (b,), 1, d)) % d
+    i, j = _random_pair(key, b, d)
     return attention_overlap(maps[rows, i], maps[rows, j])
   if mode == "top2":
     if scores is None:
@@ -244,10 +245,8 @@ def random_pair_ad(
   """The posterior and L_AD of one random pair of latents per example.
 
   Equal to ``attention_disentanglement(maps, key, mode="random")`` on the
-  maps of all D latents (the same pair is drawn), but only the two maps it
-  uses are computed (``latents=`` of the attention transform: its pullback
-  is vmapped over 2 instead of D cotangents), from the same single encoder
-  pass that gives ``(mu, logvar)``.
+  maps of all D latents (the same pair), but computing only the two maps
+  used (``latents=``), from the encoder pass that gives ``(mu, logvar)``.
 
   Args:
     encode_fn: ``(variables, x) -> (mu, logvar)``.
@@ -261,11 +260,8 @@ def random_pair_ad(
   Returns:
     ``((mu, logvar), l_ad)`` with ``l_ad`` of shape ``[B]`` (eq. 6).
   """
-  k1, k2 = jax.random.split(key)
-  b = x.shape[0]
   d = jax.eval_shape(encode_fn, variables, x)[0].shape[-1]
-  i = jax.random.randint(k1, (b,), 0, d)
-  j = (i + jax.random.randint(k2, (b,), 1, d)) % d
+  i, j = _random_pair(key, x.shape[0], d)
   (mu, logvar), maps = value_and_attention(
     encode_fn, layer, precision=precision
   )(variables, x, latents=jnp.stack([i, j], axis=1))
