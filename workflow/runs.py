@@ -2,32 +2,18 @@
 
 A run directory holds::
 
-  config.json      the trainer's config (every field, JSON)
-  spec.json        the run spec: model name and arguments, input shape, data
-                   source and folder, attention layer (:class:`RunSpec`)
+  config.json      the trainer's config (every field)
+  spec.json        what evaluation needs to rebuild model and data (RunSpec)
   software.json    the software that trained it (:func:`software`)
-  ckpt/<step>/     orbax checkpoints of arrays only; items ``state``,
-                   ``checksums`` (a CRC-32 of every array) and, in the final
-                   one, extras such as ``latent_stats`` (the config and spec
-                   are stored once, above)
+  ckpt/<step>/     orbax items ``state``, ``checksums`` (a CRC-32 of every
+                   array) and final extras such as ``latent_stats``
   damaged_checkpoints/<step>/   steps a resumed trainer found damaged (kept)
-  metrics.jsonl    one JSON object per logged step (``workflow.writers``)
-  tensorboard/     TensorBoard event files
+  metrics.jsonl, tensorboard/   the logs (``workflow.writers``)
   .lock            held (``fcntl.flock``) while a trainer writes the run
 
-Training writes it through :func:`write_run_files` and :func:`save`;
-evaluation reads it through :func:`restore`, :func:`read_spec` and
-:func:`read_config` and never
-guesses (no architecture inferred from parameter shapes). Restoring builds
-its target from the saved array metadata and the *current* devices, so a run
-trained on 8 devices (or by several processes) is evaluated on one.
-
-Damaged checkpoints are skipped, not misdiagnosed: :func:`restore` walks the
-steps from the newest down and takes the first that is complete (every item
-folder present), readable, equal to its checksums and finite, with one
-warning line per step it skipped. Nothing here ever deletes a checkpoint (a
-resuming trainer moves a damaged step aside); orbax's own log lines and
-tracebacks appear only with ``VAE_ATTN_DEBUG=1`` (:func:`quiet_orbax`).
+Restoring builds its target from the saved metadata and the current devices,
+so a run trained on 8 devices (or several processes) is evaluated on one. It
+skips damaged steps with one warning line each and never deletes one.
 """
 
 from __future__ import annotations
@@ -39,6 +25,7 @@ import fcntl
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import pathlib
 import platform
@@ -61,6 +48,10 @@ CONFIG_NAME = "config.json"
 SPEC_NAME = "spec.json"
 SOFTWARE_NAME = "software.json"
 LOCK_NAME = ".lock"
+CHECKSUMS = "checksums"  # Our item: a CRC-32 of every saved array.
+DAMAGED_DIR = "damaged_checkpoints"  # Where a trainer sets damaged steps.
+
+_log = logging.getLogger(__name__)
 
 
 class ConfigMismatchError(ValueError):
@@ -83,17 +74,10 @@ class WorkdirLockedError(errors.UserError, RuntimeError):
 class RunSpec:
   """What evaluation needs to rebuild a run's model and data.
 
-  Attributes:
-    trainer: the training entry point (``"factorvae"``, ``"oneclass"``).
-    model: a key of ``vae_attn.models.MODELS``.
-    model_kwargs: keyword arguments of ``vae_attn.models.make_model``.
-    input_shape: ``(H, W, C)`` of the model's input.
-    data: the data set (``"procedural"``, ``"npz"``, ``"tfds"``,
-      ``"textures"``, ``"mvtec"``, ``"folder"``, ``"mnist"``, ``"digits"``,
-      ``"ped1"``).
-    data_dir: its folder or file (``""``: embedded or the default).
-    layer: the attention layer the trainer used or the paper's default.
-    data_kwargs: further data arguments (``category``, ``normal_digit``...).
+  ``trainer`` is the entry point (``"factorvae"``); ``model`` and
+  ``model_kwargs`` go to ``vae_attn.models.make_model``; ``data``,
+  ``data_dir`` (``""``: the default) and ``data_kwargs`` name the data set;
+  ``layer`` is the attention layer the trainer used.
   """
 
   trainer: str
@@ -106,7 +90,6 @@ class RunSpec:
   data_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   def to_dict(self) -> dict[str, Any]:
-    """The spec as a JSON-ready dict."""
     out = dataclasses.asdict(self)
     out["model_kwargs"] = dict(self.model_kwargs)
     out["data_kwargs"] = dict(self.data_kwargs)
@@ -115,11 +98,8 @@ class RunSpec:
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> RunSpec:
-    """Rebuilds a spec from :meth:`to_dict` output.
-
-    Raises:
-      ValueError: a field is missing or unknown.
-    """
+    """Rebuilds a spec from :meth:`to_dict` output (``ValueError``: a field
+    is missing or unknown)."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown, missing = set(values) - names, {"trainer", "model"} - set(values)
     if unknown or missing:
@@ -132,22 +112,14 @@ class RunSpec:
     return cls(**values)
 
 
-# --------------------------------------------------------------------------
-# Files of a run directory.
-
-
 def ckpt_dir(workdir: str | os.PathLike) -> pathlib.Path:
   """``workdir/ckpt``, absolute."""
   return pathlib.Path(workdir).absolute() / CKPT_DIR
 
 
 def check_run_dir(workdir: str | os.PathLike) -> None:
-  """Refuses a ``workdir`` to read that is missing or not a folder.
-
-  Raises:
-    FileNotFoundError: ``workdir`` does not exist.
-    NotADirectoryError: ``workdir`` is a file.
-  """
+  """``FileNotFoundError``/``NotADirectoryError`` for a ``workdir`` to read
+  that is missing or a file."""
   fix = "pass --workdir=<a training run folder>"
   if not os.path.exists(workdir):
     raise FileNotFoundError(f"the run folder {workdir} does not exist; {fix}")
@@ -156,11 +128,8 @@ def check_run_dir(workdir: str | os.PathLike) -> None:
 
 
 def write_json(path: pathlib.Path, values: Mapping[str, Any]) -> None:
-  """Writes ``values`` atomically (a temporary file, then a rename).
-
-  Raises:
-    CheckpointWriteError: the folder is read-only or the disk is full.
-  """
+  """Writes ``values`` atomically (``CheckpointWriteError``: a full disk or a
+  read-only folder)."""
   tmp = path.with_name(f".{path.name}.tmp")
   try:
     tmp.write_text(json.dumps(values, indent=2) + "\n")
@@ -208,16 +177,11 @@ def _git(*args: str) -> str | None:
 
 
 def software() -> dict[str, Any]:
-  """The software and hardware a result was produced with.
+  """The software and hardware a result was produced with (JSON-ready).
 
-  Returns:
-    A JSON-ready dict: ``python``; the installed version of each
-    distribution in :data:`SOFTWARE_PACKAGES` (``None`` when not installed);
-    ``backend`` (``jax.default_backend()``), ``device_kind`` and
-    ``device_count``; ``vae_attn`` (the installed project version, ``None``
-    when it runs uninstalled from the checkout); ``git_commit`` (the
-    checkout's ``HEAD``) and ``git_modified`` (tracked files differ from it),
-    both ``None`` without git or outside a git checkout.
+  Python, each of :data:`SOFTWARE_PACKAGES` and ``vae_attn`` (``None``: not
+  installed), the backend and devices, and the checkout's ``git_commit`` and
+  ``git_modified`` (``None`` without git or a checkout).
   """
   out: dict[str, Any] = {"python": platform.python_version()}
   out.update({name: _version(name) for name in SOFTWARE_PACKAGES})
@@ -239,16 +203,8 @@ def write_run_files(
   config: Mapping[str, Any],
   spec: RunSpec | None = None,
 ) -> None:
-  """Writes ``config.json``, ``spec.json`` (with a spec) and ``software.json``.
-
-  Args:
-    workdir: the run directory (it exists: :func:`lock` made it).
-    config: the trainer's config as a dict.
-    spec: the run spec.
-
-  Raises:
-    CheckpointWriteError: the folder is read-only or the disk is full.
-  """
+  """Writes ``config.json``, ``spec.json`` (with a spec) and
+  ``software.json`` into the existing ``workdir``."""
   workdir = pathlib.Path(workdir)
   write_json(workdir / CONFIG_NAME, config)
   if spec is not None:
@@ -257,13 +213,8 @@ def write_run_files(
 
 
 def read_spec(workdir: str | os.PathLike) -> RunSpec:
-  """The run spec of ``workdir`` (``spec.json``).
-
-  Raises:
-    FileNotFoundError: ``workdir`` or its spec is missing; the message says
-      which trainers write one.
-    NotADirectoryError: ``workdir`` is a file.
-  """
+  """The run spec of ``workdir`` (``spec.json``); a missing one is a
+  ``FileNotFoundError`` saying which trainers write it."""
   check_run_dir(workdir)
   path = pathlib.Path(workdir) / SPEC_NAME
   if not path.is_file():
@@ -282,20 +233,13 @@ def read_spec(workdir: str | os.PathLike) -> RunSpec:
 
 
 def read_config(workdir: str | os.PathLike) -> dict[str, Any]:
-  """The trainer's config of ``workdir`` (``config.json``; ``{}`` if none).
-
-  Raises:
-    ValueError: the file is not a JSON object; the message names it.
-  """
+  """The trainer's config of ``workdir`` (``config.json``; ``{}`` if none)."""
   return read_json(pathlib.Path(workdir) / CONFIG_NAME)
 
 
 def read_json(path: pathlib.Path) -> dict[str, Any]:
-  """A run folder's JSON object at ``path`` (``{}`` if there is none).
-
-  Raises:
-    ValueError: the file is not a JSON object; the message names it.
-  """
+  """The JSON object at ``path`` (``{}`` if there is none); anything else is
+  a ``ValueError`` naming the file."""
   if not path.is_file():
     return {}
   try:
@@ -313,15 +257,9 @@ def read_json(path: pathlib.Path) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def lock(workdir: str | os.PathLike) -> Iterator[None]:
-  """Holds ``workdir/.lock`` so a second trainer is refused at once.
-
-  The lock is an advisory ``fcntl.flock``: the kernel releases it when the
-  process ends, however it ends (so a killed run never leaves a stale lock).
-
-  Raises:
-    WorkdirLockedError: another process holds it; the message names it.
-    CheckpointWriteError: the folder cannot be written.
-  """
+  """Holds ``workdir/.lock`` (``fcntl.flock``, released by the kernel however
+  the process ends) so a second trainer is refused at once
+  (``WorkdirLockedError`` naming the holder)."""
   workdir = pathlib.Path(workdir)
   try:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -355,12 +293,7 @@ def lock(workdir: str | os.PathLike) -> Iterator[None]:
 
 
 def _write_error(error: BaseException, what: str) -> Exception:
-  """One clear error for a failed write, or ``error`` if it is not one.
-
-  The cause chain is searched for an ``OSError`` number and, since orbax
-  (tensorstore) reports its failures as text (``RESOURCE_EXHAUSTED ... No
-  space left on device``), for the system's text of that number.
-  """
+  """One clear error for a failed write, or ``error`` if it is not one."""
   number = _errno_of(error)
   if number in _FULL_ERRNOS:
     return CheckpointWriteError(
@@ -383,8 +316,8 @@ _NOT_WRITABLE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT)
 
 
 def _errno_of(error: BaseException | None) -> int | None:
-  """The errno of the first ``OSError`` in the chain, else the first errno
-  whose text the messages contain (tensorstore's errors are text)."""
+  """The errno of the first ``OSError`` in the cause chain, else the first
+  errno whose text the messages contain (tensorstore reports text)."""
   texts = []
   while error is not None:
     if isinstance(error, OSError) and error.errno is not None:
@@ -399,21 +332,9 @@ def _errno_of(error: BaseException | None) -> int | None:
 
 
 def quiet_orbax() -> None:
-  """Silences orbax's own log records and the tracebacks of its abandoned
-  tasks for the rest of the process (once; later calls do nothing).
-
-  A failed orbax read or write logs each background thread's traceback, and
-  its abandoned coroutines and tensorstore callbacks print "Exception
-  ignored" / "Event loop is closed" tracebacks whenever they are collected,
-  up to the interpreter's exit (hundreds of lines for one full disk or
-  damaged file). Every such failure reaches our caller as an exception,
-  which becomes one line. So a filter on the ``absl`` logger (orbax logs
-  through ``absl.logging``) drops the records logged from orbax's files, and
-  the unraisable-error hook drops the errors raised in them; other records
-  and errors pass. :func:`checkpoint_manager` calls it. With
-  ``VAE_ATTN_DEBUG=1`` (:func:`workflow.errors.debug_requested`) it does
-  nothing.
-  """
+  """Drops, for the rest of the process, orbax's log records and the
+  tracebacks of its abandoned tasks (hundreds of lines for one failure that
+  reaches our caller anyway as one exception); not with ``VAE_ATTN_DEBUG``."""
   absl = logging.getLogger("absl")
   if errors.debug_requested() or _not_orbax in absl.filters:
     return
@@ -439,36 +360,16 @@ def _not_orbax(record: logging.LogRecord) -> bool:
   return _ORBAX not in record.pathname
 
 
-_log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------
-# Checkpoints.
-
-CHECKSUMS = "checksums"  # Our item: a CRC-32 of every saved array.
-DAMAGED_DIR = "damaged_checkpoints"  # Where a trainer sets damaged steps.
-
-
 def checkpoint_manager(
   workdir: str | os.PathLike, *, max_to_keep: int = 3, read_only: bool = False
 ) -> ocp.CheckpointManager:
-  """The orbax manager of ``workdir/ckpt``.
-
-  Args:
-    workdir: the run directory.
-    max_to_keep: the newest steps kept (older ones are deleted by orbax after
-      a newer one is saved).
-    read_only: for evaluation: never creates or deletes anything (else
-      the temporary folders of failed saves are removed).
-  """
-  # Readers open the manager without orbax's read_only option (which logs
-  # "Given directory is read only" on every open): a manager that is never
-  # asked to save writes and deletes nothing.
+  """The orbax manager of ``workdir/ckpt`` keeping the newest
+  ``max_to_keep`` steps; ``read_only`` (evaluation) creates and deletes
+  nothing, else the temporary folders of failed saves are removed."""
+  # Not orbax's read_only option, which logs a line on every open.
   options = ocp.CheckpointManagerOptions(
     preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
     create=not read_only,
-    # A trainer (the only writer: lock) removes the temporary folders of
-    # saves that failed, which a full disk needs back.
     cleanup_tmp_directories=not read_only,
   )
   quiet_orbax()
@@ -506,14 +407,6 @@ def _checksums(tree: Any) -> list[str] | None:
   return sorted(out)
 
 
-def _nbytes(trees: Sequence[Any]) -> int:
-  return sum(
-    int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
-    for tree in trees
-    for leaf in _arrays(tree)
-  )
-
-
 def save(
   mngr: ocp.CheckpointManager,
   step: int,
@@ -522,30 +415,19 @@ def save(
   extras: Mapping[str, Any] | None = None,
   wait: bool = False,
 ) -> None:
-  """Saves ``state`` (and extras) as step ``step``.
-
-  Every process of a multi-process run must call it (orbax writes each
-  process's shards; JSON items are written once). Beside the items, the
-  item ``checksums`` holds a CRC-32 of every array, which :func:`restore`
-  checks.
-
-  Args:
-    mngr: from :func:`checkpoint_manager`.
-    step: the step number.
-    state: a pytree of arrays.
-    extras: more pytrees of arrays, saved as items of their own.
-    wait: block until the write is complete.
+  """Saves ``state`` and ``extras`` (items of their own) as ``step``, with a
+  CRC-32 of every array (item ``checksums``); every process must call it.
 
   Raises:
-    CheckpointWriteError: the disk is full (checked before writing when one
-      process saves: the free space must hold every array) or the folder is
-      read-only; the previous steps are intact.
+    CheckpointWriteError: the disk is full (checked first with one process)
+      or the folder is read-only; the previous steps are intact.
   """
   finish_saves(mngr)  # A failed earlier save is reported as itself.
   arrays = {"state": state, **(extras or {})}
   where = f"saving step {step} to {mngr.directory}"
   if jax.process_count() == 1:  # Every process must agree to skip a save.
-    needed, free = _nbytes(list(arrays.values())), _free_bytes(mngr.directory)
+    needed = sum(math.prod(a.shape) * a.dtype.itemsize for a in _arrays(arrays))
+    free = _free_bytes(mngr.directory)
     if free < needed + (1 << 20):
       raise CheckpointWriteError(
         errno.ENOSPC,
@@ -589,8 +471,8 @@ def finish_saves(mngr: ocp.CheckpointManager) -> None:
 
 
 def _steps(path: pathlib.Path) -> list[int]:
-  """The complete steps in ``path`` (orbax renames a step's temporary
-  folder to its number when the save is complete)."""
+  """The complete steps in ``path`` (a temporary folder is renamed to its
+  number when the save is complete)."""
   try:
     return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit())
   except FileNotFoundError:
@@ -598,11 +480,8 @@ def _steps(path: pathlib.Path) -> list[int]:
 
 
 def _metadata_target(step_dir: pathlib.Path, item: str, sharding) -> Any:
-  """The saved tree of ``item`` as shape structs placed by ``sharding``.
-
-  This is the restore target that needs no model code and fits the current
-  devices, whatever devices the run was saved from.
-  """
+  """The saved tree of ``item`` as shape structs placed by ``sharding``: a
+  restore target for the current devices that needs no model code."""
   handler = ocp.StandardCheckpointHandler()
   try:
     meta = handler.metadata(step_dir / item)
@@ -619,11 +498,8 @@ def _metadata_target(step_dir: pathlib.Path, item: str, sharding) -> Any:
 
 
 def _check_structure(step_dir: pathlib.Path, item: str, target: Any) -> None:
-  """Raises ConfigMismatchError when the saved tree has other arrays.
-
-  A step whose metadata cannot be read is left to the restore (and skipped
-  as unreadable there): damage is not a different architecture.
-  """
+  """Raises ConfigMismatchError when the saved tree has other arrays (an
+  unreadable step is left to the restore: damage is no other model)."""
   try:
     saved = _metadata_target(step_dir, item, None)
   except Exception:  # noqa: BLE001 (unreadable: judged by the restore)
@@ -656,29 +532,24 @@ def _try_restore(mngr, step, items, optional_items, targets, sharding):
   missing = [n for n in items if not (step_dir / n).is_dir()]
   if missing:
     return f"partial, no item folder {missing} (an interrupted save?)", None
-  for name in items:
-    lost = [
-      f
-      for f in ("_METADATA", "manifest.ocdbt")
-      if not (step_dir / name / f).is_file()
-    ]
-    if lost:  # Checked first: orbax's failed reads leave noisy threads.
-      return f"unreadable, {name}/{lost[0]} is missing", None
+  for name in items:  # Checked first: orbax's failed reads leave threads.
+    for f in ("_METADATA", "manifest.ocdbt"):
+      if not (step_dir / name / f).is_file():
+        return f"unreadable, {name}/{f} is missing", None
   wanted = list(items) + [n for n in optional_items if (step_dir / n).is_dir()]
   for name, target in targets.items():
     if name in wanted:
       _check_structure(step_dir, name, target)
   checked = (step_dir / CHECKSUMS).is_dir()
   try:
-    args = {}
-    for name in wanted + [CHECKSUMS] * checked:
-      if name == CHECKSUMS:
-        args[name] = ocp.args.JsonRestore()
-        continue
-      target = targets.get(name)
-      if target is None:
-        target = _metadata_target(step_dir, name, sharding)
-      args[name] = ocp.args.StandardRestore(target)
+    args = {
+      n: ocp.args.StandardRestore(
+        targets[n] if n in targets else _metadata_target(step_dir, n, sharding)
+      )
+      for n in wanted
+    }
+    if checked:
+      args[CHECKSUMS] = ocp.args.JsonRestore()
     restored = mngr.restore(step, args=ocp.args.Composite(**args))
   except Exception as e:  # noqa: BLE001 (any unreadable step is skipped)
     _log.debug("Step %d is unreadable.", step, exc_info=True)
@@ -705,8 +576,8 @@ def _try_restore(mngr, step, items, optional_items, targets, sharding):
 
 
 def _set_aside(workdir: pathlib.Path, step: int) -> pathlib.Path:
-  """Moves the damaged ``ckpt/<step>`` to ``damaged_checkpoints/<step>``
-  (kept, never deleted) so that a resumed run saves that step again."""
+  """Moves the damaged ``ckpt/<step>`` to ``damaged_checkpoints/`` (kept)
+  so that a resumed run saves that step again."""
   target = workdir / DAMAGED_DIR / str(step)
   k = 1
   while target.exists():
@@ -728,40 +599,28 @@ def restore(
 ) -> tuple[int, dict[str, Any]]:
   """Restores the newest complete, readable, intact and finite checkpoint.
 
-  Steps are tried from the newest down (or only ``step``). A step is skipped
-  when an item folder or file is missing, orbax cannot read it, an array
-  differs from its checksum (damaged bytes that still read) or holds NaN or
-  inf; one warning line per skipped step names it and the reason. A step
-  deleted while it was read (a trainer rotating its checkpoints) is not
-  damage: the newest step then present is tried, without a warning.
-
-  A trainer passes its own ``mngr``: then each skipped step is moved to
-  ``workdir/damaged_checkpoints/<step>`` (kept, never deleted; one process
-  only), so the resumed run saves that step again. Readers (no ``mngr``)
-  never change the folder.
+  Steps are tried from the newest down (or only ``step``); a step with a
+  missing item, unreadable, differing from its checksums or non-finite is
+  skipped with one warning line naming it and why. A step deleted while it
+  was read (a trainer rotating checkpoints) is no damage. A trainer passes
+  its ``mngr``: each skipped step is then set aside (one process only);
+  readers never change the folder.
 
   Args:
     workdir: a run directory.
-    items: items that must be present (``"state"``...).
-    optional_items: items restored when the step has them (extras such as
-      ``latent_stats``).
-    targets: item -> abstract pytree (shape structs with shardings) to
-      restore into; an item without one is restored from its saved metadata
-      onto ``sharding``.
-    sharding: where metadata-built targets go (default: the first local
-      device).
-    step: restore exactly this step (no fallback to older ones).
-    mngr: the trainer's open manager of ``workdir`` (default: a read-only
-      one).
+    items: items that must be present; ``optional_items`` are restored when
+      the step has them (``latent_stats``).
+    targets: item -> abstract pytree to restore into; other items are
+      restored from their saved metadata onto ``sharding`` (default: the
+      first local device).
+    step: restore exactly this step (no fallback).
+    mngr: the trainer's open manager of ``workdir``.
 
   Returns:
-    ``(step, {item: value})``: pytrees of ``jax.Array`` (nested dicts
-    without a target).
+    ``(step, {item: value})``.
 
   Raises:
-    FileNotFoundError: ``workdir`` does not exist or has no checkpoint (or
-      not ``step``).
-    NotADirectoryError: ``workdir`` is a file.
+    FileNotFoundError, NotADirectoryError: no run or no checkpoint there.
     ConfigMismatchError: a target's arrays differ from the saved ones.
     CheckpointError: no step is usable; the message lists each step and why.
   """
@@ -821,21 +680,17 @@ def restore(
   )
 
 
-def _retry_deleted(fn: Callable[[], Any], tries: int = 10) -> Any:
-  """``fn()``, again while it fails on a step folder that a trainer deleted
-  between orbax's listing and its reading of it."""
-  for attempt in range(tries):
-    try:
+def _retry_deleted(fn: Callable[[], Any]) -> Any:
+  """``fn()``, again (10 tries) while a step folder it read was deleted by a
+  trainer (orbax raises either error)."""
+  for _ in range(9):
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
       return fn()
-    except (FileNotFoundError, NotADirectoryError):  # Orbax raises both.
-      if attempt == tries - 1:
-        raise
-  return None
+  return fn()
 
 
 def _present(path: pathlib.Path, reasons: Mapping[int, str]) -> list:
-  """The skipped steps still there: one that is gone was deleted by a
-  trainer while it was read, which is no damage."""
+  """The skipped steps still there (one that is gone was rotated away)."""
   return [(s, why) for s, why in reasons.items() if (path / str(s)).is_dir()]
 
 
