@@ -1,45 +1,28 @@
 """Config dataclasses: their fields, flags (simple_parsing) and JSON.
 
-Every entry point (``python -m train.*``, ``python -m eval.*``) describes its
-options as one frozen dataclass whose fields are made with :func:`field`
-(default, ``--help`` text, allowed values). `simple_parsing
-<https://github.com/lebrice/SimpleParsing>`_ turns the dataclass into
-``argparse`` flags: ``--num-steps`` or ``--num_steps``, booleans as
-``--score``/``--no-score`` or ``--score=false``, the type and default in
-``--help``. :func:`parse` returns the config itself (never an
-``argparse.Namespace``), so a config built in Python and one parsed from a
-command line are the same object, and :func:`to_dict`/:func:`from_dict`
-write and read it as JSON.
-
-A bad flag is one line, ``error: <what> (see <prog> --help)``, exit status 2.
+Every entry point describes its options as one frozen dataclass whose fields
+are made with :func:`field` (default, ``--help`` text, allowed values);
+simple_parsing turns it into flags (``--num-steps`` or ``--num_steps``,
+``--score``/``--no-score``), and :func:`parse` returns the config itself, so
+a config built in Python and one parsed from a command line are the same
+object. A bad flag is one line, ``error: <what> (see <prog> --help)``, exit
+status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import math
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import simple_parsing
 from simple_parsing.helpers import custom_actions
-
-__all__ = [
-  "ArgumentParser",
-  "Debug",
-  "REQUIRED",
-  "check_values",
-  "count",
-  "field",
-  "from_dict",
-  "grid_field",
-  "parse",
-  "to_dict",
-]
 
 T = TypeVar("T")
 # The default of a field whose flag must be given (``--workdir``).
@@ -50,57 +33,38 @@ SEEDS = f"[0, {MAX_SEED}]"  # The interval of a seed field.
 
 
 def count(text: str) -> int:
-  """Parses a whole number, also written as ``3e5`` (the paper's steps).
-
-  Raises:
-    argparse.ArgumentTypeError: ``text`` is not a whole number.
-  """
-  try:
+  """Parses a whole number, also written as ``3e5`` (the paper's steps)."""
+  with contextlib.suppress(ValueError):
     return int(text)
-  except ValueError:
-    pass
-  try:
-    value = float(text)
-  except ValueError:
-    value = float("nan")
-  if not value.is_integer():
-    raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
-  return int(value)
+  with contextlib.suppress(ValueError):
+    if float(text).is_integer():
+      return int(float(text))
+  raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
 
 
 count.__name__ = "int"  # The metavar in --help.
 
 
-class _Interval(NamedTuple):
-  low: float
-  high: float
-  closed_low: bool
-  closed_high: bool
-  words: str  # ">= 1", "> 0", "in [0, 1)"
-
-  def contains(self, value: float) -> bool:
-    above = value >= self.low if self.closed_low else value > self.low
-    below = value <= self.high if self.closed_high else value < self.high
-    return above and below
-
-
-def _interval(text: str) -> _Interval:
-  """``"[1, inf)"`` -> an :class:`_Interval` (a config's definition error
-  raises ``ValueError`` at import)."""
+def _interval(text: str) -> tuple[Callable[[float], bool], str]:
+  """``"[1, inf)"`` -> ``(contains, ">= 1")`` (a bad one fails at import)."""
   match = re.fullmatch(r"([\[(])\s*(\S+)\s*,\s*(\S+)\s*([\])])", text)
   if match is None:
     raise ValueError(f"Not an interval: {text!r}; write e.g. '[1, inf)'.")
   opening, low, high, closing = match.groups()
   low, high = float(low), float(high)
-  closed_low, closed_high = opening == "[", closing == "]"
-  number = lambda x: int(x) if x.is_integer() else x  # noqa: E731
+  number = lambda x: int(x) if x.is_integer() else x
   if math.isinf(high):
-    words = f"{'>=' if closed_low else '>'} {number(low)}"
+    words = f"{'>=' if opening == '[' else '>'} {number(low)}"
   elif math.isinf(low):
-    words = f"{'<=' if closed_high else '<'} {number(high)}"
+    words = f"{'<=' if closing == ']' else '<'} {number(high)}"
   else:
     words = f"in {text}"
-  return _Interval(low, high, closed_low, closed_high, words)
+
+  def contains(v: float) -> bool:
+    above = v >= low if opening == "[" else v > low
+    return above and (v <= high if closing == "]" else v < high)
+
+  return contains, words
 
 
 def field(
@@ -120,25 +84,11 @@ def field(
   """A config field with its ``--help`` text and optional allowed values.
 
   Example: ``loss: str = configs.field("ad", "objective", ("ad", "tc"))``.
-
-  Args:
-    default: the value without the flag (a tuple for a list field;
-      :data:`REQUIRED`: the flag must be given).
-    help: one line for ``--help`` (plain text).
-    choices: the allowed values; checked by the parser and by
-      :func:`check_values` (also for configs built in Python).
-    alias: more flag names (``"--data-path"``).
-    type: the parser of one value (default: :func:`count` for an ``int``
-      default, so ``--num-steps=3e5`` works; else from the annotation).
-    positional: a positional argument instead of ``--name``.
-    nargs: ``"*"`` for a tuple field with ``choices``.
-    metavar: the value's name in ``--help`` and errors (positionals).
-    switch: a ``bool`` or ``bool | None`` field: ``--name``, ``--no-name``
-      or ``--name=false`` (default: whether ``default`` is a bool).
-    interval: the allowed values in interval notation, ``[`` and ``]``
-      inclusive, ``(`` and ``)`` exclusive: ``"[1, inf)"`` (counts),
-      ``"(0, inf)"`` (learning rates), ``"[0, 1)"`` (Adam's betas).
-    metadata: more ``dataclasses.field`` metadata (e.g. ``grid``).
+  ``default`` may be :data:`REQUIRED`; ``choices`` and ``interval``
+  (``"[1, inf)"``, ``"(0, inf)"``, ``"[0, 1)"``) are checked by the parser
+  and :func:`check_values`; ``type`` parses one value (default: :func:`count`
+  for an ``int``); ``switch`` makes a ``bool | None`` field a switch; the
+  other arguments are argparse's.
   """
   kwargs: dict[str, Any] = {}
   if choices is not None:
@@ -164,24 +114,20 @@ def field(
     help=help,
     metadata={
       "allowed": kwargs.get("choices"),
-      "interval": None if interval is None else _interval(interval),
+      "interval": interval and _interval(interval),
       **(metadata or {}),
     },
     **kwargs,
   )
 
 
-def _one_value(tp: type, text: str) -> Any:
-  if tp is int:
-    return count(text)
-  if tp is float:
-    try:
-      return float(text)
-    except ValueError:
-      raise argparse.ArgumentTypeError(
-        f"expected a number, got {text!r}"
-      ) from None
-  return text
+def _number(text: str) -> float:
+  try:
+    return float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+      f"expected a number, got {text!r}"
+    ) from None
 
 
 def grid_field(
@@ -192,18 +138,13 @@ def grid_field(
   alias: str | Sequence[str] = (),
   interval: str | None = None,
 ) -> Any:
-  """A config field whose flag also takes a comma list (a grid).
-
-  The flag's value is a tuple of values (one without a comma), none
-  repeated; :func:`check_values` checks each against ``choices`` and
-  ``interval``.
-  ``train.flags.parse_flags`` expands the tuples into one config per
-  combination.
-  """
+  """A config field whose flag also takes a comma list (a grid): its value is
+  a tuple (none repeated) that ``train.command.parse_flags`` expands."""
   tp = type(default)
+  one = {int: count, float: _number}.get(tp, str)
 
   def parse(text: str) -> tuple[Any, ...]:
-    values = tuple(_one_value(tp, v.strip()) for v in text.split(","))
+    values = tuple(one(v.strip()) for v in text.split(","))
     if len(set(values)) != len(values):
       raise argparse.ArgumentTypeError(f"{text!r} repeats a value")
     return values
@@ -222,11 +163,7 @@ def grid_field(
 
 @dataclasses.dataclass(frozen=True)
 class Debug:
-  """Error reporting (every entry point).
-
-  Attributes:
-    debug: show the traceback of a user error instead of one line.
-  """
+  """Error reporting (every entry point)."""
 
   debug: bool = field(
     False, "show the full traceback of an error (also: VAE_ATTN_DEBUG=1)"
@@ -234,13 +171,9 @@ class Debug:
 
 
 class ArgumentParser(simple_parsing.ArgumentParser):
-  """``simple_parsing.ArgumentParser`` with this project's conventions.
-
-  Flags are shown with dashes and also read with underscores
-  (``--num_steps``), the description keeps its layout, and a
-  bad flag prints one line, ``error: <what> (see <prog> --help)``, then
-  exits with status 2 (no usage block).
-  """
+  """``simple_parsing.ArgumentParser`` with this project's conventions:
+  dashed flags also read with underscores, the description's own layout,
+  and a bad flag is one line with exit status 2 (no usage block)."""
 
   def __init__(
     self, *, prog: str, description: str = "", groups: Sequence[Any] = ()
@@ -271,23 +204,15 @@ class ArgumentParser(simple_parsing.ArgumentParser):
     )
 
   def parse_groups(self, argv: Sequence[str] | None) -> tuple[Any, ...]:
-    """The config of every group, then the namespace of other arguments.
-
-    Raises:
-      SystemExit: status 2 after one error line (a bad flag, a value outside
-        a field's choices, or a ``ValueError`` of a config's
-        ``__post_init__``), 0 after ``--help``.
-    """
-    try:
+    """The config of every group, then the namespace of other arguments
+    (``SystemExit``: 2 after one error line, 0 after ``--help``)."""
+    try:  # A ValueError: a config's __post_init__ or check_values.
       args = self.parse_args(argv)
-    except ValueError as e:  # A config's __post_init__ refused a value.
-      self.error(str(e))
-    parsed = tuple(getattr(args, d) for d in self._group_dests)
-    for config in parsed:
-      try:
+      parsed = tuple(getattr(args, d) for d in self._group_dests)
+      for config in parsed:
         check_values(config)
-      except ValueError as e:
-        self.error(str(e))
+    except ValueError as e:
+      self.error(str(e))
     return (*parsed, args)
 
   def parse_known_args(self, args=None, namespace=None, **kwargs):
@@ -350,12 +275,9 @@ def _dashed(arg: str) -> str:
 class _HelpFormatter(
   simple_parsing.SimpleHelpFormatter, argparse.RawDescriptionHelpFormatter
 ):
-  """simple_parsing's flags, the description's own line breaks.
-
-  A flag whose help does not mention its default gets ``(default: X)``
-  (switches: on/off); a flag whose default is ``None`` says in its help what
-  happens without it.
-  """
+  """simple_parsing's flags, the description's own line breaks, and
+  ``(default: X)`` where the help does not mention it (``None``: the help
+  says what happens without the flag)."""
 
   def _get_help_string(self, action: argparse.Action) -> str:
     text = action.help or ""
@@ -382,31 +304,19 @@ def parse(
   prog: str,
   description: str = "",
 ) -> tuple[Any, ...]:
-  """Parses ``argv`` into one instance per config dataclass in ``groups``.
-
-  Args:
-    argv: the arguments without the program name (``None``: ``sys.argv``).
-    *groups: config dataclasses, or instances of them whose values are the
-      defaults (a preset); their field names and class names must differ.
-    prog: the program name in ``--help`` and errors.
-    description: the ``--help`` text (the module docstring).
-
-  Returns:
-    The instances, in the order of ``groups``.
+  """Parses ``argv`` (``None``: ``sys.argv``) into one instance per config
+  dataclass in ``groups`` (or instance: a preset's defaults), in order.
 
   Raises:
-    SystemExit: status 2 after one error line (a bad flag, or a
-      ``ValueError`` of a config's ``__post_init__``), 0 after ``--help``.
+    SystemExit: status 2 after one error line, 0 after ``--help``.
   """
   parser = ArgumentParser(prog=prog, description=description, groups=groups)
   return parser.parse_groups(argv)[:-1]
 
 
 def check_values(config: Any) -> None:
-  """Checks every field against its ``choices`` and ``interval``, and that
-  float values are finite (configs built in Python too). ``None``
-  (an optional field not given) passes; a tuple (a grid) is checked value
-  by value.
+  """Checks every value (each of a tuple; ``None`` passes) against its
+  field's ``choices`` and ``interval``, and that floats are finite.
 
   Raises:
     ValueError: naming the flag, the bad value and what is allowed.
@@ -425,8 +335,8 @@ def check_values(config: Any) -> None:
       if isinstance(v, float) and not math.isfinite(v):
         raise ValueError(f"{flag} must be a finite number, got {v}.")
       interval = f.metadata.get("interval")
-      if interval is not None and not interval.contains(v):
-        raise ValueError(f"{flag} must be {interval.words}, got {v}.")
+      if interval and not interval[0](v):
+        raise ValueError(f"{flag} must be {interval[1]}, got {v}.")
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -435,11 +345,8 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def from_dict(config_cls: type[T], values: Mapping[str, Any]) -> T:
-  """Rebuilds a config from :func:`to_dict` output.
-
-  Raises:
-    ValueError: ``values`` names fields ``config_cls`` does not have.
-  """
+  """Rebuilds a config from :func:`to_dict` output (``ValueError``: unknown
+  fields)."""
   names = {f.name for f in dataclasses.fields(config_cls)}
   unknown = sorted(set(values) - names)
   if unknown:
