@@ -1,11 +1,9 @@
 """What every entry point (``train.*``, ``eval.*``) treats as a user error.
 
-A user error (a bad path or flag value, missing or malformed data, no usable
-checkpoint, a workdir in use, a full disk or a read-only folder) reaches the
-terminal as one line, ``error: <what is wrong and how to fix it>``, with exit
-status 2; anything else is a bug and keeps its traceback. ``--debug`` or the
-environment variable ``VAE_ATTN_DEBUG=1`` shows the traceback of user errors
-too. Nothing here prints or exits: the entry points do, once, visibly.
+A user error (a bad path or value, bad data, no usable checkpoint, a workdir
+in use, a full disk) reaches the terminal as one line, ``error: <what is
+wrong and how to fix it>``, exit status 2; anything else is a bug and keeps
+its traceback, as do user errors with ``--debug`` or ``VAE_ATTN_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -20,8 +18,7 @@ DEBUG_ENV = "VAE_ATTN_DEBUG"
 
 
 class UserError(Exception):
-  """A failure the user can fix that is neither a ValueError nor an OSError
-  (``workflow.runs.CheckpointError``, ``WorkdirLockedError``)."""
+  """A failure the user can fix that is neither a ValueError nor an OSError."""
 
 
 # Errors a user can fix (vae_attn.data.DataError is a ValueError).
@@ -37,8 +34,7 @@ def debug_requested(flag: bool = False) -> bool:
 @contextlib.contextmanager
 def debug_mode(flag: bool) -> Iterator[None]:
   """Sets ``VAE_ATTN_DEBUG=1`` while an entry point runs with ``--debug``, so
-  that code far from the command line sees it (orbax's own log lines and
-  tracebacks, hidden by ``workflow.runs`` otherwise); restored on exit."""
+  that code far from the command line sees it (``runs.quiet_orbax``)."""
   if not flag or os.environ.get(DEBUG_ENV):
     yield
     return
@@ -50,9 +46,8 @@ def debug_mode(flag: bool) -> Iterator[None]:
 
 
 def error_line(error: BaseException) -> str:
-  """``error: <message>`` on one line (orbax and OS errors can be long),
-  without the ``[Errno N]`` prefix of OS errors; a full disk met by any
-  write (a log, a report) says so and what to do."""
+  """``error: <message>`` on one line, without an ``[Errno N]`` prefix; a
+  full disk met by any write (a log, a report) says so and what to do."""
   if (
     isinstance(error, OSError)
     and error.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -1,10 +1,8 @@
 """A grid of runs: the configs of every combination, and each member's folder.
 
-``python -m train.factorvae --loss=tc,ad --seeds=0,1`` trains four members;
-member ``k`` writes an ordinary run folder ``<workdir>/<member name>``, named
-from the fields that vary in the grid (``tc_seed0``, ``ad_gamma40_seed1``).
-The trainers (which write the folders) and ``eval.reproduce`` (which reads
-them) both name them here.
+``python -m train.factorvae --loss=tc,ad --seeds=0,1`` trains four members,
+each an ordinary run folder ``<workdir>/<member name>`` named from the fields
+that vary (``tc_seed0``, ``ad_gamma40_seed1``).
 """
 
 from __future__ import annotations
@@ -29,13 +27,10 @@ def grid_fields(config_cls: type) -> tuple[str, ...]:
 
 
 def expand(base: Any, lists: Mapping[str, Sequence[Any]]) -> list[Any]:
-  """Every combination of ``lists`` applied to ``base`` (last field fastest).
-
-  Example: ``expand(config, {"loss": ["tc", "ad"], "seed": [0, 1]})`` gives
-  tc/0, tc/1, ad/0, ad/1. A combination whose config equals an earlier one
-  (a config may record a value it does not read at its default: a tc
-  member's ``lambda_ad``) is left out, with a warning.
-  """
+  """Every combination of ``lists`` applied to ``base`` (last field fastest):
+  ``{"loss": ["tc", "ad"], "seed": [0, 1]}`` gives tc/0, tc/1, ad/0, ad/1. A
+  config equal to an earlier one (a weight its objective does not read is
+  recorded at its default) is left out, with a warning."""
   names = list(lists)
   members = []
   for combo in itertools.product(*(lists[n] for n in names)):
@@ -53,11 +48,8 @@ def expand(base: Any, lists: Mapping[str, Sequence[Any]]) -> list[Any]:
 
 
 def member_name(config: Any, varying: Sequence[str]) -> str:
-  """A member's folder name from the fields that vary in its grid.
-
-  ``loss`` shows its value alone, other fields their name and value:
-  ``ad_gamma40_seed0``. The seed is always part of the name.
-  """
+  """A member's folder name from the fields that vary in its grid (and the
+  seed): ``ad_gamma40_seed0``."""
   parts = []
   for name in dict.fromkeys([*varying, "seed"]):
     value = getattr(config, name)
@@ -68,11 +60,8 @@ def member_name(config: Any, varying: Sequence[str]) -> str:
 
 
 def varying_fields(configs: Sequence[Any]) -> list[str]:
-  """The fields whose values differ between ``configs``, in grid order.
-
-  Raises:
-    ValueError: the configs differ in a field that is not a grid field.
-  """
+  """The fields whose values differ between ``configs``, in grid order
+  (``ValueError``: one that is not a grid field)."""
   first = dataclasses.asdict(configs[0])
   varying = {
     k

@@ -1,8 +1,4 @@
-"""Where the log records of an entry point (``train.*``, ``eval.*``) go.
-
-:func:`setup` is the one logging configuration of the commands: each calls
-it once, in its ``main``, with its line format and the loggers it shows.
-"""
+"""The one logging setup of the entry points (``train.*``, ``eval.*``)."""
 
 from __future__ import annotations
 
@@ -12,8 +8,7 @@ from collections.abc import Mapping
 
 
 class _StderrHandler(logging.StreamHandler):
-  """Writes each record to the ``sys.stderr`` of the moment (a notebook or a
-  test may replace it after logging was set up)."""
+  """Writes to the ``sys.stderr`` of the moment (a test may replace it)."""
 
   def emit(self, record: logging.LogRecord) -> None:
     self.stream = sys.stderr  # Not setStream: it flushes the old stream.
@@ -26,18 +21,9 @@ def setup(
   date_format: str | None = None,
   levels: Mapping[str, int],
 ) -> None:
-  """Sends every log record to stderr, one line each in ``line_format``.
-
-  Replaces the root handler that absl installs on import (``INFO:name:``
-  prefixes), then sets the level of each logger named in ``levels`` (``""``:
-  the root logger; the others keep theirs, WARNING by default).
-
-  Args:
-    line_format: a ``logging.Formatter`` format (``%``-style).
-    date_format: the ``strftime`` format of ``%(asctime)s`` (default:
-      logging's ``2025-01-31 12:00:00,123``).
-    levels: logger name -> level.
-  """
+  """Sends every log record to stderr as one ``line_format`` line (replacing
+  absl's root handler) and sets the level of each logger in ``levels``
+  (``""``: the root)."""
   handler = _StderrHandler()
   handler.setFormatter(logging.Formatter(line_format, date_format))
   logging.basicConfig(handlers=[handler], force=True)

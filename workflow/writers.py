@@ -1,20 +1,7 @@
-"""Metric writers with clu's method names, without TensorFlow.
+"""A metric writer with clu's method names, without TensorFlow.
 
-clu's default writer imports TensorFlow for its summaries; this one writes
-scalars as JSON lines (``metrics.jsonl``, one object per call) and as
-TensorBoard event files through ``tensorboardX``, and mirrors them to
-``logging``. Only process 0 of a multi-host run should write: build the others
-with ``enabled=False``.
-
-Example:
-
-  >>> import tempfile
-  >>> from workflow import writers
-  >>> workdir = tempfile.mkdtemp()
-  >>> with writers.MetricWriter(workdir) as writer:
-  ...   writer.write_scalars(10, {"train/loss": 1.5})
-  >>> writers.read_scalars(workdir)
-  [{'step': 10, 'train/loss': 1.5}]
+Scalars go to ``metrics.jsonl`` (one JSON object per call, read back by
+:func:`read_scalars`), to TensorBoard (``tensorboardX``) and to ``logging``.
 """
 
 from __future__ import annotations
@@ -44,31 +31,19 @@ def _to_float(name: str, value: Any) -> float:
   return float(array.reshape(()))
 
 
-def _json_number(value: float) -> float | str:
-  # JSON has no NaN/inf; write them as strings so every line stays valid.
-  return value if math.isfinite(value) else str(value)
-
-
 class MetricWriter:
   """Writes scalars to ``<logdir>/metrics.jsonl`` and TensorBoard.
 
   Args:
-    logdir: the folder for ``metrics.jsonl`` and ``tensorboard/``; created if
-      missing.
-    tensorboard: also write TensorBoard event files (tensorboardX).
-    enabled: ``False`` makes every method a no-op (non-zero processes).
-    name: shown in each log line, ``[name step]`` (a grid member's folder;
-      ``""``: ``[step]``).
-    resume_step: the step a run starts from: rows of later steps (logged
-      after that checkpoint, before a crash) are removed from
-      ``metrics.jsonl`` and purged from TensorBoard, so after any crash and
-      resume every logged step appears exactly once. A trainer passes it on
-      every start: the restored step, or ``0`` without a checkpoint (a run
-      killed before its first checkpoint leaves rows too). ``None`` keeps
-      every row (a writer that appends to a finished run).
+    logdir: the folder (created if missing).
+    tensorboard: also write TensorBoard event files.
+    enabled: ``False`` makes every method a no-op (processes other than 0).
+    resume_step: the step a run starts from (``0`` without a checkpoint):
+      rows of later steps, logged before a crash, are removed from both
+      logs, so every step appears once; ``None`` keeps every row.
+    name: shown in each log line, ``[name step]`` (a grid member).
 
-  Every ``write_scalars`` line is flushed to disk at once, so a killed run
-  loses no row it logged.
+  Each ``write_scalars`` line is flushed at once: a killed run loses none.
   """
 
   def __init__(
@@ -101,17 +76,14 @@ class MetricWriter:
       )
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-    """Writes one line ``{"step": step, name: value, ...}`` and TB scalars.
-
-    Args:
-      step: the training step.
-      scalars: names (``"train/loss"``) to numbers or one-element arrays.
-    """
+    """Writes ``{"step": step, name: value, ...}`` (one-element values)."""
     if not self._enabled:
       return
     values = {k: _to_float(k, v) for k, v in scalars.items()}
-    record = {"step": int(step)}
-    record.update({k: _json_number(v) for k, v in values.items()})
+    record = {"step": int(step)}  # JSON has no NaN/inf: written as "nan".
+    record.update(
+      {k: v if math.isfinite(v) else str(v) for k, v in values.items()}
+    )
     try:
       self._jsonl.write(json.dumps(record) + "\n")
       self._jsonl.flush()
@@ -128,13 +100,8 @@ class MetricWriter:
     )
 
   def write_images(self, step: int, images: Mapping[str, Any]) -> None:
-    """Writes images to TensorBoard (the JSONL log holds scalars only).
-
-    Args:
-      step: the training step.
-      images: names to ``[N, H, W, C]`` or ``[H, W, C]`` arrays in ``[0, 1]``
-        (C is 1 or 3).
-    """
+    """Writes ``[N, H, W, C]`` or ``[H, W, C]`` images in ``[0, 1]`` (C is 1
+    or 3) to TensorBoard."""
     if not self._enabled or self._tb is None:
       return
     for name, value in images.items():
@@ -154,10 +121,7 @@ class MetricWriter:
       )
 
   def flush(self) -> None:
-    """Flushes the JSONL file and the TensorBoard writer."""
-    if self._jsonl is not None:
-      self._jsonl.flush()
-    if self._tb is not None:
+    if self._tb is not None:  # The JSONL file is flushed per line.
       self._tb.flush()
 
   def close(self) -> None:
@@ -178,10 +142,8 @@ class MetricWriter:
 
 
 def read_scalars(logdir: str | os.PathLike) -> list[dict[str, Any]]:
-  """Reads back every line of ``<logdir>/metrics.jsonl`` (oldest first).
-
-  Non-finite values come back as floats (``nan``, ``inf``).
-  """
+  """Every row of ``<logdir>/metrics.jsonl``, oldest first (``nan``/``inf``
+  as floats)."""
   path = os.path.join(logdir, JSONL_NAME)
   records = []
   with open(path, encoding="utf-8") as f:
@@ -196,36 +158,27 @@ def read_scalars(logdir: str | os.PathLike) -> list[dict[str, Any]]:
   return records
 
 
-def truncate(logdir: str | os.PathLike, last_step: int) -> int:
-  """Removes the ``metrics.jsonl`` rows of steps after ``last_step``.
-
-  The file is rewritten atomically; a torn last line (a kill mid-write) is
-  dropped too.
-
-  Returns:
-    The number of rows removed.
-  """
+def truncate(logdir: str | os.PathLike, last_step: int) -> None:
+  """Removes the ``metrics.jsonl`` rows of steps after ``last_step`` and a
+  torn last line (rewriting the file atomically)."""
   path = os.path.join(logdir, JSONL_NAME)
   if not os.path.exists(path):
-    return 0
-  kept, removed = [], 0
+    return
+
+  def keep(line: str) -> bool:
+    try:
+      return json.loads(line)["step"] <= last_step
+    except (json.JSONDecodeError, KeyError, TypeError):
+      return False
+
   with open(path, encoding="utf-8") as f:
-    for line in f:
-      try:
-        step = json.loads(line)["step"]
-      except (json.JSONDecodeError, KeyError, TypeError):
-        removed += 1
-        continue
-      if step > last_step:
-        removed += 1
-      else:
-        kept.append(line if line.endswith("\n") else line + "\n")
-  if removed:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    lines = f.read().splitlines()
+  kept = [line + "\n" for line in lines if keep(line)]
+  if len(kept) < len(lines):
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
       f.writelines(kept)
-    os.replace(tmp, path)
+    os.replace(path + ".tmp", path)
+    removed = len(lines) - len(kept)
     _log.info(
       "Removed %d log rows after step %d from %s.", removed, last_step, path
     )
-  return removed
