@@ -1,23 +1,16 @@
 """The trainers' command line: flags, launch, the error handler, the report.
 
-``--preset=NAME`` picks a base config; every config field is a flag
-(:mod:`workflow.configs`, simple_parsing) whose value replaces the preset's;
-only exact flag names (and documented aliases such as ``--seeds``) are
-accepted. Fields made with ``configs.grid_field`` also take comma lists
-(``--seeds=0,1,2 --loss=tc,ad --gamma=10,40``): the trainer then trains
-every combination as one grid. :class:`Launch` holds the flags that are not
-part of a run's config: ``--workdir``, ``--overwrite``, ``--debug`` and the
-launch of several processes.
-
-:func:`main` is the one handler of an entry point: a user error (bad flag
-value, contradictory choices, missing data, a workdir in use, a full disk...)
-is printed as one line naming the problem and the fix, with exit status 2;
-``--debug`` or ``VAE_ATTN_DEBUG=1`` shows the traceback instead.
+``--preset=NAME`` picks a base config whose fields the flags replace; grid
+fields also take comma lists (``--seeds=0,1,2 --loss=tc,ad``), which train
+every combination. :class:`Launch` holds the flags outside a run's config.
+:func:`main` is the one handler of an entry point: a user error is one line
+with exit status 2 (``--debug`` or ``VAE_ATTN_DEBUG=1``: the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import pathlib
@@ -29,24 +22,13 @@ from typing import Any
 from train import distributed, loop
 from workflow import configs as configs_lib
 from workflow import errors, grid, logs, runs, writers
-from workflow.errors import USER_ERRORS, debug_requested, error_line
 
 _log = logging.getLogger("train")
 
 
 @dataclasses.dataclass(frozen=True)
 class Launch:
-  """Where the run goes and how the processes start (not part of a config).
-
-  Attributes:
-    workdir: the run directory (default: one named after the config).
-    overwrite: delete the workdir's run first (checkpoints, logs, the
-      evaluations' results and the report).
-    debug: show the traceback of a user error.
-    coordinator_address: ``host:port`` of process 0 (several processes).
-    num_processes: processes in the job.
-    process_id: this process's index.
-  """
+  """Where the run goes and how the processes start (not part of a config)."""
 
   workdir: str | None = configs_lib.field(
     None,
@@ -121,27 +103,14 @@ def parse_flags(
   default_preset: str,
   preset_field: str | None = None,
 ) -> tuple[list[Any], Launch]:
-  """Parses ``argv`` into ``(configs, launch)``.
+  """Parses ``argv`` (``None``: ``sys.argv``) into ``(configs, launch)``.
 
-  The config is ``presets[--preset]`` (or, with ``preset_field``, the preset
-  named by that field's flag, e.g. ``--dataset=mnist``; else
-  ``default_preset``) with every given field flag applied on top; comma
-  lists of grid fields give one config per combination
-  (``workflow.grid.expand``), else the list holds one config.
-
-  Args:
-    argv: the arguments without the program name (``None``: ``sys.argv``).
-    config_cls: the frozen config dataclass.
-    presets: preset name -> config.
-    prog: program name for ``--help`` and errors.
-    description: text for ``--help``.
-    default_preset: the preset used when none is named.
-    preset_field: a field whose value picks the preset when ``--preset`` is
-      absent and the value is a preset name.
+  The base is ``presets[--preset]``, else the preset named by the
+  ``preset_field`` flag (``--dataset=mnist``), else ``default_preset``; comma
+  lists of grid fields give one config per combination.
 
   Raises:
-    SystemExit: status 2 after one error line (a bad flag or value, or
-      contradictory choices), 0 after ``--help``.
+    SystemExit: status 2 after one error line, 0 after ``--help``.
   """
   argv = list(sys.argv[1:] if argv is None else argv)
   preset = _preset_name(argv, presets, default_preset, preset_field)
@@ -178,18 +147,9 @@ def write_reports(
   images,
   report_args: Callable[[Any, Any], dict],
 ) -> list[pathlib.Path]:
-  """Writes every run's ``report/`` (process 0; ``train.report.write``).
-
-  Args:
-    workdir: the run folder (of the grid, for several configs).
-    configs: the run's config, or the grid's.
-    states: the final state (a list of them for a grid).
-    images: ``float32 [N, H, W, C]`` inputs whose attention maps are drawn.
-    report_args: ``fn(config, state) -> {"model", "variables", "layer"}``.
-
-  Returns:
-    The paths of the ``report.md`` files.
-  """
+  """Writes every member's ``report/`` (process 0; ``train.report.write``)
+  with ``report_args(config, state) -> {"model", "variables", "layer"}``;
+  returns the paths of the ``report.md`` files."""
   if not distributed.is_main_process():
     return []
   from train import report  # Deferred: matplotlib and the figures.
@@ -207,14 +167,8 @@ def summary(
   score_names: Mapping[str, str],
   next_commands: Sequence[str],
 ) -> str:
-  """The end-of-run summary: where things are, the scores, what to run next.
-
-  Args:
-    workdirs: the run folders (one per grid member).
-    score_names: logged names (``eval/factor_vae_eval_accuracy``) to the
-      names a reader knows ("FactorVAE score").
-    next_commands: the commands to run next, one ``Next:`` line each.
-  """
+  """The end-of-run summary: where things are, the last logged scores
+  (``score_names``: logged name -> the name a reader knows), ``Next:`` lines."""
   lines = ["", "Done."]
   for d in workdirs:
     lines.append(f"  run:         {d}")
@@ -227,13 +181,10 @@ def summary(
       f"{d / writers.TENSORBOARD_DIR} (pip install tensorboard; tensorboard "
       f"--logdir {d})"
     )
-    try:
-      rows = writers.read_scalars(d)
-    except FileNotFoundError:
-      rows = []
     last = {}
-    for row in rows:
-      last.update(row)
+    with contextlib.suppress(FileNotFoundError):
+      for row in writers.read_scalars(d):
+        last.update(row)
     for key, name in score_names.items():
       if key in last:
         lines.append(f"  {name}: {last[key]:.4g}")
@@ -255,13 +206,9 @@ def main(
   preset_field: str | None = None,
   score_names: Mapping[str, str] | None = None,
 ) -> int:
-  """Parses flags, starts the runtime and trains; returns the exit status.
-
-  ``next_commands(configs, workdir)`` gives the summary's ``Next:`` lines.
-
-  Statuses: 0 done, 1 non-finite loss, 2 a user error (one line on stderr),
-  ``128 + signal`` interrupted (the checkpoint was saved).
-  """
+  """Parses flags, starts the runtime and trains; returns the exit status:
+  0 done, 1 non-finite loss, 2 a user error (one line on stderr), ``128 +
+  signal`` interrupted (the checkpoint was saved)."""
   configs, launch = parse_flags(
     argv,
     config_cls,
@@ -271,8 +218,7 @@ def main(
     default_preset=default_preset,
     preset_field=preset_field,
   )
-  debug = debug_requested(launch.debug)
-  # INFO lines with a time stamp; third-party loggers at WARNING.
+  debug = errors.debug_requested(launch.debug)
   logs.setup(
     "%(asctime)s %(levelname)s %(message)s",
     levels={
@@ -294,10 +240,10 @@ def main(
   except loop.TrainingInterrupted as e:
     _log.warning("%s", e)
     return 128 + e.signum
-  except (loop.NonFiniteLossError, *USER_ERRORS) as e:
+  except (loop.NonFiniteLossError, *errors.USER_ERRORS) as e:
     if debug:
       raise
-    print(error_line(e), file=sys.stderr)
+    print(errors.error_line(e), file=sys.stderr)
     return 1 if isinstance(e, loop.NonFiniteLossError) else 2
   if distributed.is_main_process():
     dirs = grid.member_dirs(workdir.absolute(), configs)

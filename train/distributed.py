@@ -1,10 +1,8 @@
 """Processes, devices and placement: one code path for 1 CPU or a pod slice.
 
 Every array the loop places is a global ``jax.Array`` built from
-process-local data (:func:`global_array`, :func:`shard_batch`) or computed
-under ``jax.jit`` with explicit output shardings, so the same code runs on
-one device, on forced host devices, and with several processes (each
-process's devices are only addressable by that process).
+process-local data or computed under ``jax.jit`` with explicit output
+shardings, so the same code runs on one device or several processes.
 """
 
 from __future__ import annotations
@@ -40,22 +38,14 @@ def initialize_distributed(
   *,
   env: Mapping[str, str] | None = None,
 ) -> bool:
-  """Starts JAX's distributed runtime when the job has several processes.
+  """Starts JAX's distributed runtime when the job has several processes;
+  returns whether it did. Call it before any other JAX computation.
 
-  Explicit arguments (the trainers' ``--coordinator-address``,
-  ``--num-processes``, ``--process-id``) or the environment variables
-  ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``
-  launch a plain cluster; without them a cluster that
-  ``jax.distributed.initialize`` detects itself (SLURM, Cloud TPU, MPI) is
-  initialised with no arguments. On CPU the collectives use gloo. Call it
-  from entry points before any other JAX computation.
-
-  Returns:
-    Whether the runtime was initialised.
-
-  Raises:
-    ValueError: an incomplete launch (an address without the process count
-      or id, or an id out of range), naming what is missing.
+  The arguments (or ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
+  ``JAX_PROCESS_ID``) launch a plain cluster; without them, a cluster that
+  ``jax.distributed.initialize`` detects (SLURM, Cloud TPU, MPI) is
+  initialised as is. On CPU the collectives use gloo. An incomplete launch
+  is a ``ValueError`` naming what is missing.
   """
   env = os.environ if env is None else env
   address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS") or None
@@ -82,9 +72,8 @@ def initialize_distributed(
     )
   if "cpu" in str(jax.config.jax_platforms or "cpu").split(","):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    # A step that process 0 loaded from JAX's persistent compilation cache
-    # never finished its first gloo all-reduce (jax 0.12.1: both processes
-    # waited in gloo::allreduce for ever); compiled in every process, it does.
+    # A step process 0 loaded from the compilation cache never finished its
+    # first gloo all-reduce (jax 0.12.1); compiled in every process, it does.
     if jax.config.jax_enable_compilation_cache:
       _log.info("Multi-process CPU run: JAX's compilation cache is off.")
       jax.config.update("jax_enable_compilation_cache", False)
@@ -104,39 +93,23 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
 
 
 def check_batch_size(global_batch_size: int, mesh: jax.sharding.Mesh) -> None:
-  """The global batch must split evenly over devices and processes.
-
-  Raises:
-    ValueError: naming the sizes and what to change.
-  """
-  num_devices = mesh.devices.size
-  if global_batch_size % num_devices:
-    raise ValueError(
-      f"The global batch of {global_batch_size} examples does not split over "
-      f"{num_devices} devices; pass --batch-size as a multiple of "
-      f"{num_devices}."
-    )
-  if global_batch_size % jax.process_count():
-    raise ValueError(
-      f"The global batch of {global_batch_size} examples does not split over "
-      f"{jax.process_count()} processes; pass --batch-size as a multiple of "
-      f"{jax.process_count()}."
-    )
+  """A ``ValueError`` unless the batch splits over devices and processes."""
+  for num, what in (
+    (mesh.devices.size, "devices"),
+    (jax.process_count(), "processes"),
+  ):
+    if global_batch_size % num:
+      raise ValueError(
+        f"The global batch of {global_batch_size} examples does not split "
+        f"over {num} {what}; pass --batch-size as a multiple of {num}."
+      )
 
 
 def shard_batch(
   batch: Mapping[str, np.ndarray], sharding: NamedSharding
 ) -> dict[str, jax.Array]:
-  """Assembles this process's rows of a batch into global arrays.
-
-  Args:
-    batch: name -> numpy array ``[local_rows, ...]`` (this process's share;
-      the leading axis, or the axis ``sharding`` splits, is the batch).
-    sharding: e.g. ``NamedSharding(mesh, P("data"))``.
-
-  Returns:
-    name -> ``jax.Array`` of the global batch, split over ``sharding``.
-  """
+  """This process's share of a batch (name -> ``[local_rows, ...]``) as
+  global arrays split over ``sharding``."""
   return {
     k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
     for k, v in batch.items()
@@ -144,11 +117,8 @@ def shard_batch(
 
 
 def global_array(value: Any, sharding: jax.sharding.Sharding) -> jax.Array:
-  """A global array from host data that every process holds whole.
-
-  Works for any sharding, also across processes (where ``jax.device_put``
-  only reaches addressable devices): each device takes its slice.
-  """
+  """A global array from host data that every process holds whole (also
+  across processes, where ``jax.device_put`` reaches only local devices)."""
   value = np.asarray(value)
   return jax.make_array_from_callback(
     value.shape, sharding, lambda index: value[index]

@@ -1,12 +1,9 @@
 """A run's closing report: loss curves, attention maps and traversals.
 
-Written by every trainer at the end of a run (process 0) into
-``<workdir>/report/``, drawn by ``workflow.figures`` as the evaluation draws:
-``loss_curves.png`` (every logged scalar against the step),
-``attention.png`` (Fig. 8 style: a few of the trainer's images, their mean
-map (eq. 4) and the maps of their most responsive latents),
-``traversals.png`` (the decoded posterior mean with one latent swept at a
-time) and ``report.md`` listing them with the final scores.
+Every trainer writes ``<workdir>/report/`` at the end (process 0):
+``loss_curves.png``, ``attention.png`` (Fig. 8 style: images, their mean map
+(eq. 4) and their most responsive latents' maps), ``traversals.png`` and
+``report.md`` listing them with the final scores.
 """
 
 from __future__ import annotations
@@ -49,20 +46,16 @@ def write(
   step: int,
   num_latents: int = 6,
 ) -> pathlib.Path:
-  """Writes ``<run_dir>/report/`` for a finished run.
+  """Writes ``<run_dir>/report/`` for a finished run; returns ``report.md``.
 
   Args:
-    run_dir: a finished ``train.factorvae`` or ``train.oneclass`` run folder.
-    images: ``float32 [N, H, W, C]`` in [0, 1], the model's input shape:
-      the images of the attention figure (the first one is traversed).
-    model: the trained VAE (``vae_attn.models``).
-    variables: its final variables (``{"params": ...}``).
+    run_dir: a finished run folder.
+    images: ``float32 [N, H, W, C]`` in [0, 1], the model's input shape (the
+      first one is traversed).
+    model, variables: the trained VAE and its final variables.
     layer: the attention layer (``encoder/conv1``).
     step: the final step.
     num_latents: latents shown per image (those of largest map mass).
-
-  Returns:
-    The path of ``report.md``.
   """
   run_dir = pathlib.Path(run_dir)
   out = run_dir / REPORT_DIR
@@ -109,29 +102,18 @@ def write(
   last = {}
   for row in rows:
     last.update(row)
-  scores = [
+  scores = "\n".join(
     f"- {k}: {v:.4g}"
     for k, v in sorted(last.items())
     if k.startswith("eval/") or k in ("train/loss", "train/recon", "train/kl")
-  ]
-  text = "\n".join(
-    [
-      f"# {run_dir.name}: training report",
-      "",
-      f"Step {step}; attention layer {layer}.",
-      "",
-      "Last logged values:",
-      "",
-      *scores,
-      "",
-      "![loss curves](loss_curves.png)",
-      "",
-      "![attention](attention.png)",
-      "",
-      "![traversals](traversals.png)",
-      "",
-    ]
   )
   path = out / "report.md"
-  path.write_text(text)
+  path.write_text(
+    f"# {run_dir.name}: training report\n\n"
+    f"Step {step}; attention layer {layer}.\n\n"
+    f"Last logged values:\n\n{scores}\n\n"
+    "![loss curves](loss_curves.png)\n\n"
+    "![attention](attention.png)\n\n"
+    "![traversals](traversals.png)\n"
+  )
   return path
