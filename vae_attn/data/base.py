@@ -9,7 +9,7 @@ np.ndarray]`` (images float32 in [0, 1], HWC). A source may also offer
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -21,7 +21,6 @@ class DataError(ValueError):
   file or folder at fault and the fix."""
 
 
-@runtime_checkable
 class Source(Protocol):
   """A random-access sequence of records (dicts of numpy arrays)."""
 

@@ -14,18 +14,6 @@ import numpy as np
 
 from vae_attn.data import base, mnist
 
-TRAIN_FRACTION = 0.8
-SPLITS = ("train", "test")
-IMAGE_SIZE = 28  # MNIST's.
-
-
-def _upsample(images: np.ndarray, size: int) -> np.ndarray:
-  """Bilinear (half-pixel) resize of ``[N, 8, 8]`` to ``[N, size, size]``."""
-  out = jax.image.resize(
-    images.astype(np.float32), (len(images), size, size), "bilinear"
-  )
-  return np.clip(np.asarray(out), 0.0, 1.0)
-
 
 def load(split: str, *, normal_digit: int | None = None) -> base.ArraySource:
   """Loads ``"train"`` or ``"test"``, as a one-class problem with
@@ -36,19 +24,21 @@ def load(split: str, *, normal_digit: int | None = None) -> base.ArraySource:
   """
   from sklearn import datasets  # Deferred: only this source needs it.
 
-  if split not in SPLITS:
-    raise ValueError(f"Unknown split {split!r}; choose one of {SPLITS}.")
+  if split not in ("train", "test"):
+    raise ValueError(f"Unknown split {split!r}; choose 'train' or 'test'.")
   mnist.check_normal_digit(normal_digit)
   raw = datasets.load_digits()
   labels = raw.target.astype(np.int32)
   in_train = np.zeros(len(labels), bool)
   for digit in range(10):
     idx = np.flatnonzero(labels == digit)
-    in_train[idx[: int(round(TRAIN_FRACTION * len(idx)))]] = True
+    in_train[idx[: int(round(0.8 * len(idx)))]] = True
   keep = in_train if split == "train" else ~in_train
   if normal_digit is not None and split == "train":
     keep &= labels == normal_digit
-  images = _upsample(raw.images[keep] / 16.0, IMAGE_SIZE)[..., None]
+  small = (raw.images[keep] / 16.0).astype(np.float32)
+  images = jax.image.resize(small, (len(small), 28, 28), "bilinear")  # MNIST's
+  images = np.clip(np.asarray(images), 0.0, 1.0)[..., None]
   fields = {"image": images, "label": labels[keep]}
   if normal_digit is not None:
     fields["anomalous"] = (fields["label"] != normal_digit).astype(np.int32)

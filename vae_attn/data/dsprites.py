@@ -32,7 +32,6 @@ from vae_attn.data import base
 FACTOR_NAMES = ("shape", "scale", "orientation", "posX", "posY")
 FACTORS_NUM_VALUES = (3, 6, 40, 32, 32)
 SHAPE_NAMES = ("square", "ellipse", "heart")
-NUM_IMAGES = math.prod(FACTORS_NUM_VALUES)  # 737,280
 IMAGE_SIZE = 64
 # Factor values as in the original file's `latents_values`.
 SCALE_VALUES = np.linspace(0.5, 1.0, 6)
@@ -92,8 +91,7 @@ def factors_to_index(factors, num_values=FACTORS_NUM_VALUES) -> np.ndarray:
   Raises:
     ValueError: as `_check_factors`.
   """
-  factors = _check_factors(factors, num_values)
-  return factors @ _strides(num_values)
+  return _check_factors(np.asarray(factors), num_values) @ _strides(num_values)
 
 
 def index_to_factors(indices, num_values=FACTORS_NUM_VALUES) -> np.ndarray:
@@ -328,7 +326,7 @@ class ProceduralDSprites(_GroundTruth):
     Jitted on the CPU, ``_CHUNK`` images a call padded to a power of two (at
     most 11 programs), drawn as uint8. Raises ValueError as `render`.
     """
-    factors = _check_factors(factors).astype(np.int32)
+    factors = _check_factors(np.asarray(factors)).astype(np.int32)
     images = np.empty((len(factors), IMAGE_SIZE, IMAGE_SIZE, 1), dtype)
     try:
       device = jax.local_devices(backend="cpu")[0]

@@ -181,12 +181,17 @@ def read_image(
     im = im.convert("L" if channels == 1 else "RGB")
   except ValueError as e:
     raise _unreadable(path, e) from e
-  if size is not None:
-    height, width = check_image_size(size)
-    if im.size != (width, height):
-      im = im.resize((width, height), Image.Resampling.BILINEAR)
-  arr = np.asarray(im, dtype=np.uint8)
+  arr = np.asarray(_resized(im, size, Image.Resampling.BILINEAR), np.uint8)
   return arr[..., None] if channels == 1 else arr
+
+
+def _resized(im: Image.Image, size, resample) -> Image.Image:
+  if size is None:
+    return im
+  height, width = check_image_size(size)
+  return (
+    im if im.size == (width, height) else im.resize((width, height), resample)
+  )
 
 
 def _mask_from_image(im: Image.Image, path: str) -> np.ndarray:
@@ -219,15 +224,9 @@ def read_mask(
   Raises:
     DataError: by the module's rules, or the mask holds NaN.
   """
-  arr = _mask_from_image(_open_upright(path), path)
-  if size is not None:
-    height, width = check_image_size(size)
-    if arr.shape != (height, width):
-      im = Image.fromarray(arr).resize(
-        (width, height), Image.Resampling.NEAREST
-      )
-      arr = np.asarray(im, dtype=np.uint8)
-  return arr[..., None]
+  im = Image.fromarray(_mask_from_image(_open_upright(path), path))
+  im = _resized(im, size, Image.Resampling.NEAREST)
+  return np.asarray(im, np.uint8)[..., None]
 
 
 def check_image_size(image_size: int | Sequence[int]) -> tuple[int, int]:

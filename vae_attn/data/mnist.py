@@ -15,8 +15,6 @@ import numpy as np
 
 from vae_attn.data import base, tfds_source
 
-NUM_CLASSES = 10
-
 
 def _read_all(source) -> tuple[np.ndarray, np.ndarray]:
   """Every example of a tfds source as uint8 images and int32 labels."""
@@ -34,7 +32,7 @@ def check_normal_digit(normal_digit) -> None:
   if normal_digit is not None and (
     isinstance(normal_digit, bool)
     or not isinstance(normal_digit, (int, np.integer))
-    or not 0 <= normal_digit < NUM_CLASSES
+    or not 0 <= normal_digit <= 9
   ):
     raise ValueError(
       f"normal_digit must be an int in 0..9, got {normal_digit!r}."
