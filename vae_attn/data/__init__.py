@@ -8,20 +8,6 @@ malformed data raises `DataError`, whose message names the file and the fix.
 """
 
 # Only the shared types: a loader is imported by name where it is used.
-from vae_attn.data.base import (
-  ArraySource,
-  DataError,
-  MappedSource,
-  Record,
-  Source,
-  stack_records,
-)
+from vae_attn.data.base import ArraySource, DataError, Record, Source
 
-__all__ = [
-  "ArraySource",
-  "DataError",
-  "MappedSource",
-  "Record",
-  "Source",
-  "stack_records",
-]
+__all__ = ["ArraySource", "DataError", "Record", "Source"]

@@ -1,18 +1,13 @@
 """Your own images: a custom anomaly folder, in the spirit of anomalib's Folder.
 
-Layout (folder names configurable)::
-
-  <root>/train/*.png                normal training images
-  <root>/test/good/*.png            normal test images (optional)
-  <root>/test/<defect_type>/*.png   anomalous test images, one folder a type
-  <root>/masks/<defect_type>/<stem>.png or <stem>_mask.png   (optional)
-
-``train`` may instead hold a ``good/`` sub-folder (the MVTec-AD layout). The
-mask folder is ``mask_dir``; by default ``masks/`` or ``ground_truth/``,
-whichever exists. When it exists, the pairing and error rules are MVTec-AD's
-(`vae_attn.data.image_mask`), a mask's stem with or without ``_mask``.
-Without one, defect images get ``"has_mask" = 0`` and an all-zero mask,
-with a warning. Images are always RGB.
+The layout (`_layout`, folder names configurable): normal training images in
+``<root>/train/`` (or its ``good/``), normal test images in
+``<root>/test/good/``, a folder a defect type beside it, and optional masks
+``<root>/masks/<defect_type>/<stem>[_mask].png``. The mask folder is
+``mask_dir``, by default ``masks/`` or ``ground_truth/``, whichever exists,
+with MVTec-AD's pairing and error rules (`vae_attn.data.image_mask`); without
+one, defect images get ``"has_mask" = 0`` and a zero mask, with a warning.
+Images are always RGB.
 """
 
 from __future__ import annotations

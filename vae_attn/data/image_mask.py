@@ -149,7 +149,6 @@ def pair_masks(
   by_stem: dict[str, list[str]] = {}
   for mask in masks:
     by_stem.setdefault(images.stem(mask), []).append(mask)
-  used = set()
   paired = []
   for image in image_files:
     s = images.stem(image)
@@ -167,9 +166,8 @@ def pair_masks(
         f"Defect image {image} has several masks: {sorted(candidates)}. "
         "Keep one."
       )
-    used.add(candidates[0])
     paired.append(candidates[0])
-  orphans = sorted(set(masks) - used)
+  orphans = sorted(set(masks) - set(paired))
   if orphans:
     image_folder = os.path.dirname(image_files[0])
     raise base.DataError(
@@ -216,12 +214,11 @@ def _check_mask_root(
 class ImageMaskSource:
   """Images with pixel masks, checked when built, decoded on first access.
 
-  Records: ``"image"`` float32 ``[H, W, channels]`` in [0, 1]; ``"mask"``
-  float32 ``[H, W, 1]`` in {0, 1}; ``"label"`` int32 (0 normal, 1
-  anomalous); ``"has_mask"`` int32 (0: the mask is unknown, all zero);
-  ``"defect_type"`` and ``"path"`` 0-d str arrays; the entries' extra int32
-  fields. ``source.augment`` is the augmentation `pipeline.batches` applies;
-  ``source[i]`` is never augmented.
+  Records (docs/data.md): ``"image"`` float32 ``[H, W, channels]`` in [0, 1],
+  ``"mask"`` float32 ``[H, W, 1]`` in {0, 1}, ``"label"`` and ``"has_mask"``
+  int32, ``"defect_type"`` and ``"path"`` 0-d str, the entries' extra int32
+  fields. `pipeline.batches` applies ``source.augment``; ``source[i]`` is
+  never augmented.
 
   Args:
     entries: the records, in order.

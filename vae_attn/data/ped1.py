@@ -54,10 +54,7 @@ def _matlab_range(part: str) -> range:
   bounds = [int(b) for b in part.split(":")]  # ValueError if not ints.
   if not 1 <= len(bounds) <= 3 or min(bounds) < 1:
     raise ValueError(part)
-  if len(bounds) == 1:
-    return range(bounds[0], bounds[0] + 1)
-  step = bounds[1] if len(bounds) == 3 else 1
-  return range(bounds[0], bounds[-1] + 1, step)
+  return range(bounds[0], bounds[-1] + 1, bounds[1] if len(bounds) == 3 else 1)
 
 
 def parse_frame_labels(path: str) -> dict[int, set[int]]:

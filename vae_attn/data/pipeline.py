@@ -148,10 +148,9 @@ def _read(
 ) -> base.Record:
   """The stacked, augmented batch of the records at stream ``positions``."""
   indices = np.array([order[int(q)] for q in positions], dtype=np.int64)
-  get_batch = getattr(source, "get_batch", None)
   augment = getattr(source, "augment", None)
-  if get_batch is not None:
-    batch = base.strings_to_objects(get_batch(indices))
+  if hasattr(source, "get_batch"):
+    batch = base.strings_to_objects(source.get_batch(indices))
     if augment is None:
       return batch
     records = [{k: v[i] for k, v in batch.items()} for i in range(len(indices))]
