@@ -152,9 +152,7 @@ def discriminator_loss(
   return 0.5 * (real + perm)
 
 
-def attention_overlap(
-  map1: jax.Array, map2: jax.Array, eps: float = 1e-12
-) -> jax.Array:
+def attention_overlap(map1: jax.Array, map2: jax.Array) -> jax.Array:
   """L_AD of two attention maps (paper eq. 6), per example.
 
   ``2 * sum_hw min(A1, A2) / sum_hw (A1 + A2)``: 1 when the maps are equal, 0
@@ -164,7 +162,6 @@ def attention_overlap(
   Args:
     map1: non-negative maps ``[B, h, w]``.
     map2: non-negative maps ``[B, h, w]``.
-    eps: guards the division for all-zero maps.
 
   Returns:
     ``[B]`` overlaps.
@@ -172,7 +169,7 @@ def attention_overlap(
   _check_same_shape(map1, map2, "map1 and map2")
   inter = _sum_but_batch(jnp.minimum(map1, map2))
   total = _sum_but_batch(map1 + map2)
-  return 2.0 * inter / jnp.maximum(total, eps)
+  return 2.0 * inter / jnp.maximum(total, 1e-12)
 
 
 def attention_disentanglement(

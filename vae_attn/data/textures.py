@@ -63,13 +63,9 @@ def _crop(texture: np.ndarray, rng, size: int, half: int) -> np.ndarray:
   return np.ascontiguousarray(crop)
 
 
-def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-  return np.mgrid[0:size, 0:size].astype(np.float64)
-
-
 def _blob(rng, size: int, min_r: float, max_r: float) -> np.ndarray:
   """A bool mask of an irregular blob (a wobbly ellipse) inside the crop."""
-  rows, cols = _grid(size)
+  rows, cols = np.mgrid[0:size, 0:size].astype(np.float64)
   radius = rng.uniform(min_r, max_r) * size
   centre = rng.uniform(radius + 2, size - radius - 2, size=2)
   dy, dx = rows - centre[0], cols - centre[1]
@@ -90,7 +86,7 @@ def _scratch(image, rng, texture):
   """A thin curved stroke, much brighter or darker than the surface."""
   del texture
   size = image.shape[0]
-  rows, cols = _grid(size)
+  rows, cols = np.mgrid[0:size, 0:size].astype(np.float64)
   ends = rng.uniform(0.15, 0.85, size=(3, 2)) * size
   t = np.linspace(0, 1, 200)[:, None]
   curve = (1 - t) ** 2 * ends[0] + 2 * (1 - t) * t * ends[1] + t**2 * ends[2]
