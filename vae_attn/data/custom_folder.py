@@ -98,10 +98,7 @@ def load(
     nested = os.path.join(train, normal_name)
     if os.path.isdir(nested) and not images.list_images(train):
       train = nested
-    found = [
-      image_mask.Entry(f, None, 0, normal_name)
-      for f in image_mask.require_images(train, layout)
-    ]
+    found = image_mask.normal_entries(train, layout, normal_name)
   else:
     test = image_mask.require_dir(
       os.path.join(root, test_dir), "Test folder", layout

@@ -41,14 +41,10 @@ def load(
 ) -> base.Source:
   """Loads one split of the one-class data set ``name``.
 
-  Every call takes the same options (a config's, or those a run recorded);
-  each loader gets those it uses (``None`` or ``""``: not given): textures,
-  mvtec: data_dir, category, image_size (default 128, 256), augment, seed,
-  allow_empty_masks; folder: the same with mask_dir for category (256);
-  ped1: data_dir, image_size (100); mnist: data_dir (tfds'), normal_digit;
-  digits: normal_digit. ``textures`` writes its set into ``data_dir``
-  (default: the cache) unless ``data_dir`` holds it; its category defaults
-  to ``textures.CATEGORIES[0]``.
+  Every call takes the same options (a config's, or a run's); each loader
+  gets those it uses (docs/data.md; ``None`` or ``""``: not given).
+  ``textures`` writes its set into ``data_dir`` (default: the cache) unless
+  ``data_dir`` holds it; its category defaults to ``textures.CATEGORIES[0]``.
 
   Args:
     name: one of `DATASETS`.

@@ -71,6 +71,11 @@ def require_images(folder: str, layout: str) -> list[str]:
   return files
 
 
+def normal_entries(folder: str, layout: str, name: str = NORMAL) -> list[Entry]:
+  """The images in ``folder`` as normal entries; raises if there are none."""
+  return [Entry(f, None, 0, name) for f in require_images(folder, layout)]
+
+
 def subfolders(folder: str) -> list[str]:
   """Names of the sub-folders of ``folder``, sorted."""
   return sorted(

@@ -51,8 +51,7 @@ def find_categories(root: str | os.PathLike) -> list[str]:
     name
     for name in image_mask.subfolders(root)
     if any(
-      os.path.isdir(os.path.join(root, name, split))
-      for split in image_mask.SPLITS
+      os.path.isdir(os.path.join(root, name, s)) for s in image_mask.SPLITS
     )
   ]
 
@@ -96,15 +95,9 @@ def load(
       f"Expected layout:\n{LAYOUT}"
     )
   if split == "train":
-    train_dir = image_mask.require_dir(
-      os.path.join(cat_dir, "train", image_mask.NORMAL),
-      "MVTec-AD training folder",
-      LAYOUT,
-    )
-    found = [
-      image_mask.Entry(f, None, 0, image_mask.NORMAL)
-      for f in image_mask.require_images(train_dir, LAYOUT)
-    ]
+    train_dir = os.path.join(cat_dir, "train", image_mask.NORMAL)
+    image_mask.require_dir(train_dir, "MVTec-AD training folder", LAYOUT)
+    found = image_mask.normal_entries(train_dir, LAYOUT)
   else:
     test_dir = image_mask.require_dir(
       os.path.join(cat_dir, "test"), "MVTec-AD test folder", LAYOUT

@@ -1,8 +1,7 @@
-"""Opens prepared tfds data sets as random-access sources, never downloading.
+"""Prepared tfds data sets as random-access sources, never downloading.
 
-``tfds.data_source`` reads array_record files without importing TensorFlow.
-It is called with ``download=False``: a data set that has not been prepared
-raises `DataError` with the command that prepares it.
+``tfds.data_source`` reads array_record files without importing TensorFlow;
+a data set not prepared raises `DataError` with the command that prepares it.
 """
 
 from __future__ import annotations
