@@ -257,12 +257,11 @@ class ImageMaskSource:
   ):
     if not entries:
       raise base.DataError(f"{name}: no images found.")
-    if check_images:
-      for entry in entries:
-        images.image_size_of(entry.image)
     lossy = []
     for entry in entries:
       if entry.mask is None:
+        if check_images:
+          images.image_size_of(entry.image)
         continue
       image_hw = images.image_size_of(entry.image)
       mask_hw = images.image_size_of(entry.mask)

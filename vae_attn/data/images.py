@@ -55,18 +55,6 @@ def stem(path: str) -> str:
   return os.path.splitext(os.path.basename(path))[0]
 
 
-def _too_large(path: str, error: Exception) -> base.DataError:
-  # Pillow's message: "Image size (N pixels) exceeds limit of M pixels, ..."
-  found = re.search(r"\((\d+) pixels\)", str(error))
-  pixels = f"{int(found[1]):,} pixels" if found else "too many pixels"
-  return base.DataError(
-    f"Image {path} has {pixels}, more than Pillow's limit of "
-    f"{Image.MAX_IMAGE_PIXELS:,} (PIL.Image.MAX_IMAGE_PIXELS), which guards "
-    "against decompression bombs. Downscale the file (the loaders resize it "
-    "anyway), or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it."
-  )
-
-
 def _unreadable(path: str, error: Exception) -> base.DataError:
   if isinstance(error, FileNotFoundError):
     return base.DataError(
@@ -91,7 +79,15 @@ def _opened(path: str) -> Iterator[Image.Image]:
       with Image.open(path) as im:
         yield im
   except _BOMBS as e:
-    raise _too_large(path, e) from e
+    # Pillow's message: "Image size (N pixels) exceeds limit of M pixels, ..."
+    found = re.search(r"\((\d+) pixels\)", str(e))
+    pixels = f"{int(found[1]):,} pixels" if found else "too many pixels"
+    raise base.DataError(
+      f"Image {path} has {pixels}, more than Pillow's limit of "
+      f"{Image.MAX_IMAGE_PIXELS:,} (PIL.Image.MAX_IMAGE_PIXELS), which guards "
+      "against decompression bombs. Downscale the file (the loaders resize it "
+      "anyway), or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it."
+    ) from e
   except _DECODE_ERRORS as e:
     raise _unreadable(path, e) from e
 
