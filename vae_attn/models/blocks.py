@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -71,28 +72,21 @@ class ConvBlock(nn.Module):
   spec: ConvSpec
   norm: bool = False
   activation: bool = True
+  _layer: ClassVar[tuple] = (conv, "conv")
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = conv(self.spec, use_bias=not self.norm, name="conv")(x)
+    layer, name = self._layer
+    x = layer(self.spec, use_bias=not self.norm, name=name)(x)
     if self.norm:
       x = nn.BatchNorm(use_running_average=not train, name="bn")(x)
     return nn.relu(x) if self.activation else x
 
 
-class DeconvBlock(nn.Module):
+class DeconvBlock(ConvBlock):
   """Transposed conv -> (BatchNorm) -> activation."""
 
-  spec: ConvSpec
-  norm: bool = False
-  activation: bool = True
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = conv_transpose(self.spec, use_bias=not self.norm, name="deconv")(x)
-    if self.norm:
-      x = nn.BatchNorm(use_running_average=not train, name="bn")(x)
-    return nn.relu(x) if self.activation else x
+  _layer: ClassVar[tuple] = (conv_transpose, "deconv")
 
 
 class GaussianHead(nn.Module):
