@@ -14,8 +14,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 
@@ -105,30 +103,14 @@ def check_batch_size(global_batch_size: int, mesh: jax.sharding.Mesh) -> None:
       )
 
 
-def shard_batch(
-  batch: Mapping[str, np.ndarray], sharding: NamedSharding
-) -> dict[str, jax.Array]:
-  """This process's share of a batch (name -> ``[local_rows, ...]``) as
-  global arrays split over ``sharding``."""
-  return {
-    k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-    for k, v in batch.items()
-  }
-
-
-def global_array(value: Any, sharding: jax.sharding.Sharding) -> jax.Array:
-  """A global array from host data that every process holds whole (also
-  across processes, where ``jax.device_put`` reaches only local devices)."""
-  value = np.asarray(value)
-  return jax.make_array_from_callback(
-    value.shape, sharding, lambda index: value[index]
+def place(tree: Any, sharding: jax.sharding.Sharding) -> Any:
+  """Global arrays from this process's share of a pytree of host arrays (all
+  of each array where ``sharding`` replicates it), also across processes,
+  where ``jax.device_put`` reaches only local devices."""
+  return jax.tree.map(
+    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+    tree,
   )
-
-
-def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
-  """Places a pytree of host arrays fully replicated on ``mesh``."""
-  sharding = NamedSharding(mesh, P())
-  return jax.tree.map(lambda x: global_array(x, sharding), tree)
 
 
 def is_main_process() -> bool:

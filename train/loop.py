@@ -363,7 +363,7 @@ def _host_batches(batches_fn: BatchesFn, start_step: int, mesh):
         "must repeat forever."
       )
     stacked = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-    return distributed.shard_batch(stacked, sharding)
+    return distributed.place(stacked, sharding)
 
   return take
 
@@ -517,8 +517,8 @@ def train_and_evaluate(
       mngrs.append(runs.checkpoint_manager(d, max_to_keep=c.max_to_keep))
       stack.callback(_close, mngrs[-1])
 
-    seeds = [distributed.replicate(np.uint32(c.seed), mesh) for c in cfgs]
-    member_weights = [distributed.replicate(weights(c), mesh) for c in cfgs]
+    seeds = [distributed.place(np.uint32(c.seed), replicated) for c in cfgs]
+    member_weights = [distributed.place(weights(c), replicated) for c in cfgs]
     # Shape structs placed on ``replicated``: the restore targets.
     abstracts = [init_jit.eval_shape(np.uint32(0), s) for s in statics]
     start_step, states = _restore(mngrs, dirs, abstracts, replicated)
@@ -625,7 +625,7 @@ def train_and_evaluate(
         "and train in a new --workdir."
       )
 
-    data = distributed.replicate(device_data[0], mesh) if on_device else {}
+    data = distributed.place(device_data[0], replicated) if on_device else {}
     take = None if on_device else _host_batches(host_batches, start_step, mesh)
     progress = tqdm.tqdm(
       total=head.num_steps,
