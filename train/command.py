@@ -27,7 +27,7 @@ _log = logging.getLogger("train")
 
 
 @dataclasses.dataclass(frozen=True)
-class Launch:
+class Launch(configs_lib.Debug):
   """Where the run goes and how the processes start (not part of a config)."""
 
   workdir: str | None = configs_lib.field(
@@ -39,9 +39,6 @@ class Launch:
     False,
     "delete the workdir's run (checkpoints, logs, evaluations, report) and "
     "start afresh",
-  )
-  debug: bool = configs_lib.field(
-    False, "show the full traceback of an error (also: VAE_ATTN_DEBUG=1)"
   )
   coordinator_address: str | None = configs_lib.field(
     None,

@@ -90,19 +90,13 @@ def field(
   for an ``int``); ``switch`` makes a ``bool | None`` field a switch; the
   other arguments are argparse's.
   """
-  kwargs: dict[str, Any] = {}
-  if choices is not None:
-    kwargs["choices"] = tuple(choices)
   if (
     type is None and isinstance(default, int) and not isinstance(default, bool)
   ):
     type = count  # noqa: A001 (the argparse name)
-  if type is not None:
-    kwargs["type"] = type
-  if nargs is not None:
-    kwargs["nargs"] = nargs
-  if metavar is not None:
-    kwargs["metavar"] = metavar
+  choices = None if choices is None else tuple(choices)
+  kwargs = dict(choices=choices, type=type, nargs=nargs, metavar=metavar)
+  kwargs = {k: v for k, v in kwargs.items() if v is not None}
   if isinstance(default, bool) if switch is None else switch:
     kwargs["negative_prefix"] = "--no-"
     if not isinstance(default, bool):  # bool | None: simple_parsing's action.

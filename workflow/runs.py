@@ -90,11 +90,7 @@ class RunSpec:
   data_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   def to_dict(self) -> dict[str, Any]:
-    out = dataclasses.asdict(self)
-    out["model_kwargs"] = dict(self.model_kwargs)
-    out["data_kwargs"] = dict(self.data_kwargs)
-    out["input_shape"] = list(self.input_shape)
-    return out
+    return {**dataclasses.asdict(self), "input_shape": list(self.input_shape)}
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> RunSpec:

@@ -144,18 +144,10 @@ class MetricWriter:
 def read_scalars(logdir: str | os.PathLike) -> list[dict[str, Any]]:
   """Every row of ``<logdir>/metrics.jsonl``, oldest first (``nan``/``inf``
   as floats)."""
-  path = os.path.join(logdir, JSONL_NAME)
-  records = []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      record = json.loads(line)
-      records.append(
-        {
-          k: float(v) if isinstance(v, str) and k != "step" else v
-          for k, v in record.items()
-        }
-      )
-  return records
+  with open(os.path.join(logdir, JSONL_NAME), encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f]
+  number = lambda k, v: float(v) if isinstance(v, str) and k != "step" else v
+  return [{k: number(k, v) for k, v in row.items()} for row in rows]
 
 
 def truncate(logdir: str | os.PathLike, last_step: int) -> None:
