@@ -72,15 +72,18 @@ def stack_records(records: Sequence[Mapping[str, Any]]) -> Record:
       raise DataError(
         f"Records have different keys: {sorted(records[0])} vs {sorted(other)}."
       )
+    values = [np.asarray(r[key]) for r in records]
+    if values[0].dtype.kind in "USO":  # One str per record.
+      values = [np.array(str(v), dtype=object) for v in values]
     try:
-      batch[key] = np.stack([np.asarray(r[key]) for r in records])
+      batch[key] = np.stack(values)
     except ValueError as e:
       shapes = sorted({np.shape(r[key]) for r in records})
       raise DataError(
         f"Field {key!r} has different shapes across records: {shapes}. "
         "Resize images to one size (the loaders' image_size argument)."
       ) from e
-  return strings_to_objects(batch)
+  return batch
 
 
 class ArraySource:
