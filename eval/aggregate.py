@@ -76,14 +76,8 @@ _ZERO_SPREAD = 1e-6
 
 
 class Summary(NamedTuple):
-  """Statistics of one metric over the runs of a group.
-
-  Attributes:
-    mean: the mean.
-    std: sample standard deviation (``nan`` for one run).
-    n: number of runs that report the metric.
-    values: the values, in the order of the runs.
-  """
+  """One metric over the runs of a group: mean, sample std (``nan`` for one
+  run), the number of runs that report it, and their values."""
 
   mean: float
   std: float
@@ -95,9 +89,8 @@ def find_results(path: str) -> list[str]:
   """The results files of ``path`` (a file, an evaluation folder or a run).
 
   Raises:
-    FileNotFoundError: ``path`` does not exist (e.g. a glob the shell left
-      unexpanded), or holds no results; the message says what to pass or
-      run first.
+    FileNotFoundError: ``path`` does not exist or holds no results; the
+      message says what to pass or run first.
   """
   if not os.path.exists(path):
     what = (
@@ -176,13 +169,8 @@ def _numbers(tree: Any, prefix: str = "") -> dict[str, float]:
 
 
 def _load(file: str) -> dict:
-  """The JSON object of a results file.
-
-  Raises:
-    ValueError: ``file`` cannot be read or holds no JSON object; a file not
-      named ``results.json`` is called not a results file, one so named
-      damaged.
-  """
+  """The JSON object of a results file; else a ValueError (a file named
+  ``results.json`` is called damaged, another not a results file)."""
   try:
     with open(file) as f:
       results = json.load(f)
@@ -205,38 +193,24 @@ def _load(file: str) -> dict:
 
 
 def _settings(name: str, results: Mapping[str, Any]) -> dict[str, Any]:
-  """What a result was measured at besides the config: the evaluated step
-  and the evaluation's settings and metric sample sizes (``name/...``)."""
+  """The evaluated step and the evaluation's settings and sample sizes."""
   meta = results.get("meta", {})
   out = {"step": meta.get("step")}
-  keys = (
-    "quick",
-    "data",
-    "dataset",
-    "category",
-    "resolution",
-    "num_samples",
-    "max_images",
-    "num_test_images",
-    "layers",
-    "codes",
-  )
-  out.update({f"{name}/{k}": meta[k] for k in keys if k in meta})
+  keys = "quick data dataset category resolution num_samples max_images "
+  keys += "num_test_images layers codes"
+  out.update({f"{name}/{k}": meta[k] for k in keys.split() if k in meta})
   for metric, sizes in (results.get("sample_sizes") or {}).items():
     out[f"{name}/sample_sizes/{metric}"] = sizes
   return out
 
 
 def read_run(path: str) -> tuple[dict[str, float], dict, dict]:
-  """``(metrics, config, settings)`` of one run.
-
-  ``config`` is the training config (``{}`` if not recorded); ``settings``
-  the evaluated step and each evaluation's settings and sample sizes.
+  """``(metrics, config, settings)`` of one run: its scores, training
+  config (``{}`` if not recorded) and :func:`_settings`.
 
   Raises:
     FileNotFoundError: no results under ``path``.
-    ValueError: a results file is unreadable, not an evaluation's, or two
-      results of one evaluation under one run.
+    ValueError: a bad results file, or two of one evaluation.
   """
   metrics, config, settings, seen = {}, {}, {}, {}
   for file in find_results(path):
@@ -274,15 +248,9 @@ def summarize(runs: Sequence[Mapping[str, float]]) -> dict[str, Summary]:
 
 
 class Comparison(NamedTuple):
-  """Group A against group B on one metric.
-
-  Attributes:
-    difference: ``mean_A - mean_B``, the effect size in the metric's units.
-    ci_low, ci_high: its 95% confidence interval (Welch-Satterthwaite
-      degrees of freedom), ``nan`` where the test is not defined.
-    p: the two-sided p-value of Welch's t-test, ``nan`` where not defined.
-    reason: why ``p`` is not defined (``""`` where it is).
-  """
+  """Group A against group B on one metric: ``mean_A - mean_B``, its 95%
+  interval and Welch's two-sided p (``nan`` where not defined, ``reason``
+  says why)."""
 
   difference: float
   ci_low: float
@@ -293,12 +261,8 @@ class Comparison(NamedTuple):
 
 def compare(a: Summary, b: Summary) -> Comparison:
   """Welch's t-test (``scipy.stats.ttest_ind``) and the 95% interval of
-  ``mean_A - mean_B``.
-
-  Undefined (``p`` and the interval ``nan``, with the reason) when a group
-  has fewer than two runs or neither group has any spread (sample standard
-  deviations below 1e-6: float noise, where the test would print p = 0 for
-  two different constants and p = 1 for two equal ones).
+  ``mean_A - mean_B``; undefined for a group of fewer than two runs or no
+  spread in either group (std below 1e-6, float noise).
   """
   difference = a.mean - b.mean
   if a.n < 2 or b.n < 2:
@@ -354,17 +318,16 @@ def table(
   head = ["metric", *names]
   if len(names) == 2:
     head += [f"{names[0]} - {names[1]} [95% CI]", "Welch p"]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  rows = []
   for key in keys:
-    cells = [f"`{key}`", *(_cell(groups[n].get(key)) for n in names)]
+    rows.append([f"`{key}`", *(_cell(groups[n].get(key)) for n in names)])
     if len(names) == 2:
       a, b = groups[names[0]].get(key), groups[names[1]].get(key)
       if a is not None and b is not None and a.n and b.n:
-        cells += comparison_cells(compare(a, b))
+        rows[-1] += comparison_cells(compare(a, b))
       else:
-        cells += ["-", "-"]
-    lines.append("| " + " | ".join(cells) + " |")
-  return lines
+        rows[-1] += ["-", "-"]
+  return cli.markdown_table(head, rows)
 
 
 def _describe(value: Any) -> str:
@@ -458,12 +421,11 @@ def _mixed(groups_read) -> list[str]:
 
 
 def _read_groups(config) -> tuple[dict, list[str], list[str]]:
-  """``(groups, mixed, notes)``: the summaries of each group, the loud line
-  of ``--allow-mixed`` (if the runs are mixed) and the notes on the runs.
+  """``(groups, mixed, notes)``: each group's summaries, the loud line of
+  ``--allow-mixed`` (for mixed runs) and the notes on the runs.
 
   Raises:
-    ValueError: the runs differ in more than the seed (within a group) or
-      the arms' fields (between groups), without ``--allow-mixed``.
+    ValueError: runs given twice, or mixed runs without ``--allow-mixed``.
   """
   groups_paths = {config.name: config.runs}
   if config.vs:

@@ -1,13 +1,9 @@
 """What the evaluation entry points share: flags, errors, progress, output.
 
-Every ``python -m eval.<name>`` describes its options as a frozen config
-dataclass (``workflow.configs``), parsed by :func:`parse` (``--help`` gives
-every flag's help and default; a bad flag is one line and exit status 2;
-``--debug`` is always there), and runs through :func:`run_main` or
-:func:`run_report`, which turn a user error (``workflow.errors``)
-into one line ``error: ...`` naming the fix, with exit status 2. Progress
-goes to stderr: :func:`stage` lines for every step that can take more than
-a few seconds, and :func:`progress` bars over batches on a terminal.
+Each ``python -m eval.<name>`` parses a frozen config dataclass with
+:func:`parse` and runs through :func:`run_main` (or :func:`run_report`),
+which turns a user error into one line ``error: ...`` and exit status 2
+(``--debug``: the traceback). Progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -32,12 +28,7 @@ _WRITE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 @dataclasses.dataclass(frozen=True)
 class SavedRun:
-  """The training run an evaluation reads: the first fields of its config.
-
-  Attributes:
-    workdir: the run directory (``workflow.runs``).
-    step: the checkpoint step (``None``: the newest good one).
-  """
+  """The training run an evaluation reads: the first fields of its config."""
 
   workdir: str = configs.field(configs.REQUIRED, "training run (its --workdir)")
   step: int | None = configs.field(
@@ -54,16 +45,21 @@ def positive_field() -> str:
   )
 
 
+def check_trainer(spec, workdir: str, trainer: str, why: str) -> None:
+  """Raises ValueError ``<workdir> is a train.<t> run (<data> data)<why>``
+  for a run (``workflow.runs.RunSpec``) of another trainer than
+  ``trainer``."""
+  if spec is not None and spec.trainer != trainer:
+    raise ValueError(
+      f"{workdir} is a train.{spec.trainer} run ({spec.data} data){why}"
+    )
+
+
 def parse(
   argv: Sequence[str] | None, config_cls: type, *, prog: str, description: str
 ) -> tuple[Any, bool]:
-  """Parses ``argv`` into ``(config, debug)``: an entry point's config
-  dataclass and ``--debug`` (:func:`workflow.configs.parse`).
-
-  Raises:
-    SystemExit: status 2 after one error line (a bad flag or a value the
-      config's ``__post_init__`` refuses), 0 after ``--help``.
-  """
+  """``(config, debug)`` from ``argv`` (:func:`workflow.configs.parse`);
+  a bad flag exits with status 2 after one error line."""
   config, debug = configs.parse(
     argv, config_cls, configs.Debug, prog=prog, description=description
   )
@@ -72,16 +68,20 @@ def parse(
 
 def _write_hint(error: BaseException, config: Any) -> str:
   """Names ``--out`` when a write inside the workdir was refused."""
-  if not isinstance(error, OSError) or error.errno not in _WRITE_ERRNOS:
-    return ""
   workdir = getattr(config, "workdir", None)
-  filename = error.filename
-  if not workdir or not filename:
+  filename = getattr(error, "filename", None)
+  if (
+    not isinstance(error, OSError)
+    or error.errno not in _WRITE_ERRNOS
+    or not workdir
+    or not filename
+    or "--out" in str(error)
+  ):
     return ""
   inside = os.path.abspath(os.fspath(filename)).startswith(
     os.path.abspath(workdir) + os.sep
   )
-  if not inside or "--out" in str(error):
+  if not inside:
     return ""
   return (
     f" (the run folder {workdir} cannot be written: pass "
@@ -93,8 +93,8 @@ def run_main(
   main_fn: Callable[[Any], int], config: Any, *, debug: bool = False
 ) -> int:
   """Runs ``main_fn(config)``; a user error (``workflow.errors``) becomes
-  one line ``error: ...`` on stderr and exit status 2, or its traceback
-  with ``debug`` (``--debug``) or ``VAE_ATTN_DEBUG=1``."""
+  one line on stderr and exit status 2, or its traceback with ``debug`` or
+  ``VAE_ATTN_DEBUG=1``."""
   try:
     with errors.debug_mode(debug):
       return main_fn(config)
@@ -109,16 +109,19 @@ def run_main(
 def run_report(
   evaluate: Callable[[Any], dict], config: Any, *, debug: bool = False
 ) -> int:
-  """Runs ``evaluate(config)`` and prints the ``report.md`` it wrote;
-  errors as :func:`run_main`. Returns the exit status."""
+  """:func:`run_main` of ``evaluate(config)``, then prints its report.md."""
 
   def evaluate_and_print(config: Any) -> int:
-    results = evaluate(config)
-    with open(os.path.join(results["out"], "report.md")) as f:
-      print(f.read())
+    print_report(evaluate(config)["out"])
     return 0
 
   return run_main(evaluate_and_print, config, debug=debug)
+
+
+def print_report(out: str) -> None:
+  """Prints ``<out>/report.md``."""
+  with open(os.path.join(out, "report.md")) as f:
+    print(f.read())
 
 
 def stage(message: str) -> None:
@@ -129,12 +132,8 @@ def stage(message: str) -> None:
 def progress(
   iterable: Iterable, *, total: int, desc: str, every: float = 10.0
 ) -> Iterable:
-  """``iterable`` with progress on stderr.
-
-  On a terminal a tqdm bar; otherwise (a log file, a notebook's captured
-  stream) a :func:`stage` line ``desc: i/total`` at most every ``every``
-  seconds and after the last item.
-  """
+  """``iterable`` with a tqdm bar on a terminal, else a :func:`stage` line
+  ``desc: i/total`` at most every ``every`` seconds and after the last."""
   if sys.stderr.isatty():
     return tqdm.tqdm(
       iterable,
@@ -157,24 +156,19 @@ def _progress_lines(iterable, total, desc, every):
       last = now
 
 
-def _cannot_write(
-  target: str, cause: OSError, fix: str, reason: str | None = None
-) -> OSError:
-  """``cannot write <target> (<reason>); pass <fix>``, with ``cause``'s
-  errno (the message has no ``[Errno n]`` prefix); ``reason`` defaults to
-  the cause's."""
-  reason = reason or cause.strerror or str(cause)
+def _cannot_write(target: str, cause: OSError, fix: str, folder: str = ""):
+  """``cannot write <target> (<reason>); pass <fix>``, errno of ``cause``."""
+  if isinstance(cause, FileExistsError) and os.path.isfile(folder):
+    reason = f"{folder} is a file, not a folder"  # makedirs: "File exists".
+  else:
+    reason = cause.strerror or str(cause)
   error = OSError(f"cannot write {target} ({reason}); pass {fix}")
   error.errno = cause.errno
   return error
 
 
-def _writable_folder(folder: str, *, target: str, fix: str) -> None:
-  """Creates ``folder`` and checks that a file can be written into it.
-
-  Raises:
-    OSError: from :func:`_cannot_write`.
-  """
+def _writable_folder(folder: str, target: str, fix: str) -> None:
+  """Creates ``folder`` and writes a probe file into it."""
   try:
     os.makedirs(folder, exist_ok=True)
     probe = os.path.join(folder, f".write-test-{os.getpid()}")
@@ -182,36 +176,23 @@ def _writable_folder(folder: str, *, target: str, fix: str) -> None:
       pass
     os.remove(probe)
   except OSError as e:
-    # makedirs says only "File exists" when the folder's name is a file.
-    in_the_way = isinstance(e, FileExistsError) and os.path.isfile(folder)
-    reason = f"{folder} is a file, not a folder" if in_the_way else None
-    raise _cannot_write(target, e, fix, reason) from e
+    raise _cannot_write(target, e, fix, folder) from e
 
 
 def make_out_dir(out: str, *, flag: str = "--out") -> str:
-  """Creates the output folder ``out`` and checks that it can be written.
-
-  Raises:
-    OSError: the folder cannot be created or written; the message names
-      ``flag`` as the fix.
-  """
-  _writable_folder(
-    out, target=f"the results to {out}", fix=f"{flag}=<a writable folder>"
-  )
+  """Creates the output folder ``out``, checked writable (else an OSError
+  that names ``flag``); returns it."""
+  _writable_folder(out, f"the results to {out}", f"{flag}=<a writable folder>")
   return out
 
 
 def make_out_file(path: str, *, flag: str) -> str:
-  """Checks, before any work, that the output file ``path`` can be written.
-
-  Creates its parent folder (as :func:`make_out_dir` does for a folder)
-  and, when the file exists, opens it for appending (which changes
-  nothing) to check it can be replaced; the file itself is written later.
+  """Checks, before any work, that the output file ``path`` can be written
+  (its folder is made; an existing file is opened for appending).
 
   Raises:
     IsADirectoryError: ``path`` is a folder.
-    OSError: the file or its folder cannot be created or written; the
-      message names ``flag`` as the fix.
+    OSError: it cannot be written; the message names ``flag``.
   """
   fix = f"{flag}=<a writable path>"
   if os.path.isdir(path):
@@ -219,19 +200,24 @@ def make_out_file(path: str, *, flag: str) -> str:
       f"{flag}={path} is a folder; pass {flag}={path.rstrip(os.sep)}"
       f"{os.sep}<file name>"
     )
-  _writable_folder(os.path.dirname(os.path.abspath(path)), target=path, fix=fix)
+  _writable_folder(os.path.dirname(os.path.abspath(path)), path, fix)
   if os.path.exists(path):
     try:
-      with open(path, "a"):
-        pass
+      open(path, "a").close()  # Changes nothing.
     except OSError as e:
       raise _cannot_write(path, e, fix) from e
   return path
 
 
+def markdown_table(head: Sequence[str], rows: Iterable[Sequence[str]]):
+  """The lines of a markdown table."""
+  lines = [head, *rows]
+  lines = ["| " + " | ".join(cells) + " |" for cells in lines]
+  return [lines[0], "|" + "---|" * len(head), *lines[1:]]
+
+
 def software_lines(software: dict[str, Any]) -> list[str]:
-  """Markdown lines naming the software a result was produced with
-  (``workflow.runs.software()``)."""
+  """Markdown lines naming ``workflow.runs.software()``."""
   names = ", ".join(
     f"{k} {v}"
     for k, v in software.items()
@@ -249,22 +235,17 @@ def software_lines(software: dict[str, Any]) -> list[str]:
 def save_results(
   out: str,
   results: dict[str, Any],
-  write_report: Callable[[str, dict], Any],
+  report_lines: Callable[[dict], list[str]],
   start: float,
 ) -> dict[str, Any]:
-  """Writes ``results.json`` and ``report.md`` to ``out``; returns results.
-
-  ``elapsed_time`` (seconds since the ``time.perf_counter()`` value
-  ``start``) and ``software`` (``workflow.runs.software()``: Python and
-  package versions, backend, device, git commit) go into both; ``out`` is
-  added to the returned dict (for :func:`run_report`), not to the file.
-  """
+  """Writes ``results.json`` and ``report.md`` (``report_lines(results)``
+  and the software) to ``out``, with ``elapsed_time`` since ``start`` and
+  ``workflow.runs.software()``; returns the results with ``out``."""
   results["elapsed_time"] = time.perf_counter() - start
   results["software"] = runs.software()
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
-  path = os.path.join(out, "report.md")
-  write_report(path, results)
-  with open(path, "a") as f:
+  with open(os.path.join(out, "report.md"), "w") as f:
+    f.write("\n".join(report_lines(results)))
     f.write("\n".join(software_lines(results["software"])))
   return {**results, "out": out}

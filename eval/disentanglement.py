@@ -14,11 +14,10 @@ to the prior), the beta-VAE metric, MIG, DCI and SAP.
 Every metric runs at its published sample sizes unless --quick (small
 sizes for CPU smoke runs, not comparable with the paper). The full
 evaluation encodes all 737,280 dSprites images once and shares the codes
-between the metrics (--no-tabulate: every metric encodes its own draws,
-about 3 million images); DCI uses the random-forest importance, about a
-minute where disentanglement_lib's gradient boosting takes tens
-(--dci-importance=gbt gives disentanglement_lib's numbers). Data default to
-the run's; the procedural dSprites renderer needs no file.
+between the metrics (--no-tabulate: every metric encodes its own draws).
+DCI uses the random-forest importance (--dci-importance=gbt:
+disentanglement_lib's numbers, tens of minutes; docs/evaluation.md). Data
+default to the run's; the procedural dSprites renderer needs no file.
 
 Writes into --out (default <workdir>/eval/disentanglement, or
 <workdir>/eval/disentanglement_quick with --quick): results.json (flat
@@ -57,8 +56,6 @@ from vae_attn import losses
 from vae_attn.data import dsprites
 from workflow import configs, figures, logs, runs
 
-# DCI importance of the full evaluation: minutes, not hours (eval.metrics.dci).
-FULL_DCI_IMPORTANCE = "random_forest"
 DATA = ("procedural", "npz", "tfds")
 
 _LOG = logging.getLogger("eval.disentanglement")  # Also as __main__.
@@ -67,11 +64,16 @@ _LOG = logging.getLogger("eval.disentanglement")  # Also as __main__.
 # Ground-truth data: the dSprites factors of the run (flags, else its spec).
 
 
-def load_data(config: Any, run: restore.Run):
-  """The dSprites ground-truth data: flags, else the run's spec."""
+def load_data(config: Any, run: restore.Run, cache: dict | None = None):
+  """``(data, kind)``: the dSprites ground-truth data of the flags, else of
+  the run's spec; once per source with a ``cache``."""
   spec = run.spec
   kind = config.data or (spec.data if spec else "") or "procedural"
   path = config.data_dir or (spec.data_dir if spec else "") or ""
+  if cache is not None:
+    if (kind, path) not in cache:
+      cache[kind, path] = load_data(config, run)
+    return cache[kind, path]
   if kind not in DATA:
     raise ValueError(
       f"--data={kind} has no ground-truth factor interface; pass "
@@ -90,19 +92,6 @@ def load_data(config: Any, run: restore.Run):
     )  # A bar when stderr is a terminal.
     return dsprites.TfdsDSprites(source, progress=progress), kind
   return dsprites.procedural(), kind
-
-
-def _load_once(config: Any, run: restore.Run, cache: dict) -> tuple:
-  """``(source, (data, kind))``: :func:`load_data`, once per source."""
-  source = (config.data or run.spec.data, config.data_dir or run.spec.data_dir)
-  if source not in cache:
-    cache[source] = load_data(config, run)
-  return source, cache[source]
-
-
-def _tabulates(config: Any) -> bool:
-  """``--tabulate``; by default on for the full evaluation."""
-  return (not config.quick) if config.tabulate is None else config.tabulate
 
 
 # The report: scores with their sample sizes, notes, timings.
@@ -182,10 +171,7 @@ def _fmt(value: float | None, key: str = "") -> str:
 
 def _score_table(results: Mapping[str, Any]) -> list[str]:
   scores, sizes = results["scores"], results["sample_sizes"]
-  lines = [
-    "| score | value | sample sizes | what |",
-    "|---|---|---|---|",
-  ]
+  rows = []
   described = dict(SCORES)
   keys = [key for key, _ in SCORES] + sorted(set(scores) - set(described))
   for key in keys:
@@ -194,10 +180,8 @@ def _score_table(results: Mapping[str, Any]) -> list[str]:
     if metric == "dci":
       size_text += f", importance={results['meta']['dci_importance']}"
     value = _fmt(scores.get(key), key)
-    lines.append(
-      f"| `{key}` | {value} | {size_text} | {described.get(key, '')} |"
-    )
-  return lines
+    rows.append([f"`{key}`", value, size_text, described.get(key, "")])
+  return cli.markdown_table(["score", "value", "sample sizes", "what"], rows)
 
 
 def _training_log_note(results: Mapping[str, Any]) -> list[str]:
@@ -230,8 +214,8 @@ def _training_log_note(results: Mapping[str, Any]) -> list[str]:
   ]
 
 
-def write_report(path: str, results: Mapping[str, Any]) -> str:
-  """Writes ``report.md`` for ``results``; returns ``path``."""
+def report_lines(results: Mapping[str, Any]) -> list[str]:
+  """The lines of ``report.md``."""
   meta = results["meta"]
   lines = [
     f"# Disentanglement: {meta['objective']}",
@@ -288,9 +272,7 @@ def write_report(path: str, results: Mapping[str, Any]) -> str:
     + ").",
     "",
   ]
-  with open(path, "w") as f:
-    f.write("\n".join(lines))
-  return path
+  return lines
 
 
 # Scoring and figures.
@@ -303,14 +285,10 @@ def default_out(workdir: str, quick: bool) -> str:
 
 
 def representation_function(run: restore.Run, batch_size: int = 64):
-  """NumPy observations ``[N, H, W, C]`` -> ``[N, 2 D]``: mu, then KL.
-
-  The first ``D`` columns are the posterior means, the last ``D`` the
-  per-dimension ``KL(q(z_d|x) || N(0, 1))``
-  (``vae_attn.losses.gaussian_kl_per_dim``) that the paper convention prunes
-  collapsed dimensions with; one encoder pass gives both. Micro-batches are
-  dealt over all local devices (``eval.inference.batched``).
-  """
+  """NumPy observations ``[N, H, W, C]`` -> ``[N, 2 D]``: the posterior
+  means, then the per-dimension ``KL(q(z_d|x) || N(0, 1))`` the paper
+  convention prunes by, from one encoder pass over all local devices
+  (``eval.inference.batched``)."""
   channels = run.input_shape[-1]
 
   def encode(variables, x):
@@ -333,15 +311,9 @@ def representation_function(run: restore.Run, batch_size: int = 64):
 
 @dataclasses.dataclass(frozen=True)
 class Scored:
-  """The scores of :func:`score` and how they were measured.
-
-  Attributes:
-    scores: flat scores (``suite.evaluate_suite``'s keys).
-    sample_sizes: ``{metric: {argument: size}}``.
-    timings: seconds per stage (``encode all images``, each metric).
-    notes: warnings of the metrics (dropped factors, estimators that stopped
-      at their iteration limit), each once.
-  """
+  """:func:`score`'s flat scores (``suite.evaluate_suite``'s keys),
+  ``{metric: {argument: size}}``, seconds per stage, and the metrics'
+  warnings (each once) as notes."""
 
   scores: dict[str, float]
   sample_sizes: dict[str, dict[str, int]]
@@ -360,19 +332,15 @@ def score(
   seed: int,
   quick: bool,
   tabulate: bool,
-  dci_importance: str = FULL_DCI_IMPORTANCE,
+  dci_importance: str = "random_forest",
   n_jobs: int = 1,
   progress: bool | None = False,
   tabulated: tuple[Any, Any] | None = None,
 ) -> Scored:
-  """``suite.evaluate_suite`` of the posterior means (and KL for pruning).
-
-  ``mu_and_kl`` is a :func:`representation_function`. The metrics' warnings
-  become ``Scored.notes`` (each once); other warnings pass through.
+  """``suite.evaluate_suite`` of a :func:`representation_function`'s means
+  (and KL for pruning). The metrics' warnings become notes; others pass.
   ``tabulated``: the ``(data, lookup)`` of a code table made already
-  (``suite.tabulate_all``, shared by the runs of a grid), used instead of
-  ``data`` and ``mu_and_kl``.
-  """
+  (shared by the runs of a grid)."""
   d = latent_dim
   random_state = np.random.RandomState(seed)
   timings = {}
@@ -413,11 +381,8 @@ def score(
 
 
 def training_log_score(workdir: str, config: Mapping[str, Any]) -> dict | None:
-  """The last FactorVAE score in the run's ``metrics.jsonl``, with its sizes.
-
-  Returns ``None`` when the log holds no score (or no log exists). The
-  sizes are the run config's ``score_num_*`` (0: the convention's).
-  """
+  """The last FactorVAE score in the run's ``metrics.jsonl`` with its sizes
+  (the config's ``score_num_*``; 0: the convention's), or ``None``."""
   path = os.path.join(workdir, "metrics.jsonl")
   row = None
   try:
@@ -436,11 +401,8 @@ def training_log_score(workdir: str, config: Mapping[str, Any]) -> dict | None:
     return None
   published = factor_vae.FACTOR_VAE_CONVENTIONS[convention]
   sizes = {"num_per_vote": published.num_per_vote}
-  for name, field in (
-    ("num_train", "score_num_train"),
-    ("num_eval", "score_num_eval"),
-    ("num_variance_estimate", "score_num_variance"),
-  ):
+  for name in ("num_train", "num_eval", "num_variance_estimate"):
+    field = "score_" + name.removesuffix("_estimate")
     sizes[name] = int(config.get(field) or getattr(published, name))
   return {
     "eval_accuracy": float(row["eval/factor_vae_eval_accuracy"]),
@@ -452,24 +414,21 @@ def training_log_score(workdir: str, config: Mapping[str, Any]) -> dict | None:
 
 
 def check_applies(spec: runs.RunSpec | None, workdir: str) -> None:
-  """Refuses a run that is not a FactorVAE-family model of dSprites.
-
-  Raises:
-    ValueError: a one-class run; the message names the evaluators that
-      apply (``eval.localization``, ``eval.explain``).
-  """
-  if spec is not None and spec.trainer != "factorvae":
-    raise ValueError(
-      f"{workdir} is a train.{spec.trainer} run ({spec.data} data) with no "
-      "ground-truth factors, so eval.disentanglement does not apply; score "
-      f"its anomaly maps with: python -m eval.localization --workdir={workdir}"
-      f" (or show its maps: python -m eval.explain --workdir={workdir})"
-    )
+  """Refuses a run that is not a FactorVAE-family model of dSprites, naming
+  eval.localization and eval.explain."""
+  cli.check_trainer(
+    spec,
+    workdir,
+    "factorvae",
+    " with no ground-truth factors, so eval.disentanglement does not apply; "
+    f"score its anomaly maps with: python -m eval.localization --workdir="
+    f"{workdir} (or show its maps: python -m eval.explain --workdir={workdir})",
+  )
 
 
 def run_dirs(workdirs: Sequence[str]) -> list[str]:
-  """The runs named by ``--workdir``: each run folder, or every member run
-  of a grid folder (its sub-folders holding a run spec), in name order.
+  """Each run folder of ``workdirs``, or every member run of a grid folder
+  (its sub-folders with a run spec), in name order, without repeats.
 
   Raises:
     FileNotFoundError: a folder is missing or holds no run at all.
@@ -501,17 +460,12 @@ def evaluate(
   cache=None,
   tabulated: tuple[Any, Any] | None = None,
 ) -> dict:
-  """Scores one run (``workdir``, default ``config.workdir[0]``); returns
-  the results dict. ``cache`` (a dict) shares the loaded ground-truth data
-  between the runs of one command, ``tabulated`` a code table made for
-  several runs at once (see :func:`score`)."""
+  """Scores one run (default ``config.workdir[0]``); returns the results.
+  ``cache`` shares the loaded data between the runs of one command,
+  ``tabulated`` a code table (see :func:`score`)."""
   start = time.perf_counter()
   workdir = workdir or config.workdir[0]
   config = dataclasses.replace(config, workdir=(workdir,))
-  importance = config.dci_importance or (
-    "random_forest" if config.quick else FULL_DCI_IMPORTANCE
-  )
-  tabulate = _tabulates(config)
   # Fails now, not after the metrics; the default --out is inside the run
   # folder, so a missing one is refused before it is made.
   out = cli.make_out_dir(config.out) if config.out else None
@@ -520,7 +474,7 @@ def evaluate(
   run = restore.load_run(workdir, step=config.step)
   check_applies(run.spec, workdir)  # Before anything is written into it.
   out = out or cli.make_out_dir(default_out(workdir, config.quick))
-  _, (data, kind) = _load_once(config, run, {} if cache is None else cache)
+  data, kind = load_data(config, run, cache)
   mu_and_kl = representation_function(run)  # Compiled once, used twice.
   scored = score(
     mu_and_kl,
@@ -528,8 +482,8 @@ def evaluate(
     data,
     seed=config.seed,
     quick=config.quick,
-    tabulate=tabulate,
-    dci_importance=importance,
+    tabulate=config.tabulate,
+    dci_importance=config.dci_importance,
     n_jobs=config.jobs,
     progress=None,  # Bars on a terminal only.
     tabulated=tabulated,
@@ -548,8 +502,8 @@ def evaluate(
       "data": kind,
       "seed": config.seed,
       "quick": config.quick,
-      "tabulate": tabulate,
-      "dci_importance": importance,
+      "tabulate": config.tabulate,
+      "dci_importance": config.dci_importance,
       "jobs": config.jobs,
       "date": datetime.datetime.now(datetime.UTC).isoformat(),
     },
@@ -566,7 +520,7 @@ def evaluate(
     "active_dims_by_kl": int((kl > 0.05).sum()),
   }
   _LOG.info("writing %s", os.path.join(out, "report.md"))
-  saved = cli.save_results(out, results, write_report, start)
+  saved = cli.save_results(out, results, report_lines, start)
   _LOG.info(
     "wrote %s: report.md, results.json, attention.png, traversals.png", out
   )
@@ -574,8 +528,7 @@ def evaluate(
 
 
 def evaluate_runs(config: Config) -> list[dict]:
-  """Scores every run of ``config.workdir`` (runs or grid folders), loading
-  the ground-truth data once for all of them; returns their results."""
+  """Scores every run of ``config.workdir``, loading the data once."""
   if config.out:  # Named before the (slow) runs; checked again per run.
     cli.make_out_dir(config.out)
   dirs = run_dirs(config.workdir)
@@ -595,21 +548,19 @@ def evaluate_runs(config: Config) -> list[dict]:
 
 
 def _shared_tables(config: Config, dirs: Sequence[str], cache: dict) -> dict:
-  """With the code table on (the full evaluation): one rendering pass of
-  the ground-truth data, encoded by every run that reads the same data
-  (``suite.tabulate_all``); ``{workdir: (data, lookup)}``."""
-  if not _tabulates(config):
+  """With the code table on: one rendering pass of each data source,
+  encoded by every run that reads it; ``{workdir: (data, lookup)}``."""
+  if not config.tabulate:
     return {}
   by_source: dict = {}
   for workdir in dirs:
     run = restore.load_run(workdir, step=config.step)
     check_applies(run.spec, workdir)
-    source, _ = _load_once(config, run, cache)
-    by_source.setdefault(source, []).append((workdir, run))
+    source = load_data(config, run, cache)
+    by_source.setdefault(id(source), (source, []))[1].append((workdir, run))
   shared = {}
-  for source, members in by_source.items():
-    data, _ = cache[source]
-    _LOG.info("encoding the %s data once for %d runs", source[0], len(members))
+  for (data, kind), members in by_source.values():
+    _LOG.info("encoding the %s data once for %d runs", kind, len(members))
     start = time.perf_counter()
     table, lookups = suite.tabulate_all(
       data,
@@ -628,8 +579,7 @@ def _run(config: Config) -> int:
   """Scores the runs; prints one run's report, or where each report is."""
   results = evaluate_runs(config)
   if len(results) == 1:
-    with open(os.path.join(results[0]["out"], "report.md")) as f:
-      print(f.read())
+    cli.print_report(results[0]["out"])
     return 0
   key = SCORES[0][0]
   for r in results:
@@ -701,10 +651,10 @@ class Config(cli.SavedRun):
     "metrics (default: on for the full evaluation, off with --quick)",
     switch=True,
   )
-  dci_importance: str | None = configs.field(
-    None,
-    "DCI importance model (default: random_forest; gbt: "
-    "disentanglement_lib's numbers, tens of minutes on 2 cores)",
+  dci_importance: str = configs.field(
+    "random_forest",
+    "DCI importance model (gbt: disentanglement_lib's numbers, tens of "
+    "minutes on 2 cores)",
     dci_lib.IMPORTANCE_MODELS,
   )
   jobs: int = configs.field(
@@ -741,6 +691,8 @@ class Config(cli.SavedRun):
   def __post_init__(self):
     if isinstance(self.workdir, str):  # One run, from Python.
       object.__setattr__(self, "workdir", (self.workdir,))
+    if self.tabulate is None:  # On for the full evaluation.
+      object.__setattr__(self, "tabulate", not self.quick)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

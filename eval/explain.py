@@ -40,9 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 import PIL.Image
 
-from eval import cli, demo_data, restore
+from eval import cli, restore
+from eval import localization as data_lib
 from vae_attn import anomaly, models
 from vae_attn import attention as attention_lib
+from vae_attn.data import digits, dsprites, mnist
 from vae_attn.data import images as images_lib
 from workflow import configs, figures
 
@@ -52,20 +54,16 @@ attention_figure = figures.attention_figure  # The notebooks' name.
 def read_images(
   paths: Sequence[str], input_shape
 ) -> tuple[np.ndarray, list[str]]:
-  """Reads image files at the model's input shape.
-
-  Returns:
-    ``(x, notes)``: float ``[N, H, W, C]`` in ``[0, 1]``, and one note per
-    file that was resized or converted (``"a.png: 300x200 RGB, shown as
-    64x64 grey"``), for the figures.
-  """
+  """``(x, notes)``: image files as float ``[N, H, W, C]`` in ``[0, 1]`` at
+  the model's input shape, and a note per file that was resized or
+  converted (``"a.png: 300x200 RGB, shown as 64x64 grey"``)."""
   h, w, c = input_shape
   out, notes = [], []
   for path in paths:
     out.append(images_lib.read_image(path, channels=c, size=(h, w)))
     with PIL.Image.open(path) as im:
       grey = im.mode in ("1", "L", "LA", "I", "I;16", "F")
-    height, width = images_lib.image_size_of(path)
+    height, width = images_lib.image_size_of(path)  # Upright (EXIF).
     if (height, width) != (h, w) or grey != (c == 1):
       notes.append(
         f"{os.path.basename(path)}: {width}x{height} "
@@ -73,6 +71,76 @@ def read_images(
         f"{'grey' if c == 1 else 'RGB'} (the model's input)"
       )
   return np.stack(out).astype(np.float32) / 255.0, notes
+
+
+# The demo data of a random model (no run spec), by architecture.
+DEMO_DATA = {
+  "factorvae": "procedural",
+  "mnist": "digits",
+  "resnet18": "textures",
+  "ped1": "textures",
+}
+
+
+def _demo_records(run: restore.Run, data: str, num: int, seed: int):
+  """``(images, names)``: dSprites draws, one test image per digit (the
+  normal digit first), or defective images first, a defect type in turn."""
+  spec = run.spec
+  data_dir = (spec.data_dir if spec is not None else "") or None
+  rng = np.random.RandomState(seed)
+  if data in ("procedural", "npz"):
+    gt = dsprites.load_npz(data_dir) if data == "npz" else dsprites.procedural()
+    return gt.sample_observations(num, rng), [
+      f"dSprites {i}" for i in range(num)
+    ]
+  if data == "tfds":
+    source = dsprites.load_tfds(data_dir=data_dir)
+    idx = rng.choice(len(source), size=min(num, len(source)), replace=False)
+    x = np.stack([source[int(i)]["image"] for i in idx])
+    return x, [f"dSprites {int(i)}" for i in idx]
+  if data in ("digits", "mnist"):
+    digit = dict(spec.data_kwargs).get("normal_digit") if spec else None
+    if data == "digits":
+      source = digits.load("test", normal_digit=digit)
+    else:
+      source = mnist.load("test", normal_digit=digit, data_dir=data_dir)
+    labels = np.asarray(source.get_batch(np.arange(len(source)))["label"])
+    first = int(digit) if digit is not None else 0
+    order = [(first + d) % 10 for d in range(10)]
+    idx = [int(np.flatnonzero(labels == d)[0]) for d in order if d in labels]
+    x = np.asarray(source.get_batch(np.asarray(idx[:num]))["image"])
+    return x, [f"digit {int(labels[i])}" for i in idx[:num]]
+  options = data_lib.data_options(spec, dataset=data)
+  test, _, _ = data_lib.load_splits(options, run.input_shape[:2])
+  records = [test[i] for i in range(len(test))]
+  # Anomalous images without a defect type count as normal ones.
+  kinds = [str(r.get("defect_type", "")) * int(r["label"]) for r in records]
+  defective = [i for i, kind in enumerate(kinds) if kind]
+  picked = [
+    defective[i] for i in data_lib.in_turn([kinds[i] for i in defective], num)
+  ]
+  picked += [i for i, kind in enumerate(kinds) if not kind][: num - len(picked)]
+  names = [str(records[i].get("defect_type", "")) or "image" for i in picked]
+  return np.stack([records[i]["image"] for i in picked]), names
+
+
+def demo_images(
+  run: restore.Run, num: int, seed: int
+) -> tuple[np.ndarray, list[str], str]:
+  """``(x, names, data)``: ``num`` test images of the run's own data (its
+  spec; a random model: :data:`DEMO_DATA`), float32 ``[N, H, W, C]`` in
+  [0, 1] at its input shape, a caption each, and the data set's name.
+
+  Raises:
+    vae_attn.data.DataError: the run's data cannot be read.
+  """
+  h, w, c = run.input_shape
+  data = run.spec.data if run.spec is not None else DEMO_DATA[run.name]
+  x, names = _demo_records(run, data, num, seed)
+  x = data_lib.to_channels(np.asarray(x, np.float32), c)
+  if x.shape[1:3] != (h, w):
+    x = np.asarray(jax.image.resize(x, (len(x), h, w, c), "linear"))
+  return x.astype(np.float32), names, data
 
 
 def maps_fn(
@@ -83,12 +151,9 @@ def maps_fn(
   num_samples: int = 8,
   **attention_kwargs,
 ):
-  """``fn(variables, x, stats, key) -> AttentionMaps`` for :func:`explain`.
-
-  Every array is an argument of ``fn`` (nothing large is captured), so
-  ``jax.jit(fn)`` compiles the parameters and images as inputs instead of
-  constant-folding them. Sampled codes (``"sample"``, ``"difference"``:
-  eq. 5) average ``num_samples`` draws (``vae_attn.anomaly.mean_over_draws``).
+  """``fn(variables, x, stats, key) -> AttentionMaps`` for :func:`explain`;
+  every array is an argument (nothing large is constant-folded). Sampled
+  codes average ``num_samples`` draws (``vae_attn.anomaly.mean_over_draws``).
   """
   encode_fn = run.encode_fn
   if code == "mu":
@@ -118,23 +183,14 @@ def explain(
 ) -> tuple[attention_lib.AttentionMaps, str]:
   """Per-latent attention maps of images ``x`` ``[N, H, W, C]``.
 
-  Args:
-    run: a restored (or initialised) VAE.
-    x: images at the model's input shape.
-    layer: the attention layer, a path or unique suffix (default: the
-      run's).
-    code: ``"mu"``, ``"sample"`` or ``"difference"`` (eq. 5, through
-      ``vae_attn.anomaly.difference_attention``; needs the latent statistics
-      a one-class trainer saves with its checkpoint).
-    positive: ``"relu"`` or ``"abs"``.
-    gradient_scale: ``None`` or ``"rms"``.
-    num_samples: ``eps`` draws averaged for the sampled codes.
-    seed: seeds the draws.
+  ``layer``: a path or unique suffix (default: the run's). ``code``:
+  ``"mu"``, ``"sample"`` or ``"difference"`` (eq. 5; needs the latent
+  statistics a one-class trainer saves), sampled codes averaged over
+  ``num_samples`` draws seeded by ``seed``.
 
   Returns:
-    ``(maps, layer_path)``: the maps at layer resolution
-    (``per_latent [N, D, h, w]``, ``mean [N, h, w]``; averaged over the draws
-    for sampled codes) and the resolved path.
+    ``(maps, layer_path)``: ``per_latent [N, D, h, w]`` and ``mean [N, h,
+    w]`` at layer resolution, and the resolved path.
 
   Raises:
     ValueError: an unknown layer (the valid ones are listed), or
@@ -142,8 +198,8 @@ def explain(
   """
   x = jnp.asarray(x)
   layer = layer or run.default_layer
-  path = attention_lib.resolve_layers(run.encode_fn, run.variables, x, layer)
-  path = path[layer]
+  paths = attention_lib.resolve_layers(run.encode_fn, run.variables, x, layer)
+  path = paths[layer]
   if code == "difference" and run.latent_stats is None:
     raise ValueError(
       'code="difference" needs the latent statistics of the normal data, '
@@ -163,14 +219,11 @@ def explain(
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(cli.SavedRun):
   """What python -m eval.explain explains and where it writes."""
 
   workdir: str | None = configs.field(
     None, "training run to restore (default: a random model)"
-  )
-  step: int | None = configs.field(
-    None, "checkpoint step (default: the newest good one)"
   )
   model: str = configs.field(
     "factorvae",
@@ -261,7 +314,7 @@ def _load(config: Config):
     x, notes = read_images(config.images, run.input_shape)
     names = [os.path.basename(p) for p in config.images]
     return run, x, names, "files", notes
-  x, names, data = demo_data.demo_images(run, config.num_images, config.seed)
+  x, names, data = demo_images(run, config.num_images, config.seed)
   cli.stage(f"{len(x)} test images of {data}")
   return run, x, [str(n) for n in names], data, []
 
@@ -284,15 +337,10 @@ def _run(config: Config) -> int:
   cli.stage(
     f"compiling and computing the {config.code} maps of {len(x)} images"
   )
+  flags = {k: getattr(config, k) for k in "layer code positive seed".split()}
+  scale = None if config.gradient_scale == "none" else "rms"
   maps, layer = explain(
-    run,
-    x,
-    layer=config.layer,
-    code=config.code,
-    positive=config.positive,
-    gradient_scale=None if config.gradient_scale == "none" else "rms",
-    num_samples=config.num_samples,
-    seed=config.seed,
+    run, x, gradient_scale=scale, num_samples=config.num_samples, **flags
   )
   what = f"{run.name}, {layer}, code={config.code}"
   what += f", step {run.step}" if run.workdir else ", random init"
@@ -323,9 +371,7 @@ def _run(config: Config) -> int:
     "workdir": run.workdir,
     "step": run.step,
     "layer": layer,
-    "code": config.code,
-    "positive": config.positive,
-    "gradient_scale": config.gradient_scale,
+    **{k: getattr(config, k) for k in ("code", "positive", "gradient_scale")},
     "scale": config.scale,
     "images": names,
     "images_from": source,

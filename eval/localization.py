@@ -35,10 +35,9 @@ ground truth, maps on the image) and with --ablation, ablation.png.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import datetime
-import functools
+import itertools
 import math
 import os
 import re
@@ -78,10 +77,8 @@ def data_options(
   data_dir: str | None = None,
   category: str | None = None,
 ) -> DataOptions:
-  """The flags' data set, folder and category, else the run spec's.
-
-  The spec's folder and category are used only when the data set is the
-  one the run was trained on.
+  """The flags' data set, folder and category, else the run spec's (its
+  folder and category only for the data set it was trained on).
 
   Raises:
     ValueError: the data set has no pixel masks.
@@ -102,25 +99,14 @@ def data_options(
 def load_splits(
   options: DataOptions, image_size: tuple[int, int]
 ) -> tuple[Any, Any, str | None]:
-  """``(test_source, train_source, category)`` of a data set with masks,
-  through the one data-set table (``vae_attn.data.datasets.load``).
-
-  Raises:
-    vae_attn.data.DataError: a data set that reads files has no
-      ``data_dir``, MVTec-AD has no category, or the files are missing or
-      malformed.
-  """
+  """``(test_source, train_source, category)`` through the one data-set
+  table (``vae_attn.data.datasets.load``); raises its ``DataError``."""
   dataset, root, category = options
   if dataset == "textures":  # The offline set's default category, named.
     category = category or textures.CATEGORIES[0]
-  load = functools.partial(
-    datasets.load,
-    dataset,
-    data_dir=root,
-    category=category,
-    image_size=image_size,
-  )
-  return load("test"), load("train"), category
+  kwargs = dict(data_dir=root, category=category, image_size=image_size)
+  test, train = (datasets.load(dataset, s, **kwargs) for s in ("test", "train"))
+  return test, train, category
 
 
 class Subset:
@@ -129,6 +115,8 @@ class Subset:
   def __init__(self, source, indices: np.ndarray):
     self._source, self.indices = source, indices
     self.name = f"{getattr(source, 'name', 'source')}[subset]"
+    every = getattr(source, "entries", None)  # Of an image-and-mask source.
+    self.entries = None if every is None else [every[i] for i in indices]
 
   def __len__(self) -> int:
     return len(self.indices)
@@ -136,19 +124,10 @@ class Subset:
   def __getitem__(self, index: int):
     return self._source[int(self.indices[index])]
 
-  @property
-  def entries(self) -> list[image_mask.Entry] | None:
-    """The picked entries of an image-and-mask source, else ``None``."""
-    every = getattr(self._source, "entries", None)
-    return None if every is None else [every[int(i)] for i in self.indices]
-
 
 def subset(source, max_images: int | None):
-  """At most ``max_images`` records, evenly spaced over the source.
-
-  Test splits are sorted (normal images first), so evenly spaced picks keep
-  normal and anomalous images both.
-  """
+  """At most ``max_images`` records, evenly spaced over the (sorted, normal
+  first) source, so normal and anomalous images both stay."""
   if max_images is None or max_images >= len(source):
     return source
   indices = np.linspace(0, len(source) - 1, max_images).round()
@@ -185,8 +164,7 @@ def _probe(run: restore.Run) -> jax.Array:
 
 
 def ablation_layers(run: restore.Run) -> list[str]:
-  """Every top-level encoder conv block (``encoder/conv1``...), or for the
-  ResNet the first conv of each stage."""
+  """Every top-level encoder conv block, or the ResNet's stage heads."""
   valid = attention_lib.layer_paths(run.encode_fn, run.variables, _probe(run))
   convs = [p for p in valid if re.fullmatch(r"encoder/conv\d+", p)]
   if convs:
@@ -216,11 +194,9 @@ def make_maps_fn(
   num_samples: int,
   **attention_kwargs,
 ):
-  """A jitted ``fn(variables, x, stats, key) -> {method: maps}``.
-
-  Attention maps come at layer resolution ``[B, h, w]``, the residual
-  ``|x - sigmoid(decode(mu))|`` at image size ``[B, H, W]``. The parameters
-  and statistics are arguments, not constants of the compiled program.
+  """A jitted ``fn(variables, x, stats, key) -> {method: maps}``: attention
+  maps ``[B, h, w]`` at layer resolution, the residual ``|x -
+  sigmoid(decode(mu))|`` ``[B, H, W]``; every array is an argument.
   """
   layers = list(layers)
   encode_fn, model = run.encode_fn, run.model
@@ -235,15 +211,9 @@ def make_maps_fn(
         out[method_name("mu", layer)] = maps[layer].mean
     if "difference" in codes:
       draws = anomaly.difference_attention(
-        encode_fn,
-        layers,
-        variables,
-        x,
-        stats,
-        key,
-        num_samples=num_samples,
-        **attention_kwargs,
-      )
+        encode_fn, layers, variables, x, stats, key,
+        num_samples=num_samples, **attention_kwargs,
+      )  # fmt: skip
       for layer in layers:
         out[method_name("difference", layer)] = draws[layer].mean
     x_hat = jax.nn.sigmoid(model.apply(variables, mu, method=model.decode))
@@ -251,6 +221,13 @@ def make_maps_fn(
     return out
 
   return jax.jit(maps_fn)
+
+
+def _batches(source, batch_size: int, desc: str):
+  """One pass over ``source`` in batches, with progress."""
+  total = -(-len(source) // batch_size)
+  batches = pipeline.single_pass(source, batch_size, num_threads=0)
+  return cli.progress(batches, total=total, desc=desc)
 
 
 def _records(batch: dict, channels: int) -> dict[str, np.ndarray]:
@@ -261,9 +238,7 @@ def _records(batch: dict, channels: int) -> dict[str, np.ndarray]:
     "mask": np.asarray(batch["mask"])[..., 0] > 0.5,
     "label": np.asarray(batch["label"]).astype(bool),
     "has_mask": np.asarray(batch.get("has_mask", np.ones(n))).astype(bool),
-    "defect_type": np.asarray(
-      batch.get("defect_type", np.array([""] * n)), dtype=object
-    ),
+    "defect_type": np.asarray(batch.get("defect_type", [""] * n), object),
   }
 
 
@@ -281,11 +256,9 @@ def compute_maps(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
   """Runs the test split through the model; returns ``(maps, data)``.
 
-  ``maps``: method -> float32 maps (``[N, h, w]`` at layer resolution for
-  attention, ``[N, H, W]`` for the residual), in the order codes x layers,
-  then the residual. ``data``: ``image [N, H, W, C]``, ``mask [N, H, W]``
-  (bool, at model size), ``label [N]``, ``has_mask [N]`` and
-  ``defect_type [N]``.
+  ``maps``: method -> float32 maps (codes x layers, then the residual);
+  ``data``: ``image [N, H, W, C]``, ``mask [N, H, W]`` (bool, model size),
+  ``label``, ``has_mask`` and ``defect_type`` ``[N]``.
 
   Raises:
     ValueError: the test split is empty.
@@ -295,18 +268,11 @@ def compute_maps(
   channels = run.input_shape[-1]
   maps: dict[str, list] = {}
   data: dict[str, list] = {}
-  num_batches = -(-len(test_source) // batch_size)
-  batches = pipeline.single_pass(test_source, batch_size, num_threads=0)
-  bar = cli.progress(batches, total=num_batches, desc="maps")
-  for i, batch in enumerate(bar):
+  for i, batch in enumerate(_batches(test_source, batch_size, "maps")):
     records = _records(batch, channels)
-    out = fn(
-      run.variables,
-      jnp.asarray(records["image"]),
-      stats,
-      jax.random.fold_in(key, i),
-    )
-    for name, value in jax.device_get(out).items():
+    x, key_i = jnp.asarray(records["image"]), jax.random.fold_in(key, i)
+    out = jax.device_get(fn(run.variables, x, stats, key_i))
+    for name, value in out.items():
       maps.setdefault(name, []).append(np.asarray(value, np.float32))
     for name, value in records.items():
       data.setdefault(name, []).append(value)
@@ -326,22 +292,18 @@ def latent_stats(
   if run.latent_stats is not None:
     return run.latent_stats, "checkpoint"
   channels = run.input_shape[-1]
-  passes = pipeline.single_pass(train_source, batch_size, num_threads=0)
-  total = -(-len(train_source) // batch_size)
   batches = (
     to_channels(np.asarray(b["image"], np.float32), channels)
-    for b in cli.progress(passes, total=total, desc="latent statistics")
+    for b in _batches(train_source, batch_size, "latent statistics")
   )
   stats = anomaly.latent_statistics(run.encode_fn, run.variables, batches)
   return stats, f"computed from the training split ({int(stats.count)} images)"
 
 
-# Scores under one of two protocols: "original" (the MVTec-AD protocol:
-# maps upsampled bilinearly to each mask file's size, binned metrics with
-# error bounds) or "model" (masks resized to the model's input size by
-# nearest neighbour, which can delete small regions; exact metrics). Pixel
-# metrics pool the images with a mask (has_mask); image AUROC (each map's max
-# or mean at model size) ranks every test image.
+# Scores under one of two protocols: "original" (the MVTec-AD protocol: maps
+# upsampled to each mask file's size, binned metrics with error bounds) or
+# "model" (masks resized to the model's input size; exact metrics). Pixel
+# metrics pool the images with a mask; image AUROC ranks every test image.
 
 RESOLUTIONS = ("original", "model")
 NUM_BINS = 1 << 16
@@ -354,47 +316,11 @@ def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   return np.asarray(attention_lib.upsample(maps, tuple(size)), np.float32)
 
 
-def _check_classes(data: Mapping[str, np.ndarray], masks) -> None:
-  has_mask, labels = data["has_mask"], data["label"]
-  if masks is not None:
-    anomalous = any(m.any() for m in masks.values())
-  else:
-    anomalous = data["mask"][has_mask].any()
-  if not anomalous:
-    raise ValueError(
-      "No anomalous pixel in the test masks: pixel metrics need defect "
-      "images with masks (check the data set's ground_truth folder)."
-    )
-  if labels.all() or not labels.any():
-    raise ValueError(
-      "The test split needs both normal and anomalous images for AUROC."
-    )
-
-
-def _image_aurocs(m: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-  return {
-    f"image_auroc_{s}": pixel_metrics.image_auroc(m, labels, s)
-    for s in ("max", "mean")
-  }
-
-
-def _model_size(m, data) -> tuple[dict[str, float], tuple]:
-  """Exact pixel metrics against the masks at model size."""
-  has_mask = data["has_mask"]
-  masked, masks = m[has_mask], data["mask"][has_mask]
-  fpr, tpr, _ = pixel_metrics.roc_curve(masked, masks)
-  return pixel_metrics.pixel_report(masked, masks), (fpr, tpr)
-
-
 def original_masks(
   entries: Sequence[image_mask.Entry], has_mask: np.ndarray
 ) -> dict[int, np.ndarray]:
-  """Index -> bool ``[H, W]`` ground truth at the size of its image, for
-  the images with ``has_mask`` (all False without a mask file).
-
-  Raises:
-    vae_attn.data.DataError: a file cannot be read.
-  """
+  """Index -> bool ``[H, W]`` mask at its image's size, for the images with
+  ``has_mask`` (all False without a mask file); raises ``DataError``."""
   masks = {}
   for i in np.flatnonzero(has_mask):
     entry = entries[i]
@@ -405,9 +331,7 @@ def original_masks(
   return masks
 
 
-def _original_size(
-  native: np.ndarray, masks: Mapping[int, np.ndarray]
-) -> tuple[dict[str, float], tuple]:
+def _original_size(native: np.ndarray, masks: Mapping[int, np.ndarray]):
   """Binned metrics with each map upsampled to its mask's size."""
   lo, hi = float(native.min()), float(native.max())
   acc = pixel_metrics.pixel_scores((lo, hi if hi > lo else lo + 1.0), NUM_BINS)
@@ -436,18 +360,15 @@ def score(
 
   Args:
     maps: method -> maps ``[N, h, w]`` at any resolution.
-    data: ``mask [N, H, W]`` (bool, model size), ``label [N]``, ``has_mask
-      [N]``.
-    resolution: ``"model"`` or ``"original"`` (each map upsampled to its
-      mask in ``masks``, index -> bool ``[H_i, W_i]``: :func:`original_masks`).
-    masks: the original masks, for ``"original"``.
+    data: ``mask [N, H, W]`` (bool, model size), ``label``, ``has_mask``.
+    resolution: ``"model"``, or ``"original"`` with ``masks`` (index ->
+      bool ``[H_i, W_i]``, :func:`original_masks`).
     on_method: optional ``fn(method, scores)`` called after each method.
 
   Returns:
-    ``(scores, curves)``: method -> metric dict (``pixel_auroc``,
-    ``best_iou``, ``best_iou_threshold``, ``aupro``, ``image_auroc_max``,
-    ``image_auroc_mean``, and for ``"original"`` the error bounds of the
-    binned figures), method -> ``(fpr, tpr, pixel_auroc)``.
+    ``(scores, curves)``: method -> ``pixel_auroc``, ``best_iou``,
+    ``best_iou_threshold``, ``aupro``, ``image_auroc_{max,mean}`` (and for
+    ``"original"`` error bounds); method -> ``(fpr, tpr, pixel_auroc)``.
 
   Raises:
     ValueError: no anomalous pixel, a single class of images, an unknown
@@ -459,16 +380,33 @@ def score(
     )
   if resolution == "original" and masks is None:
     raise ValueError('resolution="original" needs the original masks.')
-  _check_classes(data, masks if resolution == "original" else None)
+  has_mask, labels = data["has_mask"], data["label"]
+  if resolution == "original":
+    anomalous = any(m.any() for m in masks.values())
+  else:
+    anomalous = data["mask"][has_mask].any()
+  if not anomalous:
+    raise ValueError(
+      "No anomalous pixel in the test masks: pixel metrics need defect "
+      "images with masks (check the data set's ground_truth folder)."
+    )
+  if labels.all() or not labels.any():
+    raise ValueError(
+      "The test split needs both normal and anomalous images for AUROC."
+    )
   size = data["mask"].shape[1:]
   scores, curves = {}, {}
   for name, native in maps.items():
     at_model_size = upsample(native, size)
     if resolution == "model":
-      report, (fpr, tpr) = _model_size(at_model_size, data)
+      masked, gt = at_model_size[has_mask], data["mask"][has_mask]
+      report = pixel_metrics.pixel_report(masked, gt)
+      fpr, tpr, _ = pixel_metrics.roc_curve(masked, gt)
     else:
       report, (fpr, tpr) = _original_size(native, masks)
-    report.update(_image_aurocs(at_model_size, data["label"]))
+    for stat in pixel_metrics.STATISTICS:
+      auroc = pixel_metrics.image_auroc(at_model_size, labels, stat)
+      report[f"image_auroc_{stat}"] = auroc
     scores[name] = {k: float(v) for k, v in report.items()}
     curves[name] = (fpr, tpr, scores[name]["pixel_auroc"])
     if on_method is not None:
@@ -561,21 +499,17 @@ def ablation_table(
 ) -> list[str]:
   """Markdown lines: pixel AUROC per layer and code, and the residual."""
   head = ["layer", *(f"attention ({c})" for c in codes)]
+  rows = [
+    [short(p), *(_fmt(scores[method_name(c, p)]["pixel_auroc"]) for c in codes)]
+    for p in layers
+  ]
+  residual = _fmt(scores["residual"]["pixel_auroc"])
+  rows.append(["residual", residual, *[""] * (len(codes) - 1)])
   if paper:
     head.append("paper")
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for layer in layers:
-    cells = [short(layer)]
-    cells += [_fmt(scores[method_name(c, layer)]["pixel_auroc"]) for c in codes]
-    if paper:
-      cells.append(_fmt(paper.get(short(layer))))
-    lines.append("| " + " | ".join(cells) + " |")
-  cells = ["residual", _fmt(scores["residual"]["pixel_auroc"])]
-  cells += [""] * (len(codes) - 1)
-  if paper:
-    cells.append(_fmt(paper.get("residual")))
-  lines.append("| " + " | ".join(cells) + " |")
-  return lines
+    for row, name in zip(rows, [*map(short, layers), "residual"], strict=True):
+      row.append(_fmt(paper.get(name)))
+  return cli.markdown_table(head, rows)
 
 
 def _intro(meta: Mapping[str, Any]) -> list[str]:
@@ -611,26 +545,22 @@ def _error_bounds(rows: Sequence[Mapping[str, Any]]) -> list[str]:
   ]
 
 
-def write_report(path: str, results: Mapping[str, Any]) -> str:
+def report_lines(results: Mapping[str, Any]) -> list[str]:
   """``report.md`` in the Table 2 format (plus AUPRO and image AUROC)."""
   meta = results["meta"]
   where = meta["dataset"] + (f"/{meta['category']}" if meta["category"] else "")
-  lines = [f"# Anomaly localization: {where}", "", *_intro(meta), ""]
-  lines += [
-    "| method | code | layer | " + " | ".join(c[1] for c in COLUMNS) + " |",
-    "|---|---|---|" + "---|" * len(COLUMNS),
+  rows = [
+    [r["method"], r["code"] or "-", r["layer"] or "-"]
+    + [_fmt(r[k]) for k, _ in COLUMNS]
+    for r in results["rows"]
   ]
-  for r in results["rows"]:
-    cells = [r["method"], r["code"] or "-", r["layer"] or "-"]
-    cells += [_fmt(r[k]) for k, _ in COLUMNS]
-    lines.append("| " + " | ".join(cells) + " |")
-  paper = results.get("paper")
-  if paper and "mvtec" in paper:
-    auroc, iou = paper["mvtec"]
-    lines.append(
-      f"| paper (Liu et al., Table 2) | difference | - | {auroc:.2f} | "
-      f"{iou:.2f} | - | - | - |"
-    )
+  if "mvtec" in results.get("paper", {}):
+    auroc, iou = results["paper"]["mvtec"]
+    paper = ["paper (Liu et al., Table 2)", "difference", "-"]
+    rows.append([*paper, f"{auroc:.2f}", f"{iou:.2f}", "-", "-", "-"])
+  head = ["method", "code", "layer", *(c[1] for c in COLUMNS)]
+  lines = [f"# Anomaly localization: {where}", "", *_intro(meta), ""]
+  lines += cli.markdown_table(head, rows)
   lines += _error_bounds(results["rows"])
   if "ablation" in results:
     lines += ["", "## Layer ablation (pixel AUROC)", ""]
@@ -648,22 +578,17 @@ def write_report(path: str, results: Mapping[str, Any]) -> str:
   ]
   if "ablation" in results:
     lines.append("- `ablation.png`: pixel AUROC per attention layer.")
-  lines += ["", f"Elapsed: {results['elapsed_time']:.1f} s.", ""]
-  with open(path, "w") as f:
-    f.write("\n".join(lines))
-  return path
+  return [*lines, "", f"Elapsed: {results['elapsed_time']:.1f} s.", ""]
 
 
 def in_turn(groups: Sequence[str], num: int) -> list[int]:
   """Indices of at most ``num`` items: the first of each group, then the
-  second of each group, and so on (groups in order of appearance)."""
-  first_seen: dict[str, int] = {}
-  counts: collections.Counter = collections.Counter()
-  keys = []
+  second of each, and so on (groups in order of appearance)."""
+  members: dict[str, list[int]] = {}
   for i, group in enumerate(groups):
-    keys.append((counts[group], first_seen.setdefault(group, i), i))
-    counts[group] += 1
-  return [i for *_, i in sorted(keys)[:num]]
+    members.setdefault(group, []).append(i)
+  rounds = itertools.zip_longest(*members.values())
+  return [i for r in rounds for i in r if i is not None][:num]
 
 
 def pick_overlay_images(data: Mapping[str, np.ndarray], num: int) -> list[int]:
@@ -686,12 +611,8 @@ def write_figures(
   ablation: Mapping[str, float] | None = None,
   ablation_title: str = "",
 ) -> dict[str, Any]:
-  """Writes ``roc.png``, ``overlays.png`` (and ``ablation.png``).
-
-  Returns:
-    ``{"roc": path, "overlays": path, "overlay_rows": [defect types],
-    ["ablation": path]}``.
-  """
+  """Writes ``roc.png``, ``overlays.png`` (and ``ablation.png``); returns
+  their paths and ``overlay_rows`` (the defect types shown)."""
   written: dict[str, Any] = {}
   written["roc"] = figures.roc_curves(
     os.path.join(out, "roc.png"),
@@ -791,18 +712,14 @@ class Config(cli.SavedRun):
 
 
 def check_applies(spec: runs.RunSpec | None, workdir: str) -> None:
-  """Refuses a run that is not a one-class VAE (it has no anomaly maps).
-
-  Raises:
-    ValueError: ``spec`` is a FactorVAE run; the message names the evaluator
-      that applies (``eval.disentanglement``).
-  """
-  if spec is not None and spec.trainer != "oneclass":
-    raise ValueError(
-      f"{workdir} is a train.{spec.trainer} run ({spec.data} data), not a "
-      "one-class anomaly model, so eval.localization does not apply; score "
-      f"it with: python -m eval.disentanglement --workdir={workdir}"
-    )
+  """Refuses a run that is not a one-class VAE, naming eval.disentanglement."""
+  cli.check_trainer(
+    spec,
+    workdir,
+    "oneclass",
+    ", not a one-class anomaly model, so eval.localization does not apply; "
+    f"score it with: python -m eval.disentanglement --workdir={workdir}",
+  )
 
 
 def _load(config: Config):
@@ -810,12 +727,8 @@ def _load(config: Config):
   cli.stage(f"restoring {config.workdir}")
   run = restore.load_run(config.workdir, step=config.step)
   check_applies(run.spec, config.workdir)
-  options = data_options(
-    run.spec,
-    dataset=config.dataset,
-    data_dir=config.data_dir,
-    category=config.category,
-  )
+  flags = {k: getattr(config, k) for k in ("dataset", "data_dir", "category")}
+  options = data_options(run.spec, **flags)
   test, train, category = load_splits(options, run.input_shape[:2])
   test = subset(test, config.max_images)
   cli.stage(
@@ -856,23 +769,18 @@ def _score(config: Config, test, maps, data):
 
 
 def _meta(config, run, options, layers, data, stats_source, protocol) -> dict:
+  flags = "positive num_samples seed max_images resolution".split()
   return {
     "evaluator": "localization",
     "workdir": os.path.abspath(config.workdir),
     "step": run.step,
     "model": run.name,
-    "dataset": options.dataset,
-    "data_dir": options.data_dir,
-    "category": options.category,
+    **options._asdict(),
     "image_size": list(run.input_shape[:2]),
     "layers": layers,
     "codes": list(config.codes),
-    "positive": config.positive,
-    "num_samples": config.num_samples,
-    "seed": config.seed,
+    **{k: getattr(config, k) for k in flags},
     "latent_stats": stats_source,
-    "max_images": config.max_images,
-    "resolution": config.resolution,
     "protocol": protocol,
     "num_test_images": int(len(data["label"])),
     "num_anomalous": int(data["label"].sum()),
@@ -946,7 +854,7 @@ def evaluate(config: Config) -> dict:
     ablation=bars,
     ablation_title=f"layer ablation, attention ({config.codes[0]})",
   )
-  results = cli.save_results(out, results, write_report, start)
+  results = cli.save_results(out, results, report_lines, start)
   figs = [v for k, v in results["figures"].items() if k != "overlay_rows"]
   cli.stage(f"wrote {out}/report.md and the figures {', '.join(figs)}")
   return results

@@ -1,12 +1,9 @@
 """Rebuilds a trained VAE from a training workdir, for the eval drivers.
 
-``load_run(workdir)`` restores the newest good checkpoint written by any
-trainer (``train.factorvae``, ``train.oneclass``) through
-``workflow.runs.restore``, onto the current devices (a run trained on 8
-devices or by several processes evaluates on one), and rebuilds the model
-from the run spec saved with it (``workflow.runs.RunSpec``: model name and
-arguments, input shape, data source and folder, layer): nothing is inferred.
-``init_model`` builds a randomly initialised model for demos.
+``load_run(workdir)`` restores the newest good checkpoint of any trainer
+onto the current devices and rebuilds the model from the run spec saved
+with it (``workflow.runs.RunSpec``): nothing is inferred. ``init_model``
+builds a randomly initialised model for demos.
 """
 
 from __future__ import annotations
@@ -29,19 +26,11 @@ from workflow import runs
 class Run(NamedTuple):
   """A restored (or freshly initialised) VAE.
 
-  Attributes:
-    name: architecture, a key of ``vae_attn.models.MODELS``.
-    model: the Flax module.
-    variables: ``{"params": ..., ["batch_stats": ...]}`` of the VAE only.
-    input_shape: ``(H, W, C)`` the model expects.
-    latent_dim: ``D``.
-    config: the training config as a dict (``{}`` without a workdir).
-    step: the checkpoint step (0 without a workdir).
-    latent_stats: the normal-data statistics saved by a one-class trainer,
-      or ``None``.
-    workdir: the workdir it came from, or ``None``.
-    spec: the run spec (model, data source and folder, layer), or ``None``
-      without a workdir.
+  ``name`` is a key of ``vae_attn.models.MODELS``; ``variables`` are the
+  VAE's only; ``config`` is the training config (``{}``), ``step`` the
+  checkpoint step (0), ``latent_stats`` the normal-data statistics a
+  one-class trainer saves, ``workdir`` and ``spec`` the run's (``None`` for
+  a random model).
   """
 
   name: str
@@ -83,39 +72,23 @@ def _vae_variables(state: Mapping[str, Any]) -> dict:
 
 def _latent_stats(value: Any) -> anomaly.LatentStats | None:
   """A restored ``LatentStats`` (saved as a NamedTuple, restored untyped)."""
-  if value is None:
-    return None
-  if isinstance(value, Mapping):
-    if not {"mean", "var"} <= set(value):
-      return None
-    count = value.get("count", np.nan)
-    return anomaly.LatentStats(
-      jnp.asarray(value["mean"]), jnp.asarray(value["var"]), jnp.asarray(count)
-    )
+  if isinstance(value, Mapping) and {"mean", "var"} <= set(value):
+    value = (value["mean"], value["var"], value.get("count", np.nan))
   if isinstance(value, (list, tuple)) and len(value) == 3:
     return anomaly.LatentStats(*(jnp.asarray(v) for v in value))
   return None
 
 
 def load_run(workdir: str | os.PathLike, *, step: int | None = None) -> Run:
-  """Restores the VAE of a training workdir.
+  """Restores the VAE of a training workdir (``spec.json`` and ``ckpt/``).
 
-  Args:
-    workdir: the ``--workdir`` of a ``train.factorvae`` or ``train.oneclass``
-      run (holding ``spec.json`` and ``ckpt/``).
-    step: checkpoint step (default: the newest complete, readable and finite
-      one; damaged newer steps are skipped with a warning).
-
-  Returns:
-    A :class:`Run`. Extra checkpoint items named ``latent_stats`` become
-    ``Run.latent_stats``.
+  ``step`` defaults to the newest complete, readable and finite checkpoint
+  (damaged newer steps are skipped with a warning).
 
   Raises:
-    FileNotFoundError: the workdir does not exist or holds no run; the
-      message says where it looked.
+    FileNotFoundError: the workdir does not exist or holds no run.
     NotADirectoryError: the workdir is a file.
-    workflow.runs.CheckpointError: no checkpoint is usable (each step and
-      why is named).
+    workflow.runs.CheckpointError: no checkpoint is usable.
   """
   workdir = str(workdir)
   runs.check_run_dir(workdir)
@@ -160,19 +133,9 @@ def init_model(
   image_size: int | None = None,
   seed: int = 0,
 ) -> Run:
-  """A randomly initialised VAE (for demos and tests).
-
-  Args:
-    name: a key of ``vae_attn.models.MODELS``.
-    latent_dim: ``D``.
-    image_size: input side of a model whose size is an argument
-      (``resnet18``: a multiple of 64, default 256); the others have a
-      fixed input size.
-    seed: parameter seed.
-
-  Returns:
-    A :class:`Run` with step 0 and no config; its input shape is the one
-    the model's decoder produces.
+  """A randomly initialised VAE (for demos and tests), at the input shape
+  its decoder produces; ``image_size`` sets the input side of a model of
+  variable size (``resnet18``: a multiple of 64, default 256).
 
   Raises:
     ValueError: an unknown model, or ``image_size`` for a fixed-size one.

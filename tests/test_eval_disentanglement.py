@@ -6,6 +6,7 @@ import math
 import os
 import pathlib
 import re
+import shutil
 import warnings
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from eval import disentanglement, restore
 from eval.metrics import sampling, testing
 from train import factorvae
+from workflow import runs
 
 
 @pytest.fixture(scope="module")
@@ -93,21 +95,24 @@ def test_end_to_end_every_score_and_figure(workdir, tmp_path, capsys):
     assert re.search(r"^\[\d\d:\d\d:\d\d\] " + stage + "$", err, re.M), stage
 
 
-def test_quick_writes_to_its_own_folder(workdir):
-  rc = disentanglement.main([f"--workdir={workdir}", "--quick", *QUICK_FIGURES])
-  assert rc == 0
-  quick = pathlib.Path(workdir, "eval", "disentanglement_quick")
-  assert json.loads((quick / "results.json").read_text())["meta"]["quick"]
-  full = pathlib.Path(disentanglement.default_out(workdir, quick=False))
-  assert full == pathlib.Path(workdir, "eval", "disentanglement")
-  assert not full.exists()
+def test_a_run_is_rebuilt_from_its_spec_not_its_parameters(workdir, tmp_path):
+  run = restore.load_run(workdir)
+  assert (run.name, run.latent_dim, run.input_shape) == (
+    "factorvae",
+    4,
+    (64, 64, 1),
+  )
+  assert run.spec.data == "procedural" and run.default_layer == "encoder/conv1"
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("eval"))
+  (copy / runs.SPEC_NAME).unlink()
+  with pytest.raises(FileNotFoundError, match="spec.json is missing"):
+    restore.load_run(copy)
 
 
 @pytest.fixture(scope="module")
 def oneclass_workdir(tmp_path_factory):
   """A one-class run (MNIST VAE on textures): no ground-truth factors."""
-  from workflow import runs
-
   run = restore.init_model("mnist", latent_dim=4)
   path = tmp_path_factory.mktemp("oneclass") / "run"
   spec = runs.RunSpec(
@@ -164,28 +169,13 @@ def test_errors_are_one_line_with_the_fix(
   assert not os.path.exists(os.path.join(oneclass_workdir, "eval"))
 
 
-def test_a_grid_folder_scores_every_member(workdir, tmp_path, capsys):
-  # A grid folder (member runs in sub-folders) and a second --workdir: one
-  # command scores each run once; it prints where each report is.
-  grid = tmp_path / "grid"
-  grid.mkdir()
-  for name in ("tc_seed0", "tc_seed1"):
-    (grid / name).symlink_to(workdir)
-  rc = disentanglement.main(
-    ["--workdir", str(grid), workdir, "--quick", *QUICK_FIGURES]
-  )
-  assert rc == 0
-  lines = capsys.readouterr().out.strip().splitlines()
-  assert len(lines) == 4  # Three runs (the repeat counts once), then how
-  assert "eval.aggregate" in lines[-1]  # to compare them.
-  for name in ("tc_seed0", "tc_seed1"):
-    report = grid / name / "eval" / "disentanglement_quick" / "report.md"
-    assert any(str(report) in line for line in lines), name
-
-
-def test_a_grid_shares_one_encoding_pass(workdir, tmp_path, monkeypatch):
-  # With the code table on, the members' encoders share one rendering pass
-  # of the ground-truth data (here a spy that keeps the data as it is).
+def test_a_grid_folder_scores_every_member_sharing_one_encoding_pass(
+  workdir, tmp_path, monkeypatch, capsys
+):
+  # A grid folder (member runs in sub-folders) and one of its members again:
+  # one command scores each run once and prints where each report is. With
+  # the code table on, the members' encoders share one rendering pass of the
+  # ground-truth data (here a spy that keeps the data as it is).
   calls = []
 
   def spy(data, functions, random_state, **kwargs):
@@ -197,9 +187,21 @@ def test_a_grid_shares_one_encoding_pass(workdir, tmp_path, monkeypatch):
   grid.mkdir()
   for name in ("tc_seed0", "tc_seed1"):
     (grid / name).symlink_to(workdir)
-  argv = ["--workdir", str(grid), "--quick", "--tabulate", *QUICK_FIGURES]
-  assert disentanglement.main(argv) == 0
+  argv = [str(grid), str(grid / "tc_seed0"), "--quick", "--tabulate"]
+  assert disentanglement.main(["--workdir", *argv, *QUICK_FIGURES]) == 0
   assert calls == [2]
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 3  # Two runs (the repeat counts once), then how
+  assert "eval.aggregate" in lines[-1]  # to compare them.
+  for name in ("tc_seed0", "tc_seed1"):
+    report = grid / name / "eval" / "disentanglement_quick" / "report.md"
+    assert any(str(report) in line for line in lines), name
+  # --quick writes to its own folder, not the full evaluation's.
+  quick = pathlib.Path(workdir, "eval", "disentanglement_quick")
+  assert json.loads((quick / "results.json").read_text())["meta"]["quick"]
+  full = pathlib.Path(disentanglement.default_out(workdir, quick=False))
+  assert full == pathlib.Path(workdir, "eval", "disentanglement")
+  assert not full.exists()
 
 
 @pytest.mark.parametrize(

@@ -27,18 +27,6 @@ _LOG = logging.getLogger(__name__)
 IMPORTANCE_MODELS = ("gbt", "random_forest")
 
 
-def _classifier(importance: str, seed: int) -> Any:
-  if importance == "gbt":
-    # disentanglement_lib: GradientBoostingClassifier() with its defaults.
-    return sklearn.ensemble.GradientBoostingClassifier(random_state=seed)
-  return sklearn.ensemble.RandomForestClassifier(
-    n_estimators=50,
-    max_features=None,
-    min_samples_leaf=2,
-    random_state=seed,
-  )
-
-
 def _fit_factor(
   codes_train: np.ndarray,
   factor_train: np.ndarray,
@@ -48,7 +36,12 @@ def _fit_factor(
   seed: int,
 ) -> tuple[np.ndarray, float, float]:
   """Importances ``[D]`` and train/test accuracy of one factor's classifier."""
-  model = _classifier(importance, seed)
+  if importance == "gbt":  # disentanglement_lib's, with its defaults.
+    model = sklearn.ensemble.GradientBoostingClassifier(random_state=seed)
+  else:
+    model = sklearn.ensemble.RandomForestClassifier(
+      n_estimators=50, max_features=None, min_samples_leaf=2, random_state=seed
+    )
   model.fit(codes_train, factor_train)
   return (
     np.abs(model.feature_importances_),

@@ -1,17 +1,12 @@
 """Pixel- and image-level anomaly localization metrics (NumPy, scikit-learn).
 
-Every function takes anomaly maps ``scores`` ``[N, H, W]`` (higher is more
-anomalous) and binary ground truth ``masks`` of the same shape (bool or
-0/1), and pools every pixel of every image with no per-image normalisation
-(paper section 3.3.1: TPR is the fraction of anomalous pixels flagged, FPR
-that of normal pixels). A pixel is flagged at threshold ``t`` when its score
-is ``>= t``. Bad inputs raise ``ValueError`` naming the fix.
-
-* Exact (``roc_curve``, ``pixel_report``, ``image_auroc``):
-  ``sklearn.metrics.roc_curve`` over all pixels.
-* Streaming (``pixel_scores``): per-batch histograms over a known score
-  range, ``O(num_bins)`` memory, every binned figure with an error bound;
-  images of different sizes may share one state. Cost: docs/evaluation.md.
+Every function takes anomaly maps ``scores [N, H, W]`` (higher: more
+anomalous) and binary ``masks`` of the same shape, and pools every pixel of
+every image (paper section 3.3.1). A pixel is flagged at threshold ``t``
+when its score is ``>= t``. Bad inputs raise ``ValueError`` naming the fix.
+``roc_curve``, ``pixel_report`` and ``image_auroc`` are exact (sklearn);
+``pixel_scores`` streams per-batch histograms in ``O(num_bins)`` memory,
+with error bounds (cost: docs/evaluation.md).
 
 References:
   Liu et al., "Towards Visually Explaining Variational Autoencoders", CVPR
@@ -189,16 +184,13 @@ def _pixel_metrics(curve: _Curve, max_fpr: float) -> dict[str, float]:
 
 
 def roc_curve(scores, masks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Pixel ROC curve pooled over all pixels of all images.
-
-  Returns:
-    ``(fpr, tpr, thresholds)``: ``sklearn.metrics.roc_curve(masks.ravel(),
-    scores.ravel(), drop_intermediate=False)``, one point per distinct score
-    after the point (0, 0) at threshold ``inf``.
+  """Pixel ROC curve pooled over all pixels of all images: ``(fpr, tpr,
+  thresholds)`` of ``sklearn.metrics.roc_curve(masks.ravel(),
+  scores.ravel(), drop_intermediate=False)``.
 
   Raises:
-    ValueError: on shape mismatch, non-binary masks, non-finite scores, or
-      masks without a positive or without a negative pixel.
+    ValueError: mismatched shapes, non-binary masks, non-finite scores, or
+      masks without a positive or a negative pixel.
   """
   curve = _exact_curve(*_check_pair(scores, masks))
   return curve.fpr, curve.tpr, curve.thresholds
@@ -268,14 +260,9 @@ def image_auroc(scores, labels, statistic: str = "max") -> float:
 
 
 class PixelScoresState(NamedTuple):
-  """Histograms accumulated by :class:`PixelScores`.
-
-  Attributes:
-    pos, neg: int64 ``[num_bins]`` anomalous / normal pixels per score bin.
-    pro: float64 ``[num_bins]`` sum over regions of the region's fraction
-      in each bin.
-    num_regions: int64 scalar, connected ground-truth regions so far.
-  """
+  """Histograms of :class:`PixelScores`: anomalous / normal pixels per
+  score bin (``pos``, ``neg``), the regions' fractions per bin (``pro``)
+  and the number of ground-truth regions."""
 
   pos: np.ndarray
   neg: np.ndarray
@@ -284,14 +271,10 @@ class PixelScoresState(NamedTuple):
 
 
 class PixelScores:
-  """Streaming pixel AUROC, best IoU and AUPRO (from :func:`pixel_scores`).
-
-  ``init() -> state``, ``update(state, scores, masks) -> state``,
-  ``compute(state) -> dict`` and ``curve(state) -> (fpr, tpr,
-  thresholds)`` are pure: the state is passed in and returned, never
-  stored. Each update holds whole images of one size (regions are labelled
-  per image); ``update`` and ``compute`` raise as :func:`pixel_report`.
-  """
+  """Streaming pixel AUROC, best IoU and AUPRO (from :func:`pixel_scores`):
+  pure ``init() -> state``, ``update(state, scores, masks) -> state`` (whole
+  images of one size), ``compute(state) -> dict`` and ``curve(state) ->
+  (fpr, tpr, thresholds)``."""
 
   def __init__(self, edges, max_fpr, connectivity):
     self.edges = edges

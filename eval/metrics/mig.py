@@ -29,19 +29,6 @@ def _histogram_discretize(codes: np.ndarray, num_bins: int) -> np.ndarray:
   return discretized
 
 
-def _discrete_mutual_info(codes: np.ndarray, factors: np.ndarray) -> np.ndarray:
-  """Mutual information (nats) ``[D, F]`` between discrete codes and factors."""
-  return np.array(
-    [
-      [
-        sklearn.metrics.mutual_info_score(factors[:, j], codes[:, i])
-        for j in range(factors.shape[1])
-      ]
-      for i in range(codes.shape[1])
-    ]
-  )
-
-
 def compute_mig(
   ground_truth_data: Any,
   representation_function: sampling.RepresentationFn,
@@ -91,14 +78,9 @@ def compute_mig(
     data, representation_function, num_train, random_state, batch_size
   )
   sampling.check_sample(data, codes, factors, "MIG", "samples", min_codes=2)
-  mutual_info = _discrete_mutual_info(
-    _histogram_discretize(codes, num_bins), factors
-  )
-  entropy = np.array(
-    [
-      sklearn.metrics.mutual_info_score(factors[:, j], factors[:, j])
-      for j in range(factors.shape[1])
-    ]
-  )
+  mi = sklearn.metrics.mutual_info_score  # In nats.
+  binned = _histogram_discretize(codes, num_bins)
+  mutual_info = np.array([[mi(f, c) for f in factors.T] for c in binned.T])
+  entropy = np.array([mi(f, f) for f in factors.T])
   top = np.sort(mutual_info, axis=0)[::-1]
   return {"discrete_mig": float(np.mean((top[0] - top[1]) / entropy))}

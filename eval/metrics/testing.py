@@ -15,22 +15,10 @@ import dataclasses
 
 import numpy as np
 
-__all__ = [
-  "IdentityData",
-  "MixedRepresentation",
-  "NoiseRepresentation",
-  "constant_representation",
-  "identity_representation",
-]
-
 
 @dataclasses.dataclass(frozen=True)
 class IdentityData:
-  """Independent uniform discrete factors; observations are the factors.
-
-  Attributes:
-    factors_num_values: number of values of each factor.
-  """
+  """Independent uniform discrete factors; observations are the factors."""
 
   factors_num_values: tuple[int, ...] = (4, 5, 6, 7, 8)
 
@@ -74,17 +62,10 @@ def constant_representation(observations: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class MixedRepresentation:
-  """The standardised factors with each pair (0, 1), (2, 3), ... rotated.
-
-  A 45-degree rotation (the default) mixes two factors equally in two code
-  dimensions: the code is entangled but still fully informative. Factors are
-  standardised with the moments of their uniform distributions, so the code
-  of an image does not depend on the rest of its batch.
-
-  Attributes:
-    factors_num_values: number of values of each factor (of the data).
-    angle: rotation angle in radians.
-  """
+  """The standardised factors with each pair (0, 1), (2, 3), ... rotated
+  by ``angle``: 45 degrees mixes two factors equally (entangled, fully
+  informative). The moments are the uniform distributions', so an image's
+  code does not depend on its batch."""
 
   factors_num_values: tuple[int, ...]
   angle: float = np.pi / 4
@@ -107,16 +88,8 @@ class MixedRepresentation:
 
 @dataclasses.dataclass(frozen=True)
 class NoiseRepresentation:
-  """A code of pure noise, independent of the input, ``[N, num_codes]``.
-
-  Deterministic given ``seed``: each call draws from a fresh
-  ``np.random.default_rng`` derived from ``seed`` and the call's input, so
-  nothing global is touched.
-
-  Attributes:
-    num_codes: code dimensions.
-    seed: base seed.
-  """
+  """Pure noise ``[N, num_codes]``, from a ``default_rng`` seeded by
+  ``seed`` and the input (deterministic, nothing global)."""
 
   num_codes: int = 5
   seed: int = 0
