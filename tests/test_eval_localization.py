@@ -29,8 +29,11 @@ def texture_root(tmp_path_factory):
   )
 
 
-def _write_checkpoint(workdir, run, *, with_stats, trainer="oneclass"):
-  """A one-class run directory as the trainers write it (workflow.runs)."""
+def _write_checkpoint(
+  workdir, run, *, with_stats, trainer="oneclass", spec=None, config=None
+):
+  """A run directory as the trainers write it (workflow.runs); the latent
+  statistics as the one-class trainer saves them (a dict)."""
   state = {"step": np.int32(2), "params": run.variables["params"]}
   if "batch_stats" in run.variables:
     state["batch_stats"] = run.variables["batch_stats"]
@@ -39,12 +42,12 @@ def _write_checkpoint(workdir, run, *, with_stats, trainer="oneclass"):
     d = run.latent_dim
     extras["latent_stats"] = anomaly.LatentStats(
       np.zeros(d, np.float32), np.ones(d, np.float32), np.float32(4)
-    )
+    )._asdict()
   kwargs = {"latent_dim": run.latent_dim}
   if run.name == "resnet18":
     kwargs["image_size"] = run.input_shape[0]
   one_class = trainer == "oneclass"
-  spec = runs.RunSpec(
+  spec = spec or runs.RunSpec(
     trainer=trainer,
     model=run.name,
     model_kwargs=kwargs,
@@ -53,7 +56,7 @@ def _write_checkpoint(workdir, run, *, with_stats, trainer="oneclass"):
     data_kwargs={"category": "brick"} if one_class else {},
   )
   os.makedirs(workdir, exist_ok=True)
-  config = {"dataset": "textures", "category": "brick"}
+  config = config or {"dataset": "textures", "category": "brick"}
   runs.write_run_files(workdir, config, spec)
   with runs.checkpoint_manager(workdir) as mngr:
     runs.save(mngr, 2, state=state, extras=extras, wait=True)
@@ -78,24 +81,27 @@ def _table_rows(report):
 
 @pytest.fixture(scope="module")
 def oneclass_workdir(tmp_path_factory):
-  """A ResNet one-class VAE trained 1 step on the textured-defect set, as
-  the trainer writes it (checkpoint, spec, latent statistics), without the
-  training report the evaluation does not read."""
-  cache = tmp_path_factory.mktemp("cache")
-  # The input size and batch of notebook 02's QUICK configuration (and of
-  # test_train_oneclass's textures run), so that they share compiled programs.
+  """A ResNet one-class run on the textured-defect set (in its cache) as
+  the trainer writes it: its spec from ``oneclass.run_spec``, a checkpoint
+  with batch statistics and latent statistics. Untrained (training it and
+  evaluating the result is notebook 02's quick run)."""
+  # The input size of notebook 02's QUICK configuration.
   config = dataclasses.replace(
     oneclass.PRESETS["textures"],
-    data_dir=str(cache),
+    data_dir=str(tmp_path_factory.mktemp("cache")),
     image_size=64,
-    num_steps=1,
-    log_every=1,
-    checkpoint_every=1,
-    eval_num_examples=0,
   )
-  path = str(tmp_path_factory.mktemp("oneclass"))
-  oneclass.train_and_evaluate(config, path, report=False)
-  return path
+  run = restore.init_model(
+    "resnet18", latent_dim=config.latent_dim, image_size=config.image_size
+  )
+  assert "batch_stats" in run.variables
+  return _write_checkpoint(
+    tmp_path_factory.mktemp("oneclass"),
+    run,
+    with_stats=True,
+    spec=oneclass.run_spec(config),
+    config=dataclasses.asdict(config),
+  )
 
 
 def test_trained_resnet_on_textures_end_to_end(oneclass_workdir, tmp_path):
