@@ -162,12 +162,6 @@ def weights(config: Any) -> dict[str, np.float32]:
   }
 
 
-def static_config(config: Any, head: Any) -> Any:
-  """``config`` with its traced fields (seed, weights) set to ``head``'s."""
-  traced = ("seed", *weight_fields(type(config)))
-  return dataclasses.replace(config, **{n: getattr(head, n) for n in traced})
-
-
 def _next_stop(step: int, config: Any, steps_per_call: int) -> int:
   """The end of the call that starts at ``step``: the nearest log, eval,
   checkpoint or final step, at most ``steps_per_call`` ahead."""
@@ -190,10 +184,8 @@ def _catch_signals() -> Iterator[list[int]]:
     received.append(signum)
     _log.warning("%s received: saving a checkpoint after this call.", name)
 
-  if threading.current_thread() is not threading.main_thread():
-    yield received
-    return
-  signals = (signal.SIGINT, signal.SIGTERM)
+  main = threading.current_thread() is threading.main_thread()
+  signals = (signal.SIGINT, signal.SIGTERM) if main else ()
   previous = {s: signal.signal(s, handler) for s in signals}
   try:
     yield received
@@ -407,8 +399,8 @@ def train_and_evaluate(
     train_step: ``fn(state, batch, key, weights, config) -> (state,
       metrics)``, pure; ``key`` is the run's step key (fold ``state.step`` in
       it), ``weights`` the traced float grid fields (:func:`weights`),
-      ``config`` static (:func:`static_config`); ``metrics`` holds scalars,
-      ``"loss"`` among them.
+      ``config`` static (its seed and weights: the first member's);
+      ``metrics`` holds scalars, ``"loss"`` among them.
     batch_size: the global batch (examples per step over all processes).
     device_data: ``(arrays, sample_fn)``: data placed on the device once and
       sampled in the step (needed for grids).
@@ -453,7 +445,11 @@ def train_and_evaluate(
 
   # The units that run as one call: every member alone (one run, or a
   # sequential grid), or the members of one static config stacked (vmap).
-  statics = [static_config(c, head) for c in cfgs]
+  traced = ("seed", *weight_fields(type(head)))
+  statics = [
+    dataclasses.replace(c, **{n: getattr(head, n) for n in traced})
+    for c in cfgs
+  ]
   units = [[k] for k in range(len(cfgs))]
   cpu = jax.default_backend() == "cpu"
   grid_mode = head.grid_mode
