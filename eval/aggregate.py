@@ -5,18 +5,12 @@ r"""Mean and spread of evaluation results over seeds (no single-seed numbers).
       --name AD-FactorVAE --vs-name FactorVAE --keys factor_vae mig
   python -m eval.aggregate runs/bottle_seed* --out summary.md
 
-Make the runs first, one workdir per seed, and evaluate each, e.g.
-
-  for s in 0 1 2; do
-    python -m train.factorvae --loss=ad --seed=$s --workdir=runs/ad_seed$s
-    python -m eval.disentanglement --workdir=runs/ad_seed$s
-  done
-
-Each argument is a training workdir (every eval/*/results.json under it),
-an evaluation folder or a results.json. Metric keys are prefixed with the
-evaluation that wrote them ("localization/", "disentanglement/"), so the
-same metric matches across runs whatever --out it was written to; values
-that are not scores (thresholds, error bounds, counts such as
+Train and evaluate the runs first (one workdir per seed, or the members of
+a seed grid). Each argument is a training workdir (every eval/*/results.json
+under it), an evaluation folder or a results.json. Metric keys are prefixed
+with the evaluation that wrote them ("localization/", "disentanglement/"),
+so the same metric matches across runs whatever --out it was written to;
+values that are not scores (thresholds, error bounds, counts such as
 num_active_dims) are left out.
 
 The runs of a group must differ in nothing but the seed (and run control

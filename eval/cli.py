@@ -67,26 +67,21 @@ def parse(
 
 
 def _write_hint(error: BaseException, config: Any) -> str:
-  """Names ``--out`` when a write inside the workdir was refused."""
-  workdir = getattr(config, "workdir", None)
+  """Names ``--out`` when a write inside a workdir was refused."""
+  workdirs = getattr(config, "workdir", None) or ()
   filename = getattr(error, "filename", None)
-  if (
-    not isinstance(error, OSError)
-    or error.errno not in _WRITE_ERRNOS
-    or not workdir
-    or not filename
-    or "--out" in str(error)
-  ):
+  if not (isinstance(error, OSError) and error.errno in _WRITE_ERRNOS):
     return ""
-  inside = os.path.abspath(os.fspath(filename)).startswith(
-    os.path.abspath(workdir) + os.sep
-  )
-  if not inside:
+  if not filename or "--out" in str(error):
     return ""
-  return (
-    f" (the run folder {workdir} cannot be written: pass "
-    "--out=<a writable folder> for the results)"
-  )
+  path = os.path.abspath(os.fspath(filename))
+  for workdir in [workdirs] if isinstance(workdirs, str) else workdirs:
+    if path.startswith(os.path.abspath(workdir) + os.sep):
+      return (
+        f" (the run folder {workdir} cannot be written: pass "
+        "--out=<a writable folder> for the results)"
+      )
+  return ""
 
 
 def run_main(

@@ -110,8 +110,7 @@ def _demo_records(run: restore.Run, data: str, num: int, seed: int):
     idx = [int(np.flatnonzero(labels == d)[0]) for d in order if d in labels]
     x = np.asarray(source.get_batch(np.asarray(idx[:num]))["image"])
     return x, [f"digit {int(labels[i])}" for i in idx[:num]]
-  options = data_lib.data_options(spec, dataset=data)
-  test, _, _ = data_lib.load_splits(options, run.input_shape[:2])
+  test, _, _ = data_lib.load_splits(spec, run.input_shape[:2], dataset=data)
   records = [test[i] for i in range(len(test))]
   # Anomalous images without a defect type count as normal ones.
   kinds = [str(r.get("defect_type", "")) * int(r["label"]) for r in records]

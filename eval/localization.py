@@ -16,17 +16,11 @@ of a data set through it and scores, against the pixel masks:
 
 Each gets pixel AUROC and the best IoU over the ROC thresholds (the paper's
 Table 2 columns), plus AUPRO (FPR <= 0.3) and image AUROC of the map max and
-mean. --resolution=original (default, the MVTec-AD protocol) upsamples each
-map to its mask's original size; --resolution=model compares at the model's
-input size with the masks resized there (nearest neighbour, which can
-delete small defects). The report names the protocol used. The latent
-statistics of the normal data come from the checkpoint (one-class trainer)
-or, if absent, from one pass over the training split. --ablation adds every
-encoder conv block (conv1/conv2/conv3 for Ped1) and the layer ablation
-table.
-
-The data set, folder and category default to the run's (its spec.json),
-else to the offline textured-defect set.
+mean, under the protocol the report names (--resolution; model: masks
+resized by nearest neighbour, which can delete small defects). The latent
+statistics of the normal data come from the checkpoint, else from one pass
+over the training split. The data set, folder and category default to the
+run's (its spec.json), else to the offline textured-defect set.
 
 Writes into --out (default <workdir>/eval/localization): results.json,
 report.md, roc.png (pixel ROC curves), overlays.png (Fig. 6 style: image,
@@ -70,18 +64,22 @@ class DataOptions(NamedTuple):
   category: str | None  # The MVTec-AD or textures category.
 
 
-def data_options(
+def load_splits(
   spec: runs.RunSpec | None,
+  image_size: tuple[int, int],
   *,
   dataset: str | None = None,
   data_dir: str | None = None,
   category: str | None = None,
-) -> DataOptions:
-  """The flags' data set, folder and category, else the run spec's (its
-  folder and category only for the data set it was trained on).
+) -> tuple[Any, Any, DataOptions]:
+  """``(test_source, train_source, options)`` of the flags' data set,
+  folder and category, else the run spec's (its folder and category only
+  for the data set it was trained on), else the offline textured-defect
+  set, through the one data-set table (``vae_attn.data.datasets.load``).
 
   Raises:
     ValueError: the data set has no pixel masks.
+    vae_attn.data.DataError: from the loader.
   """
   kwargs = dict(spec.data_kwargs) if spec is not None else {}
   dataset = dataset or (spec.data if spec is not None else None) or "textures"
@@ -93,20 +91,14 @@ def data_options(
   same_data = spec is not None and dataset == spec.data
   data_dir = data_dir or (spec.data_dir if same_data else None) or None
   category = category or (kwargs.get("category") if same_data else None)
-  return DataOptions(dataset, data_dir, category or None)
-
-
-def load_splits(
-  options: DataOptions, image_size: tuple[int, int]
-) -> tuple[Any, Any, str | None]:
-  """``(test_source, train_source, category)`` through the one data-set
-  table (``vae_attn.data.datasets.load``); raises its ``DataError``."""
-  dataset, root, category = options
   if dataset == "textures":  # The offline set's default category, named.
     category = category or textures.CATEGORIES[0]
-  kwargs = dict(data_dir=root, category=category, image_size=image_size)
-  test, train = (datasets.load(dataset, s, **kwargs) for s in ("test", "train"))
-  return test, train, category
+  options = DataOptions(dataset, data_dir, category or None)
+  load = dict(
+    data_dir=data_dir, category=options.category, image_size=image_size
+  )
+  test, train = (datasets.load(dataset, s, **load) for s in ("test", "train"))
+  return test, train, options
 
 
 class Subset:
@@ -728,17 +720,16 @@ def _load(config: Config):
   run = restore.load_run(config.workdir, step=config.step)
   check_applies(run.spec, config.workdir)
   flags = {k: getattr(config, k) for k in ("dataset", "data_dir", "category")}
-  options = data_options(run.spec, **flags)
-  test, train, category = load_splits(options, run.input_shape[:2])
+  test, train, options = load_splits(run.spec, run.input_shape[:2], **flags)
   test = subset(test, config.max_images)
   cli.stage(
-    f"{options.dataset}/{category or '-'}: {len(test)} test images, "
+    f"{options.dataset}/{options.category or '-'}: {len(test)} test images, "
     f"{len(train)} training images, model {run.name} (step {run.step})"
   )
   layers = resolve_layers(run, config.layers or [run.default_layer])
   if config.ablation:
     layers = list(dict.fromkeys([*ablation_layers(run), *layers]))
-  return run, options._replace(category=category), test, train, layers
+  return run, options, test, train, layers
 
 
 def _score(config: Config, test, maps, data):

@@ -59,14 +59,11 @@ def _points(
     codes = codes.reshape(codes.shape[0], num_per_point, 2, -1)
     return np.abs(codes[:, :, 0] - codes[:, :, 1]).mean(axis=1)
 
+  pairs = pairs.reshape(num_points, 2 * num_per_point, num_factors)
   features = sampling.represent_groups(
-    ground_truth_data,
-    representation_function,
-    pairs.reshape(num_points, 2 * num_per_point, num_factors),
-    random_state,
-    batch_size,
-    feature,
-  )
+    ground_truth_data, representation_function, pairs, random_state,
+    batch_size, feature,
+  )  # fmt: skip
   return features, labels
 
 

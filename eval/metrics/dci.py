@@ -142,17 +142,10 @@ def compute_dci(
   seed = sampling.seed_from(random_state)
   fits = sampling.map_fits(
     _fit_factor,
-    (
-      (
-        codes_train,
-        factors_train[:, j],
-        codes_test,
-        factors_test[:, j],
-        importance,
-        seed,
-      )
-      for j in range(factors_train.shape[1])
-    ),
+    [
+      (codes_train, f_train, codes_test, f_test, importance, seed)
+      for f_train, f_test in zip(factors_train.T, factors_test.T, strict=True)
+    ],
     n_jobs,
     what=f"DCI: {importance} fits",
   )

@@ -184,13 +184,9 @@ def _votes(
     return active_index[np.argmin(ratio, axis=1)]
 
   argmins = sampling.represent_groups(
-    ground_truth_data,
-    representation_function,
-    factors,
-    random_state,
-    batch_size,
-    argmin,
-  )
+    ground_truth_data, representation_function, factors, random_state,
+    batch_size, argmin,
+  )  # fmt: skip
   matrix = np.zeros((num_factors, global_variances.shape[0]), np.int64)
   np.add.at(matrix, (factor_index, argmins), 1)
   return matrix
@@ -256,33 +252,20 @@ def compute_factor_vae(
   data = sampling.check_inputs(
     ground_truth_data, random_state, batch_size=batch_size
   )
+  args = (data, representation_function, random_state)
   global_variances, active = _global_variances(
-    data,
-    representation_function,
-    random_state,
-    config,
-    active_dims,
-    kl_function,
-    batch_size,
+    *args, config, active_dims, kl_function, batch_size
   )
   if not active.any():
     return {"train_accuracy": 0.0, "eval_accuracy": 0.0, "num_active_dims": 0.0}
 
-  def votes(num_votes: int) -> np.ndarray:
-    return _votes(
-      data,
-      representation_function,
-      random_state,
-      num_votes,
-      config.num_per_vote,
-      global_variances,
-      active,
-      batch_size,
-    )
+  def votes(num: int) -> np.ndarray:
+    per_vote = config.num_per_vote
+    return _votes(*args, num, per_vote, global_variances, active, batch_size)
 
   def accuracy(votes: np.ndarray, classifier: np.ndarray) -> float:
-    columns = np.arange(votes.shape[1])
-    return float(votes[classifier, columns].sum() / votes.sum())
+    right = votes[classifier, np.arange(votes.shape[1])].sum()
+    return float(right / votes.sum())
 
   train_votes = votes(config.num_train)
   classifier = np.argmax(train_votes, axis=0)
