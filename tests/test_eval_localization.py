@@ -283,6 +283,14 @@ def test_run_report_names_out_for_a_write_refused_in_the_workdir(
   assert cli.run_report(evaluate, args) == 2
   assert "pass --out=" in capsys.readouterr().err
 
+  # eval.disentanglement's --workdir is a tuple of runs.
+  def evaluate_second(args):
+    return evaluate(argparse.Namespace(workdir=args.workdir[1]))
+
+  args = argparse.Namespace(workdir=("elsewhere", str(tmp_path)), out=None)
+  assert cli.run_report(evaluate_second, args) == 2
+  assert "pass --out=" in capsys.readouterr().err
+
 
 def test_original_resolution_keeps_a_defect_that_resizing_deletes():
   # A 64x64 image whose 2x2 defect vanishes when the mask is resized to the
