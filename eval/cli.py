@@ -130,14 +130,8 @@ def progress(
   """``iterable`` with a tqdm bar on a terminal, else a :func:`stage` line
   ``desc: i/total`` at most every ``every`` seconds and after the last."""
   if sys.stderr.isatty():
-    return tqdm.tqdm(
-      iterable,
-      total=total,
-      desc=desc,
-      unit="batch",
-      leave=False,
-      dynamic_ncols=True,
-    )
+    bar = dict(unit="batch", leave=False, dynamic_ncols=True)
+    return tqdm.tqdm(iterable, total=total, desc=desc, **bar)
   return _progress_lines(iterable, total, desc, every)
 
 

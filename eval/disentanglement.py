@@ -401,8 +401,11 @@ def training_log_score(workdir: str, config: Mapping[str, Any]) -> dict | None:
     return None
   published = factor_vae.FACTOR_VAE_CONVENTIONS[convention]
   sizes = {"num_per_vote": published.num_per_vote}
-  for name in ("num_train", "num_eval", "num_variance_estimate"):
-    field = "score_" + name.removesuffix("_estimate")
+  for name, field in (
+    ("num_train", "score_num_train"),
+    ("num_eval", "score_num_eval"),
+    ("num_variance_estimate", "score_num_variance"),
+  ):
     sizes[name] = int(config.get(field) or getattr(published, name))
   return {
     "eval_accuracy": float(row["eval/factor_vae_eval_accuracy"]),

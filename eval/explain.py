@@ -90,9 +90,8 @@ def _demo_records(run: restore.Run, data: str, num: int, seed: int):
   rng = np.random.RandomState(seed)
   if data in ("procedural", "npz"):
     gt = dsprites.load_npz(data_dir) if data == "npz" else dsprites.procedural()
-    return gt.sample_observations(num, rng), [
-      f"dSprites {i}" for i in range(num)
-    ]
+    x = gt.sample_observations(num, rng)
+    return x, [f"dSprites {i}" for i in range(len(x))]
   if data == "tfds":
     source = dsprites.load_tfds(data_dir=data_dir)
     idx = rng.choice(len(source), size=min(num, len(source)), replace=False)
@@ -113,11 +112,10 @@ def _demo_records(run: restore.Run, data: str, num: int, seed: int):
   test, _, _ = data_lib.load_splits(spec, run.input_shape[:2], dataset=data)
   records = [test[i] for i in range(len(test))]
   # Anomalous images without a defect type count as normal ones.
-  kinds = [str(r.get("defect_type", "")) * int(r["label"]) for r in records]
+  kinds = [str(r.get("defect_type", "")) if r["label"] else "" for r in records]
   defective = [i for i, kind in enumerate(kinds) if kind]
-  picked = [
-    defective[i] for i in data_lib.in_turn([kinds[i] for i in defective], num)
-  ]
+  types = [kinds[i] for i in defective]
+  picked = [defective[i] for i in data_lib.in_turn(types, num)]
   picked += [i for i, kind in enumerate(kinds) if not kind][: num - len(picked)]
   names = [str(records[i].get("defect_type", "")) or "image" for i in picked]
   return np.stack([records[i]["image"] for i in picked]), names

@@ -54,19 +54,11 @@ def batched(
   batch_size: int = 64,
   devices: Sequence[jax.Device] | None = None,
 ) -> Callable[[np.ndarray], Any]:
-  """``fn(variables, x)`` over any number of examples, as NumPy.
-
-  Args:
-    fn: a pure function of ``(variables, x [B, ...])`` returning arrays with
-      leading axis ``B``; jitted here.
-    variables: its first argument, copied once to every device.
-    batch_size: examples per call (the last micro-batch is zero-padded, so
-      one program is compiled per input shape and dtype).
-    devices: default ``jax.local_devices()``.
-
-  Returns:
-    ``apply(x [N, ...])``: the outputs for all ``N`` examples as NumPy, in
-    ``fn``'s structure. Every micro-batch is dispatched before any is read.
+  """``apply(x [N, ...])``: the outputs of the pure ``fn(variables, x [B,
+  ...])`` (jitted here; ``variables`` copied once to each of ``devices``,
+  default the local ones) for all ``N`` examples, as NumPy in ``fn``'s
+  structure. Micro-batches of ``batch_size`` (the last zero-padded: one
+  program per input shape and dtype) are all dispatched before any is read.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be at least 1, got {batch_size}.")

@@ -39,9 +39,9 @@ class Run(NamedTuple):
   input_shape: tuple[int, int, int]
   latent_dim: int
   config: dict
-  step: int
-  latent_stats: anomaly.LatentStats | None
-  workdir: str | None
+  step: int = 0
+  latent_stats: anomaly.LatentStats | None = None
+  workdir: str | None = None
   spec: runs.RunSpec | None = None
 
   @property
@@ -164,14 +164,4 @@ def init_model(
   x = jnp.zeros((1, *input_shape), jnp.float32)
   init_fn = _compiled_init(name, tuple(sorted(kwargs.items())))
   variables = dict(init_fn(key_params, x, key_eps))
-  return Run(
-    name=name,
-    model=model,
-    variables=variables,
-    input_shape=input_shape,
-    latent_dim=latent_dim,
-    config={},
-    step=0,
-    latent_stats=None,
-    workdir=None,
-  )
+  return Run(name, model, variables, input_shape, latent_dim, config={})

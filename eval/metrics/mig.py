@@ -63,8 +63,7 @@ def compute_mig(
     0.99
 
   Raises:
-    ValueError: for ``D < 2``, a factor of several values that takes a
-      single value in the sample, no factor with two values, or malformed
+    ValueError: ``D < 2``, a factor constant in the sample, or malformed
       inputs.
   """
   data = sampling.check_inputs(

@@ -74,8 +74,7 @@ def compute_sap(
     num_train: training points.
     num_test: test points (discrete factors only; drawn either way).
     continuous_factors: treat factors as continuous (R^2 scores).
-    n_jobs: threads for the per-factor SVM fits (the scores do not
-      depend on it).
+    n_jobs: threads for the per-factor SVM fits (same scores).
 
   Returns:
     Dict with ``sap_score``.
@@ -90,8 +89,7 @@ def compute_sap(
     1.0
 
   Raises:
-    ValueError: for ``D < 2``, a factor of several values that takes a
-      single value in the training sample, no factor with two values, or
+    ValueError: ``D < 2``, a factor constant in the training sample, or
       malformed inputs.
   """
   codes, factors, codes_test, factors_test = sampling.sample_train_test_codes(
