@@ -45,7 +45,7 @@ import numpy as np
 
 from bench.model_forms import rewrites
 from train import factorvae, loop, oneclass
-from vae_attn import attention
+from vae_attn import attention, models
 
 
 def _factorvae_case(loss: str, pair_mode: str, batch_size: int):
@@ -56,7 +56,7 @@ def _factorvae_case(loss: str, pair_mode: str, batch_size: int):
     batch_size=batch_size,
   )
   rng = np.random.default_rng(0)
-  shape = (batch_size, *factorvae.INPUT_SHAPE)
+  shape = (batch_size, *models.input_shape(factorvae.make_model(config)))
   batch = {
     "x": (rng.random(shape) < 0.1).astype(np.float32),
     "x2": (rng.random(shape) < 0.1).astype(np.float32),
@@ -68,7 +68,7 @@ def _oneclass_case(preset: str, image_size: int, batch_size: int):
   config = dataclasses.replace(
     oneclass.PRESETS[preset], image_size=image_size, batch_size=batch_size
   )
-  shape = (batch_size, *oneclass.input_shape(config))
+  shape = (batch_size, *models.input_shape(oneclass.make_model(config)))
   batch = {"image": np.random.default_rng(0).random(shape, np.float32)}
   return config, oneclass, batch
 

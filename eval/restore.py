@@ -149,12 +149,7 @@ def init_model(
   if sized and image_size is not None:
     kwargs["image_size"] = image_size
   model = models.make_model(name, **kwargs)
-  # (H, W, C): the shape the decoder produces (traced, nothing computed).
-  z = jnp.zeros((1, latent_dim), jnp.float32)
-  decoded, _ = jax.eval_shape(
-    lambda: model.init_with_output(jax.random.key(0), z, method=model.decode)
-  )
-  input_shape = tuple(int(d) for d in decoded.shape[1:])
+  input_shape = models.input_shape(model)
   if not sized and image_size not in (None, input_shape[0]):
     raise ValueError(
       f"The {name} VAE takes {input_shape[0]}x{input_shape[1]} inputs; "

@@ -134,6 +134,23 @@ def test_factorvae_and_discriminator_shapes():
   assert dvars["params"]["fc1"]["kernel"].shape == (32, 1000)
 
 
+@pytest.mark.parametrize(
+  "name, kwargs, shape",
+  [
+    ("mnist", {}, (28, 28, 1)),
+    ("ped1", {}, (100, 100, 1)),
+    ("factorvae", {}, (64, 64, 1)),
+    ("resnet18", {"image_size": 64}, (64, 64, 3)),
+    ("resnet18", {"image_size": 128}, (128, 128, 3)),
+  ],
+)
+def test_input_shape_is_the_shape_each_decoder_produces(name, kwargs, shape):
+  """The one home of each architecture's input shape (trainers, run specs
+  and evaluation read it)."""
+  model = models.make_model(name, latent_dim=5, **kwargs)
+  assert models.input_shape(model) == shape
+
+
 def test_make_model_rejects_unknown_names():
   with pytest.raises(ValueError, match="choose one of"):
     models.make_model("vgg")

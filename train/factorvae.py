@@ -53,8 +53,6 @@ from workflow import configs, grid, runs
 
 _log = logging.getLogger(__name__)
 
-INPUT_SHAPE = (64, 64, 1)  # dSprites; written to the run spec for eval.
-
 
 @dataclasses.dataclass(frozen=True)
 class Config(loop.LoopConfig):
@@ -233,7 +231,7 @@ def create_train_state(key: jax.Array, config: Config) -> loop.TrainState:
   """The VAE and discriminator parameters and their optimiser state."""
   model = make_model(config)
   k_vae, k_eps, k_disc = jax.random.split(key, 3)
-  x = np.zeros((1, *INPUT_SHAPE), np.float32)
+  x = np.zeros((1, *models.input_shape(model)), np.float32)
   z = np.zeros((1, config.latent_dim), np.float32)
   params = {
     "vae": model.init(k_vae, x, k_eps)["params"],
@@ -407,7 +405,7 @@ def run_spec(config: Config) -> runs.RunSpec:
     trainer="factorvae",
     model="factorvae",
     model_kwargs={"latent_dim": config.latent_dim},
-    input_shape=INPUT_SHAPE,
+    input_shape=models.input_shape(make_model(config)),
     data=config.data,
     data_dir=config.data_dir,
     layer=config.layer,

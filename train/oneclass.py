@@ -189,17 +189,10 @@ def make_model(config: Config) -> models.VAE:
   return models.make_model(config.model, **kwargs)
 
 
-def input_shape(config: Config) -> tuple[int, int, int]:
-  """``(H, W, C)`` of the model's input; written to the run spec, which
-  evaluation reads."""
-  size = {"mnist": 28, "ped1": 100}.get(config.model, config.image_size)
-  return (size, size, 3 if config.model == "resnet18" else 1)
-
-
 def create_train_state(key: jax.Array, config: Config) -> loop.TrainState:
   """Parameters (and BatchNorm statistics) of the VAE and Adam's state."""
   model = make_model(config)
-  x = np.zeros((1, *input_shape(config)), np.float32)
+  x = np.zeros((1, *models.input_shape(model)), np.float32)
   k_params, k_eps = jax.random.split(key)
   variables = model.init(k_params, x, k_eps)
   return loop.TrainState.create(
@@ -303,7 +296,7 @@ def run_spec(config: Config) -> runs.RunSpec:
     trainer="oneclass",
     model=config.model,
     model_kwargs=model_kwargs,
-    input_shape=input_shape(config),
+    input_shape=models.input_shape(make_model(config)),
     data=config.dataset,
     data_dir=config.data_dir,
     layer=models.DEFAULT_LAYERS[config.model],

@@ -1,5 +1,8 @@
 """The paper's VAEs (Flax Linen) and ``make_model`` to pick one by name."""
 
+import jax
+import jax.numpy as jnp
+
 from vae_attn.models.blocks import (
   VAE,
   ConvBlock,
@@ -38,6 +41,17 @@ def make_model(name: str, **kwargs) -> VAE:
   return MODELS[name](**kwargs)
 
 
+def input_shape(model: VAE) -> tuple[int, int, int]:
+  """``(H, W, C)`` of the images ``model`` takes: the shape its decoder
+  produces, traced by ``jax.eval_shape`` (nothing is computed)."""
+  z = jax.ShapeDtypeStruct((1, 1), jnp.float32)  # The head takes any width.
+  decoded, _ = jax.eval_shape(
+    lambda z: model.init_with_output(jax.random.key(0), z, method=model.decode),
+    z,
+  )
+  return tuple(int(d) for d in decoded.shape[1:])
+
+
 __all__ = [
   "DEFAULT_LAYERS",
   "MODELS",
@@ -51,6 +65,7 @@ __all__ = [
   "GaussianHead",
   "ResNet18Encoder",
   "factorvae",
+  "input_shape",
   "make_model",
   "mnist_vae",
   "ped1_vae",
