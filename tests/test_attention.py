@@ -493,14 +493,14 @@ def test_resolve_layers_gives_full_paths_or_lists_the_valid_ones(mnist):
   with pytest.raises(
     ValueError,
     match=r"(?s)'conv' matches 2 layers; did you mean "
-    r"'encoder/conv1/conv', 'encoder/conv2/conv'\..*"
+    r"'encoder/conv1/conv', 'encoder/conv2/conv'\?.*"
     r"encoder/conv2  \(2, 7, 7, 128\)",
   ):
     attention.resolve_layers(encode, variables, x, "conv")
   with pytest.raises(
     ValueError,
     match=r"'conv9' is not a layer; did you mean 'encoder/conv1', "
-    r"'encoder/conv2'\.",
+    r"'encoder/conv2'\?",
   ):
     attention.resolve_layers(encode, variables, x, ["conv9"])
   with pytest.raises(

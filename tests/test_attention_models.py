@@ -265,6 +265,60 @@ def test_a_conv_followed_by_an_activation_gives_the_post_activation_map(
   assert np.abs(before - after).max() > 1e-3 * np.abs(after).max()
 
 
+class WrappedConv(nn.Module):
+  """``relu(wrap(nn.Conv)(x))``: the target sits in a call body (remat/jit)."""
+
+  wrap: object = None
+
+  @nn.compact
+  def __call__(self, x):
+    conv = self.wrap(nn.Conv) if self.wrap else nn.Conv
+    h = nn.relu(conv(4, (3, 3), strides=2, name="conv")(x))
+    h = nn.relu(nn.Conv(5, (3, 3), strides=2, name="conv2")(h))
+    h = h.reshape(h.shape[0], -1)
+    return nn.Dense(D, name="mu")(h), nn.Dense(D, name="logvar")(h)
+
+
+@pytest.mark.parametrize("wrap", [nn.remat, nn.jit], ids=["remat", "jit"])
+def test_a_wrapped_conv_gives_the_post_activation_map(wrap):
+  variables = WrappedConv().init(jax.random.key(3), X)
+  fn = functools.partial(attention.attention, layer="conv", positive=None)
+  want = fn(WrappedConv().apply)(variables, X).per_latent
+  before = fn(WrappedConv().apply, after_activation=False)(variables, X)
+  assert np.abs(before.per_latent - want).max() > 1e-3 * np.abs(want).max()
+  got = jax.jit(fn(WrappedConv(wrap).apply))(variables, X).per_latent
+  _close(got, want)
+
+
+class NNXTransformed(NNXEncoder):
+  """``encode`` runs its first stage under ``nnx.remat`` (no BatchNorm in
+  training mode: the rebuilt state is not an update)."""
+
+  def encode(self, x):
+    h = nnx.remat(lambda conv, x: nnx.relu(conv(x)))(self.conv1, x)
+    h = nnx.relu(self.bn2(self.conv2(h)))
+    h = h.reshape(h.shape[0], -1)
+    return self.mu(h), self.logvar(h)
+
+
+def test_nnx_transforms_inside_encode_give_the_same_maps(twins):
+  _, _, model = twins
+  layers = ["conv1", "conv2"]
+  want = attention.attention(_nnx_encode, layers)(model, X)
+  twin = NNXTransformed(nnx.Rngs(0))
+  nnx.update(twin, nnx.state(model))
+  twin.eval()
+  got = attention.attention(_nnx_encode, layers)(twin, X)
+
+  def jitted(m, x):
+    return nnx.jit(lambda m, x: m.encode(x))(m, x)
+
+  got_jit = attention.attention(jitted, layers)(model, X)
+  for layer in layers:
+    _close(got[layer].per_latent, want[layer].per_latent)
+    _close(got_jit[layer].per_latent, want[layer].per_latent)
+
+
 class UsedTwice(nn.Module):
   """The conv's output feeds its activation and, beside it, the head."""
 
@@ -359,6 +413,14 @@ class TrainingBatchNorm(nn.Module):
     return nn.Dense(D)(h), nn.Dense(D)(h)
 
 
+class TrainingDropout(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    h = nn.Dropout(0.5, deterministic=False)(nn.Conv(2, (3, 3), name="c")(x))
+    h = h.reshape(h.shape[0], -1)
+    return nn.Dense(D)(h), nn.Dense(D)(h)
+
+
 class CalledTwice(nn.Module):
   @nn.compact
   def __call__(self, x):
@@ -374,6 +436,20 @@ def _case(name):
   if name == "batchnorm in training mode":
     m = TrainingBatchNorm()
     return attention.attention(m.apply, "bn"), (m.init(KEY, X), X)
+  if name == "batchnorm updating its mutable stats":  # As Linen trains.
+    m = TrainingBatchNorm()
+
+    def encode(v, x):
+      return m.apply(v, x, mutable=["batch_stats"])[0]
+
+    return attention.attention(encode, "bn"), (m.init(KEY, X), X)
+  if name == "dropout given its rng":
+    m = TrainingDropout()
+
+    def encode(v, x):
+      return m.apply(v, x, rngs={"dropout": KEY})
+
+    return attention.attention(encode, "c"), (m.init(KEY, X), X)
   if name == "nnx batchnorm in training mode":
     model = NNXEncoder(nnx.Rngs(0))
     model.train()
@@ -407,6 +483,8 @@ def _case(name):
 ERRORS = [
   ("batchnorm in training mode", ValueError, ["BatchNorm", "evaluation mode"]),
   ("nnx batchnorm in training mode", ValueError, ["BatchNorm", "eval()"]),
+  ("batchnorm updating its mutable stats", ValueError, ["BatchNorm", "train"]),
+  ("dropout given its rng", ValueError, ["Dropout", "evaluation mode"]),
   ("variables['params'] alone", ValueError, ["variables['params']"]),
   ("another input shape", ValueError, ["NHWC", "(2, 12, 12, 1)"]),
   ("no named value", ValueError, ["names no value", "checkpoint_name"]),

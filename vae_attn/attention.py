@@ -33,8 +33,16 @@ images (a bias, BatchNorm in evaluation mode) and that holds a nonlinearity
 the chain's result is used further, the map is taken at that result, the
 paper's post-activation ``A``: the ``nn.Conv`` of
 ``nn.relu(nn.Conv(...)(x))`` or of conv -> BatchNorm -> relu gives the
-stage's map, not a pre-activation map that differs by tens of percent.
-Other targets, and all with ``after_activation=False``, are taken as named.
+stage's map, not a pre-activation map that differs by tens of percent. The
+chain ends where a non-elementwise operation begins, so elementwise steps
+after the nonlinearity belong to it (conv -> relu -> BatchNorm: after the
+BatchNorm); a target returned by a call body (``nn.remat``, ``nn.jit``) is
+followed into its caller. Other targets, and all with
+``after_activation=False``, are taken as named.
+
+BatchNorm in training mode (batch statistics make an example's map depend on
+the batch) and Dropout that drops units are refused when the encoder calls
+them (Linen and NNX).
 
 The official code's map (liuem607/expVAE ``code/gradcam.py``): one map per
 image of ``d sum(mu) / dA`` over the batch, the gradient divided by one root
@@ -166,8 +174,34 @@ def _code(code: str, mu, logvar, key, stats) -> jax.Array:
 # ----------------------------------------------------------------------------
 
 
+def _training_mode(module, flag: str, args, kwargs) -> bool:
+  """Whether a BatchNorm (``flag="use_running_average"``) or Dropout
+  (``"deterministic"``) call computes with batch statistics or drops units:
+  the call's argument (second positional or keyword), else the attribute."""
+  value = kwargs.get(flag, args[1] if len(args) > 1 else None)
+  value = getattr(module, flag) if value is None else value
+  if flag == "deterministic" and not getattr(module, "rate", 1.0):
+    return False
+  return value is not None and not value
+
+
+def _check_mode(module, args, kwargs) -> None:
+  """Refuses BatchNorm or Dropout in training mode (Linen or NNX)."""
+  flag = (
+    "use_running_average"
+    if isinstance(module, (nn.BatchNorm, nnx.BatchNorm))
+    else "deterministic"
+    if isinstance(module, (nn.Dropout, nnx.Dropout))
+    else None
+  )
+  if flag and _training_mode(module, flag, args, kwargs):
+    raise ValueError(_TRAINING_MODE)
+
+
 def _name_linen_output(next_fun, args, kwargs, context):
   """``nn.intercept_methods`` interceptor: names each module's output."""
+  if context.method_name == "__call__":
+    _check_mode(context.module, args, kwargs)
   out = next_fun(*args, **kwargs)
   path = "/".join(context.module.path)
   if context.method_name == "__call__" and path and isinstance(out, jax.Array):
@@ -183,6 +217,7 @@ def _name_nnx_outputs(model: nnx.Module) -> None:
       cls, name = type(node), "/".join(map(str, path))
 
       def call(self, *args, _cls=cls, _name=name, **kwargs):
+        _check_mode(self, args, kwargs)
         out = _cls.__call__(self, *args, **kwargs)
         return (
           checkpoint_name(out, _name) if isinstance(out, jax.Array) else out
@@ -211,12 +246,7 @@ def _trace(encode_fn, first, x, args, kwargs) -> _Traced:
     def call(state, *rest, **kw):
       model = nnx.merge(graphdef, state)
       _name_nnx_outputs(model)
-      before = jax.tree.leaves(nnx.state(model))
-      out = encode_fn(model, *rest, **kw)
-      after = jax.tree.leaves(nnx.state(model))
-      if any(a is not b for a, b in zip(before, after, strict=True)):
-        raise ValueError(_TRAINING_MODE)
-      return out
+      return encode_fn(model, *rest, **kw)
   else:
     call = encode_fn
   leaves, tree = jax.tree.flatten((first, x, args, kwargs))
@@ -355,9 +385,9 @@ def _resolve(layers: Sequence[str], sites) -> dict[str, str]:
     near = matches or [q for q in targets if close(path, [q, q.split("/")[-1]])]
     what = f"matches {len(matches)} layers" if matches else "is not a layer"
     listing = "\n  ".join(f"{p}  {s}" for p, s in targets.items())
+    guess = f"; did you mean {', '.join(map(repr, near))}?" if near else "."
     raise ValueError(
-      f"Layer {layer!r} {what}{'; did you mean ' if near else ''}"
-      f"{', '.join(map(repr, near))}. Layer paths (output shape):\n  {listing}"
+      f"Layer {layer!r} {what}{guess} Layer paths (output shape):\n  {listing}"
     )
   for layer, name in resolved.items():
     found = sites[name]
@@ -401,10 +431,29 @@ def _nonlinear(eqn, region) -> bool:
   return eqn.primitive.name not in _AFFINE
 
 
-def _after_activation(scope: _Scope, index: int) -> int:
-  """The equation whose output is the map's ``A`` (module docstring)."""
+def _target(scopes, site: _Site) -> tuple[tuple[int, ...], int]:
+  """``(scope, equation)`` whose output is the map's ``A``: the equation
+  after the activation the named value flows into (module docstring), which
+  may lie outside the call bodies (``nn.remat``, ``nn.jit``) that return
+  the value unused; else the naming equation."""
+  path, index = site.scope, site.index
+  var = scopes[path].jaxpr.eqns[index].outvars[0]
+  while path:
+    jaxpr = scopes[path].jaxpr
+    outs = [k for k, v in enumerate(jaxpr.outvars) if v is var]
+    used = any(v is var for e in jaxpr.eqns for v in e.invars)
+    if used or len(outs) != 1:
+      break
+    path, index = path[:-1], path[-1]
+    var = scopes[path].jaxpr.eqns[index].outvars[outs[0]]
+  end = _after_activation(scopes[path], index, var)
+  return (site.scope, site.index) if end is None else (path, end)
+
+
+def _after_activation(scope: _Scope, index: int, var) -> int | None:
+  """The equation after ``index`` whose output is the end of the activation
+  chain ``var`` flows into (module docstring); ``None`` if there is none."""
   eqns = scope.jaxpr.eqns
-  var = eqns[index].outvars[0]
   shape = tuple(var.aval.shape)
   region, members, nonlinear = {var}, [], False
   for j in range(index + 1, len(eqns)):
@@ -425,7 +474,7 @@ def _after_activation(scope: _Scope, index: int) -> int:
     members.append(j)
     nonlinear |= _nonlinear(eqn, region)
   if not nonlinear:
-    return index
+    return None
   inside = set(members)
   used = {
     v
@@ -436,10 +485,10 @@ def _after_activation(scope: _Scope, index: int) -> int:
   }
   used |= {v for v in scope.jaxpr.outvars if isinstance(v, jcore.Var)} & region
   if len(used) != 1:
-    return index
+    return None
   (exit_var,) = used
   if exit_var.aval.dtype != var.aval.dtype:
-    return index
+    return None
   return next(j for j in members if exit_var in eqns[j].outvars)
 
 
@@ -845,8 +894,9 @@ def value_and_attention(
     positive: ``"relu"`` (Grad-CAM), ``"abs"``, or ``None`` (signed maps).
     gradient_scale: ``None``; ``"rms"``: divide each gradient ``g_i`` of
       each example by its root mean square (``+ 1e-5``) before pooling;
-      ``"batch_rms"``: by one root mean square over the batch (official
-      code; an example's maps then depend on the batch). Both are slower.
+      ``"batch_rms"``: by one root mean square per latent over the batch
+      (with ``sum_latents``, the official code's one over the batch; an
+      example's maps then depend on the batch). Both are slower.
     sum_latents: differentiate ``sum_i z_i``: one map per image
       (``per_latent [B, 1, h, w]``), as the official code.
     after_activation: take the map after an activation that the target
@@ -897,10 +947,8 @@ def value_and_attention(
       targets, deltas = {}, {}
       for name in dict.fromkeys(paths.values()):
         site = sites[name][0]
-        index = site.index
-        if after_activation:
-          index = _after_activation(scopes[site.scope], index)
-        targets.setdefault((site.scope, index), []).append(name)
+        where = _target(scopes, site) if after_activation else site[:2]
+        targets.setdefault(where, []).append(name)
         bb, h, w, n = site.aval.shape
         shape = (bb, h, w, n) if per_element else (bb, 1, 1, n)
         deltas[name] = jnp.zeros(shape, site.aval.dtype)
