@@ -290,6 +290,80 @@ def test_a_wrapped_conv_gives_the_post_activation_map(wrap):
   _close(got, want)
 
 
+class _Doubled(nn.Module):
+  """A conv whose output is used twice inside the module: ``y + y / 2``."""
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.Conv(4, (3, 3), strides=2, name="conv")(x)
+    return y + 0.5 * y
+
+
+class _ReluStage(nn.Module):
+  """conv -> relu inside one module."""
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.relu(nn.Conv(4, (3, 3), strides=2, name="conv")(x))
+
+
+def _wrapped_stage(x):  # nn.remat(conv -> relu), then BatchNorm outside.
+  h = checkpoint_name(nn.remat(_ReluStage)(name="stage")(x), "A")
+  return nn.BatchNorm(use_running_average=True)(h)
+
+
+# (stage, dtype of the next conv): ``stage(x)`` names the paper's ``A`` "A"
+# and targets ``conv`` (or ``stage/conv``) before it.
+CHAINS = {
+  "conv -> relu -> BatchNorm": lambda x: nn.BatchNorm(use_running_average=True)(
+    checkpoint_name(nn.relu(nn.Conv(4, (3, 3), 2, name="conv")(x)), "A")
+  ),
+  "conv -> relu -> 2h + 1": lambda x: (
+    2.0 * checkpoint_name(nn.relu(nn.Conv(4, (3, 3), 2, name="conv")(x)), "A")
+    + 1.0
+  ),
+  "conv -> sinh": lambda x: checkpoint_name(
+    jnp.sinh(nn.Conv(4, (3, 3), 2, name="conv")(x)), "A"
+  ),
+  "remat(conv, y + y / 2) -> relu": lambda x: checkpoint_name(
+    nn.relu(nn.remat(_Doubled)(name="stage")(x)), "A"
+  ),
+  "remat(conv -> relu) -> BatchNorm": _wrapped_stage,
+  "conv -> relu -> bfloat16 conv": lambda x: checkpoint_name(
+    nn.relu(nn.Conv(4, (3, 3), 2, name="conv")(x)), "A"
+  ),
+}
+
+
+class Chain(nn.Module):
+  chain: str
+
+  @nn.compact
+  def __call__(self, x):
+    h = CHAINS[self.chain](x)
+    bf16 = "bfloat16" in self.chain
+    h = nn.Conv(5, (3, 3), 2, dtype=jnp.bfloat16 if bf16 else None)(h)
+    h = h.astype(jnp.float32).reshape(h.shape[0], -1)
+    return nn.Dense(D, name="mu")(h), nn.Dense(D, name="logvar")(h)
+
+
+@pytest.mark.parametrize("chain", list(CHAINS))
+def test_the_map_is_taken_after_the_last_nonlinearity(chain):
+  """After the activation, without the affine steps that follow it, through
+  call bodies, casts and every elementwise nonlinearity (the trials'
+  cases; each was the pre-activation map)."""
+  model = Chain(chain)
+  variables = model.init(jax.random.key(3), X)
+  stats = variables.get("batch_stats", {})
+  stats = jax.tree.map(lambda v: v + jnp.linspace(0.1, 0.4, v.shape[-1]), stats)
+  variables = {**variables, "batch_stats": stats} if stats else variables
+  fn = functools.partial(attention.attention, model.apply, positive=None)
+  want = fn("A")(variables, X).per_latent
+  assert np.abs(want).max() > 1e-4
+  got = jax.jit(fn("conv"))(variables, X).per_latent
+  _close(got, want)
+
+
 class NNXTransformed(NNXEncoder):
   """``encode`` runs its first stage under ``nnx.remat`` (no BatchNorm in
   training mode: the rebuilt state is not an update)."""

@@ -34,11 +34,13 @@ the chain's result is used further, the map is taken at that result, the
 paper's post-activation ``A``: the ``nn.Conv`` of
 ``nn.relu(nn.Conv(...)(x))`` or of conv -> BatchNorm -> relu gives the
 stage's map, not a pre-activation map that differs by tens of percent. The
-chain ends where a non-elementwise operation begins, so elementwise steps
-after the nonlinearity belong to it (conv -> relu -> BatchNorm: after the
-BatchNorm); a target returned by a call body (``nn.remat``, ``nn.jit``) is
-followed into its caller. Other targets, and all with
-``after_activation=False``, are taken as named.
+chain ends where a non-elementwise operation begins; ``A`` is its last
+nonlinear step's output, without the affine steps of that one value after
+it (conv -> relu -> BatchNorm: the relu's output), or, where the chain's
+paths meet only later, the value where they meet (``relu(h) + h / 2``: the
+sum). The chain is followed out of a call body (``nn.remat``, ``nn.jit``)
+that returns it and through casts (``A`` keeps its own dtype). Other
+targets, and all with ``after_activation=False``, are taken as named.
 
 BatchNorm in training mode (batch statistics make an example's map depend on
 the batch) and Dropout that drops units are refused when the encoder calls
@@ -285,7 +287,9 @@ _ELEMENTWISE = {
   "expm1", "ge", "gt", "integer_pow", "is_finite", "le", "log", "log1p",
   "logistic", "lt", "max", "min", "mul", "name", "ne", "neg", "not", "or",
   "pow", "reduce_precision", "rsqrt", "select_n", "sign", "sin", "sqrt",
-  "square", "sub", "tanh",
+  "square", "sub", "tanh", "tan", "sinh", "cosh", "asin", "acos", "atan",
+  "asinh", "acosh", "atanh", "floor", "ceil", "round", "rem", "erf_inv",
+  "lgamma", "digamma",
 }  # fmt: skip
 _AFFINE = {"add", "add_any", "sub", "neg", "mul", "div", "name", "copy"}
 _AFFINE |= {"convert_element_type", "copy_p", "broadcast_in_dim", "iota"}
@@ -432,30 +436,40 @@ def _nonlinear(eqn, region) -> bool:
 
 
 def _target(scopes, site: _Site) -> tuple[tuple[int, ...], int]:
-  """``(scope, equation)`` whose output is the map's ``A``: the equation
-  after the activation the named value flows into (module docstring), which
-  may lie outside the call bodies (``nn.remat``, ``nn.jit``) that return
-  the value unused; else the naming equation."""
+  """``(scope, equation)`` whose output is the map's ``A`` (module
+  docstring): the end of the activation chain the named value flows into,
+  followed out of the call bodies (``nn.remat``, ``nn.jit``) that return it;
+  else the naming equation."""
   path, index = site.scope, site.index
   var = scopes[path].jaxpr.eqns[index].outvars[0]
-  while path:
-    jaxpr = scopes[path].jaxpr
-    outs = [k for k, v in enumerate(jaxpr.outvars) if v is var]
-    used = any(v is var for e in jaxpr.eqns for v in e.invars)
-    if used or len(outs) != 1:
+  found = None
+  while True:
+    chain = _chain(scopes[path], index, var)
+    if chain is None:
       break
+    end, exit_var, nonlinear = chain
+    found = (path, end) if nonlinear else found
+    jaxpr = scopes[path].jaxpr
+    outs = [k for k, v in enumerate(jaxpr.outvars) if v is exit_var]
+    if not path or len(outs) != 1:
+      break
+    if any(v is exit_var for e in jaxpr.eqns for v in e.invars):
+      break  # Returned, and used beside it inside the body.
     path, index = path[:-1], path[-1]
     var = scopes[path].jaxpr.eqns[index].outvars[outs[0]]
-  end = _after_activation(scopes[path], index, var)
-  return (site.scope, site.index) if end is None else (path, end)
+  return found or (site.scope, site.index)
 
 
-def _after_activation(scope: _Scope, index: int, var) -> int | None:
-  """The equation after ``index`` whose output is the end of the activation
-  chain ``var`` flows into (module docstring); ``None`` if there is none."""
+def _chain(scope: _Scope, index: int, var):
+  """The elementwise chain ``var`` (the output of equation ``index``) flows
+  into: ``(end, exit, nonlinear)``: the equation whose output is ``A`` (the
+  chain's single exit, less trailing affine steps of one value: a BatchNorm
+  in evaluation mode after the activation), the exit variable, and whether
+  a step up to ``end`` is nonlinear; ``None`` if the chain leaves by several
+  values."""
   eqns = scope.jaxpr.eqns
   shape = tuple(var.aval.shape)
-  region, members, nonlinear = {var}, [], False
+  region, members, nonlinear = {var}, [], {}
   for j in range(index + 1, len(eqns)):
     eqn = eqns[j]
     ins = [isinstance(v, jcore.Var) and v in region for v in eqn.invars]
@@ -472,24 +486,36 @@ def _after_activation(scope: _Scope, index: int, var) -> int | None:
       break
     region.update(eqn.outvars)
     members.append(j)
-    nonlinear |= _nonlinear(eqn, region)
-  if not nonlinear:
-    return None
+    nonlinear[j] = _nonlinear(eqn, region)
   inside = set(members)
-  used = {
+  uses = [
     v
     for j, e in enumerate(eqns)
     if j > index and j not in inside
     for v in e.invars
     if isinstance(v, jcore.Var) and v in region
-  }
-  used |= {v for v in scope.jaxpr.outvars if isinstance(v, jcore.Var)} & region
-  if len(used) != 1:
+  ]
+  uses += [v for v in scope.jaxpr.outvars if any(v is r for r in region)]
+  if len(set(uses)) != 1:
     return None
-  (exit_var,) = used
-  if exit_var.aval.dtype != var.aval.dtype:
-    return None
-  return next(j for j in members if exit_var in eqns[j].outvars)
+  (exit_var,) = set(uses)
+  producer = {eqns[j].outvars[0]: j for j in members}
+  end = producer.get(exit_var, index)
+  while end != index and not nonlinear[end]:  # Trailing affine steps.
+    inner = [
+      v
+      for v in eqns[end].invars
+      if isinstance(v, jcore.Var) and (v in producer or v is var)
+    ]
+    once = len(inner) == 1 and (
+      sum(v is inner[0] for e in eqns for v in e.invars)
+      + sum(v is inner[0] for v in scope.jaxpr.outvars)
+      == 1
+    )
+    if not once:
+      break
+    end = producer.get(inner[0], index)
+  return end, exit_var, any(nonlinear[j] for j in members if j <= end)
 
 
 # The encoder with offsets: an equation-by-equation interpreter.
@@ -951,7 +977,8 @@ def value_and_attention(
         targets.setdefault(where, []).append(name)
         bb, h, w, n = site.aval.shape
         shape = (bb, h, w, n) if per_element else (bb, 1, 1, n)
-        deltas[name] = jnp.zeros(shape, site.aval.dtype)
+        out = scopes[where[0]].jaxpr.eqns[where[1]].outvars[0].aval
+        deltas[name] = jnp.zeros(shape, out.dtype)  # A's, after a cast too.
 
       def perturbed_code(deltas):
         outs, acts = _evaluate(
