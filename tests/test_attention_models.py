@@ -524,6 +524,12 @@ def _case(name):
       return m.apply(v, x, rngs={"dropout": KEY})
 
     return attention.attention(encode, "c"), (m.init(KEY, X), X)
+  if name == "python control flow on a traced value":  # Not a shape error.
+
+    def branchy(p, x):
+      return (x.mean((1, 2, 3))[:, None] * p,) * 2 if x.mean() > 0 else None
+
+    return attention.attention(branchy, "conv1"), (jnp.ones((1, D)), X)
   if name == "nnx batchnorm in training mode":
     model = NNXEncoder(nnx.Rngs(0))
     model.train()
@@ -557,8 +563,9 @@ def _case(name):
 ERRORS = [
   ("batchnorm in training mode", ValueError, ["BatchNorm", "evaluation mode"]),
   ("nnx batchnorm in training mode", ValueError, ["BatchNorm", "eval()"]),
-  ("batchnorm updating its mutable stats", ValueError, ["BatchNorm", "train"]),
-  ("dropout given its rng", ValueError, ["Dropout", "evaluation mode"]),
+  ("batchnorm updating its mutable stats", ValueError, ["BatchNorm 'bn'"]),
+  ("dropout given its rng", ValueError, ["Dropout 'Dropout_0'", "determin"]),
+  ("python control flow on a traced value", TypeError, ["bool"]),
   ("variables['params'] alone", ValueError, ["variables['params']"]),
   ("another input shape", ValueError, ["NHWC", "(2, 12, 12, 1)"]),
   ("no named value", ValueError, ["names no value", "checkpoint_name"]),

@@ -187,7 +187,7 @@ def _training_mode(module, flag: str, args, kwargs) -> bool:
   return value is not None and not value
 
 
-def _check_mode(module, args, kwargs) -> None:
+def _check_mode(module, path: str, args, kwargs) -> None:
   """Refuses BatchNorm or Dropout in training mode (Linen or NNX)."""
   flag = (
     "use_running_average"
@@ -197,15 +197,15 @@ def _check_mode(module, args, kwargs) -> None:
     else None
   )
   if flag and _training_mode(module, flag, args, kwargs):
-    raise ValueError(_TRAINING_MODE)
+    raise ValueError(_training_mode_error(f"{type(module).__name__} {path!r}"))
 
 
 def _name_linen_output(next_fun, args, kwargs, context):
   """``nn.intercept_methods`` interceptor: names each module's output."""
-  if context.method_name == "__call__":
-    _check_mode(context.module, args, kwargs)
-  out = next_fun(*args, **kwargs)
   path = "/".join(context.module.path)
+  if context.method_name == "__call__":
+    _check_mode(context.module, path, args, kwargs)
+  out = next_fun(*args, **kwargs)
   if context.method_name == "__call__" and path and isinstance(out, jax.Array):
     return checkpoint_name(out, path)
   return out
@@ -219,7 +219,7 @@ def _name_nnx_outputs(model: nnx.Module) -> None:
       cls, name = type(node), "/".join(map(str, path))
 
       def call(self, *args, _cls=cls, _name=name, **kwargs):
-        _check_mode(self, args, kwargs)
+        _check_mode(self, _name, args, kwargs)
         out = _cls.__call__(self, *args, **kwargs)
         return (
           checkpoint_name(out, _name) if isinstance(out, jax.Array) else out
@@ -787,13 +787,15 @@ def _check_latents(latents, b: int, d: int) -> jax.Array:
   return jnp.asarray(latents)
 
 
-_TRAINING_MODE = (
-  "encode_fn updates the model's variables, as BatchNorm (whose batch "
-  "statistics make the examples depend on each other) or Dropout does in "
-  "training mode. Call the encoder in evaluation mode, e.g. "
-  "functools.partial(model.apply, method=model.encode, train=False) or "
-  "use_running_average=True; for NNX, model.eval()."
-)
+def _training_mode_error(what: str) -> str:
+  return (
+    f"encode_fn calls {what} in training mode, where BatchNorm's batch "
+    "statistics make an example's maps depend on the batch and Dropout drops "
+    "units at random. Call the encoder in evaluation mode, e.g. "
+    "functools.partial(model.apply, method=model.encode, train=False), "
+    "BatchNorm(use_running_average=True), Dropout(deterministic=True); for "
+    "NNX, model.eval()."
+  )
 
 
 def _traced(encode_fn, first, x, args, kwargs) -> _Traced:
@@ -801,10 +803,12 @@ def _traced(encode_fn, first, x, args, kwargs) -> _Traced:
   try:
     return _trace(encode_fn, first, x, args, kwargs)
   except flax.errors.ModifyScopeVariableError as e:
-    raise ValueError(f"{_TRAINING_MODE} Original error: {e}") from e
+    what = "a module that updates its variables (BatchNorm?)"
+    raise ValueError(f"{_training_mode_error(what)} Original error: {e}") from e
   except (flax.errors.ScopeParamShapeError, TypeError) as e:
-    if isinstance(e, TypeError) and "shape" not in str(e):
-      raise
+    traced = isinstance(e, jax.errors.ConcretizationTypeError)
+    if isinstance(e, TypeError) and ("shape" not in str(e) or traced):
+      raise  # Python control flow on traced values, or another bug.
     raise ValueError(
       f"encode_fn failed on an input of shape {tuple(x.shape)}; the model "
       f"expects the NHWC shape it was built for. Original error: {e}"
