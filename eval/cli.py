@@ -99,6 +99,11 @@ def run_main(
     hint = _write_hint(e, config)
     print(errors.error_line(e) + hint, file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    if errors.debug_requested(debug):
+      raise
+    print("Interrupted; nothing was written for this run.", file=sys.stderr)
+    return 130
 
 
 def run_report(

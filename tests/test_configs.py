@@ -2,6 +2,7 @@
 
 import argparse
 import dataclasses
+import functools
 import importlib
 
 import pytest
@@ -149,3 +150,15 @@ def test_help_is_plain_text(module, capsys):
   assert "usage: python -m " + module in out
   for markup in ("``", ":func:", ":mod:", ":class:", ":data:"):
     assert markup not in out, (module, markup)
+
+
+def test_a_repeated_list_flag_adds_to_the_list():
+  # eval.disentanglement --workdir=a --workdir=b scored b only.
+  from eval import aggregate, cli, disentanglement
+
+  parse = functools.partial(cli.parse, prog="x", description="")
+  argv = ["--workdir=a", "--workdir", "b", "c"]
+  config, _ = parse(argv, disentanglement.Config)
+  assert config.workdir == ("a", "b", "c")
+  config, _ = parse(["r1", "--vs", "r2", "--vs=r3"], aggregate.Config)
+  assert list(config.vs) == ["r2", "r3"] and tuple(config.runs) == ("r1",)

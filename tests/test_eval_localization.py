@@ -363,3 +363,13 @@ def test_subset_is_evenly_spaced():
   picked = localization.subset(source, 4)
   assert [picked[i] for i in range(len(picked))] == [0, 3, 6, 9]
   assert localization.subset(source, None) is source
+
+
+def test_ctrl_c_in_an_evaluator_is_one_line_with_status_130(capsys):
+  # It was a traceback of about 75 lines from inside jax.
+  def interrupted(config):
+    raise KeyboardInterrupt
+
+  assert cli.run_main(interrupted, None) == 130
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "Interrupted" in err

@@ -343,3 +343,19 @@ def test_overwrite_removes_the_members_of_an_earlier_grid(tmp_path, caplog):
     r.getMessage() for r in caplog.records if "earlier" in r.getMessage()
   ]
   assert "'seed0'" in line and "'seed1'" in line
+
+
+def test_a_run_and_a_grid_never_share_a_folder(tmp_path):
+  # A grid's default folder held a single run: the members were written
+  # beside it, and evaluating the folder read the old run.
+  grid = [ToyConfig(num_steps=2, seed=s) for s in (0, 1)]
+  train_toy(ToyConfig(num_steps=2), tmp_path / "run")
+  with pytest.raises(runs.ConfigMismatchError, match="holds a single run"):
+    train_toy(grid, tmp_path / "run")
+  train_toy(grid, tmp_path / "grid")
+  with pytest.raises(runs.ConfigMismatchError, match="member runs of a grid"):
+    train_toy(ToyConfig(num_steps=2), tmp_path / "grid")
+  # --overwrite replaces the single run by the grid.
+  train_toy(grid, tmp_path / "run", overwrite=True)
+  assert not (tmp_path / "run" / "ckpt").exists()
+  assert runs.restore(tmp_path / "run" / "seed1")[0] == 2

@@ -225,6 +225,12 @@ def test_train_checkpoint_resume_and_no_retrace(tmp_path, caplog):
   # A finished run is not retrained.
   again = train_toy(longer, tmp_path / "b")
   assert int(again.step) == 10
+  # Nor does a lower --num-steps rewrite its recorded config (two equal runs
+  # were then refused as incomparable).
+  shorter = dataclasses.replace(longer, num_steps=4)
+  assert int(train_toy(shorter, tmp_path / "b").step) == 10
+  saved = json.loads((tmp_path / "b" / "config.json").read_text())
+  assert saved["num_steps"] == 10
 
 
 def test_other_config_in_workdir_is_a_clear_error(tmp_path, caplog):

@@ -248,6 +248,27 @@ def _prepare(run_dir: pathlib.Path, config: Any, spec, overwrite: bool):
     )
 
 
+def _check_layout(workdir: pathlib.Path, single: bool) -> None:
+  """A run lives in ``workdir``, a grid's members in its sub-folders: refuses
+  to write one beside the other (an evaluator would read the old one)."""
+  if not workdir.is_dir():
+    return
+  members = [
+    p.name for p in sorted(workdir.iterdir()) if (p / runs.CKPT_DIR).is_dir()
+  ]
+  if single and members:
+    raise runs.ConfigMismatchError(
+      f"{workdir} holds the member runs of a grid ({', '.join(members[:4])}"
+      f"{', ...' if len(members) > 4 else ''}); a single run would be written "
+      "beside them. Pass another --workdir."
+    )
+  if not single and (workdir / runs.CKPT_DIR).is_dir():
+    raise runs.ConfigMismatchError(
+      f"{workdir} holds a single run; a grid would write its members into "
+      "sub-folders beside it. Pass another --workdir."
+    )
+
+
 def _remove_other_members(workdir: pathlib.Path, dirs) -> None:
   """``--overwrite``: removes the run folders of an earlier grid that the new
   run does not write (their results would be read beside the new ones)."""
@@ -500,6 +521,10 @@ def train_and_evaluate(
   with contextlib.ExitStack() as stack:
     if is_main and overwrite:
       _remove_other_members(workdir, dirs)
+      if not single:  # A single run in the grid's folder.
+        _prepare(workdir, head, None, overwrite)
+    elif is_main:
+      _check_layout(workdir, single)
     if is_main:
       for d, c, s in zip(dirs, cfgs, specs, strict=True):
         stack.enter_context(runs.lock(d))
@@ -549,16 +574,16 @@ def train_and_evaluate(
       )
       for d in dirs
     ]
-    if is_main:
-      for d, c, spec in zip(dirs, cfgs, specs, strict=True):
-        runs.write_run_files(d, configs.to_dict(c), spec)
-    if start_step >= head.num_steps:
+    if start_step >= head.num_steps:  # The saved config stays as it was.
       _log.info(
         "Already trained to step %d (num_steps=%d); nothing to do.",
         start_step,
         head.num_steps,
       )
       return states[0] if single else states
+    if is_main:
+      for d, c, spec in zip(dirs, cfgs, specs, strict=True):
+        runs.write_run_files(d, configs.to_dict(c), spec)
 
     def pack(unit, values):
       if len(unit) == 1:

@@ -97,6 +97,8 @@ def field(
   choices = None if choices is None else tuple(choices)
   kwargs = dict(choices=choices, type=type, nargs=nargs, metavar=metavar)
   kwargs = {k: v for k, v in kwargs.items() if v is not None}
+  if nargs == "+" and not positional and default in (REQUIRED, None):
+    kwargs["action"] = "extend"  # --workdir a --workdir b: both.
   if isinstance(default, bool) if switch is None else switch:
     kwargs["negative_prefix"] = "--no-"
     if not isinstance(default, bool):  # bool | None: simple_parsing's action.
