@@ -335,6 +335,9 @@ def quiet_orbax() -> None:
   if errors.debug_requested() or _not_orbax in absl.filters:
     return
   absl.addFilter(_not_orbax)
+  # "Task exception was never retrieved": an abandoned read's task,
+  # collected later (asyncio logs its traceback).
+  logging.getLogger("asyncio").addFilter(_not_orbax_task)
   previous = sys.unraisablehook
 
   def drop_orbax(unraisable):
@@ -354,6 +357,16 @@ _ORBAX = f"{os.sep}orbax{os.sep}"
 
 def _not_orbax(record: logging.LogRecord) -> bool:
   return _ORBAX not in record.pathname
+
+
+def _not_orbax_task(record: logging.LogRecord) -> bool:
+  """False for a task of orbax's or of its tensorstore reads (raised in C++:
+  the traceback holds asyncio's frame only, the message names the spec)."""
+  error = record.exc_info[1] if record.exc_info else None
+  tb = getattr(error, "__traceback__", None)
+  files = [f.f_code.co_filename for f, _ in traceback.walk_tb(tb)]
+  ours = any(_ORBAX in f for f in files) or "tensorstore_spec=" in str(error)
+  return not ours
 
 
 def checkpoint_manager(
