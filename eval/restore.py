@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import pathlib
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -93,6 +94,17 @@ def load_run(workdir: str | os.PathLike, *, step: int | None = None) -> Run:
   workdir = str(workdir)
   runs.check_run_dir(workdir)
   if not runs.ckpt_dir(workdir).is_dir():
+    members = sorted(
+      p.name
+      for p in pathlib.Path(workdir).iterdir()
+      if runs.ckpt_dir(p).is_dir()
+    )
+    if members:
+      shown = ", ".join(members[:4]) + (", ..." if len(members) > 4 else "")
+      raise FileNotFoundError(
+        f"{workdir} is a grid folder: pass the --workdir of one of its member "
+        f"runs ({shown}), e.g. --workdir={os.path.join(workdir, members[0])}."
+      )
     raise FileNotFoundError(
       f"No checkpoints in {runs.ckpt_dir(workdir)}: pass the --workdir of a "
       "finished training run (python -m train.oneclass or python -m "

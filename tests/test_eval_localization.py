@@ -373,3 +373,13 @@ def test_ctrl_c_in_an_evaluator_is_one_line_with_status_130(capsys):
   assert cli.run_main(interrupted, None) == 130
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "Interrupted" in err
+
+
+def test_a_grid_folder_given_as_a_run_names_its_members(tmp_path):
+  # It said "No checkpoints in <grid>/ckpt" (eval.explain, eval.localization).
+  for name in ("ad_seed0", "tc_seed0"):
+    (tmp_path / name / "ckpt").mkdir(parents=True)
+  with pytest.raises(
+    FileNotFoundError, match=r"grid folder.*ad_seed0, tc_seed0"
+  ):
+    restore.load_run(tmp_path)

@@ -175,8 +175,8 @@ def summary(
     lines.append(f"  checkpoints: {d / runs.CKPT_DIR}")
     lines.append(
       f"  logs:        {d / writers.JSONL_NAME}, "
-      f"{d / writers.TENSORBOARD_DIR} (pip install tensorboard; tensorboard "
-      f"--logdir {d})"
+      f"{d / writers.TENSORBOARD_DIR} (pip install -e '.[tensorboard]'; "
+      f"tensorboard --logdir {d})"
     )
     last = {}
     with contextlib.suppress(FileNotFoundError):
