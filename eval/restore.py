@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-import pathlib
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -94,11 +93,7 @@ def load_run(workdir: str | os.PathLike, *, step: int | None = None) -> Run:
   workdir = str(workdir)
   runs.check_run_dir(workdir)
   if not runs.ckpt_dir(workdir).is_dir():
-    members = sorted(
-      p.name
-      for p in pathlib.Path(workdir).iterdir()
-      if runs.ckpt_dir(p).is_dir()
-    )
+    members = [p.name for p in runs.member_runs(workdir)]
     if members:
       shown = ", ".join(members[:4]) + (", ..." if len(members) > 4 else "")
       raise FileNotFoundError(

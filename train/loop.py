@@ -251,11 +251,7 @@ def _prepare(run_dir: pathlib.Path, config: Any, spec, overwrite: bool):
 def _check_layout(workdir: pathlib.Path, single: bool) -> None:
   """A run lives in ``workdir``, a grid's members in its sub-folders: refuses
   to write one beside the other (an evaluator would read the old one)."""
-  if not workdir.is_dir():
-    return
-  members = [
-    p.name for p in sorted(workdir.iterdir()) if (p / runs.CKPT_DIR).is_dir()
-  ]
+  members = [p.name for p in runs.member_runs(workdir)]
   if single and members:
     raise runs.ConfigMismatchError(
       f"{workdir} holds the member runs of a grid ({', '.join(members[:4])}"
@@ -272,11 +268,7 @@ def _check_layout(workdir: pathlib.Path, single: bool) -> None:
 def _remove_other_members(workdir: pathlib.Path, dirs) -> None:
   """``--overwrite``: removes the run folders of an earlier grid that the new
   run does not write (their results would be read beside the new ones)."""
-  others = [
-    p
-    for p in (sorted(workdir.iterdir()) if workdir.is_dir() else [])
-    if p not in dirs and (p / runs.CKPT_DIR).is_dir()
-  ]
+  others = [p for p in runs.member_runs(workdir) if p not in dirs]
   for p in others:
     shutil.rmtree(p)
   if others:

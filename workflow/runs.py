@@ -113,6 +113,15 @@ def ckpt_dir(workdir: str | os.PathLike) -> pathlib.Path:
   return pathlib.Path(workdir).absolute() / CKPT_DIR
 
 
+def member_runs(workdir: str | os.PathLike) -> list[pathlib.Path]:
+  """The sub-folders of ``workdir`` that hold a run's checkpoints (a grid's
+  member runs), sorted; ``[]`` for a missing folder."""
+  workdir = pathlib.Path(workdir).absolute()
+  if not workdir.is_dir():
+    return []
+  return [p for p in sorted(workdir.iterdir()) if ckpt_dir(p).is_dir()]
+
+
 def check_run_dir(workdir: str | os.PathLike) -> None:
   """``FileNotFoundError``/``NotADirectoryError`` for a ``workdir`` to read
   that is missing or a file."""
