@@ -102,7 +102,9 @@ def run_main(
   except KeyboardInterrupt:
     if errors.debug_requested(debug):
       raise
-    print("Interrupted; run the same command again to evaluate.", file=sys.stderr)
+    print(
+      "Interrupted; run the same command again to evaluate.", file=sys.stderr
+    )
     return 130
 
 
