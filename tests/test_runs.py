@@ -345,6 +345,17 @@ def test_overwrite_removes_the_members_of_an_earlier_grid(tmp_path, caplog):
   assert "'seed0'" in line and "'seed1'" in line
 
 
+def test_a_changed_grid_is_refused_before_its_new_members_are_made(tmp_path):
+  # A rerun with one more seed was refused, but only after it had made the
+  # new member's folder (ckpt/, .lock), which evaluators then read as a run.
+  train_toy([ToyConfig(num_steps=2, seed=s) for s in (0, 1)], tmp_path)
+  grown = [ToyConfig(num_steps=2, seed=s) for s in (0, 1, 2)]
+  with pytest.raises(runs.CheckpointError, match=r"'seed2'.*grid was changed"):
+    train_toy(grown, tmp_path)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["seed0", "seed1"]
+  assert runs.restore(tmp_path / "seed1")[0] == 2
+
+
 def test_a_run_and_a_grid_never_share_a_folder(tmp_path):
   # A grid's default folder held a single run: the members were written
   # beside it, and evaluating the folder read the old run.

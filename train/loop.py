@@ -220,8 +220,7 @@ def _prepare(run_dir: pathlib.Path, config: Any, spec, overwrite: bool):
     if removed:
       _log.warning("--overwrite: removed %s from %s.", removed, run_dir)
     return
-  ckpt = run_dir / runs.CKPT_DIR
-  has_ckpt = ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
+  has_ckpt = runs.checkpoint_steps(run_dir / runs.CKPT_DIR)
   if not has_ckpt or not (run_dir / runs.CONFIG_NAME).exists():
     return
   saved_spec = {} if spec is None else runs.read_json(run_dir / runs.SPEC_NAME)
@@ -248,9 +247,25 @@ def _prepare(run_dir: pathlib.Path, config: Any, spec, overwrite: bool):
     )
 
 
-def _check_layout(workdir: pathlib.Path, single: bool) -> None:
+def _check_members(latest, dirs) -> None:
+  """Refuses a grid of which only some members have checkpoints (``latest``:
+  each member's newest step or ``None``)."""
+  if None in latest and any(s is not None for s in latest):
+    missing = [d.name for d, s in zip(dirs, latest, strict=True) if s is None]
+    raise runs.CheckpointError(
+      f"Some members of the grid have no checkpoint ({missing}) while others "
+      "have: the grid was changed. Pass the grid it was trained with, or a "
+      "new --workdir."
+    )
+
+
+def _check_layout(workdir: pathlib.Path, dirs, single: bool) -> None:
   """A run lives in ``workdir``, a grid's members in its sub-folders: refuses
-  to write one beside the other (an evaluator would read the old one)."""
+  to write one beside the other (an evaluator would read the old one), and
+  a grid of which only some members have checkpoints, before any folder of
+  the new members is made."""
+  steps = [runs.checkpoint_steps(runs.ckpt_dir(d)) for d in dirs]
+  _check_members([max(s, default=None) for s in steps], dirs)
   members = [p.name for p in runs.member_runs(workdir)]
   if single and members:
     raise runs.ConfigMismatchError(
@@ -284,13 +299,7 @@ def _restore(mngrs, dirs, abstracts, sharding):
   latest = [m.latest_step() for m in mngrs]
   if all(s is None for s in latest):
     return 0, None
-  if any(s is None for s in latest):
-    missing = [str(d) for d, s in zip(dirs, latest, strict=True) if s is None]
-    raise runs.CheckpointError(
-      f"Some members of the grid have no checkpoint ({missing}) while others "
-      "have: the grid was changed. Pass the grid it was trained with, or a "
-      "new --workdir."
-    )
+  _check_members(latest, dirs)
 
   def load(mngr, d, abstract, step=None):
     targets = {"state": abstract}
@@ -516,7 +525,7 @@ def train_and_evaluate(
       if not single:  # A single run in the grid's folder.
         _prepare(workdir, head, None, overwrite)
     elif is_main:
-      _check_layout(workdir, single)
+      _check_layout(workdir, dirs, single)
     if is_main:
       for d, c, s in zip(dirs, cfgs, specs, strict=True):
         stack.enter_context(runs.lock(d))

@@ -488,9 +488,9 @@ def finish_saves(mngr: ocp.CheckpointManager) -> None:
     raise _write_error(e, f"saving to {mngr.directory}") from e
 
 
-def _steps(path: pathlib.Path) -> list[int]:
-  """The complete steps in ``path`` (a temporary folder is renamed to its
-  number when the save is complete)."""
+def checkpoint_steps(path: pathlib.Path) -> list[int]:
+  """The complete steps in ``path``, a ``ckpt`` folder (a temporary folder
+  is renamed to its number when the save is complete); ``[]`` if missing."""
   try:
     return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit())
   except FileNotFoundError:
@@ -650,9 +650,10 @@ def restore(
       f"No checkpoints in {path}; train first, or pass the --workdir of a "
       "training run."
     )
-  if step is not None and step not in _steps(path):
+  available = checkpoint_steps(path)
+  if step is not None and step not in available:
     raise FileNotFoundError(
-      f"No checkpoint of step {step} in {path}; available: {_steps(path)}."
+      f"No checkpoint of step {step} in {path}; available: {available}."
     )
   if sharding is None:
     sharding = jax.local_devices()[0]
@@ -668,7 +669,7 @@ def restore(
       mngr = stack.enter_context(_retry_deleted(open_reader))
     reasons = {}  # Step -> why it was skipped.
     while True:
-      steps = [step] if step is not None else _steps(path)
+      steps = [step] if step is not None else checkpoint_steps(path)
       steps = [s for s in steps if s not in reasons]
       if not steps:
         break
