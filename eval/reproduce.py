@@ -142,20 +142,13 @@ def score_member(
   if config.tabulate:
     data, mu_and_kl = suite.tabulate(data, mu_and_kl, random_state)
   d = run.latent_dim
-
-  def mu(x):
-    return mu_and_kl(x)[:, :d]
-
-  def kl(x):
-    return mu_and_kl(x)[:, d:]
-
   importance = "random_forest" if config.quick else "gbt"
   stages = _stages(config.metrics, importance)
   results = suite.evaluate_suite(
     data,
-    mu,
+    lambda x: mu_and_kl(x)[:, :d],
     random_state,
-    kl_function=kl,
+    kl_function=lambda x: mu_and_kl(x)[:, d:],
     quick=config.quick,
     dci_importance=importance,
     metrics=list(stages),
@@ -181,6 +174,20 @@ def _cell(summary: aggregate.Summary | None) -> str:
 def write_report(path: str, results: dict) -> None:
   """``report.md``: the table, then how it was measured."""
   meta = results["meta"]
+  rows = []
+  for key, name in METRICS.items():
+    if key in results["summary"]:
+      row = results["summary"][key]
+      cells = [_cell(aggregate.Summary(**row[a])) for a in ARMS]
+      p = aggregate.comparison_cells(aggregate.Comparison(**row["comparison"]))
+      rows.append([name, *cells, p[1]])
+  paper = [f"{value:.2f}" for _, value in ARMS.values()]
+  rows.append(["paper, Table 3 (FactorVAE metric)", *paper, ""])
+  members = []
+  for name, member in results["members"].items():
+    scores = member["scores"]
+    values = [f"{scores[k]:.3f}" if k in scores else "n/a" for k in METRICS]
+    members.append([name, str(member["step"]), *values])
   lines = [
     "# Table 3 re-measured: FactorVAE vs AD-FactorVAE on dSprites",
     "",
@@ -189,20 +196,9 @@ def write_report(path: str, results: dict) -> None:
     f"backend: {meta['backend']} ({meta['devices']}), precision "
     f"{meta['precision']}." + (QUICK_NOTE if meta["quick"] else ""),
     "",
-    "| metric | " + " | ".join(ARMS[a][0] for a in ARMS) + " | Welch's p |",
-    "|---|---|---|---|",
-  ]
-  for key, name in METRICS.items():
-    row = results["summary"].get(key)
-    if row is None:
-      continue
-    cells = [_cell(aggregate.Summary(**row[a])) for a in ARMS]
-    comparison = aggregate.Comparison(**row["comparison"])
-    p_text = aggregate.comparison_cells(comparison)[1]
-    lines.append(f"| {name} | " + " | ".join(cells) + f" | {p_text} |")
-  paper = " / ".join(f"{ARMS[a][1]:.2f}" for a in ARMS)
-  lines += [
-    f"| paper, Table 3 (FactorVAE metric) | {paper.replace(' / ', ' | ')} | |",
+    *cli.markdown_table(
+      ["metric", *(label for label, _ in ARMS.values()), "Welch's p"], rows
+    ),
     "",
     "Mean ± sample standard deviation over seeds; Welch's two-sided t-test "
     "of the two arms (AD-FactorVAE minus FactorVAE).",
@@ -218,16 +214,9 @@ def write_report(path: str, results: dict) -> None:
     ),
     f"- Date: {meta['date']}.",
     "",
-    "| run | step | " + " | ".join(METRICS.values()) + " |",
-    "|---|---|" + "---|" * len(METRICS),
+    *cli.markdown_table(["run", "step", *METRICS.values()], members),
+    *cli.software_lines(results["software"]),
   ]
-  for name, member in results["members"].items():
-    values = [
-      f"{member['scores'][k]:.3f}" if k in member["scores"] else "n/a"
-      for k in METRICS
-    ]
-    lines.append(f"| {name} | {member['step']} | " + " | ".join(values) + " |")
-  lines += cli.software_lines(results["software"])
   with open(path, "w") as f:
     f.write("\n".join(lines))
 
@@ -274,18 +263,12 @@ def table3(config: Config) -> dict:
       )
   train_seconds = time.perf_counter() - start
   start = time.perf_counter()
-  members, per_arm = {}, {}
-  dirs = _member_dirs(config)
-  total = sum(len(v) for v in dirs.values())
-  k = 0
-  for loss, run_dirs in dirs.items():
-    per_arm[loss] = []
-    for run_dir in run_dirs:
-      k += 1
-      where = f"scoring run {k} of {total} ({run_dir.name}): "
-      member = score_member(run_dir, config, where)
-      members[run_dir.name] = member
-      per_arm[loss].append(member["scores"])
+  members, per_arm = {}, {loss: [] for loss in ARMS}
+  dirs = [(loss, d) for loss, ds in _member_dirs(config).items() for d in ds]
+  for k, (loss, run_dir) in enumerate(dirs, start=1):
+    where = f"scoring run {k} of {len(dirs)} ({run_dir.name}): "
+    members[run_dir.name] = score_member(run_dir, config, where)
+    per_arm[loss].append(members[run_dir.name]["scores"])
   summaries = {
     loss: aggregate.summarize(runs) for loss, runs in per_arm.items()
   }
@@ -293,11 +276,9 @@ def table3(config: Config) -> dict:
   for key in METRICS:
     if not all(key in s for s in summaries.values()):
       continue
-    a, b = summaries["ad"][key], summaries["tc"][key]
+    comparison = aggregate.compare(summaries["ad"][key], summaries["tc"][key])
     summary[key] = {loss: summaries[loss][key]._asdict() for loss in ARMS}
-    comparison = aggregate.compare(a, b)
-    summary[key]["welch_p"] = comparison.p
-    summary[key]["comparison"] = comparison._asdict()
+    summary[key].update(welch_p=comparison.p, comparison=comparison._asdict())
   devices = jax.devices()
   results = {
     "meta": {
