@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import itertools
 import json
 import math
 import os
@@ -53,14 +54,7 @@ _NON_METRIC_SUFFIXES = ("_threshold", "_error_bound")
 # Config fields that may differ between the seeds of one group: the seed
 # and run control, which changes neither the model nor its training.
 _FREE_FIELDS = frozenset(
-  {
-    "seed",
-    "log_every",
-    "eval_every",
-    "checkpoint_every",
-    "max_to_keep",
-    "workdir",
-  }
+  "seed log_every eval_every checkpoint_every max_to_keep workdir".split()
 )
 # Fields that define an arm (train.factorvae's grid fields, the objective):
 # they may differ between the two groups, not within one.
@@ -402,13 +396,10 @@ def _mixed(groups_read) -> list[str]:
       problems.append(f"the runs of {name} differ in {', '.join(differ)}")
   if len(groups_read) == 2:
     (na, ra), (nb, rb) = groups_read.items()
-    pairs = [(ca, cb) for _, ca, _ in ra for _, cb, _ in rb]
-    free = _FREE_FIELDS | ARM_FIELDS
-    differ = {k for ca, cb in pairs for k in config_differences([ca, cb], free)}
-    pairs = [(sa, sb) for _, _, sa in ra for _, _, sb in rb]
-    differ |= {
-      k for sa, sb in pairs for k in config_differences([sa, sb], frozenset())
-    }
+    differ = set()  # Configs beyond the arms' fields, and settings.
+    for i, free in ((1, _FREE_FIELDS | ARM_FIELDS), (2, frozenset())):
+      for a, b in itertools.product(ra, rb):
+        differ.update(config_differences([a[i], b[i]], free))
     if differ:
       problems.append(f"{na} and {nb} differ in {', '.join(sorted(differ))}")
   return problems
