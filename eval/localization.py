@@ -363,15 +363,8 @@ def score(
     ``"original"`` error bounds); method -> ``(fpr, tpr, pixel_auroc)``.
 
   Raises:
-    ValueError: no anomalous pixel, a single class of images, an unknown
-      ``resolution`` or ``"original"`` without ``masks``.
+    ValueError: no anomalous pixel, or a single class of images.
   """
-  if resolution not in RESOLUTIONS:
-    raise ValueError(
-      f"Unknown resolution {resolution!r}; choose one of {RESOLUTIONS}."
-    )
-  if resolution == "original" and masks is None:
-    raise ValueError('resolution="original" needs the original masks.')
   has_mask, labels = data["has_mask"], data["label"]
   if resolution == "original":
     anomalous = any(m.any() for m in masks.values())
