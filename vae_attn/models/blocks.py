@@ -31,32 +31,25 @@ class ConvSpec:
   padding: int = 1
 
 
-def conv(spec: ConvSpec, *, use_bias: bool = True, name: str | None = None):
-  """A 2D convolution with PyTorch padding semantics."""
-  p = spec.padding
-  return nn.Conv(
-    spec.features,
-    (spec.kernel, spec.kernel),
-    strides=(spec.stride, spec.stride),
-    padding=((p, p), (p, p)),
-    use_bias=use_bias,
-    name=name,
-  )
-
-
-def conv_transpose(
-  spec: ConvSpec, *, use_bias: bool = True, name: str | None = None
+def conv(
+  spec: ConvSpec,
+  *,
+  transpose: bool = False,
+  use_bias: bool = True,
+  name: str | None = None,
 ):
-  """A transposed conv matching ``torch.nn.ConvTranspose2d(k, s, p)`` sizes.
+  """A 2D convolution with PyTorch padding semantics; with ``transpose``, a
+  transposed one matching ``torch.nn.ConvTranspose2d(k, s, p)`` sizes.
 
-  The output size is ``(in - 1) * stride - 2 * pad + kernel``: the stride-1
-  convolution of the input dilated by the stride and padded by
+  The transposed output size is ``(in - 1) * stride - 2 * pad + kernel``:
+  the stride-1 convolution of the input dilated by the stride and padded by
   ``kernel - 1 - pad``, with the ``[k, k, in, out]`` kernel used unflipped
   (the same family of functions as PyTorch's; only the parameter layout
   differs).
   """
-  k, p = spec.kernel, spec.kernel - 1 - spec.padding
-  return nn.ConvTranspose(
+  k = spec.kernel
+  p = k - 1 - spec.padding if transpose else spec.padding
+  return (nn.ConvTranspose if transpose else nn.Conv)(
     spec.features,
     (k, k),
     strides=(spec.stride, spec.stride),
@@ -72,12 +65,12 @@ class ConvBlock(nn.Module):
   spec: ConvSpec
   norm: bool = False
   activation: bool = True
-  _layer: ClassVar[tuple] = (conv, "conv")
+  _transpose: ClassVar[bool] = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    layer, name = self._layer
-    x = layer(self.spec, use_bias=not self.norm, name=name)(x)
+    name, bias = "deconv" if self._transpose else "conv", not self.norm
+    x = conv(self.spec, transpose=self._transpose, use_bias=bias, name=name)(x)
     if self.norm:
       x = nn.BatchNorm(use_running_average=not train, name="bn")(x)
     return nn.relu(x) if self.activation else x
@@ -86,7 +79,7 @@ class ConvBlock(nn.Module):
 class DeconvBlock(ConvBlock):
   """Transposed conv -> (BatchNorm) -> activation."""
 
-  _layer: ClassVar[tuple] = (conv_transpose, "deconv")
+  _transpose: ClassVar[bool] = True
 
 
 class GaussianHead(nn.Module):
