@@ -472,7 +472,6 @@ def evaluate(
   # Fails now, not after the metrics; the default --out is inside the run
   # folder, so a missing one is refused before it is made.
   out = cli.make_out_dir(config.out) if config.out else None
-  runs.check_run_dir(workdir)
   _LOG.info("restoring %s", workdir)
   run = restore.load_run(workdir, step=config.step)
   check_applies(run.spec, workdir)  # Before anything is written into it.

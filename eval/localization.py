@@ -696,22 +696,17 @@ class Config(cli.SavedRun):
       raise ValueError(f"--codes: name at least one of {', '.join(CODES)}.")
 
 
-def check_applies(spec: runs.RunSpec | None, workdir: str) -> None:
-  """Refuses a run that is not a one-class VAE, naming eval.disentanglement."""
-  cli.check_trainer(
-    spec,
-    workdir,
-    "oneclass",
-    ", not a one-class anomaly model, so eval.localization does not apply; "
-    f"score it with: python -m eval.disentanglement --workdir={workdir}",
-  )
-
-
 def _load(config: Config):
   """The run, its test data and the layers to score."""
   cli.stage(f"restoring {config.workdir}")
   run = restore.load_run(config.workdir, step=config.step)
-  check_applies(run.spec, config.workdir)
+  cli.check_trainer(
+    run.spec,
+    config.workdir,
+    "oneclass",
+    ", not a one-class anomaly model, so eval.localization does not apply; "
+    f"score it with: python -m eval.disentanglement --workdir={config.workdir}",
+  )
   flags = {k: getattr(config, k) for k in ("dataset", "data_dir", "category")}
   test, train, options = load_splits(run.spec, run.input_shape[:2], **flags)
   test = subset(test, config.max_images)
