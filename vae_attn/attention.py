@@ -26,21 +26,15 @@ a NaN or infinite pixel gives NaN maps for that example only (the loaders
 and command lines refuse such images). It composes with ``jax.jit``,
 ``jax.vmap`` and ``jax.grad`` (second order, for the L_AD loss of eq. 6).
 
-After the activation (docs/attention.md). When the target flows into a
-chain of elementwise operations whose other operands do not depend on the
-images (a bias, BatchNorm in evaluation mode) and that holds a nonlinearity
-(relu, leaky_relu, elu, silu, gelu, softplus, tanh, sigmoid...), and only
-the chain's result is used further, the map is taken at that result, the
-paper's post-activation ``A``: the ``nn.Conv`` of
-``nn.relu(nn.Conv(...)(x))`` or of conv -> BatchNorm -> relu gives the
-stage's map, not a pre-activation map that differs by tens of percent. The
-chain ends where a non-elementwise operation begins; ``A`` is its last
-nonlinear step's output, without the affine steps of that one value after
-it (conv -> relu -> BatchNorm: the relu's output), or, where the chain's
-paths meet only later, the value where they meet (``relu(h) + h / 2``: the
-sum). The chain is followed out of a call body (``nn.remat``, ``nn.jit``)
-that returns it and through casts (``A`` keeps its own dtype). Other
-targets, and all with ``after_activation=False``, are taken as named.
+After the activation (docs/attention.md#maps-after-the-activation): when
+the target flows into a chain of elementwise steps whose other operands do
+not depend on the images (a bias, BatchNorm in evaluation mode) and that
+holds a nonlinearity (relu, elu, gelu, tanh...), the map is taken at the
+chain's last nonlinear step, the paper's post-activation ``A``: the
+``nn.Conv`` of ``nn.relu(nn.Conv(...)(x))`` or of conv -> BatchNorm -> relu
+gives the stage's map. The chain is followed out of ``nn.remat`` and
+``nn.jit`` bodies and through casts. Other targets, and all with
+``after_activation=False``, are taken as named.
 
 BatchNorm in training mode (batch statistics make an example's map depend on
 the batch) and Dropout that drops units are refused when the encoder calls

@@ -17,21 +17,13 @@ exact reformulations with derivatives of every order:
 - a convolution of at most 16 output positions is one matmul of gathered
   windows.
 
-:func:`interpret` is the equation-by-equation evaluator it is built on.
 :func:`conv_of_constant` and :func:`flatten_dense_of_constant` are the linear
 layers of a per-channel constant image, used by the attention transform.
 
 Precision: each fast form carries the precision of the convolution it
-replaces (JAX resolves ``None`` to the ambient ``jax_default_matmul_precision``
-when the convolution is traced) explicitly, in every convolution and matmul of
-the form and of its custom derivatives: derivatives traced later, outside the
-caller's precision scope (the backward pass of ``jax.grad``), keep the
-precision of the forward pass. The ``precision=None`` of
-:func:`conv_of_constant` and :func:`flatten_dense_of_constant` is the ambient
-default, read when they are traced.
-
-This module imports nothing from :mod:`vae_attn.models`. Timings of the
-forms are in ``bench/README.md``.
+replaces into every convolution and matmul of the form and of its custom
+derivatives, so derivatives traced later (the backward pass of
+``jax.grad``) keep the forward pass's precision. Timings: ``bench/README.md``.
 """
 
 from __future__ import annotations
@@ -130,55 +122,14 @@ def _bind(eqn, invals, rule):
   return eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(params))
 
 
-def interpret(fn: Callable, rule: Callable) -> Callable:
-  """Creates a function that evaluates ``fn`` equation by equation.
-
-  The returned function traces ``fn`` to a jaxpr (``jax.make_jaxpr``) and
-  evaluates it one equation at a time: ``rule(eqn, invals)`` may return the
-  equation's outputs computed another way, or ``None`` to bind the
-  equation's primitive as it is. Sub-jaxprs are interpreted too: those of
-  ``jax.jit``, ``closed_call``, ``jax.checkpoint`` (remat), ``lax.scan``,
-  ``lax.while_loop`` and ``lax.cond``; the bodies of ``custom_jvp`` and
-  ``custom_vjp`` functions are bound as they are, with their own
-  derivatives. Since every result is built from ordinary JAX operations on
-  the caller's values, the function works under ``jax.jit``, ``jax.vmap``,
-  ``jax.grad`` and higher-order ``jax.grad``, as ``fn`` does.
-
-  Arguments: the array leaves (``jax.Array``, NumPy arrays and scalars) of
-  ``args`` and ``kwargs`` are traced; every other leaf (Python numbers,
-  strings, ``None``, callables) is passed to ``fn`` unchanged, as a static
-  value. ``fn`` must be pure: side effects on Python objects happen once, at
-  tracing, with tracers.
-
-  Args:
-    fn: the function to interpret; it returns a pytree of arrays.
-    rule: ``rule(eqn, invals) -> outvals | None``, where ``eqn`` is a
-      ``jax.extend.core.JaxprEqn`` (``eqn.primitive``, ``eqn.params``,
-      ``eqn.outvars[i].aval``) and ``invals`` its input values; ``outvals``
-      is what ``eqn.primitive.bind(*invals, **eqn.params)`` would return (a
-      list if ``eqn.primitive.multiple_results``, else one array), with the
-      same shapes and dtypes.
-
-  Returns:
-    A function with the same arguments and outputs as ``fn``.
-
-  Raises:
-    TypeError: if ``fn`` or ``rule`` is not callable.
-
-  Example: a rule that doubles every value named with ``checkpoint_name``.
-
-    >>> import jax, jax.numpy as jnp
-    >>> from jax.ad_checkpoint import checkpoint_name
-    >>> from vae_attn import ops
-    >>> def double_named(eqn, invals):
-    ...   return 2 * invals[0] if eqn.primitive.name == "name" else None
-    >>> fn = lambda x: checkpoint_name(x + 1, "a") * 3
-    >>> ops.interpret(fn, double_named)(jnp.ones(2))
-    Array([12., 12.], dtype=float32)
-  """
-  for value, what in ((fn, "fn"), (rule, "rule")):
-    if not callable(value):
-      raise TypeError(f"interpret: {what} must be callable, got {value!r}.")
+def _interpret(fn: Callable, rule: Callable) -> Callable:
+  """``fn`` traced and evaluated equation by equation: ``rule(eqn, invals)``
+  returns the equation's outputs computed another way (as ``bind`` would
+  return them), or ``None`` to bind it as it is. Sub-jaxprs of ``jit``,
+  ``closed_call``, ``checkpoint``, ``scan``, ``while`` and ``cond`` are
+  interpreted too (custom-derivative bodies are bound as they are); array
+  leaves of the arguments are traced, other leaves passed as static. Works
+  under ``jit``, ``vmap`` and ``grad`` of every order, as ``fn`` does."""
 
   @functools.wraps(fn)
   def interpreted(*args, **kwargs):
@@ -407,24 +358,11 @@ def _small_conv(
   padding,
   precision=None,
 ) -> jax.Array:
-  """A 2-D NHWC/HWIO convolution with a tiny output as one matmul.
-
-  Each of the ``h * w`` output positions gathers its padded ``kh x kw x n``
-  input window; ``[B, h * w, kh * kw * n] @ [kh * kw * n, o]`` is the
-  convolution (the same sums, in another order). Derivatives of every order
-  are those of pad, slice and dot.
-
-  Args:
-    x: ``[B, H, W, n]``.
-    kernel: ``[kh, kw, n, o]``.
-    strides: ``(sh, sw)``.
-    padding: ``((top, bottom), (left, right))``, non-negative.
-    precision: of the matmul, as in ``jnp.matmul``; ``None`` reads the
-      ambient default when traced.
-
-  Returns:
-    ``[B, h, w, o]``.
-  """
+  """A 2-D NHWC/HWIO convolution with a tiny output as one matmul:
+  ``x [B, H, W, n]``, ``kernel [kh, kw, n, o]``, non-negative ``padding``
+  -> ``[B, h, w, o]``. Each of the ``h * w`` output positions gathers its
+  padded input window; ``[B, h * w, kh * kw * n] @ [kh * kw * n, o]`` is
+  the convolution (the same sums, in another order)."""
   (kh, kw), (sh, sw) = kernel.shape[:2], tuple(strides)
   xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
   h = (xp.shape[1] - kh) // sh + 1
@@ -445,16 +383,12 @@ def _small_conv(
 def _conv_rule(eqn, invals):
   """The fast exact form of a 2-D NHWC convolution equation, or ``None``.
 
-  Forward convolutions (``lhs_dilation`` 1): a stride that divides the
-  kernel, the strided convolution with custom derivatives; at most 16
-  output positions, :func:`_small_conv`. Transposed convolutions
-  (``lhs_dilation`` s, stride 1: ``nn.ConvTranspose``,
-  ``lax.conv_transpose`` and the input gradient that JAX derives for a
-  strided convolution): at most 16 output positions, :func:`_small_conv`
-  of the dilated input; otherwise the input gradient of the strided
-  convolution with the flipped kernel, by depth-to-space, with the same
-  fast derivatives. The kernel may have any layout (JAX's own input
-  gradients use a transposed one); input and output must be NHWC.
+  Forward convolutions: a stride that divides the kernel, the strided
+  convolution with custom derivatives; at most 16 output positions,
+  :func:`_small_conv`. Transposed ones (``lhs_dilation`` s, stride 1, as JAX
+  derives a strided convolution's input gradient): :func:`_small_conv` of
+  the dilated input, else the depth-to-space input gradient of the strided
+  convolution with the flipped kernel. The kernel may have any layout.
   """
   if eqn.primitive is not lax.conv_general_dilated_p:
     return None
@@ -546,8 +480,9 @@ def fast_convolutions(fn: Callable) -> Callable:
   positions by one matmul of gathered windows. Other convolutions, and
   every equation of ``fn`` on other backends, are bound as they are. Values
   and derivatives of every order are those of the stock convolutions up to
-  float rounding (the same sums, in another order). Built on
-  :func:`interpret`, whose rules about arguments it shares.
+  float rounding (the same sums, in another order). Array leaves
+  of the arguments are traced, other leaves (numbers, strings, callables)
+  passed to ``fn`` unchanged.
 
   Apply it to the function that is differentiated or vmapped, inside
   ``jax.grad`` and ``jax.vmap``, so that the derivatives are the fast ones
@@ -585,7 +520,9 @@ def fast_convolutions(fn: Callable) -> Callable:
     >>> bool(jnp.allclose(grad(x), jax.grad(lambda x: conv(x, w).sum())(x)))
     True
   """
-  interpreted = interpret(fn, _conv_rule)
+  if not callable(fn):
+    raise TypeError(f"fast_convolutions: fn must be callable, got {fn!r}.")
+  interpreted = _interpret(fn, _conv_rule)
 
   @functools.wraps(fn)
   def fast_fn(*args, **kwargs):
@@ -633,18 +570,10 @@ def conv_of_constant(
   with ``W_eff`` instead of running a transposed convolution; this is what
   makes the per-channel gradients of the attention transform cheap.
 
-  Args:
-    offset: ``[B, n]`` per-channel values.
-    kernel: ``[kh, kw, n, o]``.
-    input_hw: ``(H, W)`` of the constant image.
-    strides: the convolution's window strides.
-    padding: ``((lo, hi), (lo, hi))`` zero padding of the input.
-    kernel_dilation: the convolution's kernel (rhs) dilation.
-    precision: of both contractions, as in ``jnp.einsum``; ``None`` reads
-      the ambient default when traced.
-
-  Returns:
-    ``[B, h, w, o]``, the convolution's output.
+  ``offset [B, n]``, ``kernel [kh, kw, n, o]``, ``input_hw = (H, W)``, the
+  convolution's ``strides``, ``padding ((lo, hi), (lo, hi))`` and kernel
+  dilation -> ``[B, h, w, o]``; ``precision`` of both contractions, as in
+  ``jnp.einsum`` (``None``: the ambient default when traced).
   """
   kh, kw = kernel.shape[:2]
   rows, cols = (
@@ -672,17 +601,9 @@ def flatten_dense_of_constant(
   ``c[b, y, x, k] = offset[b, k]``, computed as ``offset @ W_sum`` with
   ``W_sum = kernel.reshape(H, W, n, J).sum((0, 1))``. Its transpose w.r.t.
   ``offset`` is a ``[*, J] @ [J, n]`` product instead of ``[*, J] @ [J,
-  H * W * n]`` followed by a spatial sum.
-
-  Args:
-    offset: ``[B, n]`` per-channel values.
-    kernel: ``[H * W * n, J]``, the kernel of the Dense layer.
-    input_hw: ``(H, W)`` of the image that was flattened (row-major NHWC).
-    precision: of both contractions, as in ``jnp.einsum``; ``None`` reads
-      the ambient default when traced.
-
-  Returns:
-    ``[B, J]``.
+  H * W * n]`` followed by a spatial sum. ``offset [B, n]``, ``kernel [H *
+  W * n, J]``, ``input_hw = (H, W)`` of the flattened (row-major NHWC)
+  image -> ``[B, J]``; ``precision`` as in :func:`conv_of_constant`.
   """
   h, w = input_hw
   # The spatial sum as a matmul: XLA:CPU reduces a leading axis far slower.
