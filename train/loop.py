@@ -620,7 +620,7 @@ def train_and_evaluate(
       if evaluate is None or not is_main:
         return
       for k, state in enumerate(member_states()):
-        where = "" if single else f" of {dirs[k].name}"
+        where = "" if single else f" {dirs[k].name}"
         _log.info("Evaluating%s at step %d.", where, step)
         with jax.default_device(jax.local_devices()[0]):
           scalars = evaluate(state, cfgs[k])
