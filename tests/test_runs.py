@@ -200,15 +200,20 @@ def test_a_second_trainer_in_the_same_workdir_is_refused(tmp_path):
 def test_a_workdir_that_cannot_be_a_folder_is_one_clear_line(tmp_path):
   afile = tmp_path / "afile.txt"
   afile.write_text("x")
-  for workdir in (afile, afile / "sub"):
+  for workdir, train in (
+    (afile, False),
+    (afile / "sub", False),
+    (afile, True),  # The trainer said "Not a directory: <file>/ckpt".
+  ):
     with pytest.raises(runs.CheckpointWriteError) as info:
+      if train:
+        train_toy([ToyConfig(num_steps=2, seed=s) for s in (0, 1)], workdir)
       with runs.lock(workdir):
         pass
     line = errors.error_line(info.value)
-    assert line == (
-      f"error: {workdir} (or a folder above it) is a file, not a folder; "
-      "pass --workdir=<a folder>."
-    )
+    assert line.startswith(f"error: {workdir}") and line.endswith(
+      "is a file, not a folder; pass --workdir=<a folder>."
+    ), line
   # A folder that cannot be made (no parent there, e.g. under /proc).
   with pytest.raises(runs.CheckpointWriteError) as info:
     with runs.lock("/proc/vae_attn_no/run"):
@@ -350,7 +355,8 @@ def test_a_changed_grid_is_refused_before_its_new_members_are_made(tmp_path):
   # new member's folder (ckpt/, .lock), which evaluators then read as a run.
   train_toy([ToyConfig(num_steps=2, seed=s) for s in (0, 1)], tmp_path)
   grown = [ToyConfig(num_steps=2, seed=s) for s in (0, 1, 2)]
-  with pytest.raises(runs.CheckpointError, match=r"'seed2'.*grid was changed"):
+  trained = r"'seed2'.*\['seed0', 'seed1'\]\): the grid was changed"
+  with pytest.raises(runs.CheckpointError, match=trained):
     train_toy(grown, tmp_path)
   assert sorted(p.name for p in tmp_path.iterdir()) == ["seed0", "seed1"]
   assert runs.restore(tmp_path / "seed1")[0] == 2

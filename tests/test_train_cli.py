@@ -2,7 +2,7 @@
 
 import pytest
 
-from train import factorvae, oneclass
+from train import factorvae, loop, oneclass
 from workflow import runs
 
 
@@ -34,3 +34,21 @@ def test_incomplete_launch_flags_are_refused(tmp_path, capsys):
   argv = ["--preset=smoke", "--num-processes=2", f"--workdir={tmp_path}"]
   assert oneclass.main(argv) == 2
   assert "--coordinator-address" in capsys.readouterr().err
+
+
+def test_ctrl_c_before_training_starts_is_one_line(
+  tmp_path, capsys, monkeypatch
+):
+  # SIGINT while the first step compiled printed an 80-line traceback.
+  def compiling(*args, **kwargs):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(loop, "train_and_evaluate", compiling)
+  argv = ["--preset=smoke", f"--workdir={tmp_path}"]
+  assert factorvae.main(argv) == 130
+  err = capsys.readouterr().err
+  assert "Traceback" not in err
+  (line,) = [x for x in err.splitlines() if x.startswith("Interrupted")]
+  assert str(tmp_path) in line and "are kept" in line and "again" in line
+  with pytest.raises(KeyboardInterrupt):
+    factorvae.main([*argv, "--debug"])

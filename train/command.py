@@ -237,6 +237,15 @@ def main(
   except loop.TrainingInterrupted as e:
     _log.warning("%s", e)
     return 128 + e.signum
+  except KeyboardInterrupt:  # Before the training loop catches signals.
+    if debug:
+      raise
+    print(
+      f"Interrupted before training started; the checkpoints already in "
+      f"{workdir} are kept. Run the same command again to start or resume.",
+      file=sys.stderr,
+    )
+    return 130
   except (loop.NonFiniteLossError, *errors.USER_ERRORS) as e:
     if debug:
       raise

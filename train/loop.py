@@ -252,10 +252,11 @@ def _check_members(latest, dirs) -> None:
   each member's newest step or ``None``)."""
   if None in latest and any(s is not None for s in latest):
     missing = [d.name for d, s in zip(dirs, latest, strict=True) if s is None]
+    have = [d.name for d, s in zip(dirs, latest, strict=True) if s is not None]
     raise runs.CheckpointError(
       f"Some members of the grid have no checkpoint ({missing}) while others "
-      "have: the grid was changed. Pass the grid it was trained with, or a "
-      "new --workdir."
+      f"have ({have}): the grid was changed. Pass the grid it was trained "
+      "with, or a new --workdir for the new grid."
     )
 
 

@@ -493,7 +493,7 @@ def checkpoint_steps(path: pathlib.Path) -> list[int]:
   is renamed to its number when the save is complete); ``[]`` if missing."""
   try:
     return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit())
-  except FileNotFoundError:
+  except (FileNotFoundError, NotADirectoryError):
     return []
 
 
