@@ -18,7 +18,9 @@ such as log_every); with --vs the two groups may differ only in the arms'
 defining hyper-parameters (loss, gamma, lambda_ad, beta). Training length,
 batch size, evaluated step, evaluation settings and metric sample sizes
 must match: otherwise the command refuses (exit status 2) and names the
-fields, or with --allow-mixed compares anyway under a loud line.
+fields, or with --allow-mixed compares anyway under a loud line. A run
+that trained on after its evaluation (its newest checkpoint is later than
+the evaluated step) is named in a loud line too.
 
 Prints a markdown table: per metric the mean, sample standard deviation
 (ddof=1) and n of each group, and with --vs the difference of the means
@@ -405,9 +407,20 @@ def _mixed(groups_read) -> list[str]:
   return problems
 
 
-def _read_groups(config) -> tuple[dict, list[str], list[str]]:
-  """``(groups, mixed, notes)``: each group's summaries, the loud line of
-  ``--allow-mixed`` (for mixed runs) and the notes on the runs.
+def _stale(path: str, settings: Mapping[str, Any]) -> str | None:
+  """Why the evaluation of training run ``path`` is older than its newest
+  checkpoint (the run trained on after it was scored), else ``None``."""
+  steps = runs.checkpoint_steps(runs.ckpt_dir(path))
+  step = settings.get("step")
+  if steps and isinstance(step, int) and steps[-1] > step:
+    return f"{path} was evaluated at step {step} but trained to {steps[-1]}"
+  return None
+
+
+def _read_groups(config) -> tuple[dict, list[str], list[str], list[str]]:
+  """``(groups, mixed, stale, notes)``: each group's summaries, the loud
+  lines above the table (mixed runs under ``--allow-mixed``; evaluations
+  older than their runs' newest checkpoint) and the notes on the runs.
 
   Raises:
     ValueError: runs given twice, or mixed runs without ``--allow-mixed``.
@@ -436,17 +449,32 @@ def _read_groups(config) -> tuple[dict, list[str], list[str]]:
       f"Not comparable: {'; '.join(problems)}. Score runs of equal length, "
       "batch size and sample sizes, or pass --allow-mixed to compare anyway."
     )
-  mixed = [
-    f"**MIXED RUNS (--allow-mixed): {'; '.join(problems)}. The numbers "
-    "below are not a like-for-like comparison.**"
+  mixed = (
+    [
+      f"**MIXED RUNS (--allow-mixed): {'; '.join(problems)}. The numbers "
+      "below are not a like-for-like comparison.**"
+    ]
+    if problems
+    else []
+  )
+  stale = [
+    why
+    for name, read in groups_read.items()
+    for path, (_, _, settings) in zip(groups_paths[name], read, strict=True)
+    if (why := _stale(path, settings))
   ]
+  if stale:
+    stale = [
+      f"**STALE EVALUATIONS: {'; '.join(stale)}. The numbers below are "
+      "not the runs' final ones; evaluate the runs again.**"
+    ]
   groups, notes = {}, []
   for name, read in groups_read.items():
     groups[name] = summarize([m for m, _, _ in read])
     notes += _group_lines(
       name, groups_paths[name], [c for _, c, _ in read], [s for *_, s in read]
     )
-  return groups, mixed if problems else [], notes
+  return groups, mixed, stale, notes
 
 
 def _select(keys: list[str], patterns: Sequence[str] | None) -> list[str]:
@@ -471,7 +499,7 @@ def _run(config: Config) -> int:
     cli.make_out_file(config.out, flag="--out")
   if config.json:
     cli.make_out_file(config.json, flag="--json")
-  groups, mixed, notes = _read_groups(config)
+  groups, mixed, stale, notes = _read_groups(config)
   keys = list(dict.fromkeys(k for g in groups.values() for k in g))
   keys = _select(keys, config.keys)
   lines = table(groups, keys)
@@ -499,7 +527,7 @@ def _run(config: Config) -> int:
       "not a result; evaluate more seeds."
     )
   software = runs.software()
-  top = [*mixed, ""] if mixed else []
+  top = [*mixed, *stale, ""] if mixed or stale else []
   text = "\n".join([*top, *lines, "", *notes, *cli.software_lines(software)])
   print(text, end="")
   if config.out:
@@ -517,7 +545,7 @@ def _run(config: Config) -> int:
         for k in keys
         if k in ga and k in gb and ga[k].n and gb[k].n
       }
-    stats["mixed"] = mixed
+    stats["mixed"], stats["stale"] = mixed, stale
     stats["software"] = software
     with open(config.json, "w") as f:
       json.dump(stats, f, indent=2)

@@ -348,3 +348,19 @@ def test_misused_groups_are_one_line_with_status_2(
   assert len(err) == 1 and err[0].startswith("error: "), err
   for word in words:
     assert word.format(**names) in err[0], (word, err[0])
+
+
+def test_an_evaluation_older_than_its_run_is_flagged(tmp_path, capsys):
+  # Scored at step 500, then trained on to 600: the old scores were
+  # aggregated without a word.
+  runs = [_write(tmp_path / f"ad{s}", {"fv": 0.5 + s / 10}, s) for s in (0, 1)]
+  for step in ("500", "600"):
+    (tmp_path / "ad1" / "ckpt" / step).mkdir(parents=True)
+  (tmp_path / "ad0" / "ckpt" / "500").mkdir(parents=True)
+  out = tmp_path / "summary.json"
+  assert aggregate.main([*runs, f"--json={out}"]) == 0
+  text = capsys.readouterr().out
+  (line,) = [x for x in text.splitlines() if "STALE" in x]
+  assert "ad1 was evaluated at step 500 but trained to 600" in line
+  assert "ad0" not in line and "evaluate the runs again" in line
+  assert json.loads(out.read_text())["stale"] == [line]
