@@ -557,6 +557,23 @@ def _case(name):
     return attention.attention(linen.apply, "mu"), (variables, X)
   if name == "unknown layer":
     return attention.attention(linen.apply, "conv7"), (variables, X)
+  if name == "images as a python list":  # Printed the whole list.
+    return attention.attention(linen.apply, "conv1"), (variables, X.tolist())
+  if name == "variables without batch_stats":  # Flax's own error.
+    params = {"params": variables["params"]}
+    return attention.attention(linen.apply, "conv1"), (params, X)
+  if name == "an nnx model given to a linen apply":  # "not iterable"
+    return attention.attention(linen.apply, "conv1"), (
+      NNXEncoder(nnx.Rngs(0)),
+      X,
+    )
+  if name == "a typo where no value is a feature map":  # Listed nothing.
+
+    def flat(p, x):
+      h = checkpoint_name(jnp.tanh(x.reshape(len(x), -1) @ p), "features")
+      return h, h
+
+    return attention.attention(flat, "feature"), (jnp.ones((64, D)), X)
   raise AssertionError(name)
 
 
@@ -573,6 +590,14 @@ ERRORS = [
   ("layer called twice", ValueError, ["'conv'", "2 times"]),
   ("not a feature map", ValueError, ["'mu'", "[B, h, w, n]"]),
   ("unknown layer", ValueError, ["'conv7'", "conv1", "bn2"]),
+  ("images as a python list", ValueError, ["got list", "jnp.asarray"]),
+  ("variables without batch_stats", ValueError, ["whole variables dict"]),
+  ("an nnx model given to a linen apply", TypeError, ["Linen", "nnx.Module"]),
+  (
+    "a typo where no value is a feature map",
+    ValueError,
+    ["did you mean 'features'", "features  (2, 3)"],
+  ),
 ]
 
 
@@ -588,7 +613,9 @@ def test_errors_name_the_cause(name, error, words):
       attention.layer_paths(fn.__wrapped__, *args)
   for word in words:
     assert word in str(info.value), (word, str(info.value))
-  assert "NHWC" not in str(info.value) or name == "another input shape"
+  nhwc = ("another input shape", "images as a python list")
+  assert "NHWC" not in str(info.value) or name in nhwc
+  assert len(str(info.value)) < 1000
 
 
 class _Stage(nnx.Module):

@@ -380,9 +380,10 @@ def _resolve(layers: Sequence[str], sites) -> dict[str, str]:
       resolved[layer] = matches[0]
       continue
     close = difflib.get_close_matches  # On the path or its last name.
-    near = matches or [q for q in targets if close(path, [q, q.split("/")[-1]])]
+    shown = targets or {p: s[0].aval.shape for p, s in sites.items()}
+    near = matches or [q for q in shown if close(path, [q, q.split("/")[-1]])]
     what = f"matches {len(matches)} layers" if matches else "is not a layer"
-    listing = "\n  ".join(f"{p}  {s}" for p, s in targets.items())
+    listing = "\n  ".join(f"{p}  {s}" for p, s in shown.items())
     guess = f"; did you mean {', '.join(map(repr, near))}?" if near else "."
     raise ValueError(
       f"Layer {layer!r} {what}{guess} Layer paths (output shape):\n  {listing}"
@@ -667,8 +668,9 @@ def _check_options(encode_fn, layer, chunk_size, precision, **options):
 def _check_images(x) -> None:
   if getattr(x, "ndim", None) != 4:
     raise ValueError(
-      "attention expects a batch of NHWC images [B, H, W, C], got "
-      f"{getattr(x, 'shape', x)}; add a batch axis with x[None]."
+      "attention expects an array of NHWC images [B, H, W, C], got "
+      f"{getattr(x, 'shape', type(x).__name__)}; add a batch axis with "
+      "x[None], or make an array with jnp.asarray."
     )
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise TypeError(
@@ -794,6 +796,13 @@ def _training_mode_error(what: str) -> str:
 
 def _traced(encode_fn, first, x, args, kwargs) -> _Traced:
   """:func:`_trace`, its failures explained by their cause."""
+  fn = getattr(encode_fn, "func", encode_fn)  # A partial of model.apply?
+  linen_apply = isinstance(getattr(fn, "__self__", None), nn.Module)
+  if isinstance(first, nnx.Module) and linen_apply:
+    raise TypeError(
+      "encode_fn is a Linen module's apply, which takes its variables, got "
+      "an nnx.Module; for NNX pass e.g. lambda model, x: model.encode(x)."
+    )
   try:
     return _trace(encode_fn, first, x, args, kwargs)
   except flax.errors.ModifyScopeVariableError as e:
@@ -808,11 +817,12 @@ def _traced(encode_fn, first, x, args, kwargs) -> _Traced:
       f"expects the NHWC shape it was built for. Original error: {e}"
     ) from e
   except flax.errors.FlaxError as e:
-    if isinstance(first, Mapping) and "params" not in first:
+    missing = isinstance(e, flax.errors.ScopeCollectionNotFound)
+    if isinstance(first, Mapping) and ("params" not in first or missing):
       raise ValueError(
-        "encode_fn found no parameters: pass the whole variables dict "
-        "({'params': ..., 'batch_stats': ...}), not variables['params']. "
-        f"Original error: {e}"
+        "encode_fn's variables lack a collection the model reads: pass the "
+        "whole variables dict ({'params': ..., 'batch_stats': ...}), not "
+        f"variables['params']. Original error: {e}"
       ) from e
     raise
 
