@@ -253,8 +253,8 @@ class Config(cli.SavedRun):
   positive: str = cli.positive_field()
   gradient_scale: str = configs.field(
     "none",
-    "rms: divide each gradient by its root mean square before pooling, as "
-    "the official code does",
+    "rms: divide each image's gradient by its root mean square before "
+    "pooling (the official code divides by one over the batch)",
     ("none", "rms"),
   )
   k: int | None = configs.field(
@@ -319,6 +319,8 @@ def _load(config: Config):
 def _run(config: Config) -> int:
   start = time.perf_counter()
   run, x, names, source, notes = _load(config)
+  for note in notes:  # Also in the figure's footer and explain.json.
+    cli.stage(f"resized: {note}")
   k = min(8, run.latent_dim) if config.k is None else config.k
   if k > run.latent_dim:
     raise ValueError(

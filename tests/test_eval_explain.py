@@ -272,7 +272,7 @@ def test_a_scalar_logged_once_is_a_labelled_marker(tmp_path, monkeypatch):
   assert not any("train/loss" in t and "once" in t for t in strings)
 
 
-def test_user_images_are_named_and_their_resizing_noted(tmp_path):
+def test_user_images_are_named_and_their_resizing_noted(tmp_path, capsys):
   import PIL.Image
 
   rgb = tmp_path / "photo.png"
@@ -289,6 +289,8 @@ def test_user_images_are_named_and_their_resizing_noted(tmp_path):
     ["--latent-dim=4", "--images", str(rgb), str(grey), f"--out={out}"]
   )
   assert rc == 0
+  # Said on the console too (it was only in the figure and explain.json).
+  assert f"resized: {notes[0]}" in capsys.readouterr().err
   meta = json.loads((out / "explain.json").read_text())
   assert meta["images"] == ["photo.png", "grey.png"]
   assert meta["input_notes"] == notes and meta["scale"] == "figure"

@@ -52,3 +52,23 @@ def test_ctrl_c_before_training_starts_is_one_line(
   assert str(tmp_path) in line and "are kept" in line and "again" in line
   with pytest.raises(KeyboardInterrupt):
     factorvae.main([*argv, "--debug"])
+
+
+@pytest.mark.parametrize(
+  ("argv", "words"),
+  [  # Said "normal_digit must be an int in 0..9" after training had begun.
+    (["--dataset=mnist", "--normal-digit=11"], ["--normal-digit", "[0, 9]"]),
+    # The preset chose --model=mnist; the line said "--model=mnist" only.
+    (["--preset=smoke", "--dataset=mvtec"], ["preset's", "--model=resnet18"]),
+  ],
+)
+def test_oneclass_flags_that_do_not_fit_are_refused_when_parsed(
+  argv, words, tmp_path, capsys
+):
+  with pytest.raises(SystemExit) as e:
+    oneclass.main([*argv, f"--workdir={tmp_path}"])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith("error: ")
+  assert all(w in err for w in words), err
+  assert not any(tmp_path.iterdir())  # Nothing written.

@@ -14,7 +14,7 @@ With --loss=beta the discriminator is still trained, so that the TC
 estimate is logged for every objective. With the default random pair, only
 the two maps of the drawn pair are computed (random_pair_ad). Data:
 the procedural dSprites (no download) by default, --data=npz
---data-path=dsprites.npz or --data=tfds. The FactorVAE score is
+--data-dir=dsprites.npz or --data=tfds. The FactorVAE score is
 computed at the end (and every --eval-every steps).
 
 The data set lives on the device: the procedural dSprites is rendered inside

@@ -66,7 +66,9 @@ class Config(loop.LoopConfig):
   category: str = configs.field(
     "", "mvtec/textures category (textures: first found)"
   )
-  normal_digit: int = configs.field(0, "the normal class of mnist/digits")
+  normal_digit: int = configs.field(
+    0, "the normal class of mnist/digits", interval="[0, 9]"
+  )
   data_dir: str = configs.field(
     "", "data root (mnist: tfds data_dir; textures: cache)", alias="--root"
   )
@@ -106,7 +108,8 @@ class Config(loop.LoopConfig):
       )
     if self.model != MODEL_OF[self.dataset]:
       raise ValueError(
-        f"--model={self.model} does not fit --dataset={self.dataset} (its "
+        f"--model={self.model} (given, or the preset's) does not fit "
+        f"--dataset={self.dataset} (its "
         f"images need --model={MODEL_OF[self.dataset]}); drop --model and "
         "--preset to take the data set's preset, or pass "
         f"--model={MODEL_OF[self.dataset]}."

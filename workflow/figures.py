@@ -566,7 +566,7 @@ def traversal_figure(
   # A row's traversal is one image (cells parted by white columns): one
   # axes per row instead of one per cell, several times faster to draw.
   h, w = run.input_shape[:2]
-  gap = max(1, w // 16)
+  gap = max(1, w // 32)
   fig, axes = _grid(len(order), steps + 1, title, width_ratios=[1, steps])
   for i, latent in enumerate(order):
     cells = [rgb(image) for image in decoded[i]]
