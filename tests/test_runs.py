@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 
 import chex
 import jax
@@ -360,6 +361,26 @@ def test_a_changed_grid_is_refused_before_its_new_members_are_made(tmp_path):
     train_toy(grown, tmp_path)
   assert sorted(p.name for p in tmp_path.iterdir()) == ["seed0", "seed1"]
   assert runs.restore(tmp_path / "seed1")[0] == 2
+
+
+def test_an_interrupted_grid_says_every_member_saved(tmp_path, monkeypatch):
+  # The line named the first member's ckpt/ only, though every member saved.
+  write, sent = writers.MetricWriter.write_scalars, []
+
+  def interrupt_at_step_2(self, step, scalars):
+    write(self, step, scalars)
+    if step == 2 and not sent:  # Once: a second SIGINT aborts at once.
+      sent.append(os.kill(os.getpid(), signal.SIGINT))
+
+  monkeypatch.setattr(
+    writers.MetricWriter, "write_scalars", interrupt_at_step_2
+  )
+  grid = [ToyConfig(num_steps=6, seed=s) for s in (0, 1)]
+  with pytest.raises(loop.TrainingInterrupted) as info:
+    train_toy(grid, tmp_path)
+  assert f"each member's ckpt/ under {tmp_path}" in str(info.value)
+  step = info.value.step
+  assert [runs.restore(tmp_path / f"seed{s}")[0] for s in (0, 1)] == [step] * 2
 
 
 def test_a_run_and_a_grid_never_share_a_folder(tmp_path):

@@ -728,7 +728,9 @@ def train_and_evaluate(
             raise TrainingInterrupted(
               received[0] if received else signal.SIGTERM,
               step,
-              str(dirs[0] / runs.CKPT_DIR),
+              str(dirs[0] / runs.CKPT_DIR)
+              if single
+              else f"each member's ckpt/ under {workdir}",
             )
     for m in mngrs:
       runs.finish_saves(m)
