@@ -113,7 +113,9 @@ def test_cli_trains_the_baselines(loss, tmp_path):
   report = tmp_path / "report"
   for name in ("loss_curves.png", "attention.png", "traversals.png"):
     assert (report / name).stat().st_size > 10_000, name
-  assert "![attention](attention.png)" in (report / "report.md").read_text()
+  text = (report / "report.md").read_text()
+  assert "![attention](attention.png)" in text
+  assert "small samples" in text and "published sample sizes" in text
   # Rerunning the finished command changes nothing and succeeds.
   assert factorvae.main(argv) == 0
 
