@@ -385,8 +385,7 @@ def score(
     at_model_size = upsample(native, size)
     if resolution == "model":
       masked, gt = at_model_size[has_mask], data["mask"][has_mask]
-      report = pixel_metrics.pixel_report(masked, gt)
-      fpr, tpr, _ = pixel_metrics.roc_curve(masked, gt)
+      report, (fpr, tpr) = pixel_metrics.pixel_report(masked, gt, curve=True)
     else:
       report, (fpr, tpr) = _original_size(native, masks)
     for stat in pixel_metrics.STATISTICS:

@@ -197,8 +197,8 @@ def roc_curve(scores, masks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def pixel_report(
-  scores, masks, max_fpr: float = 0.3, *, connectivity: int = 8
-) -> dict[str, float]:
+  scores, masks, max_fpr: float = 0.3, *, connectivity: int = 8, curve=False
+) -> dict[str, float] | tuple[dict[str, float], tuple]:
   """Pixel AUROC, best IoU and AUPRO from one ROC curve over all pixels.
 
   * ``pixel_auroc``: the area under :func:`roc_curve` (Liu et al., section
@@ -219,7 +219,9 @@ def pixel_report(
     perfect map scores 1 (Bergmann et al., IJCV 2021, section 5.2).
 
   Returns:
-    ``{"pixel_auroc", "best_iou", "best_iou_threshold", "aupro"}``, floats.
+    ``{"pixel_auroc", "best_iou", "best_iou_threshold", "aupro"}``, floats;
+    with ``curve=True``, ``(that dict, (fpr, tpr))``: also the
+    :func:`roc_curve` it was computed from (one pass, not two).
 
   Raises:
     ValueError: as :func:`roc_curve`, or a bad ``max_fpr``/``connectivity``.
@@ -232,8 +234,9 @@ def pixel_report(
     (1.0, 1.0, 1.0)
   """
   _check_options(max_fpr, connectivity)
-  scores, masks = _check_pair(scores, masks)
-  return _pixel_metrics(_exact_curve(scores, masks, connectivity), max_fpr)
+  exact = _exact_curve(*_check_pair(scores, masks), connectivity)
+  report = _pixel_metrics(exact, max_fpr)
+  return (report, (exact.fpr, exact.tpr)) if curve else report
 
 
 def image_auroc(scores, labels, statistic: str = "max") -> float:
