@@ -185,11 +185,13 @@ def load_data(config: Config, split: str, *, augment: bool = False):
   )
 
 
+def _model_kwargs(config: Config) -> dict:
+  size = {"image_size": config.image_size} if config.model == "resnet18" else {}
+  return {"latent_dim": config.latent_dim, **size}
+
+
 def make_model(config: Config) -> models.VAE:
-  kwargs = {"latent_dim": config.latent_dim}
-  if config.model == "resnet18":
-    kwargs["image_size"] = config.image_size
-  return models.make_model(config.model, **kwargs)
+  return models.make_model(config.model, **_model_kwargs(config))
 
 
 def create_train_state(key: jax.Array, config: Config) -> loop.TrainState:
@@ -292,13 +294,10 @@ ON_DEVICE = ("mnist", "digits")
 
 def run_spec(config: Config) -> runs.RunSpec:
   """What evaluation needs to rebuild this run's model and data."""
-  model_kwargs = {"latent_dim": config.latent_dim}
-  if config.model == "resnet18":
-    model_kwargs["image_size"] = config.image_size
   return runs.RunSpec(
     trainer="oneclass",
     model=config.model,
-    model_kwargs=model_kwargs,
+    model_kwargs=_model_kwargs(config),
     input_shape=models.input_shape(make_model(config)),
     data=config.dataset,
     data_dir=config.data_dir,
