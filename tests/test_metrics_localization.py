@@ -75,6 +75,13 @@ def test_pixel_auroc_and_roc_curve_match_sklearn(decimals, dtype):
   np.testing.assert_allclose(fpr, ref[0], atol=1e-12)
   np.testing.assert_allclose(tpr, ref[1], atol=1e-12)
   np.testing.assert_array_equal(thresholds, ref[2])
+  # The report with the curve it came from (eval.localization's one pass).
+  with_curve, (fpr1, tpr1) = localization.pixel_report(
+    scores, masks, curve=True
+  )
+  assert with_curve == report
+  np.testing.assert_array_equal(fpr1, fpr)
+  np.testing.assert_array_equal(tpr1, tpr)
 
 
 def test_pixel_auroc_accepts_01_masks():
