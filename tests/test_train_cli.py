@@ -72,3 +72,15 @@ def test_oneclass_flags_that_do_not_fit_are_refused_when_parsed(
   assert err.count("\n") == 1 and err.startswith("error: ")
   assert all(w in err for w in words), err
   assert not any(tmp_path.iterdir())  # Nothing written.
+
+
+def test_an_unknown_layer_is_refused_before_anything_is_written(
+  tmp_path, capsys
+):
+  # It was refused only once the first step compiled, about 5 s in.
+  workdir = tmp_path / "run"
+  argv = ["--preset=smoke", "--layer=encoder/conv9", f"--workdir={workdir}"]
+  assert factorvae.main(argv) == 2
+  (line,) = _error_lines(capsys)
+  assert "'encoder/conv9'" in line and "did you mean 'encoder/conv1'" in line
+  assert not workdir.exists()

@@ -47,7 +47,7 @@ import optax
 from train import command, loop
 from train import data as device_data_lib
 from vae_attn import losses, models, ops
-from vae_attn.attention import value_and_attention
+from vae_attn.attention import resolve_layers, value_and_attention
 from vae_attn.data import dsprites
 from workflow import configs, grid, runs
 
@@ -439,14 +439,21 @@ def train_and_evaluate(
   """
   configs_ = [config] if isinstance(config, Config) else list(config)
   head = configs_[0]
+  model = make_model(head)
+  encode_fn = functools.partial(model.apply, method=model.encode)
+  x = jax.ShapeDtypeStruct((1, *models.input_shape(model)), jnp.float32)
+  key = jax.random.key(0)
+  # --layer checked before anything is loaded or written (a trace, no data).
+  resolve_layers(
+    encode_fn, jax.eval_shape(model.init, key, x, key), x, head.layer
+  )
   source = load_data(head)
   evaluate = None
   if head.score:
-    model = make_model(head)
     evaluate = functools.partial(
       factor_vae_score,
       source=source,
-      encode_fn=jax.jit(functools.partial(model.apply, method=model.encode)),
+      encode_fn=jax.jit(encode_fn),
     )
   states = loop.train_and_evaluate(
     config,
