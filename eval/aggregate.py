@@ -457,17 +457,18 @@ def _read_groups(config) -> tuple[dict, list[str], list[str], list[str]]:
     if problems
     else []
   )
-  stale = [
+  old = [
     why
     for name, read in groups_read.items()
     for path, (_, _, settings) in zip(groups_paths[name], read, strict=True)
     if (why := _stale(path, settings))
   ]
-  if stale:
-    stale = [
-      f"**STALE EVALUATIONS: {'; '.join(stale)}. The numbers below are "
-      "not the runs' final ones; evaluate the runs again.**"
-    ]
+  stale = []
+  if old:
+    stale.append(
+      f"**STALE EVALUATIONS: {'; '.join(old)}. The numbers below are not "
+      "the runs' final ones; evaluate the runs again.**"
+    )
   groups, notes = {}, []
   for name, read in groups_read.items():
     groups[name] = summarize([m for m, _, _ in read])

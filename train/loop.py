@@ -247,26 +247,20 @@ def _prepare(run_dir: pathlib.Path, config: Any, spec, overwrite: bool):
     )
 
 
-def _check_members(latest, dirs) -> None:
-  """Refuses a grid of which only some members have checkpoints (``latest``:
-  each member's newest step or ``None``)."""
-  if None in latest and any(s is not None for s in latest):
-    missing = [d.name for d, s in zip(dirs, latest, strict=True) if s is None]
-    have = [d.name for d, s in zip(dirs, latest, strict=True) if s is not None]
-    raise runs.CheckpointError(
-      f"Some members of the grid have no checkpoint ({missing}) while others "
-      f"have ({have}): the grid was changed. Pass the grid it was trained "
-      "with, or a new --workdir for the new grid."
-    )
-
-
 def _check_layout(workdir: pathlib.Path, dirs, single: bool) -> None:
   """A run lives in ``workdir``, a grid's members in its sub-folders: refuses
   to write one beside the other (an evaluator would read the old one), and
   a grid of which only some members have checkpoints, before any folder of
   the new members is made."""
-  steps = [runs.checkpoint_steps(runs.ckpt_dir(d)) for d in dirs]
-  _check_members([max(s, default=None) for s in steps], dirs)
+  trained = [bool(runs.checkpoint_steps(runs.ckpt_dir(d))) for d in dirs]
+  if any(trained) and not all(trained):
+    have = [d.name for d, t in zip(dirs, trained, strict=True) if t]
+    missing = [d.name for d, t in zip(dirs, trained, strict=True) if not t]
+    raise runs.CheckpointError(
+      f"Some members of the grid have no checkpoint ({missing}) while others "
+      f"have ({have}): the grid was changed. Pass the grid it was trained "
+      "with, or a new --workdir for the new grid."
+    )
   members = [p.name for p in runs.member_runs(workdir)]
   if single and members:
     raise runs.ConfigMismatchError(
@@ -297,10 +291,8 @@ def _remove_other_members(workdir: pathlib.Path, dirs) -> None:
 def _restore(mngrs, dirs, abstracts, sharding):
   """``(step, [state per member])`` at the newest step every member has
   good, or ``(0, None)`` without checkpoints."""
-  latest = [m.latest_step() for m in mngrs]
-  if all(s is None for s in latest):
-    return 0, None
-  _check_members(latest, dirs)
+  if all(m.latest_step() is None for m in mngrs):
+    return 0, None  # Some members without: refused by _check_layout.
 
   def load(mngr, d, abstract, step=None):
     targets = {"state": abstract}
