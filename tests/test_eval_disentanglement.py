@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from eval import disentanglement, restore
-from eval.metrics import sampling, testing
+from eval.metrics import sampling
+from tests import ground_truth
 from train import factorvae
 from workflow import runs
 
@@ -237,10 +238,10 @@ def test_representation_function_gives_mu_and_the_kl_per_dimension(workdir):
 
 
 def test_metric_warnings_become_notes_once():
-  data = testing.IdentityData((4, 1, 5))
+  data = ground_truth.IdentityData((4, 1, 5))
 
   def mu_and_kl(observations):  # Identity codes, 1 nat of KL each.
-    codes = testing.identity_representation(observations)
+    codes = ground_truth.identity_representation(observations)
     return np.concatenate([codes, np.ones_like(codes)], axis=1)
 
   with warnings.catch_warnings(record=True) as caught:

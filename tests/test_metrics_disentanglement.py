@@ -16,14 +16,14 @@ from eval.metrics import (
   mig,
   sampling,
   sap,
-  testing,
 )
+from tests import ground_truth
 
-DATA = testing.IdentityData()  # 5 factors with 4..8 values: chance is 0.2.
-IDENTITY = testing.identity_representation
-CONSTANT = testing.constant_representation
-NOISE = testing.NoiseRepresentation(num_codes=5)
-MIXED = testing.MixedRepresentation(DATA.factors_num_values)
+DATA = ground_truth.IdentityData()  # 5 factors with 4..8 values: chance is 0.2.
+IDENTITY = ground_truth.identity_representation
+CONSTANT = ground_truth.constant_representation
+NOISE = ground_truth.NoiseRepresentation(num_codes=5)
+MIXED = ground_truth.MixedRepresentation(DATA.factors_num_values)
 
 SMALL_FACTOR_VAE = dict(
   num_per_vote=20, num_train=300, num_eval=200, num_variance_estimate=1000
@@ -220,7 +220,7 @@ def test_tabulate_gives_the_same_scores():
 def test_tabulate_all_renders_once_for_several_models():
   renders = []
 
-  class Counted(testing.IdentityData):
+  class Counted(ground_truth.IdentityData):
     def sample_observations_from_factors(self, factors, random_state):
       renders.append(len(factors))
       return super().sample_observations_from_factors(factors, random_state)
@@ -300,11 +300,11 @@ def test_sap_known_answers():
   # Discrete (the default): a 1-D linear SVM separates binary factors from
   # their own code (accuracy 1) and is at chance (1/2) on the others, so
   # the ideal code scores 1 - 1/2.
-  binary = testing.IdentityData((2, 2, 2, 2))
+  binary = ground_truth.IdentityData((2, 2, 2, 2))
   assert score(IDENTITY, binary) == pytest.approx(0.5, abs=0.05)
   assert score(CONSTANT, binary) < 0.05
   # Rotated pairs: both codes of a pair predict each factor equally well.
-  assert score(testing.MixedRepresentation((2, 2, 2, 2)), binary) < 0.1
+  assert score(ground_truth.MixedRepresentation((2, 2, 2, 2)), binary) < 0.1
 
 
 def test_suite_quick_keys():
@@ -363,7 +363,7 @@ def test_docstring_examples_run(module):
   assert result.attempted >= 1 and result.failed == 0
 
 
-class _NoisyData(testing.IdentityData):
+class _NoisyData(ground_truth.IdentityData):
   """Rendering draws from the random state, like a stochastic renderer."""
 
   def sample_observations_from_factors(self, factors, random_state):
@@ -393,7 +393,7 @@ def test_rendering_draws_the_random_state_in_chunk_order():
 # ----------------------------------------------------------------------------
 
 # Factor 1 has one value; identity codes then have a constant dimension.
-WITH_CONSTANT = testing.IdentityData((4, 1, 5, 6))
+WITH_CONSTANT = ground_truth.IdentityData((4, 1, 5, 6))
 
 
 def _score_each_metric(data, rep):
@@ -440,12 +440,12 @@ def test_single_valued_factor_is_dropped_by_every_metric():
 
 def test_single_valued_factor_discrete_sap_and_names():
   # Binary factors plus a constant one: the ideal code scores 1 - 1/2.
-  data = testing.IdentityData((2, 1, 2, 2))
+  data = ground_truth.IdentityData((2, 1, 2, 2))
   with pytest.warns(sampling.ConstantFactorWarning, match="factor 1"):
     score = sap.compute_sap(data, IDENTITY, _rs(), num_train=1000)
   assert score["sap_score"] == pytest.approx(0.5, abs=0.05)
 
-  class Named(testing.IdentityData):
+  class Named(ground_truth.IdentityData):
     factor_names = ("shape", "colour", "scale", "x")
 
   with pytest.warns(sampling.ConstantFactorWarning, match="'colour'"):
@@ -465,11 +465,11 @@ def test_suite_warns_once_for_a_single_valued_factor():
 
 def test_every_factor_single_valued_is_refused():
   with pytest.raises(ValueError, match="Every factor has a single value"):
-    mig.compute_mig(testing.IdentityData((1, 1)), IDENTITY, _rs())
+    mig.compute_mig(ground_truth.IdentityData((1, 1)), IDENTITY, _rs())
 
 
 @dataclasses.dataclass(frozen=True)
-class _NeverVaries(testing.IdentityData):
+class _NeverVaries(ground_truth.IdentityData):
   """Declares several values for factor ``column`` but always samples 0."""
 
   column: int = 1
@@ -517,8 +517,8 @@ def test_parallel_fits_give_the_serial_scores(importance):
   parallel = dci.compute_dci(DATA, MIXED, _rs(1), n_jobs=2, **kwargs)
   assert serial == parallel
   kwargs = dict(num_train=300, num_test=150)
-  binary = testing.IdentityData((2, 3, 2))
-  rep = testing.MixedRepresentation(binary.factors_num_values)
+  binary = ground_truth.IdentityData((2, 3, 2))
+  rep = ground_truth.MixedRepresentation(binary.factors_num_values)
   sap_serial = sap.compute_sap(binary, rep, _rs(1), **kwargs)
   sap_parallel = sap.compute_sap(binary, rep, _rs(1), n_jobs=2, **kwargs)
   assert sap_serial == sap_parallel

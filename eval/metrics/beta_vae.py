@@ -95,9 +95,9 @@ def compute_beta_vae(
     Dict with ``train_accuracy`` and ``eval_accuracy``.
 
   Examples:
-    >>> from eval.metrics import testing
-    >>> compute_beta_vae(testing.IdentityData(),
-    ...                  testing.identity_representation,
+    >>> from tests import ground_truth
+    >>> compute_beta_vae(ground_truth.IdentityData(),
+    ...                  ground_truth.identity_representation,
     ...                  np.random.RandomState(0), num_per_point=20,
     ...                  num_train=300, num_eval=200)
     {'train_accuracy': 1.0, 'eval_accuracy': 1.0}

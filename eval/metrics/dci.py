@@ -108,9 +108,9 @@ def compute_dci(
     ``informativeness_train`` and ``informativeness_test`` (accuracies).
 
   Examples:
-    >>> from eval.metrics import testing
-    >>> scores = compute_dci(testing.IdentityData(),
-    ...                      testing.identity_representation,
+    >>> from tests import ground_truth
+    >>> scores = compute_dci(ground_truth.IdentityData(),
+    ...                      ground_truth.identity_representation,
     ...                      np.random.RandomState(0), num_train=200,
     ...                      num_test=100, importance="random_forest")
     >>> scores["disentanglement"] > 0.9, scores["completeness"] > 0.9

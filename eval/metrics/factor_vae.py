@@ -229,9 +229,9 @@ def compute_factor_vae(
     Dict with ``train_accuracy``, ``eval_accuracy`` and ``num_active_dims``.
 
   Examples:
-    >>> from eval.metrics import testing
-    >>> data = testing.IdentityData()
-    >>> compute_factor_vae(data, testing.identity_representation,
+    >>> from tests import ground_truth
+    >>> data = ground_truth.IdentityData()
+    >>> compute_factor_vae(data, ground_truth.identity_representation,
     ...                    np.random.RandomState(0), num_train=100,
     ...                    num_eval=50, num_variance_estimate=500)
     {'train_accuracy': 1.0, 'eval_accuracy': 1.0, 'num_active_dims': 5.0}

@@ -55,9 +55,9 @@ def compute_mig(
     Dict with ``discrete_mig``.
 
   Examples:
-    >>> from eval.metrics import testing
-    >>> scores = compute_mig(testing.IdentityData(),
-    ...                      testing.identity_representation,
+    >>> from tests import ground_truth
+    >>> scores = compute_mig(ground_truth.IdentityData(),
+    ...                      ground_truth.identity_representation,
     ...                      np.random.RandomState(0), num_train=2000)
     >>> round(scores["discrete_mig"], 2)
     0.99

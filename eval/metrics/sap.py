@@ -80,9 +80,9 @@ def compute_sap(
     Dict with ``sap_score``.
 
   Examples:
-    >>> from eval.metrics import testing
-    >>> scores = compute_sap(testing.IdentityData(),
-    ...                      testing.identity_representation,
+    >>> from tests import ground_truth
+    >>> scores = compute_sap(ground_truth.IdentityData(),
+    ...                      ground_truth.identity_representation,
     ...                      np.random.RandomState(0), num_train=500,
     ...                      num_test=100, continuous_factors=True)
     >>> round(scores["sap_score"], 2)

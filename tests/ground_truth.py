@@ -1,4 +1,4 @@
-"""Dummy ground-truth data with known answers, for tests and smoke runs.
+"""Dummy ground-truth data with known answers, for the metrics' tests.
 
 ``IdentityData`` renders each factor vector as a ``[1, 1, F]`` "image" whose
 channels are the factor values, so ``identity_representation`` recovers the
