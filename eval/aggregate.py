@@ -281,7 +281,8 @@ def config_differences(
   return sorted(k for k in keys if len({repr(c.get(k)) for c in configs}) > 1)
 
 
-def _cell(s: Summary | None) -> str:
+def cell(s: Summary | None) -> str:
+  """``mean ± std (n=N)``; ``-`` without runs."""
   if s is None or s.n == 0:
     return "-"
   if s.n == 1:
@@ -310,7 +311,7 @@ def table(
     head += [f"{names[0]} - {names[1]} [95% CI]", "Welch p"]
   rows = []
   for key in keys:
-    rows.append([f"`{key}`", *(_cell(groups[n].get(key)) for n in names)])
+    rows.append([f"`{key}`", *(cell(groups[n].get(key)) for n in names)])
     if len(names) == 2:
       a, b = groups[names[0]].get(key), groups[names[1]].get(key)
       if a is not None and b is not None and a.n and b.n:

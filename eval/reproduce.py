@@ -26,7 +26,6 @@ import dataclasses
 import datetime
 import json
 import logging
-import math
 import os
 import pathlib
 import shlex
@@ -164,13 +163,6 @@ def score_member(
   return {"scores": scores, "sizes": sizes, "step": run.step, "data": kind}
 
 
-def _cell(summary: aggregate.Summary | None) -> str:
-  if summary is None or not summary.n:
-    return "n/a"
-  std = "" if math.isnan(summary.std) else f" ± {summary.std:.3f}"
-  return f"{summary.mean:.3f}{std} (n={summary.n})"
-
-
 def write_report(path: str, results: dict) -> None:
   """``report.md``: the table, then how it was measured."""
   meta = results["meta"]
@@ -178,7 +170,7 @@ def write_report(path: str, results: dict) -> None:
   for key, name in METRICS.items():
     if key in results["summary"]:
       row = results["summary"][key]
-      cells = [_cell(aggregate.Summary(**row[a])) for a in ARMS]
+      cells = [aggregate.cell(aggregate.Summary(**row[a])) for a in ARMS]
       p = aggregate.comparison_cells(aggregate.Comparison(**row["comparison"]))
       rows.append([name, *cells, p[1]])
   paper = [f"{value:.2f}" for _, value in ARMS.values()]
@@ -209,7 +201,7 @@ def write_report(path: str, results: dict) -> None:
     f"- Scoring: this command, {meta['score_seconds']:.0f} s, metric seed "
     f"{meta['metric_seed']}.",
     *(
-      f"- Sample sizes, {name}: {_sizes(sizes)}."
+      f"- Sample sizes, {name}: {disentanglement.format_sizes(sizes)}."
       for name, sizes in _first_sizes(results).items()
     ),
     f"- Date: {meta['date']}.",
@@ -225,12 +217,6 @@ def _first_sizes(results: dict) -> dict:
   """The sample sizes of each metric (every member is scored alike)."""
   members = list(results["members"].values())
   return members[0]["sizes"] if members else {}
-
-
-def _sizes(sizes: dict) -> str:
-  return ", ".join(
-    f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in sizes.items()
-  )
 
 
 def _train(command: list[str]) -> int:
@@ -318,7 +304,9 @@ def _run(config: Config) -> int:
   print(f"Scored at step {', '.join(map(str, steps))} (this run's scores):")
   for loss in ARMS:
     if loss in row:
-      print(f"  {ARMS[loss][0]}: {_cell(aggregate.Summary(**row[loss]))}")
+      print(
+        f"  {ARMS[loss][0]}: {aggregate.cell(aggregate.Summary(**row[loss]))}"
+      )
   print(f"Report: {os.path.join(config.workdir, 'report.md')}")
   print(f"Numbers: {os.path.join(config.workdir, 'results.json')}")
   return 0

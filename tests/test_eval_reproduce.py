@@ -38,7 +38,7 @@ def test_table3_smoke_trains_one_grid_scores_and_reports(tmp_path, capsys):
   assert "| paper, Table 3 (FactorVAE metric) | 0.82 | 0.93 |" in report
   assert "2 training steps per run (the paper: 300,000)" in report
   # Sample sizes and the software are in the report itself.
-  assert "Sample sizes, factor_vae/paper: num_per_vote=20" in report
+  assert "Sample sizes, factor_vae/paper: L=20" in report
   assert "## Software" in report and "scikit-learn" in report
   assert results["software"]["jax"]
   got = capsys.readouterr()
