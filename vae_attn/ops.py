@@ -216,38 +216,30 @@ def _conv_t_by_depth_to_space(g, w, geo: _Strided):
 # its input gradient (the transposed convolution) and its kernel gradient.
 # The derivatives of each are the other two, so every order of
 # differentiation stays on these exact, fast kernels.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _bilinear(bwd):
+  """Makes ``fn(a, b, geo)`` a ``custom_vjp`` with cotangents ``bwd(geo, a,
+  b, ct)``; its forward pass calls the custom map, so that higher orders
+  keep these rules."""
+
+  def make(fn):
+    f = jax.custom_vjp(fn, nondiff_argnums=(2,))
+    f.defvjp(
+      lambda a, b, geo: (f(a, b, geo), (a, b)),
+      lambda geo, res, ct: bwd(geo, *res, ct),
+    )
+    return f
+
+  return make
+
+
+@_bilinear(lambda geo, x, w, ct: (_conv_t(ct, w, geo), _conv_w(x, ct, geo)))
 def _conv(x, w, geo):
   return _lax_conv(x, w, geo)
 
 
-def _conv_fwd(x, w, geo):
-  return _conv(x, w, geo), (x, w)
-
-
-def _conv_bwd(geo, res, ct):
-  x, w = res
-  return _conv_t(ct, w, geo), _conv_w(x, ct, geo)
-
-
-_conv.defvjp(_conv_fwd, _conv_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+@_bilinear(lambda geo, g, w, ct: (_conv(ct, w, geo), _conv_w(ct, g, geo)))
 def _conv_t(g, w, geo):
   return _conv_t_by_depth_to_space(g, w, geo)
-
-
-def _conv_t_fwd(g, w, geo):
-  return _conv_t(g, w, geo), (g, w)
-
-
-def _conv_t_bwd(geo, res, ct):
-  g, w = res
-  return _conv(ct, w, geo), _conv_w(ct, g, geo)
-
-
-_conv_t.defvjp(_conv_t_fwd, _conv_t_bwd)
 
 
 def _looped_conv_w(x, g, geo: _Strided):
@@ -317,21 +309,9 @@ def _batched_conv_w(geo: _Strided):
   return conv_w
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+@_bilinear(lambda geo, x, g, ct: (_conv_t(g, ct, geo), _conv(x, ct, geo)))
 def _conv_w(x, g, geo):
   return _batched_conv_w(geo)(x, g)
-
-
-def _conv_w_fwd(x, g, geo):
-  return _conv_w(x, g, geo), (x, g)
-
-
-def _conv_w_bwd(geo, res, ct):
-  x, g = res
-  return _conv_t(g, ct, geo), _conv(x, ct, geo)
-
-
-_conv_w.defvjp(_conv_w_fwd, _conv_w_bwd)
 
 
 def _geometry(
