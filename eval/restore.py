@@ -147,15 +147,14 @@ def init_model(
   Raises:
     ValueError: an unknown model, or ``image_size`` for a fixed-size one.
   """
-  if name not in models.MODELS:
-    raise ValueError(
-      f"Unknown model {name!r}; choose one of {sorted(models.MODELS)}."
-    )
   kwargs = {"latent_dim": latent_dim}
-  sized = "image_size" in inspect.signature(models.MODELS[name]).parameters
+  build = models.MODELS.get(name)
+  sized = (
+    build is not None and "image_size" in inspect.signature(build).parameters
+  )
   if sized and image_size is not None:
     kwargs["image_size"] = image_size
-  model = models.make_model(name, **kwargs)
+  model = models.make_model(name, **kwargs)  # ValueError: an unknown name.
   input_shape = models.input_shape(model)
   if not sized and image_size not in (None, input_shape[0]):
     raise ValueError(

@@ -146,10 +146,10 @@ class Config(loop.LoopConfig):
     read = {"ad": ("gamma", "lambda_ad"), "tc": ("gamma",), "beta": ("beta",)}
     if not isinstance(self.loss, str):
       return
+    weights = set(loop.weight_fields(Config)) - set(read[self.loss])
     for f in dataclasses.fields(self):
       value = getattr(self, f.name)
-      weight = f.name in loop.weight_fields(Config)
-      if weight and f.name not in read[self.loss] and value != f.default:
+      if f.name in weights and value != f.default:
         _log.warning(
           "--%s=%s has no effect with --loss=%s: recorded as %s.",
           f.name.replace("_", "-"),
