@@ -24,7 +24,8 @@ def test_eight_devices_match_one_device(tmp_path):
   env = dict(
     os.environ,
     JAX_PLATFORMS="cpu",
-    XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+    + " --xla_force_host_platform_device_count=8",
     PYTHONPATH=str(ROOT),
   )
   proc = subprocess.run(
