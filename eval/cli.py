@@ -1,9 +1,9 @@
 """What the evaluation entry points share: flags, errors, progress, output.
 
 Each ``python -m eval.<name>`` parses a frozen config dataclass with
-:func:`parse` and runs through :func:`run_main` (or :func:`run_report`),
-which turns a user error into one line ``error: ...`` and exit status 2
-(``--debug``: the traceback). Progress goes to stderr.
+:func:`parse` and runs through :func:`run_main`, which turns a user error
+into one line ``error: ...`` and exit status 2 (``--debug``: the
+traceback). Progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -102,22 +102,8 @@ def run_main(
   except KeyboardInterrupt:
     if errors.debug_requested(debug):
       raise
-    print(
-      "Interrupted; run the same command again to evaluate.", file=sys.stderr
-    )
+    print("Interrupted; run the same command again.", file=sys.stderr)
     return 130
-
-
-def run_report(
-  evaluate: Callable[[Any], dict], config: Any, *, debug: bool = False
-) -> int:
-  """:func:`run_main` of ``evaluate(config)``, then prints its report.md."""
-
-  def evaluate_and_print(config: Any) -> int:
-    print_report(evaluate(config)["out"])
-    return 0
-
-  return run_main(evaluate_and_print, config, debug=debug)
 
 
 def print_report(out: str) -> None:

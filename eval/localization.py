@@ -83,12 +83,15 @@ def load_splits(
   """
   kwargs = dict(spec.data_kwargs) if spec is not None else {}
   dataset = dataset or (spec.data if spec is not None else None) or "textures"
+  same_data = spec is not None and dataset == spec.data
   if dataset not in DATASETS:
     raise ValueError(
-      f"Localization needs pixel masks; data set {dataset!r} has none. Pass "
-      f"--dataset as one of {DATASETS} (with --data-dir for real data)."
+      f"Localization needs pixel masks; data set {dataset!r} has none: score "
+      "a one-class run of a masked set (python -m train.oneclass "
+      f"--dataset=<one of {DATASETS}>)."
     )
-  same_data = spec is not None and dataset == spec.data
+  if spec is not None and not same_data:
+    cli.stage(f"WARNING: this run trained on {spec.data}, scored on {dataset}")
   data_dir = data_dir or (spec.data_dir if same_data else None) or None
   category = category or (kwargs.get("category") if same_data else None)
   if dataset == "textures":  # The offline set's default category, named.
@@ -843,7 +846,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   config, debug = cli.parse(
     argv, Config, prog="python -m eval.localization", description=__doc__
   )
-  return cli.run_report(evaluate, config, debug=debug)
+
+  def evaluate_and_print(config: Config) -> int:
+    cli.print_report(evaluate(config)["out"])
+    return 0
+
+  return cli.run_main(evaluate_and_print, config, debug=debug)
 
 
 if __name__ == "__main__":

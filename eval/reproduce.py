@@ -29,6 +29,7 @@ import logging
 import os
 import pathlib
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -40,7 +41,7 @@ from eval import aggregate, cli, disentanglement, restore
 from eval.metrics import disentanglement as suite
 from eval.metrics import factor_vae
 from vae_attn.data import dsprites
-from workflow import configs, runs
+from workflow import configs, errors, runs
 
 _log = logging.getLogger("eval.reproduce")
 
@@ -166,6 +167,7 @@ def score_member(
 def write_report(path: str, results: dict) -> None:
   """``report.md``: the table, then how it was measured."""
   meta = results["meta"]
+  first = next(iter(results["members"].values()), {"sizes": {}})  # All alike.
   rows = []
   for key, name in METRICS.items():
     if key in results["summary"]:
@@ -202,7 +204,7 @@ def write_report(path: str, results: dict) -> None:
     f"{meta['metric_seed']}.",
     *(
       f"- Sample sizes, {name}: {disentanglement.format_sizes(sizes)}."
-      for name, sizes in _first_sizes(results).items()
+      for name, sizes in first["sizes"].items()
     ),
     f"- Date: {meta['date']}.",
     "",
@@ -213,22 +215,27 @@ def write_report(path: str, results: dict) -> None:
     f.write("\n".join(lines))
 
 
-def _first_sizes(results: dict) -> dict:
-  """The sample sizes of each metric (every member is scored alike)."""
-  members = list(results["members"].values())
-  return members[0]["sizes"] if members else {}
-
-
 def _train(command: list[str]) -> int:
   """Runs the trainer, passing its output through except its closing
-  ``Done.`` block and ``Next:`` lines (this command does what they say)."""
-  with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as proc:
-    done = False
-    for line in proc.stdout:
-      done = done or line.rstrip("\n") == "Done."
-      if not done and not line.startswith("Next:"):
-        sys.stdout.write(line)
-        sys.stdout.flush()
+  ``Done.`` block and ``Next:`` lines (this command does what they say).
+
+  The trainer, in its own process group, gets each Ctrl-C once, passed on
+  (the first saves, a second aborts); KeyboardInterrupt if it was stopped.
+  """
+  popen = dict(stdout=subprocess.PIPE, text=True, process_group=0)
+  with subprocess.Popen(command, **popen) as proc:
+    done = eof = False
+    while not eof:
+      try:
+        for line in proc.stdout:
+          done = done or line.rstrip("\n") == "Done."
+          if not done and not line.startswith("Next:"):
+            print(line, end="", flush=True)
+        eof = True
+      except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+  if proc.returncode in (130, -signal.SIGINT):
+    raise KeyboardInterrupt
   return proc.returncode
 
 
@@ -243,9 +250,9 @@ def table3(config: Config) -> dict:
     _log.info("Training: %s", shlex.join(command))
     status = _train(command)
     if status != 0:
-      raise RuntimeError(
-        f"Training exited with status {status}; rerun the same command to "
-        "resume it."
+      raise errors.UserError(
+        f"Training exited with status {status} (its output is above); "
+        "rerun the same command to resume it."
       )
   train_seconds = time.perf_counter() - start
   start = time.perf_counter()

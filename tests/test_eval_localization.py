@@ -243,6 +243,27 @@ def test_errors_are_one_line_with_the_fix(
   assert not os.path.exists(os.path.join(factorvae_workdir, "eval"))
 
 
+def test_scoring_another_data_set_than_the_run_trained_on_is_said(
+  texture_root, capsys
+):
+  spec = runs.RunSpec(
+    trainer="oneclass",
+    model="mnist",
+    model_kwargs={"latent_dim": 4},
+    input_shape=(28, 28, 1),
+    data="digits",
+  )
+  with pytest.raises(ValueError, match="'digits' has none.*train.oneclass"):
+    localization.load_splits(spec, (28, 28), data_dir=texture_root)
+  test, _, options = localization.load_splits(
+    spec, (28, 28), dataset="textures", data_dir=texture_root
+  )
+  assert options.dataset == "textures" and len(test)
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1, err
+  assert "WARNING: this run trained on digits, scored on textures" in err[0]
+
+
 def test_debug_shows_the_traceback(tmp_path, monkeypatch):
   with pytest.raises(FileNotFoundError, match="No checkpoints"):
     localization.main([f"--workdir={tmp_path}", "--debug"])
@@ -280,7 +301,7 @@ def test_run_report_names_out_for_a_write_refused_in_the_workdir(
     raise PermissionError(errno.EACCES, "Permission denied", path)
 
   args = argparse.Namespace(workdir=str(tmp_path), out=None)
-  assert cli.run_report(evaluate, args) == 2
+  assert cli.run_main(evaluate, args) == 2
   assert "pass --out=" in capsys.readouterr().err
 
   # eval.disentanglement's --workdir is a tuple of runs.
@@ -288,7 +309,7 @@ def test_run_report_names_out_for_a_write_refused_in_the_workdir(
     return evaluate(argparse.Namespace(workdir=args.workdir[1]))
 
   args = argparse.Namespace(workdir=("elsewhere", str(tmp_path)), out=None)
-  assert cli.run_report(evaluate_second, args) == 2
+  assert cli.run_main(evaluate_second, args) == 2
   assert "pass --out=" in capsys.readouterr().err
 
 

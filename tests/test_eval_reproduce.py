@@ -1,10 +1,20 @@
 """The Table 3 reproduction command, end to end at smoke size."""
 
+import contextlib
 import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from eval import reproduce
+from workflow import runs
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_table3_smoke_trains_one_grid_scores_and_reports(tmp_path, capsys):
@@ -67,3 +77,41 @@ def test_table3_needs_two_seeds(capsys):
     reproduce.main(["table3", "--seeds=1"])
   assert info.value.code == 2
   assert "--seeds must be in [2, 1000]" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_training_waits_for_the_save_and_exits_130(tmp_path):
+  # A terminal's Ctrl-C reaches the process group of eval.reproduce; the
+  # trainer runs in its own group and gets the interrupt passed on once.
+  argv = ["table3", "--steps=400", "--seeds=2", "--batch-size=8", "--quick"]
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "eval.reproduce", *argv, f"--workdir={tmp_path}"],
+    cwd=ROOT,
+    env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    start_new_session=True,
+  )
+  log = tmp_path / "runs" / "ad_seed1" / "metrics.jsonl"
+  deadline = time.monotonic() + 300
+  while proc.poll() is None and time.monotonic() < deadline:
+    if log.exists() and log.read_text().strip():  # Step 100 logged.
+      break
+    time.sleep(0.2)
+  os.killpg(proc.pid, signal.SIGINT)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 130, out + err
+  assert (
+    err.strip().splitlines()[-1] == "Interrupted; run the same command again."
+  )
+  assert "Traceback" not in err
+  # The trainer saved every member before this command returned.
+  for member in ("tc_seed0", "tc_seed1", "ad_seed0", "ad_seed1"):
+    steps = runs.checkpoint_steps(tmp_path / "runs" / member / runs.CKPT_DIR)
+    assert steps and 100 <= max(steps) < 400, (member, steps)
+  alive = []
+  for cmdline in pathlib.Path("/proc").glob("[0-9]*/cmdline"):
+    with contextlib.suppress(OSError):  # A process that ended meanwhile.
+      if str(tmp_path).encode() in cmdline.read_bytes():
+        alive.append(cmdline)
+  assert not alive, "the trainer outlived eval.reproduce"
