@@ -48,8 +48,6 @@ from vae_attn.data import digits, dsprites, mnist
 from vae_attn.data import images as images_lib
 from workflow import configs, figures
 
-attention_figure = figures.attention_figure  # The notebooks' name.
-
 
 def read_images(
   paths: Sequence[str], input_shape
