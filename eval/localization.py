@@ -88,7 +88,7 @@ def load_splits(
     raise ValueError(
       f"Localization needs pixel masks; data set {dataset!r} has none: score "
       "a one-class run of a masked set (python -m train.oneclass "
-      f"--dataset=<one of {DATASETS}>)."
+      f"--dataset={'|'.join(DATASETS)})."
     )
   if spec is not None and not same_data:
     cli.stage(f"WARNING: this run trained on {spec.data}, scored on {dataset}")
@@ -502,7 +502,8 @@ def ablation_table(
 def _intro(meta: Mapping[str, Any]) -> list[str]:
   size = meta["image_size"]
   return [
-    f"Model `{meta['model']}` from `{meta['workdir']}` (step {meta['step']}); "
+    f"Model `{meta['model']}` trained on {meta.get('trained_on') or 'unknown'} "
+    f"data, from `{meta['workdir']}` (step {meta['step']}); "
     f"{meta['num_test_images']} test images ({meta['num_anomalous']} "
     f"anomalous, {meta['num_with_masks']} with pixel masks), model input "
     f"{size[0]}x{size[1]}. Latent statistics: {meta['latent_stats']}. "
@@ -756,6 +757,7 @@ def _meta(config, run, options, layers, data, stats_source, protocol) -> dict:
     "workdir": os.path.abspath(config.workdir),
     "step": run.step,
     "model": run.name,
+    "trained_on": run.spec.data if run.spec is not None else None,
     **options._asdict(),
     "image_size": list(run.input_shape[:2]),
     "layers": layers,

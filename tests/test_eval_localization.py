@@ -122,7 +122,7 @@ def test_trained_resnet_on_textures_end_to_end(oneclass_workdir, tmp_path):
   results = json.loads((out / "results.json").read_text())
   meta = results["meta"]
   assert meta["latent_stats"] == "checkpoint"
-  assert meta["dataset"] == "textures"
+  assert meta["dataset"] == meta["trained_on"] == "textures"
   assert meta["category"] == textures.CATEGORIES[0]
   # The MVTec-AD protocol by default: the textures' masks are 128x128.
   assert meta["resolution"] == "original" and "128x128" in meta["protocol"]
@@ -138,6 +138,7 @@ def test_trained_resnet_on_textures_end_to_end(oneclass_workdir, tmp_path):
     assert row["pixel_auroc_error_bound"] < 1e-3
   report = (out / "report.md").read_text()
   assert "--resolution=original" in report and "128x128" in report
+  assert "Model `resnet18` trained on textures data" in report
   rows = _table_rows(report)
   assert len(rows) == 3
   for row in rows:
