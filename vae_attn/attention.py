@@ -1101,15 +1101,15 @@ def resolve_layers(
 
 
 @functools.lru_cache(maxsize=64)
-def _interpolation_matrix(out_size: int, in_size: int):
-  """``[out, in]`` matrix of bilinear (half-pixel) 1-D resizing, a NumPy
-  constant computed eagerly even inside ``jit`` (no tracer is cached)."""
-  with jax.ensure_compile_time_eval():
-    eye = jnp.eye(in_size, dtype=jnp.float32)
-    matrix = jax.image.resize(
-      eye, (out_size, in_size), "linear", antialias=False
-    )
-  return np.asarray(matrix)
+def _interpolation_matrix(out_size: int, in_size: int) -> np.ndarray:
+  """``[out, in]`` float32 matrix of bilinear (half-pixel) 1-D resizing: the
+  weights of ``jax.image.resize(..., "linear", antialias=False)``
+  (``compute_weight_mat``, jax/_src/image/scale.py), in NumPy; every sample
+  position lies in ``[-0.5, in - 0.5]``, so each row has a positive sum."""
+  scale = np.float32(1) / np.float32(out_size / in_size)
+  at = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - 0.5
+  w = np.maximum(0, 1 - np.abs(at[:, None] - np.arange(in_size)))
+  return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def upsample(
