@@ -17,6 +17,7 @@ from workflow import runs
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_table3_smoke_trains_one_grid_scores_and_reports(tmp_path, capsys):
   argv = [
     "table3",
@@ -79,6 +80,7 @@ def test_table3_needs_two_seeds(capsys):
   assert "--seeds must be in [2, 1000]" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_training_waits_for_the_save_and_exits_130(tmp_path):
   # A terminal's Ctrl-C reaches the process group of eval.reproduce; the
   # trainer runs in its own group and gets the interrupt passed on once.

@@ -64,6 +64,7 @@ def test_notebook_is_committed_clean(path):
   assert any("QUICK = True" in s for s in sources), "parameters cell"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids)
 def test_notebook_runs_in_quick_mode(path, tmp_path):
   nb = nbformat.read(path, as_version=4)
