@@ -30,7 +30,7 @@ def workdir(tmp_path_factory):
     score_num_train=0,
   )
   path = str(tmp_path_factory.mktemp("fv"))
-  factorvae.train_and_evaluate(config, path)
+  factorvae.train_and_evaluate(config, path, report=False)
   return path
 
 

@@ -26,20 +26,37 @@ def _losses(workdir):
   return [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
 
 
-@pytest.mark.parametrize("mode", ["vmap", "sequential"])
-def test_grid_members_equal_the_single_runs(mode, tmp_path, caplog):
-  base = dataclasses.replace(
-    factorvae.PRESETS["smoke"],
-    num_steps=3,
-    log_every=1,
-    checkpoint_every=3,
-    score=False,
-    grid_mode=mode,
-  )
-  members = [
-    dataclasses.replace(base, loss="tc", seed=0),
-    dataclasses.replace(base, loss="ad", seed=1, lambda_ad=2.0),
+BASE = dataclasses.replace(
+  factorvae.PRESETS["smoke"],
+  num_steps=3,
+  log_every=1,
+  checkpoint_every=3,
+  score=False,
+)
+MEMBERS = [
+  dataclasses.replace(BASE, loss="tc", seed=0),
+  dataclasses.replace(BASE, loss="ad", seed=1, lambda_ad=2.0),
+]
+
+
+@pytest.fixture(scope="module")
+def single_runs(tmp_path_factory):
+  """The single run of each member of MEMBERS: (final state, run folder)."""
+  root = tmp_path_factory.mktemp("single")
+  return [
+    (
+      factorvae.train_and_evaluate(c, root / str(k), report=False),
+      root / str(k),
+    )
+    for k, c in enumerate(MEMBERS)
   ]
+
+
+@pytest.mark.parametrize("mode", ["vmap", "sequential"])
+def test_grid_members_equal_the_single_runs(
+  mode, single_runs, tmp_path, caplog
+):
+  members = [dataclasses.replace(c, grid_mode=mode) for c in MEMBERS]
   with caplog.at_level(logging.INFO, logger="workflow.writers"):
     states = factorvae.train_and_evaluate(
       members, tmp_path / "grid", report=False
@@ -52,16 +69,13 @@ def test_grid_members_equal_the_single_runs(mode, tmp_path, caplog):
     assert any(
       m.startswith(f"[{name} 3] ") and "train/loss=" in m for m in logged
     )
-  for k, (config, state, run_dir) in enumerate(
-    zip(members, states, dirs, strict=True)
+  for config, state, run_dir, (single, single_dir) in zip(
+    members, states, dirs, single_runs, strict=True
   ):
-    single = factorvae.train_and_evaluate(
-      config, tmp_path / f"single{k}", report=False
-    )
     chex.assert_trees_all_close(
       jax.device_get(state.params), jax.device_get(single.params), atol=2e-5
     )
-    got, want = _losses(run_dir), _losses(tmp_path / f"single{k}")
+    got, want = _losses(run_dir), _losses(single_dir)
     assert [s for s, _ in got] == [s for s, _ in want] == [1, 2, 3]
     np.testing.assert_allclose(
       [v for _, v in got], [v for _, v in want], rtol=1e-5
@@ -77,27 +91,21 @@ def test_grid_members_equal_the_single_runs(mode, tmp_path, caplog):
 
 
 @pytest.mark.parametrize("mode", ["vmap", "sequential"])
-def test_a_tc_member_of_a_mixed_grid_is_exactly_the_tc_run(mode, tmp_path):
+def test_a_tc_member_of_a_mixed_grid_is_exactly_the_tc_run(
+  mode, single_runs, tmp_path
+):
   # The step of a --loss=tc,ad grid was the AD step for every member (L_AD
   # computed, then multiplied by 0): each member now runs its own loss's
   # step, so the tc member is the single tc run to the last bit.
-  base = dataclasses.replace(
-    factorvae.PRESETS["smoke"],
-    num_steps=2,
-    log_every=1,
-    checkpoint_every=2,
-    score=False,
-    grid_mode=mode,
-  )
+  base = dataclasses.replace(BASE, grid_mode=mode)
   members = grid.expand(base, {"loss": ["tc", "ad"]})
+  assert dataclasses.replace(members[0], grid_mode=BASE.grid_mode) == MEMBERS[0]
   tc, _ = factorvae.train_and_evaluate(members, tmp_path / "g", report=False)
-  single = factorvae.train_and_evaluate(
-    members[0], tmp_path / "tc", report=False
-  )
+  single, single_dir = single_runs[0]
   chex.assert_trees_all_equal(
     jax.device_get(tc.params), jax.device_get(single.params)
   )
-  assert _losses(tmp_path / "g" / "tc_seed0") == _losses(tmp_path / "tc")
+  assert _losses(tmp_path / "g" / "tc_seed0") == _losses(single_dir)
 
 
 def test_only_ad_members_trace_the_attention(monkeypatch):
