@@ -1,4 +1,5 @@
-"""The Table 3 reproduction command, end to end at smoke size."""
+"""The Table 3 reproduction command, end to end at smoke size (the two
+runs are marked ``slow``: ``pytest -m slow`` runs them, as CI does)."""
 
 import contextlib
 import json

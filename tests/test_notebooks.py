@@ -5,7 +5,9 @@ Each notebook is executed with nbclient in a fresh ``python3`` kernel (cwd
 ``VAE_ATTN_WORKDIR`` in a temporary folder, so nothing is written into the
 repository; a cell that raises fails the test. The notebooks must also be
 committed clean: no outputs, no execution counts, valid nbformat v4, the
-``python3`` kernel and a Colab TPU runtime.
+``python3`` kernel and a Colab TPU runtime. The runs are marked ``slow``
+(over 20 s each): the default ``pytest`` leaves them out, ``pytest -m slow``
+runs them (CI does).
 """
 
 from __future__ import annotations
