@@ -36,12 +36,19 @@ def test_incomplete_launch_flags_are_refused(tmp_path, capsys):
   assert "--coordinator-address" in capsys.readouterr().err
 
 
-def test_ctrl_c_before_training_starts_is_one_line(
-  tmp_path, capsys, monkeypatch
+@pytest.mark.parametrize(
+  ("interrupt", "said"),
+  [  # SIGINT while the first step compiled printed an 80-line traceback.
+    (KeyboardInterrupt(), "before training started"),
+    # A second SIGINT during training was said to come before training.
+    (KeyboardInterrupt("Interrupted again (SIGINT): no save."), "again"),
+  ],
+)
+def test_ctrl_c_before_training_or_twice_is_one_line(
+  interrupt, said, tmp_path, capsys, monkeypatch
 ):
-  # SIGINT while the first step compiled printed an 80-line traceback.
   def compiling(*args, **kwargs):
-    raise KeyboardInterrupt
+    raise interrupt
 
   monkeypatch.setattr(loop, "train_and_evaluate", compiling)
   argv = ["--preset=smoke", f"--workdir={tmp_path}"]
@@ -50,6 +57,7 @@ def test_ctrl_c_before_training_starts_is_one_line(
   assert "Traceback" not in err
   (line,) = [x for x in err.splitlines() if x.startswith("Interrupted")]
   assert str(tmp_path) in line and "are kept" in line and "again" in line
+  assert said in line.split(".")[0], line
   with pytest.raises(KeyboardInterrupt):
     factorvae.main([*argv, "--debug"])
 

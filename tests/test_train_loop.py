@@ -62,6 +62,7 @@ def train_toy(
   kill_at=None,
   poison_at=None,
   signal_at=None,
+  signals=1,
   width=None,
   step_fn=None,
   **kwargs,
@@ -106,7 +107,8 @@ def train_toy(
       if s == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
       if s == signal_at:
-        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(signals):
+          os.kill(os.getpid(), signal.SIGINT)
       yield b
 
   return loop.train_and_evaluate(
@@ -296,6 +298,16 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   _, restored = runs.restore(tmp_path)
   chex.assert_tree_all_finite(restored["state"]["params"])
   assert runs.read_config(tmp_path)["num_steps"] == 10
+
+
+def test_a_second_sigint_stops_at_once_and_says_so(tmp_path):
+  # The entry point printed "Interrupted before training started" for it.
+  config = ToyConfig(num_steps=10, checkpoint_every=100)
+  with pytest.raises(KeyboardInterrupt) as info:
+    train_toy(config, tmp_path, signal_at=4, signals=2)
+  assert not isinstance(info.value, loop.TrainingInterrupted)
+  assert str(info.value).startswith("Interrupted again (SIGINT)")
+  assert not (tmp_path / "ckpt").exists() or _steps(tmp_path) == []
 
 
 def test_sigint_saves_and_resumes(tmp_path):

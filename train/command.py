@@ -237,12 +237,12 @@ def main(
   except loop.TrainingInterrupted as e:
     _log.warning("%s", e)
     return 128 + e.signum
-  except KeyboardInterrupt:  # Before the training loop catches signals.
+  except KeyboardInterrupt as e:  # A second signal, or one before training.
     if debug:
       raise
     print(
-      f"Interrupted before training started; the checkpoints already in "
-      f"{workdir} are kept. Run the same command again to start or resume.",
+      f"{str(e) or 'Interrupted before training started.'} The checkpoints"
+      f" in {workdir} are kept. Run the same command again to start or resume.",
       file=sys.stderr,
     )
     return 130

@@ -180,7 +180,7 @@ def _catch_signals() -> Iterator[list[int]]:
     del frame
     name = signal.Signals(signum).name
     if received:
-      raise KeyboardInterrupt(f"Second {name}.")
+      raise KeyboardInterrupt(f"Interrupted again ({name}): no save.")
     received.append(signum)
     _log.warning("%s received: saving a checkpoint after this call.", name)
 
