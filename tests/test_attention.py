@@ -502,11 +502,12 @@ def test_resolve_layers_gives_full_paths_or_lists_the_valid_ones(mnist):
     attention.resolve_layers(encode, variables, x, "conv")
   with pytest.raises(
     ValueError,
-    match=r"'conv9' is not a layer; did you mean 'encoder/conv1', "
+    match=r"'conv9' matches no layer; did you mean 'encoder/conv1', "
     r"'encoder/conv2'\?",
   ):
     attention.resolve_layers(encode, variables, x, ["conv9"])
   with pytest.raises(
-    ValueError, match=r"'cnov2' is not a layer; did you mean .*'encoder/conv2'"
+    ValueError,
+    match=r"'cnov2' matches no layer; did you mean .*'encoder/conv2'",
   ):
     attention.resolve_layers(encode, variables, x, ["cnov2"])

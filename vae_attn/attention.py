@@ -382,11 +382,11 @@ def _resolve(layers: Sequence[str], sites) -> dict[str, str]:
     close = difflib.get_close_matches  # On the path or its last name.
     shown = targets or {p: s[0].aval.shape for p, s in sites.items()}
     near = matches or [q for q in shown if close(path, [q, q.split("/")[-1]])]
-    what = f"matches {len(matches)} layers" if matches else "is not a layer"
+    what = f"matches {len(matches)} layers" if matches else "matches no layer"
     listing = "\n  ".join(f"{p}  {s}" for p, s in shown.items())
     guess = f"; did you mean {', '.join(map(repr, near))}?" if near else "."
     raise ValueError(
-      f"Layer {layer!r} {what}{guess} Layer paths (output shape):\n  {listing}"
+      f"{layer!r} {what}{guess} Layer paths (output shape):\n  {listing}"
     )
   for layer, name in resolved.items():
     found = sites[name]
