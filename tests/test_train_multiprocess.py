@@ -49,7 +49,13 @@ def _env(num_devices: int) -> dict:
   return env
 
 
-ARGS = ["--preset=smoke", "--num-steps=2", "--checkpoint-every=2"]
+# No report: the tests read the checkpoints and logs only.
+ARGS = [
+  "--preset=smoke",
+  "--num-steps=2",
+  "--checkpoint-every=2",
+  "--no-report",
+]
 
 
 def _launch(argv, env):
@@ -93,6 +99,7 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path):
   outputs = _wait_all(procs)
   # Process 0 prints the summary; process 1 writes nothing of its own.
   assert "Done." in outputs[0] and "Done." not in outputs[1]
+  assert not (two / "report").exists()  # --no-report
 
   # One process restores what two saved, on its one device.
   step, got = runs.restore(two, items=("state", "latent_stats"))

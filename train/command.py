@@ -40,6 +40,7 @@ class Launch(configs_lib.Debug):
     "delete the workdir's run (checkpoints, logs, evaluations, report) and "
     "start afresh",
   )
+  report: bool = configs_lib.field(True, "write report/ (figures) at the end")
   coordinator_address: str | None = configs_lib.field(
     None,
     "several processes, where no cluster (SLURM, Cloud TPU, MPI) is found: "
@@ -233,7 +234,9 @@ def main(
       )
       _log.info("workdir: %s", workdir.absolute())
       config = configs if len(configs) > 1 else configs[0]
-      train_fn(config, str(workdir), overwrite=launch.overwrite)
+      train_fn(
+        config, str(workdir), overwrite=launch.overwrite, report=launch.report
+      )
   except loop.TrainingInterrupted as e:
     _log.warning("%s", e)
     return 128 + e.signum
