@@ -335,12 +335,8 @@ def train_step(
     disc_params
   )
   state = state.apply_gradients(grads={"vae": vae_grads, "disc": disc_grads})
-  return state, {
-    "loss": loss,
-    **metrics,
-    "disc_loss": d_loss,
-    "disc_accuracy": d_acc,
-  }
+  metrics |= {"loss": loss, "disc_loss": d_loss, "disc_accuracy": d_acc}
+  return state, metrics
 
 
 # --------------------------------------------------------------------------
