@@ -463,7 +463,7 @@ def test_evaluation_racing_a_trainer_reads_the_newest_step(tmp_path, caplog):
 
     def trainer():
       try:
-        for step in range(1, 121):
+        for step in range(1, 61):
           runs.save(mngr, step, state=state, wait=True)
       finally:
         done.set()
