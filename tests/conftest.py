@@ -19,6 +19,11 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # between processes (6 min 51 s instead of 7 min 23 s for the suite, same
 # machine and load, bench/README.md).
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# MLIR locations without Python tracebacks (by default every op carries up
+# to 100 frames, and a test's stack is deep): lowering and compiling are
+# faster; programs and error messages are otherwise the same. Subprocesses
+# inherit it.
+os.environ.setdefault("JAX_INCLUDE_FULL_TRACEBACKS_IN_LOCATIONS", "false")
 # XLA:CPU compiles the suite's programs with LLVM at -O1 (the default is -O2):
 # they are small and most run a few steps, so compiling them is much of the
 # suite's time (bench/README.md, the suite's time). Subprocesses inherit it;
