@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from eval import restore
 from train import command, oneclass
 from vae_attn import anomaly
 from vae_attn.data import DataError
@@ -135,14 +136,20 @@ def test_mnist_vae_trains_resumes_and_saves_latent_stats(tmp_path, capsys):
   for name in ("loss_curves.png", "attention.png", "traversals.png"):
     assert (report / name).stat().st_size > 5_000, name
   assert runs.read_spec(tmp_path / "a").input_shape == (28, 28, 1)
-  # The command line trains the same run in one go (the report left out).
-  argv = ["--preset=smoke", f"--workdir={tmp_path / 'b'}", "--no-report"]
-  assert oneclass.main(argv) == 0
-  assert not (tmp_path / "b" / "report").exists()
-  # Digits have no pixel masks: the next step it names must work on them.
+  # The command line trains the same run in one go, as the seed-0 member of
+  # a seed grid (the report left out).
+  argv = ["--preset=smoke", f"--workdir={tmp_path / 'b'}", "--seeds=0,1"]
+  assert oneclass.main([*argv, "--no-report"]) == 0
+  member = tmp_path / "b" / "seed0"
+  assert not (member / "report").exists()
+  # Digits have no pixel masks: the next step it names works on them, and
+  # on a member run (eval.explain refuses a grid folder).
   next_line = capsys.readouterr().out.strip().splitlines()[-1]
-  assert next_line.startswith("Next: python -m eval.explain --workdir=")
-  _, straight = runs.restore(tmp_path / "b", items=("state",))
+  words = next_line.split()
+  assert words[:4] == ["Next:", "python", "-m", "eval.explain"], next_line
+  assert words[4] == f"--workdir={member}"
+  assert restore.load_run(member).step == 4
+  _, straight = runs.restore(member, items=("state",))
   chex.assert_trees_all_close(
     jax.device_get(resumed.params), straight["state"]["params"], atol=1e-6
   )

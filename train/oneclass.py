@@ -33,7 +33,7 @@ from train import command, loop
 from train import data as device_data
 from vae_attn import anomaly, losses, models, ops
 from vae_attn.data import base, datasets, mvtec, pipeline
-from workflow import configs, runs
+from workflow import configs, grid, runs
 
 # Each data set and the architecture its images fit (vae_attn.models).
 MODEL_OF = {
@@ -408,14 +408,15 @@ def default_workdir(configs: Sequence[Config]) -> str:
 
 
 def next_commands(configs: Sequence[Config], workdir: str) -> list[str]:
-  """What to run on the finished run: localization where the test split has
-  pixel masks, else the attention of the eq. 5 difference code."""
+  """What to run on the finished run, or a grid's first member: localization
+  where the test split has pixel masks, else eq. 5's difference attention."""
+  run = grid.member_dirs(workdir, configs)[0]
   if configs[0].dataset in ("mnist", "digits"):
     return [
-      f"python -m eval.explain --workdir={workdir} --code=difference (this "
+      f"python -m eval.explain --workdir={run} --code=difference (this "
       "data set has no pixel masks for eval.localization)"
     ]
-  return [f"python -m eval.localization --workdir={workdir}"]
+  return [f"python -m eval.localization --workdir={run}"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
