@@ -534,6 +534,11 @@ def _case(name):
     model = NNXEncoder(nnx.Rngs(0))
     model.train()
     return attention.attention(_nnx_encode, "conv1"), (model, X)
+  if name == "another channel count (nnx)":  # lax.conv's own ValueError.
+    model = NNXEncoder(nnx.Rngs(0))
+    model.eval()
+    x3 = jnp.zeros((*X.shape[:3], 3))
+    return attention.attention(_nnx_encode, "conv1"), (model, x3)
   if name == "variables['params'] alone":
     return attention.attention(linen.apply, "conv1"), (variables["params"], X)
   if name == "another input shape":
@@ -585,6 +590,7 @@ ERRORS = [
   ("python control flow on a traced value", TypeError, ["bool"]),
   ("variables['params'] alone", ValueError, ["variables['params']"]),
   ("another input shape", ValueError, ["NHWC", "(2, 12, 12, 1)"]),
+  ("another channel count (nnx)", ValueError, ["NHWC", ", 3)", "feature"]),
   ("no named value", ValueError, ["names no value", "checkpoint_name"]),
   ("nnx merged inside encode_fn", ValueError, ["nnx.Module", "first"]),
   ("layer called twice", ValueError, ["'conv'", "2 times"]),
@@ -613,7 +619,11 @@ def test_errors_name_the_cause(name, error, words):
       attention.layer_paths(fn.__wrapped__, *args)
   for word in words:
     assert word in str(info.value), (word, str(info.value))
-  nhwc = ("another input shape", "images as a python list")
+  nhwc = (
+    "another input shape",
+    "another channel count (nnx)",
+    "images as a python list",
+  )
   assert "NHWC" not in str(info.value) or name in nhwc
   assert len(str(info.value)) < 1000
 

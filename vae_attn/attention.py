@@ -808,9 +808,10 @@ def _traced(encode_fn, first, x, args, kwargs) -> _Traced:
   except flax.errors.ModifyScopeVariableError as e:
     what = "a module that updates its variables (BatchNorm?)"
     raise ValueError(f"{_training_mode_error(what)} Original error: {e}") from e
-  except (flax.errors.ScopeParamShapeError, TypeError) as e:
+  except (flax.errors.ScopeParamShapeError, TypeError, ValueError) as e:
     traced = isinstance(e, jax.errors.ConcretizationTypeError)
-    if isinstance(e, TypeError) and ("shape" not in str(e) or traced):
+    shape = "shape" in str(e) or "dimension" in str(e)  # lax.conv: "dimension"
+    if isinstance(e, (TypeError, ValueError)) and (traced or not shape):
       raise  # Python control flow on traced values, or another bug.
     raise ValueError(
       f"encode_fn failed on an input of shape {tuple(x.shape)}; the model "
