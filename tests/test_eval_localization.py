@@ -14,7 +14,7 @@ import sklearn.metrics
 
 from eval import cli, localization, restore
 from train import oneclass
-from vae_attn import anomaly, attention
+from vae_attn import attention
 from vae_attn.data import textures
 from workflow import runs
 
@@ -31,37 +31,24 @@ def texture_root(tmp_path_factory):
   )
 
 
-def _write_checkpoint(
-  workdir, run, *, with_stats, trainer="oneclass", spec=None, config=None
-):
-  """A run directory as the trainers write it (workflow.runs); the latent
-  statistics as the one-class trainer saves them (a dict)."""
-  state = {"step": np.int32(2), "params": run.variables["params"]}
-  if "batch_stats" in run.variables:
-    state["batch_stats"] = run.variables["batch_stats"]
-  extras = {}
-  if with_stats:
-    d = run.latent_dim
-    extras["latent_stats"] = anomaly.LatentStats(
-      np.zeros(d, np.float32), np.ones(d, np.float32), np.float32(4)
-    )._asdict()
-  kwargs = {"latent_dim": run.latent_dim}
-  if run.name == "resnet18":
-    kwargs["image_size"] = run.input_shape[0]
+def _write_checkpoint(workdir, run, *, trainer="oneclass"):
+  """A run directory as the trainers write it (workflow.runs), without
+  latent statistics."""
   one_class = trainer == "oneclass"
-  spec = spec or runs.RunSpec(
+  spec = runs.RunSpec(
     trainer=trainer,
     model=run.name,
-    model_kwargs=kwargs,
+    model_kwargs={"latent_dim": run.latent_dim},
     input_shape=run.input_shape,
     data="textures" if one_class else "procedural",
     data_kwargs={"category": "brick"} if one_class else {},
   )
   os.makedirs(workdir, exist_ok=True)
-  config = config or {"dataset": "textures", "category": "brick"}
+  config = {"dataset": "textures", "category": "brick"}
   runs.write_run_files(workdir, config, spec)
+  state = {"step": np.int32(2), "params": run.variables["params"]}
   with runs.checkpoint_manager(workdir) as mngr:
-    runs.save(mngr, 2, state=state, extras=extras, wait=True)
+    runs.save(mngr, 2, state=state, wait=True)
   return str(workdir)
 
 
@@ -162,7 +149,7 @@ def mnist_workdir(tmp_path_factory):
   """A two-conv (MNIST) encoder, without saved latent statistics."""
   run = restore.init_model("mnist", latent_dim=4)
   path = tmp_path_factory.mktemp("mnist") / "run"
-  return _write_checkpoint(path, run, with_stats=False)
+  return _write_checkpoint(path, run)
 
 
 def test_ablation_model_resolution_and_every_defect_shown(
@@ -208,7 +195,7 @@ def factorvae_workdir(tmp_path_factory):
   """A FactorVAE run on dSprites (not a one-class model)."""
   run = restore.init_model("factorvae", latent_dim=4)
   path = tmp_path_factory.mktemp("factorvae") / "run"
-  return _write_checkpoint(path, run, with_stats=False, trainer="factorvae")
+  return _write_checkpoint(path, run, trainer="factorvae")
 
 
 @pytest.mark.parametrize(

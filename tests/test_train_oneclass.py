@@ -148,10 +148,10 @@ def test_mnist_vae_trains_resumes_and_saves_latent_stats(tmp_path, capsys):
   words = next_line.split()
   assert words[:4] == ["Next:", "python", "-m", "eval.explain"], next_line
   assert words[4] == f"--workdir={member}"
-  assert restore.load_run(member).step == 4
-  _, straight = runs.restore(member, items=("state",))
+  straight = restore.load_run(member)
+  assert straight.step == 4
   chex.assert_trees_all_close(
-    jax.device_get(resumed.params), straight["state"]["params"], atol=1e-6
+    jax.device_get(resumed.params), straight.variables["params"], atol=1e-6
   )
 
   step, restored = runs.restore(tmp_path / "a", items=("state", "latent_stats"))

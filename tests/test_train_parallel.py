@@ -18,12 +18,14 @@ import chex
 import jax
 import numpy as np
 
+from eval import restore
+from train import factorvae
+from workflow import runs, writers
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config():
-  from train import factorvae
-
   return dataclasses.replace(
     factorvae.PRESETS["smoke"],
     num_steps=3,
@@ -34,10 +36,6 @@ def _config():
 
 
 def test_eight_devices_match_one_device(tmp_path):
-  from eval import restore
-  from train import factorvae
-  from workflow import runs, writers
-
   env = dict(
     os.environ,
     JAX_PLATFORMS="cpu",
@@ -100,8 +98,6 @@ def test_eight_devices_match_one_device(tmp_path):
 def _main(workdir: pathlib.Path) -> None:
   import pytest
   from jax.sharding import NamedSharding
-
-  from train import factorvae
 
   assert len(jax.devices()) == 8, jax.devices()
   config = _config()
