@@ -157,10 +157,11 @@ def test_comma_lists_make_a_grid_with_named_members():
   dirs = [d.name for d in grid.member_dirs(pathlib.Path("w"), configs)]
   assert dirs[:2] == ["tc_seed0", "tc_seed1"] and dirs[-1] == "ad_seed2"
   assert factorvae.default_workdir(configs) == "runs/factorvae_tc-ad"
-  # The Next: lines score every member and compare the two arms.
+  # The Next: lines score every member and compare the two arms; each
+  # pastes into a shell as it is (a note only after "#").
   assert factorvae.next_commands(configs, "G") == [
-    "python -m eval.disentanglement --workdir=G --quick (seconds; without "
-    "--quick every metric at its published sizes, minutes)",
+    "python -m eval.disentanglement --workdir=G --quick  # seconds; without "
+    "--quick every metric at its published sizes, minutes",
     "python -m eval.aggregate G/ad_* --vs G/tc_*",
   ]
 

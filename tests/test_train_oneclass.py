@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shlex
 
 import chex
 import jax
@@ -145,9 +146,9 @@ def test_mnist_vae_trains_resumes_and_saves_latent_stats(tmp_path, capsys):
   # Digits have no pixel masks: the next step it names works on them, and
   # on a member run (eval.explain refuses a grid folder).
   next_line = capsys.readouterr().out.strip().splitlines()[-1]
-  words = next_line.split()
-  assert words[:4] == ["Next:", "python", "-m", "eval.explain"], next_line
-  assert words[4] == f"--workdir={member}"
+  words = shlex.split(next_line.removeprefix("Next: "), comments=True)
+  assert words[:3] == ["python", "-m", "eval.explain"], next_line
+  assert words[3:] == [f"--workdir={member}", "--code=difference"]
   straight = restore.load_run(member)
   assert straight.step == 4
   chex.assert_trees_all_close(

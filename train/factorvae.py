@@ -499,8 +499,8 @@ def next_commands(configs_: Sequence[Config], workdir: str) -> list[str]:
   (every member at once for a grid) and, for a grid of two objectives, the
   comparison."""
   score = (
-    f"python -m eval.disentanglement --workdir={workdir} --quick (seconds; "
-    "without --quick every metric at its published sizes, minutes)"
+    f"python -m eval.disentanglement --workdir={workdir} --quick  # seconds; "
+    "without --quick every metric at its published sizes, minutes"
   )
   arms = list(dict.fromkeys(c.loss for c in configs_))
   if len(configs_) == 1 or len(arms) != 2:

@@ -413,8 +413,8 @@ def next_commands(configs: Sequence[Config], workdir: str) -> list[str]:
   run = grid.member_dirs(workdir, configs)[0]
   if configs[0].dataset in ("mnist", "digits"):
     return [
-      f"python -m eval.explain --workdir={run} --code=difference (this "
-      "data set has no pixel masks for eval.localization)"
+      f"python -m eval.explain --workdir={run} --code=difference  # this "
+      "data set has no pixel masks for eval.localization"
     ]
   return [f"python -m eval.localization --workdir={run}"]
 
